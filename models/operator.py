@@ -1,0 +1,64 @@
+"""The operator interfaces every frame model implements, classical or neural.
+
+Frame contract, written once:
+
+* A batch of frames is a ``numpy.ndarray`` of dtype ``uint8`` and shape ``(N, H, W, 3)``,
+  RGB, C-contiguous.  ``N`` may be 1.
+* A :class:`FrameFilter` maps each frame independently.  It declares its ``scale`` up
+  front, so the encoder can be configured before the first frame: output frames are
+  exactly ``(N, H * scale, W * scale, 3)``.
+* A :class:`FrameInterpolator` synthesises frames at times ``ts`` in ``(0, 1)`` between
+  two frames of equal size, returning ``(len(ts), H, W, 3)``; it estimates motion once
+  per pair, however many times are asked for.  It needs one frame of look-ahead (``temporal_context``),
+  which the pipeline supplies across chunk boundaries.
+* ``needs_gpu`` says whether the operator wants a GPU when one exists; it must still run
+  on CPU (the pipeline requests ``num_gpus`` only where CUDA is present).
+
+Neural models (later) adapt their ``(N, C, H, W)`` float tensors to this contract inside
+their own adapter, so the pipeline never sees a tensor type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["FrameFilter", "FrameInterpolator", "check_frames"]
+
+
+@runtime_checkable
+class FrameFilter(Protocol):
+    """Maps each frame of a batch independently (denoise, upscale, sharpen)."""
+
+    name: ClassVar[str]
+    scale: int
+    needs_gpu: bool
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class FrameInterpolator(Protocol):
+    """Synthesises in-between frames; ``temporal_context`` frames of look-ahead needed."""
+
+    name: ClassVar[str]
+    temporal_context: int
+    needs_gpu: bool
+
+    def interpolate(
+        self, first: np.ndarray, second: np.ndarray, ts: Sequence[float]
+    ) -> np.ndarray: ...
+
+    def is_scene_cut(self, first: np.ndarray, second: np.ndarray) -> bool: ...
+
+
+def check_frames(frames: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``frames`` follows the frame contract above."""
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, got {frames.dtype}")
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (N, H, W, 3), got {frames.shape}")

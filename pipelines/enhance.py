@@ -1,0 +1,190 @@
+"""One job, one Ray Data streaming pipeline: the front door of :mod:`pipelines`.
+
+    read chunks ─▶ decode (tasks) ─▶ operator stages (actor pools, GPU where present)
+                ─▶ encode segment (tasks) ─▶ driver: segments in order ─▶ assemble
+
+Each row is one chunk, and Ray Data's streaming executor keeps only a bounded number
+of rows in flight, so memory grows with chunk size and concurrency, not video length.
+The driver writes each encoded segment to scratch as it arrives and joins them at the
+end.  Whatever happens, scratch is deleted and no partial output is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import ray
+from ray.data import ActorPoolStrategy, DataContext, Dataset
+
+from pipelines.assemble import Segment, assemble, output_format
+from pipelines.errors import PipelineCanceled, PipelineError, ProcessingError
+from pipelines.job_plan import EnhanceRequest, JobPlan, plan_job
+from pipelines.probe import probe
+from pipelines.progress import CancelToken, ProgressCallback, ProgressMeter
+from pipelines.stages import CancelSignal, FilterStage, RetimeStage, decode_stage, encode_stage
+
+__all__ = ["EnhanceResult", "PipelineConfig", "build_dataset", "enhance_video", "ensure_ray"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How a job runs (not what it produces)."""
+
+    scratch_dir: Path | None = None  # default: the system temp dir
+    chunk_budget_bytes: int = 96 * 1024 * 1024  # processed pixels per chunk
+    max_chunk_frames: int | None = None  # override the budget (tests, debugging)
+    stage_concurrency: int = 1  # actors per operator stage
+
+
+@dataclass(frozen=True)
+class EnhanceResult:
+    output: Path
+    width: int
+    height: int
+    fps: Fraction
+    frame_count: int
+    chunks: int
+    seconds: float
+
+
+def ensure_ray() -> None:
+    """Start a local Ray instance unless this process is already connected to one."""
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level=logging.WARNING,
+                 configure_logging=True)
+
+
+def _gpu_available() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
+                  config: PipelineConfig) -> Dataset:
+    """The job's Ray Data pipeline; it reads like its stage list."""
+    actor_stages = len(plan.chain)
+    # Actors hold their CPUs for the whole job: size every stage so one decode and one
+    # encode task always fit beside all actors, or a small machine deadlocks.  These are
+    # scheduling shares; OpenCV and the encoders still use every core they are given.
+    total_cpus = ray.cluster_resources().get("CPU", 1)
+    stage_cpus = min(1.0, total_cpus / (actor_stages * config.stage_concurrency + 2))
+    use_gpu = _gpu_available()
+
+    ds = ray.data.from_items([chunk.as_row() for chunk in plan.chunks],
+                             override_num_blocks=len(plan.chunks))
+    ds = ds.map_batches(decode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
+                        fn_kwargs={"path": plan.info.path, "rotation": plan.info.rotation,
+                                   "signal": signal})
+    for spec in plan.chain:
+        stage = RetimeStage if spec.kind == "interpolate" else FilterStage
+        args = {"spec": spec, "signal": signal}
+        if stage is RetimeStage:
+            args["ratio"] = plan.ratio
+        ds = ds.map_batches(stage, batch_size=1, batch_format="numpy",
+                            fn_constructor_kwargs=args,
+                            compute=ActorPoolStrategy(size=config.stage_concurrency),
+                            num_cpus=stage_cpus, num_gpus=1 if use_gpu and _wants_gpu(spec)
+                            else 0)
+    return ds.map_batches(encode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
+                          fn_kwargs={"fps": plan.fps, "settings": plan.encoder,
+                                     "signal": signal})
+
+
+def _wants_gpu(spec: object) -> bool:
+    # Classical operators are CPU-only; neural ones will declare needs_gpu.
+    return getattr(spec, "engine", "classical") != "classical"
+
+
+def _segments(ds: Dataset, scratch: Path, meter: ProgressMeter, cancel: CancelToken
+              ) -> Iterator[Segment]:
+    for row in ds.iter_rows():
+        cancel.raise_if_canceled()
+        path = scratch / f"segment_{int(row['index']):05d}.mp4"
+        path.write_bytes(row["segment"])
+        meter.advance(int(row["input_frames"]))
+        yield Segment(path, int(row["out_start"]))
+
+
+def _as_pipeline_error(exc: BaseException, cancel: CancelToken) -> PipelineError:
+    if cancel.canceled:
+        return PipelineCanceled("job was canceled")
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, PipelineError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    return ProcessingError(f"processing failed ({type(exc).__name__})")
+
+
+def _relay_cancel(cancel: CancelToken, signal: ray.actor.ActorHandle,
+                  finished: threading.Event) -> None:
+    while not finished.is_set():
+        if cancel.wait(0.1):
+            signal.set.remote()
+            return
+
+
+def enhance_video(source: str | Path, output: str | Path,
+                  request: EnhanceRequest = EnhanceRequest(),
+                  config: PipelineConfig = PipelineConfig(), *,
+                  on_progress: ProgressCallback | None = None,
+                  cancel: CancelToken | None = None) -> EnhanceResult:
+    """Enhance ``source`` into ``output`` (MP4/MOV/MKV by suffix).
+
+    Raises :class:`~pipelines.errors.InvalidInputError` for inputs that cannot be
+    processed, :class:`~pipelines.errors.InvalidOptionsError` for impossible requests,
+    :class:`~pipelines.errors.PipelineCanceled` when ``cancel`` fires and
+    :class:`~pipelines.errors.ProcessingError` for anything else; in every case no
+    output file and no scratch file is left behind.
+    """
+    started = time.monotonic()
+    output = Path(output)
+    output_format(output)
+    cancel = cancel or CancelToken()
+    plan = plan_job(probe(source), request, chunk_budget_bytes=config.chunk_budget_bytes,
+                    max_frames=config.max_chunk_frames)
+    ensure_ray()
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+
+    scratch = Path(tempfile.mkdtemp(prefix="retroiva-", dir=config.scratch_dir))
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    signal = CancelSignal.remote()
+    finished = threading.Event()
+    relay = threading.Thread(target=_relay_cancel, args=(cancel, signal, finished), daemon=True)
+    relay.start()
+    try:
+        cancel.raise_if_canceled()
+        meter = ProgressMeter(plan.info.frame_count, on_progress)
+        segments = list(_segments(build_dataset(plan, signal, config), scratch, meter, cancel))
+        cancel.raise_if_canceled()
+        assemble(segments, plan.fps, plan.info, partial)
+        os.replace(partial, output)
+    except BaseException as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        error = _as_pipeline_error(exc, cancel)
+        if error is exc:
+            raise
+        raise error from exc
+    finally:
+        finished.set()
+        shutil.rmtree(scratch, ignore_errors=True)
+        ray.kill(signal)
+    return EnhanceResult(output=output, width=plan.width, height=plan.height, fps=plan.fps,
+                         frame_count=plan.frame_count, chunks=len(plan.chunks),
+                         seconds=time.monotonic() - started)

@@ -1,0 +1,105 @@
+"""Turn a request and a probed input into a concrete plan, before any frame is decoded.
+
+Everything here is pure and validated up front, so a bad request fails in
+milliseconds with a message naming the parameter, not minutes into a job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from pipelines.chunk_plan import Chunk, chunk_plan, max_chunk_frames
+from pipelines.encode import EncoderSettings, even_size
+from pipelines.errors import InvalidOptionsError
+from pipelines.presets import PRESETS, OperatorSpec, resolve_chain
+from pipelines.probe import VideoInfo
+
+__all__ = ["MAX_OUTPUT_SIDE", "EnhanceRequest", "JobPlan", "plan_job"]
+
+# libx264 and most players stop at 8K-ish; anything larger is a mistake, not a request.
+MAX_OUTPUT_SIDE = 8192
+MAX_FPS = 240
+
+
+@dataclass(frozen=True)
+class EnhanceRequest:
+    """What a caller asks for; ``None`` means "the preset's default"."""
+
+    preset: str = "general"
+    upscale_factor: int | None = None
+    interpolate: int | None = None  # frame-rate multiplier: 2 or 4
+    target_fps: Fraction | None = None  # or an explicit output frame rate
+    codec: str | None = None  # "h264" (default) or "hevc"
+    engine: str = "classical"
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    info: VideoInfo
+    chain: tuple[OperatorSpec, ...]
+    upscale_factor: int
+    width: int  # output, after even rounding
+    height: int
+    fps: Fraction  # output
+    ratio: Fraction  # output fps / input fps
+    frame_count: int  # output
+    encoder: EncoderSettings
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def needs_lookahead(self) -> bool:
+        return any(spec.kind == "interpolate" for spec in self.chain)
+
+
+def _output_fps(info: VideoInfo, request: EnhanceRequest, preset_fps: Fraction | None
+                ) -> Fraction:
+    if request.interpolate is not None and request.target_fps is not None:
+        raise InvalidOptionsError("give either interpolate or target fps, not both")
+    if request.interpolate is not None:
+        if request.interpolate not in (1, 2, 4):
+            raise InvalidOptionsError(f"interpolate must be 2 or 4, got {request.interpolate}")
+        return info.fps * request.interpolate
+    fps = request.target_fps if request.target_fps is not None else preset_fps
+    if fps is None:
+        return info.fps
+    if not 0 < fps <= MAX_FPS:
+        raise InvalidOptionsError(f"fps must be in (0, {MAX_FPS}], got {float(fps):g}")
+    # A preset's target never lowers the frame rate; an explicit one may.
+    if request.target_fps is None and fps <= info.fps:
+        return info.fps
+    return Fraction(fps)
+
+
+def plan_job(info: VideoInfo, request: EnhanceRequest, *, chunk_budget_bytes: int,
+             max_frames: int | None = None) -> JobPlan:
+    """Validate ``request`` against ``info`` and fix geometry, timing and chunks."""
+    preset = PRESETS.get(request.preset)
+    if preset is None:
+        raise InvalidOptionsError(
+            f"preset must be one of {', '.join(PRESETS)}, got {request.preset!r}")
+    factor = request.upscale_factor if request.upscale_factor is not None \
+        else preset.upscale_factor
+    if factor not in (1, 2, 3, 4):
+        raise InvalidOptionsError(f"upscale factor must be 1, 2, 3 or 4, got {factor}")
+    fps = _output_fps(info, request, preset.target_fps)
+    ratio = fps / info.fps
+    display_w, display_h = info.display_size
+    width, height = even_size(display_w * factor, display_h * factor)
+    if width < 2 or height < 2:
+        raise InvalidOptionsError(f"output {width}×{height} is too small to encode")
+    if max(width, height) > MAX_OUTPUT_SIDE:
+        raise InvalidOptionsError(
+            f"output {width}×{height} exceeds {MAX_OUTPUT_SIDE} pixels on a side; "
+            "choose a smaller upscale factor")
+    encoder = preset.encoder
+    if request.codec is not None:
+        encoder = EncoderSettings(codec=request.codec, crf=encoder.crf,  # type: ignore[arg-type]
+                                  speed=encoder.speed, pixel_format=encoder.pixel_format)
+    chain = tuple(resolve_chain(preset, factor, ratio, request.engine))
+    limit = max_frames or max_chunk_frames(width, height, ratio, chunk_budget_bytes)
+    needs_lookahead = any(spec.kind == "interpolate" for spec in chain)
+    chunks = chunk_plan(info, max_frames=limit, ratio=ratio, lookahead=needs_lookahead)
+    return JobPlan(info=info, chain=chain, upscale_factor=factor, width=width, height=height,
+                   fps=fps, ratio=ratio, frame_count=chunks[-1].out_end, encoder=encoder,
+                   chunks=tuple(chunks))

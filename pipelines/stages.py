@@ -1,0 +1,148 @@
+"""Ray Data stage callables: thin shells around plain functions and operators.
+
+Each batch is exactly one chunk (``batch_size=1``): the columns of
+:meth:`pipelines.chunk_plan.Chunk.as_row` plus ``frames`` (``(n, H, W, 3)`` uint8,
+look-ahead last) and ``n_lookahead``.  Every stage polls the job's
+:class:`CancelSignal` between small groups of frames and raises
+:class:`~pipelines.errors.PipelineCanceled`, which fails the Ray Data execution and
+makes it release its actors.
+"""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import ray
+
+from models.operator import FrameFilter, FrameInterpolator
+from models.registry import build_operator
+from pipelines.chunk_plan import Chunk
+from pipelines.decode import decode_chunk
+from pipelines.encode import EncoderSettings, encode_segment
+from pipelines.errors import PipelineCanceled
+from pipelines.presets import OperatorSpec
+from pipelines.retime import retime_chunk
+
+__all__ = ["CancelCheck", "CancelSignal", "FilterStage", "RetimeStage", "decode_stage",
+           "encode_stage"]
+
+Batch = dict[str, Any]
+
+# Frames an operator processes between two cancellation checks.
+_FRAMES_PER_CHECK = 4
+
+
+@ray.remote(num_cpus=0)
+class CancelSignal:
+    """One per job: the driver sets it, every stage polls it."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+class CancelCheck:
+    """Callable that raises :class:`PipelineCanceled` once the job's signal is set.
+
+    Polls the signal actor at most every ``interval`` seconds, so calling it per frame
+    costs nothing measurable.
+    """
+
+    def __init__(self, signal: ray.actor.ActorHandle | None, interval: float = 0.25) -> None:
+        self._signal = signal
+        self._interval = interval
+        self._next_poll = 0.0
+
+    def __call__(self) -> None:
+        if self._signal is None:
+            return
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + self._interval
+        if ray.get(self._signal.is_set.remote()):
+            raise PipelineCanceled("job was canceled")
+
+
+def _one(batch: Batch, column: str) -> Any:
+    value = batch[column][0]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _with(batch: Batch, **columns: Any) -> Batch:
+    out = {k: v for k, v in batch.items() if k not in columns}
+    for name, value in columns.items():
+        if isinstance(value, np.ndarray):
+            out[name] = value[None]
+        else:
+            out[name] = np.array([value], dtype=object if isinstance(value, bytes) else None)
+    return out
+
+
+def decode_stage(batch: Batch, *, path: str, rotation: int,
+                 signal: ray.actor.ActorHandle | None) -> Batch:
+    chunk = Chunk.from_row({k: _one(batch, k) for k in batch})
+    frames, n_lookahead = decode_chunk(path, chunk, rotation, CancelCheck(signal))
+    return _with(batch, frames=frames, n_lookahead=n_lookahead)
+
+
+class FilterStage:
+    """Runs one per-frame operator (denoise, upscale) on every frame of a chunk."""
+
+    def __init__(self, spec: OperatorSpec, signal: ray.actor.ActorHandle | None) -> None:
+        operator = build_operator(spec.kind, spec.engine, spec.params)
+        if not isinstance(operator, FrameFilter):
+            raise TypeError(f"{spec.kind}/{spec.engine} is not a per-frame filter")
+        self._operator = operator
+        self._check = CancelCheck(signal)
+
+    def __call__(self, batch: Batch) -> Batch:
+        frames = _one(batch, "frames")
+        parts = []
+        for i in range(0, len(frames), _FRAMES_PER_CHECK):
+            self._check()
+            parts.append(self._operator(frames[i:i + _FRAMES_PER_CHECK]))
+        return _with(batch, frames=np.concatenate(parts))
+
+
+class RetimeStage:
+    """Changes the frame rate of a chunk with a temporal interpolator; drops look-ahead."""
+
+    def __init__(self, spec: OperatorSpec, ratio: Fraction,
+                 signal: ray.actor.ActorHandle | None) -> None:
+        operator = build_operator(spec.kind, spec.engine, spec.params)
+        if not isinstance(operator, FrameInterpolator):
+            raise TypeError(f"{spec.kind}/{spec.engine} is not an interpolator")
+        self._operator = operator
+        self._ratio = ratio
+        self._check = CancelCheck(signal)
+
+    def __call__(self, batch: Batch) -> Batch:
+        frames = _one(batch, "frames")
+        n_own = len(frames) - int(_one(batch, "n_lookahead"))
+        out = retime_chunk(frames, n_own, _one(batch, "start_frame"), _one(batch, "out_start"),
+                           _one(batch, "out_end"), self._ratio, self._operator, self._check)
+        return _with(batch, frames=out, n_lookahead=0)
+
+
+def encode_stage(batch: Batch, *, fps: Fraction, settings: EncoderSettings,
+                 signal: ray.actor.ActorHandle | None) -> Batch:
+    CancelCheck(signal)()
+    frames = _one(batch, "frames")
+    n_own = len(frames) - int(_one(batch, "n_lookahead"))
+    segment = encode_segment(frames[:n_own], fps, settings)
+    return {
+        "index": batch["index"],
+        "out_start": batch["out_start"],
+        "input_frames": np.array([_one(batch, "end_frame") - _one(batch, "start_frame")]),
+        "output_frames": np.array([n_own]),
+        "segment": np.array([segment], dtype=object),
+    }
