@@ -9,8 +9,8 @@ Frame contract, written once:
   exactly ``(N, H * scale, W * scale, 3)``.
 * A :class:`FrameInterpolator` synthesises frames at times ``ts`` in ``(0, 1)`` between
   two frames of equal size, returning ``(len(ts), H, W, 3)``; it estimates motion once
-  per pair, however many times are asked for.  It needs one frame of look-ahead (``temporal_context``),
-  which the pipeline supplies across chunk boundaries.
+  per pair, however many times are asked for.  It needs one frame of look-ahead
+  (``temporal_context``), which the pipeline supplies across chunk boundaries.
 * ``needs_gpu`` says whether the operator wants a GPU when one exists; it must still run
   on CPU (the pipeline requests ``num_gpus`` only where CUDA is present).
 

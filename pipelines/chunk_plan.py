@@ -15,6 +15,7 @@ invisible: the same output frames exist whatever the chunking.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -83,7 +84,7 @@ def chunk_plan(info: VideoInfo, *, max_frames: int, ratio: Fraction = Fraction(1
         bounds.append(key_index[pos] if key_index[pos] > start else limit)
 
     chunks = []
-    for i, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
+    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
         seek_key = key_index[bisect.bisect_right(key_index, start) - 1]
         chunks.append(Chunk(
             index=i,

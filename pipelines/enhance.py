@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset
@@ -28,9 +29,16 @@ from ray.data import ActorPoolStrategy, DataContext, Dataset
 from pipelines.assemble import Segment, assemble, output_format
 from pipelines.errors import PipelineCanceled, PipelineError, ProcessingError
 from pipelines.job_plan import EnhanceRequest, JobPlan, plan_job
+from pipelines.presets import OperatorSpec
 from pipelines.probe import probe
 from pipelines.progress import CancelToken, ProgressCallback, ProgressMeter
-from pipelines.stages import CancelSignal, FilterStage, RetimeStage, decode_stage, encode_stage
+from pipelines.stages import (
+    CancelSignal,
+    OperatorStage,
+    decode_stage,
+    encode_stage,
+    operator_stage,
+)
 
 __all__ = ["EnhanceResult", "PipelineConfig", "build_dataset", "enhance_video", "ensure_ray"]
 
@@ -44,7 +52,11 @@ class PipelineConfig:
     scratch_dir: Path | None = None  # default: the system temp dir
     chunk_budget_bytes: int = 96 * 1024 * 1024  # processed pixels per chunk
     max_chunk_frames: int | None = None  # override the budget (tests, debugging)
-    stage_concurrency: int = 1  # actors per operator stage
+    stage_concurrency: int = 1  # actors per operator stage that runs in actors
+    # "auto": operators that load weights run in actor pools (loaded once per actor),
+    # cheap classical ones as plain tasks that Ray Data fuses with decode and encode.
+    # "actors": every operator in its own actor pool.
+    operator_compute: Literal["auto", "actors"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -65,20 +77,20 @@ def ensure_ray() -> None:
                  configure_logging=True)
 
 
-def _gpu_available() -> bool:
-    return ray.cluster_resources().get("GPU", 0) > 0
+def _in_actors(spec: OperatorSpec, config: PipelineConfig) -> bool:
+    return config.operator_compute == "actors" or spec.engine != "classical"
 
 
 def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
                   config: PipelineConfig) -> Dataset:
     """The job's Ray Data pipeline; it reads like its stage list."""
-    actor_stages = len(plan.chain)
+    actor_stages = sum(_in_actors(spec, config) for spec in plan.chain)
     # Actors hold their CPUs for the whole job: size every stage so one decode and one
     # encode task always fit beside all actors, or a small machine deadlocks.  These are
     # scheduling shares; OpenCV and the encoders still use every core they are given.
     total_cpus = ray.cluster_resources().get("CPU", 1)
     stage_cpus = min(1.0, total_cpus / (actor_stages * config.stage_concurrency + 2))
-    use_gpu = _gpu_available()
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
 
     ds = ray.data.from_items([chunk.as_row() for chunk in plan.chunks],
                              override_num_blocks=len(plan.chunks))
@@ -86,23 +98,19 @@ def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
                         fn_kwargs={"path": plan.info.path, "rotation": plan.info.rotation,
                                    "signal": signal})
     for spec in plan.chain:
-        stage = RetimeStage if spec.kind == "interpolate" else FilterStage
-        args = {"spec": spec, "signal": signal}
-        if stage is RetimeStage:
-            args["ratio"] = plan.ratio
-        ds = ds.map_batches(stage, batch_size=1, batch_format="numpy",
-                            fn_constructor_kwargs=args,
-                            compute=ActorPoolStrategy(size=config.stage_concurrency),
-                            num_cpus=stage_cpus, num_gpus=1 if use_gpu and _wants_gpu(spec)
-                            else 0)
+        args = {"spec": spec, "ratio": plan.ratio, "signal": signal}
+        if _in_actors(spec, config):
+            ds = ds.map_batches(OperatorStage, batch_size=1, batch_format="numpy",
+                                fn_constructor_kwargs=args,
+                                compute=ActorPoolStrategy(size=config.stage_concurrency),
+                                num_cpus=stage_cpus,
+                                num_gpus=1 if use_gpu and spec.engine != "classical" else 0)
+        else:
+            ds = ds.map_batches(operator_stage, batch_size=1, batch_format="numpy",
+                                fn_kwargs=args, num_cpus=stage_cpus)
     return ds.map_batches(encode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
                           fn_kwargs={"fps": plan.fps, "settings": plan.encoder,
                                      "signal": signal})
-
-
-def _wants_gpu(spec: object) -> bool:
-    # Classical operators are CPU-only; neural ones will declare needs_gpu.
-    return getattr(spec, "engine", "classical") != "classical"
 
 
 def _segments(ds: Dataset, scratch: Path, meter: ProgressMeter, cancel: CancelToken
@@ -153,9 +161,11 @@ def enhance_video(source: str | Path, output: str | Path,
     output = Path(output)
     output_format(output)
     cancel = cancel or CancelToken()
-    plan = plan_job(probe(source), request, chunk_budget_bytes=config.chunk_budget_bytes,
-                    max_frames=config.max_chunk_frames)
+    info = probe(source)
     ensure_ray()
+    plan = plan_job(info, request, chunk_budget_bytes=config.chunk_budget_bytes,
+                    max_frames=config.max_chunk_frames,
+                    parallelism=int(ray.cluster_resources().get("CPU", 1)))
     context = DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False

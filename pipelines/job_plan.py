@@ -6,6 +6,7 @@ milliseconds with a message naming the parameter, not minutes into a job.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -20,6 +21,8 @@ __all__ = ["MAX_OUTPUT_SIDE", "EnhanceRequest", "JobPlan", "plan_job"]
 # libx264 and most players stop at 8K-ish; anything larger is a mistake, not a request.
 MAX_OUTPUT_SIDE = 8192
 MAX_FPS = 240
+# Below this, per-chunk overhead (seek, encoder start-up) outweighs parallelism.
+MIN_PARALLEL_CHUNK_FRAMES = 12
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,13 @@ def _output_fps(info: VideoInfo, request: EnhanceRequest, preset_fps: Fraction |
 
 
 def plan_job(info: VideoInfo, request: EnhanceRequest, *, chunk_budget_bytes: int,
-             max_frames: int | None = None) -> JobPlan:
-    """Validate ``request`` against ``info`` and fix geometry, timing and chunks."""
+             max_frames: int | None = None, parallelism: int = 1) -> JobPlan:
+    """Validate ``request`` against ``info`` and fix geometry, timing and chunks.
+
+    Chunks are capped by ``chunk_budget_bytes`` of processed pixels and, for short
+    inputs, small enough that ``parallelism`` workers each get about two; an explicit
+    ``max_frames`` overrides both.
+    """
     preset = PRESETS.get(request.preset)
     if preset is None:
         raise InvalidOptionsError(
@@ -97,9 +105,11 @@ def plan_job(info: VideoInfo, request: EnhanceRequest, *, chunk_budget_bytes: in
         encoder = EncoderSettings(codec=request.codec, crf=encoder.crf,  # type: ignore[arg-type]
                                   speed=encoder.speed, pixel_format=encoder.pixel_format)
     chain = tuple(resolve_chain(preset, factor, ratio, request.engine))
-    limit = max_frames or max_chunk_frames(width, height, ratio, chunk_budget_bytes)
-    needs_lookahead = any(spec.kind == "interpolate" for spec in chain)
-    chunks = chunk_plan(info, max_frames=limit, ratio=ratio, lookahead=needs_lookahead)
+    limit = max_frames or min(
+        max_chunk_frames(width, height, ratio, chunk_budget_bytes),
+        max(MIN_PARALLEL_CHUNK_FRAMES, math.ceil(info.frame_count / (2 * parallelism))))
+    chunks = chunk_plan(info, max_frames=limit, ratio=ratio,
+                        lookahead=any(spec.kind == "interpolate" for spec in chain))
     return JobPlan(info=info, chain=chain, upscale_factor=factor, width=width, height=height,
                    fps=fps, ratio=ratio, frame_count=chunks[-1].out_end, encoder=encoder,
                    chunks=tuple(chunks))

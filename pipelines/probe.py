@@ -8,6 +8,7 @@ to read its rotation and real pixel format.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -75,7 +76,7 @@ def _open(path: Path) -> av.container.InputContainer:
         raise InvalidInputError("input file is empty", reason="empty")
     try:
         return av.open(str(path), mode="r")
-    except (av.error.InvalidDataError, av.error.ValueError, av.error.EOFError) as exc:
+    except av.error.FFmpegError as exc:
         raise InvalidInputError(
             f"input is not a recognisable video container ({exc.strerror or exc})",
             reason="not_a_video",
@@ -84,7 +85,7 @@ def _open(path: Path) -> av.container.InputContainer:
 
 def _clockwise_rotation(frame: av.VideoFrame) -> int:
     # PyAV reports the display matrix angle counter-clockwise, as FFmpeg does.
-    return int(round(-frame.rotation)) % 360
+    return round(-frame.rotation) % 360
 
 
 def _fps_and_vfr(pts: list[int], time_base: Fraction, nominal: Fraction | None
@@ -92,7 +93,7 @@ def _fps_and_vfr(pts: list[int], time_base: Fraction, nominal: Fraction | None
     if len(pts) < 2:
         fps = nominal or Fraction(25)
         return fps, False, float(1 / fps)
-    deltas = sorted(b - a for a, b in zip(pts, pts[1:], strict=False))
+    deltas = sorted(b - a for a, b in itertools.pairwise(pts))
     median = deltas[len(deltas) // 2]
     # One tick of slack: millisecond time bases (Matroska) round 1/24 s to 41 or 42.
     slack = max(1.0, _VFR_TOLERANCE * median)

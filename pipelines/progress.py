@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pipelines.errors import PipelineCanceled
 
-__all__ = ["CancelToken", "Progress", "ProgressMeter", "ProgressCallback"]
+__all__ = ["CancelToken", "Progress", "ProgressCallback", "ProgressMeter"]
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from pipelines.errors import PipelineCanceled
 from pipelines.presets import OperatorSpec
 from pipelines.retime import retime_chunk
 
-__all__ = ["CancelCheck", "CancelSignal", "FilterStage", "RetimeStage", "decode_stage",
-           "encode_stage"]
+__all__ = ["CancelCheck", "CancelSignal", "OperatorStage", "decode_stage", "encode_stage",
+           "operator_stage"]
 
 Batch = dict[str, Any]
 
@@ -94,18 +94,29 @@ def decode_stage(batch: Batch, *, path: str, rotation: int,
     return _with(batch, frames=frames, n_lookahead=n_lookahead)
 
 
-class FilterStage:
-    """Runs one per-frame operator (denoise, upscale) on every frame of a chunk."""
+class OperatorStage:
+    """Applies one operator to a chunk: a filter to every frame, or a retime.
 
-    def __init__(self, spec: OperatorSpec, signal: ray.actor.ActorHandle | None) -> None:
-        operator = build_operator(spec.kind, spec.engine, spec.params)
-        if not isinstance(operator, FrameFilter):
-            raise TypeError(f"{spec.kind}/{spec.engine} is not a per-frame filter")
-        self._operator = operator
+    Used as an actor class for operators that load weights (built once per actor) and,
+    through :func:`operator_stage`, as a plain task for cheap classical operators.
+    """
+
+    def __init__(self, spec: OperatorSpec, ratio: Fraction,
+                 signal: ray.actor.ActorHandle | None) -> None:
+        self._operator = build_operator(spec.kind, spec.engine, spec.params)
+        self._ratio = ratio
         self._check = CancelCheck(signal)
 
     def __call__(self, batch: Batch) -> Batch:
         frames = _one(batch, "frames")
+        if isinstance(self._operator, FrameInterpolator):
+            n_own = len(frames) - int(_one(batch, "n_lookahead"))
+            out = retime_chunk(frames, n_own, _one(batch, "start_frame"),
+                               _one(batch, "out_start"), _one(batch, "out_end"), self._ratio,
+                               self._operator, self._check)
+            return _with(batch, frames=out, n_lookahead=0)
+        if not isinstance(self._operator, FrameFilter):
+            raise TypeError(f"{self._operator!r} is neither a filter nor an interpolator")
         parts = []
         for i in range(0, len(frames), _FRAMES_PER_CHECK):
             self._check()
@@ -113,24 +124,9 @@ class FilterStage:
         return _with(batch, frames=np.concatenate(parts))
 
 
-class RetimeStage:
-    """Changes the frame rate of a chunk with a temporal interpolator; drops look-ahead."""
-
-    def __init__(self, spec: OperatorSpec, ratio: Fraction,
-                 signal: ray.actor.ActorHandle | None) -> None:
-        operator = build_operator(spec.kind, spec.engine, spec.params)
-        if not isinstance(operator, FrameInterpolator):
-            raise TypeError(f"{spec.kind}/{spec.engine} is not an interpolator")
-        self._operator = operator
-        self._ratio = ratio
-        self._check = CancelCheck(signal)
-
-    def __call__(self, batch: Batch) -> Batch:
-        frames = _one(batch, "frames")
-        n_own = len(frames) - int(_one(batch, "n_lookahead"))
-        out = retime_chunk(frames, n_own, _one(batch, "start_frame"), _one(batch, "out_start"),
-                           _one(batch, "out_end"), self._ratio, self._operator, self._check)
-        return _with(batch, frames=out, n_lookahead=0)
+def operator_stage(batch: Batch, *, spec: OperatorSpec, ratio: Fraction,
+                   signal: ray.actor.ActorHandle | None) -> Batch:
+    return OperatorStage(spec, ratio, signal)(batch)
 
 
 def encode_stage(batch: Batch, *, fps: Fraction, settings: EncoderSettings,
