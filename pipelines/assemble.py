@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import av
 
-from pipelines.errors import InvalidOptionsError
+from pipelines.errors import InvalidInputError, InvalidOptionsError
 from pipelines.probe import VideoInfo
 
 __all__ = ["OUTPUT_FORMATS", "Segment", "assemble", "output_format"]
@@ -41,6 +42,20 @@ OUTPUT_FORMATS: dict[str, tuple[str, frozenset[str], frozenset[str]]] = {
 }
 
 
+# FFmpeg's default layout per channel count, which the AAC encoder accepts.
+_AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1",
+                7: "6.1", 8: "7.1"}
+
+
+def _aac_layout(channels: int) -> str:
+    try:
+        return _AAC_LAYOUTS[channels]
+    except KeyError:
+        raise InvalidInputError(
+            f"audio with {channels} channels cannot be transcoded to AAC; "
+            "choose .mkv output to keep it as-is", reason="unsupported_audio") from None
+
+
 @dataclass(frozen=True)
 class Segment:
     path: Path
@@ -56,8 +71,27 @@ def output_format(path: str | Path) -> str:
     return OUTPUT_FORMATS[suffix][0]
 
 
+def _reorder_delay(path: Path) -> Fraction:
+    """How far decode time runs ahead of presentation time at the segment's start (s)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            if packet.size and packet.dts is not None:
+                return max(Fraction(0), -packet.dts * Fraction(stream.time_base))
+    return Fraction(0)
+
+
 def _video_packets(segments: Sequence[Segment], fps: Fraction, out_stream: av.stream.Stream,
                    stack: ExitStack) -> Iterator[tuple[float, int, av.Packet]]:
+    """Segment packets with pts shifted into place and dts rewritten for the whole file.
+
+    Each segment's encoder chose its own B-frame delay (a two-frame segment has none),
+    so shifted dts could run backwards at a seam.  Rewriting the k-th packet's dts as
+    ``(k - D) / fps`` with D the largest delay keeps dts strictly increasing and never
+    past pts, because every segment reorders by at most D frames.
+    """
+    delay_frames = max(math.ceil(_reorder_delay(s.path) * fps) for s in segments)
+    decoded = 0
     for segment in segments:
         container = stack.enter_context(av.open(str(segment.path)))
         stream = container.streams.video[0]
@@ -67,10 +101,11 @@ def _video_packets(segments: Sequence[Segment], fps: Fraction, out_stream: av.st
             if packet.size == 0:
                 continue
             packet.pts = None if packet.pts is None else packet.pts + shift
-            packet.dts = None if packet.dts is None else packet.dts + shift
+            packet.dts = round(Fraction(decoded - delay_frames) / fps / tb)
+            decoded += 1
             packet.stream = out_stream
             packet.time_base = tb
-            yield float((packet.dts or 0) * tb), 0, packet
+            yield float(packet.dts * tb), 0, packet
         container.close()
 
 
@@ -142,8 +177,11 @@ def assemble(segments: Sequence[Segment], fps: Fraction, source: VideoInfo,
                 out_stream.time_base = in_stream.time_base
                 feeds.append(_copied_packets(reader, reader_stream, out_stream, start, order))
             else:
-                out_stream = out.add_stream("aac", rate=in_stream.codec_context.sample_rate)
-                out_stream.layout = in_stream.codec_context.layout
+                # The default layout for the channel count: AAC refuses the unordered
+                # layouts that PCM in Matroska often declares.
+                context = in_stream.codec_context
+                out_stream = out.add_stream("aac", rate=context.sample_rate,
+                                            layout=_aac_layout(context.channels))
                 feeds.append(_transcoded_audio(reader, reader_stream, out_stream, start, order))
             order += 1
         for in_stream in src.streams.subtitles:

@@ -11,12 +11,14 @@ end.  Whatever happens, scratch is deleted and no partial output is left behind.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -176,6 +178,7 @@ def enhance_video(source: str | Path, output: str | Path,
     finished = threading.Event()
     relay = threading.Thread(target=_relay_cancel, args=(cancel, signal, finished), daemon=True)
     relay.start()
+    failure: PipelineError | None = None
     try:
         cancel.raise_if_canceled()
         meter = ProgressMeter(plan.info.frame_count, on_progress)
@@ -183,18 +186,21 @@ def enhance_video(source: str | Path, output: str | Path,
         cancel.raise_if_canceled()
         assemble(segments, plan.fps, plan.info, partial)
         os.replace(partial, output)
-    except BaseException as exc:
-        partial.unlink(missing_ok=True)
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
-        error = _as_pipeline_error(exc, cancel)
-        if error is exc:
-            raise
-        raise error from exc
+    except Exception as exc:
+        failure = _as_pipeline_error(exc, cancel)
+        log.debug("job failed: %s", "".join(traceback.format_exception(exc)))
     finally:
         finished.set()
+        partial.unlink(missing_ok=True)
         shutil.rmtree(scratch, ignore_errors=True)
         ray.kill(signal)
+    if failure is not None:
+        # Ray Data's failed executor releases its stage actors by dropping their handles,
+        # but the handles sit in reference cycles (and in the original traceback), so the
+        # actors, and any GPU they hold, would live until the next cyclic GC.  Raise
+        # outside the except block, without a traceback, and collect the cycles now.
+        gc.collect()
+        raise failure.with_traceback(None)
     return EnhanceResult(output=output, width=plan.width, height=plan.height, fps=plan.fps,
                          frame_count=plan.frame_count, chunks=len(plan.chunks),
                          seconds=time.monotonic() - started)

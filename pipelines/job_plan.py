@@ -6,6 +6,7 @@ milliseconds with a message naming the parameter, not minutes into a job.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -34,6 +35,7 @@ class EnhanceRequest:
     interpolate: int | None = None  # frame-rate multiplier: 2 or 4
     target_fps: Fraction | None = None  # or an explicit output frame rate
     codec: str | None = None  # "h264" (default) or "hevc"
+    crf: int | None = None  # encoder quality override, 0 (lossless) to 51
     engine: str = "classical"
 
 
@@ -100,10 +102,10 @@ def plan_job(info: VideoInfo, request: EnhanceRequest, *, chunk_budget_bytes: in
         raise InvalidOptionsError(
             f"output {width}×{height} exceeds {MAX_OUTPUT_SIDE} pixels on a side; "
             "choose a smaller upscale factor")
-    encoder = preset.encoder
-    if request.codec is not None:
-        encoder = EncoderSettings(codec=request.codec, crf=encoder.crf,  # type: ignore[arg-type]
-                                  speed=encoder.speed, pixel_format=encoder.pixel_format)
+    encoder = dataclasses.replace(
+        preset.encoder,
+        codec=request.codec if request.codec is not None else preset.encoder.codec,
+        crf=request.crf if request.crf is not None else preset.encoder.crf)
     chain = tuple(resolve_chain(preset, factor, ratio, request.engine))
     limit = max_frames or min(
         max_chunk_frames(width, height, ratio, chunk_budget_bytes),

@@ -78,7 +78,8 @@ def _open(path: Path) -> av.container.InputContainer:
         return av.open(str(path), mode="r")
     except av.error.FFmpegError as exc:
         raise InvalidInputError(
-            f"input is not a recognisable video container ({exc.strerror or exc})",
+            "input is not a readable video container; it is truncated or not a video "
+            f"({exc.strerror or exc})",
             reason="not_a_video",
         ) from None
 
@@ -107,6 +108,20 @@ def _fps_and_vfr(pts: list[int], time_base: Fraction, nominal: Fraction | None
     # CFR: n frames last exactly n / fps, whatever the time base rounded.
     duration = float(span + 1 / fps) if is_vfr else float(len(pts) / fps)
     return fps, is_vfr, duration
+
+
+def _declared_duration(stream: av.video.stream.VideoStream) -> float | None:
+    """Video duration the header promises: the stream's own, or Matroska's tag."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if not tag:
+        return None
+    try:
+        hours, minutes, seconds = tag.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
 
 
 def _nominal_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
@@ -161,12 +176,17 @@ def probe(path: str | Path) -> VideoInfo:
             )
         pts.sort()
         keyframes.sort()
+        declared_seconds = _declared_duration(stream)
         if not keyframes or keyframes[0] > pts[0]:
             # Streams cut mid-GOP: decoding from the first packet is the best we can do.
             keyframes.insert(0, pts[0])
 
         first = _first_frame(container, stream)
         fps, is_vfr, duration = _fps_and_vfr(pts, time_base, _nominal_rate(stream))
+        if declared_seconds is not None and duration < declared_seconds - 1.5 / float(fps):
+            raise InvalidInputError(
+                f"input is truncated: header declares {declared_seconds:.3f} s of video, "
+                f"found {duration:.3f} s", reason="truncated")
         pixel_format = first.format.name
         bit_depth = max(c.bits for c in first.format.components)
         audio = tuple(

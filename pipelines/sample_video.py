@@ -26,10 +26,12 @@ class SampleSpec:
     fps: Fraction = Fraction(24)
     audio: bool = True
     audio_rate: int = 48000
+    audio_codec: str = "aac"  # e.g. "pcm_s16le" in .mkv/.mov, to exercise transcoding
     tone_hz: float = 440.0
     codec: str = "libx264"
     pixel_format: str = "yuv420p"
     gop: int = 12
+    crf: int = 16  # lower for sources whose encoding noise must not mask a measurement
     rotation: int = 0  # clockwise degrees written as display-matrix metadata
     cut_at_frame: int | None = None  # frames from here on show a different scene
     grain: float = 0.0  # std-dev of Gaussian noise added to each frame (0–255 scale)
@@ -75,14 +77,14 @@ def write_sample_video(path: str | Path, spec: SampleSpec = SampleSpec()) -> Pat
         video.pix_fmt = spec.pixel_format
         if spec.codec in ("libx264", "libx265"):
             params = f"keyint={spec.gop}:min-keyint={spec.gop}:scenecut=0"
-            video.options = {"preset": "ultrafast", "crf": "16",
+            video.options = {"preset": "ultrafast", "crf": str(spec.crf),
                              f"{spec.codec[3:]}-params": params}
         if spec.rotation:
             # FFmpeg's display matrix angle is counter-clockwise.
             video.set_display_rotation(-spec.rotation)
         audio = None
         if spec.audio:
-            audio = container.add_stream("aac", rate=spec.audio_rate)
+            audio = container.add_stream(spec.audio_codec, rate=spec.audio_rate)
             audio.layout = "mono"
         for i in range(spec.frame_count):
             scene = 1 if spec.cut_at_frame is not None and i >= spec.cut_at_frame else 0

@@ -1,0 +1,38 @@
+"""Shared fixtures: one Ray instance per test session, tiny generated videos."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from pipelines.sample_video import SampleSpec, write_sample_video
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole session: ray.init costs ~6 s, so never per test."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+                 configure_logging=True)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def make_video(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory: ``make_video(name, **SampleSpec fields)`` → path, cached per session."""
+    directory = tmp_path_factory.mktemp("videos")
+    made: dict[tuple[str, tuple[tuple[str, object], ...]], Path] = {}
+
+    def make(name: str = "clip.mp4", **fields: object) -> Path:
+        key = (name, tuple(sorted(fields.items())))
+        if key not in made:
+            made[key] = write_sample_video(directory / f"{len(made)}_{name}",
+                                           SampleSpec(**fields))  # type: ignore[arg-type]
+        return made[key]
+
+    return make

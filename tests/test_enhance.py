@@ -1,0 +1,245 @@
+"""End to end: real files through the Ray Data pipeline, checked by decoding the output."""
+
+from __future__ import annotations
+
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.lanczos import LanczosUpscale
+from pipelines.enhance import PipelineConfig, enhance_video
+from pipelines.errors import InvalidInputError, InvalidOptionsError, PipelineCanceled
+from pipelines.job_plan import EnhanceRequest
+from pipelines.probe import probe
+from pipelines.progress import CancelToken, Progress
+from pipelines.sample_video import SampleSpec, sample_frame, write_sample_video
+
+from media import audio_timing, decode_frames, luma_psnr, psnr
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _check_audio_in_sync(source: Path, output: Path, video_seconds: float, fps: float) -> None:
+    before, after = audio_timing(source), audio_timing(output)
+    assert after is not None, "audio track lost"
+    assert after.start == pytest.approx(before.start, abs=1e-3)
+    assert after.duration == pytest.approx(before.duration, abs=1e-3)
+    assert abs(after.duration - video_seconds) <= 1 / fps + 0.025  # one frame + AAC padding
+
+
+@pytest.mark.parametrize("preset", ["general", "cinematic", "social", "archive"])
+@pytest.mark.parametrize("factor", [1, 2, 3, 4])
+def test_geometry_timing_and_audio(make_video, tmp_path: Path, preset: str, factor: int):
+    source = make_video(seconds=1, fps=Fraction(24))
+    output = tmp_path / "out.mp4"
+    result = enhance_video(source, output, EnhanceRequest(preset=preset, upscale_factor=factor))
+    info = probe(output)
+    expected_fps = 60 if preset == "social" else 24
+    assert (info.width, info.height) == (96 * factor, 64 * factor)
+    assert info.fps == expected_fps
+    assert info.frame_count == expected_fps == result.frame_count
+    assert info.duration == pytest.approx(1.0, abs=1 / expected_fps)
+    assert info.codec == "h264" and info.pixel_format == "yuv420p"
+    _check_audio_in_sync(source, output, info.duration, expected_fps)
+
+
+def test_odd_output_sizes_are_cropped_to_even(make_video, tmp_path: Path):
+    source = make_video("odd.mp4", width=50, height=38, seconds=0.5, audio=False)
+    result = enhance_video(source, tmp_path / "out.mp4", EnhanceRequest(upscale_factor=3))
+    info = probe(result.output)
+    assert (info.width, info.height) == (150, 114) == (result.width, result.height)
+
+
+@pytest.mark.parametrize("interpolate", [2, None])
+def test_chunk_boundaries_are_invisible(make_video, tmp_path: Path, interpolate: int | None):
+    """Same frames whatever the chunking; near-lossless encoding so a seam would show."""
+    source = make_video(seconds=2)
+    request = EnhanceRequest(upscale_factor=2, interpolate=interpolate, crf=8)
+    count = 96 if interpolate else 48
+    one = enhance_video(source, tmp_path / "one.mp4", request,
+                        PipelineConfig(max_chunk_frames=1000))
+    many = enhance_video(source, tmp_path / "many.mp4", request,
+                         PipelineConfig(max_chunk_frames=5))  # also splits mid-GOP
+    assert one.chunks == 1
+    assert many.chunks == 12  # 5, 5, then up to the keyframe at 12, per GOP
+    a, b = decode_frames(one.output), decode_frames(many.output)
+    assert a.shape == b.shape == (count, 128, 192, 3)
+    worst = min(psnr(x, y) for x, y in zip(a, b, strict=True))
+    assert worst > 40, f"worst frame PSNR {worst:.1f} dB"
+
+
+def test_interpolation_to_a_target_fps(make_video, tmp_path: Path):
+    source = make_video(seconds=1)
+    result = enhance_video(source, tmp_path / "out.mp4",
+                           EnhanceRequest(upscale_factor=1, target_fps=Fraction(60)))
+    info = probe(result.output)
+    assert (info.fps, info.frame_count) == (60, 60)
+    assert info.duration == pytest.approx(1.0)
+
+
+def test_interpolated_frames_track_the_motion(tmp_path: Path):
+    """Synthesised frames beat blending against the true mid-frames (luma: 4:2:0 chroma
+    loss would otherwise dominate), and come close to the real frames' own quality."""
+    spec = SampleSpec(seconds=1, speed=3.0, audio=False, crf=2)
+    source = write_sample_video(tmp_path / "in.mp4", spec)
+    result = enhance_video(source, tmp_path / "out.mp4", EnhanceRequest(
+        preset="cinematic", upscale_factor=1, interpolate=2, crf=8))
+    frames = decode_frames(result.output)
+    assert len(frames) == 48
+    real = np.mean([luma_psnr(frames[2 * i], sample_frame(spec, i)) for i in range(24)])
+    synthesised = np.mean([luma_psnr(frames[2 * i + 1], sample_frame(spec, i + 0.5))
+                           for i in range(23)])
+    blended = np.mean([
+        luma_psnr(((frames[2 * i].astype(np.float64) + frames[2 * i + 2]) / 2).astype(np.uint8),
+                  sample_frame(spec, i + 0.5)) for i in range(23)])
+    assert synthesised > blended + 1.5, (synthesised, blended)
+    assert synthesised > real - 3, (synthesised, real)
+
+
+def test_no_blending_across_a_scene_cut(make_video, tmp_path: Path):
+    source = make_video("cut.mp4", seconds=1, cut_at_frame=12, audio=False)
+    result = enhance_video(source, tmp_path / "out.mp4",
+                           EnhanceRequest(upscale_factor=1, interpolate=2))
+    frames = decode_frames(result.output)
+    before, mid, after = frames[22], frames[23], frames[24]
+    # The frame between the last of shot 1 and the first of shot 2 repeats one of them
+    # (up to encoder noise) instead of mixing the two shots.
+    blend = ((before.astype(np.float64) + after) / 2).astype(np.uint8)
+    nearest = max(psnr(mid, before), psnr(mid, after))
+    assert nearest > 28
+    assert nearest > psnr(mid, blend) + 10
+
+
+def test_rotation_is_applied_to_the_pixels(make_video, tmp_path: Path):
+    source = make_video("rot.mp4", rotation=90, seconds=0.5, audio=False)
+    result = enhance_video(source, tmp_path / "out.mp4",
+                           EnhanceRequest(preset="cinematic", upscale_factor=2))
+    info = probe(result.output)
+    assert (info.width, info.height, info.rotation) == (128, 192, 0)
+    upright = decode_frames(make_video("upright.mp4", seconds=0.5, audio=False))
+    expected = LanczosUpscale(2)(np.ascontiguousarray(np.rot90(upright, k=-1, axes=(1, 2))))
+    assert psnr(decode_frames(result.output)[0], expected[0]) > 28
+
+
+def test_ten_bit_input(make_video, tmp_path: Path):
+    source = make_video("ten.mkv", pixel_format="yuv420p10le", seconds=0.5)
+    info = probe(enhance_video(source, tmp_path / "out.mp4").output)
+    assert (info.pixel_format, info.bit_depth, info.frame_count) == ("yuv420p", 8, 12)
+
+
+def test_pcm_audio_is_transcoded_to_aac_for_mp4(make_video, tmp_path: Path):
+    source = make_video("pcm.mkv", audio_codec="pcm_s16le", seconds=1)
+    output = enhance_video(source, tmp_path / "out.mp4", EnhanceRequest(upscale_factor=1)).output
+    timing = audio_timing(output)
+    assert timing is not None and timing.codec == "aac"
+    assert timing.duration == pytest.approx(1.0, abs=0.03)
+
+
+def test_hevc_in_matroska_copies_audio(make_video, tmp_path: Path):
+    source = make_video(seconds=1)
+    output = enhance_video(source, tmp_path / "out.mkv",
+                           EnhanceRequest(upscale_factor=2, codec="hevc")).output
+    info = probe(output)
+    assert (info.codec, info.width, info.frame_count) == ("hevc", 192, 24)
+    _check_audio_in_sync(source, output, info.duration, 24)
+
+
+def test_progress_reports_reach_the_total(make_video, tmp_path: Path):
+    reports: list[Progress] = []
+    enhance_video(make_video(seconds=2), tmp_path / "out.mp4",
+                  EnhanceRequest(upscale_factor=1), PipelineConfig(max_chunk_frames=12),
+                  on_progress=reports.append)
+    assert [r.frames_done for r in reports] == [12, 24, 36, 48]
+    assert all(r.frames_total == 48 for r in reports)
+    assert reports[-1].eta_seconds == 0 and reports[-1].fps > 0
+
+
+def _bad_inputs(tmp_path: Path, make_video) -> dict[str, Path]:
+    text = tmp_path / "text.mp4"
+    text.write_text("not a video")
+    data = make_video("whole.mkv", seconds=2).read_bytes()
+    truncated = tmp_path / "truncated.mkv"
+    truncated.write_bytes(data[: len(data) // 2])
+    return {"not_a_video": text, "truncated": truncated}
+
+
+@pytest.mark.parametrize("reason", ["not_a_video", "truncated"])
+def test_bad_input_is_a_typed_error_and_leaves_nothing(make_video, tmp_path: Path, reason: str):
+    source = _bad_inputs(tmp_path, make_video)[reason]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    output = tmp_path / "out" / "result.mp4"
+    output.parent.mkdir()
+    with pytest.raises(InvalidInputError) as caught:
+        enhance_video(source, output, config=PipelineConfig(scratch_dir=scratch))
+    assert caught.value.reason == reason
+    assert list(output.parent.iterdir()) == []
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    (EnhanceRequest(upscale_factor=5), "upscale factor"),
+    (EnhanceRequest(preset="vivid"), "preset must be one of"),
+    (EnhanceRequest(interpolate=3), "interpolate must be 2 or 4"),
+    (EnhanceRequest(interpolate=2, target_fps=Fraction(60)), "not both"),
+    (EnhanceRequest(target_fps=Fraction(1000)), "fps must be in"),
+    (EnhanceRequest(codec="vp8"), "codec must be one of"),
+    (EnhanceRequest(crf=60), "crf must be in"),
+])
+def test_impossible_requests_fail_before_any_work(make_video, tmp_path: Path,
+                                                  request_: EnhanceRequest, message: str):
+    with pytest.raises(InvalidOptionsError, match=message):
+        enhance_video(make_video(), tmp_path / "out.mp4", request_)
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_unsupported_output_container(make_video, tmp_path: Path):
+    with pytest.raises(InvalidOptionsError, match="output must end in"):
+        enhance_video(make_video(), tmp_path / "out.avi")
+
+
+def _alive_stage_actors() -> list[str]:
+    import ray._private.state as state
+
+    return [a["ActorClassName"] for a in state.actors().values()
+            if a["State"] == "ALIVE" and "MapWorker" in a["ActorClassName"]]
+
+
+def test_cancel_stops_work_releases_actors_and_leaves_nothing(make_video, tmp_path: Path):
+    source = make_video("long.mp4", width=320, height=240, seconds=8, audio=False)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    output = tmp_path / "out.mp4"
+    cancel = CancelToken()
+    first_chunk = threading.Event()
+
+    def on_progress(_: Progress) -> None:
+        first_chunk.set()
+        cancel.cancel()
+
+    started = time.monotonic()
+    with pytest.raises(PipelineCanceled):
+        enhance_video(source, output, EnhanceRequest(upscale_factor=4, interpolate=2),
+                      PipelineConfig(scratch_dir=scratch, max_chunk_frames=12,
+                                     operator_compute="actors"),
+                      on_progress=on_progress, cancel=cancel)
+    assert first_chunk.is_set()
+    assert time.monotonic() - started < 60  # the whole job would take minutes
+    assert not output.exists()
+    assert list(scratch.iterdir()) == []
+    deadline = time.monotonic() + 10
+    while _alive_stage_actors() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive_stage_actors() == []
+
+
+def test_cancel_before_start(make_video, tmp_path: Path):
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(PipelineCanceled):
+        enhance_video(make_video(), tmp_path / "out.mp4", cancel=cancel)
+    assert not (tmp_path / "out.mp4").exists()
