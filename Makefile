@@ -29,8 +29,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
-	$(PY) benchmarks/pipeline_vs_ffmpeg.py
-	$(PY) benchmarks/memory_bounded.py
+	$(PY) -m benchmarks.pipeline_vs_ffmpeg
+	$(PY) -m benchmarks.memory_bounded
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
