@@ -1,0 +1,95 @@
+"""Typed API errors, mapped to HTTP in one place (:mod:`serve_app.api`).
+
+    ApiError                       status  error.type
+    ├── InvalidRequestError         400    invalid_request_error  (``param`` names the field)
+    ├── AuthenticationError         401    authentication_error
+    ├── NotFoundError               404    not_found_error
+    ├── ConflictError               409    conflict_error
+    ├── PayloadTooLargeError        413    invalid_request_error
+    ├── RateLimitError              429    rate_limit_error       (``retry_after`` seconds)
+    └── InternalError               500    api_error              (never carries details)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "ConflictError",
+    "InternalError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "RateLimitError",
+]
+
+
+class ApiError(Exception):
+    """Base of every error the API answers with; carries its status and error type."""
+
+    status = 500
+    type = "api_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def body(self) -> dict[str, dict[str, str]]:
+        error = {"type": self.type, "message": self.message}
+        if self.param is not None:
+            error["param"] = self.param
+        return {"error": error}
+
+
+class InvalidRequestError(ApiError):
+    """The request is malformed or a parameter is invalid."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationError(ApiError):
+    """The API key is missing, malformed, unknown or revoked."""
+
+    status = 401
+    type = "authentication_error"
+
+
+class NotFoundError(ApiError):
+    """No such resource for this key (other keys' jobs are not found either)."""
+
+    status = 404
+    type = "not_found_error"
+
+
+class ConflictError(ApiError):
+    """The request conflicts with the resource's state (idempotency key reuse, …)."""
+
+    status = 409
+    type = "conflict_error"
+
+
+class PayloadTooLargeError(ApiError):
+    """The request body exceeds the configured limit."""
+
+    status = 413
+    type = "invalid_request_error"
+
+
+class RateLimitError(ApiError):
+    """The key has used up its requests in the current window."""
+
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InternalError(ApiError):
+    """Anything unexpected; details are logged with the request id, never returned."""
+
+    status = 500
+    type = "api_error"

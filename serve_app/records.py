@@ -1,0 +1,58 @@
+"""What the job store keeps: API keys, jobs and their status machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["ApiKeyRecord", "JobRecord", "JobStatus"]
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    id: str
+    name: str
+    prefix: str  # first characters of the key, for display; the key itself is not kept
+    digest: str  # SHA-256 hex of the whole key
+    webhook_secret: str
+    rate_limit: int  # requests per window
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    key_id: str
+    status: JobStatus
+    input_url: str
+    preset: str
+    upscale_factor: int
+    created_at: float
+    created_seq: int  # nanosecond creation time: the newest-first order, ties by id
+    webhook_url: str | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    progress: float = 0.0
+    eta_seconds: float | None = None
+    output_path: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    cancel_requested: bool = False
+    idempotency_key: str | None = None
+    request_hash: str | None = None

@@ -1,0 +1,48 @@
+"""The service's one settings object: environment variables with the ``RETROIVA_`` prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; ``Settings()`` reads them from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RETROIVA_", frozen=True)
+
+    data_dir: Path = Field(Path("data"), description="SQLite file, outputs and scratch.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    mongodb_uri: str | None = Field(None, description="Use MongoDB instead of SQLite.")
+    mongodb_database: str = "retroiva"
+    api_replicas: int = Field(1, ge=1)
+    runner_concurrency: int = Field(1, ge=1, description="Jobs one runner processes at once.")
+    lease_seconds: float = Field(30.0, gt=0, description="A claimed job's lease; renewed "
+                                 "by heartbeats, re-queued when it expires.")
+    max_attempts: int = Field(3, ge=1, description="Claims per job before it fails.")
+    poll_seconds: float = Field(0.5, gt=0, description="Runner's queue polling interval.")
+    default_rate_limit: int = Field(120, ge=1, description="Requests per minute per key.")
+    rate_window_seconds: int = Field(60, ge=1)
+    max_body_bytes: int = 64 * 1024
+    max_input_bytes: int = 10 * 1024**3
+    fetch_timeout_seconds: float = 30.0
+    allow_private_urls: bool = Field(False, description="Let video_url reach loopback and "
+                                     "private addresses (tests, local use).")
+    chunk_frames: int | None = Field(None, description="Override the pipeline's chunk size.")
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "retroiva.sqlite3"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.data_dir / "scratch"

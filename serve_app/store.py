@@ -1,0 +1,84 @@
+"""The job store's async interface, shared by the SQLite and MongoDB backends.
+
+Every method that changes state is atomic on its own, across processes and Serve
+replicas: claiming a job, renewing a lease, counting a request against a rate limit.
+The contract is pinned by ``tests/test_store_contract.py``, which both backends pass.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.settings import Settings
+
+__all__ = ["IDEMPOTENCY_WINDOW_SECONDS", "JobStore", "open_store"]
+
+IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
+
+
+class JobStore(Protocol):
+    async def init(self) -> None:
+        """Create tables/indexes if missing; safe to call from every process."""
+
+    async def close(self) -> None: ...
+
+    # API keys
+    async def add_key(self, key: ApiKeyRecord) -> None: ...
+
+    async def key_by_digest(self, digest: str) -> ApiKeyRecord | None: ...
+
+    async def list_keys(self) -> list[ApiKeyRecord]: ...
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        """Revoke by id or display prefix; False if no such active key."""
+
+    async def set_webhook_secret(self, key_id: str, secret: str) -> bool: ...
+
+    # Rate limits
+    async def count_request(self, key_id: str, window: int) -> int:
+        """Add one request to ``key_id``'s counter for ``window``; return the new count."""
+
+    # Jobs
+    async def insert_job(self, job: JobRecord, now: float) -> tuple[JobRecord, bool]:
+        """Insert ``job``, or return the key's live job with the same idempotency key.
+
+        Returns ``(job, created)``.  An idempotency key older than
+        :data:`IDEMPOTENCY_WINDOW_SECONDS` is released first.
+        """
+
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    async def list_jobs(self, key_id: str, limit: int, starting_after: str | None
+                        ) -> tuple[list[JobRecord], bool]:
+        """Newest first, after the cursor job; returns ``(page, has_more)``."""
+
+    async def claim_next(self, owner: str, now: float, lease_seconds: float
+                         ) -> JobRecord | None:
+        """Atomically move the oldest queued job to processing under ``owner``'s lease."""
+
+    async def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
+                          progress: float, eta_seconds: float | None) -> JobRecord | None:
+        """Extend the lease and record progress; None if ``owner`` no longer holds it."""
+
+    async def finish(self, job_id: str, owner: str, status: JobStatus, now: float, *,
+                     output_path: str | None = None, error_type: str | None = None,
+                     error_message: str | None = None) -> bool:
+        """Record the end of a job this owner holds; False if the lease was lost."""
+
+    async def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
+        """Queued → canceled at once; processing → flagged for its runner; else unchanged."""
+
+    async def requeue_expired(self, now: float, max_attempts: int) -> int:
+        """Jobs whose lease expired go back to queued, or fail after ``max_attempts``."""
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The configured backend: MongoDB when ``mongodb_uri`` is set, else SQLite."""
+    if settings.mongodb_uri:
+        from serve_app.mongo_store import MongoStore
+
+        return MongoStore(settings.mongodb_uri, settings.mongodb_database)
+    from serve_app.sqlite_store import SqliteStore
+
+    return SqliteStore(settings.sqlite_path)

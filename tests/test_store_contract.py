@@ -1,0 +1,177 @@
+"""One contract, two backends: SQLite always, MongoDB when RETROIVA_MONGODB_URI is set."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from serve_app.keys import new_api_key, new_id
+from serve_app.records import JobRecord, JobStatus
+from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS, JobStore
+
+MONGODB_URI = os.environ.get("RETROIVA_MONGODB_URI")
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
+    if request.param == "sqlite":
+        from serve_app.sqlite_store import SqliteStore
+
+        backend: JobStore = SqliteStore(tmp_path / "store.sqlite3")
+    else:
+        if not MONGODB_URI:
+            pytest.skip("MongoDB contract run skipped: set RETROIVA_MONGODB_URI "
+                        "(e.g. mongodb://127.0.0.1:27017) to run it against a server")
+        from serve_app.mongo_store import MongoStore
+
+        backend = MongoStore(MONGODB_URI, f"retroiva_test_{uuid.uuid4().hex[:8]}")
+    await backend.init()
+    yield backend
+    await backend.close()
+
+
+def _job(key_id: str = "key_a", seq: int | None = None, **fields: object) -> JobRecord:
+    now = time.time()
+    values: dict[str, object] = {
+        "id": new_id("job"), "key_id": key_id, "status": JobStatus.QUEUED,
+        "input_url": "https://example.com/v.mp4", "preset": "general", "upscale_factor": 2,
+        "created_at": now, "created_seq": seq if seq is not None else time.time_ns()}
+    values.update(fields)
+    return JobRecord(**values)  # type: ignore[arg-type]
+
+
+async def test_keys_roundtrip_and_revoke(store: JobStore):
+    key, record = new_api_key("ci", rate_limit=10)
+    await store.add_key(record)
+    assert await store.key_by_digest(record.digest) == record
+    assert [k.id for k in await store.list_keys()] == [record.id]
+    assert await store.revoke_key(record.prefix, time.time())
+    assert (await store.key_by_digest(record.digest)).revoked_at is not None
+    assert not await store.revoke_key(record.id, time.time())  # already revoked
+    assert key not in repr(await store.list_keys())  # only the digest is kept
+
+
+async def test_rotate_webhook_secret(store: JobStore):
+    _, record = new_api_key("ci", rate_limit=10)
+    await store.add_key(record)
+    assert await store.set_webhook_secret(record.id, "whsec_new")
+    assert (await store.key_by_digest(record.digest)).webhook_secret == "whsec_new"
+
+
+async def test_rate_counter_is_atomic(store: JobStore):
+    counts = await asyncio.gather(*(store.count_request("key_a", 100) for _ in range(25)))
+    assert sorted(counts) == list(range(1, 26))
+    assert await store.count_request("key_a", 101) == 1
+
+
+async def test_insert_get_and_idempotency(store: JobStore):
+    job = _job(idempotency_key="abc", request_hash="h1")
+    assert await store.insert_job(job, time.time()) == (job, True)
+    assert await store.get_job(job.id) == job
+    again, created = await store.insert_job(_job(idempotency_key="abc"), time.time())
+    assert (again.id, created) == (job.id, False)
+    other_key, created = await store.insert_job(_job("key_b", idempotency_key="abc"),
+                                                time.time())
+    assert created and other_key.id != job.id
+    later = time.time() + IDEMPOTENCY_WINDOW_SECONDS + 1
+    fresh, created = await store.insert_job(_job(idempotency_key="abc"), later)
+    assert created and fresh.id != job.id
+    assert await store.get_job("job_missing") is None
+
+
+async def test_pagination_newest_first_without_gaps(store: JobStore):
+    jobs = [_job(seq=1000 + i // 2) for i in range(7)]  # equal seqs: ties broken by id
+    for job in jobs:
+        await store.insert_job(job, time.time())
+    await store.insert_job(_job("key_b"), time.time())
+    seen, cursor, has_more = [], None, True
+    while has_more:
+        page, has_more = await store.list_jobs("key_a", 3, cursor)
+        seen += [j.id for j in page]
+        cursor = page[-1].id if page else None
+    expected = [j.id for j in sorted(jobs, key=lambda j: (j.created_seq, j.id), reverse=True)]
+    assert seen == expected
+    assert await store.list_jobs("key_b", 3, jobs[0].id) == ([], False)  # foreign cursor
+
+
+async def test_claim_is_exclusive_and_fifo(store: JobStore):
+    first, second = _job(seq=1), _job(seq=2)
+    for job in (second, first):
+        await store.insert_job(job, time.time())
+    claims = await asyncio.gather(*(store.claim_next(f"r{i}", time.time(), 30)
+                                    for i in range(4)))
+    claimed = [c for c in claims if c is not None]
+    assert sorted(c.id for c in claimed) == sorted([first.id, second.id])
+    assert all(c.status == JobStatus.PROCESSING and c.attempts == 1 for c in claimed)
+    assert len({c.lease_owner for c in claimed}) == 2
+
+
+async def test_lease_renewal_progress_and_finish(store: JobStore):
+    await store.insert_job(_job(), time.time())
+    job = await store.claim_next("runner", time.time(), 30)
+    renewed = await store.renew_lease(job.id, "runner", time.time(), 30, 0.5, 12.0)
+    assert (renewed.progress, renewed.eta_seconds) == (0.5, 12.0)
+    assert await store.renew_lease(job.id, "intruder", time.time(), 30, 0.9, 1.0) is None
+    assert not await store.finish(job.id, "intruder", JobStatus.COMPLETED, time.time())
+    assert await store.finish(job.id, "runner", JobStatus.COMPLETED, time.time(),
+                              output_path="/out.mp4")
+    done = await store.get_job(job.id)
+    assert (done.status, done.progress, done.output_path, done.lease_owner) == (
+        JobStatus.COMPLETED, 1.0, "/out.mp4", None)
+
+
+async def test_cancel_queued_processing_and_terminal(store: JobStore):
+    queued, running = _job(seq=2), _job(seq=1)
+    for job in (queued, running):
+        await store.insert_job(job, time.time())
+    claimed = await store.claim_next("runner", time.time(), 30)
+    assert claimed.id == running.id
+    assert (await store.request_cancel(queued.id, time.time())).status == JobStatus.CANCELED
+    flagged = await store.request_cancel(running.id, time.time())
+    assert (flagged.status, flagged.cancel_requested) == (JobStatus.PROCESSING, True)
+    assert await store.claim_next("runner", time.time(), 30) is None  # canceled never starts
+    await store.finish(running.id, "runner", JobStatus.CANCELED, time.time())
+    assert (await store.request_cancel(running.id, time.time())).status == JobStatus.CANCELED
+    assert await store.request_cancel("job_missing", time.time()) is None
+
+
+async def test_expired_leases_requeue_then_fail(store: JobStore):
+    await store.insert_job(_job(), time.time())
+    now = time.time()
+    for attempt in (1, 2):
+        job = await store.claim_next("dead-runner", now, 1)
+        assert job.attempts == attempt
+        assert await store.requeue_expired(now + 0.5, max_attempts=2) == 0  # still leased
+        assert await store.requeue_expired(now + 2, max_attempts=2) == 1
+        now += 3
+    failed = await store.get_job(job.id)
+    assert failed.status == JobStatus.FAILED
+    assert failed.error_type == "runner_lost" and "2 times" in failed.error_message
+
+
+async def test_expired_lease_of_a_canceled_job_ends_canceled(store: JobStore):
+    await store.insert_job(_job(), time.time())
+    job = await store.claim_next("dead-runner", time.time(), 1)
+    await store.request_cancel(job.id, time.time())
+    assert await store.requeue_expired(time.time() + 2, max_attempts=5) == 1
+    assert (await store.get_job(job.id)).status == JobStatus.CANCELED
+
+
+def test_records_are_plain_data():
+    job = _job()
+    assert dataclasses.replace(job, progress=0.5).progress == 0.5
+    assert JobStatus.CANCELED.is_terminal and not JobStatus.QUEUED.is_terminal
