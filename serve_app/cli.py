@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from tqdm import tqdm
@@ -15,6 +18,11 @@ from pipelines.errors import PipelineError
 from pipelines.job_plan import EnhanceRequest
 from pipelines.presets import PRESETS
 from pipelines.progress import Progress
+from serve_app.keys import new_api_key, new_webhook_secret
+from serve_app.records import ApiKeyRecord
+from serve_app.store import JobStore
+
+T = TypeVar("T")
 
 __all__ = ["app", "main"]
 
@@ -90,6 +98,130 @@ def demo(
     typer.echo(f"generated {sample}")
     enhance(sample, directory / "sample_enhanced.mp4", preset="general",
             upscale_factor=2, fps=None, interpolate=2, codec=None, chunk_frames=None)
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (reads the store directly).")
+app.add_typer(keys_app, name="keys")
+
+
+def _store_call(fn: Callable[[JobStore], Awaitable[T]]) -> T:
+    from serve_app.settings import Settings
+    from serve_app.store import open_store
+
+    async def run() -> T:
+        store = open_store(Settings())
+        await store.init()
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _parse_rate(rate: str | None) -> int | None:
+    if rate is None:
+        return None
+    count, _, unit = rate.partition("/")
+    if not count.isdigit() or int(count) < 1 or unit not in ("", "min"):
+        raise typer.BadParameter("use N/min, e.g. 60/min", param_hint="--rate-limit")
+    return int(count)
+
+
+async def _create_key(store: JobStore, name: str, rate_limit: int) -> tuple[str, ApiKeyRecord]:
+    key, record = new_api_key(name, rate_limit)
+    await store.add_key(record)
+    return key, record
+
+
+def _announce_key(key: str, record: ApiKeyRecord) -> None:
+    typer.echo(f"API key ({record.name}, {record.rate_limit} requests/min): {key}")
+    typer.echo(f"webhook secret: {record.webhook_secret}")
+    typer.echo("Both are shown once; only a digest of the key is stored.")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key.")],
+    rate_limit: Annotated[str | None, typer.Option(
+        "--rate-limit", help="Requests per minute, e.g. 60/min.")] = None,
+) -> None:
+    """Create a key and print it and its webhook secret, once."""
+    from serve_app.settings import Settings
+
+    limit = _parse_rate(rate_limit) or Settings().default_rate_limit
+    key, record = _store_call(lambda store: _create_key(store, name, limit))
+    _announce_key(key, record)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys: id, prefix, name, rate limit, state."""
+    for key in _store_call(lambda store: store.list_keys()):
+        state = "revoked" if key.revoked_at else "active"
+        typer.echo(f"{key.id}  {key.prefix}…  {key.name}  {key.rate_limit}/min  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id or display prefix.")]
+                ) -> None:
+    """Revoke a key: its requests get 401 from now on."""
+    if not _store_call(lambda store: store.revoke_key(key_id, time.time())):
+        typer.echo(f"no active key {key_id!r}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"revoked {key_id}")
+
+
+@keys_app.command("rotate-webhook-secret")
+def keys_rotate_webhook_secret(
+    key_id: Annotated[str, typer.Argument(help="Key id or display prefix.")]) -> None:
+    """Give a key a new webhook secret and print it once."""
+    secret = new_webhook_secret()
+    if not _store_call(lambda store: store.set_webhook_secret(key_id, secret)):
+        typer.echo(f"no key {key_id!r}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"new webhook secret for {key_id}: {secret}")
+
+
+@app.command()
+def serve() -> None:
+    """Run the API and the job runner on Ray Serve until interrupted.
+
+    Settings come from RETROIVA_* environment variables.  On an empty store, a first
+    API key is created and printed.
+    """
+    from ray import serve as ray_serve
+
+    from pipelines.enhance import ensure_ray
+    from serve_app.deployments import build_app
+    from serve_app.settings import Settings
+
+    _quiet_ray_logs()
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def first_key(store: JobStore) -> tuple[str, ApiKeyRecord] | None:
+        if await store.list_keys():
+            return None
+        return await _create_key(store, "default", settings.default_rate_limit)
+
+    created = _store_call(first_key)
+    ensure_ray()
+    ray_serve.start(http_options={"host": settings.host, "port": settings.port})
+    ray_serve.run(build_app(settings), name="retroiva", route_prefix="/")
+    base = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"Retroiva API listening on {base} (data in {settings.data_dir.resolve()})")
+    if created is not None:
+        _announce_key(*created)
+        typer.echo(f"Try: curl {base}/v2/jobs -H 'Authorization: Bearer {created[0]}'")
+    else:
+        typer.echo("Using the existing API keys; `retroiva keys create --name NAME` adds one.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("shutting down")
+        ray_serve.shutdown()
 
 
 def main() -> None:

@@ -7,6 +7,7 @@
     ├── ConflictError               409    conflict_error
     ├── PayloadTooLargeError        413    invalid_request_error
     ├── RateLimitError              429    rate_limit_error       (``retry_after`` seconds)
+    ├── NotImplementedApiError      501    not_implemented_error
     └── InternalError               500    api_error              (never carries details)
 """
 
@@ -19,6 +20,7 @@ __all__ = [
     "InternalError",
     "InvalidRequestError",
     "NotFoundError",
+    "NotImplementedApiError",
     "PayloadTooLargeError",
     "RateLimitError",
 ]
@@ -93,3 +95,10 @@ class InternalError(ApiError):
 
     status = 500
     type = "api_error"
+
+
+class NotImplementedApiError(ApiError):
+    """The route exists but this deployment cannot serve it yet."""
+
+    status = 501
+    type = "not_implemented_error"

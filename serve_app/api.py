@@ -1,0 +1,298 @@
+"""The v2 HTTP API as a Starlette app: routes, auth, rate limits and the error mapping.
+
+Every error leaves through :func:`_error_response`, the one place that turns typed
+errors into status codes and ``{"error": {"type", "message", "param"?}}`` bodies.
+Every response carries ``X-Request-Id``; every authenticated one, 2xx or 4xx, carries
+the rate-limit headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipelines.presets import PRESETS
+from serve_app.errors import (
+    ApiError,
+    AuthenticationError,
+    ConflictError,
+    InternalError,
+    InvalidRequestError,
+    NotFoundError,
+    NotImplementedApiError,
+    PayloadTooLargeError,
+    RateLimitError,
+)
+from serve_app.fetch import FetchError, check_public_url
+from serve_app.keys import digest_key, keys_match, new_id
+from serve_app.openapi import openapi_document
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.schemas import EnhanceBody, JobList, job_from_record
+from serve_app.settings import Settings
+from serve_app.store import JobStore, open_store
+
+__all__ = ["create_api"]
+
+log = logging.getLogger(__name__)
+
+_MAX_IDEMPOTENCY_KEY = 255
+
+
+def _serve_request_id() -> str | None:
+    """The id Ray Serve's proxy gave this request (it returns it as X-Request-Id)."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+    except ImportError:  # pragma: no cover - Ray is a hard dependency
+        return None
+    return _get_serve_request_context().request_id or None
+
+
+class _RequestIdMiddleware:
+    """Gives every request an id, logged with errors and returned as ``X-Request-Id``.
+
+    Behind Ray Serve the proxy has already chosen one (a client's own X-Request-Id, or
+    a fresh one) and adds the header itself, so the app reuses that id and adds none.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        serve_id = _serve_request_id()
+        request_id = serve_id or "req_" + uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
+        if serve_id is not None:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append(
+                    (b"x-request-id", request_id.encode()))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _rate_headers(request: Request) -> dict[str, str]:
+    return getattr(request.state, "rate_headers", {})
+
+
+def _error_response(request: Request, error: ApiError) -> JSONResponse:
+    headers = dict(_rate_headers(request))
+    if isinstance(error, RateLimitError):
+        headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, AuthenticationError):
+        headers["WWW-Authenticate"] = 'Bearer realm="retroiva"'
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+class Api:
+    """Route handlers over a job store; one instance per process (per Serve replica)."""
+
+    def __init__(self, settings: Settings, store: JobStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._ready = False
+
+    async def _store(self) -> JobStore:
+        if not self._ready:
+            await self.store.init()
+            self._ready = True
+        return self.store
+
+    async def authenticate(self, request: Request) -> ApiKeyRecord:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer sk_live_…'")
+        digest = digest_key(token.strip())
+        key = await (await self._store()).key_by_digest(digest)
+        if key is None or not keys_match(digest, key.digest):
+            raise AuthenticationError("invalid API key")
+        if key.revoked_at is not None:
+            raise AuthenticationError("this API key has been revoked")
+        await self._count(request, key)
+        return key
+
+    async def _count(self, request: Request, key: ApiKeyRecord) -> None:
+        window_length = self.settings.rate_window_seconds
+        now = time.time()
+        window = math.floor(now / window_length)
+        used = await (await self._store()).count_request(key.id, window)
+        reset = (window + 1) * window_length
+        request.state.rate_headers = {
+            "X-RateLimit-Limit": str(key.rate_limit),
+            "X-RateLimit-Remaining": str(max(0, key.rate_limit - used)),
+            "X-RateLimit-Reset": str(reset),
+        }
+        if used > key.rate_limit:
+            raise RateLimitError(f"rate limit of {key.rate_limit} requests per "
+                                 f"{window_length} s exceeded",
+                                 retry_after=max(1, math.ceil(reset - now)))
+
+    def _json(self, request: Request, model: BaseModel, status: int = 200,
+              extra: dict[str, str] | None = None) -> Response:
+        return Response(model.model_dump_json(), status_code=status,
+                        media_type="application/json",
+                        headers={**_rate_headers(request), **(extra or {})})
+
+    async def _own_job(self, request: Request, key: ApiKeyRecord) -> JobRecord:
+        job = await (await self._store()).get_job(request.path_params["job_id"])
+        if job is None or job.key_id != key.id:
+            raise NotFoundError(f"no such job: {request.path_params['job_id']}", param="job_id")
+        return job
+
+    async def _json_body(self, request: Request) -> Any:
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            raise InvalidRequestError("Content-Type must be application/json")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() \
+                and int(declared) > self.settings.max_body_bytes:
+            raise PayloadTooLargeError(f"body exceeds {self.settings.max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.settings.max_body_bytes:
+                raise PayloadTooLargeError(f"body exceeds {self.settings.max_body_bytes} bytes")
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequestError("body is not valid JSON") from None
+
+    # Routes
+    async def enhance(self, request: Request) -> Response:
+        key = await self.authenticate(request)
+        data = await self._json_body(request)
+        if not isinstance(data, dict):
+            raise InvalidRequestError("body must be a JSON object")
+        try:
+            body = EnhanceBody.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            raise InvalidRequestError(first["msg"].removeprefix("Value error, "),
+                                      param=param) from None
+        for field, url in (("video_url", body.video_url), ("webhook_url", body.webhook_url)):
+            if url is not None:
+                try:
+                    check_public_url(url, allow_private=self.settings.allow_private_urls)
+                except FetchError as exc:
+                    raise InvalidRequestError(str(exc), param=field) from None
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= \
+                _MAX_IDEMPOTENCY_KEY:
+            raise InvalidRequestError("Idempotency-Key must be 1–255 characters",
+                                      param="Idempotency-Key")
+        factor = body.upscale_factor or PRESETS[body.preset].upscale_factor
+        request_hash = hashlib.sha256(
+            json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
+        now = time.time()
+        job = JobRecord(id=new_id("job"), key_id=key.id, status=JobStatus.QUEUED,
+                        input_url=body.video_url, preset=body.preset, upscale_factor=factor,
+                        created_at=now, created_seq=time.time_ns(),
+                        webhook_url=body.webhook_url, idempotency_key=idempotency_key,
+                        request_hash=request_hash)
+        stored, created = await (await self._store()).insert_job(job, now)
+        if not created and stored.request_hash != request_hash:
+            raise ConflictError("Idempotency-Key was already used with a different body",
+                                param="Idempotency-Key")
+        extra = {} if created else {"Idempotent-Replayed": "true"}
+        return self._json(request, job_from_record(stored), extra=extra)
+
+    async def get_job(self, request: Request) -> Response:
+        key = await self.authenticate(request)
+        return self._json(request, job_from_record(await self._own_job(request, key)))
+
+    async def list_jobs(self, request: Request) -> Response:
+        key = await self.authenticate(request)
+        raw_limit = request.query_params.get("limit", "20")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+            raise InvalidRequestError("limit must be an integer from 1 to 100", param="limit")
+        cursor = request.query_params.get("starting_after")
+        store = await self._store()
+        if cursor is not None:
+            anchor = await store.get_job(cursor)
+            if anchor is None or anchor.key_id != key.id:
+                raise InvalidRequestError(f"no such job: {cursor}", param="starting_after")
+        jobs, has_more = await store.list_jobs(key.id, int(raw_limit), cursor)
+        return self._json(request, JobList(
+            data=[job_from_record(j) for j in jobs], has_more=has_more,
+            next_cursor=jobs[-1].id if has_more else None))
+
+    async def cancel_job(self, request: Request) -> Response:
+        key = await self.authenticate(request)
+        job = await self._own_job(request, key)
+        if not job.status.is_terminal:
+            job = await (await self._store()).request_cancel(job.id, time.time()) or job
+        return self._json(request, job_from_record(job))
+
+    async def download(self, request: Request) -> Response:
+        key = await self.authenticate(request)
+        job = await self._own_job(request, key)
+        if job.status != JobStatus.COMPLETED:
+            raise ConflictError(f"job is {job.status}; downloads exist for completed jobs only")
+        raise NotImplementedApiError("signed download URLs are not available yet in this "
+                                     "version; the output is kept on the server")
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+
+def create_api(settings: Settings, store: JobStore | None = None) -> ASGIApp:
+    """The ASGI app; ``store`` defaults to the one the settings name."""
+    api = Api(settings, store or open_store(settings))
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _error_response(request, exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = NotFoundError if exc.status_code == 404 else InvalidRequestError
+        error = kind(f"{request.method} {request.url.path}: {exc.detail}")
+        response = _error_response(request, error)
+        response.status_code = exc.status_code
+        return response
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("request %s failed", getattr(request.state, "request_id", "?"),
+                  exc_info=exc)
+        return _error_response(request, InternalError(
+            "internal error; quote the X-Request-Id header when reporting it"))
+
+    app = Starlette(
+        routes=[
+            Route("/v2/enhance", api.enhance, methods=["POST"]),
+            Route("/v2/jobs", api.list_jobs, methods=["GET"]),
+            Route("/v2/jobs/{job_id}", api.get_job, methods=["GET"]),
+            Route("/v2/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"]),
+            Route("/v2/jobs/{job_id}/download", api.download, methods=["GET"]),
+            Route("/v2/openapi.json", api.openapi, methods=["GET"]),
+            Route("/healthz", api.health, methods=["GET"]),
+        ],
+        exception_handlers={ApiError: api_error, HTTPException: http_error,
+                            Exception: unexpected},
+    )
+    # Outermost, so even a 500 from Starlette's error middleware carries the id.
+    return _RequestIdMiddleware(app)

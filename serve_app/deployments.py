@@ -1,0 +1,79 @@
+"""Ray Serve deployments: thin shells around the Starlette app and the job runner.
+
+Settings travel as ``RETROIVA_*`` environment variables in each replica's runtime
+environment, so the same variables configure ``retroiva serve``, a Serve config YAML
+and a plain ``python -m serve_app.runner``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp
+
+from serve_app.api import create_api
+from serve_app.runner import JobRunner
+from serve_app.settings import Settings
+from serve_app.store import open_store
+
+__all__ = ["ApiDeployment", "RunnerDeployment", "build_app", "settings_env"]
+
+log = logging.getLogger(__name__)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the environment variables that recreate it in a replica."""
+    env = {}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        env[f"RETROIVA_{name.upper()}"] = str(value).lower() if isinstance(value, bool) \
+            else str(value)
+    return env
+
+
+def _api_from_environment() -> ASGIApp:
+    return create_api(Settings())
+
+
+@serve.deployment(name="api", ray_actor_options={"num_cpus": 0})
+@serve.ingress(_api_from_environment)
+class ApiDeployment:
+    """HTTP ingress; all logic is in :mod:`serve_app.api`."""
+
+    def __init__(self, runner: DeploymentHandle | None = None) -> None:
+        self._runner = runner
+
+
+@serve.deployment(name="runner", num_replicas=1, ray_actor_options={"num_cpus": 0})
+class RunnerDeployment:
+    """Hosts one :class:`~serve_app.runner.JobRunner` loop; Serve restarts it if it dies."""
+
+    def __init__(self) -> None:
+        settings = Settings()
+        self._runner = JobRunner(open_store(settings), settings)
+        self._stop = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._runner.run(self._stop))
+
+    async def check_health(self) -> None:
+        if self._task.done():
+            raise RuntimeError(f"runner loop ended: {self._task.exception()!r}")
+
+    async def owner(self) -> str:
+        return self._runner.owner
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+def build_app(settings: Settings) -> Application:
+    """The whole service: the API (``api_replicas`` replicas) bound to one runner."""
+    env = {"env_vars": settings_env(settings)}
+    runner = RunnerDeployment.options(ray_actor_options={"num_cpus": 0, "runtime_env": env})
+    api = ApiDeployment.options(num_replicas=settings.api_replicas,
+                                ray_actor_options={"num_cpus": 0, "runtime_env": env})
+    # The runner is bound as an argument only so it is deployed with the API; they talk
+    # through the job store, never directly.
+    return api.bind(runner.bind())

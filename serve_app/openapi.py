@@ -1,0 +1,89 @@
+"""The OpenAPI 3.1 document, assembled from the pydantic models in :mod:`serve_app.schemas`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from serve_app.schemas import EnhanceBody, ErrorBody, Job, JobList
+
+__all__ = ["openapi_document"]
+
+_RATE_HEADERS = {
+    name: {"description": text, "schema": {"type": "integer"}}
+    for name, text in [("X-RateLimit-Limit", "Requests allowed per window."),
+                       ("X-RateLimit-Remaining", "Requests left in this window."),
+                       ("X-RateLimit-Reset", "Unix time when the window resets.")]
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _response(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "headers": _RATE_HEADERS,
+            "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Invalid request", 401: "Missing or invalid API key", 404: "Not found",
+            409: "Conflict", 413: "Body too large", 429: "Rate limit exceeded"}
+    return {str(code): _response(text[code], "ErrorBody") for code in codes}
+
+
+def _job_id_param() -> dict[str, Any]:
+    return {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def openapi_document() -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [(m, "validation" if m is EnhanceBody else "serialization")
+         for m in (EnhanceBody, Job, JobList, ErrorBody)],
+        ref_template="#/components/schemas/{model}")
+    job_ok = {"200": _response("The job", "Job")}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Retroiva API", "version": "2.1.0"},
+        "components": {
+            "schemas": schemas["$defs"],
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v2/enhance": {"post": {
+                "operationId": "createEnhanceJob",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "maxLength": 255}}],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref("EnhanceBody")}}},
+                "responses": {**job_ok, **_errors(400, 401, 409, 413, 429)},
+            }},
+            "/v2/jobs": {"get": {
+                "operationId": "listJobs",
+                "parameters": [
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 100,
+                                "default": 20}},
+                    {"name": "starting_after", "in": "query", "required": False,
+                     "schema": {"type": "string"}}],
+                "responses": {"200": _response("A page of jobs, newest first", "JobList"),
+                              **_errors(400, 401, 429)},
+            }},
+            "/v2/jobs/{job_id}": {"get": {
+                "operationId": "getJob", "parameters": [_job_id_param()],
+                "responses": {**job_ok, **_errors(401, 404, 429)},
+            }},
+            "/v2/jobs/{job_id}/cancel": {"post": {
+                "operationId": "cancelJob", "parameters": [_job_id_param()],
+                "responses": {**job_ok, **_errors(401, 404, 429)},
+            }},
+            "/v2/jobs/{job_id}/download": {"get": {
+                "operationId": "getDownloadUrl", "parameters": [_job_id_param()],
+                "responses": {**_errors(401, 404, 409, 429)},
+            }},
+            "/healthz": {"get": {"operationId": "health", "security": [],
+                                 "responses": {"200": {"description": "Alive"}}}},
+        },
+    }

@@ -1,0 +1,166 @@
+"""The job runner: claims queued jobs under a lease, runs them, records the outcome.
+
+A runner holds each job by a lease it renews every second (writing progress and ETA
+at the same time).  If the runner dies, its leases expire and any runner re-queues
+those jobs (or fails them after ``max_attempts``), so no job stays ``processing``.
+A cancel request reaches the running pipeline at the next heartbeat.
+
+Run one in the foreground with ``python -m serve_app.runner`` (the Serve deployment
+does the same inside a replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.enhance import PipelineConfig, enhance_video
+from pipelines.errors import PipelineCanceled, PipelineError
+from pipelines.job_plan import EnhanceRequest
+from pipelines.progress import CancelToken, Progress
+from serve_app.fetch import FetchError, fetch_to_file
+from serve_app.keys import new_id
+from serve_app.records import JobRecord, JobStatus
+from serve_app.settings import Settings
+from serve_app.store import JobStore, open_store
+
+__all__ = ["JobRunner", "process_job"]
+
+log = logging.getLogger(__name__)
+
+ProcessJob = Callable[[JobRecord, Settings, Callable[[Progress], None], CancelToken], Path]
+
+
+def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progress], None],
+                cancel: CancelToken) -> Path:
+    """Fetch the input, enhance it, return the output path; scratch is always removed."""
+    scratch = settings.scratch_dir / job.id
+    scratch.mkdir(parents=True, exist_ok=True)
+    settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        source = scratch / "input"
+        fetch_to_file(job.input_url, source, max_bytes=settings.max_input_bytes,
+                      timeout=settings.fetch_timeout_seconds,
+                      allow_private=settings.allow_private_urls)
+        cancel.raise_if_canceled()
+        output = settings.outputs_dir / f"{job.id}.mp4"
+        enhance_video(source, output,
+                      EnhanceRequest(preset=job.preset, upscale_factor=job.upscale_factor),
+                      PipelineConfig(scratch_dir=scratch, max_chunk_frames=settings.chunk_frames),
+                      on_progress=on_progress, cancel=cancel)
+        return output
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass
+class _Running:
+    cancel: CancelToken = field(default_factory=CancelToken)
+    progress: float = 0.0
+    eta_seconds: float | None = None
+    lease_lost: bool = False
+
+
+class JobRunner:
+    """Polls the store, runs up to ``runner_concurrency`` jobs at once."""
+
+    def __init__(self, store: JobStore, settings: Settings, *,
+                 process: ProcessJob = process_job, owner: str | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id('runner')}"
+        self._process = process
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def __repr__(self) -> str:
+        return f"JobRunner(owner={self.owner!r}, running={len(self._tasks)})"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.store.init()
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("runner tick failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.poll_seconds)
+        for task in self._tasks.values():
+            task.cancel()
+
+    async def tick(self) -> None:
+        """Re-queue expired leases, then claim jobs while there is capacity."""
+        await self.store.requeue_expired(time.time(), self.settings.max_attempts)
+        while len(self._tasks) < self.settings.runner_concurrency:
+            job = await self.store.claim_next(self.owner, time.time(),
+                                              self.settings.lease_seconds)
+            if job is None:
+                return
+            log.info("claimed %s (attempt %d)", job.id, job.attempts)
+            task = asyncio.create_task(self._execute(job))
+            self._tasks[job.id] = task
+            task.add_done_callback(lambda _, job_id=job.id: self._tasks.pop(job_id, None))
+
+    async def _heartbeat(self, job: JobRecord, state: _Running) -> None:
+        # Renewing at most once a second is also how often progress reaches the store.
+        interval = min(1.0, self.settings.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            record = await self.store.renew_lease(job.id, self.owner, time.time(),
+                                                  self.settings.lease_seconds, state.progress,
+                                                  state.eta_seconds)
+            if record is None:
+                state.lease_lost = True
+                state.cancel.cancel()
+                return
+            if record.cancel_requested:
+                state.cancel.cancel()
+
+    async def _execute(self, job: JobRecord) -> None:
+        state = _Running()
+
+        def on_progress(progress: Progress) -> None:
+            state.progress, state.eta_seconds = progress.fraction, progress.eta_seconds
+
+        heartbeat = asyncio.create_task(self._heartbeat(job, state))
+        outcome: dict[str, str | None] = {}
+        try:
+            output = await asyncio.to_thread(self._process, job, self.settings, on_progress,
+                                             state.cancel)
+            status, outcome["output_path"] = JobStatus.COMPLETED, str(output)
+        except PipelineCanceled:
+            status = JobStatus.CANCELED
+        except (PipelineError, FetchError) as exc:
+            status = JobStatus.FAILED
+            outcome.update(error_type=exc.type, error_message=str(exc))
+        except Exception:
+            log.exception("job %s failed unexpectedly", job.id)
+            status = JobStatus.FAILED
+            outcome.update(error_type="processing_error",
+                           error_message="processing failed unexpectedly; the operator "
+                                         "has the details in the runner log")
+        finally:
+            heartbeat.cancel()
+        if state.lease_lost:
+            log.warning("lost the lease on %s; leaving it to its new owner", job.id)
+            return
+        if not await self.store.finish(job.id, self.owner, status, time.time(), **outcome):
+            log.warning("could not record the end of %s: lease lost", job.id)
+
+
+async def _main() -> None:
+    settings = Settings()
+    stop = asyncio.Event()
+    await JobRunner(open_store(settings), settings).run(stop)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(_main())

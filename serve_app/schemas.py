@@ -1,0 +1,112 @@
+"""The v2 API's request and response shapes: the single source of the OpenAPI document.
+
+Timestamps are integer Unix seconds (UTC), as in the reference's job object.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serve_app.records import JobRecord, JobStatus
+
+__all__ = ["EnhanceBody", "ErrorBody", "ErrorDetail", "Job", "JobError", "JobList",
+           "job_from_record"]
+
+Preset = Literal["cinematic", "social", "archive", "general"]
+
+
+def _http_url(value: str, field: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field} must be an http or https URL with a host")
+    if len(value) > 2048:
+        raise ValueError(f"{field} must be at most 2048 characters")
+    return value
+
+
+class EnhanceBody(BaseModel):
+    """Body of ``POST /v2/enhance``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video_url: str = Field(description="Public http(s) URL of the source video.")
+    preset: Preset = Field("general", description="Restoration preset.")
+    webhook_url: str | None = Field(None, description="Receives job.* events.")
+    upscale_factor: int | None = Field(
+        None, ge=1, le=4, description="1–4; default per preset (2 for every preset).")
+
+    @field_validator("video_url")
+    @classmethod
+    def _video_url(cls, value: str) -> str:
+        return _http_url(value, "video_url")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value, "webhook_url")
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class Job(BaseModel):
+    """The job object."""
+
+    id: str
+    status: JobStatus
+    input_url: str
+    output_url: str | None
+    created_at: int
+    started_at: int | None
+    completed_at: int | None
+    error: JobError | None
+    progress: float = Field(ge=0, le=1)
+    eta_seconds: int | None
+    preset: Preset
+    upscale_factor: int
+
+
+class JobList(BaseModel):
+    data: list[Job]
+    has_more: bool
+    next_cursor: str | None
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    param: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def _seconds(value: float | None) -> int | None:
+    return None if value is None else math.floor(value)
+
+
+def job_from_record(job: JobRecord, output_url: str | None = None) -> Job:
+    error = None
+    if job.error_type is not None:
+        error = JobError(type=job.error_type, message=job.error_message or "")
+    return Job(
+        id=job.id,
+        status=job.status,
+        input_url=job.input_url,
+        output_url=output_url,
+        created_at=math.floor(job.created_at),
+        started_at=_seconds(job.started_at),
+        completed_at=_seconds(job.completed_at),
+        error=error,
+        progress=round(min(1.0, max(0.0, job.progress)), 4),
+        eta_seconds=None if job.eta_seconds is None else math.ceil(job.eta_seconds),
+        preset=job.preset,  # type: ignore[arg-type]
+        upscale_factor=job.upscale_factor,
+    )
