@@ -1,0 +1,190 @@
+"""The job runner: outcomes, progress, cancel, and recovery when a runner dies."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from pipelines.errors import InvalidInputError
+from pipelines.progress import CancelToken, Progress
+from pipelines.sample_video import SampleSpec, write_sample_video
+from serve_app.keys import new_id
+from serve_app.records import JobRecord, JobStatus
+from serve_app.runner import JobRunner
+from serve_app.settings import Settings
+from serve_app.sqlite_store import SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _job(url: str = "http://127.0.0.1:1/v.mp4") -> JobRecord:
+    return JobRecord(id=new_id("job"), key_id="key_t", status=JobStatus.QUEUED, input_url=url,
+                     preset="general", upscale_factor=2, created_at=time.time(),
+                     created_seq=time.time_ns())
+
+
+async def _run_until(store: SqliteStore, runner: JobRunner, job_id: str,
+                     done: Callable[[JobRecord], bool], timeout: float = 20) -> JobRecord:
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            job = await store.get_job(job_id)
+            if job is not None and done(job):
+                return job
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"job never reached the expected state: {job}")
+    finally:
+        stop.set()
+        await task
+
+
+def _settings(tmp_path: Path, **overrides: object) -> Settings:
+    return Settings(data_dir=tmp_path, lease_seconds=3, poll_seconds=0.05, **overrides)
+
+
+# Fake pipelines, one per failure mode.
+def _succeeds(job, settings, on_progress, cancel) -> Path:
+    on_progress(Progress(5, 10, 2.0, 2.5))
+    time.sleep(1.5)  # long enough for a heartbeat to carry the progress
+    return settings.outputs_dir / "out.mp4"
+
+
+def _rejects_input(job, settings, on_progress, cancel) -> Path:
+    raise InvalidInputError("input is audio-only: nothing to enhance", reason="no_video")
+
+
+def _crashes(job, settings, on_progress, cancel) -> Path:
+    raise RuntimeError("segfault-ish secret sk_live_abc")
+
+
+def _waits_for_cancel(job, settings, on_progress, cancel: CancelToken) -> Path:
+    while not cancel.wait(0.05):
+        pass
+    cancel.raise_if_canceled()
+    raise AssertionError("unreachable")
+
+
+async def test_completed_job_records_output_and_progress(tmp_path: Path):
+    store = SqliteStore(tmp_path / "s.db")
+    await store.init()
+    job, _ = await store.insert_job(_job(), time.time())
+    runner = JobRunner(store, _settings(tmp_path), process=_succeeds)
+    seen = await _run_until(store, runner, job.id, lambda j: j.progress == 0.5)
+    assert (seen.status, seen.eta_seconds) == (JobStatus.PROCESSING, 2.5)
+    done = await _run_until(store, runner, job.id, lambda j: j.status.is_terminal)
+    assert (done.status, done.progress, done.output_path) == (
+        JobStatus.COMPLETED, 1.0, str(tmp_path / "outputs" / "out.mp4"))
+
+
+async def test_invalid_input_fails_with_its_type(tmp_path: Path):
+    store = SqliteStore(tmp_path / "s.db")
+    await store.init()
+    job, _ = await store.insert_job(_job(), time.time())
+    done = await _run_until(store, JobRunner(store, _settings(tmp_path), process=_rejects_input),
+                            job.id, lambda j: j.status.is_terminal)
+    assert (done.status, done.error_type) == (JobStatus.FAILED, "invalid_input")
+    assert "audio-only" in done.error_message
+
+
+async def test_unexpected_errors_fail_without_details(tmp_path: Path):
+    store = SqliteStore(tmp_path / "s.db")
+    await store.init()
+    job, _ = await store.insert_job(_job(), time.time())
+    done = await _run_until(store, JobRunner(store, _settings(tmp_path), process=_crashes),
+                            job.id, lambda j: j.status.is_terminal)
+    assert (done.status, done.error_type) == (JobStatus.FAILED, "processing_error")
+    assert "sk_live" not in done.error_message and "segfault" not in done.error_message
+
+
+async def test_cancel_request_reaches_the_running_pipeline(tmp_path: Path):
+    store = SqliteStore(tmp_path / "s.db")
+    await store.init()
+    job, _ = await store.insert_job(_job(), time.time())
+    runner = JobRunner(store, _settings(tmp_path), process=_waits_for_cancel)
+
+    async def cancel_soon() -> None:
+        await asyncio.sleep(0.5)
+        await store.request_cancel(job.id, time.time())
+
+    asyncio.get_running_loop().create_task(cancel_soon())
+    started = time.monotonic()
+    done = await _run_until(store, runner, job.id, lambda j: j.status.is_terminal)
+    assert done.status == JobStatus.CANCELED
+    assert time.monotonic() - started < 5
+
+
+# A real runner process, killed mid-job.
+@pytest.fixture
+def video_server(tmp_path: Path) -> Iterator[str]:
+    root = tmp_path / "www"
+    root.mkdir()
+    write_sample_video(root / "long.mp4", SampleSpec(width=320, height=240, seconds=6))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+
+    class Quiet(handler.func):  # type: ignore[misc, name-defined]
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/long.mp4"
+    server.shutdown()
+
+
+def _start_runner(tmp_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RETROIVA_DATA_DIR": str(tmp_path), "RETROIVA_LEASE_SECONDS": "3",
+           "RETROIVA_ALLOW_PRIVATE_URLS": "true", "RETROIVA_CHUNK_FRAMES": "12",
+           "RETROIVA_POLL_SECONDS": "0.2",
+           "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    return subprocess.Popen([sys.executable, "-m", "serve_app.runner"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+@pytest.mark.usefixtures("ray_session")
+async def test_killed_runner_job_is_recovered_by_another(tmp_path: Path, video_server: str):
+    store = SqliteStore(tmp_path / "retroiva.sqlite3")
+    await store.init()
+    job, _ = await store.insert_job(_job(video_server), time.time())
+    first = _start_runner(tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while (await store.get_job(job.id)).progress == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert (await store.get_job(job.id)).status == JobStatus.PROCESSING
+        os.killpg(first.pid, signal.SIGKILL)  # no goodbye, no finish()
+    finally:
+        first.wait()
+    second = _start_runner(tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (await store.get_job(job.id)).status.is_terminal:
+            assert time.monotonic() < deadline, "job stuck after the runner died"
+            await asyncio.sleep(0.5)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait()
+    done = await store.get_job(job.id)
+    assert (done.status, done.attempts) == (JobStatus.COMPLETED, 2)
+    assert Path(done.output_path).stat().st_size > 0
+    assert not (tmp_path / "scratch" / job.id).exists()  # the dead attempt's files too

@@ -1,0 +1,160 @@
+"""The deployed service over real HTTP: Ray Serve with two API replicas and the runner."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from ray import serve
+
+from pipelines.probe import probe
+from pipelines.sample_video import SampleSpec, write_sample_video
+from serve_app.deployments import build_app
+from serve_app.keys import new_api_key
+from serve_app.settings import Settings
+from serve_app.sqlite_store import SqliteStore
+
+from media import audio_timing
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    base: str
+    settings: Settings
+    media: str  # base URL of a local server holding the test videos
+    new_key: Callable[..., dict[str, str]]
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    data = tmp_path_factory.mktemp("service")
+    www = tmp_path_factory.mktemp("www")
+    write_sample_video(www / "clip.mp4", SampleSpec(seconds=1))
+    write_sample_video(www / "long.mp4", SampleSpec(width=320, height=240, seconds=8,
+                                                    audio=False))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    media = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Quiet, directory=str(www)))
+    threading.Thread(target=media.serve_forever, daemon=True).start()
+
+    settings = Settings(data_dir=data, port=_free_port(), api_replicas=2,
+                        allow_private_urls=True, lease_seconds=5, poll_seconds=0.2,
+                        chunk_frames=12, rate_window_seconds=60)
+    serve.start(http_options={"host": "127.0.0.1", "port": settings.port})
+    serve.run(build_app(settings), name="retroiva", route_prefix="/")
+    store = SqliteStore(settings.sqlite_path)
+
+    def new_key(rate_limit: int = 1000) -> dict[str, str]:
+        key, record = new_api_key("serve-test", rate_limit)
+
+        async def add() -> None:
+            await store.init()
+            await store.add_key(record)
+
+        asyncio.run(add())
+        return {"Authorization": f"Bearer {key}"}
+
+    yield Service(f"http://127.0.0.1:{settings.port}", settings,
+                  f"http://127.0.0.1:{media.server_address[1]}", new_key)
+    serve.shutdown()
+    media.shutdown()
+
+
+def _wait(client: httpx.Client, job_id: str, auth: dict[str, str],
+          until: Callable[[dict], bool], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v2/jobs/{job_id}", headers=auth).json()
+        if until(job):
+            return job
+        assert time.monotonic() < deadline, f"timed out waiting; last state {job}"
+        time.sleep(0.25)
+
+
+def test_happy_path_from_post_to_completed(service: Service):
+    auth = service.new_key()
+    with httpx.Client(base_url=service.base, timeout=30) as client:
+        assert client.get("/healthz").status_code == 200
+        created = client.post("/v2/enhance", headers=auth, json={
+            "video_url": f"{service.media}/clip.mp4", "preset": "archive", "upscale_factor": 3})
+        assert created.status_code == 200, created.text
+        assert len(created.headers.get_list("x-request-id")) == 1
+        job = _wait(client, created.json()["id"], auth,
+                    lambda j: j["status"] in ("completed", "failed"))
+    assert job["status"] == "completed", job
+    assert job["progress"] == 1.0 and job["started_at"] <= job["completed_at"]
+    output = service.settings.outputs_dir / f"{job['id']}.mp4"
+    info = probe(output)
+    assert (info.width, info.height, info.frame_count, info.fps) == (288, 192, 24, 24)
+    assert audio_timing(output) is not None
+    assert not (service.settings.scratch_dir / job["id"]).exists()
+
+
+def test_unreachable_input_fails_with_a_clear_error(service: Service):
+    auth = service.new_key()
+    with httpx.Client(base_url=service.base, timeout=30) as client:
+        job_id = client.post("/v2/enhance", headers=auth, json={
+            "video_url": f"{service.media}/missing.mp4"}).json()["id"]
+        job = _wait(client, job_id, auth, lambda j: j["status"] in ("completed", "failed"))
+    assert job["status"] == "failed"
+    assert job["error"] == {"type": "invalid_input",
+                            "message": "fetching video_url returned HTTP 404"}
+
+
+def test_cancel_running_and_queued_jobs(service: Service):
+    auth = service.new_key()
+    long_video = {"video_url": f"{service.media}/long.mp4", "upscale_factor": 4}
+    with httpx.Client(base_url=service.base, timeout=30) as client:
+        running = client.post("/v2/enhance", headers=auth, json=long_video).json()["id"]
+        queued = client.post("/v2/enhance", headers=auth, json=long_video).json()["id"]
+        _wait(client, running, auth, lambda j: j["progress"] > 0)
+        # The runner takes one job at a time, so the second is still waiting.
+        canceled = client.post(f"/v2/jobs/{queued}/cancel", headers=auth).json()
+        assert canceled["status"] == "canceled"
+        client.post(f"/v2/jobs/{running}/cancel", headers=auth)
+        started = time.monotonic()
+        job = _wait(client, running, auth, lambda j: j["status"] != "processing", 30)
+        stopped_after = time.monotonic() - started
+        assert job["status"] == "canceled"
+        assert stopped_after < 15, f"pipeline took {stopped_after:.1f}s to stop"
+        assert client.get(f"/v2/jobs/{queued}", headers=auth).json()["started_at"] is None
+    assert not (service.settings.outputs_dir / f"{running}.mp4").exists()
+    assert not (service.settings.scratch_dir / running).exists()
+
+
+def test_rate_limit_holds_across_replicas_under_concurrency(service: Service):
+    limit = 10
+    auth = service.new_key(rate_limit=limit)
+    window = service.settings.rate_window_seconds
+    if window - time.time() % window < 5:  # don't let the burst straddle two windows
+        time.sleep(window - time.time() % window + 0.1)
+
+    def burst(_: int) -> list[int]:
+        with httpx.Client(base_url=service.base, timeout=30) as client:
+            return [client.get("/v2/jobs", headers=auth).status_code for _ in range(2)]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        codes = [code for result in pool.map(burst, range(20)) for code in result]
+    assert codes.count(200) == limit, codes
+    assert codes.count(429) == 40 - limit
