@@ -38,7 +38,10 @@ def _api_from_environment() -> ASGIApp:
     return create_api(Settings())
 
 
-@serve.deployment(name="api", ray_actor_options={"num_cpus": 0})
+# Handlers are async and spend microseconds on the store; Serve's default of 5 ongoing
+# requests per replica made its proxy back off and retry under 64 connections
+# (18 req/s, p50 5 s on 2 cores; see benchmarks/api_latency.py).
+@serve.deployment(name="api", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
 @serve.ingress(_api_from_environment)
 class ApiDeployment:
     """HTTP ingress; all logic is in :mod:`serve_app.api`."""
