@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve demo test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 serve: $(STAMP)
+	$(VENV)/bin/retroiva serve
+
+demo: $(STAMP)
 	$(VENV)/bin/retroiva demo
 
 test: $(STAMP)
@@ -31,6 +34,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.pipeline_vs_ffmpeg
 	$(PY) -m benchmarks.memory_bounded
+	$(PY) -m benchmarks.api_latency
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
