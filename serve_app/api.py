@@ -8,6 +8,7 @@ the rate-limit headers.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,19 +30,22 @@ from serve_app.errors import (
     ApiError,
     AuthenticationError,
     ConflictError,
+    ForbiddenError,
+    GoneError,
     InternalError,
     InvalidRequestError,
     NotFoundError,
-    NotImplementedApiError,
     PayloadTooLargeError,
     RateLimitError,
 )
-from serve_app.fetch import FetchError, check_public_url
+from serve_app.fetch import FetchError, resolve_checked
 from serve_app.keys import digest_key, keys_match, new_id
 from serve_app.openapi import openapi_document
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
-from serve_app.schemas import EnhanceBody, JobList, job_from_record
+from serve_app.schemas import Download, EnhanceBody, Job, JobList, job_from_record
 from serve_app.settings import Settings
+from serve_app.signing import signature_valid
+from serve_app.storage import LocalStorage, OutputStorage, open_storage
 from serve_app.store import JobStore, open_store
 
 __all__ = ["create_api"]
@@ -106,9 +110,10 @@ def _error_response(request: Request, error: ApiError) -> JSONResponse:
 class Api:
     """Route handlers over a job store; one instance per process (per Serve replica)."""
 
-    def __init__(self, settings: Settings, store: JobStore) -> None:
+    def __init__(self, settings: Settings, store: JobStore, storage: OutputStorage) -> None:
         self.settings = settings
         self.store = store
+        self.storage = storage
         self._ready = False
 
     async def _store(self) -> JobStore:
@@ -153,6 +158,28 @@ class Api:
                         media_type="application/json",
                         headers={**_rate_headers(request), **(extra or {})})
 
+    def _output_expires_at(self, job: JobRecord) -> int | None:
+        """When the job's output (and any link to it) stops existing, if it exists now."""
+        if job.status != JobStatus.COMPLETED or job.output_path is None \
+                or job.completed_at is None:
+            return None
+        expires_at = math.floor(job.completed_at + self.settings.retention_seconds)
+        return expires_at if expires_at > time.time() else None
+
+    def _base_url(self, request: Request) -> str:
+        return self.settings.public_url or str(request.base_url)
+
+    async def _signed_url(self, request: Request, job: JobRecord) -> str | None:
+        expires_at = self._output_expires_at(job)
+        if expires_at is None:
+            return None
+        assert job.output_path is not None
+        return await asyncio.to_thread(self.storage.signed_url, job.output_path, expires_at,
+                                       self._base_url(request))
+
+    async def _job_object(self, request: Request, job: JobRecord) -> Job:
+        return job_from_record(job, await self._signed_url(request, job))
+
     async def _own_job(self, request: Request, key: ApiKeyRecord) -> JobRecord:
         job = await (await self._store()).get_job(request.path_params["job_id"])
         if job is None or job.key_id != key.id:
@@ -193,7 +220,7 @@ class Api:
         for field, url in (("video_url", body.video_url), ("webhook_url", body.webhook_url)):
             if url is not None:
                 try:
-                    check_public_url(url, allow_private=self.settings.allow_private_urls)
+                    resolve_checked(url, self.settings.url_policy)
                 except FetchError as exc:
                     raise InvalidRequestError(str(exc), param=field) from None
         idempotency_key = request.headers.get("idempotency-key")
@@ -215,11 +242,12 @@ class Api:
             raise ConflictError("Idempotency-Key was already used with a different body",
                                 param="Idempotency-Key")
         extra = {} if created else {"Idempotent-Replayed": "true"}
-        return self._json(request, job_from_record(stored), extra=extra)
+        return self._json(request, await self._job_object(request, stored), extra=extra)
 
     async def get_job(self, request: Request) -> Response:
         key = await self.authenticate(request)
-        return self._json(request, job_from_record(await self._own_job(request, key)))
+        return self._json(request, await self._job_object(request,
+                                                          await self._own_job(request, key)))
 
     async def list_jobs(self, request: Request) -> Response:
         key = await self.authenticate(request)
@@ -234,7 +262,7 @@ class Api:
                 raise InvalidRequestError(f"no such job: {cursor}", param="starting_after")
         jobs, has_more = await store.list_jobs(key.id, int(raw_limit), cursor)
         return self._json(request, JobList(
-            data=[job_from_record(j) for j in jobs], has_more=has_more,
+            data=[await self._job_object(request, j) for j in jobs], has_more=has_more,
             next_cursor=jobs[-1].id if has_more else None))
 
     async def cancel_job(self, request: Request) -> Response:
@@ -242,15 +270,39 @@ class Api:
         job = await self._own_job(request, key)
         if not job.status.is_terminal:
             job = await (await self._store()).request_cancel(job.id, time.time()) or job
-        return self._json(request, job_from_record(job))
+        return self._json(request, await self._job_object(request, job))
 
     async def download(self, request: Request) -> Response:
         key = await self.authenticate(request)
         job = await self._own_job(request, key)
         if job.status != JobStatus.COMPLETED:
             raise ConflictError(f"job is {job.status}; downloads exist for completed jobs only")
-        raise NotImplementedApiError("signed download URLs are not available yet in this "
-                                     "version; the output is kept on the server")
+        url = await self._signed_url(request, job)
+        expires_at = self._output_expires_at(job)
+        if url is None or expires_at is None:
+            raise GoneError("the output was deleted when its retention period ended")
+        return self._json(request, Download(url=url, expires_at=expires_at))
+
+    async def file(self, request: Request) -> Response:
+        """Serve a local output to the holder of a valid signed URL (no API key)."""
+        if not isinstance(self.storage, LocalStorage):
+            raise NotFoundError("files are served by the object store, not this API")
+        key = request.path_params["key"]
+        expires = request.query_params.get("expires", "")
+        signature = request.query_params.get("signature", "")
+        if not expires.isdigit() or not signature_valid(
+                self.storage.secret, request.url.path, int(expires), signature):
+            raise ForbiddenError("invalid download signature")
+        if int(expires) <= time.time():
+            raise ForbiddenError("this download link has expired")
+        try:
+            path = self.storage.path(key)
+        except ValueError:
+            raise ForbiddenError("invalid download signature") from None
+        if not path.is_file():
+            raise GoneError("the output was deleted when its retention period ended")
+        return FileResponse(path, media_type="video/mp4",
+                            headers={"Cache-Control": "private, max-age=0"})
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -259,9 +311,10 @@ class Api:
         return JSONResponse({"status": "ok"})
 
 
-def create_api(settings: Settings, store: JobStore | None = None) -> ASGIApp:
-    """The ASGI app; ``store`` defaults to the one the settings name."""
-    api = Api(settings, store or open_store(settings))
+def create_api(settings: Settings, store: JobStore | None = None,
+               storage: OutputStorage | None = None) -> ASGIApp:
+    """The ASGI app; ``store`` and ``storage`` default to the ones the settings name."""
+    api = Api(settings, store or open_store(settings), storage or open_storage(settings))
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -288,6 +341,7 @@ def create_api(settings: Settings, store: JobStore | None = None) -> ASGIApp:
             Route("/v2/jobs/{job_id}", api.get_job, methods=["GET"]),
             Route("/v2/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"]),
             Route("/v2/jobs/{job_id}/download", api.download, methods=["GET"]),
+            Route("/v2/files/{key}", api.file, methods=["GET", "HEAD"]),
             Route("/v2/openapi.json", api.openapi, methods=["GET"]),
             Route("/healthz", api.health, methods=["GET"]),
         ],

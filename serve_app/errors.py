@@ -5,9 +5,10 @@
     ├── AuthenticationError         401    authentication_error
     ├── NotFoundError               404    not_found_error
     ├── ConflictError               409    conflict_error
+    ├── GoneError                   410    gone_error             (output past retention)
+    ├── ForbiddenError              403    forbidden_error        (bad or expired signature)
     ├── PayloadTooLargeError        413    invalid_request_error
     ├── RateLimitError              429    rate_limit_error       (``retry_after`` seconds)
-    ├── NotImplementedApiError      501    not_implemented_error
     └── InternalError               500    api_error              (never carries details)
 """
 
@@ -17,10 +18,11 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "ConflictError",
+    "ForbiddenError",
+    "GoneError",
     "InternalError",
     "InvalidRequestError",
     "NotFoundError",
-    "NotImplementedApiError",
     "PayloadTooLargeError",
     "RateLimitError",
 ]
@@ -97,8 +99,15 @@ class InternalError(ApiError):
     type = "api_error"
 
 
-class NotImplementedApiError(ApiError):
-    """The route exists but this deployment cannot serve it yet."""
+class ForbiddenError(ApiError):
+    """A signed download URL was tampered with or has expired."""
 
-    status = 501
-    type = "not_implemented_error"
+    status = 403
+    type = "forbidden_error"
+
+
+class GoneError(ApiError):
+    """The job's output was deleted when its retention ended."""
+
+    status = 410
+    type = "gone_error"

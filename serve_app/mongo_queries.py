@@ -15,6 +15,7 @@ __all__ = [
     "cancel_queued",
     "claim_update",
     "expired_filter",
+    "expired_outputs_filter",
     "finish_filter",
     "finish_update",
     "idempotency_filter",
@@ -91,3 +92,8 @@ def rate_counter_update() -> Doc:
 
 def revoke_filter(key_id: str) -> Doc:
     return {"$or": [{"_id": key_id}, {"prefix": key_id}], "revoked_at": None}
+
+
+def expired_outputs_filter(completed_before: float) -> Doc:
+    return {"status": "completed", "output_path": {"$ne": None},
+            "completed_at": {"$lt": completed_before}}

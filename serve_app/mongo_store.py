@@ -178,3 +178,11 @@ class MongoStore:
             expired, {"$set": {"status": "queued", "progress": 0.0, "eta_seconds": None,
                                **release}})
         return canceled.modified_count + failed.modified_count + queued.modified_count
+
+    async def expired_outputs(self, completed_before: float, limit: int) -> list[JobRecord]:
+        docs = self._jobs.find(q.expired_outputs_filter(completed_before)).sort(
+            "completed_at", ASCENDING).limit(limit)
+        return [j for j in [_job(d) async for d in docs] if j is not None]
+
+    async def clear_output(self, job_id: str) -> None:
+        await self._jobs.update_one({"_id": job_id}, {"$set": {"output_path": None}})

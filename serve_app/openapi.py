@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from serve_app.schemas import EnhanceBody, ErrorBody, Job, JobList
+from serve_app.schemas import Download, EnhanceBody, ErrorBody, Job, JobList
 
 __all__ = ["openapi_document"]
 
@@ -28,8 +28,9 @@ def _response(description: str, schema: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Invalid request", 401: "Missing or invalid API key", 404: "Not found",
-            409: "Conflict", 413: "Body too large", 429: "Rate limit exceeded"}
+    text = {400: "Invalid request", 401: "Missing or invalid API key", 403: "Forbidden",
+            404: "Not found", 409: "Conflict", 410: "Gone", 413: "Body too large",
+            429: "Rate limit exceeded"}
     return {str(code): _response(text[code], "ErrorBody") for code in codes}
 
 
@@ -40,7 +41,7 @@ def _job_id_param() -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(m, "validation" if m is EnhanceBody else "serialization")
-         for m in (EnhanceBody, Job, JobList, ErrorBody)],
+         for m in (EnhanceBody, Job, JobList, Download, ErrorBody)],
         ref_template="#/components/schemas/{model}")
     job_ok = {"200": _response("The job", "Job")}
     return {
@@ -81,7 +82,21 @@ def openapi_document() -> dict[str, Any]:
             }},
             "/v2/jobs/{job_id}/download": {"get": {
                 "operationId": "getDownloadUrl", "parameters": [_job_id_param()],
-                "responses": {**_errors(401, 404, 409, 429)},
+                "responses": {"200": _response("A signed download URL", "Download"),
+                              **_errors(401, 404, 409, 410, 429)},
+            }},
+            "/v2/files/{key}": {"get": {
+                "operationId": "downloadFile", "security": [],
+                "parameters": [
+                    {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "expires", "in": "query", "required": True,
+                     "schema": {"type": "integer"}},
+                    {"name": "signature", "in": "query", "required": True,
+                     "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The video (Range supported)",
+                                      "content": {"video/mp4": {}}},
+                              "206": {"description": "Partial content"},
+                              **_errors(403, 410)},
             }},
             "/healthz": {"get": {"operationId": "health", "security": [],
                                  "responses": {"200": {"description": "Alive"}}}},

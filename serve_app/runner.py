@@ -30,6 +30,7 @@ from serve_app.fetch import FetchError, fetch_to_file
 from serve_app.keys import new_id
 from serve_app.records import JobRecord, JobStatus
 from serve_app.settings import Settings
+from serve_app.storage import OutputStorage, open_storage
 from serve_app.store import JobStore, open_store
 
 __all__ = ["JobRunner", "process_job"]
@@ -41,24 +42,24 @@ ProcessJob = Callable[[JobRecord, Settings, Callable[[Progress], None], CancelTo
 
 def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progress], None],
                 cancel: CancelToken) -> Path:
-    """Fetch the input, enhance it, return the output path; scratch is always removed."""
+    """Fetch the input into the job's scratch and enhance it; returns the output there.
+
+    The runner hands the output to storage and then deletes the whole scratch
+    directory, however the job ended.
+    """
     scratch = settings.scratch_dir / job.id
     scratch.mkdir(parents=True, exist_ok=True)
-    settings.outputs_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        source = scratch / "input"
-        fetch_to_file(job.input_url, source, max_bytes=settings.max_input_bytes,
-                      timeout=settings.fetch_timeout_seconds,
-                      allow_private=settings.allow_private_urls)
-        cancel.raise_if_canceled()
-        output = settings.outputs_dir / f"{job.id}.mp4"
-        enhance_video(source, output,
-                      EnhanceRequest(preset=job.preset, upscale_factor=job.upscale_factor),
-                      PipelineConfig(scratch_dir=scratch, max_chunk_frames=settings.chunk_frames),
-                      on_progress=on_progress, cancel=cancel)
-        return output
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    source = scratch / "input"
+    fetch_to_file(job.input_url, source, max_bytes=settings.max_input_bytes,
+                  timeout=settings.fetch_timeout_seconds, policy=settings.url_policy)
+    cancel.raise_if_canceled()
+    output = scratch / "output.mp4"
+    enhance_video(source, output,
+                  EnhanceRequest(preset=job.preset, upscale_factor=job.upscale_factor),
+                  PipelineConfig(scratch_dir=scratch, max_chunk_frames=settings.chunk_frames),
+                  on_progress=on_progress, cancel=cancel)
+    source.unlink()  # zero retention: the input goes as soon as it is not needed
+    return output
 
 
 @dataclass
@@ -73,9 +74,12 @@ class JobRunner:
     """Polls the store, runs up to ``runner_concurrency`` jobs at once."""
 
     def __init__(self, store: JobStore, settings: Settings, *,
-                 process: ProcessJob = process_job, owner: str | None = None) -> None:
+                 process: ProcessJob = process_job, owner: str | None = None,
+                 storage: OutputStorage | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.storage = storage or open_storage(settings)
+        self._next_reap = 0.0
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id('runner')}"
         self._process = process
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -96,8 +100,12 @@ class JobRunner:
             task.cancel()
 
     async def tick(self) -> None:
-        """Re-queue expired leases, then claim jobs while there is capacity."""
+        """Recover and clean up after dead runners, reap old outputs, claim new jobs."""
         await self.store.requeue_expired(time.time(), self.settings.max_attempts)
+        if time.monotonic() >= self._next_reap:
+            self._next_reap = time.monotonic() + self.settings.reap_interval_seconds
+            await self.reap()
+            await self.remove_stale_scratch()
         while len(self._tasks) < self.settings.runner_concurrency:
             job = await self.store.claim_next(self.owner, time.time(),
                                               self.settings.lease_seconds)
@@ -107,6 +115,31 @@ class JobRunner:
             task = asyncio.create_task(self._execute(job))
             self._tasks[job.id] = task
             task.add_done_callback(lambda _, job_id=job.id: self._tasks.pop(job_id, None))
+
+    async def reap(self) -> int:
+        """Delete outputs past retention; the job records stay, without an output."""
+        cutoff = time.time() - self.settings.retention_seconds
+        reaped = 0
+        while batch := await self.store.expired_outputs(cutoff, 100):
+            for job in batch:
+                assert job.output_path is not None
+                await asyncio.to_thread(self.storage.delete, job.output_path)
+                await self.store.clear_output(job.id)
+                reaped += 1
+        if reaped:
+            log.info("reaped %d outputs past retention", reaped)
+        return reaped
+
+    async def remove_stale_scratch(self) -> None:
+        """Scratch of jobs nobody is processing: left behind by a runner that died."""
+        if not self.settings.scratch_dir.is_dir():
+            return
+        for entry in self.settings.scratch_dir.iterdir():
+            if entry.name in self._tasks:
+                continue
+            job = await self.store.get_job(entry.name)
+            if job is None or job.status != JobStatus.PROCESSING:
+                await asyncio.to_thread(shutil.rmtree, entry, True)
 
     async def _heartbeat(self, job: JobRecord, state: _Running) -> None:
         # Renewing at most once a second is also how often progress reaches the store.
@@ -134,7 +167,8 @@ class JobRunner:
         try:
             output = await asyncio.to_thread(self._process, job, self.settings, on_progress,
                                              state.cancel)
-            status, outcome["output_path"] = JobStatus.COMPLETED, str(output)
+            key = await asyncio.to_thread(self.storage.put, job.id, output)
+            status, outcome["output_path"] = JobStatus.COMPLETED, key
         except PipelineCanceled:
             status = JobStatus.CANCELED
         except (PipelineError, FetchError) as exc:
@@ -148,11 +182,16 @@ class JobRunner:
                                          "has the details in the runner log")
         finally:
             heartbeat.cancel()
+            await asyncio.to_thread(shutil.rmtree, self.settings.scratch_dir / job.id, True)
         if state.lease_lost:
             log.warning("lost the lease on %s; leaving it to its new owner", job.id)
+            if "output_path" in outcome:
+                await asyncio.to_thread(self.storage.delete, outcome["output_path"])
             return
         if not await self.store.finish(job.id, self.owner, status, time.time(), **outcome):
             log.warning("could not record the end of %s: lease lost", job.id)
+            if "output_path" in outcome:
+                await asyncio.to_thread(self.storage.delete, outcome["output_path"])
 
 
 async def _main() -> None:

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve_app.records import JobRecord, JobStatus
 
-__all__ = ["EnhanceBody", "ErrorBody", "ErrorDetail", "Job", "JobError", "JobList",
-           "job_from_record"]
+__all__ = ["Download", "EnhanceBody", "ErrorBody", "ErrorDetail", "Job", "JobError",
+           "JobList", "job_from_record"]
 
 Preset = Literal["cinematic", "social", "archive", "general"]
 
@@ -76,6 +76,14 @@ class JobList(BaseModel):
     data: list[Job]
     has_more: bool
     next_cursor: str | None
+
+
+class Download(BaseModel):
+    """A time-limited download link for a completed job's output."""
+
+    url: str
+    expires_at: int = Field(description="Unix seconds; never later than 24 h after "
+                            "completion (the retention period).")
 
 
 class ErrorDetail(BaseModel):

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serve_app.fetch import UrlPolicy
+
 __all__ = ["Settings"]
 
 
@@ -33,7 +35,24 @@ class Settings(BaseSettings):
     fetch_timeout_seconds: float = 30.0
     allow_private_urls: bool = Field(False, description="Let video_url reach loopback and "
                                      "private addresses (tests, local use).")
+    private_url_allowlist: tuple[str, ...] = Field(
+        (), description="host:port pairs exempt from the private-address refusal.")
     chunk_frames: int | None = Field(None, description="Override the pipeline's chunk size.")
+    retention_seconds: int = Field(24 * 3600, ge=1, description="How long outputs (and "
+                                   "their download URLs) live after completion.")
+    reap_interval_seconds: float = Field(60.0, gt=0)
+    public_url: str | None = Field(None, description="Base URL of this API for local "
+                                   "download links; default: the request's own.")
+    signing_secret: str | None = Field(None, description="Secret for local download "
+                                       "signatures; default: generated in data_dir.")
+    s3_bucket: str | None = Field(None, description="Store outputs in this S3 bucket.")
+    s3_prefix: str = "outputs"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    @property
+    def url_policy(self) -> UrlPolicy:
+        return UrlPolicy(self.allow_private_urls, frozenset(self.private_url_allowlist))
 
     @property
     def sqlite_path(self) -> Path:

@@ -251,4 +251,13 @@ class SqliteStore:
 
         return await self._run(requeue, write=True)
 
+    async def expired_outputs(self, completed_before: float, limit: int) -> list[JobRecord]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT * FROM jobs WHERE status = 'completed' AND output_path IS NOT NULL "
+            "AND completed_at < ? ORDER BY completed_at LIMIT ?",
+            (completed_before, limit)).fetchall())
+        return [j for j in map(_job, rows) if j is not None]
 
+    async def clear_output(self, job_id: str) -> None:
+        await self._run(lambda db: db.execute(
+            "UPDATE jobs SET output_path = NULL WHERE id = ?", (job_id,)), write=True)

@@ -72,6 +72,12 @@ class JobStore(Protocol):
     async def requeue_expired(self, now: float, max_attempts: int) -> int:
         """Jobs whose lease expired go back to queued, or fail after ``max_attempts``."""
 
+    async def expired_outputs(self, completed_before: float, limit: int) -> list[JobRecord]:
+        """Completed jobs that still have an output and finished before the cutoff."""
+
+    async def clear_output(self, job_id: str) -> None:
+        """Forget a job's output (after it was deleted); the job record stays."""
+
 
 def open_store(settings: Settings) -> JobStore:
     """The configured backend: MongoDB when ``mongodb_uri`` is set, else SQLite."""

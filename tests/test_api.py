@@ -200,11 +200,68 @@ def test_cancel_queued_job_and_download_rules(client: TestClient, make_key, stor
     job = asyncio.run(store.claim_next("runner", time.time(), 30))
     assert job.id == done_id
     asyncio.run(store.finish(done_id, "runner", JobStatus.COMPLETED, time.time(),
-                             output_path="/tmp/x.mp4"))
+                             output_path=f"{done_id}.mp4"))
     completed = client.post(f"/v2/jobs/{done_id}/cancel", headers=auth).json()
     assert completed["status"] == "completed" and completed["progress"] == 1.0
-    _assert_error(client.get(f"/v2/jobs/{done_id}/download", headers=auth), 501,
-                  "not_implemented_error")
+
+
+def _completed_job(client: TestClient, store: SqliteStore, auth: dict[str, str],
+                   tmp_path: Path, content: bytes, finished: float | None = None) -> str:
+    job_id = _enhance(client, auth).json()["id"]
+    assert asyncio.run(store.claim_next("runner", time.time(), 30)).id == job_id
+    (tmp_path / "outputs").mkdir(exist_ok=True)
+    (tmp_path / "outputs" / f"{job_id}.mp4").write_bytes(content)
+    asyncio.run(store.finish(job_id, "runner", JobStatus.COMPLETED, finished or time.time(),
+                             output_path=f"{job_id}.mp4"))
+    return job_id
+
+
+def test_signed_download_with_ranges(client: TestClient, make_key, store, tmp_path: Path):
+    auth = make_key()
+    content = bytes(range(256)) * 40
+    finished = time.time() - 3600
+    job_id = _completed_job(client, store, auth, tmp_path, content, finished)
+    download = client.get(f"/v2/jobs/{job_id}/download", headers=auth)
+    assert download.status_code == 200
+    link = download.json()
+    assert link["expires_at"] == int(finished + 24 * 3600)  # 24 h after completion
+    assert client.get(f"/v2/jobs/{job_id}", headers=auth).json()["output_url"] == link["url"]
+    whole = client.get(link["url"])  # no API key: the signature is the credential
+    assert (whole.status_code, whole.content) == (200, content)
+    assert whole.headers["content-type"] == "video/mp4"
+    part = client.get(link["url"], headers={"Range": "bytes=100-199"})
+    assert (part.status_code, part.content) == (206, content[100:200])
+    assert part.headers["content-range"] == f"bytes 100-199/{len(content)}"
+
+
+def test_tampered_and_expired_links_are_403(client: TestClient, make_key, store,
+                                            tmp_path: Path):
+    from serve_app.signing import load_signing_secret, sign_path
+
+    auth = make_key()
+    job_id = _completed_job(client, store, auth, tmp_path, b"x" * 100)
+    url = client.get(f"/v2/jobs/{job_id}/download", headers=auth).json()["url"]
+    base, _, query = url.partition("?")
+    params = dict(p.split("=") for p in query.split("&"))
+    tampered_sig = params["signature"][:-1] + ("0" if params["signature"][-1] != "0" else "1")
+    for bad in (f"{base}?expires={params['expires']}&signature={tampered_sig}",
+                f"{base}?expires={int(params['expires']) + 60}&signature={params['signature']}",
+                f"{base.replace(job_id, 'job_other')}?{query}",
+                f"{base}?expires={params['expires']}"):
+        _assert_error(client.get(bad), 403, "forbidden_error")
+    secret = load_signing_secret(None, tmp_path)
+    path = f"/v2/files/{job_id}.mp4"
+    past = int(time.time()) - 10
+    expired = f"{path}?expires={past}&signature={sign_path(secret, path, past)}"
+    _assert_error(client.get(expired), 403, "forbidden_error")
+
+
+def test_after_retention_download_is_410(client: TestClient, make_key, store, tmp_path: Path):
+    auth = make_key()
+    old = time.time() - 25 * 3600
+    job_id = _completed_job(client, store, auth, tmp_path, b"old", old)
+    assert client.get(f"/v2/jobs/{job_id}", headers=auth).json()["output_url"] is None
+    _assert_error(client.get(f"/v2/jobs/{job_id}/download", headers=auth), 410, "gone_error")
 
 
 def test_rate_limit_is_429_with_retry_after(client: TestClient, make_key):

@@ -41,15 +41,20 @@ def _job(url: str = "http://127.0.0.1:1/v.mp4") -> JobRecord:
 
 
 async def _run_until(store: SqliteStore, runner: JobRunner, job_id: str,
-                     done: Callable[[JobRecord], bool], timeout: float = 20) -> JobRecord:
+                     *states: Callable[[JobRecord], bool], timeout: float = 20
+                     ) -> list[JobRecord]:
+    """Run ``runner`` until the job has passed through each state in turn."""
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     deadline = time.monotonic() + timeout
+    seen: list[JobRecord] = []
     try:
         while time.monotonic() < deadline:
             job = await store.get_job(job_id)
-            if job is not None and done(job):
-                return job
+            if job is not None and states[len(seen)](job):
+                seen.append(job)
+                if len(seen) == len(states):
+                    return seen
             await asyncio.sleep(0.05)
         raise AssertionError(f"job never reached the expected state: {job}")
     finally:
@@ -65,7 +70,10 @@ def _settings(tmp_path: Path, **overrides: object) -> Settings:
 def _succeeds(job, settings, on_progress, cancel) -> Path:
     on_progress(Progress(5, 10, 2.0, 2.5))
     time.sleep(1.5)  # long enough for a heartbeat to carry the progress
-    return settings.outputs_dir / "out.mp4"
+    output = settings.scratch_dir / job.id / "output.mp4"
+    output.parent.mkdir(parents=True)
+    output.write_bytes(b"video")
+    return output
 
 
 def _rejects_input(job, settings, on_progress, cancel) -> Path:
@@ -88,19 +96,22 @@ async def test_completed_job_records_output_and_progress(tmp_path: Path):
     await store.init()
     job, _ = await store.insert_job(_job(), time.time())
     runner = JobRunner(store, _settings(tmp_path), process=_succeeds)
-    seen = await _run_until(store, runner, job.id, lambda j: j.progress == 0.5)
+    seen, done = await _run_until(store, runner, job.id, lambda j: j.progress == 0.5,
+                                  lambda j: j.status.is_terminal)
     assert (seen.status, seen.eta_seconds) == (JobStatus.PROCESSING, 2.5)
-    done = await _run_until(store, runner, job.id, lambda j: j.status.is_terminal)
     assert (done.status, done.progress, done.output_path) == (
-        JobStatus.COMPLETED, 1.0, str(tmp_path / "outputs" / "out.mp4"))
+        JobStatus.COMPLETED, 1.0, f"{job.id}.mp4")
+    assert (tmp_path / "outputs" / f"{job.id}.mp4").read_bytes() == b"video"
+    assert not (tmp_path / "scratch" / job.id).exists()
 
 
 async def test_invalid_input_fails_with_its_type(tmp_path: Path):
     store = SqliteStore(tmp_path / "s.db")
     await store.init()
     job, _ = await store.insert_job(_job(), time.time())
-    done = await _run_until(store, JobRunner(store, _settings(tmp_path), process=_rejects_input),
-                            job.id, lambda j: j.status.is_terminal)
+    [done] = await _run_until(store, JobRunner(store, _settings(tmp_path),
+                                               process=_rejects_input),
+                              job.id, lambda j: j.status.is_terminal)
     assert (done.status, done.error_type) == (JobStatus.FAILED, "invalid_input")
     assert "audio-only" in done.error_message
 
@@ -109,8 +120,8 @@ async def test_unexpected_errors_fail_without_details(tmp_path: Path):
     store = SqliteStore(tmp_path / "s.db")
     await store.init()
     job, _ = await store.insert_job(_job(), time.time())
-    done = await _run_until(store, JobRunner(store, _settings(tmp_path), process=_crashes),
-                            job.id, lambda j: j.status.is_terminal)
+    [done] = await _run_until(store, JobRunner(store, _settings(tmp_path), process=_crashes),
+                              job.id, lambda j: j.status.is_terminal)
     assert (done.status, done.error_type) == (JobStatus.FAILED, "processing_error")
     assert "sk_live" not in done.error_message and "segfault" not in done.error_message
 
@@ -127,7 +138,7 @@ async def test_cancel_request_reaches_the_running_pipeline(tmp_path: Path):
 
     asyncio.get_running_loop().create_task(cancel_soon())
     started = time.monotonic()
-    done = await _run_until(store, runner, job.id, lambda j: j.status.is_terminal)
+    [done] = await _run_until(store, runner, job.id, lambda j: j.status.is_terminal)
     assert done.status == JobStatus.CANCELED
     assert time.monotonic() - started < 5
 
@@ -186,5 +197,5 @@ async def test_killed_runner_job_is_recovered_by_another(tmp_path: Path, video_s
         second.wait()
     done = await store.get_job(job.id)
     assert (done.status, done.attempts) == (JobStatus.COMPLETED, 2)
-    assert Path(done.output_path).stat().st_size > 0
+    assert (tmp_path / "outputs" / done.output_path).stat().st_size > 0
     assert not (tmp_path / "scratch" / job.id).exists()  # the dead attempt's files too

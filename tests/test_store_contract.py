@@ -171,6 +171,23 @@ async def test_expired_lease_of_a_canceled_job_ends_canceled(store: JobStore):
     assert (await store.get_job(job.id)).status == JobStatus.CANCELED
 
 
+async def test_expired_outputs_and_clearing(store: JobStore):
+    old, recent, failed = _job(seq=1), _job(seq=2), _job(seq=3)
+    for job in (old, recent, failed):
+        await store.insert_job(job, time.time())
+    for job, status, when in ((old, JobStatus.COMPLETED, 100.0),
+                              (recent, JobStatus.COMPLETED, 10_000.0),
+                              (failed, JobStatus.FAILED, 100.0)):
+        claimed = await store.claim_next("r", time.time(), 30)
+        assert claimed.id == job.id
+        await store.finish(job.id, "r", status, when, output_path=f"{job.id}.mp4")
+    assert [j.id for j in await store.expired_outputs(5_000.0, 10)] == [old.id]
+    await store.clear_output(old.id)
+    assert await store.expired_outputs(5_000.0, 10) == []
+    cleared = await store.get_job(old.id)
+    assert (cleared.status, cleared.output_path) == (JobStatus.COMPLETED, None)
+
+
 def test_records_are_plain_data():
     job = _job()
     assert dataclasses.replace(job, progress=0.5).progress == 0.5

@@ -1,0 +1,40 @@
+"""HMAC-SHA256 signatures for the local backend's download URLs.
+
+A signature covers the path and the expiry, so neither can be changed without the
+server secret.  The secret comes from ``RETROIVA_SIGNING_SECRET``, or is generated once
+into ``<data_dir>/signing.key`` (mode 0600) so every local replica shares it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["load_signing_secret", "sign_path", "signature_valid"]
+
+
+def load_signing_secret(configured: str | None, data_dir: Path) -> bytes:
+    if configured:
+        return configured.encode()
+    path = data_dir / "signing.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_hex(32).encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    return path.read_bytes().strip()
+
+
+def sign_path(secret: bytes, path: str, expires: int) -> str:
+    return hmac.new(secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def signature_valid(secret: bytes, path: str, expires: int, signature: str) -> bool:
+    return hmac.compare_digest(sign_path(secret, path, expires), signature)

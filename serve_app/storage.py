@@ -1,0 +1,118 @@
+"""Where finished outputs live until retention ends: a local directory or S3.
+
+Both backends hand out time-limited download URLs: the local one signs
+``/v2/files/<key>`` on this API with HMAC-SHA256, S3 presigns a GET.  Methods are
+synchronous (boto3 is); async callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode
+
+from serve_app.settings import Settings
+from serve_app.signing import load_signing_secret, sign_path
+
+__all__ = ["LocalStorage", "OutputStorage", "S3Storage", "open_storage"]
+
+
+class OutputStorage(Protocol):
+    def put(self, job_id: str, source: Path) -> str:
+        """Take ownership of ``source`` (moved or uploaded); return its storage key."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; no error if it is already gone."""
+
+    def signed_url(self, key: str, expires_at: int, base_url: str) -> str:
+        """A URL that downloads ``key`` until ``expires_at`` (Unix seconds)."""
+
+
+class LocalStorage:
+    """Outputs in a directory, downloaded through the API's ``/v2/files/`` route."""
+
+    def __init__(self, root: Path, secret: bytes) -> None:
+        self.root = root
+        self.secret = secret
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({str(self.root)!r})"
+
+    def path(self, key: str) -> Path:
+        candidate = (self.root / key).resolve()
+        if candidate.parent != self.root.resolve():
+            raise ValueError(f"invalid storage key {key!r}")
+        return candidate
+
+    def put(self, job_id: str, source: Path) -> str:
+        key = f"{job_id}.mp4"
+        self.root.mkdir(parents=True, exist_ok=True)
+        if source.resolve() != self.path(key):
+            shutil.move(source, self.path(key))
+        return key
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def signed_url(self, key: str, expires_at: int, base_url: str) -> str:
+        path = f"/v2/files/{quote(key)}"
+        query = urlencode({"expires": expires_at,
+                           "signature": sign_path(self.secret, path, expires_at)})
+        return f"{base_url.rstrip('/')}{path}?{query}"
+
+
+class S3Storage:
+    """Outputs in an S3-compatible bucket, downloaded with presigned GET URLs."""
+
+    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None,
+                 region: str | None) -> None:
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._s3: Any = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+
+    def __repr__(self) -> str:
+        return f"S3Storage(bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    def put(self, job_id: str, source: Path) -> str:
+        key = f"{self.prefix}/{job_id}.mp4" if self.prefix else f"{job_id}.mp4"
+        self._s3.upload_file(str(source), self.bucket, key,
+                             ExtraArgs={"ContentType": "video/mp4"})
+        source.unlink(missing_ok=True)
+        return key
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def signed_url(self, key: str, expires_at: int, base_url: str) -> str:
+        lifetime = max(1, expires_at - int(time.time()))
+        return str(self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=lifetime))
+
+
+def open_storage(settings: Settings) -> OutputStorage:
+    """S3 when ``s3_bucket`` is set, else the local outputs directory."""
+    if settings.s3_bucket:
+        return S3Storage(settings.s3_bucket, settings.s3_prefix,
+                         endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    return LocalStorage(settings.outputs_dir,
+                        load_signing_secret(settings.signing_secret, settings.data_dir))
