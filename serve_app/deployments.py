@@ -8,6 +8,7 @@ and a plain ``python -m serve_app.runner``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from ray import serve
@@ -28,9 +29,10 @@ log = logging.getLogger(__name__)
 def settings_env(settings: Settings) -> dict[str, str]:
     """``settings`` as the environment variables that recreate it in a replica."""
     env = {}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        env[f"RETROIVA_{name.upper()}"] = str(value).lower() if isinstance(value, bool) \
-            else str(value)
+    for name, value in settings.model_dump(mode="json", exclude_none=True).items():
+        # pydantic-settings reads complex values (lists) from the environment as JSON.
+        env[f"RETROIVA_{name.upper()}"] = value if isinstance(value, str) \
+            else json.dumps(value)
     return env
 
 

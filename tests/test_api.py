@@ -264,6 +264,27 @@ def test_after_retention_download_is_410(client: TestClient, make_key, store, tm
     _assert_error(client.get(f"/v2/jobs/{job_id}/download", headers=auth), 410, "gone_error")
 
 
+def test_after_the_reaper_runs_links_are_410_and_the_file_is_gone(
+        client: TestClient, make_key, store, tmp_path: Path):
+    from serve_app.runner import JobRunner
+    from serve_app.signing import load_signing_secret
+    from serve_app.storage import LocalStorage
+
+    auth = make_key()
+    job_id = _completed_job(client, store, auth, tmp_path, b"video", time.time() - 7200)
+    url = client.get(f"/v2/jobs/{job_id}/download", headers=auth).json()["url"]
+    assert client.get(url).status_code == 200
+    reaper = JobRunner(store, Settings(data_dir=tmp_path, retention_seconds=3600),
+                       storage=LocalStorage(tmp_path / "outputs",
+                                            load_signing_secret(None, tmp_path)))
+    assert asyncio.run(reaper.reap()) == 1
+    assert not (tmp_path / "outputs" / f"{job_id}.mp4").exists()
+    _assert_error(client.get(url), 410, "gone_error")
+    _assert_error(client.get(f"/v2/jobs/{job_id}/download", headers=auth), 410, "gone_error")
+    job = client.get(f"/v2/jobs/{job_id}", headers=auth).json()
+    assert (job["status"], job["output_url"]) == ("completed", None)
+
+
 def test_rate_limit_is_429_with_retry_after(client: TestClient, make_key):
     auth = make_key(rate_limit=3)
     remaining = [client.get("/v2/jobs", headers=auth).headers["x-ratelimit-remaining"]
@@ -280,3 +301,13 @@ def test_rate_limit_is_429_with_retry_after(client: TestClient, make_key):
 def test_unknown_routes_and_methods_use_the_error_body(client: TestClient, make_key):
     _assert_error(client.get("/v3/anything"), 404, "not_found_error")
     _assert_error(client.delete("/v2/jobs"), 405, "invalid_request_error")
+
+
+def test_settings_survive_the_trip_through_replica_environments(monkeypatch):
+    from serve_app.deployments import settings_env
+
+    settings = Settings(private_url_allowlist=("videos.test:8080",), allow_private_urls=True,
+                        chunk_frames=12, data_dir=Path("/srv/retroiva"))
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == settings

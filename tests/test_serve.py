@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -47,6 +48,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     data = tmp_path_factory.mktemp("service")
     www = tmp_path_factory.mktemp("www")
     write_sample_video(www / "clip.mp4", SampleSpec(seconds=1))
+    (www / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"garbage" * 500)
     write_sample_video(www / "long.mp4", SampleSpec(width=320, height=240, seconds=8,
                                                     audio=False))
 
@@ -92,7 +94,7 @@ def _wait(client: httpx.Client, job_id: str, auth: dict[str, str],
         time.sleep(0.25)
 
 
-def test_happy_path_from_post_to_completed(service: Service):
+def test_happy_path_from_post_to_signed_download(service: Service, tmp_path: Path):
     auth = service.new_key()
     with httpx.Client(base_url=service.base, timeout=30) as client:
         assert client.get("/healthz").status_code == 200
@@ -102,9 +104,17 @@ def test_happy_path_from_post_to_completed(service: Service):
         assert len(created.headers.get_list("x-request-id")) == 1
         job = _wait(client, created.json()["id"], auth,
                     lambda j: j["status"] in ("completed", "failed"))
-    assert job["status"] == "completed", job
-    assert job["progress"] == 1.0 and job["started_at"] <= job["completed_at"]
-    output = service.settings.outputs_dir / f"{job['id']}.mp4"
+        assert job["status"] == "completed", job
+        assert job["progress"] == 1.0 and job["started_at"] <= job["completed_at"]
+        link = client.get(f"/v2/jobs/{job['id']}/download", headers=auth).json()
+        assert link["url"] == job["output_url"]
+        assert link["expires_at"] == job["completed_at"] + 24 * 3600
+        video = httpx.get(link["url"], timeout=30)  # the signature is the only credential
+        assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+        head = httpx.get(link["url"], headers={"Range": "bytes=0-99"}, timeout=30)
+        assert (head.status_code, head.content) == (206, video.content[:100])
+    output = tmp_path / "downloaded.mp4"
+    output.write_bytes(video.content)
     info = probe(output)
     assert (info.width, info.height, info.frame_count, info.fps) == (288, 192, 24, 24)
     assert audio_timing(output) is not None
@@ -120,6 +130,19 @@ def test_unreachable_input_fails_with_a_clear_error(service: Service):
     assert job["status"] == "failed"
     assert job["error"] == {"type": "invalid_input",
                             "message": "fetching video_url returned HTTP 404"}
+
+
+def test_corrupt_input_fails_as_invalid_input(service: Service):
+    auth = service.new_key()
+    with httpx.Client(base_url=service.base, timeout=30) as client:
+        job_id = client.post("/v2/enhance", headers=auth, json={
+            "video_url": f"{service.media}/corrupt.mp4"}).json()["id"]
+        job = _wait(client, job_id, auth, lambda j: j["status"] in ("completed", "failed"))
+        assert job["status"] == "failed" and job["error"]["type"] == "invalid_input"
+        assert "not a video" in job["error"]["message"]
+        assert job["output_url"] is None
+        assert client.get(f"/v2/jobs/{job_id}/download", headers=auth).status_code == 409
+    assert not (service.settings.scratch_dir / job_id).exists()
 
 
 def test_cancel_running_and_queued_jobs(service: Service):
