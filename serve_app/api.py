@@ -42,7 +42,16 @@ from serve_app.fetch import FetchError, resolve_checked
 from serve_app.keys import digest_key, keys_match, new_id
 from serve_app.openapi import openapi_document
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
-from serve_app.schemas import Download, EnhanceBody, Job, JobList, job_from_record
+from serve_app.schemas import (
+    DeliveryAttempt,
+    Download,
+    EnhanceBody,
+    EventList,
+    Job,
+    JobList,
+    WebhookEvent,
+    job_from_record,
+)
 from serve_app.settings import Settings
 from serve_app.signing import signature_valid
 from serve_app.storage import LocalStorage, OutputStorage, open_storage
@@ -304,6 +313,24 @@ class Api:
         return FileResponse(path, media_type="video/mp4",
                             headers={"Cache-Control": "private, max-age=0"})
 
+    async def events(self, request: Request) -> Response:
+        """The job's webhook event (one, once the job has ended) with its attempts."""
+        key = await self.authenticate(request)
+        job = await self._own_job(request, key)
+        events = []
+        if job.webhook_status is not None and job.webhook_url and job.event_type:
+            attempts = await (await self._store()).webhook_attempts(job.id)
+            events.append(WebhookEvent(
+                id=job.event_id, type=job.event_type,
+                created_at=math.floor(job.completed_at or job.created_at),
+                url=job.webhook_url, status=job.webhook_status,  # type: ignore[arg-type]
+                next_attempt_at=None if job.webhook_next_at is None
+                else math.ceil(job.webhook_next_at),
+                attempts=[DeliveryAttempt(number=a.number, at=math.floor(a.at),
+                                          status_code=a.status_code, error=a.error,
+                                          duration_ms=a.duration_ms) for a in attempts]))
+        return self._json(request, EventList(data=events))
+
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
 
@@ -341,6 +368,7 @@ def create_api(settings: Settings, store: JobStore | None = None,
             Route("/v2/jobs/{job_id}", api.get_job, methods=["GET"]),
             Route("/v2/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"]),
             Route("/v2/jobs/{job_id}/download", api.download, methods=["GET"]),
+            Route("/v2/jobs/{job_id}/events", api.events, methods=["GET"]),
             Route("/v2/files/{key}", api.file, methods=["GET", "HEAD"]),
             Route("/v2/openapi.json", api.openapi, methods=["GET"]),
             Route("/healthz", api.health, methods=["GET"]),

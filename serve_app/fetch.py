@@ -18,7 +18,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import httpx
 
-__all__ = ["FetchError", "UrlPolicy", "fetch_to_file", "resolve_checked"]
+__all__ = ["FetchError", "UrlPolicy", "fetch_to_file", "pinned_target", "resolve_checked"]
 
 MAX_REDIRECTS = 5
 
@@ -65,7 +65,7 @@ def resolve_checked(url: str, policy: UrlPolicy) -> Address:
     return addresses[0]
 
 
-def _pinned(url: str, address: Address) -> tuple[str, dict[str, str], dict[str, str]]:
+def pinned_target(url: str, address: Address) -> tuple[str, dict[str, str], dict[str, str]]:
     """``url`` rewritten to connect to ``address``, with Host and SNI for the name."""
     parts = urlsplit(url)
     host = f"[{address}]" if address.version == 6 else str(address)
@@ -87,7 +87,7 @@ def fetch_to_file(url: str, destination: Path, *, max_bytes: int, timeout: float
     try:
         with httpx.Client(follow_redirects=False, timeout=timeout) as client:
             for _ in range(MAX_REDIRECTS + 1):
-                target, headers, extensions = _pinned(url, resolve_checked(url, policy))
+                target, headers, extensions = pinned_target(url, resolve_checked(url, policy))
                 with client.stream("GET", target, headers=headers,
                                    extensions=extensions) as response:
                     if response.is_redirect:

@@ -14,6 +14,8 @@ __all__ = [
     "cancel_processing",
     "cancel_queued",
     "claim_update",
+    "due_webhooks_filter",
+    "ended_update",
     "expired_filter",
     "expired_outputs_filter",
     "finish_filter",
@@ -21,6 +23,7 @@ __all__ = [
     "idempotency_filter",
     "jobs_page_filter",
     "lease_filter",
+    "outbox",
     "queued_filter",
     "rate_counter_update",
     "revoke_filter",
@@ -50,19 +53,43 @@ def finish_filter(job_id: str, owner: str) -> Doc:
     return lease_filter(job_id, owner)
 
 
+def _literal(values: Doc) -> Doc:
+    """Values for a pipeline ``$set``: literal, so a "$…" string is never a field path."""
+    return {k: {"$literal": v} for k, v in values.items()}
+
+
+def outbox(now: float) -> Doc:
+    """Fields that make a job's webhook event pending, when the job has a webhook_url.
+
+    Set in the same update that ends the job, so the event cannot be lost.
+    """
+    has_webhook = {"$ne": [{"$ifNull": ["$webhook_url", None]}, None]}
+    return {"webhook_status": {"$cond": [has_webhook, "pending", None]},
+            "webhook_next_at": {"$cond": [has_webhook, now, None]}}
+
+
 def finish_update(status: str, now: float, output_path: str | None, error_type: str | None,
-                  error_message: str | None) -> Doc:
+                  error_message: str | None) -> list[Doc]:
     update: Doc = {"status": status, "completed_at": now, "output_path": output_path,
                    "error_type": error_type, "error_message": error_message,
                    "lease_owner": None, "lease_expires_at": None, "eta_seconds": None}
     if status == "completed":
         update["progress"] = 1.0
-    return {"$set": update}
+    return [{"$set": {**_literal(update), **outbox(now)}}]
 
 
-def cancel_queued(job_id: str, now: float) -> tuple[Doc, Doc]:
-    return {"_id": job_id, "status": "queued"}, {"$set": {"status": "canceled",
-                                                          "completed_at": now}}
+def cancel_queued(job_id: str, now: float) -> tuple[Doc, list[Doc]]:
+    return {"_id": job_id, "status": "queued"}, [{"$set": {
+        **_literal({"status": "canceled", "completed_at": now}), **outbox(now)}}]
+
+
+def ended_update(fields: Doc, now: float) -> list[Doc]:
+    """A lease-expiry ending (failed or canceled), with its outbox entry."""
+    return [{"$set": {**_literal(fields), **outbox(now)}}]
+
+
+def due_webhooks_filter(now: float) -> Doc:
+    return {"webhook_status": "pending", "webhook_next_at": {"$lte": now}}
 
 
 def cancel_processing(job_id: str) -> tuple[Doc, Doc]:

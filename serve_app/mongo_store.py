@@ -14,7 +14,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from serve_app import mongo_queries as q
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
 from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS
 
 __all__ = ["MongoStore"]
@@ -53,6 +53,7 @@ class MongoStore:
         self._jobs = self._db["jobs"]
         self._keys = self._db["api_keys"]
         self._counters = self._db["rate_counters"]
+        self._attempts = self._db["webhook_attempts"]
 
     def __repr__(self) -> str:
         return f"MongoStore(database={self._db.name!r})"
@@ -66,6 +67,9 @@ class MongoStore:
             partialFilterExpression={"idempotency_key": {"$type": "string"}})
         await self._keys.create_index("digest", unique=True)
         await self._counters.create_index("expires_at", expireAfterSeconds=0)
+        await self._jobs.create_index([("webhook_status", ASCENDING),
+                                       ("webhook_next_at", ASCENDING)])
+        await self._attempts.create_index([("job_id", ASCENDING), ("number", ASCENDING)])
 
     async def close(self) -> None:
         await self._client.close()
@@ -75,6 +79,9 @@ class MongoStore:
 
     async def key_by_digest(self, digest: str) -> ApiKeyRecord | None:
         return _key(await self._keys.find_one({"digest": digest}))
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        return _key(await self._keys.find_one({"_id": key_id}))
 
     async def list_keys(self) -> list[ApiKeyRecord]:
         return [k for k in [_key(d) async for d in self._keys.find().sort("created_at")] if k]
@@ -168,12 +175,14 @@ class MongoStore:
         release = {"lease_owner": None, "lease_expires_at": None}
         canceled = await self._jobs.update_many(
             {**expired, "cancel_requested": True},
-            {"$set": {"status": "canceled", "completed_at": now, **release}})
+            q.ended_update({"status": "canceled", "completed_at": now, **release}, now))
         failed = await self._jobs.update_many(
             {**expired, "attempts": {"$gte": max_attempts}},
-            {"$set": {"status": "failed", "completed_at": now, "error_type": "runner_lost",
-                      "error_message": f"the job's runner stopped responding {max_attempts} "
-                                       "times; giving up", **release}})
+            q.ended_update({"status": "failed", "completed_at": now,
+                            "error_type": "runner_lost",
+                            "error_message": f"the job's runner stopped responding "
+                                             f"{max_attempts} times; giving up", **release},
+                           now))
         queued = await self._jobs.update_many(
             expired, {"$set": {"status": "queued", "progress": 0.0, "eta_seconds": None,
                                **release}})
@@ -186,3 +195,29 @@ class MongoStore:
 
     async def clear_output(self, job_id: str) -> None:
         await self._jobs.update_one({"_id": job_id}, {"$set": {"output_path": None}})
+
+    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int
+                                 ) -> list[JobRecord]:
+        claimed = []
+        for _ in range(limit):
+            doc = await self._jobs.find_one_and_update(
+                q.due_webhooks_filter(now), {"$set": {"webhook_next_at": now + lease_seconds}},
+                sort=[("webhook_next_at", ASCENDING)], return_document=ReturnDocument.AFTER)
+            if doc is None:
+                break
+            claimed.append(_job(doc))
+        return [j for j in claimed if j is not None]
+
+    async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
+                                     next_at: float | None, body: str) -> None:
+        await self._attempts.replace_one(
+            {"_id": f"{attempt.job_id}:{attempt.number}"},
+            dataclasses.asdict(attempt), upsert=True)
+        await self._jobs.update_one({"_id": attempt.job_id}, {"$set": {
+            "webhook_status": status, "webhook_attempts": attempt.number,
+            "webhook_next_at": next_at, "webhook_body": body}})
+
+    async def webhook_attempts(self, job_id: str) -> list[WebhookAttempt]:
+        docs = self._attempts.find({"job_id": job_id}).sort("number", ASCENDING)
+        return [WebhookAttempt(**{k: v for k, v in d.items() if k != "_id"})
+                async for d in docs]

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from serve_app.schemas import Download, EnhanceBody, ErrorBody, Job, JobList
+from serve_app.schemas import Download, EnhanceBody, ErrorBody, EventList, Job, JobList
 
 __all__ = ["openapi_document"]
 
@@ -41,7 +41,7 @@ def _job_id_param() -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(m, "validation" if m is EnhanceBody else "serialization")
-         for m in (EnhanceBody, Job, JobList, Download, ErrorBody)],
+         for m in (EnhanceBody, Job, JobList, Download, EventList, ErrorBody)],
         ref_template="#/components/schemas/{model}")
     job_ok = {"200": _response("The job", "Job")}
     return {
@@ -84,6 +84,12 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "getDownloadUrl", "parameters": [_job_id_param()],
                 "responses": {"200": _response("A signed download URL", "Download"),
                               **_errors(401, 404, 409, 410, 429)},
+            }},
+            "/v2/jobs/{job_id}/events": {"get": {
+                "operationId": "listJobEvents", "parameters": [_job_id_param()],
+                "responses": {"200": _response("The job's webhook events and attempts",
+                                               "EventList"),
+                              **_errors(401, 404, 429)},
             }},
             "/v2/files/{key}": {"get": {
                 "operationId": "downloadFile", "security": [],

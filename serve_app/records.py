@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["ApiKeyRecord", "JobRecord", "JobStatus"]
+__all__ = ["EVENT_TYPES", "ApiKeyRecord", "JobRecord", "JobStatus", "WebhookAttempt",
+           "event_id_for"]
 
 
 class JobStatus(StrEnum):
@@ -56,3 +57,36 @@ class JobRecord:
     cancel_requested: bool = False
     idempotency_key: str | None = None
     request_hash: str | None = None
+    # The job's webhook event (one per job: its terminal transition) is its own outbox
+    # entry, set pending by the same update that ends the job, so a crash can't lose it.
+    webhook_status: str | None = None  # pending | delivered | failed
+    webhook_attempts: int = 0
+    webhook_next_at: float | None = None
+    webhook_body: str | None = None  # frozen at the first attempt: retries send the same
+
+    @property
+    def event_id(self) -> str:
+        return event_id_for(self.id)
+
+    @property
+    def event_type(self) -> str | None:
+        return EVENT_TYPES.get(self.status)
+
+
+EVENT_TYPES = {JobStatus.COMPLETED: "job.completed", JobStatus.FAILED: "job.failed",
+               JobStatus.CANCELED: "job.canceled"}
+
+
+def event_id_for(job_id: str) -> str:
+    """A job's event id: stable, so receivers can drop redeliveries."""
+    return "evt_" + job_id.removeprefix("job_")
+
+
+@dataclass(frozen=True)
+class WebhookAttempt:
+    job_id: str
+    number: int
+    at: float
+    status_code: int | None
+    error: str | None
+    duration_ms: int

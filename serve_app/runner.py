@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import shutil
 import socket
@@ -29,9 +30,11 @@ from pipelines.progress import CancelToken, Progress
 from serve_app.fetch import FetchError, fetch_to_file
 from serve_app.keys import new_id
 from serve_app.records import JobRecord, JobStatus
+from serve_app.schemas import Job, job_from_record
 from serve_app.settings import Settings
 from serve_app.storage import OutputStorage, open_storage
 from serve_app.store import JobStore, open_store
+from serve_app.webhooks import WebhookDispatcher
 
 __all__ = ["JobRunner", "process_job"]
 
@@ -79,6 +82,7 @@ class JobRunner:
         self.store = store
         self.settings = settings
         self.storage = storage or open_storage(settings)
+        self.webhooks = WebhookDispatcher(store, settings, self._job_object)
         self._next_reap = 0.0
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id('runner')}"
         self._process = process
@@ -98,10 +102,12 @@ class JobRunner:
                 await asyncio.wait_for(stop.wait(), self.settings.poll_seconds)
         for task in self._tasks.values():
             task.cancel()
+        await self.webhooks.drain()
 
     async def tick(self) -> None:
         """Recover and clean up after dead runners, reap old outputs, claim new jobs."""
         await self.store.requeue_expired(time.time(), self.settings.max_attempts)
+        await self.webhooks.tick()
         if time.monotonic() >= self._next_reap:
             self._next_reap = time.monotonic() + self.settings.reap_interval_seconds
             await self.reap()
@@ -115,6 +121,18 @@ class JobRunner:
             task = asyncio.create_task(self._execute(job))
             self._tasks[job.id] = task
             task.add_done_callback(lambda _, job_id=job.id: self._tasks.pop(job_id, None))
+
+    async def _job_object(self, job: JobRecord) -> Job:
+        """The job object for webhook events, with a download link while one exists."""
+        url = None
+        if job.status == JobStatus.COMPLETED and job.output_path and job.completed_at:
+            expires_at = math.floor(job.completed_at + self.settings.retention_seconds)
+            if expires_at > time.time():
+                base = self.settings.public_url or \
+                    f"http://{self.settings.host}:{self.settings.port}"
+                url = await asyncio.to_thread(self.storage.signed_url, job.output_path,
+                                              expires_at, base)
+        return job_from_record(job, url)
 
     async def reap(self) -> int:
         """Delete outputs past retention; the job records stay, without an output."""

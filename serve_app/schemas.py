@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve_app.records import JobRecord, JobStatus
 
-__all__ = ["Download", "EnhanceBody", "ErrorBody", "ErrorDetail", "Job", "JobError",
-           "JobList", "job_from_record"]
+__all__ = ["DeliveryAttempt", "Download", "EnhanceBody", "ErrorBody", "ErrorDetail",
+           "EventList", "Job", "JobError", "JobList", "WebhookEvent", "job_from_record"]
 
 Preset = Literal["cinematic", "social", "archive", "general"]
 
@@ -84,6 +84,30 @@ class Download(BaseModel):
     url: str
     expires_at: int = Field(description="Unix seconds; never later than 24 h after "
                             "completion (the retention period).")
+
+
+class DeliveryAttempt(BaseModel):
+    number: int
+    at: int
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class WebhookEvent(BaseModel):
+    """A job's webhook event and every attempt to deliver it."""
+
+    id: str
+    type: str
+    created_at: int
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    next_attempt_at: int | None
+    attempts: list[DeliveryAttempt]
+
+
+class EventList(BaseModel):
+    data: list[WebhookEvent]
 
 
 class ErrorDetail(BaseModel):

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
                                    "download links; default: the request's own.")
     signing_secret: str | None = Field(None, description="Secret for local download "
                                        "signatures; default: generated in data_dir.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_max_retries: int = Field(5, ge=0, description="Retries after the first try.")
+    webhook_retry_base_seconds: float = Field(30.0, gt=0, description="First retry "
+                                              "delay; doubles each retry, ±20 % jitter.")
     s3_bucket: str | None = Field(None, description="Store outputs in this S3 bucket.")
     s3_prefix: str = "outputs"
     s3_endpoint_url: str | None = None

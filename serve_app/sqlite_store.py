@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
 from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS
 
 __all__ = ["SqliteStore"]
@@ -36,7 +36,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_seq INTEGER NOT NULL, webhook_url TEXT, started_at REAL, completed_at REAL,
     progress REAL NOT NULL, eta_seconds REAL, output_path TEXT, error_type TEXT,
     error_message TEXT, attempts INTEGER NOT NULL, lease_owner TEXT, lease_expires_at REAL,
-    cancel_requested INTEGER NOT NULL, idempotency_key TEXT, request_hash TEXT);
+    cancel_requested INTEGER NOT NULL, idempotency_key TEXT, request_hash TEXT,
+    webhook_status TEXT, webhook_attempts INTEGER NOT NULL DEFAULT 0, webhook_next_at REAL,
+    webhook_body TEXT);
+CREATE INDEX IF NOT EXISTS jobs_webhooks ON jobs (webhook_status, webhook_next_at);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    job_id TEXT NOT NULL, number INTEGER NOT NULL, at REAL NOT NULL, status_code INTEGER,
+    error TEXT, duration_ms INTEGER NOT NULL, PRIMARY KEY (job_id, number));
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key_id, created_seq DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, created_seq);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (key_id, idempotency_key)
@@ -52,6 +58,12 @@ def _job(row: sqlite3.Row | None) -> JobRecord | None:
     values["status"] = JobStatus(values["status"])
     values["cancel_requested"] = bool(values["cancel_requested"])
     return JobRecord(**values)
+
+
+# Appended to every UPDATE that ends a job: the webhook outbox entry, in the same
+# statement.  Takes one parameter, the time the event is due.
+_OUTBOX = ("webhook_status = CASE WHEN webhook_url IS NOT NULL THEN 'pending' END, "
+           "webhook_next_at = CASE WHEN webhook_url IS NOT NULL THEN ? END")
 
 
 def _key(row: sqlite3.Row | None) -> ApiKeyRecord | None:
@@ -120,6 +132,10 @@ class SqliteStore:
     async def key_by_digest(self, digest: str) -> ApiKeyRecord | None:
         return await self._run(lambda db: _key(db.execute(
             "SELECT * FROM api_keys WHERE digest = ?", (digest,)).fetchone()))
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        return await self._run(lambda db: _key(db.execute(
+            "SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()))
 
     async def list_keys(self) -> list[ApiKeyRecord]:
         rows = await self._run(lambda db: db.execute(
@@ -215,15 +231,15 @@ class SqliteStore:
         return await self._run(lambda db: db.execute(
             f"UPDATE jobs SET status = ?, completed_at = ?, output_path = ?, error_type = ?, "
             f"error_message = ?, lease_owner = NULL, lease_expires_at = NULL, "
-            f"progress = {progress_sql}, eta_seconds = NULL "
+            f"progress = {progress_sql}, eta_seconds = NULL, {_OUTBOX} "
             "WHERE id = ? AND lease_owner = ? AND status = 'processing'",
-            (str(status), now, output_path, error_type, error_message, job_id, owner)
+            (str(status), now, output_path, error_type, error_message, now, job_id, owner)
         ).rowcount > 0, write=True)
 
     async def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
         def cancel(db: sqlite3.Connection) -> JobRecord | None:
-            db.execute("UPDATE jobs SET status = 'canceled', completed_at = ? "
-                       "WHERE id = ? AND status = 'queued'", (now, job_id))
+            db.execute(f"UPDATE jobs SET status = 'canceled', completed_at = ?, {_OUTBOX} "
+                       "WHERE id = ? AND status = 'queued'", (now, now, job_id))
             db.execute("UPDATE jobs SET cancel_requested = 1 "
                        "WHERE id = ? AND status = 'processing'", (job_id,))
             return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
@@ -235,14 +251,14 @@ class SqliteStore:
             expired = "status = 'processing' AND lease_expires_at < ?"
             canceled = db.execute(
                 "UPDATE jobs SET status = 'canceled', completed_at = ?, lease_owner = NULL, "
-                f"lease_expires_at = NULL WHERE {expired} AND cancel_requested = 1",
-                (now, now)).rowcount
+                f"lease_expires_at = NULL, {_OUTBOX} WHERE {expired} AND cancel_requested = 1",
+                (now, now, now)).rowcount
             failed = db.execute(
                 "UPDATE jobs SET status = 'failed', completed_at = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL, error_type = 'runner_lost', error_message = ? "
-                f"WHERE {expired} AND attempts >= ?",
+                "lease_expires_at = NULL, error_type = 'runner_lost', error_message = ?, "
+                f"{_OUTBOX} WHERE {expired} AND attempts >= ?",
                 (now, f"the job's runner stopped responding {max_attempts} times; "
-                 "giving up", now, max_attempts)).rowcount
+                 "giving up", now, now, max_attempts)).rowcount
             queued = db.execute(
                 "UPDATE jobs SET status = 'queued', lease_owner = NULL, "
                 f"lease_expires_at = NULL, progress = 0, eta_seconds = NULL WHERE {expired}",
@@ -261,3 +277,31 @@ class SqliteStore:
     async def clear_output(self, job_id: str) -> None:
         await self._run(lambda db: db.execute(
             "UPDATE jobs SET output_path = NULL WHERE id = ?", (job_id,)), write=True)
+
+    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int
+                                 ) -> list[JobRecord]:
+        rows = await self._run(lambda db: db.execute(
+            "UPDATE jobs SET webhook_next_at = ? WHERE id IN (SELECT id FROM jobs "
+            "WHERE webhook_status = 'pending' AND webhook_next_at <= ? "
+            "ORDER BY webhook_next_at LIMIT ?) RETURNING *",
+            (now + lease_seconds, now, limit)).fetchall(), write=True)
+        return [j for j in map(_job, rows) if j is not None]
+
+    async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
+                                     next_at: float | None, body: str) -> None:
+        def record(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO webhook_attempts (job_id, number, at, "
+                       "status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                       (attempt.job_id, attempt.number, attempt.at, attempt.status_code,
+                        attempt.error, attempt.duration_ms))
+            db.execute("UPDATE jobs SET webhook_status = ?, webhook_attempts = ?, "
+                       "webhook_next_at = ?, webhook_body = ? WHERE id = ?",
+                       (status, attempt.number, next_at, body, attempt.job_id))
+
+        await self._run(record, write=True)
+
+    async def webhook_attempts(self, job_id: str) -> list[WebhookAttempt]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT * FROM webhook_attempts WHERE job_id = ? ORDER BY number",
+            (job_id,)).fetchall())
+        return [WebhookAttempt(**dict(row)) for row in rows]

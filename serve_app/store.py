@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
 from serve_app.settings import Settings
 
 __all__ = ["IDEMPOTENCY_WINDOW_SECONDS", "JobStore", "open_store"]
@@ -27,6 +27,8 @@ class JobStore(Protocol):
     async def add_key(self, key: ApiKeyRecord) -> None: ...
 
     async def key_by_digest(self, digest: str) -> ApiKeyRecord | None: ...
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None: ...
 
     async def list_keys(self) -> list[ApiKeyRecord]: ...
 
@@ -77,6 +79,18 @@ class JobStore(Protocol):
 
     async def clear_output(self, job_id: str) -> None:
         """Forget a job's output (after it was deleted); the job record stays."""
+
+    # Webhook outbox: every status change that ends a job with a webhook_url sets
+    # webhook_status = 'pending' and webhook_next_at = now in the same update.
+    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int
+                                 ) -> list[JobRecord]:
+        """Pending events due now; each is hidden from other dispatchers for the lease."""
+
+    async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
+                                     next_at: float | None, body: str) -> None:
+        """Log an attempt and set the event's status, retry time and frozen body."""
+
+    async def webhook_attempts(self, job_id: str) -> list[WebhookAttempt]: ...
 
 
 def open_store(settings: Settings) -> JobStore:

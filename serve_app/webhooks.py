@@ -1,0 +1,206 @@
+"""Webhook events: JavaScript-compatible JSON, HMAC signatures, delivery with retries.
+
+The reference's receiver verifies ``HMAC(JSON.stringify(req.body))``: JavaScript's
+re-serialisation of the parsed body, not the bytes we sent.  So every body is written
+exactly as ``JSON.stringify`` would write it: compact separators, non-ASCII as UTF-8
+(lone surrogates escaped), integers within ±2^53, and floats in JavaScript's number
+format (``1`` not ``1.0``, ``1e-7`` not ``1e-07``).
+
+Delivery: a POST with a 10 s timeout; any 2xx is success; otherwise up to 5 retries
+with exponential backoff and jitter, then the event is marked failed and kept.  Each
+request goes to an address that passes the same checks as ``video_url`` fetches; a
+refused address is recorded as a failed attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import math
+import random
+import re
+import time
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from serve_app.fetch import FetchError, pinned_target, resolve_checked
+from serve_app.records import JobRecord, WebhookAttempt
+from serve_app.schemas import Job
+from serve_app.settings import Settings
+from serve_app.store import JobStore
+
+__all__ = ["WebhookDispatcher", "event_body", "js_json", "retry_delay", "sign"]
+
+log = logging.getLogger(__name__)
+
+_MAX_SAFE_INTEGER = 2**53 - 1
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _js_float(value: float) -> str:
+    """``Number.prototype.toString`` for a finite float (ECMA-262 Number::toString)."""
+    if value == 0:
+        return "0"
+    sign, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
+    text = "".join(map(str, digits))
+    k, n = len(text), len(text) + int(exponent)  # value = 0.digits × 10^n
+    prefix = "-" if sign else ""
+    if k <= n <= 21:
+        return prefix + text + "0" * (n - k)
+    if 0 < n <= 21:
+        return prefix + text[:n] + "." + text[n:]
+    if -6 < n <= 0:
+        return prefix + "0." + "0" * -n + text
+    mantissa = text[0] + ("." + text[1:] if k > 1 else "")
+    return f"{prefix}{mantissa}e{'+' if n - 1 >= 0 else '-'}{abs(n - 1)}"
+
+
+def _js_ready(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        if abs(value) > _MAX_SAFE_INTEGER:
+            raise ValueError(f"{value} cannot round-trip through JavaScript numbers")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("JSON has no NaN or Infinity")
+        return _JsNumber(_js_float(value))
+    if isinstance(value, dict):
+        return {str(k): _js_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_js_ready(v) for v in value]
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+class _JsNumber(float):
+    """A float that the encoder writes as pre-formatted JavaScript text."""
+
+    def __new__(cls, text: str) -> _JsNumber:
+        number = super().__new__(cls, float(text))
+        number.text = text  # type: ignore[attr-defined]
+        return number
+
+    def __repr__(self) -> str:
+        return self.text  # type: ignore[attr-defined,no-any-return]
+
+
+class _JsEncoder(json.JSONEncoder):
+    def iterencode(self, o: Any, _one_shot: bool = False) -> Any:
+        # The pure-Python encoder formats floats with float.__repr__, which _JsNumber
+        # overrides; the C encoder would bypass it.
+        return json.encoder._make_iterencode(  # type: ignore[attr-defined]
+            {} if self.check_circular else None, self.default,
+            json.encoder.py_encode_basestring, self.indent, lambda f: repr(f),
+            self.key_separator, self.item_separator, self.sort_keys, self.skipkeys,
+            _one_shot)(o, 0)
+
+
+def js_json(value: Any) -> str:
+    """``value`` serialised exactly as ``JSON.stringify`` would serialise it."""
+    text = json.dumps(_js_ready(value), cls=_JsEncoder, ensure_ascii=False,
+                      separators=(",", ":"), allow_nan=False)
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def sign(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def event_body(job: JobRecord, job_object: Job) -> str:
+    """The event for ``job``'s terminal transition, as the exact text to send."""
+    return js_json({
+        "id": job.event_id,
+        "type": job.event_type,
+        "created_at": math.floor(job.completed_at or time.time()),
+        "data": job_object.model_dump(mode="json"),
+    })
+
+
+def retry_delay(attempt: int, base: float, rng: random.Random) -> float:
+    """Delay before retry ``attempt`` (1-based): base × 2^(attempt-1), jitter ±20 %.
+
+    With ±20 % jitter each gap still exceeds the one before (0.8 × 2 > 1.2).
+    """
+    return base * 2 ** (attempt - 1) * rng.uniform(0.8, 1.2)
+
+
+class WebhookDispatcher:
+    """Delivers due events from the store's outbox; safe to run in several processes."""
+
+    def __init__(self, store: JobStore, settings: Settings,
+                 job_object: Any, rng: random.Random | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self._job_object = job_object  # JobRecord -> Job, with the output URL filled in
+        self._rng = rng or random.Random()
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"WebhookDispatcher(inflight={len(self._inflight)})"
+
+    async def tick(self) -> None:
+        room = 16 - len(self._inflight)
+        if room <= 0:
+            return
+        lease = self.settings.webhook_timeout_seconds + 5
+        for job in await self.store.claim_due_webhooks(time.time(), lease, room):
+            task = asyncio.create_task(self.deliver(job))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def drain(self) -> None:
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def deliver(self, job: JobRecord) -> None:
+        assert job.webhook_url is not None
+        body = job.webhook_body or event_body(job, await self._job_object(job))
+        key = await self.store.get_key(job.key_id)
+        number = job.webhook_attempts + 1
+        started = time.monotonic()
+        status_code: int | None = None
+        error: str | None = None
+        try:
+            if key is None:
+                raise FetchError("the job's API key no longer exists")
+            target, headers, extensions = pinned_target(
+                job.webhook_url, resolve_checked(job.webhook_url, self.settings.url_policy))
+            payload = body.encode()
+            headers.update({
+                "Content-Type": "application/json",
+                "User-Agent": "Retroiva-Webhooks/2",
+                "X-Retroiva-Signature": sign(key.webhook_secret, payload),
+                "X-Retroiva-Event-Id": job.event_id,
+                "X-Retroiva-Timestamp": str(math.floor(job.completed_at or time.time())),
+            })
+            async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_seconds,
+                                         follow_redirects=False) as client:
+                response = await client.post(target, content=payload, headers=headers,
+                                             extensions=extensions)
+            status_code = response.status_code
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}"
+        except FetchError as exc:
+            error = f"refused: {exc}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        attempt = WebhookAttempt(job.id, number, time.time(), status_code, error,
+                                 round((time.monotonic() - started) * 1000))
+        if error is None:
+            status, next_at = "delivered", None
+        elif number > self.settings.webhook_max_retries:
+            status, next_at = "failed", None
+            log.warning("webhook %s for %s failed after %d attempts: %s", job.event_id,
+                        job.id, number, error)
+        else:
+            status = "pending"
+            next_at = time.time() + retry_delay(number, self.settings.webhook_retry_base_seconds,
+                                                self._rng)
+        await self.store.record_webhook_attempt(attempt, status=status, next_at=next_at,
+                                                body=body)
