@@ -24,6 +24,9 @@ demo: $(STAMP)
 	$(VENV)/bin/retroiva demo
 
 test: $(STAMP)
+	@# The webhook tests run the API reference's Node snippet verbatim.
+	@command -v node >/dev/null || apt-get install -y -q nodejs >/dev/null || \
+		echo "node is missing: the webhook snippet tests will be skipped"
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
