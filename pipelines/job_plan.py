@@ -52,10 +52,6 @@ class JobPlan:
     encoder: EncoderSettings
     chunks: tuple[Chunk, ...]
 
-    @property
-    def needs_lookahead(self) -> bool:
-        return any(spec.kind == "interpolate" for spec in self.chain)
-
 
 def _output_fps(info: VideoInfo, request: EnhanceRequest, preset_fps: Fraction | None
                 ) -> Fraction:

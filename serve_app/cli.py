@@ -85,6 +85,22 @@ def enhance(
 
 
 @app.command()
+def sample(
+    output: Annotated[Path, typer.Argument(help="Where to write the clip (.mp4/.mkv).")],
+    seconds: Annotated[float, typer.Option(min=0.1, max=600)] = 2.0,
+    width: Annotated[int, typer.Option(min=16, max=3840)] = 320,
+    height: Annotated[int, typer.Option(min=16, max=2160)] = 240,
+) -> None:
+    """Write a synthetic test clip (moving pattern, grain, sine-tone audio)."""
+    from pipelines.sample_video import SampleSpec, write_sample_video
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_sample_video(output, SampleSpec(width=width, height=height, seconds=seconds,
+                                          grain=6.0))
+    typer.echo(f"wrote {output}")
+
+
+@app.command()
 def demo(
     directory: Annotated[Path, typer.Option(help="Where to write the sample and result.")]
     = Path("out"),

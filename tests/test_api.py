@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
+from stored_keys import add_key, bearer
 
 from serve_app.api import create_api
-from serve_app.keys import new_api_key
 from serve_app.records import JobStatus
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
@@ -34,14 +34,8 @@ def client(tmp_path: Path, store: SqliteStore) -> Iterator[TestClient]:
 @pytest.fixture
 def make_key(store: SqliteStore) -> Callable[..., dict[str, str]]:
     def make(rate_limit: int = 1000) -> dict[str, str]:
-        key, record = new_api_key("test", rate_limit)
-
-        async def add() -> None:
-            await store.init()
-            await store.add_key(record)
-
-        asyncio.run(add())
-        return {"Authorization": f"Bearer {key}", "X-Key-Id": record.id}
+        key, record = add_key(store, rate_limit)
+        return {**bearer(key), "X-Key-Id": record.id}
 
     return make
 
@@ -311,3 +305,19 @@ def test_settings_survive_the_trip_through_replica_environments(monkeypatch):
     for name, value in settings_env(settings).items():
         monkeypatch.setenv(name, value)
     assert Settings() == settings
+
+
+class _BrokenStore(SqliteStore):
+    async def key_by_digest(self, digest: str):
+        raise RuntimeError("disk on fire: sk_live_secret-in-message")
+
+
+def test_unexpected_errors_are_500_without_details(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture):
+    app = create_api(Settings(data_dir=tmp_path), _BrokenStore(tmp_path / "s.db"))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/v2/jobs", headers={"Authorization": "Bearer sk_live_x"})
+    _assert_error(response, 500, "api_error")
+    assert "fire" not in response.text and "sk_live" not in response.text
+    request_id = response.headers["x-request-id"]
+    assert any(request_id in r.getMessage() for r in caplog.records)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import http.server
 import socket
@@ -16,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 from ray import serve
+from stored_keys import add_key, bearer
 
 from pipelines.probe import probe
 from pipelines.sample_video import SampleSpec, write_sample_video
 from serve_app.deployments import build_app
-from serve_app.keys import new_api_key
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
 
@@ -68,14 +67,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     store = SqliteStore(settings.sqlite_path)
 
     def new_key(rate_limit: int = 1000) -> dict[str, str]:
-        key, record = new_api_key("serve-test", rate_limit)
-
-        async def add() -> None:
-            await store.init()
-            await store.add_key(record)
-
-        asyncio.run(add())
-        return {"Authorization": f"Bearer {key}"}
+        return bearer(add_key(store, rate_limit)[0])
 
     yield Service(f"http://127.0.0.1:{settings.port}", settings,
                   f"http://127.0.0.1:{media.server_address[1]}", new_key)
@@ -121,28 +113,31 @@ def test_happy_path_from_post_to_signed_download(service: Service, tmp_path: Pat
     assert not (service.settings.scratch_dir / job["id"]).exists()
 
 
-def test_unreachable_input_fails_with_a_clear_error(service: Service):
+def _failed_job(service: Service, name: str) -> tuple[dict, dict[str, str]]:
+    """Submit ``name`` from the media server and wait for the job to end."""
     auth = service.new_key()
     with httpx.Client(base_url=service.base, timeout=30) as client:
         job_id = client.post("/v2/enhance", headers=auth, json={
-            "video_url": f"{service.media}/missing.mp4"}).json()["id"]
+            "video_url": f"{service.media}/{name}"}).json()["id"]
         job = _wait(client, job_id, auth, lambda j: j["status"] in ("completed", "failed"))
+    return job, auth
+
+
+def test_unreachable_input_fails_with_a_clear_error(service: Service):
+    job, _ = _failed_job(service, "missing.mp4")
     assert job["status"] == "failed"
     assert job["error"] == {"type": "invalid_input",
                             "message": "fetching video_url returned HTTP 404"}
 
 
 def test_corrupt_input_fails_as_invalid_input(service: Service):
-    auth = service.new_key()
-    with httpx.Client(base_url=service.base, timeout=30) as client:
-        job_id = client.post("/v2/enhance", headers=auth, json={
-            "video_url": f"{service.media}/corrupt.mp4"}).json()["id"]
-        job = _wait(client, job_id, auth, lambda j: j["status"] in ("completed", "failed"))
-        assert job["status"] == "failed" and job["error"]["type"] == "invalid_input"
-        assert "not a video" in job["error"]["message"]
-        assert job["output_url"] is None
-        assert client.get(f"/v2/jobs/{job_id}/download", headers=auth).status_code == 409
-    assert not (service.settings.scratch_dir / job_id).exists()
+    job, auth = _failed_job(service, "corrupt.mp4")
+    assert job["status"] == "failed" and job["error"]["type"] == "invalid_input"
+    assert "not a video" in job["error"]["message"]
+    assert job["output_url"] is None
+    download = httpx.get(f"{service.base}/v2/jobs/{job['id']}/download", headers=auth)
+    assert download.status_code == 409
+    assert not (service.settings.scratch_dir / job["id"]).exists()
 
 
 def test_cancel_running_and_queued_jobs(service: Service):

@@ -115,10 +115,10 @@ def _fake_process(job, settings, on_progress, cancel) -> Path:
 
 
 async def _add_key(store: SqliteStore) -> ApiKeyRecord:
+    _, record = new_api_key("hooks", 1000)
     await store.init()
-    _, key = new_api_key("hooks", 1000)
-    await store.add_key(key)
-    return key
+    await store.add_key(record)
+    return record
 
 
 async def _add_job(store: SqliteStore, key: ApiKeyRecord, webhook: str,

@@ -1,0 +1,60 @@
+"""`retroiva keys …` and `retroiva sample` against a store in a temporary data dir."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.probe import probe
+from serve_app.cli import app
+from serve_app.keys import digest_key
+from serve_app.sqlite_store import SqliteStore
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RETROIVA_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _key_from(output: str) -> str:
+    return next(w for w in output.split() if w.startswith("sk_live_"))
+
+
+def test_keys_create_list_revoke_and_rotate(data_dir: Path):
+    runner = CliRunner()
+    created = runner.invoke(app, ["keys", "create", "--name", "ci", "--rate-limit", "30/min"])
+    assert created.exit_code == 0, created.output
+    key = _key_from(created.output)
+    assert "whsec_" in created.output and "30 requests/min" in created.output
+    store = SqliteStore(data_dir / "retroiva.sqlite3")
+    record = asyncio.run(store.key_by_digest(digest_key(key)))
+    assert record is not None and record.rate_limit == 30
+    listing = runner.invoke(app, ["keys", "list"])
+    assert record.id in listing.output and "active" in listing.output
+    assert key not in listing.output  # only the prefix is shown
+    rotated = runner.invoke(app, ["keys", "rotate-webhook-secret", record.id])
+    assert rotated.exit_code == 0 and "whsec_" in rotated.output
+    new_secret = asyncio.run(store.key_by_digest(digest_key(key))).webhook_secret
+    assert new_secret != record.webhook_secret and new_secret in rotated.output
+    assert runner.invoke(app, ["keys", "revoke", record.prefix]).exit_code == 0
+    assert "revoked" in runner.invoke(app, ["keys", "list"]).output
+    again = runner.invoke(app, ["keys", "revoke", record.id])
+    assert again.exit_code == 1 and "no active key" in again.output
+
+
+def test_bad_rate_limit_is_a_usage_error(data_dir: Path):
+    result = CliRunner().invoke(app, ["keys", "create", "--name", "x", "--rate-limit", "5/h"])
+    assert result.exit_code == 2 and "N/min" in result.output
+
+
+def test_sample_writes_a_playable_clip(tmp_path: Path):
+    result = CliRunner().invoke(app, ["sample", str(tmp_path / "s.mp4"), "--seconds", "0.5",
+                                      "--width", "64", "--height", "48"])
+    assert result.exit_code == 0, result.output
+    info = probe(tmp_path / "s.mp4")
+    assert (info.width, info.height, info.frame_count) == (64, 48, 12)
+    assert info.audio
