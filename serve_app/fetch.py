@@ -91,7 +91,11 @@ def fetch_to_file(url: str, destination: Path, *, max_bytes: int, timeout: float
                 with client.stream("GET", target, headers=headers,
                                    extensions=extensions) as response:
                     if response.is_redirect:
-                        url = urljoin(url, response.headers["location"])
+                        location = response.headers.get("location")
+                        if not location:
+                            raise FetchError(f"HTTP {response.status_code} redirect "
+                                             "without a Location header")
+                        url = urljoin(url, location)
                         continue
                     if response.status_code != 200:
                         raise FetchError(f"fetching video_url returned HTTP "

@@ -21,14 +21,19 @@ def load_signing_secret(configured: str | None, data_dir: Path) -> bytes:
         return configured.encode()
     path = data_dir / "signing.key"
     if not path.exists():
+        # Written to a private temporary name, then linked into place: of several
+        # replicas starting at once, the first link wins and everyone reads its secret.
         data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        temporary = data_dir / f".signing.key.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_hex(32).encode())
         try:
-            os.write(fd, secrets.token_hex(32).encode())
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
     return path.read_bytes().strip()
 
 

@@ -53,6 +53,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", query.removeprefix("to="))
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif path == "/redirect-nowhere":
+            self.send_response(302)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif path == "/loop":
             self.send_response(302)
             self.send_header("Location", "/loop")
@@ -64,9 +68,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that abort on purpose (size limits, timeouts) break the pipe
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd = _Server(("127.0.0.1", 0), _Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -114,6 +123,11 @@ def test_redirect_to_a_private_address_is_refused(server: str, tmp_path: Path):
     # The same redirect within the allowed server is followed.
     path = _fetch(f"http://{server}/redirect?to=/video", tmp_path, policy)
     assert path.read_bytes() == b"v" * 1000
+
+
+def test_redirect_without_location_is_a_clear_error(server: str, tmp_path: Path):
+    with pytest.raises(FetchError, match="without a Location"):
+        _fetch(f"http://{server}/redirect-nowhere", tmp_path, UrlPolicy(allow_private=True))
 
 
 def test_redirect_loops_stop(server: str, tmp_path: Path):

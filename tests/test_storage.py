@@ -129,3 +129,15 @@ def test_stale_scratch_of_dead_runners_is_removed(tmp_path: Path):
     runner = JobRunner(store, settings, storage=LocalStorage(settings.outputs_dir, b"s"))
     asyncio.run(runner.remove_stale_scratch())
     assert sorted(p.name for p in settings.scratch_dir.iterdir()) == ["job_running"]
+
+
+def test_replicas_starting_together_share_one_signing_secret(tmp_path: Path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serve_app.signing import load_signing_secret
+
+    with ThreadPoolExecutor(8) as pool:
+        secrets = set(pool.map(lambda _: load_signing_secret(None, tmp_path), range(16)))
+    assert len(secrets) == 1 and len(secrets.pop()) == 64
+    assert oct((tmp_path / "signing.key").stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in tmp_path.iterdir()] == ["signing.key"]
