@@ -37,7 +37,7 @@ OUTPUT_FORMATS: dict[str, tuple[str, frozenset[str], frozenset[str]]] = {
                                "pcm_s24le"}), frozenset({"mov_text"})),
     ".mkv": ("matroska", frozenset({"aac", "mp3", "opus", "vorbis", "flac", "ac3", "eac3",
                                     "pcm_s16le", "pcm_s24le", "alac"}),
-             frozenset({"subrip", "ass", "ssa", "webvtt", "dvd_subtitle",
+             frozenset({"subrip", "srt", "ass", "ssa", "webvtt", "dvd_subtitle",
                         "hdmv_pgs_subtitle"})),
 }
 

@@ -243,3 +243,66 @@ def test_cancel_before_start(make_video, tmp_path: Path):
     with pytest.raises(PipelineCanceled):
         enhance_video(make_video(), tmp_path / "out.mp4", cancel=cancel)
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_mp4_output_is_faststart(make_video, tmp_path: Path):
+    data = enhance_video(make_video(), tmp_path / "out.mp4",
+                         EnhanceRequest(upscale_factor=1)).output.read_bytes()
+    assert 0 < data.find(b"moov") < data.find(b"mdat")  # index before the media data
+
+
+def _zero_frame_and_audio_only(tmp_path: Path) -> dict[str, Path]:
+    import av
+
+    from pipelines.sample_video import _write_tone
+
+    zero = tmp_path / "zero.mkv"
+    with av.open(str(zero), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=48000)
+        audio.layout = "mono"
+        _write_tone(container, audio, SampleSpec(seconds=0.5))
+        container.mux(stream.encode(None))
+    tone = tmp_path / "tone.m4a"
+    with av.open(str(tone), "w", format="mp4") as container:
+        _write_tone(container, container.add_stream("aac", rate=48000), SampleSpec(seconds=0.5))
+    return {"no_frames": zero, "no_video": tone}
+
+
+@pytest.mark.parametrize("reason", ["no_frames", "no_video"])
+def test_frameless_inputs_fail_cleanly(tmp_path: Path, reason: str):
+    source = _zero_frame_and_audio_only(tmp_path)[reason]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(InvalidInputError) as caught:
+        enhance_video(source, tmp_path / "out.mp4", config=PipelineConfig(scratch_dir=scratch))
+    assert caught.value.reason == reason
+    assert not (tmp_path / "out.mp4").exists() and list(scratch.iterdir()) == []
+
+
+def test_subtitles_are_copied_where_the_container_takes_them(make_video, tmp_path: Path):
+    import shutil
+    import subprocess
+
+    import av
+
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("needs Debian's ffmpeg to author a subtitle track (apt-get install ffmpeg)")
+    srt = tmp_path / "subs.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,900\nhéllo\n", encoding="utf-8")
+    source = tmp_path / "subbed.mkv"
+    subprocess.run([ffmpeg, "-v", "error", "-i", str(make_video(seconds=1)), "-i", str(srt),
+                    "-map", "0", "-map", "1", "-c", "copy", "-c:s", "srt", str(source)],
+                   check=True)
+    mkv = enhance_video(source, tmp_path / "out.mkv", EnhanceRequest(upscale_factor=1)).output
+    with av.open(str(mkv)) as container:
+        [subtitle] = container.streams.subtitles
+        assert subtitle.codec_context.name in ("subrip", "srt")
+        packets = [p for p in container.demux(subtitle) if p.size]
+        assert len(packets) == 1 and "héllo".encode() in bytes(packets[0])
+    mp4 = enhance_video(source, tmp_path / "out.mp4", EnhanceRequest(upscale_factor=1)).output
+    with av.open(str(mp4)) as container:
+        assert not container.streams.subtitles  # MP4 takes mov_text only: dropped, logged
+        assert container.streams.audio
