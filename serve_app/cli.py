@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 import time
@@ -19,7 +20,7 @@ from pipelines.job_plan import EnhanceRequest
 from pipelines.presets import PRESETS
 from pipelines.progress import Progress
 from serve_app.keys import new_api_key, new_webhook_secret
-from serve_app.records import ApiKeyRecord
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
 from serve_app.store import JobStore
 
 T = TypeVar("T")
@@ -118,6 +119,9 @@ def demo(
 
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (reads the store directly).")
 app.add_typer(keys_app, name="keys")
+jobs_app = typer.Typer(no_args_is_help=True,
+                       help="Inspect and cancel any key's jobs (reads the store directly).")
+app.add_typer(jobs_app, name="jobs")
 
 
 def _store_call(fn: Callable[[JobStore], Awaitable[T]]) -> T:
@@ -197,6 +201,51 @@ def keys_rotate_webhook_secret(
         typer.echo(f"no key {key_id!r}", err=True)
         raise typer.Exit(code=1)
     typer.echo(f"new webhook secret for {key_id}: {secret}")
+
+
+def _job_line(job: JobRecord) -> str:
+    error = f"  {job.error_type}: {job.error_message}" if job.error_type else ""
+    return (f"{job.id}  {job.status:<10}  {job.progress:6.1%}  {job.preset:<9} "
+            f"x{job.upscale_factor}  key={job.key_id}  {job.input_url}{error}")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    key_id: Annotated[str | None, typer.Option("--key", help="Only this key's jobs.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+) -> None:
+    """Newest jobs first, across keys unless --key is given."""
+    if status is not None and status not in set(JobStatus):
+        raise typer.BadParameter(f"one of {', '.join(JobStatus)}", param_hint="--status")
+    jobs = _store_call(lambda store: store.recent_jobs(limit, key_id, status))
+    for job in jobs:
+        typer.echo(_job_line(job))
+    if not jobs:
+        typer.echo("no jobs")
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[str, typer.Argument()]) -> None:
+    """Every stored field of one job (webhook body excluded)."""
+    job = _store_call(lambda store: store.get_job(job_id))
+    if job is None:
+        typer.echo(f"no job {job_id!r}", err=True)
+        raise typer.Exit(code=1)
+    for name, value in dataclasses.asdict(job).items():
+        if name != "webhook_body":
+            typer.echo(f"{name:>18}: {value}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[str, typer.Argument()]) -> None:
+    """Cancel a job as its owner could: queued at once, processing within seconds."""
+    job = _store_call(lambda store: store.request_cancel(job_id, time.time()))
+    if job is None:
+        typer.echo(f"no job {job_id!r}", err=True)
+        raise typer.Exit(code=1)
+    state = "cancel requested" if job.status == JobStatus.PROCESSING else str(job.status)
+    typer.echo(f"{job.id}: {state}")
 
 
 @app.command()

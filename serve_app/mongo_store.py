@@ -129,6 +129,13 @@ class MongoStore:
     async def get_job(self, job_id: str) -> JobRecord | None:
         return _job(await self._jobs.find_one({"_id": job_id}))
 
+    async def recent_jobs(self, limit: int, key_id: str | None = None,
+                          status: str | None = None) -> list[JobRecord]:
+        query = {k: v for k, v in (("key_id", key_id), ("status", status)) if v is not None}
+        docs = self._jobs.find(query).sort([("created_seq", DESCENDING),
+                                            ("_id", DESCENDING)]).limit(limit)
+        return [j for j in [_job(d) async for d in docs] if j is not None]
+
     async def list_jobs(self, key_id: str, limit: int, starting_after: str | None
                         ) -> tuple[list[JobRecord], bool]:
         cursor = None

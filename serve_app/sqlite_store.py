@@ -188,6 +188,17 @@ class SqliteStore:
         return await self._run(lambda db: _job(db.execute(
             "SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()))
 
+    async def recent_jobs(self, limit: int, key_id: str | None = None,
+                          status: str | None = None) -> list[JobRecord]:
+        where = " AND ".join(clause for clause, value in
+                             (("key_id = ?", key_id), ("status = ?", status))
+                             if value is not None) or "1"
+        args = [v for v in (key_id, status) if v is not None]
+        rows = await self._run(lambda db: db.execute(
+            f"SELECT * FROM jobs WHERE {where} ORDER BY created_seq DESC, id DESC LIMIT ?",
+            [*args, limit]).fetchall())
+        return [j for j in map(_job, rows) if j is not None]
+
     async def list_jobs(self, key_id: str, limit: int, starting_after: str | None
                         ) -> tuple[list[JobRecord], bool]:
         def page(db: sqlite3.Connection) -> tuple[list[JobRecord], bool]:

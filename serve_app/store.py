@@ -51,6 +51,10 @@ class JobStore(Protocol):
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...
 
+    async def recent_jobs(self, limit: int, key_id: str | None = None,
+                          status: str | None = None) -> list[JobRecord]:
+        """Newest first across all keys (operators), optionally filtered."""
+
     async def list_jobs(self, key_id: str, limit: int, starting_after: str | None
                         ) -> tuple[list[JobRecord], bool]:
         """Newest first, after the cursor job; returns ``(page, has_more)``."""

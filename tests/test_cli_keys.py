@@ -1,4 +1,4 @@
-"""`retroiva keys …` and `retroiva sample` against a store in a temporary data dir."""
+"""`retroiva keys|jobs …` and `retroiva sample` against a store in a temporary data dir."""
 
 from __future__ import annotations
 
@@ -58,3 +58,32 @@ def test_sample_writes_a_playable_clip(tmp_path: Path):
     info = probe(tmp_path / "s.mp4")
     assert (info.width, info.height, info.frame_count) == (64, 48, 12)
     assert info.audio
+
+
+def test_jobs_list_show_and_cancel(data_dir: Path):
+    import time
+
+    from serve_app.keys import new_id
+    from serve_app.records import JobRecord, JobStatus
+
+    store = SqliteStore(data_dir / "retroiva.sqlite3")
+    job = JobRecord(id=new_id("job"), key_id="key_ops", status=JobStatus.QUEUED,
+                    input_url="https://example.com/v.mp4", preset="archive",
+                    upscale_factor=3, created_at=time.time(), created_seq=time.time_ns())
+
+    async def seed() -> None:
+        await store.init()
+        await store.insert_job(job, time.time())
+
+    asyncio.run(seed())
+    runner = CliRunner()
+    listing = runner.invoke(app, ["jobs", "list"])
+    assert job.id in listing.output and "queued" in listing.output
+    assert "no jobs" in runner.invoke(app, ["jobs", "list", "--status", "failed"]).output
+    assert runner.invoke(app, ["jobs", "list", "--status", "bogus"]).exit_code == 2
+    shown = runner.invoke(app, ["jobs", "show", job.id])
+    assert "upscale_factor: 3" in shown.output and "preset: archive" in shown.output
+    canceled = runner.invoke(app, ["jobs", "cancel", job.id])
+    assert canceled.exit_code == 0 and "canceled" in canceled.output
+    assert asyncio.run(store.get_job(job.id)).status == JobStatus.CANCELED
+    assert runner.invoke(app, ["jobs", "show", "job_missing"]).exit_code == 1

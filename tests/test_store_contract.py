@@ -108,6 +108,17 @@ async def test_pagination_newest_first_without_gaps(store: JobStore):
     assert await store.list_jobs("key_b", 3, jobs[0].id) == ([], False)  # foreign cursor
 
 
+async def test_recent_jobs_across_keys_with_filters(store: JobStore):
+    a1, b1, a2 = _job("key_a", seq=1), _job("key_b", seq=2), _job("key_a", seq=3)
+    for job in (a1, b1, a2):
+        await store.insert_job(job, time.time())
+    await store.request_cancel(a1.id, time.time())
+    assert [j.id for j in await store.recent_jobs(10)] == [a2.id, b1.id, a1.id]
+    assert [j.id for j in await store.recent_jobs(10, key_id="key_a")] == [a2.id, a1.id]
+    assert [j.id for j in await store.recent_jobs(10, status="canceled")] == [a1.id]
+    assert [j.id for j in await store.recent_jobs(1)] == [a2.id]
+
+
 async def test_claim_is_exclusive_and_fifo(store: JobStore):
     first, second = _job(seq=1), _job(seq=2)
     for job in (second, first):
