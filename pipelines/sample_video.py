@@ -15,7 +15,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-__all__ = ["SampleSpec", "sample_frame", "write_sample_video"]
+__all__ = ["SampleSpec", "sample_frame", "write_audio_only", "write_sample_video",
+           "write_zero_frame_video"]
 
 
 @dataclass(frozen=True)
@@ -116,3 +117,24 @@ def _write_tone(container: av.container.OutputContainer, stream: av.audio.AudioS
         frame.time_base = Fraction(1, spec.audio_rate)
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
+
+
+def write_zero_frame_video(path: str | Path, spec: SampleSpec = SampleSpec()) -> Path:
+    """A container whose video track has no frames, beside a real audio track."""
+    path = Path(path)
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream(spec.codec, rate=spec.fps)
+        video.width, video.height, video.pix_fmt = spec.width, spec.height, spec.pixel_format
+        audio = container.add_stream("aac", rate=spec.audio_rate)
+        audio.layout = "mono"
+        _write_tone(container, audio, spec)
+        container.mux(video.encode(None))
+    return path
+
+
+def write_audio_only(path: str | Path, spec: SampleSpec = SampleSpec()) -> Path:
+    """An MP4/M4A with only the sine-tone audio track."""
+    path = Path(path)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        _write_tone(container, container.add_stream("aac", rate=spec.audio_rate), spec)
+    return path

@@ -16,7 +16,13 @@ from pipelines.errors import InvalidInputError, InvalidOptionsError, PipelineCan
 from pipelines.job_plan import EnhanceRequest
 from pipelines.probe import probe
 from pipelines.progress import CancelToken, Progress
-from pipelines.sample_video import SampleSpec, sample_frame, write_sample_video
+from pipelines.sample_video import (
+    SampleSpec,
+    sample_frame,
+    write_audio_only,
+    write_sample_video,
+    write_zero_frame_video,
+)
 
 from media import audio_timing, decode_frames, luma_psnr, psnr
 
@@ -252,22 +258,9 @@ def test_mp4_output_is_faststart(make_video, tmp_path: Path):
 
 
 def _zero_frame_and_audio_only(tmp_path: Path) -> dict[str, Path]:
-    import av
-
-    from pipelines.sample_video import _write_tone
-
-    zero = tmp_path / "zero.mkv"
-    with av.open(str(zero), "w") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        audio = container.add_stream("aac", rate=48000)
-        audio.layout = "mono"
-        _write_tone(container, audio, SampleSpec(seconds=0.5))
-        container.mux(stream.encode(None))
-    tone = tmp_path / "tone.m4a"
-    with av.open(str(tone), "w", format="mp4") as container:
-        _write_tone(container, container.add_stream("aac", rate=48000), SampleSpec(seconds=0.5))
-    return {"no_frames": zero, "no_video": tone}
+    spec = SampleSpec(width=64, height=48, seconds=0.5)
+    return {"no_frames": write_zero_frame_video(tmp_path / "zero.mkv", spec),
+            "no_video": write_audio_only(tmp_path / "tone.m4a", spec)}
 
 
 @pytest.mark.parametrize("reason", ["no_frames", "no_video"])

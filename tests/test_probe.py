@@ -10,7 +10,12 @@ import pytest
 
 from pipelines.errors import InvalidInputError
 from pipelines.probe import probe
-from pipelines.sample_video import SampleSpec, write_sample_video
+from pipelines.sample_video import (
+    SampleSpec,
+    write_audio_only,
+    write_sample_video,
+    write_zero_frame_video,
+)
 
 
 def test_probe_reports_geometry_timing_and_streams(make_video):
@@ -111,16 +116,8 @@ def test_truncated_faststart_mp4(make_video, tmp_path: Path):
 
 def test_zero_frame_file(tmp_path: Path):
     """A video track with no frames beside a real audio track."""
-    from pipelines.sample_video import _write_tone
-
-    path = tmp_path / "zero.mkv"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        audio = container.add_stream("aac", rate=48000)
-        audio.layout = "mono"
-        _write_tone(container, audio, SampleSpec(seconds=0.5))
-        container.mux(stream.encode(None))
+    path = write_zero_frame_video(tmp_path / "zero.mkv", SampleSpec(width=64, height=48,
+                                                                    seconds=0.5))
     error = _expect_invalid(path, "no_frames")
     assert "no frames" in str(error)
 
@@ -136,12 +133,7 @@ def test_header_only_file(tmp_path: Path):
 
 
 def test_audio_only_file(tmp_path: Path):
-    spec = SampleSpec(seconds=0.5)
-    path = tmp_path / "tone.m4a"
-    with av.open(str(path), "w", format="mp4") as container:
-        from pipelines.sample_video import _write_tone
-
-        _write_tone(container, container.add_stream("aac", rate=spec.audio_rate), spec)
+    path = write_audio_only(tmp_path / "tone.m4a", SampleSpec(seconds=0.5))
     error = _expect_invalid(path, "no_video")
     assert "audio-only" in str(error)
 
