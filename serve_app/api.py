@@ -40,6 +40,7 @@ from serve_app.errors import (
 )
 from serve_app.fetch import FetchError, resolve_checked
 from serve_app.keys import digest_key, keys_match, new_id
+from serve_app.metrics import count_rate_limited
 from serve_app.openapi import openapi_document
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
 from serve_app.schemas import (
@@ -157,6 +158,7 @@ class Api:
             "X-RateLimit-Reset": str(reset),
         }
         if used > key.rate_limit:
+            count_rate_limited()
             raise RateLimitError(f"rate limit of {key.rate_limit} requests per "
                                  f"{window_length} s exceeded",
                                  retry_after=max(1, math.ceil(reset - now)))

@@ -129,6 +129,13 @@ class MongoStore:
     async def get_job(self, job_id: str) -> JobRecord | None:
         return _job(await self._jobs.find_one({"_id": job_id}))
 
+    async def count_jobs_by_status(self) -> dict[str, int]:
+        cursor = await self._jobs.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        counts = {str(status): 0 for status in JobStatus}
+        async for row in cursor:
+            counts[row["_id"]] = row["n"]
+        return counts
+
     async def recent_jobs(self, limit: int, key_id: str | None = None,
                           status: str | None = None) -> list[JobRecord]:
         query = {k: v for k, v in (("key_id", key_id), ("status", status)) if v is not None}

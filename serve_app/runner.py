@@ -29,6 +29,7 @@ from pipelines.job_plan import EnhanceRequest
 from pipelines.progress import CancelToken, Progress
 from serve_app.fetch import FetchError, fetch_to_file
 from serve_app.keys import new_id
+from serve_app.metrics import record_job_counts, record_progress
 from serve_app.records import JobRecord, JobStatus
 from serve_app.schemas import Job, job_from_record
 from serve_app.settings import Settings
@@ -70,6 +71,7 @@ class _Running:
     cancel: CancelToken = field(default_factory=CancelToken)
     progress: float = 0.0
     eta_seconds: float | None = None
+    frames_done: int = 0
     lease_lost: bool = False
 
 
@@ -112,6 +114,7 @@ class JobRunner:
             self._next_reap = time.monotonic() + self.settings.reap_interval_seconds
             await self.reap()
             await self.remove_stale_scratch()
+            record_job_counts(await self.store.count_jobs_by_status())
         while len(self._tasks) < self.settings.runner_concurrency:
             job = await self.store.claim_next(self.owner, time.time(),
                                               self.settings.lease_seconds)
@@ -178,6 +181,8 @@ class JobRunner:
         state = _Running()
 
         def on_progress(progress: Progress) -> None:
+            record_progress(progress.frames_done - state.frames_done, progress.fps)
+            state.frames_done = progress.frames_done
             state.progress, state.eta_seconds = progress.fraction, progress.eta_seconds
 
         heartbeat = asyncio.create_task(self._heartbeat(job, state))

@@ -188,6 +188,11 @@ class SqliteStore:
         return await self._run(lambda db: _job(db.execute(
             "SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()))
 
+    async def count_jobs_by_status(self) -> dict[str, int]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+        return {str(status): 0 for status in JobStatus} | {row[0]: row[1] for row in rows}
+
     async def recent_jobs(self, limit: int, key_id: str | None = None,
                           status: str | None = None) -> list[JobRecord]:
         where = " AND ".join(clause for clause, value in

@@ -51,6 +51,9 @@ class JobStore(Protocol):
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...
 
+    async def count_jobs_by_status(self) -> dict[str, int]:
+        """Every status with its number of jobs (0 for statuses with none)."""
+
     async def recent_jobs(self, limit: int, key_id: str | None = None,
                           status: str | None = None) -> list[JobRecord]:
         """Newest first across all keys (operators), optionally filtered."""

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 from serve_app.fetch import FetchError, pinned_target, resolve_checked
+from serve_app.metrics import count_webhook_delivery
 from serve_app.records import JobRecord, WebhookAttempt
 from serve_app.schemas import Job
 from serve_app.settings import Settings
@@ -204,3 +205,5 @@ class WebhookDispatcher:
                                                 self._rng)
         await self.store.record_webhook_attempt(attempt, status=status, next_at=next_at,
                                                 body=body)
+        count_webhook_delivery("delivered" if error is None else
+                               "failed" if status == "failed" else "retrying")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,14 +13,32 @@ import ray
 from pipelines.sample_video import SampleSpec, write_sample_video
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+METRICS_PORT = _free_port()
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """One local Ray for the whole session: ray.init costs ~6 s, so never per test."""
+    """One local Ray for the whole session: ray.init costs ~6 s, so never per test.
+
+    Its metrics are exported on 127.0.0.1:METRICS_PORT for tests/test_metrics.py.
+    """
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-                 configure_logging=True)
+                 configure_logging=True, _metrics_export_port=METRICS_PORT)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def metrics_port(ray_session: None) -> int:
+    """Where the session's Ray exports metrics (Prometheus text at /metrics)."""
+    return METRICS_PORT
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,8 @@ async def test_recent_jobs_across_keys_with_filters(store: JobStore):
     assert [j.id for j in await store.recent_jobs(10, key_id="key_a")] == [a2.id, a1.id]
     assert [j.id for j in await store.recent_jobs(10, status="canceled")] == [a1.id]
     assert [j.id for j in await store.recent_jobs(1)] == [a2.id]
+    assert await store.count_jobs_by_status() == {
+        "queued": 2, "processing": 0, "completed": 0, "failed": 0, "canceled": 1}
 
 
 async def test_claim_is_exclusive_and_fifo(store: JobStore):

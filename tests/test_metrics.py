@@ -1,0 +1,66 @@
+"""The service's custom metrics reach Ray's Prometheus endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+from starlette.testclient import TestClient
+from stored_keys import add_key, bearer
+
+from pipelines.progress import Progress
+from serve_app.api import create_api
+from serve_app.keys import new_id
+from serve_app.records import JobRecord, JobStatus
+from serve_app.runner import JobRunner
+from serve_app.settings import Settings
+from serve_app.sqlite_store import SqliteStore
+
+NAMES = ["ray_retroiva_jobs", "ray_retroiva_queue_depth", "ray_retroiva_frames_processed_total",
+         "ray_retroiva_pipeline_fps", "ray_retroiva_webhook_deliveries_total",
+         "ray_retroiva_rate_limit_rejections_total"]
+
+
+def _process(job, settings, on_progress, cancel) -> Path:
+    on_progress(Progress(24, 48, 12.0, 2.0))
+    on_progress(Progress(48, 48, 12.0, 0.0))
+    output = settings.scratch_dir / job.id / "output.mp4"
+    output.parent.mkdir(parents=True)
+    output.write_bytes(b"v")
+    return output
+
+
+def test_metrics_are_scrapable(tmp_path: Path, metrics_port: int):
+    settings = Settings(data_dir=tmp_path, poll_seconds=0.05, allow_private_urls=True,
+                        webhook_max_retries=0)
+    store = SqliteStore(settings.sqlite_path)
+    key, record = add_key(store, rate_limit=1)
+    with TestClient(create_api(settings, store)) as client:
+        assert client.get("/v2/jobs", headers=bearer(key)).status_code == 200
+        assert client.get("/v2/jobs", headers=bearer(key)).status_code == 429
+
+    async def run_one_job() -> None:
+        job = JobRecord(id=new_id("job"), key_id=record.id, status=JobStatus.QUEUED,
+                        input_url="http://127.0.0.1:9/v.mp4", preset="general",
+                        upscale_factor=2, created_at=time.time(), created_seq=time.time_ns(),
+                        webhook_url="http://127.0.0.1:9/hook")  # nothing listens: a failure
+        await store.insert_job(job, time.time())
+        stop = asyncio.Event()
+        runner = JobRunner(store, settings, process=_process)
+        task = asyncio.create_task(runner.run(stop))
+        while (await store.get_job(job.id)).webhook_status != "failed":
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    asyncio.run(run_one_job())
+    deadline = time.monotonic() + 60
+    missing = NAMES
+    while missing:
+        assert time.monotonic() < deadline, f"never exported: {missing}"
+        time.sleep(1)
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        missing = [name for name in NAMES if f"\n{name}{{" not in text]
+    assert 'outcome="failed"' in text and 'status="completed"' in text
