@@ -55,7 +55,13 @@ from serve_app.schemas import (
 )
 from serve_app.settings import Settings
 from serve_app.signing import signature_valid
-from serve_app.storage import LocalStorage, OutputStorage, open_storage
+from serve_app.storage import (
+    DownloadLink,
+    LocalStorage,
+    OutputStorage,
+    download_link,
+    open_storage,
+)
 from serve_app.store import JobStore, open_store
 
 __all__ = ["create_api"]
@@ -169,27 +175,14 @@ class Api:
                         media_type="application/json",
                         headers={**_rate_headers(request), **(extra or {})})
 
-    def _output_expires_at(self, job: JobRecord) -> int | None:
-        """When the job's output (and any link to it) stops existing, if it exists now."""
-        if job.status != JobStatus.COMPLETED or job.output_path is None \
-                or job.completed_at is None:
-            return None
-        expires_at = math.floor(job.completed_at + self.settings.retention_seconds)
-        return expires_at if expires_at > time.time() else None
-
-    def _base_url(self, request: Request) -> str:
-        return self.settings.public_url or str(request.base_url)
-
-    async def _signed_url(self, request: Request, job: JobRecord) -> str | None:
-        expires_at = self._output_expires_at(job)
-        if expires_at is None:
-            return None
-        assert job.output_path is not None
-        return await asyncio.to_thread(self.storage.signed_url, job.output_path, expires_at,
-                                       self._base_url(request))
+    async def _link(self, request: Request, job: JobRecord) -> DownloadLink | None:
+        base_url = self.settings.public_url or str(request.base_url)
+        return await asyncio.to_thread(download_link, job, self.storage,
+                                       self.settings.retention_seconds, base_url)
 
     async def _job_object(self, request: Request, job: JobRecord) -> Job:
-        return job_from_record(job, await self._signed_url(request, job))
+        link = await self._link(request, job)
+        return job_from_record(job, link.url if link else None)
 
     async def _own_job(self, request: Request, key: ApiKeyRecord) -> JobRecord:
         job = await (await self._store()).get_job(request.path_params["job_id"])
@@ -288,11 +281,10 @@ class Api:
         job = await self._own_job(request, key)
         if job.status != JobStatus.COMPLETED:
             raise ConflictError(f"job is {job.status}; downloads exist for completed jobs only")
-        url = await self._signed_url(request, job)
-        expires_at = self._output_expires_at(job)
-        if url is None or expires_at is None:
+        link = await self._link(request, job)
+        if link is None:
             raise GoneError("the output was deleted when its retention period ended")
-        return self._json(request, Download(url=url, expires_at=expires_at))
+        return self._json(request, Download(url=link.url, expires_at=link.expires_at))
 
     async def file(self, request: Request) -> Response:
         """Serve a local output to the holder of a valid signed URL (no API key)."""

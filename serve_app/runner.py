@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import shutil
 import socket
@@ -33,7 +32,7 @@ from serve_app.metrics import record_job_counts, record_progress
 from serve_app.records import JobRecord, JobStatus
 from serve_app.schemas import Job, job_from_record
 from serve_app.settings import Settings
-from serve_app.storage import OutputStorage, open_storage
+from serve_app.storage import OutputStorage, download_link, open_storage
 from serve_app.store import JobStore, open_store
 from serve_app.webhooks import WebhookDispatcher
 
@@ -127,15 +126,11 @@ class JobRunner:
 
     async def _job_object(self, job: JobRecord) -> Job:
         """The job object for webhook events, with a download link while one exists."""
-        url = None
-        if job.status == JobStatus.COMPLETED and job.output_path and job.completed_at:
-            expires_at = math.floor(job.completed_at + self.settings.retention_seconds)
-            if expires_at > time.time():
-                base = self.settings.public_url or \
-                    f"http://{self.settings.host}:{self.settings.port}"
-                url = await asyncio.to_thread(self.storage.signed_url, job.output_path,
-                                              expires_at, base)
-        return job_from_record(job, url)
+        base_url = self.settings.public_url or \
+            f"http://{self.settings.host}:{self.settings.port}"
+        link = await asyncio.to_thread(download_link, job, self.storage,
+                                       self.settings.retention_seconds, base_url)
+        return job_from_record(job, link.url if link else None)
 
     async def reap(self) -> int:
         """Delete outputs past retention; the job records stay, without an output."""

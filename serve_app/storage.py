@@ -7,16 +7,41 @@ synchronous (boto3 is); async callers run them in a thread.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
+from serve_app.records import JobRecord, JobStatus
 from serve_app.settings import Settings
 from serve_app.signing import load_signing_secret, sign_path
 
-__all__ = ["LocalStorage", "OutputStorage", "S3Storage", "open_storage"]
+__all__ = ["DownloadLink", "LocalStorage", "OutputStorage", "S3Storage", "download_link",
+           "open_storage"]
+
+
+@dataclass(frozen=True)
+class DownloadLink:
+    url: str
+    expires_at: int  # Unix seconds: the end of the output's retention
+
+
+def download_link(job: JobRecord, storage: OutputStorage, retention_seconds: int,
+                  base_url: str) -> DownloadLink | None:
+    """A link to ``job``'s output, valid until retention ends; None if there is none now.
+
+    Blocking (S3 presigns through boto3): async callers run it in a thread.
+    """
+    if job.status != JobStatus.COMPLETED or job.output_path is None \
+            or job.completed_at is None:
+        return None
+    expires_at = math.floor(job.completed_at + retention_seconds)
+    if expires_at <= time.time():
+        return None
+    return DownloadLink(storage.signed_url(job.output_path, expires_at, base_url), expires_at)
 
 
 class OutputStorage(Protocol):
