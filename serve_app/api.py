@@ -9,7 +9,6 @@ the rate-limit headers.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -25,7 +24,6 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipelines.presets import PRESETS
 from serve_app.errors import (
     ApiError,
     AuthenticationError,
@@ -38,8 +36,7 @@ from serve_app.errors import (
     PayloadTooLargeError,
     RateLimitError,
 )
-from serve_app.fetch import FetchError, resolve_checked
-from serve_app.keys import digest_key, keys_match, new_id
+from serve_app.job_intake import active_key, submit_job
 from serve_app.metrics import count_rate_limited
 from serve_app.openapi import openapi_document
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
@@ -67,9 +64,6 @@ from serve_app.store import JobStore, open_store
 __all__ = ["create_api"]
 
 log = logging.getLogger(__name__)
-
-_MAX_IDEMPOTENCY_KEY = 255
-
 
 def _serve_request_id() -> str | None:
     """The id Ray Serve's proxy gave this request (it returns it as X-Request-Id)."""
@@ -143,12 +137,7 @@ class Api:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError("missing API key: send 'Authorization: Bearer sk_live_…'")
-        digest = digest_key(token.strip())
-        key = await (await self._store()).key_by_digest(digest)
-        if key is None or not keys_match(digest, key.digest):
-            raise AuthenticationError("invalid API key")
-        if key.revoked_at is not None:
-            raise AuthenticationError("this API key has been revoked")
+        key = await active_key(await self._store(), token)
         await self._count(request, key)
         return key
 
@@ -221,30 +210,9 @@ class Api:
             param = ".".join(str(p) for p in first["loc"]) or None
             raise InvalidRequestError(first["msg"].removeprefix("Value error, "),
                                       param=param) from None
-        for field, url in (("video_url", body.video_url), ("webhook_url", body.webhook_url)):
-            if url is not None:
-                try:
-                    resolve_checked(url, self.settings.url_policy)
-                except FetchError as exc:
-                    raise InvalidRequestError(str(exc), param=field) from None
-        idempotency_key = request.headers.get("idempotency-key")
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= \
-                _MAX_IDEMPOTENCY_KEY:
-            raise InvalidRequestError("Idempotency-Key must be 1–255 characters",
-                                      param="Idempotency-Key")
-        factor = body.upscale_factor or PRESETS[body.preset].upscale_factor
-        request_hash = hashlib.sha256(
-            json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
-        now = time.time()
-        job = JobRecord(id=new_id("job"), key_id=key.id, status=JobStatus.QUEUED,
-                        input_url=body.video_url, preset=body.preset, upscale_factor=factor,
-                        created_at=now, created_seq=time.time_ns(),
-                        webhook_url=body.webhook_url, idempotency_key=idempotency_key,
-                        request_hash=request_hash)
-        stored, created = await (await self._store()).insert_job(job, now)
-        if not created and stored.request_hash != request_hash:
-            raise ConflictError("Idempotency-Key was already used with a different body",
-                                param="Idempotency-Key")
+        stored, created = await submit_job(
+            await self._store(), key, body, request.headers.get("idempotency-key"),
+            self.settings.url_policy)
         extra = {} if created else {"Idempotent-Replayed": "true"}
         return self._json(request, await self._job_object(request, stored), extra=extra)
 
