@@ -27,6 +27,7 @@ from typing import Literal
 
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipelines.assemble import Segment, assemble, output_format
 from pipelines.errors import PipelineCanceled, PipelineError, ProcessingError
@@ -42,7 +43,8 @@ from pipelines.stages import (
     operator_stage,
 )
 
-__all__ = ["EnhanceResult", "PipelineConfig", "build_dataset", "enhance_video", "ensure_ray"]
+__all__ = ["EnhanceResult", "PipelineConfig", "build_dataset", "decode_placement",
+           "enhance_video", "ensure_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,10 @@ class PipelineConfig:
     # cheap classical ones as plain tasks that Ray Data fuses with decode and encode.
     # "actors": every operator in its own actor pool.
     operator_compute: Literal["auto", "actors"] = "auto"
+    # The input file lies in this process's scratch: on a multi-node cluster, decode
+    # tasks must run on this node (None: pin only when the cluster has several nodes).
+    # Decoded frames then travel to operator stages anywhere through the object store.
+    decode_on_driver_node: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,17 @@ def _in_actors(spec: OperatorSpec, config: PipelineConfig) -> bool:
     return config.operator_compute == "actors" or spec.engine != "classical"
 
 
+def decode_placement(config: PipelineConfig) -> dict[str, object]:
+    """Ray remote args that keep decode tasks on the node holding the input file."""
+    pin = config.decode_on_driver_node
+    if pin is None:
+        pin = sum(1 for node in ray.nodes() if node.get("Alive")) > 1
+    if not pin:
+        return {}
+    node_id = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
+
+
 def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
                   config: PipelineConfig) -> Dataset:
     """The job's Ray Data pipeline; it reads like its stage list."""
@@ -98,7 +115,8 @@ def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
                              override_num_blocks=len(plan.chunks))
     ds = ds.map_batches(decode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
                         fn_kwargs={"path": plan.info.path, "rotation": plan.info.rotation,
-                                   "signal": signal})
+                                   "signal": signal},
+                        **decode_placement(config))
     for spec in plan.chain:
         args = {"spec": spec, "ratio": plan.ratio, "signal": signal}
         if _in_actors(spec, config):

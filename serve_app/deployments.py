@@ -21,7 +21,7 @@ from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 from serve_app.store import open_store
 
-__all__ = ["ApiDeployment", "RunnerDeployment", "build_app", "settings_env"]
+__all__ = ["ApiDeployment", "RunnerDeployment", "build_app", "service", "settings_env"]
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +82,9 @@ def build_app(settings: Settings) -> Application:
     # The runner is bound as an argument only so it is deployed with the API; they talk
     # through the job store, never directly.
     return api.bind(runner.bind())
+
+
+# What serve_config.yaml deploys: every replica reads its settings from its own
+# environment (the Ray node's, plus the config's runtime_env), and the config sets
+# replica counts and placement, so nothing is fixed here at import time.
+service: Application = ApiDeployment.bind(RunnerDeployment.bind())

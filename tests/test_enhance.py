@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 
 from models.lanczos import LanczosUpscale
-from pipelines.enhance import PipelineConfig, enhance_video
+from pipelines.enhance import PipelineConfig, decode_placement, enhance_video
 from pipelines.errors import InvalidInputError, InvalidOptionsError, PipelineCanceled
 from pipelines.job_plan import EnhanceRequest
 from pipelines.probe import probe
@@ -299,3 +300,14 @@ def test_subtitles_are_copied_where_the_container_takes_them(make_video, tmp_pat
     with av.open(str(mp4)) as container:
         assert not container.streams.subtitles  # MP4 takes mov_text only: dropped, logged
         assert container.streams.audio
+
+
+def test_decode_pinned_to_the_driver_node(make_video, tmp_path: Path):
+    """What a multi-node cluster gets: decode tasks held to the node with the input."""
+    assert decode_placement(PipelineConfig()) == {}  # one node: nothing to pin
+    pinned = PipelineConfig(decode_on_driver_node=True, max_chunk_frames=12)
+    strategy = decode_placement(pinned)["scheduling_strategy"]
+    assert strategy.node_id == ray.get_runtime_context().get_node_id()
+    assert strategy.soft is False
+    result = enhance_video(make_video(seconds=1), tmp_path / "out.mp4", config=pinned)
+    assert decode_frames(result.output).shape == (24, 128, 192, 3)
