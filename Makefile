@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.pipeline_vs_ffmpeg
 	$(PY) -m benchmarks.memory_bounded
 	$(PY) -m benchmarks.api_latency
+	$(PY) -m benchmarks.interpolation_quality
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

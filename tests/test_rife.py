@@ -92,20 +92,23 @@ def published_ifnet() -> Iterator[types.ModuleType]:
         sys.modules.update(saved)
 
 
+@pytest.mark.parametrize("refine", [False, True])
 @pytest.mark.parametrize("shift", [6, 80])  # 80 px triggers the large-motion fallback
 def test_same_output_as_the_published_code(published_ifnet: types.ModuleType,
-                                           state: dict[str, torch.Tensor], shift: int):
+                                           state: dict[str, torch.Tensor], shift: int,
+                                           refine: bool):
     reference = published_ifnet.IFNet(torch.device("cpu"))
     reference.load_state_dict({k.removeprefix("module."): v for k, v in state.items()},
                               strict=False)
-    ours = load_rife()
+    ours = load_rife(refine=refine)
     torch.manual_seed(0)
     a = torch.from_numpy(_demo("I1_0")).permute(2, 0, 1)[None].float() / 255
     a = torch.nn.functional.pad(a, (0, 512 - 448, 0, 0))
     b = torch.roll(a, shift, dims=3)
     with torch.inference_mode():
         for t in (0.5, 0.2):
-            _, _, merged = reference.eval()(torch.cat((a, b), 1), t, [8, 4, 2, 1])
+            _, _, merged = reference.eval()(torch.cat((a, b), 1), t, [8, 4, 2, 1],
+                                            fastmode=not refine)
             mine = ours(a, b, torch.full((1, 1, 1, 1), t))
             assert (mine - merged[3].clamp(0, 1)).abs().max().item() < 1e-5
 
@@ -157,6 +160,14 @@ def test_golden_output(rife: RifeInterpolator):
     golden = cv2.cvtColor(cv2.imread(str(GOLDEN)), cv2.COLOR_BGR2RGB)
     diff = np.abs(mid.astype(int) - golden)
     assert diff.max() <= 2 and diff.mean() < 0.05
+
+
+def test_ensemble_is_symmetric_in_time():
+    a, b = _demo("I1_0", (128, 64)), _demo("I1_1", (128, 64))
+    both_ways = RifeInterpolator(device="cpu", ensemble=True)
+    forward = both_ways.interpolate(a, b, [0.25])[0].astype(int)
+    backward = both_ways.interpolate(b, a, [0.75])[0].astype(int)
+    assert np.abs(forward - backward).max() <= 1  # rounding only
 
 
 def test_odd_sizes_are_padded_and_cropped_back(rife: RifeInterpolator):

@@ -1,0 +1,139 @@
+"""Reading ncnn model files: the ``.param`` text graph and the ``.bin`` weight blob.
+
+``.param``: a magic line (7767517), ``layer_count blob_count``, then one line per
+layer: ``Type name n_bottoms n_tops bottoms… tops… key=value…``.  A key below -23300
+is an array (``-23310=1,0.2`` is key 10 holding ``[0.2]``).
+
+``.bin``: each layer's tensors, in layer order, concatenated.  A tensor loaded "with a
+flag" starts with a 4-byte tag: 0 means float32 follows, 0x01306B47 float16 (padded to
+4 bytes); quantised tables are not used by any model we register and are refused.
+Tensors loaded "raw" (biases, PReLU slopes, MemoryData) are float32 without a tag.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["NcnnGraph", "NcnnLayer", "UnsupportedModelError", "read_ncnn"]
+
+_MAGIC = 7767517
+_FP16_TAG = 0x01306B47
+_ARRAY_BASE = -23300
+
+Param = int | float | list[int | float]
+
+
+class UnsupportedModelError(ValueError):
+    """The files use something this reader or executor does not implement."""
+
+
+@dataclass
+class NcnnLayer:
+    type: str
+    name: str
+    bottoms: list[str]
+    tops: list[str]
+    params: dict[int, Param]
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def get(self, key: int, default: Param) -> Param:
+        return self.params.get(key, default)
+
+
+@dataclass
+class NcnnGraph:
+    layers: list[NcnnLayer]
+
+    @property
+    def input_blob(self) -> str:
+        return next(layer.tops[0] for layer in self.layers if layer.type == "Input")
+
+    @property
+    def output_blob(self) -> str:
+        return self.layers[-1].tops[0]
+
+
+def _number(text: str) -> int | float:
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def _parse_params(tokens: list[str]) -> dict[int, Param]:
+    params: dict[int, Param] = {}
+    for token in tokens:
+        key_text, _, value = token.partition("=")
+        key = int(key_text)
+        if key <= _ARRAY_BASE:
+            count, *items = value.split(",")
+            params[_ARRAY_BASE - key] = [_number(v) for v in items[:int(count)]]
+        else:
+            params[key] = _number(value)
+    return params
+
+
+def _parse_param(text: str) -> list[NcnnLayer]:
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    if not lines or lines[0] != [str(_MAGIC)]:
+        raise UnsupportedModelError("not an ncnn .param file (bad magic)")
+    layers = []
+    for fields in lines[2:]:
+        kind, name, n_bottom, n_top = fields[0], fields[1], int(fields[2]), int(fields[3])
+        bottoms = fields[4:4 + n_bottom]
+        tops = fields[4 + n_bottom:4 + n_bottom + n_top]
+        params = _parse_params(fields[4 + n_bottom + n_top:])
+        layers.append(NcnnLayer(kind, name, bottoms, tops, params))
+    return layers
+
+
+class _Blob:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offset = 0
+
+    def raw(self, count: int) -> np.ndarray:
+        end = self.offset + 4 * count
+        if end > len(self.data):
+            raise UnsupportedModelError("weight file ends early")
+        array = np.frombuffer(self.data, "<f4", count, self.offset).copy()
+        self.offset = end
+        return array
+
+    def flagged(self, count: int) -> np.ndarray:
+        (tag,) = struct.unpack_from("<I", self.data, self.offset)
+        self.offset += 4
+        if tag == 0:
+            return self.raw(count)
+        if tag == _FP16_TAG:
+            array = np.frombuffer(self.data, "<f2", count, self.offset).astype(np.float32)
+            self.offset += (2 * count + 3) // 4 * 4
+            return array
+        raise UnsupportedModelError(f"weight storage tag {tag:#x} (quantised) is not supported")
+
+
+def _load_weights(layer: NcnnLayer, blob: _Blob) -> None:
+    p = layer.params
+    if layer.type in ("Convolution", "Deconvolution", "ConvolutionDepthWise"):
+        layer.weights["weight"] = blob.flagged(int(p[6]))  # type: ignore[arg-type]
+        if p.get(5, 0):
+            layer.weights["bias"] = blob.raw(int(p[0]))  # type: ignore[arg-type]
+    elif layer.type == "PReLU":
+        layer.weights["slope"] = blob.raw(int(p.get(0, 1)))  # type: ignore[arg-type]
+    elif layer.type == "MemoryData":
+        w, h, c = (int(p.get(k, 0)) for k in (0, 1, 2))  # type: ignore[arg-type]
+        layer.weights["data"] = blob.raw(max(w, 1) * max(h, 1) * max(c, 1))
+
+
+def read_ncnn(param: Path, weights: Path) -> NcnnGraph:
+    """Parse ``param`` and attach each layer's tensors from ``weights``."""
+    layers = _parse_param(param.read_text())
+    blob = _Blob(weights.read_bytes())
+    for layer in layers:
+        _load_weights(layer, blob)
+    if blob.offset != len(blob.data):
+        raise UnsupportedModelError(
+            f"{len(blob.data) - blob.offset} bytes of {weights.name} were not used: "
+            "a layer type stores weights this reader does not know")
+    return NcnnGraph(layers)
