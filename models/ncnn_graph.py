@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NcnnGraph", "NcnnLayer", "UnsupportedModelError", "read_ncnn"]
+__all__ = ["NcnnGraph", "NcnnLayer", "UnsupportedModelError", "parse_param", "read_ncnn"]
 
 _MAGIC = 7767517
 _FP16_TAG = 0x01306B47
@@ -74,7 +74,7 @@ def _parse_params(tokens: list[str]) -> dict[int, Param]:
     return params
 
 
-def _parse_param(text: str) -> list[NcnnLayer]:
+def parse_param(text: str) -> list[NcnnLayer]:
     lines = [line.split() for line in text.splitlines() if line.strip()]
     if not lines or lines[0] != [str(_MAGIC)]:
         raise UnsupportedModelError("not an ncnn .param file (bad magic)")
@@ -93,23 +93,24 @@ class _Blob:
         self.data = data
         self.offset = 0
 
-    def raw(self, count: int) -> np.ndarray:
-        end = self.offset + 4 * count
-        if end > len(self.data):
+    def _take(self, size: int) -> int:
+        """Advance past ``size`` bytes; returns where they start."""
+        start = self.offset
+        if start + size > len(self.data):
             raise UnsupportedModelError("weight file ends early")
-        array = np.frombuffer(self.data, "<f4", count, self.offset).copy()
-        self.offset = end
-        return array
+        self.offset += size
+        return start
+
+    def raw(self, count: int) -> np.ndarray:
+        return np.frombuffer(self.data, "<f4", count, self._take(4 * count)).copy()
 
     def flagged(self, count: int) -> np.ndarray:
-        (tag,) = struct.unpack_from("<I", self.data, self.offset)
-        self.offset += 4
+        (tag,) = struct.unpack_from("<I", self.data, self._take(4))
         if tag == 0:
             return self.raw(count)
         if tag == _FP16_TAG:
-            array = np.frombuffer(self.data, "<f2", count, self.offset).astype(np.float32)
-            self.offset += (2 * count + 3) // 4 * 4
-            return array
+            start = self._take((2 * count + 3) // 4 * 4)
+            return np.frombuffer(self.data, "<f2", count, start).astype(np.float32)
         raise UnsupportedModelError(f"weight storage tag {tag:#x} (quantised) is not supported")
 
 
@@ -128,7 +129,7 @@ def _load_weights(layer: NcnnLayer, blob: _Blob) -> None:
 
 def read_ncnn(param: Path, weights: Path) -> NcnnGraph:
     """Parse ``param`` and attach each layer's tensors from ``weights``."""
-    layers = _parse_param(param.read_text())
+    layers = parse_param(param.read_text())
     blob = _Blob(weights.read_bytes())
     for layer in layers:
         _load_weights(layer, blob)

@@ -37,25 +37,44 @@ def _rife_missing() -> str | None:
     return None
 
 
+def _ncnn_upscale(**params: Any) -> Operator:
+    from models.neural_upscale import NeuralUpscale
+
+    return NeuralUpscale(**params)
+
+
+def _sr_missing(model: str) -> str | None:
+    from models.sr_models import sr_model
+
+    try:
+        sr_model(model).files()
+    except (ValueError, FileNotFoundError) as exc:
+        return str(exc)
+    return None
+
+
 OPERATORS: dict[tuple[str, str], Callable[..., Operator]] = {
     ("upscale", "classical"): LanczosUpscale,
     ("denoise", "classical"): NonLocalMeansDenoise,
     ("interpolate", "classical"): FlowInterpolator,
     ("interpolate", "rife"): _rife,
+    ("upscale", "ncnn"): _ncnn_upscale,
 }
 
 # Operators whose weights come from an optional package: why one can't run here.
-_MISSING: dict[tuple[str, str], Callable[[], str | None]] = {
-    ("interpolate", "rife"): _rife_missing,
+_MISSING: dict[tuple[str, str], Callable[..., str | None]] = {
+    ("interpolate", "rife"): lambda **_: _rife_missing(),
+    ("upscale", "ncnn"): lambda model, **_: _sr_missing(model),
 }
 
 
-def unavailable_reason(kind: str, engine: str) -> str | None:
-    """None when ``(kind, engine)`` can run here, else why not (e.g. weights missing)."""
+def unavailable_reason(kind: str, engine: str, params: Mapping[str, Any] | None = None
+                       ) -> str | None:
+    """None when ``(kind, engine)`` with ``params`` can run here, else why not."""
     if (kind, engine) not in OPERATORS:
         return f"no operator for kind={kind!r} engine={engine!r}"
     check = _MISSING.get((kind, engine))
-    return check() if check else None
+    return check(**(params or {})) if check else None
 
 
 class UnknownOperatorError(KeyError):

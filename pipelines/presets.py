@@ -1,24 +1,29 @@
-"""Presets are data: per preset, an operator chain and encoder settings.
+"""Presets are data: per preset, a neural and a classical operator chain and encoder settings.
 
-Order within a chain is deliberate: denoise first (noise hurts both flow estimation
-and upscaling), interpolate before upscaling (optical flow on the small frames is
-cheaper and no less accurate), upscale last.  The upscale factor and the frame-rate
-change are per-request parameters with per-preset defaults; ``resolve_chain`` fills
-them in.  Why each preset is tuned as it is:
+Order within a chain is deliberate: denoise first (noise hurts both motion estimation
+and upscaling), interpolate before upscaling (motion on the small frames is cheaper
+and no less accurate), upscale last.  The upscale factor and the frame-rate change
+are per-request parameters with per-preset defaults; ``resolve_chain`` fills them in.
 
-* ``general`` — light denoise, ×2, fast encode: a safe default for mixed content.
-* ``cinematic`` — very light denoise to keep film grain and detail, ×2, slower
-  encode at a low CRF: quality over speed.
-* ``social`` — moderate denoise, ×2, frame rate raised to 60 fps for phones, fast
-  encode at a higher CRF (platforms re-encode anyway).
-* ``archive`` — strong denoise for old analogue/compressed sources, ×2, low CRF.
+Neural chains (the default, ``engine="neural"``) use pretrained models where they
+earn their cost; why each preset is tuned as it is:
 
-Each step names the engine it prefers.  Interpolation prefers RIFE (a pretrained
-network: sharper in-between frames than optical flow plus blending, see
-``benchmarks/interpolation_quality.py``) in every preset, so ``social`` and any
-``--interpolate``/``--fps`` request use it.  A request's ``engine="classical"`` forces
-the classical operators, which are also the fallback, with a logged reason, when a
-model's weights are not installed.
+* ``general`` — light NL-means, RIFE, SPAN (a compact, fast, PSNR-oriented model:
+  the best PSNR per CPU-second in ``benchmarks/upscale_quality.py``; ×2 weights for
+  ×1–2, ×4 weights for ×3–4), fast encode.  A safe default for mixed content.
+* ``cinematic`` — very light NL-means to keep grain, RIFE, ClearReality (SPAN trained
+  on real-world footage: keeps texture where PSNR models smooth it), slower encode at
+  a low CRF.  ``realesrgan-x4plus`` is sharper still but ~30× slower on CPU; it stays
+  in the model registry for GPU deployments.
+* ``social`` — moderate NL-means, RIFE to 60 fps for phones, SPAN, fast encode at a
+  higher CRF (platforms re-encode anyway).
+* ``archive`` — waifu2x photo, noise level 3 (the strongest), which removes noise and
+  JPEG blocking while doubling the size, then RIFE when a frame rate is asked, low CRF.
+
+Classical chains (``engine="classical"``) are NL-means, DIS-flow interpolation and
+Lanczos.  They are also the fallback: when any model of a neural chain can't run here
+(its wheel is not installed) the whole classical chain is used and the reason logged,
+so a preset never mixes in a half-configured model.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from types import MappingProxyType
 from typing import Any
 
 from models.registry import unavailable_reason
+from models.sr_models import sr_model
 from pipelines.encode import EncoderSettings
 from pipelines.errors import InvalidOptionsError
 
@@ -49,7 +55,8 @@ class OperatorSpec:
 @dataclass(frozen=True)
 class Preset:
     name: str
-    chain: tuple[OperatorSpec, ...]
+    neural: tuple[OperatorSpec, ...]
+    classical: tuple[OperatorSpec, ...]
     upscale_factor: int
     encoder: EncoderSettings
     target_fps: Fraction | None = None  # None keeps the source frame rate
@@ -63,54 +70,71 @@ def _spec(kind: str, engine: str = "classical", **params: Any) -> OperatorSpec:
 
 
 _RIFE = _spec("interpolate", engine="rife")
+_SPAN = _spec("upscale", engine="ncnn", models={1: "span-x2", 2: "span-x2", 3: "span-x4",
+                                                 4: "span-x4"})
+
+
+def _classical(strength: float) -> tuple[OperatorSpec, ...]:
+    return (_spec("denoise", strength=strength), _spec("interpolate"), _spec("upscale"))
 
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({
-    "general": Preset("general", (_spec("denoise", strength=3.0), _RIFE,
-                                  _spec("upscale")), 2,
-                      EncoderSettings(crf=20, speed="veryfast")),
-    "cinematic": Preset("cinematic", (_spec("denoise", strength=2.0), _RIFE,
-                                      _spec("upscale")), 2,
-                        EncoderSettings(crf=17, speed="slow")),
-    "social": Preset("social", (_spec("denoise", strength=4.0), _RIFE,
-                                _spec("upscale")), 2,
-                     EncoderSettings(crf=23, speed="veryfast"), target_fps=Fraction(60)),
-    "archive": Preset("archive", (_spec("denoise", strength=8.0), _RIFE,
-                                  _spec("upscale")), 2,
-                      EncoderSettings(crf=16, speed="medium")),
+    "general": Preset("general", (_spec("denoise", strength=3.0), _RIFE, _SPAN),
+                      _classical(3.0), 2, EncoderSettings(crf=20, speed="veryfast")),
+    "cinematic": Preset("cinematic",
+                        (_spec("denoise", strength=2.0), _RIFE,
+                         _spec("upscale", engine="ncnn", model="clearreality-x4")),
+                        _classical(2.0), 2, EncoderSettings(crf=17, speed="slow")),
+    "social": Preset("social", (_spec("denoise", strength=4.0), _RIFE, _SPAN),
+                     _classical(4.0), 2, EncoderSettings(crf=23, speed="veryfast"),
+                     target_fps=Fraction(60)),
+    "archive": Preset("archive",
+                      (_spec("upscale", engine="ncnn", model="waifu2x-photo-noise3-x2"),
+                       _RIFE),
+                      _classical(8.0), 2, EncoderSettings(crf=16, speed="medium")),
 })
 
 
-def _engine_for(spec: OperatorSpec, engine: str) -> str:
-    if engine == "classical" or spec.engine == "classical":
-        return "classical"
-    reason = unavailable_reason(spec.kind, spec.engine)
-    if reason is not None:
-        log.warning("%s: using the classical operator instead of %s: %s",
-                    spec.kind, spec.engine, reason)
-        return "classical"
-    return spec.engine
+def _concrete(spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction
+              ) -> OperatorSpec | None:
+    """``spec`` with the request's parameters, or None where it would be a no-op."""
+    if spec.kind == "interpolate" and frame_ratio == 1:
+        return None
+    params = dict(spec.params)
+    if spec.kind == "upscale":
+        models = params.pop("models", None)
+        if models is not None:
+            params["model"] = models[upscale_factor]
+        # A model that denoises is worth running even at ×1 (it is scaled back down).
+        denoises = "model" in params and sr_model(params["model"]).noise is not None
+        if upscale_factor == 1 and not denoises:
+            return None
+        params["factor"] = upscale_factor
+    return OperatorSpec(spec.kind, spec.engine, MappingProxyType(params))
 
 
 def resolve_chain(preset: Preset, upscale_factor: int, frame_ratio: Fraction,
                   engine: str = "neural") -> list[OperatorSpec]:
-    """The preset's chain with per-request parameters, minus stages that would be no-ops.
+    """The chain ``engine`` selects, with per-request parameters and no no-op stages.
 
-    ``engine="neural"`` takes each step's preferred engine where it can run here;
-    ``"classical"`` takes the classical operator for every step.
+    ``"neural"`` falls back to the classical chain, logging why, when one of its
+    models can't run here.
     """
     if engine not in ENGINES:
         raise InvalidOptionsError(f"engine must be one of {', '.join(ENGINES)}, "
                                   f"got {engine!r}")
-    chain = []
-    for spec in preset.chain:
-        if spec.kind == "interpolate" and frame_ratio == 1:
-            continue
-        params = dict(spec.params)
-        if spec.kind == "upscale":
-            if upscale_factor == 1:
-                continue
-            params["factor"] = upscale_factor
-        chain.append(OperatorSpec(spec.kind, _engine_for(spec, engine),
-                                  MappingProxyType(params)))
+
+    def concrete(chain: tuple[OperatorSpec, ...]) -> list[OperatorSpec]:
+        specs = (_concrete(spec, upscale_factor, frame_ratio) for spec in chain)
+        return [spec for spec in specs if spec is not None]
+
+    if engine == "classical":
+        return concrete(preset.classical)
+    chain = concrete(preset.neural)
+    for spec in chain:
+        reason = unavailable_reason(spec.kind, spec.engine, spec.params)
+        if reason is not None:
+            log.warning("preset %s: using the classical operators, because %s/%s "
+                        "can't run here: %s", preset.name, spec.kind, spec.engine, reason)
+            return concrete(preset.classical)
     return chain

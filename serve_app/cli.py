@@ -125,6 +125,8 @@ app.add_typer(keys_app, name="keys")
 jobs_app = typer.Typer(no_args_is_help=True,
                        help="Inspect and cancel any key's jobs (reads the store directly).")
 app.add_typer(jobs_app, name="jobs")
+models_app = typer.Typer(no_args_is_help=True, help="Pretrained models this install knows.")
+app.add_typer(models_app, name="models")
 
 
 def _store_call(fn: Callable[[JobStore], Awaitable[T]]) -> T:
@@ -249,6 +251,29 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument()]) -> None:
         raise typer.Exit(code=1)
     state = "cancel requested" if job.status == JobStatus.PROCESSING else str(job.status)
     typer.echo(f"{job.id}: {state}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every registered model: family, scale, noise level, use, source, license."""
+    from models.rife import RIFE_MODEL
+    from models.sr_models import SR_MODELS
+
+    typer.echo(f"{'name':26s} {'family':32s} {'scale':5s} {'noise':5s} {'use':11s} "
+               f"{'installed':9s} source / license")
+    for m in SR_MODELS.values():
+        try:
+            m.files()
+            installed = "yes"
+        except FileNotFoundError:
+            installed = "no"
+        typer.echo(f"{m.name:26s} {m.family:32s} x{m.scale:<4d} "
+                   f"{'-' if m.noise is None else m.noise:<5} {m.use:11s} {installed:9s} "
+                   f"{m.package} {m.version}: {m.param} / {m.license}")
+    rife = RIFE_MODEL
+    typer.echo(f"{rife.name:26s} {rife.architecture:32s} {'-':5s} {'-':5s} "
+               f"{'any':11s} {'-':9s} {rife.package} {rife.version}: {rife.file} / "
+               f"{rife.license} (frame interpolation)")
 
 
 @app.command()

