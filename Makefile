@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.memory_bounded
 	$(PY) -m benchmarks.api_latency
 	$(PY) -m benchmarks.interpolation_quality
+	$(PY) -m benchmarks.upscale_quality
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -4,8 +4,8 @@
         [--preset archive] [--upscale-factor 2] [--api-key sk_live_…] [--results FILE]
 
 The manifest is CSV (a header row) or JSONL (one object per line) with a
-``video_url`` per row and optional ``preset``, ``upscale_factor``, ``webhook_url`` and
-``metadata`` (a JSON object; in CSV every other column is metadata too).  Metadata is
+``video_url`` per row and optional ``preset``, ``upscale_factor``, ``webhook_url``,
+``engine`` and ``metadata`` (a JSON object; in CSV every other column is metadata too).  Metadata is
 not sent to the service: it is copied into the results manifest beside the job's id,
 status, output URL and error.
 
@@ -44,7 +44,8 @@ __all__ = ["BatchResult", "JobQueue", "JobState", "ManifestError", "ManifestRow"
 
 ENTRY_POINT_GROUP = "retroiva.job_queues"
 TERMINAL = frozenset({"completed", "failed", "canceled", "rejected"})
-_ROW_FIELDS = ("video_url", "preset", "upscale_factor", "webhook_url", "metadata")
+_ROW_FIELDS = ("video_url", "preset", "upscale_factor", "webhook_url", "engine", "metadata")
+ENGINES = ("neural", "classical")
 
 
 class ManifestError(ValueError):
@@ -66,6 +67,7 @@ class ManifestRow:
     preset: str | None = None
     upscale_factor: int | None = None
     webhook_url: str | None = None
+    engine: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -130,6 +132,9 @@ def _row(line: int, raw: dict[str, Any]) -> ManifestRow:
             raise fail(f"upscale_factor must be an integer, not {factor!r}") from None
         if not 1 <= factor <= 4:
             raise fail(f"upscale_factor must be 1–4, not {factor}")
+    engine = raw.get("engine") or None
+    if engine is not None and engine not in ENGINES:
+        raise fail(f"engine must be neural or classical, not {engine!r}")
     metadata = raw.get("metadata") or {}
     if isinstance(metadata, str):
         try:
@@ -141,7 +146,7 @@ def _row(line: int, raw: dict[str, Any]) -> ManifestRow:
     extra = {k: v for k, v in raw.items() if k not in _ROW_FIELDS and v not in (None, "")}
     return ManifestRow(line=line, video_url=url.strip(), preset=preset,
                        upscale_factor=factor, webhook_url=raw.get("webhook_url") or None,
-                       metadata={**extra, **metadata})
+                       engine=engine, metadata={**extra, **metadata})
 
 
 def read_manifest(path: Path) -> list[ManifestRow]:

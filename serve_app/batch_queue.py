@@ -44,7 +44,7 @@ class StoreJobQueue:
         assert self._key is not None, "open() first"
         fields = {"video_url": row.video_url, "preset": row.preset or preset,
                   "upscale_factor": row.upscale_factor or upscale_factor,
-                  "webhook_url": row.webhook_url}
+                  "webhook_url": row.webhook_url, "engine": row.engine}
         try:
             body = EnhanceBody.model_validate({k: v for k, v in fields.items()
                                                if v is not None})

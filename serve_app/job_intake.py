@@ -59,7 +59,7 @@ async def submit_job(store: JobStore, key: ApiKeyRecord, body: EnhanceBody,
                     input_url=body.video_url, preset=body.preset, upscale_factor=factor,
                     created_at=now, created_seq=time.time_ns(),
                     webhook_url=body.webhook_url, idempotency_key=idempotency_key,
-                    request_hash=request_hash)
+                    request_hash=request_hash, engine=body.engine)
     stored, created = await store.insert_job(job, now)
     if not created and stored.request_hash != request_hash:
         raise ConflictError("Idempotency-Key was already used with a different body",

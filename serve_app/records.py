@@ -63,6 +63,7 @@ class JobRecord:
     webhook_attempts: int = 0
     webhook_next_at: float | None = None
     webhook_body: str | None = None  # frozen at the first attempt: retries send the same
+    engine: str = "neural"  # "neural" or "classical": which preset chain runs
 
     @property
     def event_id(self) -> str:

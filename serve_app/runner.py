@@ -58,7 +58,8 @@ def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progr
     cancel.raise_if_canceled()
     output = scratch / "output.mp4"
     enhance_video(source, output,
-                  EnhanceRequest(preset=job.preset, upscale_factor=job.upscale_factor),
+                  EnhanceRequest(preset=job.preset, upscale_factor=job.upscale_factor,
+                                 engine=job.engine),
                   PipelineConfig(scratch_dir=scratch, max_chunk_frames=settings.chunk_frames),
                   on_progress=on_progress, cancel=cancel)
     source.unlink()  # zero retention: the input goes as soon as it is not needed

@@ -17,6 +17,7 @@ __all__ = ["DeliveryAttempt", "Download", "EnhanceBody", "ErrorBody", "ErrorDeta
            "EventList", "Job", "JobError", "JobList", "WebhookEvent", "job_from_record"]
 
 Preset = Literal["cinematic", "social", "archive", "general"]
+Engine = Literal["neural", "classical"]
 
 
 def _http_url(value: str, field: str) -> str:
@@ -38,6 +39,9 @@ class EnhanceBody(BaseModel):
     webhook_url: str | None = Field(None, description="Receives job.* events.")
     upscale_factor: int | None = Field(
         None, ge=1, le=4, description="1–4; default per preset (2 for every preset).")
+    engine: Engine = Field("neural", description="neural: the preset's pretrained "
+                           "models (classical where they are not installed); classical: "
+                           "Lanczos, NL-means and optical flow only.")
 
     @field_validator("video_url")
     @classmethod
@@ -70,6 +74,7 @@ class Job(BaseModel):
     eta_seconds: int | None
     preset: Preset
     upscale_factor: int
+    engine: Engine
 
 
 class JobList(BaseModel):
@@ -141,4 +146,5 @@ def job_from_record(job: JobRecord, output_url: str | None = None) -> Job:
         eta_seconds=None if job.eta_seconds is None else math.ceil(job.eta_seconds),
         preset=job.preset,  # type: ignore[arg-type]
         upscale_factor=job.upscale_factor,
+        engine=job.engine,  # type: ignore[arg-type]
     )

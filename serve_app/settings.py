@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     webhook_max_retries: int = Field(5, ge=0, description="Retries after the first try.")
     webhook_retry_base_seconds: float = Field(30.0, gt=0, description="First retry "
                                               "delay; doubles each retry, ±20 % jitter.")
+    model_cache: Path | None = Field(None, description="Converted model weights and "
+                                     "TensorRT engines (read by models.ncnn_convert from "
+                                     "the same variable); default ~/.cache/retroiva/models.")
     s3_bucket: str | None = Field(None, description="Store outputs in this S3 bucket.")
     s3_prefix: str = "outputs"
     s3_endpoint_url: str | None = None

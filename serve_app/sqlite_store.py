@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_message TEXT, attempts INTEGER NOT NULL, lease_owner TEXT, lease_expires_at REAL,
     cancel_requested INTEGER NOT NULL, idempotency_key TEXT, request_hash TEXT,
     webhook_status TEXT, webhook_attempts INTEGER NOT NULL DEFAULT 0, webhook_next_at REAL,
-    webhook_body TEXT);
+    webhook_body TEXT, engine TEXT NOT NULL DEFAULT 'neural');
 CREATE INDEX IF NOT EXISTS jobs_webhooks ON jobs (webhook_status, webhook_next_at);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     job_id TEXT NOT NULL, number INTEGER NOT NULL, at REAL NOT NULL, status_code INTEGER,
@@ -49,6 +49,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (key_id, idempotency_
     WHERE idempotency_key IS NOT NULL;
 """
 
+
+# Columns added after the first release, with how to add them to an existing store.
+_ADDED_COLUMNS = {"engine": "TEXT NOT NULL DEFAULT 'neural'"}
 
 
 def _job(row: sqlite3.Row | None) -> JobRecord | None:
@@ -111,7 +114,14 @@ class SqliteStore:
         return await asyncio.to_thread(call)
 
     async def init(self) -> None:
-        await self._run(lambda db: db.executescript(_SCHEMA))
+        def create(db: sqlite3.Connection) -> None:
+            db.executescript(_SCHEMA)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, definition in _ADDED_COLUMNS.items():
+                if name not in columns:  # a store made by an earlier version
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+
+        await self._run(create)
 
     async def close(self) -> None:
         def close() -> None:

@@ -87,6 +87,9 @@ def test_create_job_returns_the_job_object(client: TestClient, make_key):
     assert job["id"].startswith("job_") and len(job["id"]) > 20
     assert (job["status"], job["input_url"], job["output_url"]) == ("queued", VIDEO, None)
     assert (job["preset"], job["upscale_factor"], job["progress"]) == ("cinematic", 2, 0.0)
+    assert job["engine"] == "neural"
+    classical = _enhance(client, make_key(), engine="classical").json()
+    assert classical["engine"] == "classical"
     assert abs(job["created_at"] - time.time()) < 5
     assert job["completed_at"] is None and job["error"] is None
     for header in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"):
@@ -100,6 +103,7 @@ def test_create_job_returns_the_job_object(client: TestClient, make_key):
     ({"preset": "vivid"}, "preset"),
     ({"upscale_factor": 5}, "upscale_factor"),
     ({"upscale_factor": "two"}, "upscale_factor"),
+    ({"engine": "tensorrt"}, "engine"),
     ({"webhook_url": "javascript:alert(1)"}, "webhook_url"),
     ({"colour": "red"}, "colour"),
     ({"video_url": "http://127.0.0.1/a.mp4"}, "video_url"),

@@ -52,6 +52,7 @@ def test_jsonl_manifest_skips_blank_lines(tmp_path: Path):
     ("m.csv", "video_url,preset\nhttps://e.com/a.mp4,vivid\n", "line 2: preset must be"),
     ("m.csv", "video_url,upscale_factor\nhttps://e.com/a.mp4,9\n", "line 2: upscale_factor"),
     ("m.csv", "video_url,upscale_factor\nhttps://e.com/a.mp4,x\n", "must be an integer"),
+    ("m.csv", "video_url,engine\nhttps://e.com/a.mp4,gpu\n", "engine must be neural or"),
     ("m.jsonl", '{"video_url": "https://e.com/a.mp4"}\n[1]\n', "line 2: each line must"),
     ("m.jsonl", '{"preset": "archive"}\n', "line 1: video_url is required"),
     ("m.jsonl", '{"video_url": "u", "metadata": [1]}\n', "metadata must be a JSON object"),
@@ -122,11 +123,11 @@ def test_batch_creates_follows_and_reports_without_duplicates(
     settings = _settings(tmp_path)
     key, record = add_key(SqliteStore(settings.sqlite_path))
     manifest = _write(tmp_path / "reels.csv", (
-        "video_url,preset,catalog_id\n"
-        "http://127.0.0.1:9/one-ok.mp4,archive,R1\n"
-        "http://127.0.0.1:9/two-ok.mp4,,R2\n"
-        "http://127.0.0.1:9/broken.mp4,,R3\n"
-        "ftp://127.0.0.1/three.mp4,,R4\n"))
+        "video_url,preset,catalog_id,engine\n"
+        "http://127.0.0.1:9/one-ok.mp4,archive,R1,classical\n"
+        "http://127.0.0.1:9/two-ok.mp4,,R2,\n"
+        "http://127.0.0.1:9/broken.mp4,,R3,\n"
+        "ftp://127.0.0.1/three.mp4,,R4,\n"))
     argv = [str(manifest), "--api-key", key, "--preset", "cinematic", "--poll-seconds", "0.05"]
 
     assert _run_main(settings, argv, monkeypatch) == 1  # one failed, one rejected
@@ -141,16 +142,17 @@ def test_batch_creates_follows_and_reports_without_duplicates(
     printed = capsys.readouterr().out
     assert "2 of 4 completed" in printed
 
-    async def jobs() -> list[tuple[str, str, str]]:
+    async def jobs() -> list[tuple[str, str, str, str]]:
         store = SqliteStore(settings.sqlite_path)
         await store.init()
         page, _ = await store.list_jobs(record.id, 100, None)
         await store.close()
-        return sorted((j.id, j.preset, j.key_id) for j in page)
+        return sorted((j.id, j.preset, j.engine, j.key_id) for j in page)
 
     created = asyncio.run(jobs())
     assert len(created) == 3
-    assert {p for _, p, _ in created} == {"archive", "cinematic"}  # row, else --preset
+    assert sorted((p, e) for _, p, e, _ in created) == [  # the row's, else --preset
+        ("archive", "classical"), ("cinematic", "neural"), ("cinematic", "neural")]
 
     # The same manifest again: same jobs, nothing new, same results.
     assert _run_main(settings, argv, monkeypatch) == 1

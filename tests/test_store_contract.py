@@ -91,6 +91,10 @@ async def test_insert_get_and_idempotency(store: JobStore):
     fresh, created = await store.insert_job(_job(idempotency_key="abc"), later)
     assert created and fresh.id != job.id
     assert await store.get_job("job_missing") is None
+    classical = _job(engine="classical")
+    await store.insert_job(classical, time.time())
+    assert (await store.get_job(classical.id)) == classical
+
 
 
 async def test_pagination_newest_first_without_gaps(store: JobStore):
@@ -205,3 +209,34 @@ def test_records_are_plain_data():
     job = _job()
     assert dataclasses.replace(job, progress=0.5).progress == 0.5
     assert JobStatus.CANCELED.is_terminal and not JobStatus.QUEUED.is_terminal
+
+
+async def test_sqlite_store_from_an_earlier_version_gains_new_columns(tmp_path: Path):
+    """A jobs table without the engine column (first release) is migrated on init."""
+    import sqlite3
+
+    from serve_app.sqlite_store import SqliteStore
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, status TEXT "
+                "NOT NULL, input_url TEXT NOT NULL, preset TEXT NOT NULL, upscale_factor "
+                "INTEGER NOT NULL, created_at REAL NOT NULL, created_seq INTEGER NOT NULL, "
+                "webhook_url TEXT, started_at REAL, completed_at REAL, progress REAL NOT "
+                "NULL, eta_seconds REAL, output_path TEXT, error_type TEXT, error_message "
+                "TEXT, attempts INTEGER NOT NULL, lease_owner TEXT, lease_expires_at REAL, "
+                "cancel_requested INTEGER NOT NULL, idempotency_key TEXT, request_hash TEXT, "
+                "webhook_status TEXT, webhook_attempts INTEGER NOT NULL DEFAULT 0, "
+                "webhook_next_at REAL, webhook_body TEXT)")
+    old.execute("INSERT INTO jobs (id, key_id, status, input_url, preset, upscale_factor, "
+                "created_at, created_seq, progress, attempts, cancel_requested) VALUES "
+                "('job_old', 'key_a', 'completed', 'https://e.com/v.mp4', 'general', 2, "
+                "1.0, 1, 1.0, 1, 0)")
+    old.commit()
+    old.close()
+    store = SqliteStore(path)
+    await store.init()
+    job = await store.get_job("job_old")
+    assert job is not None and job.engine == "neural"
+    await store.insert_job(_job(engine="classical"), time.time())
+    await store.close()
