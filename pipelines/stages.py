@@ -10,6 +10,7 @@ makes it release its actors.
 
 from __future__ import annotations
 
+import functools
 import time
 from fractions import Fraction
 from typing import Any
@@ -94,16 +95,25 @@ def decode_stage(batch: Batch, *, path: str, rotation: int,
     return _with(batch, frames=frames, n_lookahead=n_lookahead)
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_operator(kind: str, engine: str, params: tuple[tuple[str, Any], ...]
+                     ) -> FrameFilter | FrameInterpolator:
+    return build_operator(kind, engine, dict(params))
+
+
 class OperatorStage:
     """Applies one operator to a chunk: a filter to every frame, or a retime.
 
-    Used as an actor class for operators that load weights (built once per actor) and,
-    through :func:`operator_stage`, as a plain task for cheap classical operators.
+    Used as an actor class (the operator built once per actor: GPU stages) and,
+    through :func:`operator_stage`, inside plain tasks (the operator taken from the
+    worker process's cache).
     """
 
     def __init__(self, spec: OperatorSpec, ratio: Fraction,
-                 signal: ray.actor.ActorHandle | None) -> None:
-        self._operator = build_operator(spec.kind, spec.engine, spec.params)
+                 signal: ray.actor.ActorHandle | None, *, cached: bool = False) -> None:
+        self._operator = _cached_operator(spec.kind, spec.engine,
+                                          tuple(sorted(spec.params.items()))) \
+            if cached else build_operator(spec.kind, spec.engine, spec.params)
         self._ratio = ratio
         self._check = CancelCheck(signal)
 
@@ -126,7 +136,10 @@ class OperatorStage:
 
 def operator_stage(batch: Batch, *, spec: OperatorSpec, ratio: Fraction,
                    signal: ray.actor.ActorHandle | None) -> Batch:
-    return OperatorStage(spec, ratio, signal)(batch)
+    """An operator as a plain task.  Ray reuses worker processes, and each keeps the
+    operators it built (weights included), so a model loads once per worker, not per
+    chunk."""
+    return OperatorStage(spec, ratio, signal, cached=True)(batch)
 
 
 def encode_stage(batch: Batch, *, fps: Fraction, settings: EncoderSettings,

@@ -217,7 +217,7 @@ def _alive_stage_actors() -> list[str]:
 
 
 def test_cancel_stops_work_releases_actors_and_leaves_nothing(make_video, tmp_path: Path):
-    source = make_video("long.mp4", width=320, height=240, seconds=8, audio=False)
+    source = make_video("long.mp4", width=160, height=120, seconds=8, audio=False)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     output = tmp_path / "out.mp4"
@@ -230,8 +230,8 @@ def test_cancel_stops_work_releases_actors_and_leaves_nothing(make_video, tmp_pa
 
     started = time.monotonic()
     with pytest.raises(PipelineCanceled):
-        enhance_video(source, output, EnhanceRequest(upscale_factor=4, interpolate=2),
-                      PipelineConfig(scratch_dir=scratch, max_chunk_frames=12,
+        enhance_video(source, output, EnhanceRequest(upscale_factor=2, interpolate=2),
+                      PipelineConfig(scratch_dir=scratch, max_chunk_frames=6,
                                      operator_compute="actors"),
                       on_progress=on_progress, cancel=cancel)
     assert first_chunk.is_set()
