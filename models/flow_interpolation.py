@@ -15,7 +15,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from models.operator import check_frames
+from models.operator import check_pair
 from models.scene_cut import DEFAULT_CUT_THRESHOLD
 from models.scene_cut import is_scene_cut as _is_scene_cut
 
@@ -65,10 +65,7 @@ class FlowInterpolator:
 
     def interpolate(self, first: np.ndarray, second: np.ndarray,
                     ts: Sequence[float]) -> np.ndarray:
-        check_frames(first[None])
-        check_frames(second[None])
-        if first.shape != second.shape:
-            raise ValueError(f"frame shapes differ: {first.shape} vs {second.shape}")
+        check_pair(first, second, ts)
         h, w = first.shape[:2]
         gray_a = cv2.cvtColor(first, cv2.COLOR_RGB2GRAY)
         gray_b = cv2.cvtColor(second, cv2.COLOR_RGB2GRAY)
@@ -83,8 +80,6 @@ class FlowInterpolator:
 
         out = np.empty((len(ts), h, w, 3), dtype=np.uint8)
         for i, t in enumerate(ts):
-            if not 0.0 < t < 1.0:
-                raise ValueError(f"interpolation time must be in (0, 1), got {t}")
             flow_ta = -(1 - t) * t * flow_ab + t * t * flow_ba
             flow_tb = (1 - t) * (1 - t) * flow_ab - t * (1 - t) * flow_ba
             warped_a = _warp(a, flow_ta, grid)

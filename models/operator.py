@@ -25,7 +25,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["FrameFilter", "FrameInterpolator", "check_frames"]
+__all__ = ["FrameFilter", "FrameInterpolator", "check_frames", "check_pair"]
 
 
 @runtime_checkable
@@ -62,3 +62,14 @@ def check_frames(frames: np.ndarray) -> None:
         raise ValueError(f"frames must be uint8, got {frames.dtype}")
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must have shape (N, H, W, 3), got {frames.shape}")
+
+
+def check_pair(first: np.ndarray, second: np.ndarray, ts: Sequence[float]) -> None:
+    """Raise ``ValueError`` unless ``interpolate(first, second, ts)`` is well-formed."""
+    check_frames(first[None])
+    check_frames(second[None])
+    if first.shape != second.shape:
+        raise ValueError(f"frame shapes differ: {first.shape} vs {second.shape}")
+    for t in ts:
+        if not 0.0 < t < 1.0:
+            raise ValueError(f"interpolation time must be in (0, 1), got {t}")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from models.onnx_export import export_onnx
-from models.operator import check_frames
+from models.operator import check_pair
 from models.package_files import package_file
 from models.rife_net import SIZE_MULTIPLE, RifeNet
 from models.scene_cut import DEFAULT_CUT_THRESHOLD
@@ -177,13 +177,7 @@ class RifeInterpolator:
     @torch.inference_mode()
     def interpolate(self, first: np.ndarray, second: np.ndarray,
                     ts: Sequence[float]) -> np.ndarray:
-        check_frames(first[None])
-        check_frames(second[None])
-        if first.shape != second.shape:
-            raise ValueError(f"frame shapes differ: {first.shape} vs {second.shape}")
-        for t in ts:
-            if not 0.0 < t < 1.0:
-                raise ValueError(f"interpolation time must be in (0, 1), got {t}")
+        check_pair(first, second, ts)
         h, w = first.shape[:2]
         scale, self.net.refine = self.settings_for(h, w)
         img0, img1 = self._tensor(first, scale), self._tensor(second, scale)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = ["EVENT_TYPES", "ApiKeyRecord", "JobRecord", "JobStatus", "WebhookAttempt",
@@ -26,8 +26,8 @@ class ApiKeyRecord:
     id: str
     name: str
     prefix: str  # first characters of the key, for display; the key itself is not kept
-    digest: str  # SHA-256 hex of the whole key
-    webhook_secret: str
+    digest: str = field(repr=False)  # SHA-256 hex of the whole key
+    webhook_secret: str = field(repr=False)
     rate_limit: int  # requests per window
     created_at: float
     revoked_at: float | None = None

@@ -20,6 +20,11 @@ Preset = Literal["cinematic", "social", "archive", "general"]
 Engine = Literal["neural", "classical"]
 
 
+# Documented in the schema only: the validator below gives the clearer error message.
+_URL_SCHEMA: dict[str, object] = {"format": "uri", "pattern": "^https?://[^/?#]+",
+                                  "maxLength": 2048}
+
+
 def _http_url(value: str, field: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -34,9 +39,11 @@ class EnhanceBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    video_url: str = Field(description="Public http(s) URL of the source video.")
+    video_url: str = Field(description="Public http(s) URL of the source video.",
+                           json_schema_extra=_URL_SCHEMA)
     preset: Preset = Field("general", description="Restoration preset.")
-    webhook_url: str | None = Field(None, description="Receives job.* events.")
+    webhook_url: str | None = Field(None, description="Receives job.* events.",
+                                    json_schema_extra=_URL_SCHEMA)
     upscale_factor: int | None = Field(
         None, ge=1, le=4, description="1–4; default per preset (2 for every preset).")
     engine: Engine = Field("neural", description="neural: the preset's pretrained "

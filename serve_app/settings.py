@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="SQLite file, outputs and scratch.")
     host: str = "127.0.0.1"
     port: int = 8000
-    mongodb_uri: str | None = Field(None, description="Use MongoDB instead of SQLite.")
+    # Secrets are left out of repr() so that a logged Settings object can't leak them.
+    mongodb_uri: str | None = Field(None, repr=False,
+                                    description="Use MongoDB instead of SQLite.")
     mongodb_database: str = "retroiva"
     api_replicas: int = Field(1, ge=1)
     runner_concurrency: int = Field(1, ge=1, description="Jobs one runner processes at once.")
@@ -43,7 +45,7 @@ class Settings(BaseSettings):
     reap_interval_seconds: float = Field(60.0, gt=0)
     public_url: str | None = Field(None, description="Base URL of this API for local "
                                    "download links; default: the request's own.")
-    signing_secret: str | None = Field(None, description="Secret for local download "
+    signing_secret: str | None = Field(None, repr=False, description="Secret for local download "
                                        "signatures; default: generated in data_dir.")
     webhook_timeout_seconds: float = Field(10.0, gt=0)
     webhook_max_retries: int = Field(5, ge=0, description="Retries after the first try.")
