@@ -35,9 +35,10 @@ def anyio_backend() -> str:
 
 
 def _job(url: str = "http://127.0.0.1:1/v.mp4") -> JobRecord:
+    # Classical operators: these tests are about the runner, and CPU time is scarce.
     return JobRecord(id=new_id("job"), key_id="key_t", status=JobStatus.QUEUED, input_url=url,
                      preset="general", upscale_factor=2, created_at=time.time(),
-                     created_seq=time.time_ns())
+                     created_seq=time.time_ns(), engine="classical")
 
 
 async def _run_until(store: SqliteStore, runner: JobRunner, job_id: str,

@@ -1,0 +1,147 @@
+"""Bounded load on the whole service: many clients submit jobs and poll them to the end.
+
+Starts the service as `retroiva serve` does (Ray Serve: API replicas + runner, SQLite)
+on 127.0.0.1, serves a tiny clip from a local HTTP server, then ``--clients`` async
+clients each submit ``--jobs-per-client`` jobs (engine classical, so the runner keeps
+up on 2 cores) and poll them every 0.5 s, listing their jobs now and then, until every
+job has ended or ``--deadline`` passes.  Reports requests/s, p50/p99 latency per kind
+of request, errors (any non-2xx other than the documented 429), and lost jobs (not
+terminal by the deadline): the figure that must be 0.
+
+    .venv/bin/python -m benchmarks.load [--clients 32 --jobs-per-client 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import http.server
+import statistics
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+
+from benchmarks.api_latency import _free_port, _wait_ready
+from pipelines.sample_video import SampleSpec, write_sample_video
+from serve_app.keys import new_api_key
+from serve_app.settings import Settings
+from serve_app.sqlite_store import SqliteStore
+
+TERMINAL = {"completed", "failed", "canceled"}
+
+
+def _serve_clip(root: Path) -> str:
+    write_sample_video(root / "clip.mp4", SampleSpec(width=96, height=64, seconds=1))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+
+    class Quiet(handler.func):  # type: ignore[misc, name-defined]
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+
+
+async def _client(http: httpx.AsyncClient, video: str, jobs: int, deadline: float,
+                  latencies: dict[str, list[float]], errors: dict[str, int],
+                  outcomes: dict[str, str]) -> None:
+    async def call(kind: str, method: str, url: str, **kwargs: object) -> httpx.Response:
+        started = time.perf_counter()
+        response = await http.request(method, url, **kwargs)  # type: ignore[arg-type]
+        latencies[kind].append(time.perf_counter() - started)
+        if response.status_code == 429:
+            errors["429 (rate limited, documented)"] += 1
+        elif response.status_code >= 300:
+            errors[f"{kind} {response.status_code}"] += 1
+        return response
+
+    mine = []
+    for _ in range(jobs):
+        response = await call("POST /v2/enhance", "POST", "/v2/enhance",
+                              json={"video_url": video, "engine": "classical"})
+        if response.status_code == 200:
+            mine.append(response.json()["id"])
+            outcomes[mine[-1]] = "queued"
+    polls = 0
+    while time.monotonic() < deadline and any(outcomes[j] not in TERMINAL for j in mine):
+        await asyncio.sleep(0.5)
+        for job_id in [j for j in mine if outcomes[j] not in TERMINAL]:
+            response = await call("GET /v2/jobs/{id}", "GET", f"/v2/jobs/{job_id}")
+            if response.status_code == 200:
+                outcomes[job_id] = response.json()["status"]
+        polls += 1
+        if polls % 10 == 0:
+            await call("GET /v2/jobs", "GET", "/v2/jobs?limit=10")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--jobs-per-client", type=int, default=2)
+    parser.add_argument("--deadline", type=float, default=300.0)
+    args = parser.parse_args()
+    data = Path(tempfile.mkdtemp(prefix="retroiva-load-"))
+    video = _serve_clip(data / "www")
+    settings = Settings(data_dir=data / "service", port=_free_port(), api_replicas=2,
+                        runner_concurrency=2, allow_private_urls=True,
+                        default_rate_limit=10**6)
+    key, record = new_api_key("load", 10**6)
+    store = SqliteStore(settings.sqlite_path)
+
+    async def seed() -> None:
+        await store.init()
+        await store.add_key(record)
+
+    asyncio.run(seed())
+    from ray import serve
+
+    from pipelines.enhance import ensure_ray
+    from serve_app.deployments import build_app
+
+    ensure_ray()
+    serve.start(http_options={"host": "127.0.0.1", "port": settings.port})
+    serve.run(build_app(settings), name="retroiva", route_prefix="/")
+    base = f"http://127.0.0.1:{settings.port}"
+    _wait_ready(f"{base}/healthz")
+
+    latencies: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, int] = defaultdict(int)
+    outcomes: dict[str, str] = {}
+
+    async def run() -> float:
+        limits = httpx.Limits(max_connections=args.clients)
+        async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits,
+                                     headers={"Authorization": f"Bearer {key}"}) as http:
+            started = time.monotonic()
+            deadline = started + args.deadline
+            await asyncio.gather(*(_client(http, video, args.jobs_per_client, deadline,
+                                           latencies, errors, outcomes)
+                                   for _ in range(args.clients)))
+            return time.monotonic() - started
+
+    elapsed = asyncio.run(run())
+    serve.shutdown()
+    requests = sum(len(v) for v in latencies.values())
+    print(f"{args.clients} clients × {args.jobs_per_client} jobs, {elapsed:.1f} s: "
+          f"{requests} requests, {requests / elapsed:.1f} req/s")
+    for kind, values in sorted(latencies.items()):
+        cuts = statistics.quantiles(values, n=100) if len(values) > 1 else values * 99
+        print(f"  {kind:22s} {len(values):6d} requests  p50 {cuts[49] * 1e3:7.1f} ms  "
+              f"p99 {cuts[98] * 1e3:7.1f} ms")
+    print(f"  errors: {dict(errors) or 0}")
+    statuses: dict[str, int] = defaultdict(int)
+    for status in outcomes.values():
+        statuses[status] += 1
+    lost = sum(status not in TERMINAL for status in outcomes.values())
+    print(f"  jobs submitted {len(outcomes)}, by final status {dict(statuses)}, lost {lost}")
+
+
+if __name__ == "__main__":
+    main()
