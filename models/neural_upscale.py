@@ -77,7 +77,8 @@ class NeuralUpscale:
         n, h, w, _ = frames.shape
         out = np.empty((n, h * self.scale, w * self.scale, 3), dtype=np.uint8)
         for start in range(0, n, self.batch):
-            part = torch.from_numpy(frames[start:start + self.batch]).to(self.device)
+            # A copy: frames from Ray's object store are read-only, which torch warns of.
+            part = torch.from_numpy(frames[start:start + self.batch].copy()).to(self.device)
             x = part.permute(0, 3, 1, 2).to(self.dtype) / 255.0
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -170,7 +170,7 @@ class RifeInterpolator:
         return scale, refine
 
     def _tensor(self, frame: np.ndarray, scale: float) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)
+        x = torch.from_numpy(frame.copy()).to(self.device)  # frames may be read-only
         x = x.permute(2, 0, 1)[None].to(self.dtype) / 255.0
         return _pad_to_multiple(x, int(SIZE_MULTIPLE / min(scale, 1.0)))
 
