@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import threading
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -36,6 +37,7 @@ TERMINAL = {"completed", "failed", "canceled"}
 
 
 def _serve_clip(root: Path) -> str:
+    root.mkdir(parents=True)
     write_sample_video(root / "clip.mp4", SampleSpec(width=96, height=64, seconds=1))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
 
@@ -53,19 +55,30 @@ async def _client(http: httpx.AsyncClient, video: str, jobs: int, deadline: floa
                   latencies: dict[str, list[float]], errors: dict[str, int],
                   outcomes: dict[str, str]) -> None:
     async def call(kind: str, method: str, url: str, **kwargs: object) -> httpx.Response:
-        started = time.perf_counter()
-        response = await http.request(method, url, **kwargs)  # type: ignore[arg-type]
-        latencies[kind].append(time.perf_counter() - started)
-        if response.status_code == 429:
-            errors["429 (rate limited, documented)"] += 1
-        elif response.status_code >= 300:
-            errors[f"{kind} {response.status_code}"] += 1
-        return response
+        # A well-behaved client: transport errors (a keep-alive connection the server
+        # closed as we reused it) are counted and retried; POSTs carry an
+        # Idempotency-Key, so a retried submit can never create a second job.
+        for attempt in range(4):
+            started = time.perf_counter()
+            try:
+                response = await http.request(method, url, **kwargs)  # type: ignore[arg-type]
+            except httpx.TransportError as exc:
+                errors[f"{kind} {type(exc).__name__} (retried)"] += 1
+                await asyncio.sleep(0.2 * (attempt + 1))
+                continue
+            latencies[kind].append(time.perf_counter() - started)
+            if response.status_code == 429:
+                errors["429 (rate limited, documented)"] += 1
+            elif response.status_code >= 300:
+                errors[f"{kind} {response.status_code}"] += 1
+            return response
+        raise RuntimeError(f"{kind}: four transport errors in a row")
 
     mine = []
     for _ in range(jobs):
         response = await call("POST /v2/enhance", "POST", "/v2/enhance",
-                              json={"video_url": video, "engine": "classical"})
+                              json={"video_url": video, "engine": "classical"},
+                              headers={"Idempotency-Key": uuid.uuid4().hex})
         if response.status_code == 200:
             mine.append(response.json()["id"])
             outcomes[mine[-1]] = "queued"
