@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
-import http.server
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -32,6 +29,7 @@ from pipelines.sample_video import SampleSpec, write_sample_video
 from serve_app.keys import new_api_key
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
+from tests.local_http import serve_directory
 
 TERMINAL = {"completed", "failed", "canceled"}
 
@@ -39,16 +37,8 @@ TERMINAL = {"completed", "failed", "canceled"}
 def _serve_clip(root: Path) -> str:
     root.mkdir(parents=True)
     write_sample_video(root / "clip.mp4", SampleSpec(width=96, height=64, seconds=1))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-
-    class Quiet(handler.func):  # type: ignore[misc, name-defined]
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(Quiet, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+    base, _ = serve_directory(root)
+    return f"{base}/clip.mp4"
 
 
 async def _client(http: httpx.AsyncClient, video: str, jobs: int, deadline: float,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
-import http.server
 import json
 import os
 import shutil
@@ -18,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +29,7 @@ import yaml
 
 from pipelines.sample_video import SampleSpec, write_sample_video
 from serve_app.sqlite_store import SqliteStore
+from tests.local_http import serve_directory
 from tests.media import decode_frames
 from tests.stored_keys import add_key, bearer
 
@@ -135,10 +133,8 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A tiny clip served on 127.0.0.1, as a client's public URL would be."""
     root = tmp_path_factory.mktemp("served")
     write_sample_video(root / "clip.mp4", SampleSpec(width=96, height=64, seconds=1.0))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    base, server = serve_directory(root)
+    yield base
     server.shutdown()
 
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import http.server
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +22,7 @@ from serve_app.records import JobRecord, JobStatus
 from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
+from tests.local_http import serve_directory
 
 pytestmark = pytest.mark.anyio
 
@@ -150,16 +148,8 @@ def video_server(tmp_path: Path) -> Iterator[str]:
     root = tmp_path / "www"
     root.mkdir()
     write_sample_video(root / "long.mp4", SampleSpec(width=320, height=240, seconds=6))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-
-    class Quiet(handler.func):  # type: ignore[misc, name-defined]
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(Quiet, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/long.mp4"
+    base, server = serve_directory(root)
+    yield f"{base}/long.mp4"
     server.shutdown()
 
 
