@@ -164,7 +164,7 @@ def test_api_and_runner_killed_mid_job_lose_nothing(tmp_path: Path, site: tuple[
     assert sorted(set(Hooks.seen)) == sorted("evt_" + i.removeprefix("job_") for i in ids)
 
 
-def test_runner_killed_during_webhook_retries_still_delivers(tmp_path: Path,
+def test_api_and_runner_killed_during_webhook_retries_still_deliver(tmp_path: Path,
                                                              site: tuple[str, str]):
     video, hooks = site
     Hooks.fail_first = 3  # 503, 503, 503, then 200: retries at ~1, 2, 4 s
@@ -179,8 +179,9 @@ def test_runner_killed_during_webhook_retries_still_delivers(tmp_path: Path,
             assert time.monotonic() < deadline, "the webhook was never attempted"
             time.sleep(0.1)
         _kill(runner)
+        _kill(api)  # the API too: it holds no webhook state, nothing may depend on it
         attempts_before = len(Hooks.seen)
-        runner = _start_runner(tmp_path)
+        runner, api = _start_runner(tmp_path), _start_api(tmp_path, port)
         [(status, webhook)] = _wait_all_ended(tmp_path / "retroiva.sqlite3")
     finally:
         Hooks.fail_first = 0
