@@ -19,7 +19,6 @@ __all__ = ["OPERATORS", "UnknownOperatorError", "build_operator", "unavailable_r
 Operator = FrameFilter | FrameInterpolator
 
 
-
 def _rife(**params: Any) -> Operator:
     # Imported on use: torch costs every Ray worker a second or two to import.
     from models.rife import RifeInterpolator
@@ -27,14 +26,19 @@ def _rife(**params: Any) -> Operator:
     return RifeInterpolator(**params)
 
 
+def _missing(locate: Callable[[], object]) -> str | None:
+    """Why ``locate`` (which finds a model's files) fails, or None when it succeeds."""
+    try:
+        locate()
+    except (ValueError, FileNotFoundError) as exc:
+        return str(exc)
+    return None
+
+
 def _rife_missing() -> str | None:
     from models.rife import rife_weights_path
 
-    try:
-        rife_weights_path()
-    except FileNotFoundError as exc:
-        return str(exc)
-    return None
+    return _missing(rife_weights_path)
 
 
 def _ncnn_upscale(**params: Any) -> Operator:
@@ -46,11 +50,7 @@ def _ncnn_upscale(**params: Any) -> Operator:
 def _sr_missing(model: str) -> str | None:
     from models.sr_models import sr_model
 
-    try:
-        sr_model(model).files()
-    except (ValueError, FileNotFoundError) as exc:
-        return str(exc)
-    return None
+    return _missing(lambda: sr_model(model).files())
 
 
 OPERATORS: dict[tuple[str, str], Callable[..., Operator]] = {

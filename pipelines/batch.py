@@ -37,7 +37,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipelines.presets import PRESETS
+from pipelines.presets import ENGINES, PRESETS
 
 __all__ = ["BatchResult", "JobQueue", "JobState", "ManifestError", "ManifestRow",
            "QueueRefused", "RowRejected", "main", "read_manifest", "run_batch", "write_results"]
@@ -45,7 +45,6 @@ __all__ = ["BatchResult", "JobQueue", "JobState", "ManifestError", "ManifestRow"
 ENTRY_POINT_GROUP = "retroiva.job_queues"
 TERMINAL = frozenset({"completed", "failed", "canceled", "rejected"})
 _ROW_FIELDS = ("video_url", "preset", "upscale_factor", "webhook_url", "engine", "metadata")
-ENGINES = ("neural", "classical")
 
 
 class ManifestError(ValueError):

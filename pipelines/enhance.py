@@ -106,12 +106,13 @@ def decode_placement(config: PipelineConfig) -> dict[str, object]:
 def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
                   config: PipelineConfig) -> Dataset:
     """The job's Ray Data pipeline; it reads like its stage list."""
-    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) > 0
     actor_stages = sum(_in_actors(spec, config, use_gpu) for spec in plan.chain)
     # Actors hold their CPUs for the whole job: size every stage so one decode and one
     # encode task always fit beside all actors, or a small machine deadlocks.  These are
     # scheduling shares; OpenCV and the encoders still use every core they are given.
-    total_cpus = ray.cluster_resources().get("CPU", 1)
+    total_cpus = resources.get("CPU", 1)
     stage_cpus = min(1.0, total_cpus / (actor_stages * config.stage_concurrency + 2))
 
     ds = ray.data.from_items([chunk.as_row() for chunk in plan.chunks],

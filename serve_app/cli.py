@@ -256,23 +256,24 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument()]) -> None:
 @models_app.command("list")
 def models_list() -> None:
     """Every registered model: family, scale, noise level, use, source, license."""
+    from models.registry import unavailable_reason
     from models.rife import RIFE_MODEL
     from models.sr_models import SR_MODELS
+
+    def installed(kind: str, engine: str, **params: str) -> str:
+        return "no" if unavailable_reason(kind, engine, params) else "yes"
 
     typer.echo(f"{'name':26s} {'family':32s} {'scale':5s} {'noise':5s} {'use':11s} "
                f"{'installed':9s} source / license")
     for m in SR_MODELS.values():
-        try:
-            m.files()
-            installed = "yes"
-        except FileNotFoundError:
-            installed = "no"
         typer.echo(f"{m.name:26s} {m.family:32s} x{m.scale:<4d} "
-                   f"{'-' if m.noise is None else m.noise:<5} {m.use:11s} {installed:9s} "
+                   f"{'-' if m.noise is None else m.noise:<5} {m.use:11s} "
+                   f"{installed('upscale', 'ncnn', model=m.name):9s} "
                    f"{m.package} {m.version}: {m.param} / {m.license}")
     rife = RIFE_MODEL
     typer.echo(f"{rife.name:26s} {rife.architecture:32s} {'-':5s} {'-':5s} "
-               f"{'any':11s} {'-':9s} {rife.package} {rife.version}: {rife.file} / "
+               f"{'any':11s} {installed('interpolate', 'rife'):9s} "
+               f"{rife.package} {rife.version}: {rife.file} / "
                f"{rife.license} (frame interpolation)")
 
 

@@ -66,15 +66,19 @@ def _absurd_header(d: Path) -> Path:
     return path
 
 
-def _encode(path: Path, frames: list[np.ndarray], x264_params: str = "") -> Path:
+def _encode(path: Path, frames: list[np.ndarray], x264_params: str = "",
+            pts_ms: list[int] | None = None) -> Path:
+    """x264 in ``path``'s container; 25 fps unless ``pts_ms`` times each frame (VFR)."""
     h, w = frames[0].shape[:2]
+    time_base = Fraction(1, 1000) if pts_ms else Fraction(1, 25)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.time_base = time_base
         stream.options = {"preset": "ultrafast", "crf": "30", "x264-params": x264_params}
         for i, pixels in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
+            frame.pts, frame.time_base = (pts_ms[i] if pts_ms else i), time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
@@ -87,18 +91,9 @@ def _bomb(d: Path) -> Path:
 
 
 def _vfr(d: Path) -> Path:
-    path = d / "vfr.mkv"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        stream.time_base = Fraction(1, 1000)
-        for i, pts in enumerate((0, 33, 66, 150, 183, 300, 333, 500, 533, 566)):
-            pixels = np.full((64, 96, 3), 20 * i, np.uint8)
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            frame.pts, frame.time_base = pts, Fraction(1, 1000)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
+    pts_ms = [0, 33, 66, 150, 183, 300, 333, 500, 533, 566]
+    frames = [np.full((64, 96, 3), 20 * i, np.uint8) for i in range(len(pts_ms))]
+    return _encode(d / "vfr.mkv", frames, pts_ms=pts_ms)
 
 
 def _interlaced(d: Path) -> Path:
