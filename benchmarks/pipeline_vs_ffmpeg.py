@@ -40,7 +40,10 @@ def main() -> None:
     source = write_sample_video(work / "in_480p.mp4", spec)
     frames = probe(source).frame_count
     preset = PRESETS["general"]
-    strength = next(s.params["strength"] for s in preset.classical if s.kind == "denoise")
+    # The preset's denoiser runs at gain × the measured noise; the sample's grain σ is
+    # known, so ffmpeg's nlmeans gets the strength ours chooses for it.
+    gain = next(s.params["gain"] for s in preset.classical if s.kind == "denoise")
+    strength = gain * spec.grain
     crf, speed = preset.encoder.crf, preset.encoder.speed
 
     # Warm the Ray workers once, as a running service would have them.

@@ -17,6 +17,7 @@ class LanczosUpscale:
 
     name: ClassVar[str] = "lanczos"
     needs_gpu = False
+    accepts_uint16 = True  # OpenCV resizes 16-bit frames natively
 
     def __init__(self, factor: int = 2) -> None:
         if factor not in (1, 2, 3, 4):
@@ -27,11 +28,11 @@ class LanczosUpscale:
         return f"LanczosUpscale(factor={self.scale})"
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        check_frames(frames)
+        check_frames(frames, wide=True)
         if self.scale == 1:
             return frames
         n, h, w, _ = frames.shape
-        out = np.empty((n, h * self.scale, w * self.scale, 3), dtype=np.uint8)
+        out = np.empty((n, h * self.scale, w * self.scale, 3), dtype=frames.dtype)
         for i, frame in enumerate(frames):
             cv2.resize(
                 frame,

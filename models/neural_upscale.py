@@ -5,6 +5,12 @@ antialiased when shrinking), so ``span-x4`` gives ×3 and a ×2 waifu2x denoiser
 a clean ×1.  CPU: fp32, torch's threads (Ray sets them to the actor's CPUs).  CUDA:
 fp16, channels_last, frames in batches, optionally ``torch.compile`` or a TensorRT
 engine (:mod:`models.tensorrt_runtime`), which falls back to torch with a logged reason.
+
+Colour anchoring: some published models shift colour (ClearReality darkened real footage
+by 1.7 / 4.2 / 2.0 levels in ``benchmarks/fidelity.py``).  The output's low frequencies
+are tied back to the input's: the output, area-downscaled to the input's size, minus the
+input, blurred (σ 1.5 px) is the drift, which is upscaled and subtracted.  Detail above
+that band, which is what the model adds, is untouched.
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ class NeuralUpscale:
 
     def __init__(self, model: str, factor: int = 2, tile: int = 256, overlap: int = 16,
                  batch: int = 4, device: str | None = None,
-                 runtime: Literal["torch", "compile", "tensorrt"] = "torch") -> None:
+                 runtime: Literal["torch", "compile", "tensorrt"] = "torch",
+                 anchor: bool = True) -> None:
         if factor not in (1, 2, 3, 4):
             raise ValueError(f"factor must be 1–4, got {factor}")
         if tile and tile < 2 * overlap:
             raise ValueError(f"tile ({tile}) must be at least twice the overlap ({overlap})")
         self.model: SrModel = sr_model(model)
         self.scale = factor
+        self.anchor = anchor
         self.tile, self.overlap, self.batch = tile, overlap, max(1, batch)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
@@ -88,6 +96,29 @@ class NeuralUpscale:
                 y = F.interpolate(y.float(), size=(h * self.scale, w * self.scale),
                                   mode="bicubic", align_corners=False,
                                   antialias=self.scale < self.model.scale)
+            if self.anchor:
+                y = _anchored(y.float(), x.float())
             pixels = (y.float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
             out[start:start + len(part)] = pixels.permute(0, 2, 3, 1).cpu().numpy()
         return out
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    radius = max(1, round(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+    # Reflect padding needs the pad smaller than the side; replicate works for any size.
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def _anchored(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` (upscaled) with its low frequencies tied to those of ``x`` (its input)."""
+    down = F.interpolate(y, size=x.shape[-2:], mode="area") if y.shape != x.shape else y
+    drift = _gaussian_blur(down - x)
+    if drift.shape != y.shape:
+        drift = F.interpolate(drift, size=y.shape[-2:], mode="bilinear", align_corners=False)
+    return y - drift

@@ -11,6 +11,9 @@ Frame contract, written once:
   two frames of equal size, returning ``(len(ts), H, W, 3)``; it estimates motion once
   per pair, however many times are asked for.  It needs one frame of look-ahead
   (``temporal_context``), which the pipeline supplies across chunk boundaries.
+* Inputs deeper than 8 bits travel as RGB ``uint16`` (full 0–65535 scale).  An operator
+  that sets ``accepts_uint16 = True`` gets them as they are and returns the same dtype;
+  every other operator is handed them rounded to ``uint8`` by the pipeline.
 * ``needs_gpu`` says whether the operator wants a GPU when one exists; it must still run
   on CPU (the pipeline requests ``num_gpus`` only where CUDA is present).
 
@@ -54,12 +57,14 @@ class FrameInterpolator(Protocol):
     def is_scene_cut(self, first: np.ndarray, second: np.ndarray) -> bool: ...
 
 
-def check_frames(frames: np.ndarray) -> None:
-    """Raise ``ValueError`` unless ``frames`` follows the frame contract above."""
+def check_frames(frames: np.ndarray, *, wide: bool = False) -> None:
+    """Raise ``ValueError`` unless ``frames`` follows the frame contract above
+    (``wide``: ``uint16`` frames are accepted too)."""
     if not isinstance(frames, np.ndarray):
         raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8, got {frames.dtype}")
+    if frames.dtype != np.uint8 and not (wide and frames.dtype == np.uint16):
+        raise ValueError(f"frames must be uint8{' or uint16' if wide else ''}, "
+                         f"got {frames.dtype}")
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must have shape (N, H, W, 3), got {frames.shape}")
 

@@ -8,6 +8,7 @@ import av
 import numpy as np
 
 from pipelines.chunk_plan import Chunk
+from pipelines.colour import ColourSpec, frame_to_rgb
 from pipelines.errors import InvalidInputError
 
 __all__ = ["DecodedChunk", "decode_chunk", "to_display_rgb"]
@@ -16,15 +17,16 @@ DecodedChunk = tuple[np.ndarray, int]
 """Frames ``(n_own + n_lookahead, H, W, 3)`` and ``n_lookahead`` (0 or 1)."""
 
 
-def to_display_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
-    """RGB24 pixels of ``frame`` rotated clockwise by ``rotation`` degrees for display."""
-    rgb = frame.to_ndarray(format="rgb24")
+def to_display_rgb(frame: av.VideoFrame, rotation: int, colour: ColourSpec) -> np.ndarray:
+    """RGB pixels of ``frame`` (see :mod:`pipelines.colour`) rotated clockwise by
+    ``rotation`` degrees for display."""
+    rgb = frame_to_rgb(frame, colour)
     if rotation:
         rgb = np.ascontiguousarray(np.rot90(rgb, k=-(rotation // 90)))
     return rgb
 
 
-def decode_chunk(path: str, chunk: Chunk, rotation: int,
+def decode_chunk(path: str, chunk: Chunk, rotation: int, colour: ColourSpec,
                  check_canceled: Callable[[], None] = lambda: None) -> DecodedChunk:
     """Decode the frames ``chunk`` owns, plus the next chunk's first frame if asked.
 
@@ -47,9 +49,9 @@ def decode_chunk(path: str, chunk: Chunk, rotation: int,
                     continue
                 if chunk.end_pts is not None and frame.pts >= chunk.end_pts:
                     if chunk.lookahead:
-                        extra.append(to_display_rgb(frame, rotation))
+                        extra.append(to_display_rgb(frame, rotation, colour))
                     break
-                own.append(to_display_rgb(frame, rotation))
+                own.append(to_display_rgb(frame, rotation, colour))
                 if len(own) == chunk.frame_count and not chunk.lookahead:
                     break
         except av.error.FFmpegError as exc:

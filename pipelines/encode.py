@@ -3,6 +3,11 @@
 Segments are MP4 bytes starting with an IDR frame and timestamps from zero.  Every
 segment of a job is encoded with identical settings and geometry, so their parameter
 sets match and :mod:`pipelines.assemble` can join them without re-encoding.
+
+Frames become Y'CbCr through :mod:`pipelines.colour` with the input's matrix, range and
+bit depth, and the stream carries the input's colour tags; HDR mastering-display and
+content-light metadata go into the HEVC bitstream as SEI (x264 has no such option, so
+HDR inputs are encoded with HEVC unless the caller asks otherwise).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Literal
 import av
 import numpy as np
 
+from pipelines.colour import TRC_PQ, ColourSpec, rgb_to_frame
 from pipelines.errors import InvalidOptionsError
 
 __all__ = ["CODECS", "EncoderSettings", "encode_segment", "even_size"]
@@ -33,7 +39,6 @@ class EncoderSettings:
     codec: Codec = "h264"
     crf: int = 20
     speed: str = "veryfast"  # x264/x265 preset
-    pixel_format: str = "yuv420p"
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -47,24 +52,49 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width - width % 2, height - height % 2
 
 
-def encode_segment(frames: np.ndarray, fps: Fraction, settings: EncoderSettings) -> bytes:
+def _private_options(settings: EncoderSettings, colour: ColourSpec) -> str | None:
+    """x265-params: quiet, and the input's HDR metadata as SEI."""
+    if settings.codec != "hevc":
+        return None
+    params = ["log-level=error"]
+    if settings.crf == 0:
+        params.append("lossless=1")
+    if colour.mastering_display:
+        params.append(f"master-display={colour.mastering_display}")
+    if colour.content_light:
+        params.append(f"max-cll={colour.content_light}")
+    if colour.transfer == TRC_PQ:
+        params.append("hdr10=1")
+    return ":".join(params)
+
+
+def encode_segment(frames: np.ndarray, fps: Fraction, settings: EncoderSettings,
+                   colour: ColourSpec) -> bytes:
     """MP4 bytes of ``frames`` (N, H, W, 3) RGB at ``fps``, cropped to even size."""
     height, width = frames.shape[1:3]
     width, height = even_size(width, height)
-    encoder, _ = CODECS[settings.codec]
+    encoder, params_key = CODECS[settings.codec]
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream(encoder, rate=fps)
         stream.width, stream.height = width, height
-        stream.pix_fmt = settings.pixel_format
+        stream.pix_fmt = colour.pixel_format
         stream.time_base = 1 / fps
-        options = {"crf": str(settings.crf), "preset": settings.speed}
-        if settings.codec == "hevc":
-            options["x265-params"] = "log-level=error"
+        context = stream.codec_context
+        # The encoder writes these into the bitstream's VUI, the muxer into `colr`.
+        context.colorspace = colour.space_tag
+        context.color_range = colour.range_tag
+        context.color_primaries = colour.primaries
+        context.color_trc = colour.transfer
+        # CRF 0 is lossless only at 8 bits; QP 0 is lossless at any depth.
+        quality = ("qp", "0") if settings.crf == 0 else ("crf", str(settings.crf))
+        options = {quality[0]: quality[1], "preset": settings.speed}
+        private = _private_options(settings, colour)
+        if private:
+            options[params_key] = private
         stream.options = options
         for i, pixels in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(
-                np.ascontiguousarray(pixels[:height, :width]), format="rgb24")
+            frame = rgb_to_frame(np.ascontiguousarray(pixels[:height, :width]), colour)
             frame.pts = i
             frame.time_base = 1 / fps
             container.mux(stream.encode(frame))

@@ -119,7 +119,7 @@ def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
                              override_num_blocks=len(plan.chunks))
     ds = ds.map_batches(decode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
                         fn_kwargs={"path": plan.info.path, "rotation": plan.info.rotation,
-                                   "signal": signal},
+                                   "colour": plan.info.colour, "signal": signal},
                         **decode_placement(config))
     for spec in plan.chain:
         args = {"spec": spec, "ratio": plan.ratio, "signal": signal}
@@ -134,7 +134,7 @@ def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
                                 fn_kwargs=args, num_cpus=stage_cpus)
     return ds.map_batches(encode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
                           fn_kwargs={"fps": plan.fps, "settings": plan.encoder,
-                                     "signal": signal})
+                                     "colour": plan.info.colour, "signal": signal})
 
 
 def _segments(ds: Dataset, scratch: Path, meter: ProgressMeter, cancel: CancelToken

@@ -72,6 +72,16 @@ def _output_fps(info: VideoInfo, request: EnhanceRequest, preset_fps: Fraction |
     return Fraction(fps)
 
 
+def _codec(info: VideoInfo, request: EnhanceRequest, preset_codec: str) -> str:
+    """HDR keeps its mastering metadata only through x265 (x264 has no option for it)."""
+    if not info.colour.hdr:
+        return request.codec if request.codec is not None else preset_codec
+    if request.codec not in (None, "hevc"):
+        raise InvalidOptionsError(
+            f"HDR input needs codec hevc to keep its HDR metadata, got {request.codec!r}")
+    return "hevc"
+
+
 def plan_job(info: VideoInfo, request: EnhanceRequest, *, chunk_budget_bytes: int,
              max_frames: int | None = None, parallelism: int = 1) -> JobPlan:
     """Validate ``request`` against ``info`` and fix geometry, timing and chunks.
@@ -99,8 +109,7 @@ def plan_job(info: VideoInfo, request: EnhanceRequest, *, chunk_budget_bytes: in
             f"output {width}×{height} exceeds {MAX_OUTPUT_SIDE} pixels on a side; "
             "choose a smaller upscale factor")
     encoder = dataclasses.replace(
-        preset.encoder,
-        codec=request.codec if request.codec is not None else preset.encoder.codec,
+        preset.encoder, codec=_codec(info, request, preset.encoder.codec),
         crf=request.crf if request.crf is not None else preset.encoder.crf)
     chain = tuple(resolve_chain(preset, factor, ratio, request.engine))
     limit = max_frames or min(

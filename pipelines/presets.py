@@ -8,14 +8,18 @@ are per-request parameters with per-preset defaults; ``resolve_chain`` fills the
 Neural chains (the default, ``engine="neural"``) use pretrained models where they
 earn their cost; why each preset is tuned as it is:
 
-* ``general`` — light NL-means, RIFE, SPAN (a compact, fast, PSNR-oriented model:
+Denoising follows the footage (:mod:`models.nlmeans`): each chunk's noise is measured and
+NL-means runs at ``gain × σ``, or not at all on clean chunks, so clean in means untouched
+texture out.
+
+* ``general`` — NL-means (gain 1), RIFE, SPAN (a compact, fast, PSNR-oriented model:
   the best PSNR per CPU-second in ``benchmarks/upscale_quality.py``; ×2 weights for
   ×1–2, ×4 weights for ×3–4), fast encode.  A safe default for mixed content.
-* ``cinematic`` — very light NL-means to keep grain, RIFE, ClearReality (SPAN trained
+* ``cinematic`` — light NL-means (gain 0.6) to keep grain, RIFE, ClearReality (SPAN trained
   on real-world footage: keeps texture where PSNR models smooth it), slower encode at
   a low CRF.  ``realesrgan-x4plus`` is sharper still but ~30× slower on CPU; it stays
   in the model registry for GPU deployments.
-* ``social`` — moderate NL-means, RIFE to 60 fps for phones, SPAN, fast encode at a
+* ``social`` — stronger NL-means (gain 1.2), RIFE to 60 fps for phones, SPAN, fast encode at a
   higher CRF (platforms re-encode anyway).
 * ``archive`` — waifu2x photo, noise level 3 (the strongest), which removes noise and
   JPEG blocking while doubling the size, then RIFE when a frame rate is asked, low CRF.
@@ -74,24 +78,29 @@ _SPAN = _spec("upscale", engine="ncnn", models={1: "span-x2", 2: "span-x2", 3: "
                                                  4: "span-x4"})
 
 
-def _classical(strength: float) -> tuple[OperatorSpec, ...]:
-    return (_spec("denoise", strength=strength), _spec("interpolate"), _spec("upscale"))
+def _denoise(gain: float) -> OperatorSpec:
+    """NL-means at ``gain`` × each chunk's measured noise σ; none on clean chunks."""
+    return _spec("denoise", gain=gain)
+
+
+def _classical(gain: float) -> tuple[OperatorSpec, ...]:
+    return (_denoise(gain), _spec("interpolate"), _spec("upscale"))
 
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({
-    "general": Preset("general", (_spec("denoise", strength=3.0), _RIFE, _SPAN),
-                      _classical(3.0), 2, EncoderSettings(crf=20, speed="veryfast")),
+    "general": Preset("general", (_denoise(1.0), _RIFE, _SPAN),
+                      _classical(1.0), 2, EncoderSettings(crf=20, speed="veryfast")),
     "cinematic": Preset("cinematic",
-                        (_spec("denoise", strength=2.0), _RIFE,
+                        (_denoise(0.6), _RIFE,
                          _spec("upscale", engine="ncnn", model="clearreality-x4")),
-                        _classical(2.0), 2, EncoderSettings(crf=17, speed="slow")),
-    "social": Preset("social", (_spec("denoise", strength=4.0), _RIFE, _SPAN),
-                     _classical(4.0), 2, EncoderSettings(crf=23, speed="veryfast"),
+                        _classical(0.6), 2, EncoderSettings(crf=17, speed="slow")),
+    "social": Preset("social", (_denoise(1.2), _RIFE, _SPAN),
+                     _classical(1.2), 2, EncoderSettings(crf=23, speed="veryfast"),
                      target_fps=Fraction(60)),
     "archive": Preset("archive",
                       (_spec("upscale", engine="ncnn", model="waifu2x-photo-noise3-x2"),
                        _RIFE),
-                      _classical(8.0), 2, EncoderSettings(crf=16, speed="medium")),
+                      _classical(1.2), 2, EncoderSettings(crf=16, speed="medium")),
 })
 
 

