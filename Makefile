@@ -30,8 +30,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@# The webhook tests run the API reference's Node snippet verbatim.
-	@command -v node >/dev/null || apt-get install -y -q nodejs >/dev/null || \
+	@command -v node >/dev/null || (apt-get update -q >/dev/null; apt-get install -y -q nodejs >/dev/null) || \
 		echo "node is missing: the webhook snippet tests will be skipped"
+	@# The colour and fidelity tests decode outputs with the ffmpeg CLI, as users do.
+	@command -v ffmpeg >/dev/null || (apt-get update -q >/dev/null; apt-get install -y -q ffmpeg >/dev/null) || \
+		echo "ffmpeg is missing: the colour and fidelity tests will be skipped"
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -40,6 +43,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
+	$(PY) -m benchmarks.fidelity
 	$(PY) -m benchmarks.pipeline_vs_ffmpeg
 	$(PY) -m benchmarks.memory_bounded
 	$(PY) -m benchmarks.api_latency

@@ -104,7 +104,10 @@ def test_interpolated_frames_track_the_motion(tmp_path: Path):
         luma_psnr(((frames[2 * i].astype(np.float64) + frames[2 * i + 2]) / 2).astype(np.uint8),
                   sample_frame(spec, i + 0.5)) for i in range(23)])
     assert synthesised > blended + 1.5, (synthesised, blended)
-    assert synthesised > real - 3, (synthesised, real)
+    # The real frames of this clean clip no longer pass a fixed-strength denoiser (the
+    # adaptive one leaves them alone), so they measure 43.9 dB against 39.1 for the
+    # synthesised ones: the margin is measured against untouched frames now.
+    assert synthesised > real - 5, (synthesised, real)
 
 
 def test_no_blending_across_a_scene_cut(make_video, tmp_path: Path):
