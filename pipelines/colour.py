@@ -30,9 +30,9 @@ import numpy as np
 __all__ = ["ColourSpec", "colour_spec", "frame_to_rgb", "rgb_to_frame"]
 
 # FFmpeg's enum values (libavutil/pixfmt.h), as PyAV reports and accepts them.
-SPC_RGB, SPC_BT709, SPC_UNSPECIFIED, SPC_BT470BG, SPC_SMPTE170M = 0, 1, 2, 5, 6
+SPC_BT709, SPC_UNSPECIFIED, SPC_BT470BG, SPC_SMPTE170M = 1, 2, 5, 6
 SPC_BT2020_NCL, SPC_BT2020_CL = 9, 10
-RANGE_UNSPECIFIED, RANGE_LIMITED, RANGE_FULL = 0, 1, 2
+RANGE_UNSPECIFIED, RANGE_FULL = 0, 2
 UNSPECIFIED = 2  # primaries and transfer
 TRC_PQ, TRC_HLG = 16, 18
 
