@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 __all__ = ["DEFAULT_MODEL_CACHE", "RUNTIMES", "ModelOptions", "ModelRuntime", "RuntimeChoice",
-           "choose_runtime", "cuda_device_name", "tensorrt_version"]
+           "choose_runtime", "cuda_device_name", "runtime_report", "tensorrt_version"]
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +99,15 @@ def tensorrt_version() -> str | None:
     except (ImportError, OSError):  # OSError: an install whose libraries are missing
         return None
     return str(tensorrt.__version__)
+
+
+def runtime_report(options: ModelOptions) -> list[str]:
+    """What models would run on here, for ``retroiva models list``."""
+    cuda, trt = cuda_device_name(), tensorrt_version()
+    upscalers = choose_runtime(options.runtime, cuda=cuda, tensorrt=trt)
+    rife = choose_runtime(options.runtime, cuda=cuda, tensorrt=trt, has_engine_path=False)
+    return [f"  CUDA device: {cuda or 'none'}; TensorRT: {trt or 'not importable'}",
+            f"  upscalers: {upscalers.runtime} ({upscalers.reason})",
+            f"  rife: {rife.runtime} ({rife.reason})",
+            f"  cache: {options.cache} (TensorRT engines in tensorrt/, one per model, shape "
+            "range, GPU model and TensorRT version)"]

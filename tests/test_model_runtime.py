@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +107,20 @@ def test_pipeline_passes_runtime_and_cache_to_the_ray_workers(
     # SPAN ran in a Ray worker and converted its weights into the cache it was given
     # (TensorRT could not run here: it fell back to torch rather than failing).
     assert [p.name.split("-")[0] for p in cache.glob("*.safetensors")] == ["spanx2_ch48"]
+
+
+def test_models_list_says_which_runtime_models_get_here(tmp_path: Path):
+    cli = Path(sys.executable).with_name("retroiva")
+    env = {**os.environ, "RETROIVA_MODEL_RUNTIME": "tensorrt",
+           "RETROIVA_MODEL_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": str(MODELS_DIR.parent)}
+    result = subprocess.run([str(cli), "models", "list"], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    heading = "model runtime on this node (RETROIVA_MODEL_RUNTIME=tensorrt):\n"
+    report = result.stdout.split(heading)[1]
+    assert report.splitlines()[:3] == [
+        "  CUDA device: none; TensorRT: not importable",
+        "  upscalers: torch (tensorrt needs a CUDA device; torch on the CPU)",
+        "  rife: torch (tensorrt needs a CUDA device; torch on the CPU)"]
+    assert f"  cache: {tmp_path / 'cache'} (TensorRT engines in tensorrt/" in report
