@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve demo test lint bench clean
+.PHONY: install install-gpu serve demo test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,19 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# GPU nodes only; cluster.yaml's GPU workers run it, CI never does. Needs the NVIDIA
+# driver (>= 580, for CUDA 13) and the torch that `make install` takes from PyPI on
+# Linux, which is the CUDA 13 build (where a CPU build is installed, as on the
+# development machines, this refuses rather than install TensorRT beside it).
+# TensorRT's libraries (several GB) come from NVIDIA's index.
+install-gpu: $(STAMP)
+	$(PY) -c "import torch, sys; sys.exit(None if (torch.version.cuda or '').startswith('13.') \
+		else f'torch {torch.__version__} is not a CUDA 13 build: reinstall it from PyPI')"
+	$(PY) -m pip install -q --extra-index-url https://pypi.nvidia.com -e '.[gpu]'
+	$(PY) -c "import tensorrt, torch; print('TensorRT', tensorrt.__version__, 'torch', \
+		torch.__version__, 'GPU', torch.cuda.get_device_name() if torch.cuda.is_available() \
+		else 'none visible')"
 
 serve: $(STAMP)
 	$(VENV)/bin/retroiva serve

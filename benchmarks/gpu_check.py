@@ -4,16 +4,25 @@ For each upscaler and for RIFE: CUDA fp16 output against CPU fp32 on the same re
 frame (max and mean absolute error on 0–255), then 1080p frames per second in fp16,
 eager and with ``torch.compile`` (upscalers: 1080p → ×2, tiles of 512; RIFE: batch
 1 and 4), and a TensorRT attempt that reports its fallback reason when it can't run.
+
+``e2e``: one whole job through :func:`pipelines.enhance.enhance_video` on a local Ray
+with the GPU (preset ``general`` ×2: NL-means, then SPAN in a ``num_gpus=1`` actor
+pool), once per model runtime (``auto``, ``compile``), with the runtime each model
+stage got, as the stage logged it, and the output checked (size, frame count, PSNR
+against the same job on the classical chain).
+
 Prints "no CUDA" and exits 0 where there is none, so it can't pretend to have
 measured anything.
 
-    python3 -m benchmarks.gpu_check rife|span|waifu2x|realesrgan
+    python3 -m benchmarks.gpu_check rife|span|waifu2x|realesrgan|e2e
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -76,18 +85,89 @@ def upscalers(names: tuple[str, ...]) -> None:
         print(line + " (1080p → ×2)", flush=True)
 
 
+def _decoded(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def end_to_end(work: Path, *, small: bool = False) -> None:
+    """One job through the whole pipeline on this machine's GPU, per runtime.  ``small``
+    (``e2e-cpu``): a tiny clip, to rehearse this code where there is no GPU."""
+    import logging
+
+    import ray
+
+    from models.runtime import ModelOptions, runtime_report
+    from pipelines.enhance import PipelineConfig, enhance_video
+    from pipelines.job_plan import EnhanceRequest
+    from pipelines.sample_video import SampleSpec, write_sample_video
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("ray", "ray.data", "ray.serve"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cache = work / "model-cache"
+    for line in runtime_report(ModelOptions("auto", cache)):
+        print(line, flush=True)
+    spec = SampleSpec(width=64, height=48, seconds=0.5) if small else \
+        SampleSpec(width=640, height=360, seconds=4.0, grain=4.0)
+    source = write_sample_video(work / "source.mp4", spec)
+    # log_to_driver: each stage's "span-x2: runtime … (why)" line is printed here.
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING, include_dashboard=False, log_to_driver=True)
+    print(f"Ray {ray.__version__}: {ray.cluster_resources()}", flush=True)
+    request = EnhanceRequest(preset="general", upscale_factor=2)
+    classical = enhance_video(source, work / "classical.mp4",
+                              EnhanceRequest(preset="general", upscale_factor=2,
+                                             engine="classical"), PipelineConfig())
+    print(f"e2e classical: {classical.width}×{classical.height}, {classical.frame_count} "
+          f"frames in {classical.seconds:.1f} s", flush=True)
+    reference = _decoded(work / "classical.mp4")
+    for runtime in ("auto", "compile"):
+        # Twice: the first run pays for conversion, compilation or an engine build.
+        for attempt in ("cold", "warm"):
+            out = work / f"{runtime}-{attempt}.mp4"
+            result = enhance_video(source, out, request,
+                                   PipelineConfig(model_runtime=runtime, model_cache=cache))
+            frames = _decoded(out)
+            print(f"e2e {runtime} ({attempt}): {result.width}×{result.height}, "
+                  f"{result.frame_count} frames ({len(frames)} decoded) in "
+                  f"{result.seconds:.1f} s = {result.frame_count / result.seconds:.1f} fps; "
+                  f"PSNR vs classical {_psnr(frames, reference):.1f} dB", flush=True)
+            assert (result.width, result.height) == (2 * spec.width, 2 * spec.height)
+            assert len(frames) == result.frame_count == spec.frame_count
+    engines = sorted(p.name for p in (cache / "tensorrt").glob("*.engine")) \
+        if (cache / "tensorrt").is_dir() else []
+    print(f"TensorRT engines in the cache: {engines or 'none'}")
+    ray.shutdown()
+
+
 def main() -> None:
     part = sys.argv[1] if len(sys.argv) > 1 else "rife"
+    if part == "e2e-cpu":
+        with tempfile.TemporaryDirectory() as work:
+            end_to_end(Path(work), small=True)
+        return
     if not torch.cuda.is_available():
         print("no CUDA: nothing measured")
         return
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    if part == "e2e":
+        with tempfile.TemporaryDirectory() as work:
+            end_to_end(Path(work))
+        return
     if part != "rife":
         upscalers(UPSCALERS[part])
         return
     a, b = _pair((960, 544))
     cpu = RifeInterpolator(device="cpu").interpolate(a, b, [0.5])[0].astype(np.int16)
-    gpu_rife = RifeInterpolator(device="cuda")
+    gpu_rife = RifeInterpolator(device="cuda", runtime="torch")
     gpu = gpu_rife.interpolate(a, b, [0.5])[0].astype(np.int16)
     diff = np.abs(cpu - gpu)
     print(f"RIFE fp16 CUDA vs fp32 CPU, 960×544: max |Δ| {diff.max()}, mean |Δ| "
@@ -95,7 +175,7 @@ def main() -> None:
     a, b = _pair((1920, 1080))
     for batch in (1, 4):
         print(f"RIFE 1080p fp16 eager, batch {batch}: {_fps(gpu_rife, a, b, batch):.1f} fps")
-    gpu_rife.net = torch.compile(gpu_rife.net)
+    gpu_rife = RifeInterpolator(device="cuda", runtime="compile")
     for batch in (1, 4):
         print(f"RIFE 1080p fp16 torch.compile, batch {batch}: "
               f"{_fps(gpu_rife, a, b, batch):.1f} fps")

@@ -2,8 +2,9 @@
 
 The cache key is the SHA-256 of the ``.param`` and ``.bin`` together, so a changed
 file is converted again and a cache entry can never be applied to other weights.  The
-cache directory is ``RETROIVA_MODEL_CACHE`` (default ``~/.cache/retroiva/models``);
-an unwritable cache is skipped, never fatal.
+cache directory is passed in by the caller (``Settings.model_cache`` through
+:class:`models.runtime.ModelOptions`; default ``~/.cache/retroiva/models``); an
+unwritable cache is skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -19,15 +20,11 @@ from safetensors.numpy import load_file, save_file
 
 from models.ncnn_graph import NcnnGraph, parse_param, read_ncnn
 from models.ncnn_torch import NcnnModule
+from models.runtime import DEFAULT_MODEL_CACHE
 
-__all__ = ["cache_dir", "load_ncnn_module", "source_digest"]
+__all__ = ["load_ncnn_module", "source_digest"]
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RETROIVA_MODEL_CACHE", "~/.cache/retroiva/models")
-                ).expanduser()
 
 
 def source_digest(param: Path, weights: Path) -> str:
@@ -54,7 +51,7 @@ def _cached_graph(param: Path, entry: Path) -> NcnnGraph:
 
 def load_ncnn_module(param: Path, weights: Path, cache: Path | None = None) -> NcnnModule:
     """The graph as a module in eval mode, from the cache when it holds these files."""
-    cache = cache or cache_dir()
+    cache = cache or DEFAULT_MODEL_CACHE.expanduser()
     entry = cache / f"{param.stem}-{source_digest(param, weights)[:32]}.safetensors"
     if entry.is_file():
         return NcnnModule(_cached_graph(param, entry)).eval()

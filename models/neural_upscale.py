@@ -3,8 +3,9 @@
 A model of scale *s* serves any factor *f*: its output is resized by *f/s* (bicubic,
 antialiased when shrinking), so ``span-x4`` gives ×3 and a ×2 waifu2x denoiser gives
 a clean ×1.  CPU: fp32, torch's threads (Ray sets them to the actor's CPUs).  CUDA:
-fp16, channels_last, frames in batches, optionally ``torch.compile`` or a TensorRT
-engine (:mod:`models.tensorrt_runtime`), which falls back to torch with a logged reason.
+fp16, channels_last, frames in batches, and the runtime :mod:`models.runtime` chooses:
+eager torch, ``torch.compile`` or a TensorRT engine (:mod:`models.tensorrt_runtime`).
+Which one each instance got, and why, is logged and kept in ``runtime_choice``.
 
 Colour anchoring: some published models shift colour (ClearReality darkened real footage
 by 1.7 / 4.2 / 2.0 levels in ``benchmarks/fidelity.py``).  The output's low frequencies
@@ -16,7 +17,8 @@ that band, which is what the model adds, is untouched.
 from __future__ import annotations
 
 import logging
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -24,6 +26,13 @@ import torch.nn.functional as F
 
 from models.ncnn_convert import load_ncnn_module
 from models.operator import check_frames
+from models.runtime import (
+    ModelOptions,
+    ModelRuntime,
+    RuntimeChoice,
+    choose_runtime,
+    tensorrt_version,
+)
 from models.sr_models import SrModel, sr_model
 from models.tiling import run_tiled
 
@@ -37,41 +46,50 @@ class NeuralUpscale:
     needs_gpu = True
 
     def __init__(self, model: str, factor: int = 2, tile: int = 256, overlap: int = 16,
-                 batch: int = 4, device: str | None = None,
-                 runtime: Literal["torch", "compile", "tensorrt"] = "torch",
-                 anchor: bool = True) -> None:
+                 batch: int = 4, device: str | None = None, runtime: ModelRuntime = "auto",
+                 cache_dir: Path | None = None, anchor: bool = True) -> None:
         if factor not in (1, 2, 3, 4):
             raise ValueError(f"factor must be 1–4, got {factor}")
         if tile and tile < 2 * overlap:
             raise ValueError(f"tile ({tile}) must be at least twice the overlap ({overlap})")
+        options = ModelOptions(runtime, cache_dir)  # validates runtime
         self.model: SrModel = sr_model(model)
         self.scale = factor
         self.anchor = anchor
         self.tile, self.overlap, self.batch = tile, overlap, max(1, batch)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        net = load_ncnn_module(*self.model.files())
+        net = load_ncnn_module(*self.model.files(), cache=options.cache)
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
         self.net = net.to(self.device, self.dtype)
-        self._run = self._runtime(runtime)
+        self._run, self.runtime_choice = self._runtime(options)
 
     def __repr__(self) -> str:
-        return f"NeuralUpscale({self.model.name!r}, factor={self.scale}, device={self.device})"
+        return (f"NeuralUpscale({self.model.name!r}, factor={self.scale}, device={self.device}, "
+                f"runtime={self.runtime_choice.runtime})")
 
-    def _runtime(self, runtime: str) -> torch.nn.Module:
-        if runtime == "torch" or self.device.type != "cuda":
-            if runtime != "torch":
-                log.warning("%s: %s needs CUDA; running torch on %s", self.model.name,
-                            runtime, self.device)
-            return self.net
-        if runtime == "compile":
-            return torch.compile(self.net)  # type: ignore[return-value]
-        from models.tensorrt_runtime import tensorrt_or_torch
+    def _runtime(self, options: ModelOptions) -> tuple[torch.nn.Module, RuntimeChoice]:
+        cuda = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        choice = choose_runtime(options.runtime, cuda=cuda,
+                                tensorrt=tensorrt_version() if cuda else None)
+        run: torch.nn.Module = self.net
+        if choice.runtime == "compile":
+            run = torch.compile(self.net)  # type: ignore[assignment]
+        elif choice.runtime == "tensorrt":
+            from models.tensorrt_runtime import tensorrt_or_torch
 
-        max_side = self.tile + 2 * self.overlap if self.tile else 2160
-        return tensorrt_or_torch(self.net, self.model, max_side=max_side,
-                                 max_batch=self.batch)
+            # Tiles arrive with their overlap and the model's own padding on each side.
+            side = (self.tile + 2 * self.overlap if self.tile else 2160) \
+                + 2 * self.model.prepadding
+            run = tensorrt_or_torch(self.net, self.model, max_side=side,
+                                    max_batch=self.batch, cache=options.cache)
+            if run is self.net:  # the engine could not be built or loaded: logged there
+                choice = RuntimeChoice("torch", f"{choice.reason}, but no engine could be "
+                                       "built or loaded", True)
+        log.log(logging.WARNING if choice.fallback else logging.INFO, "%s: runtime %s (%s)",
+                self.model.name, choice.runtime, choice.reason)
+        return run, choice
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
         pad = self.model.prepadding

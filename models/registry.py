@@ -7,12 +7,14 @@ knows which class implements which pair, so adding a neural model is one new row
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 from models.flow_interpolation import FlowInterpolator
 from models.lanczos import LanczosUpscale
 from models.nlmeans import NonLocalMeansDenoise
 from models.operator import FrameFilter, FrameInterpolator
+from models.runtime import ModelOptions
 
 __all__ = ["OPERATORS", "UnknownOperatorError", "build_operator", "unavailable_reason"]
 
@@ -61,6 +63,9 @@ OPERATORS: dict[tuple[str, str], Callable[..., Operator]] = {
     ("upscale", "ncnn"): _ncnn_upscale,
 }
 
+# Neural operators: they take the deployment's ModelOptions (runtime, cache directory).
+_NEURAL = frozenset({("interpolate", "rife"), ("upscale", "ncnn")})
+
 # Operators whose weights come from an optional package: why one can't run here.
 _MISSING: dict[tuple[str, str], Callable[..., str | None]] = {
     ("interpolate", "rife"): lambda **_: _rife_missing(),
@@ -81,8 +86,10 @@ class UnknownOperatorError(KeyError):
     """No operator is registered for the requested (kind, engine) pair."""
 
 
-def build_operator(kind: str, engine: str, params: Mapping[str, Any]) -> Operator:
-    """Instantiate the operator registered for ``(kind, engine)`` with ``params``.
+def build_operator(kind: str, engine: str, params: Mapping[str, Any],
+                   models: ModelOptions | None = None) -> Operator:
+    """Instantiate the operator registered for ``(kind, engine)`` with ``params``;
+    a neural one also gets ``models`` (its runtime and cache directory).
 
     Raises :class:`UnknownOperatorError` for an unregistered pair and ``ValueError``
     (from the operator) for out-of-range parameters.
@@ -94,4 +101,6 @@ def build_operator(kind: str, engine: str, params: Mapping[str, Any]) -> Operato
         raise UnknownOperatorError(
             f"no operator for kind={kind!r} engine={engine!r}; known: {known}"
         ) from None
+    if (kind, engine) in _NEURAL:
+        return factory(**params, **asdict(models or ModelOptions()))
     return factory(**params)

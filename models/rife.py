@@ -9,7 +9,7 @@ the distribution's metadata (:func:`models.package_files.package_file`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -22,6 +22,7 @@ from models.onnx_export import export_onnx
 from models.operator import check_pair
 from models.package_files import package_file
 from models.rife_net import SIZE_MULTIPLE, RifeNet
+from models.runtime import ModelOptions, ModelRuntime, choose_runtime
 from models.scene_cut import DEFAULT_CUT_THRESHOLD
 from models.scene_cut import is_scene_cut as _is_scene_cut
 
@@ -134,7 +135,11 @@ class RifeInterpolator:
 
     def __init__(self, cut_threshold: float = DEFAULT_CUT_THRESHOLD, scale: float | None = None,
                  refine: bool | None = None, ensemble: bool = False, device: str | None = None,
-                 weights: str | None = None) -> None:
+                 weights: str | None = None, runtime: ModelRuntime = "auto",
+                 cache_dir: Path | None = None) -> None:
+        # cache_dir: accepted with every neural operator's options; RIFE converts
+        # nothing (its weights load as they are) and builds no engine.
+        ModelOptions(runtime, cache_dir)  # validates runtime
         if scale not in (None, 0.25, 0.5, 1.0, 2.0):
             raise ValueError(f"scale must be 0.25, 0.5, 1 or 2, got {scale}")
         self.cut_threshold = cut_threshold
@@ -154,10 +159,21 @@ class RifeInterpolator:
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
         self.net = net.to(self.device, self.dtype)
+        cuda = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        # Its ONNX export exists (export_rife_onnx), but no engine is built from it yet.
+        self.runtime_choice = choose_runtime(runtime, cuda=cuda, tensorrt=None,
+                                             has_engine_path=False)
+        self._forward: Callable[..., torch.Tensor] = self.net
+        if self.runtime_choice.runtime == "compile":
+            self._forward = torch.compile(self.net)
+        log.log(logging.WARNING if self.runtime_choice.fallback else logging.INFO,
+                "rife: runtime %s (%s)", self.runtime_choice.runtime,
+                self.runtime_choice.reason)
 
     def __repr__(self) -> str:
         return (f"RifeInterpolator(device={self.device}, scale={self.scale}, "
-                f"refine={self.refine}, ensemble={self.ensemble})")
+                f"refine={self.refine}, ensemble={self.ensemble}, "
+                f"runtime={self.runtime_choice.runtime})")
 
     def is_scene_cut(self, first: np.ndarray, second: np.ndarray) -> bool:
         return _is_scene_cut(first, second, self.cut_threshold)
@@ -188,7 +204,7 @@ class RifeInterpolator:
         if self.ensemble:
             first, second = torch.cat((first, second)), torch.cat((second, first))
             timestep = torch.cat((timestep, 1 - timestep))
-        frames = self.net(first, second, timestep, scale)[:, :, :h, :w]
+        frames = self._forward(first, second, timestep, scale)[:, :, :h, :w]
         if self.ensemble:
             frames = (frames[:n] + frames[n:]) / 2
         out: np.ndarray = (frames.float() * 255.0 + 0.5).clamp(0, 255).byte() \

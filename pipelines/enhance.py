@@ -29,6 +29,7 @@ import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from models.runtime import ModelOptions, ModelRuntime
 from pipelines.assemble import Segment, assemble, output_format
 from pipelines.errors import PipelineCanceled, PipelineError, ProcessingError
 from pipelines.job_plan import EnhanceRequest, JobPlan, plan_job
@@ -65,6 +66,19 @@ class PipelineConfig:
     # tasks must run on this node (None: pin only when the cluster has several nodes).
     # Decoded frames then travel to operator stages anywhere through the object store.
     decode_on_driver_node: bool | None = None
+    # Neural models: "auto" (TensorRT where it imports on a CUDA node, else torch),
+    # "torch", "compile" or "tensorrt"; each operator stage logs what it got and why.
+    model_runtime: ModelRuntime = "auto"
+    # Converted weights, ONNX files and TensorRT engines, on the node that runs the
+    # model (None: ~/.cache/retroiva/models there).
+    model_cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        ModelOptions(self.model_runtime, self.model_cache)  # a bad runtime fails here
+
+    @property
+    def models(self) -> ModelOptions:
+        return ModelOptions(self.model_runtime, self.model_cache)
 
 
 @dataclass(frozen=True)
@@ -122,7 +136,13 @@ def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
                                    "colour": plan.info.colour, "signal": signal},
                         **decode_placement(config))
     for spec in plan.chain:
-        args = {"spec": spec, "ratio": plan.ratio, "signal": signal}
+        args = {"spec": spec, "ratio": plan.ratio, "signal": signal, "models": config.models}
+        if spec.engine != "classical":
+            # The choice itself is made (and logged, with its reason) where the model
+            # loads: only that node knows whether TensorRT imports and CUDA is there.
+            log.info("stage %s/%s: model runtime %s requested, %s", spec.kind, spec.engine,
+                     config.model_runtime,
+                     "1 GPU per actor" if use_gpu else "no GPU in the cluster")
         if _in_actors(spec, config, use_gpu):
             ds = ds.map_batches(OperatorStage, batch_size=1, batch_format="numpy",
                                 fn_constructor_kwargs=args,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from fractions import Fraction
 from typing import Any
@@ -21,6 +22,7 @@ import ray
 
 from models.operator import FrameFilter, FrameInterpolator
 from models.registry import build_operator
+from models.runtime import ModelOptions
 from pipelines.chunk_plan import Chunk
 from pipelines.colour import ColourSpec
 from pipelines.decode import decode_chunk
@@ -99,10 +101,22 @@ def decode_stage(batch: Batch, *, path: str, rotation: int, colour: ColourSpec,
     return _with(batch, frames=frames, n_lookahead=n_lookahead)
 
 
+def _log_models_here() -> None:
+    """Show the ``models`` loggers' INFO lines (which runtime a model got, and why) in
+    this Ray worker's log, which Ray also forwards to the driver's console."""
+    logger = logging.getLogger("models")
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
 @functools.lru_cache(maxsize=4)
-def _cached_operator(kind: str, engine: str, params: tuple[tuple[str, Any], ...]
-                     ) -> FrameFilter | FrameInterpolator:
-    return build_operator(kind, engine, dict(params))
+def _cached_operator(kind: str, engine: str, params: tuple[tuple[str, Any], ...],
+                     models: ModelOptions) -> FrameFilter | FrameInterpolator:
+    return build_operator(kind, engine, dict(params), models)
 
 
 class OperatorStage:
@@ -114,10 +128,13 @@ class OperatorStage:
     """
 
     def __init__(self, spec: OperatorSpec, ratio: Fraction,
-                 signal: ray.actor.ActorHandle | None, *, cached: bool = False) -> None:
+                 signal: ray.actor.ActorHandle | None, models: ModelOptions | None = None, *,
+                 cached: bool = False) -> None:
+        models = models or ModelOptions()
+        _log_models_here()
         self._operator = _cached_operator(spec.kind, spec.engine,
-                                          tuple(sorted(spec.params.items()))) \
-            if cached else build_operator(spec.kind, spec.engine, spec.params)
+                                          tuple(sorted(spec.params.items())), models) \
+            if cached else build_operator(spec.kind, spec.engine, spec.params, models)
         self._ratio = ratio
         self._check = CancelCheck(signal)
 
@@ -162,11 +179,12 @@ def _to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 def operator_stage(batch: Batch, *, spec: OperatorSpec, ratio: Fraction,
-                   signal: ray.actor.ActorHandle | None) -> Batch:
+                   signal: ray.actor.ActorHandle | None,
+                   models: ModelOptions | None = None) -> Batch:
     """An operator as a plain task.  Ray reuses worker processes, and each keeps the
     operators it built (weights included), so a model loads once per worker, not per
     chunk."""
-    return OperatorStage(spec, ratio, signal, cached=True)(batch)
+    return OperatorStage(spec, ratio, signal, models, cached=True)(batch)
 
 
 def encode_stage(batch: Batch, *, fps: Fraction, settings: EncoderSettings,

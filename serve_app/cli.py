@@ -275,6 +275,13 @@ def models_list() -> None:
                f"{'any':11s} {installed('interpolate', 'rife'):9s} "
                f"{rife.package} {rife.version}: {rife.file} / "
                f"{rife.license} (frame interpolation)")
+    from models.runtime import ModelOptions, runtime_report
+    from serve_app.settings import Settings
+
+    settings = Settings()
+    typer.echo(f"\nmodel runtime on this node (RETROIVA_MODEL_RUNTIME={settings.model_runtime}):")
+    for line in runtime_report(ModelOptions(settings.model_runtime, settings.model_cache)):
+        typer.echo(line)
 
 
 @app.command()

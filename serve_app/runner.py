@@ -36,11 +36,18 @@ from serve_app.storage import OutputStorage, download_link, open_storage
 from serve_app.store import JobStore, open_store
 from serve_app.webhooks import WebhookDispatcher
 
-__all__ = ["JobRunner", "process_job"]
+__all__ = ["JobRunner", "pipeline_config", "process_job"]
 
 log = logging.getLogger(__name__)
 
 ProcessJob = Callable[[JobRecord, Settings, Callable[[Progress], None], CancelToken], Path]
+
+
+def pipeline_config(settings: Settings, scratch: Path) -> PipelineConfig:
+    """How the service runs a job's pipeline: the settings' part of it, passed down."""
+    return PipelineConfig(scratch_dir=scratch, max_chunk_frames=settings.chunk_frames,
+                          model_runtime=settings.model_runtime,
+                          model_cache=settings.model_cache)
 
 
 def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progress], None],
@@ -60,8 +67,7 @@ def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progr
     enhance_video(source, output,
                   EnhanceRequest(preset=job.preset, upscale_factor=job.upscale_factor,
                                  engine=job.engine),
-                  PipelineConfig(scratch_dir=scratch, max_chunk_frames=settings.chunk_frames),
-                  on_progress=on_progress, cancel=cancel)
+                  pipeline_config(settings, scratch), on_progress=on_progress, cancel=cancel)
     source.unlink()  # zero retention: the input goes as soon as it is not needed
     return output
 

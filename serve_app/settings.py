@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.runtime import ModelRuntime
 from serve_app.fetch import UrlPolicy
 
 __all__ = ["Settings"]
@@ -51,9 +52,12 @@ class Settings(BaseSettings):
     webhook_max_retries: int = Field(5, ge=0, description="Retries after the first try.")
     webhook_retry_base_seconds: float = Field(30.0, gt=0, description="First retry "
                                               "delay; doubles each retry, ±20 % jitter.")
-    model_cache: Path | None = Field(None, description="Converted model weights and "
-                                     "TensorRT engines (read by models.ncnn_convert from "
-                                     "the same variable); default ~/.cache/retroiva/models.")
+    model_cache: Path | None = Field(None, description="Converted model weights, ONNX "
+                                     "exports and TensorRT engines, on each node that runs "
+                                     "a model; default ~/.cache/retroiva/models there.")
+    model_runtime: ModelRuntime = Field("auto", description="Neural models' runtime: auto "
+                                        "(TensorRT where it imports and a GPU exists, else "
+                                        "torch), torch, compile or tensorrt.")
     s3_bucket: str | None = Field(None, description="Store outputs in this S3 bucket.")
     s3_prefix: str = "outputs"
     s3_endpoint_url: str | None = None

@@ -20,7 +20,14 @@ from models.ncnn_torch import NcnnModule
 from models.neural_upscale import NeuralUpscale
 from models.onnx_export import max_onnx_error
 from models.sr_models import SR_MODELS, sr_model
-from models.tensorrt_runtime import engine_key, export_model_onnx, tensorrt_or_torch
+from models.tensorrt_runtime import (
+    _build,
+    _Engine,
+    _fp16_copy,
+    engine_key,
+    export_model_onnx,
+    tensorrt_or_torch,
+)
 from serve_app.cli import app
 
 from media import psnr
@@ -149,13 +156,105 @@ def test_onnx_export_matches_torch(name: str, tmp_path: Path):
         assert max_onnx_error(path, module, {"input": torch.from_numpy(x.copy())}) < 1e-3
 
 
-def test_tensorrt_falls_back_to_torch_and_says_why(caplog: pytest.LogCaptureFixture):
+def test_tensorrt_falls_back_to_torch_and_says_why(caplog: pytest.LogCaptureFixture,
+                                                   tmp_path: Path):
     model = sr_model("span-x2")
     module = load_ncnn_module(*model.files())
     with caplog.at_level(logging.WARNING, logger="models.tensorrt_runtime"):
-        runner = tensorrt_or_torch(module, model, max_side=288, max_batch=4)
+        runner = tensorrt_or_torch(module, model, max_side=288, max_batch=4, cache=tmp_path)
     assert runner is module
     assert "span-x2: TensorRT" in caplog.text and "running torch" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["span-x2", "waifu2x-photo-noise1-x2"])
+def test_fp16_onnx_export_for_a_strongly_typed_engine(name: str, tmp_path: Path):
+    """TensorRT 11 keeps the ONNX file's types, so the export itself must be fp16, and
+    still the same picture as the fp32 model (0–255 levels, after clamping)."""
+    import onnx
+    import onnxruntime
+
+    model = sr_model(name)
+    module = load_ncnn_module(*model.files())
+    path = export_model_onnx(_fp16_copy(module), tmp_path / f"{name}-fp16.onnx")
+    graph = onnx.load(str(path)).graph
+    fp16 = onnx.TensorProto.FLOAT16
+    assert [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)] == [fp16] * 2
+    side = 2 * model.prepadding
+    frame = cv2.resize(data.astronaut(), (48 + side, 40 + side), interpolation=cv2.INTER_AREA)
+    x = torch.from_numpy(frame.astype(np.float32).transpose(2, 0, 1)[None].copy() / 255)
+    with torch.inference_mode():
+        expected = module(x).clamp(0, 1).numpy() * 255
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {"input": x.half().numpy()})[0].astype(np.float32)
+    error = np.abs(actual.clip(0, 1) * 255 - expected)
+    assert error.max() < 2 and error.mean() < 0.25
+
+
+class _StandInTensorRT:
+    """Records what the engine build asks of TensorRT (not installed here)."""
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 1
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            pass
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+        trt = self
+
+        class Parser:
+            num_errors = 0
+
+            def __init__(self, network: object, logger: object) -> None:
+                pass
+
+            def parse(self, data: bytes) -> bool:
+                trt.calls.append(("parse", len(data)))
+                return True
+
+        class Config:
+            def set_flag(self, flag: object) -> None:
+                trt.calls.append(("set_flag", flag))
+
+            def add_optimization_profile(self, profile: object) -> None:
+                trt.calls.append(("profile", profile))
+
+        class Profile:
+            def set_shape(self, name: str, *shapes: tuple[int, ...]) -> None:
+                trt.calls.append(("shape", (name, *shapes)))
+
+        class Builder:
+            def __init__(self, logger: object) -> None:
+                pass
+
+            def create_network(self, flags: int) -> object:
+                trt.calls.append(("create_network", flags))
+                return object()
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> Profile:
+                return Profile()
+
+            def build_serialized_network(self, network: object, config: object) -> bytes:
+                return b"engine"
+
+        self.OnnxParser, self.Builder = Parser, Builder
+
+
+def test_engine_build_is_strongly_typed_without_precision_flags(tmp_path: Path):
+    trt = _StandInTensorRT()
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"onnx")
+    assert _build(trt, onnx_path, max_side=302, max_batch=4) == b"engine"
+    assert ("create_network", 1 << 1) in trt.calls  # STRONGLY_TYPED
+    assert not [c for c in trt.calls if c[0] == "set_flag"]  # FP16 is gone in TensorRT 11
+    assert ("shape", ("input", (1, 3, 8, 8), (4, 3, 302, 302), (4, 3, 302, 302))) in trt.calls
 
 
 def test_engine_cache_key_changes_with_gpu_and_tensorrt_version():
@@ -189,3 +288,26 @@ def test_colour_anchor_removes_a_models_colour_drift():
                                - frame[0].astype(float).mean(axis=(0, 1))).max()
     assert drift[False] > 1.0
     assert drift[True] < 0.3
+
+
+def test_engine_hands_tiles_outside_its_shape_range_to_torch():
+    class Engine:
+        def create_execution_context(self) -> None:
+            return None
+
+        def get_tensor_dtype(self, name: str) -> str:
+            return "half"
+
+    trt = type("trt", (), {"DataType": type("DataType", (), {"HALF": "half",
+                                                            "FLOAT": "float"})})
+    seen: list[tuple[int, ...]] = []
+
+    def torch_module(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        return x
+
+    engine = _Engine(trt, Engine(), torch.float16, torch_module,  # type: ignore[arg-type]
+                     max_side=64, max_batch=2)
+    for shape in ((3, 3, 16, 16), (1, 3, 65, 16), (1, 3, 4, 16)):
+        engine(torch.zeros(shape))
+    assert seen == [(3, 3, 16, 16), (1, 3, 65, 16), (1, 3, 4, 16)]
