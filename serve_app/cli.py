@@ -165,7 +165,7 @@ async def _create_key(store: JobStore, name: str, rate_limit: int,
 def _limits(record: ApiKeyRecord) -> str:
     queued = record.max_queued or "default"
     running = record.max_running or "default"
-    return f"max {queued} queued, {running} running"
+    return f"max queued {queued}, max running {running}"
 
 
 def _announce_key(key: str, record: ApiKeyRecord) -> None:
