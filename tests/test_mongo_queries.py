@@ -287,3 +287,20 @@ def test_unreachable_server_is_store_unavailable_within_the_timeout():
 
     took = asyncio.run(attempts())
     assert max(took) < 2.0, took  # the driver's default was 30 s
+
+
+def test_store_reads_pin_to_the_primary_whatever_the_uri_says():
+    """Issue 21 item 10: the idempotent insert reads back a concurrent insert, which a
+    secondary may not have yet; the store reads the primary even if the URI asks for
+    secondaries.  Building the store needs no server (it connects on first use)."""
+    from pymongo import ReadPreference
+
+    from serve_app.mongo_store import MongoStore
+
+    store = MongoStore(f"mongodb://127.0.0.1:{_closed_port()}/?readPreference="
+                       "secondaryPreferred", "retroiva_none")
+    try:
+        assert store._db.read_preference == ReadPreference.PRIMARY
+        assert store._jobs.read_preference == ReadPreference.PRIMARY
+    finally:
+        asyncio.run(store.close())
