@@ -109,12 +109,23 @@ class SqliteStore:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._opened = False  # once opened, a missing file is an outage, not a new store
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
 
     def _connect(self) -> sqlite3.Connection:
+        if self._db is not None and not self.path.exists():
+            # Deleted or moved under us: the open connection would go on writing to a
+            # file nobody else sees, and lose it all when it closes.
+            self._db.close()
+            self._db = None
         if self._db is None:
+            if self._opened and not self.path.exists():
+                # Never a fresh empty store in its place: that would look like every
+                # key and job vanished.  Restoring the file ends the outage.
+                raise self._unavailable("has been deleted or moved; restore it from a "
+                                        "backup, or restart the service to start empty")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
                                  check_same_thread=False)
@@ -126,6 +137,7 @@ class SqliteStore:
                 db.close()
                 raise
             self._db = db
+            self._opened = True
         return self._db
 
     def _unavailable(self, why: str) -> StoreUnavailable:
@@ -177,8 +189,6 @@ class SqliteStore:
     async def ping(self) -> None:
         def ping(db: sqlite3.Connection) -> None:
             db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
-            if not self.path.exists():  # deleted under an open connection
-                raise self._unavailable("has been deleted or moved")
 
         # A write transaction: a store locked by another writer is not ready either.
         await self._run(ping, write=True)

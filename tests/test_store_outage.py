@@ -134,7 +134,7 @@ def _get(url: str, key: str | None = None) -> tuple[int, Message, dict[str, obje
     request = urllib.request.Request(url, headers=bearer(key) if key else {})
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             status, headers, body = response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
         status, headers, body = exc.code, exc.headers, exc.read()
@@ -161,6 +161,31 @@ def test_api_answers_503_while_sqlite_is_locked_and_recovers(tmp_path: Path, ser
     status, _, body, _ = _get(f"{base}/v2/jobs", key)  # recovered, nothing restarted
     assert status == 200, body
     assert _get(f"{base}/readyz")[2] == {"status": "ready"}
+
+
+def test_api_answers_503_while_the_data_directory_is_gone(tmp_path: Path, serve):
+    """The data directory removed under the running API: 503s (never a fresh empty
+    store that would 401 every key), until the file is restored from a backup."""
+    import shutil
+
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data, signing_secret="outage")
+    key, _ = add_key(SqliteStore(settings.sqlite_path))
+    base = serve(settings)
+    assert _get(f"{base}/v2/jobs", key)[0] == 200
+    backup = tmp_path / "backup.sqlite3"
+    with sqlite3.connect(settings.sqlite_path) as live, sqlite3.connect(backup) as copy:
+        live.backup(copy)
+    shutil.rmtree(data)
+    for path in ("/v2/jobs", "/readyz"):
+        status, headers, body, took = _get(f"{base}{path}", key)
+        assert (status, took < 2.0) == (503, True), (path, body, took)
+        assert int(headers["Retry-After"]) >= 1
+    assert not data.exists()  # nothing recreated in its place
+    data.mkdir()
+    shutil.copy(backup, settings.sqlite_path)
+    assert _get(f"{base}/v2/jobs", key)[0] == 200  # back by itself
+    assert _get(f"{base}/readyz")[0] == 200
 
 
 def test_api_answers_503_without_a_mongodb_server(tmp_path: Path, serve):
