@@ -47,6 +47,14 @@ T = TypeVar("T")
 _INIT_TIMEOUT_SECONDS = 120.0
 
 
+def _unavailable(exc: PyMongoError) -> StoreUnavailable:
+    # The driver's own message names hosts and errno, never the URI's credentials, but
+    # it is long; the type says enough for the log, the hint says what to check.
+    return StoreUnavailable(f"MongoDB is unavailable ({type(exc).__name__}): no answer "
+                            "in time; check RETROIVA_MONGODB_URI and that the server "
+                            "(or the replica set's primary) is up")
+
+
 def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Turn the driver's "no answer in time / no server" errors into StoreUnavailable."""
 
@@ -55,10 +63,10 @@ def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         try:
             return await method(*args, **kwargs)
         except (ConnectionFailure, ExecutionTimeout, WTimeoutError) as exc:
-            raise StoreUnavailable(f"MongoDB is unavailable: {type(exc).__name__}") from exc
+            raise _unavailable(exc) from exc
         except PyMongoError as exc:
             if exc.timeout:  # a client-side (timeoutMS) deadline
-                raise StoreUnavailable("MongoDB did not answer in time") from exc
+                raise _unavailable(exc) from exc
             raise
 
     return call

@@ -304,3 +304,31 @@ def test_store_reads_pin_to_the_primary_whatever_the_uri_says():
         assert store._jobs.read_preference == ReadPreference.PRIMARY
     finally:
         asyncio.run(store.close())
+
+
+def test_concurrent_first_requests_of_a_window_are_both_counted():
+    """Issue 21 item 6: two first upserts of one window race; the loser's
+    DuplicateKeyError is retried (it increments the counter the winner made)."""
+    from pymongo.errors import DuplicateKeyError
+
+    from serve_app.mongo_store import MongoStore
+
+    class Counters:  # the rate_counters collection as the losing upsert sees it
+        calls = 0
+
+        async def find_one_and_update(self, *args: object, **kwargs: object) -> dict:
+            Counters.calls += 1
+            if Counters.calls == 1:
+                raise DuplicateKeyError("E11000 duplicate key error")
+            return {"count": 2}
+
+    async def count() -> int:
+        store = MongoStore(f"mongodb://127.0.0.1:{_closed_port()}", "retroiva_none")
+        store._counters = Counters()  # type: ignore[assignment]
+        try:
+            return await store.count_request("key_a", 7, 60)
+        finally:
+            await store.close()
+
+    assert asyncio.run(count()) == 2
+    assert Counters.calls == 2
