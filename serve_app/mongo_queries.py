@@ -33,6 +33,7 @@ __all__ = [
     "expired_outputs_filter",
     "finish_filter",
     "finish_update",
+    "freeze_body_update",
     "idempotency_filter",
     "jobs_page_filter",
     "key_reference_filter",
@@ -212,6 +213,11 @@ def webhook_attempt_update(status: str, number: int, next_at: float | None,
                       "webhook_attempts": {"$literal": number},
                       "webhook_next_at": {"$literal": next_at},
                       "webhook_body": {"$ifNull": ["$webhook_body", {"$literal": body}]}}}]
+
+
+def freeze_body_update(body: str) -> list[Doc]:
+    """Keep ``body`` unless the event has one already (the first send's)."""
+    return [{"$set": {"webhook_body": {"$ifNull": ["$webhook_body", {"$literal": body}]}}}]
 
 
 def counter_expiry(window: int, window_seconds: int) -> datetime:

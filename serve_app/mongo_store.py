@@ -357,6 +357,13 @@ class MongoStore:
         return [j for j in claimed if j is not None]
 
     @_translated
+    async def freeze_webhook_body(self, job_id: str, body: str) -> str:
+        doc = await self._jobs.find_one_and_update(
+            {"_id": job_id}, q.freeze_body_update(body), projection={"webhook_body": 1},
+            return_document=ReturnDocument.AFTER)
+        return body if doc is None else str(doc["webhook_body"])
+
+    @_translated
     async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
                                      next_at: float | None, body: str) -> None:
         # The event first, conditionally: a lapsed dispatcher records nothing.  A crash

@@ -443,6 +443,12 @@ class SqliteStore:
             (now + lease_seconds, now, limit)).fetchall(), write=True)
         return [j for j in map(_job, rows) if j is not None]
 
+    async def freeze_webhook_body(self, job_id: str, body: str) -> str:
+        row = await self._run(lambda db: db.execute(
+            "UPDATE jobs SET webhook_body = COALESCE(webhook_body, ?) WHERE id = ? "
+            "RETURNING webhook_body", (body, job_id)).fetchone(), write=True)
+        return body if row is None else str(row[0])
+
     async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
                                      next_at: float | None, body: str) -> None:
         def record(db: sqlite3.Connection) -> None:

@@ -163,6 +163,13 @@ class JobStore(Protocol):
                                  ) -> list[JobRecord]:
         """Pending events due now; each is hidden from other dispatchers for the lease."""
 
+    async def freeze_webhook_body(self, job_id: str, body: str) -> str:
+        """Keep ``body`` as the event's body unless one is kept already; return the kept one.
+
+        Called before the first send, so a dispatcher that dies between sending and
+        recording leaves the next one the very body it sent (same signature input).
+        """
+
     async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
                                      next_at: float | None, body: str) -> None:
         """Log an attempt and set the event's status, retry time and frozen body."""

@@ -177,6 +177,12 @@ def test_webhook_attempt_is_recorded_only_by_the_next_attempt():
     assert first["webhook_body"] == '{"b":1}'
 
 
+def test_event_body_is_frozen_once():
+    kept = _apply(q.freeze_body_update('{"b":2}'), _job(webhook_body='{"b":1}'))
+    assert kept["webhook_body"] == '{"b":1}'
+    assert _apply(q.freeze_body_update('{"b":2}'), _job())["webhook_body"] == '{"b":2}'
+
+
 def test_rate_counter_outlives_long_windows():
     """Issue 21 item 6: the counter's TTL follows the window (a fixed 1 h reset it)."""
     window_seconds = 7200

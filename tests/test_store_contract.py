@@ -303,6 +303,17 @@ async def test_a_lapsed_webhook_dispatcher_changes_nothing(store: JobStore):
     assert attempt.status_code == 200
 
 
+async def test_an_event_body_is_frozen_before_its_first_send(store: JobStore):
+    """Issue 21 item 7: a dispatcher that dies between sending and recording leaves the
+    next one the body it sent, not a rebuilt one (whose download link would differ)."""
+    await store.insert_job(_job(webhook_url="https://hooks.example.com/x"), time.time())
+    job = await store.claim_next("r", time.time(), 30)
+    await store.finish(job.id, "r", JobStatus.COMPLETED, time.time())
+    assert await store.freeze_webhook_body(job.id, '{"sent":1}') == '{"sent":1}'
+    assert await store.freeze_webhook_body(job.id, '{"rebuilt":2}') == '{"sent":1}'
+    assert (await store.get_job(job.id)).webhook_body == '{"sent":1}'
+
+
 def test_records_are_plain_data():
     job = _job()
     assert dataclasses.replace(job, progress=0.5).progress == 0.5

@@ -201,3 +201,76 @@ def test_api_answers_503_without_a_mongodb_server(tmp_path: Path, serve):
         assert took < 2.0, (path, took)
         assert int(headers["Retry-After"]) >= 1
     assert _get(f"{base}/healthz")[0] == 200
+
+
+def test_a_send_whose_record_failed_is_resent_with_the_same_body(tmp_path: Path):
+    """Issue 21 item 7: the dispatcher sends, then the store fails as it records the
+    attempt.  The retry sends the body that was sent (frozen first), not a rebuilt one
+    with a fresh download link."""
+    import http.server
+
+    from serve_app.keys import new_api_key, new_id
+    from serve_app.records import JobRecord, JobStatus
+    from serve_app.schemas import job_from_record
+    from serve_app.webhooks import WebhookDispatcher
+
+    bodies: list[bytes] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    links = iter(range(100))
+
+    async def job_object(job: JobRecord):  # a new signed link each time, as in service
+        return job_from_record(job, f"https://files.example.com/o.mp4?sig={next(links)}")
+
+    class RecordFails:  # the store goes away right after the send
+        def __init__(self, store: SqliteStore) -> None:
+            self.store, self.fail = store, True
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.store, name)
+
+        async def record_webhook_attempt(self, *args: object, **kwargs: object) -> None:
+            if self.fail:
+                raise StoreUnavailable("MongoDB is unavailable (AutoReconnect)")
+            await self.store.record_webhook_attempt(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def scenario() -> JobRecord:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.init()
+        _, key = new_api_key("hooks", 10)
+        await store.add_key(key)
+        job = JobRecord(id=new_id("job"), key_id=key.id, status=JobStatus.QUEUED,
+                        input_url="https://example.com/v.mp4", preset="general",
+                        upscale_factor=2, created_at=time.time(), created_seq=time.time_ns(),
+                        webhook_url=hook)
+        await store.insert_job(job, time.time())
+        await store.claim_next("r", time.time(), 30)
+        await store.finish(job.id, "r", JobStatus.COMPLETED, time.time(), output_path="o")
+        flaky = RecordFails(store)
+        settings = Settings(data_dir=tmp_path, allow_private_urls=True)
+        dispatcher = WebhookDispatcher(flaky, settings, job_object)  # type: ignore[arg-type]
+        [due] = await store.claim_due_webhooks(time.time(), 0.1, 10)
+        with pytest.raises(StoreUnavailable):
+            await dispatcher.deliver(due)
+        flaky.fail = False
+        [again] = await store.claim_due_webhooks(time.time() + 1, 0.1, 10)  # lease lapsed
+        await dispatcher.deliver(again)
+        return await store.get_job(job.id)  # type: ignore[return-value]
+
+    try:
+        done = asyncio.run(scenario())
+    finally:
+        server.shutdown()
+    assert len(bodies) == 2 and bodies[0] == bodies[1]  # the same bytes, same signature
+    assert (done.webhook_status, done.webhook_attempts) == ("delivered", 1)
