@@ -35,6 +35,7 @@ from serve_app.errors import (
     NotFoundError,
     PayloadTooLargeError,
     RateLimitError,
+    ServiceUnavailableError,
 )
 from serve_app.job_intake import active_key, submit_job
 from serve_app.metrics import count_rate_limited
@@ -59,7 +60,7 @@ from serve_app.storage import (
     download_link,
     open_storage,
 )
-from serve_app.store import JobStore, open_store
+from serve_app.store import JobStore, StoreUnavailable, open_store
 
 __all__ = ["create_api"]
 
@@ -108,9 +109,14 @@ def _rate_headers(request: Request) -> dict[str, str]:
     return getattr(request.state, "rate_headers", {})
 
 
+# How long a client is told to wait while the store is unavailable: long enough for a
+# lock holder or a failover to finish, short enough that clients notice the recovery.
+_STORE_RETRY_AFTER_SECONDS = 2
+
+
 def _error_response(request: Request, error: ApiError) -> JSONResponse:
     headers = dict(_rate_headers(request))
-    if isinstance(error, RateLimitError):
+    if isinstance(error, RateLimitError | ServiceUnavailableError):
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="retroiva"'
@@ -125,11 +131,28 @@ class Api:
         self.store = store
         self.storage = storage
         self._ready = False
+        self._init_lock = asyncio.Lock()
+        self._init_retry_at = 0.0
 
     async def _store(self) -> JobStore:
-        if not self._ready:
-            await self.store.init()
-            self._ready = True
+        """The store, initialised once per process; StoreUnavailable while it can't be.
+
+        One request at a time tries the initialisation, and after a failure none tries
+        again for a second: an outage is not met with index builds on every request.
+        """
+        if self._ready:
+            return self.store
+        async with self._init_lock:
+            if not self._ready:
+                if time.monotonic() < self._init_retry_at:
+                    raise StoreUnavailable("the job store could not be initialised; "
+                                           "retrying shortly")
+                try:
+                    await self.store.init()
+                except StoreUnavailable:
+                    self._init_retry_at = time.monotonic() + 1.0
+                    raise
+                self._ready = True
         return self.store
 
     async def authenticate(self, request: Request) -> ApiKeyRecord:
@@ -145,7 +168,7 @@ class Api:
         window_length = self.settings.rate_window_seconds
         now = time.time()
         window = math.floor(now / window_length)
-        used = await (await self._store()).count_request(key.id, window)
+        used = await (await self._store()).count_request(key.id, window, window_length)
         reset = (window + 1) * window_length
         request.state.rate_headers = {
             "X-RateLimit-Limit": str(key.rate_limit),
@@ -212,7 +235,7 @@ class Api:
                                       param=param) from None
         stored, created = await submit_job(
             await self._store(), key, body, request.headers.get("idempotency-key"),
-            self.settings.url_policy)
+            self.settings.url_policy, self.settings.max_queued_per_key)
         extra = {} if created else {"Idempotent-Replayed": "true"}
         return self._json(request, await self._job_object(request, stored), extra=extra)
 
@@ -297,7 +320,13 @@ class Api:
         return JSONResponse(openapi_document())
 
     async def health(self, request: Request) -> Response:
+        """Liveness: the process answers (the store is not consulted)."""
         return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        """Readiness: the store answers a read and a write in time (else 503)."""
+        await (await self._store()).ping()
+        return JSONResponse({"status": "ready"})
 
 
 def create_api(settings: Settings, store: JobStore | None = None,
@@ -317,6 +346,13 @@ def create_api(settings: Settings, store: JobStore | None = None,
         response.status_code = exc.status_code
         return response
 
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        # Expected during an outage: one line, no traceback, and the client retries.
+        log.warning("request %s: %s", getattr(request.state, "request_id", "?"), exc)
+        return _error_response(request, ServiceUnavailableError(
+            "the job store is unavailable; retry after the Retry-After delay",
+            retry_after=_STORE_RETRY_AFTER_SECONDS))
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("request %s failed", getattr(request.state, "request_id", "?"),
                   exc_info=exc)
@@ -334,9 +370,10 @@ def create_api(settings: Settings, store: JobStore | None = None,
             Route("/v2/files/{key}", api.file, methods=["GET", "HEAD"]),
             Route("/v2/openapi.json", api.openapi, methods=["GET"]),
             Route("/healthz", api.health, methods=["GET"]),
+            Route("/readyz", api.ready, methods=["GET"]),
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error,
-                            Exception: unexpected},
+                            StoreUnavailable: store_unavailable, Exception: unexpected},
     )
     # Outermost, so even a 500 from Starlette's error middleware carries the id.
     return _RequestIdMiddleware(app)

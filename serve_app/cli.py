@@ -21,7 +21,7 @@ from pipelines.presets import PRESETS
 from pipelines.progress import Progress
 from serve_app.keys import new_api_key, new_webhook_secret
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
-from serve_app.store import JobStore
+from serve_app.store import AmbiguousKey, JobStore
 
 T = TypeVar("T")
 
@@ -153,16 +153,32 @@ def _parse_rate(rate: str | None) -> int | None:
     return int(count)
 
 
-async def _create_key(store: JobStore, name: str, rate_limit: int) -> tuple[str, ApiKeyRecord]:
+async def _create_key(store: JobStore, name: str, rate_limit: int,
+                      max_queued: int | None = None, max_running: int | None = None
+                      ) -> tuple[str, ApiKeyRecord]:
     key, record = new_api_key(name, rate_limit)
+    record = dataclasses.replace(record, max_queued=max_queued, max_running=max_running)
     await store.add_key(record)
     return key, record
 
 
+def _limits(record: ApiKeyRecord) -> str:
+    queued = record.max_queued or "default"
+    running = record.max_running or "default"
+    return f"max queued {queued}, max running {running}"
+
+
 def _announce_key(key: str, record: ApiKeyRecord) -> None:
-    typer.echo(f"API key ({record.name}, {record.rate_limit} requests/min): {key}")
+    typer.echo(f"API key ({record.name}, {record.rate_limit} requests/min, "
+               f"{_limits(record)}): {key}")
     typer.echo(f"webhook secret: {record.webhook_secret}")
     typer.echo("Both are shown once; only a digest of the key is stored.")
+
+
+_MAX_QUEUED_HELP = "Queued jobs this key may have (default: RETROIVA_MAX_QUEUED_PER_KEY)."
+_MAX_RUNNING_HELP = ("Jobs of this key processing at once (default: "
+                     "RETROIVA_MAX_RUNNING_PER_KEY).")
+_KEY_REF_HELP = "Key id, or a prefix of the id or of the key that matches one key only."
 
 
 @keys_app.command("create")
@@ -170,28 +186,44 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")],
     rate_limit: Annotated[str | None, typer.Option(
         "--rate-limit", help="Requests per minute, e.g. 60/min.")] = None,
+    max_queued: Annotated[int | None, typer.Option(min=1, help=_MAX_QUEUED_HELP)] = None,
+    max_running: Annotated[int | None, typer.Option(min=1, help=_MAX_RUNNING_HELP)] = None,
 ) -> None:
     """Create a key and print it and its webhook secret, once."""
     from serve_app.settings import Settings
 
     limit = _parse_rate(rate_limit) or Settings().default_rate_limit
-    key, record = _store_call(lambda store: _create_key(store, name, limit))
+    key, record = _store_call(
+        lambda store: _create_key(store, name, limit, max_queued, max_running))
     _announce_key(key, record)
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys: id, prefix, name, rate limit, state."""
+    """List keys: id, prefix, name, rate limit, queue limits, state."""
     for key in _store_call(lambda store: store.list_keys()):
         state = "revoked" if key.revoked_at else "active"
-        typer.echo(f"{key.id}  {key.prefix}…  {key.name}  {key.rate_limit}/min  {state}")
+        typer.echo(f"{key.id}  {key.prefix}…  {key.name}  {key.rate_limit}/min  "
+                   f"{_limits(key)}  {state}")
+
+
+def _refuse_ambiguous(exc: AmbiguousKey) -> typer.Exit:
+    typer.echo(f"{exc.reference!r} matches {len(exc.candidates)} keys; nothing changed. "
+               "Give one of these ids:", err=True)
+    for key in exc.candidates:
+        state = "revoked" if key.revoked_at else "active"
+        typer.echo(f"  {key.id}  {key.prefix}…  {key.name}  {state}", err=True)
+    return typer.Exit(code=1)
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id or display prefix.")]
-                ) -> None:
+def keys_revoke(key_id: Annotated[str, typer.Argument(help=_KEY_REF_HELP)]) -> None:
     """Revoke a key: its requests get 401 from now on."""
-    if not _store_call(lambda store: store.revoke_key(key_id, time.time())):
+    try:
+        revoked = _store_call(lambda store: store.revoke_key(key_id, time.time()))
+    except AmbiguousKey as exc:
+        raise _refuse_ambiguous(exc) from None
+    if not revoked:
         typer.echo(f"no active key {key_id!r}", err=True)
         raise typer.Exit(code=1)
     typer.echo(f"revoked {key_id}")
@@ -199,13 +231,44 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id or display pr
 
 @keys_app.command("rotate-webhook-secret")
 def keys_rotate_webhook_secret(
-    key_id: Annotated[str, typer.Argument(help="Key id or display prefix.")]) -> None:
+    key_id: Annotated[str, typer.Argument(help=_KEY_REF_HELP)]) -> None:
     """Give a key a new webhook secret and print it once."""
     secret = new_webhook_secret()
-    if not _store_call(lambda store: store.set_webhook_secret(key_id, secret)):
+    try:
+        rotated = _store_call(lambda store: store.set_webhook_secret(key_id, secret))
+    except AmbiguousKey as exc:
+        raise _refuse_ambiguous(exc) from None
+    if not rotated:
         typer.echo(f"no key {key_id!r}", err=True)
         raise typer.Exit(code=1)
     typer.echo(f"new webhook secret for {key_id}: {secret}")
+
+
+@keys_app.command("set-limits")
+def keys_set_limits(
+    key_id: Annotated[str, typer.Argument(help=_KEY_REF_HELP)],
+    max_queued: Annotated[int | None, typer.Option(min=1, help=_MAX_QUEUED_HELP)] = None,
+    max_running: Annotated[int | None, typer.Option(min=1, help=_MAX_RUNNING_HELP)] = None,
+) -> None:
+    """Set (or, with neither option, clear) a key's own queued/running job limits."""
+
+    async def update(store: JobStore) -> ApiKeyRecord | None:
+        matches = await store.find_keys(key_id)
+        if len(matches) > 1:
+            raise AmbiguousKey(key_id, matches)
+        if not matches:
+            return None
+        await store.set_key_limits(matches[0].id, max_queued, max_running)
+        return await store.get_key(matches[0].id)
+
+    try:
+        record = _store_call(update)
+    except AmbiguousKey as exc:
+        raise _refuse_ambiguous(exc) from None
+    if record is None:
+        typer.echo(f"no key {key_id!r}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"{record.id}: {_limits(record)}")
 
 
 def _job_line(job: JobRecord) -> str:

@@ -9,7 +9,9 @@
     ├── ForbiddenError              403    forbidden_error        (bad or expired signature)
     ├── PayloadTooLargeError        413    invalid_request_error
     ├── RateLimitError              429    rate_limit_error       (``retry_after`` seconds)
-    └── InternalError               500    api_error              (never carries details)
+    ├── QueueLimitError             429    queue_limit_error      (the key's queued-job limit)
+    ├── InternalError               500    api_error              (never carries details)
+    └── ServiceUnavailableError     503    service_unavailable_error  (store down; ``retry_after``)
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ __all__ = [
     "InvalidRequestError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "QueueLimitError",
     "RateLimitError",
+    "ServiceUnavailableError",
 ]
 
 
@@ -86,6 +90,28 @@ class RateLimitError(ApiError):
 
     status = 429
     type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueLimitError(ApiError):
+    """The key already has its maximum of queued jobs (``max_queued_per_key`` or its own)."""
+
+    status = 429
+    type = "queue_limit_error"
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message, param="max_queued_per_key")
+        self.limit = limit
+
+
+class ServiceUnavailableError(ApiError):
+    """The job store is unreachable or too slow; the request may be retried as it is."""
+
+    status = 503
+    type = "service_unavailable_error"
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)

@@ -11,12 +11,17 @@ import json
 import time
 
 from pipelines.presets import PRESETS
-from serve_app.errors import AuthenticationError, ConflictError, InvalidRequestError
+from serve_app.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidRequestError,
+    QueueLimitError,
+)
 from serve_app.fetch import FetchError, UrlPolicy, resolve_checked
 from serve_app.keys import digest_key, keys_match, new_id
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
 from serve_app.schemas import EnhanceBody
-from serve_app.store import JobStore
+from serve_app.store import JobStore, QueueFull
 
 __all__ = ["MAX_IDEMPOTENCY_KEY", "active_key", "submit_job"]
 
@@ -35,12 +40,14 @@ async def active_key(store: JobStore, token: str) -> ApiKeyRecord:
 
 
 async def submit_job(store: JobStore, key: ApiKeyRecord, body: EnhanceBody,
-                     idempotency_key: str | None, policy: UrlPolicy
-                     ) -> tuple[JobRecord, bool]:
+                     idempotency_key: str | None, policy: UrlPolicy,
+                     max_queued: int | None = None) -> tuple[JobRecord, bool]:
     """Queue ``body`` for ``key``; returns ``(job, created)``.
 
     A repeated idempotency key returns the first job (``created`` False) when the body
-    is the same and raises :class:`ConflictError` when it is not.
+    is the same and raises :class:`ConflictError` when it is not.  A key with
+    ``max_queued`` jobs queued already (its own limit, else this one) gets
+    :class:`QueueLimitError`.
     """
     for field, url in (("video_url", body.video_url), ("webhook_url", body.webhook_url)):
         if url is not None:
@@ -60,7 +67,11 @@ async def submit_job(store: JobStore, key: ApiKeyRecord, body: EnhanceBody,
                     created_at=now, created_seq=time.time_ns(),
                     webhook_url=body.webhook_url, idempotency_key=idempotency_key,
                     request_hash=request_hash, engine=body.engine)
-    stored, created = await store.insert_job(job, now)
+    limit = key.max_queued or max_queued
+    try:
+        stored, created = await store.insert_job(job, now, limit)
+    except QueueFull as exc:
+        raise QueueLimitError(str(exc), limit=exc.limit) from None
     if not created and stored.request_hash != request_hash:
         raise ConflictError("Idempotency-Key was already used with a different body",
                             param="Idempotency-Key")

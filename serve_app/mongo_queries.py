@@ -2,36 +2,97 @@
 
 Kept apart from I/O so each query can be read, reviewed and unit-tested on its own.
 Documents use the :class:`~serve_app.records.JobRecord` field names, with ``_id`` = id.
+
+Every state transition is one update document (a pipeline update where the new value
+depends on the old), so it is atomic on its own like the SQLite backend's single
+statements; :data:`INDEXES` lists the indexes, and ``tests/test_mongo_queries.py``
+checks each query against them.
 """
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 Doc = dict[str, Any]
+Sort = list[tuple[str, int]]
 
 __all__ = [
-    "cancel_processing",
-    "cancel_queued",
+    "CLAIM_SORT",
+    "INDEXES",
+    "OUTPUTS_SORT",
+    "PAGE_SORT",
+    "cancel_filter",
+    "cancel_update",
     "claim_update",
+    "count_by_status_filter",
+    "counter_expiry",
     "due_webhooks_filter",
-    "ended_update",
     "expired_filter",
     "expired_outputs_filter",
     "finish_filter",
     "finish_update",
+    "freeze_body_update",
     "idempotency_filter",
     "jobs_page_filter",
+    "key_reference_filter",
     "lease_filter",
     "outbox",
-    "queued_filter",
+    "queued_keys_pipeline",
+    "queued_of_key_filter",
     "rate_counter_update",
-    "revoke_filter",
+    "requeue_update",
+    "running_counts_pipeline",
+    "webhook_attempt_filter",
+    "webhook_attempt_update",
 ]
 
 
-def queued_filter() -> Doc:
-    return {"status": "queued"}
+# (collection, keys, options): what init() creates, and what every query below uses.
+INDEXES: list[tuple[str, Sort, Doc]] = [
+    # list_jobs / recent_jobs by key: newest first, ties by id.
+    ("jobs", [("key_id", 1), ("created_seq", -1), ("_id", -1)], {}),
+    # Claims (queued jobs of one key, oldest first), running counts per key, counts by
+    # status, the queued keys' $group.
+    ("jobs", [("status", 1), ("key_id", 1), ("created_seq", 1), ("_id", 1)], {}),
+    # Expired leases; expired outputs (status completed, oldest first).
+    ("jobs", [("status", 1), ("lease_expires_at", 1)], {}),
+    ("jobs", [("status", 1), ("completed_at", 1)], {}),
+    ("jobs", [("key_id", 1), ("idempotency_key", 1)],
+     {"unique": True, "partialFilterExpression": {"idempotency_key": {"$type": "string"}}}),
+    ("jobs", [("webhook_status", 1), ("webhook_next_at", 1)], {}),
+    ("api_keys", [("digest", 1)], {"unique": True}),
+    ("api_keys", [("prefix", 1)], {}),
+    ("rate_counters", [("expires_at", 1)], {"expireAfterSeconds": 0}),
+    ("webhook_attempts", [("job_id", 1), ("number", 1)], {}),
+]
+
+CLAIM_SORT: Sort = [("created_seq", 1), ("_id", 1)]
+PAGE_SORT: Sort = [("created_seq", -1), ("_id", -1)]
+OUTPUTS_SORT: Sort = [("completed_at", 1)]
+
+
+
+
+def queued_keys_pipeline() -> list[Doc]:
+    """Each key with queued jobs, and its oldest queued job's ``created_seq``."""
+    return [{"$match": {"status": "queued"}},
+            {"$group": {"_id": "$key_id", "oldest": {"$min": "$created_seq"}}}]
+
+
+def running_counts_pipeline(key_ids: list[str]) -> list[Doc]:
+    return [{"$match": {"status": "processing", "key_id": {"$in": key_ids}}},
+            {"$group": {"_id": "$key_id", "n": {"$sum": 1}}}]
+
+
+def queued_of_key_filter(key_id: str) -> Doc:
+    """The claim's filter, sorted by :data:`CLAIM_SORT`."""
+    return {"status": "queued", "key_id": key_id}
+
+
+def count_by_status_filter(status: str) -> Doc:
+    return {"status": status}
 
 
 def claim_update(owner: str, now: float, lease_seconds: float) -> list[Doc]:
@@ -78,22 +139,96 @@ def finish_update(status: str, now: float, output_path: str | None, error_type: 
     return [{"$set": {**_literal(update), **outbox(now)}}]
 
 
-def cancel_queued(job_id: str, now: float) -> tuple[Doc, list[Doc]]:
-    return {"_id": job_id, "status": "queued"}, [{"$set": {
-        **_literal({"status": "canceled", "completed_at": now}), **outbox(now)}}]
 
 
-def ended_update(fields: Doc, now: float) -> list[Doc]:
-    """A lease-expiry ending (failed or canceled), with its outbox entry."""
-    return [{"$set": {**_literal(fields), **outbox(now)}}]
 
 
 def due_webhooks_filter(now: float) -> Doc:
     return {"webhook_status": "pending", "webhook_next_at": {"$lte": now}}
 
 
-def cancel_processing(job_id: str) -> tuple[Doc, Doc]:
-    return {"_id": job_id, "status": "processing"}, {"$set": {"cancel_requested": True}}
+
+
+def cancel_filter(job_id: str) -> Doc:
+    return {"_id": job_id, "status": {"$in": ["queued", "processing"]}}
+
+
+def cancel_update(now: float) -> list[Doc]:
+    """Queued → canceled (with its outbox entry); processing → flagged; in one update.
+
+    A single ``$set`` stage sees the document as it was, so both branches test the
+    status before the change, and no re-queue can slip between them.
+    """
+    queued = {"$eq": ["$status", "queued"]}
+    processing = {"$eq": ["$status", "processing"]}
+    box = outbox(now)
+    return [{"$set": {
+        "status": {"$cond": [queued, "canceled", "$status"]},
+        "completed_at": {"$cond": [queued, {"$literal": now}, "$completed_at"]},
+        "cancel_requested": {"$cond": [processing, True, "$cancel_requested"]},
+        "webhook_status": {"$cond": [queued, box["webhook_status"], "$webhook_status"]},
+        "webhook_next_at": {"$cond": [queued, box["webhook_next_at"], "$webhook_next_at"]},
+    }}]
+
+
+def requeue_update(now: float, max_attempts: int) -> list[Doc]:
+    """For :func:`expired_filter` matches, one update: canceled if a cancel was asked,
+    else failed (``runner_lost``) after ``max_attempts`` claims, else queued again.
+    """
+    canceled = {"$eq": ["$cancel_requested", True]}
+    exhausted = {"$gte": ["$attempts", max_attempts]}
+    ending = {"$or": [canceled, exhausted]}
+    message = (f"the job's runner stopped responding {max_attempts} times; giving up")
+    box = outbox(now)
+
+    def when(then_canceled: Any, then_failed: Any, otherwise: Any) -> Doc:
+        return {"$switch": {"branches": [{"case": canceled, "then": then_canceled},
+                                         {"case": exhausted, "then": then_failed}],
+                            "default": otherwise}}
+
+    return [{"$set": {
+        "status": when("canceled", "failed", "queued"),
+        "completed_at": {"$cond": [ending, {"$literal": now}, "$completed_at"]},
+        "error_type": when("$error_type", "runner_lost", "$error_type"),
+        "error_message": when("$error_message", {"$literal": message}, "$error_message"),
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "progress": {"$cond": [ending, "$progress", 0.0]},
+        "eta_seconds": {"$cond": [ending, "$eta_seconds", None]},
+        "webhook_status": {"$cond": [ending, box["webhook_status"], "$webhook_status"]},
+        "webhook_next_at": {"$cond": [ending, box["webhook_next_at"], "$webhook_next_at"]},
+    }}]
+
+
+def webhook_attempt_filter(job_id: str, number: int) -> Doc:
+    """Only the attempt after the recorded ones, on a pending event: a dispatcher whose
+    lease lapsed (another went on) can't overwrite ``delivered`` with ``pending``."""
+    return {"_id": job_id, "webhook_status": "pending", "webhook_attempts": number - 1}
+
+
+def webhook_attempt_update(status: str, number: int, next_at: float | None,
+                           body: str) -> list[Doc]:
+    """The event's new state; the body is frozen by the first attempt that records it."""
+    return [{"$set": {"webhook_status": {"$literal": status},
+                      "webhook_attempts": {"$literal": number},
+                      "webhook_next_at": {"$literal": next_at},
+                      "webhook_body": {"$ifNull": ["$webhook_body", {"$literal": body}]}}}]
+
+
+def freeze_body_update(body: str) -> list[Doc]:
+    """Keep ``body`` unless the event has one already (the first send's)."""
+    return [{"$set": {"webhook_body": {"$ifNull": ["$webhook_body", {"$literal": body}]}}}]
+
+
+def counter_expiry(window: int, window_seconds: int) -> datetime:
+    """When a rate counter may go: two windows after its own starts, whatever their length."""
+    return datetime.fromtimestamp((window + 2) * window_seconds, UTC) + timedelta(seconds=1)
+
+
+def key_reference_filter(reference: str) -> Doc:
+    """Keys whose id or display prefix starts with ``reference`` (case-sensitive)."""
+    starts = {"$regex": "^" + re.escape(reference)}
+    return {"$or": [{"_id": starts}, {"prefix": starts}]}
 
 
 def expired_filter(now: float) -> Doc:
@@ -117,8 +252,6 @@ def rate_counter_update() -> Doc:
     return {"$inc": {"count": 1}}
 
 
-def revoke_filter(key_id: str) -> Doc:
-    return {"$or": [{"_id": key_id}, {"prefix": key_id}], "revoked_at": None}
 
 
 def expired_outputs_filter(completed_before: float) -> Doc:

@@ -2,22 +2,74 @@
 
 Atomicity comes from single-document operations: ``find_one_and_update`` claims and
 renews, ``$inc`` with upsert counts requests, a unique partial index guards
-idempotency keys.  The queries themselves live in :mod:`serve_app.mongo_queries`.
+idempotency keys, and every multi-way transition (cancel, lease expiry) is one
+pipeline update.  The queries themselves live in :mod:`serve_app.mongo_queries`.
+
+Every operation has a client-side deadline (``timeoutMS`` and server selection both
+``timeout``), reads and writes go to the primary, and a server that does not answer in
+time raises :class:`~serve_app.store.StoreUnavailable` instead of hanging for the
+driver's default 30 s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+import pymongo
+from pymongo import AsyncMongoClient, ReadPreference, ReturnDocument
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    PyMongoError,
+    WTimeoutError,
+)
 
 from serve_app import mongo_queries as q
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
-from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS
+from serve_app.store import (
+    IDEMPOTENCY_WINDOW_SECONDS,
+    AmbiguousKey,
+    QueueFull,
+    StoreUnavailable,
+)
 
 __all__ = ["MongoStore"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Index builds on a big collection may take longer than one request's deadline.
+_INIT_TIMEOUT_SECONDS = 120.0
+
+
+def _unavailable(exc: PyMongoError) -> StoreUnavailable:
+    # The driver's own message names hosts and errno, never the URI's credentials, but
+    # it is long; the type says enough for the log, the hint says what to check.
+    return StoreUnavailable(f"MongoDB is unavailable ({type(exc).__name__}): no answer "
+                            "in time; check RETROIVA_MONGODB_URI and that the server "
+                            "(or the replica set's primary) is up")
+
+
+def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn the driver's "no answer in time / no server" errors into StoreUnavailable."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (ConnectionFailure, ExecutionTimeout, WTimeoutError) as exc:
+            raise _unavailable(exc) from exc
+        except PyMongoError as exc:
+            if exc.timeout:  # a client-side (timeoutMS) deadline
+                raise _unavailable(exc) from exc
+            raise
+
+    return call
 
 
 def _job(doc: dict[str, Any] | None) -> JobRecord | None:
@@ -47,66 +99,122 @@ def _doc(record: JobRecord | ApiKeyRecord) -> dict[str, Any]:
 class MongoStore:
     """:class:`~serve_app.store.JobStore` on MongoDB."""
 
-    def __init__(self, uri: str, database: str) -> None:
-        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
-        self._db = self._client[database]
+    def __init__(self, uri: str, database: str, timeout: float = 1.5) -> None:
+        millis = round(timeout * 1000)
+        # connect=False: the client connects on first use, so building the store (in
+        # every Serve replica) never waits on, or fails for, an unreachable server.
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri, tz_aware=True, connect=False, timeoutMS=millis,
+            serverSelectionTimeoutMS=millis, connectTimeoutMS=millis,
+            readPreference="primary")
+        # Pinned to the primary whatever the URI says: the store reads its own writes
+        # (the idempotent insert reads the job a concurrent insert just wrote).
+        self._db = self._client.get_database(database, read_preference=ReadPreference.PRIMARY)
         self._jobs = self._db["jobs"]
         self._keys = self._db["api_keys"]
         self._counters = self._db["rate_counters"]
         self._attempts = self._db["webhook_attempts"]
+        self._turns = self._db["key_turns"]
 
     def __repr__(self) -> str:
         return f"MongoStore(database={self._db.name!r})"
 
+    @_translated
     async def init(self) -> None:
-        await self._jobs.create_index([("key_id", ASCENDING), ("created_seq", DESCENDING),
-                                       ("_id", DESCENDING)])
-        await self._jobs.create_index([("status", ASCENDING), ("created_seq", ASCENDING)])
-        await self._jobs.create_index(
-            [("key_id", ASCENDING), ("idempotency_key", ASCENDING)], unique=True,
-            partialFilterExpression={"idempotency_key": {"$type": "string"}})
-        await self._keys.create_index("digest", unique=True)
-        await self._counters.create_index("expires_at", expireAfterSeconds=0)
-        await self._jobs.create_index([("webhook_status", ASCENDING),
-                                       ("webhook_next_at", ASCENDING)])
-        await self._attempts.create_index([("job_id", ASCENDING), ("number", ASCENDING)])
+        await self._db.command("ping")  # fails fast (timeout) when there is no server
+        with pymongo.timeout(_INIT_TIMEOUT_SECONDS):
+            for collection, keys, options in q.INDEXES:
+                await self._db[collection].create_index(keys, **options)
 
     async def close(self) -> None:
         await self._client.close()
 
+    @_translated
+    async def ping(self) -> None:
+        await self._db.command("ping")
+        # A write too: a primary must be there (during a failover reads may still work).
+        await self._db["readiness"].update_one({"_id": "ping"}, {"$set": {"at": time.time()}},
+                                               upsert=True)
+
+    async def drop(self) -> None:
+        """Drop the whole database (tests)."""
+        await self._client.drop_database(self._db.name)
+
+    @_translated
     async def add_key(self, key: ApiKeyRecord) -> None:
         await self._keys.insert_one(_doc(key))
 
+    @_translated
     async def key_by_digest(self, digest: str) -> ApiKeyRecord | None:
         return _key(await self._keys.find_one({"digest": digest}))
 
+    @_translated
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         return _key(await self._keys.find_one({"_id": key_id}))
 
+    @_translated
     async def list_keys(self) -> list[ApiKeyRecord]:
         return [k for k in [_key(d) async for d in self._keys.find().sort("created_at")] if k]
 
+    @_translated
+    async def find_keys(self, reference: str) -> list[ApiKeyRecord]:
+        exact = _key(await self._keys.find_one({"_id": reference}))
+        if exact is not None:
+            return [exact]
+        docs = self._keys.find(q.key_reference_filter(reference)).sort("created_at")
+        return [k for k in [_key(d) async for d in docs] if k]
+
+    async def _resolve(self, reference: str) -> ApiKeyRecord | None:
+        matches = await self.find_keys(reference)
+        if len(matches) > 1:
+            raise AmbiguousKey(reference, matches)
+        return matches[0] if matches else None
+
+    @_translated
     async def revoke_key(self, key_id: str, now: float) -> bool:
-        result = await self._keys.update_one(q.revoke_filter(key_id),
+        key = await self._resolve(key_id)
+        if key is None:
+            return False
+        result = await self._keys.update_one({"_id": key.id, "revoked_at": None},
                                              {"$set": {"revoked_at": now}})
         return result.modified_count > 0
 
+    @_translated
     async def set_webhook_secret(self, key_id: str, secret: str) -> bool:
-        result = await self._keys.update_one({"$or": [{"_id": key_id}, {"prefix": key_id}]},
+        key = await self._resolve(key_id)
+        if key is None:
+            return False
+        result = await self._keys.update_one({"_id": key.id},
                                              {"$set": {"webhook_secret": secret}})
         return result.matched_count > 0
 
-    async def count_request(self, key_id: str, window: int) -> int:
-        from datetime import UTC, datetime, timedelta
+    @_translated
+    async def set_key_limits(self, key_id: str, max_queued: int | None,
+                             max_running: int | None) -> bool:
+        result = await self._keys.update_one(
+            {"_id": key_id}, {"$set": {"max_queued": max_queued, "max_running": max_running}})
+        return result.matched_count > 0
 
-        doc = await self._counters.find_one_and_update(
-            {"_id": f"{key_id}:{window}"},
-            {**q.rate_counter_update(),
-             "$setOnInsert": {"expires_at": datetime.now(UTC) + timedelta(hours=1)}},
-            upsert=True, return_document=ReturnDocument.AFTER)
-        return int(doc["count"])
+    @_translated
+    async def count_request(self, key_id: str, window: int, window_seconds: int = 60) -> int:
+        for attempt in range(2):
+            try:
+                doc = await self._counters.find_one_and_update(
+                    {"_id": f"{key_id}:{window}"},
+                    {**q.rate_counter_update(),
+                     "$setOnInsert": {"expires_at": q.counter_expiry(window, window_seconds)}},
+                    upsert=True, return_document=ReturnDocument.AFTER)
+                return int(doc["count"])
+            except DuplicateKeyError:
+                # Two first requests of a window upserted at once and one lost the
+                # insert; the counter exists now, so the retry increments it.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
-    async def insert_job(self, job: JobRecord, now: float) -> tuple[JobRecord, bool]:
+    @_translated
+    async def insert_job(self, job: JobRecord, now: float, max_queued: int | None = None
+                         ) -> tuple[JobRecord, bool]:
         if job.idempotency_key is not None:
             existing = _job(await self._jobs.find_one(
                 q.idempotency_filter(job.key_id, job.idempotency_key)))
@@ -115,34 +223,44 @@ class MongoStore:
                     return existing, False
                 await self._jobs.update_one({"_id": existing.id},
                                             {"$set": {"idempotency_key": None}})
+        # Checked, then inserted: concurrent submissions of one key may overshoot the
+        # limit by a few (SQLite checks inside its write transaction).
+        if max_queued is not None and await self._jobs.count_documents(
+                q.queued_of_key_filter(job.key_id), limit=max_queued) >= max_queued:
+            raise QueueFull(max_queued)
         try:
             await self._jobs.insert_one(_doc(job))
         except DuplicateKeyError:
-            # A concurrent request with the same idempotency key won the race.
-            assert job.idempotency_key is not None
+            if job.idempotency_key is None:
+                raise  # a duplicate job id: not a race this method resolves
+            # A concurrent request with the same idempotency key won the race; its job
+            # is on the primary, where this store reads.
             winner = _job(await self._jobs.find_one(
                 q.idempotency_filter(job.key_id, job.idempotency_key)))
-            assert winner is not None
+            if winner is None:  # released in between (window expiry): insert again
+                await self._jobs.insert_one(_doc(job))
+                return job, True
             return winner, False
         return job, True
 
+    @_translated
     async def get_job(self, job_id: str) -> JobRecord | None:
         return _job(await self._jobs.find_one({"_id": job_id}))
 
+    @_translated
     async def count_jobs_by_status(self) -> dict[str, int]:
-        cursor = await self._jobs.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
-        counts = {str(status): 0 for status in JobStatus}
-        async for row in cursor:
-            counts[row["_id"]] = row["n"]
-        return counts
+        # One indexed count per status (a $group would scan the whole collection).
+        return {str(status): await self._jobs.count_documents(
+            q.count_by_status_filter(str(status))) for status in JobStatus}
 
+    @_translated
     async def recent_jobs(self, limit: int, key_id: str | None = None,
                           status: str | None = None) -> list[JobRecord]:
         query = {k: v for k, v in (("key_id", key_id), ("status", status)) if v is not None}
-        docs = self._jobs.find(query).sort([("created_seq", DESCENDING),
-                                            ("_id", DESCENDING)]).limit(limit)
+        docs = self._jobs.find(query).sort(q.PAGE_SORT).limit(limit)
         return [j for j in [_job(d) async for d in docs] if j is not None]
 
+    @_translated
     async def list_jobs(self, key_id: str, limit: int, starting_after: str | None
                         ) -> tuple[list[JobRecord], bool]:
         cursor = None
@@ -152,17 +270,39 @@ class MongoStore:
                 return [], False
             cursor = (anchor["created_seq"], anchor["_id"])
         docs = self._jobs.find(q.jobs_page_filter(key_id, cursor)).sort(
-            [("created_seq", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
+            q.PAGE_SORT).limit(limit + 1)
         jobs = [j for j in [_job(d) async for d in docs] if j is not None]
         return jobs[:limit], len(jobs) > limit
 
-    async def claim_next(self, owner: str, now: float, lease_seconds: float
-                         ) -> JobRecord | None:
-        return _job(await self._jobs.find_one_and_update(
-            q.queued_filter(), q.claim_update(owner, now, lease_seconds),
-            sort=[("created_seq", ASCENDING), ("_id", ASCENDING)],
-            return_document=ReturnDocument.AFTER))
+    @_translated
+    async def claim_next(self, owner: str, now: float, lease_seconds: float,
+                         max_running: int | None = None) -> JobRecord | None:
+        queued = {d["_id"]: d["oldest"] async for d in
+                  await self._jobs.aggregate(q.queued_keys_pipeline())}
+        if not queued:
+            return None
+        keys = list(queued)
+        turns = {d["_id"]: d["turn"] async for d in self._turns.find({"_id": {"$in": keys}})}
+        limits = {d["_id"]: d.get("max_running") async for d in
+                  self._keys.find({"_id": {"$in": keys}}, {"max_running": 1})}
+        running = {d["_id"]: d["n"] async for d in
+                   await self._jobs.aggregate(q.running_counts_pipeline(keys))}
+        order = sorted(keys, key=lambda k: (k in turns, turns.get(k, 0), queued[k]))
+        for key_id in order:
+            limit = limits.get(key_id) or max_running
+            if limit is not None and running.get(key_id, 0) >= limit:
+                continue
+            doc = await self._jobs.find_one_and_update(
+                q.queued_of_key_filter(key_id), q.claim_update(owner, now, lease_seconds),
+                sort=q.CLAIM_SORT, return_document=ReturnDocument.AFTER)
+            if doc is None:  # another runner took that key's last queued job
+                continue
+            await self._turns.update_one({"_id": key_id}, {"$max": {"turn": time.time_ns()}},
+                                         upsert=True)
+            return _job(doc)
+        return None
 
+    @_translated
     async def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
                           progress: float, eta_seconds: float | None) -> JobRecord | None:
         return _job(await self._jobs.find_one_and_update(
@@ -171,6 +311,7 @@ class MongoStore:
                       "eta_seconds": eta_seconds}},
             return_document=ReturnDocument.AFTER))
 
+    @_translated
     async def finish(self, job_id: str, owner: str, status: JobStatus, now: float, *,
                      output_path: str | None = None, error_type: str | None = None,
                      error_message: str | None = None) -> bool:
@@ -179,59 +320,64 @@ class MongoStore:
             q.finish_update(str(status), now, output_path, error_type, error_message))
         return result.modified_count > 0
 
+    @_translated
     async def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
-        await self._jobs.update_one(*q.cancel_queued(job_id, now))
-        await self._jobs.update_one(*q.cancel_processing(job_id))
-        return await self.get_job(job_id)
+        doc = await self._jobs.find_one_and_update(
+            q.cancel_filter(job_id), q.cancel_update(now),
+            return_document=ReturnDocument.AFTER)
+        return _job(doc) if doc is not None else await self.get_job(job_id)
 
+    @_translated
     async def requeue_expired(self, now: float, max_attempts: int) -> int:
-        expired = q.expired_filter(now)
-        release = {"lease_owner": None, "lease_expires_at": None}
-        canceled = await self._jobs.update_many(
-            {**expired, "cancel_requested": True},
-            q.ended_update({"status": "canceled", "completed_at": now, **release}, now))
-        failed = await self._jobs.update_many(
-            {**expired, "attempts": {"$gte": max_attempts}},
-            q.ended_update({"status": "failed", "completed_at": now,
-                            "error_type": "runner_lost",
-                            "error_message": f"the job's runner stopped responding "
-                                             f"{max_attempts} times; giving up", **release},
-                           now))
-        queued = await self._jobs.update_many(
-            expired, {"$set": {"status": "queued", "progress": 0.0, "eta_seconds": None,
-                               **release}})
-        return canceled.modified_count + failed.modified_count + queued.modified_count
+        result = await self._jobs.update_many(q.expired_filter(now),
+                                              q.requeue_update(now, max_attempts))
+        return result.modified_count
 
+    @_translated
     async def expired_outputs(self, completed_before: float, limit: int) -> list[JobRecord]:
         docs = self._jobs.find(q.expired_outputs_filter(completed_before)).sort(
-            "completed_at", ASCENDING).limit(limit)
+            q.OUTPUTS_SORT).limit(limit)
         return [j for j in [_job(d) async for d in docs] if j is not None]
 
+    @_translated
     async def clear_output(self, job_id: str) -> None:
         await self._jobs.update_one({"_id": job_id}, {"$set": {"output_path": None}})
 
+    @_translated
     async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int
                                  ) -> list[JobRecord]:
         claimed = []
         for _ in range(limit):
             doc = await self._jobs.find_one_and_update(
                 q.due_webhooks_filter(now), {"$set": {"webhook_next_at": now + lease_seconds}},
-                sort=[("webhook_next_at", ASCENDING)], return_document=ReturnDocument.AFTER)
+                sort=[("webhook_next_at", 1)], return_document=ReturnDocument.AFTER)
             if doc is None:
                 break
             claimed.append(_job(doc))
         return [j for j in claimed if j is not None]
 
+    @_translated
+    async def freeze_webhook_body(self, job_id: str, body: str) -> str:
+        doc = await self._jobs.find_one_and_update(
+            {"_id": job_id}, q.freeze_body_update(body), projection={"webhook_body": 1},
+            return_document=ReturnDocument.AFTER)
+        return body if doc is None else str(doc["webhook_body"])
+
+    @_translated
     async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
                                      next_at: float | None, body: str) -> None:
-        await self._attempts.replace_one(
-            {"_id": f"{attempt.job_id}:{attempt.number}"},
-            dataclasses.asdict(attempt), upsert=True)
-        await self._jobs.update_one({"_id": attempt.job_id}, {"$set": {
-            "webhook_status": status, "webhook_attempts": attempt.number,
-            "webhook_next_at": next_at, "webhook_body": body}})
+        # The event first, conditionally: a lapsed dispatcher records nothing.  A crash
+        # between the two writes loses one attempt's log line, never the event's state.
+        result = await self._jobs.update_one(
+            q.webhook_attempt_filter(attempt.job_id, attempt.number),
+            q.webhook_attempt_update(status, attempt.number, next_at, body))
+        if result.matched_count:
+            await self._attempts.replace_one(
+                {"_id": f"{attempt.job_id}:{attempt.number}"},
+                dataclasses.asdict(attempt), upsert=True)
 
+    @_translated
     async def webhook_attempts(self, job_id: str) -> list[WebhookAttempt]:
-        docs = self._attempts.find({"job_id": job_id}).sort("number", ASCENDING)
+        docs = self._attempts.find({"job_id": job_id}).sort("number", 1)
         return [WebhookAttempt(**{k: v for k, v in d.items() if k != "_id"})
                 async for d in docs]

@@ -27,11 +27,22 @@ def _response(description: str, schema: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": _ref(schema)}}}
 
 
+_UNAVAILABLE = {
+    "description": "The job store is unavailable; retry after Retry-After seconds",
+    "headers": {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                "schema": {"type": "integer"}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
+    """The listed error responses, and 503 (any call may meet an unavailable store)."""
     text = {400: "Invalid request", 401: "Missing or invalid API key", 403: "Forbidden",
             404: "Not found", 409: "Conflict", 410: "Gone", 413: "Body too large",
-            429: "Rate limit exceeded"}
-    return {str(code): _response(text[code], "ErrorBody") for code in codes}
+            429: "Rate limit exceeded (rate_limit_error) or, for submissions, the key's "
+                 "queued-job limit (queue_limit_error)"}
+    return {**{str(code): _response(text[code], "ErrorBody") for code in codes},
+            "503": _UNAVAILABLE}
 
 
 def _job_id_param() -> dict[str, Any]:
@@ -106,5 +117,8 @@ def openapi_document() -> dict[str, Any]:
             }},
             "/healthz": {"get": {"operationId": "health", "security": [],
                                  "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {"get": {"operationId": "ready", "security": [],
+                                "responses": {"200": {"description": "The job store answers"},
+                                              "503": _UNAVAILABLE}}},
         },
     }

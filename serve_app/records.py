@@ -31,6 +31,8 @@ class ApiKeyRecord:
     rate_limit: int  # requests per window
     created_at: float
     revoked_at: float | None = None
+    max_queued: int | None = None  # overrides Settings.max_queued_per_key
+    max_running: int | None = None  # overrides Settings.max_running_per_key
 
 
 @dataclass(frozen=True)

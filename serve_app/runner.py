@@ -5,6 +5,12 @@ at the same time).  If the runner dies, its leases expire and any runner re-queu
 those jobs (or fails them after ``max_attempts``), so no job stays ``processing``.
 A cancel request reaches the running pipeline at the next heartbeat.
 
+The store may fail for a while (locked, failing over, unreachable).  The heartbeat
+retries with backoff for as long as its last renewal's lease lasts; a runner that can
+no longer renew stops its pipeline before the lease runs out, so no second runner ever
+works on the same job.  Recording the end of a job is retried the same way, with the
+heartbeat still renewing, so a finished output is neither orphaned nor made twice.
+
 Run one in the foreground with ``python -m serve_app.runner`` (the Serve deployment
 does the same inside a replica).
 """
@@ -33,7 +39,7 @@ from serve_app.records import JobRecord, JobStatus
 from serve_app.schemas import Job, job_from_record
 from serve_app.settings import Settings
 from serve_app.storage import OutputStorage, download_link, open_storage
-from serve_app.store import JobStore, open_store
+from serve_app.store import JobStore, StoreUnavailable, open_store
 from serve_app.webhooks import WebhookDispatcher
 
 __all__ = ["JobRunner", "pipeline_config", "process_job"]
@@ -79,6 +85,7 @@ class _Running:
     eta_seconds: float | None = None
     frames_done: int = 0
     lease_lost: bool = False
+    lease_until: float = 0.0  # when the last renewal's lease ends (this host's clock)
 
 
 class JobRunner:
@@ -100,10 +107,26 @@ class JobRunner:
         return f"JobRunner(owner={self.owner!r}, running={len(self._tasks)})"
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.store.init()
+        while not stop.is_set():
+            try:
+                await self.store.init()
+                break
+            except StoreUnavailable as exc:
+                log.warning("job store unavailable at start (%s); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        outage = False
         while not stop.is_set():
             try:
                 await self.tick()
+                if outage:
+                    log.warning("job store available again")
+                    outage = False
+            except StoreUnavailable as exc:
+                if not outage:  # one line per outage, not one per poll
+                    log.warning("job store unavailable (%s); running jobs keep going, "
+                                "claims wait", exc)
+                    outage = True
             except Exception:
                 log.exception("runner tick failed; retrying")
             with contextlib.suppress(TimeoutError):
@@ -123,7 +146,8 @@ class JobRunner:
             record_job_counts(await self.store.count_jobs_by_status())
         while len(self._tasks) < self.settings.runner_concurrency:
             job = await self.store.claim_next(self.owner, time.time(),
-                                              self.settings.lease_seconds)
+                                              self.settings.lease_seconds,
+                                              self.settings.max_running_per_key)
             if job is None:
                 return
             log.info("claimed %s (attempt %d)", job.id, job.attempts)
@@ -165,19 +189,69 @@ class JobRunner:
                 await asyncio.to_thread(shutil.rmtree, entry, True)
 
     async def _heartbeat(self, job: JobRecord, state: _Running) -> None:
+        """Renew the lease until cancelled; on failure retry while the lease lasts.
+
+        The pipeline is stopped (``lease_lost``) when the store says another runner
+        holds the job, or when no renewal got through and the lease is about to end:
+        from then on another runner may claim the job, and two must never run it.
+        """
         # Renewing at most once a second is also how often progress reaches the store.
         interval = min(1.0, self.settings.lease_seconds / 3)
+        # Stop before the lease ends, leaving room for one store call that hangs for
+        # its whole timeout and for the pipeline to notice the cancel.
+        margin = interval + self.settings.store_timeout_seconds
+        state.lease_until = job.lease_expires_at or time.time() + self.settings.lease_seconds
+        failures = 0
         while True:
-            await asyncio.sleep(interval)
-            record = await self.store.renew_lease(job.id, self.owner, time.time(),
-                                                  self.settings.lease_seconds, state.progress,
-                                                  state.eta_seconds)
+            await asyncio.sleep(interval if not failures else min(interval, 0.1 * 2**failures))
+            now = time.time()
+            try:
+                record = await self.store.renew_lease(job.id, self.owner, now,
+                                                      self.settings.lease_seconds,
+                                                      state.progress, state.eta_seconds)
+            except Exception as exc:  # any failure: the heartbeat must outlive it
+                failures += 1
+                if failures == 1:
+                    log.warning("could not renew the lease on %s (%s); retrying", job.id, exc)
+                if time.time() + margin < state.lease_until:
+                    continue
+                log.error("lease on %s ends in under %.1f s and the store has not answered "
+                          "for %d tries; stopping the job so another runner can take it",
+                          job.id, margin, failures)
+                record = None
+            else:
+                if failures:
+                    log.warning("renewed the lease on %s after %d failed tries", job.id,
+                                failures)
+                failures = 0
             if record is None:
                 state.lease_lost = True
                 state.cancel.cancel()
                 return
+            state.lease_until = now + self.settings.lease_seconds
             if record.cancel_requested:
                 state.cancel.cancel()
+
+    async def _finish(self, job: JobRecord, state: _Running, status: JobStatus,
+                      outcome: dict[str, str | None]) -> bool:
+        """Record the end of the job, retrying store failures while the lease holds.
+
+        ``finish`` only succeeds for the lease's owner, so trying again is always safe.
+        """
+        failures = 0
+        while True:
+            try:
+                return await self.store.finish(job.id, self.owner, status, time.time(),
+                                               **outcome)
+            except Exception as exc:
+                failures += 1
+                if state.lease_lost:
+                    log.error("could not record the end of %s (%s) and the lease is gone",
+                              job.id, exc)
+                    return False
+                if failures == 1:
+                    log.warning("could not record the end of %s (%s); retrying", job.id, exc)
+                await asyncio.sleep(min(1.0, 0.1 * 2**failures))
 
     async def _execute(self, job: JobRecord) -> None:
         state = _Running()
@@ -188,6 +262,23 @@ class JobRunner:
             state.progress, state.eta_seconds = progress.fraction, progress.eta_seconds
 
         heartbeat = asyncio.create_task(self._heartbeat(job, state))
+        try:
+            status, outcome = await self._run_pipeline(job, state, on_progress)
+            # The heartbeat goes on while the end is recorded: a store outage right now
+            # must not let the lease lapse under a finished job.
+            finished = not state.lease_lost and await self._finish(job, state, status,
+                                                                   outcome)
+        finally:
+            heartbeat.cancel()  # however this ends, even cancelled by a stopping runner
+        if not finished:
+            log.warning("lost the lease on %s; leaving it to its new owner", job.id)
+            if "output_path" in outcome:
+                await asyncio.to_thread(self.storage.delete, outcome["output_path"])
+
+    async def _run_pipeline(self, job: JobRecord, state: _Running,
+                            on_progress: Callable[[Progress], None]
+                            ) -> tuple[JobStatus, dict[str, str | None]]:
+        """Process the job and store its output; the status and fields to record."""
         outcome: dict[str, str | None] = {}
         try:
             output = await asyncio.to_thread(self._process, job, self.settings, on_progress,
@@ -206,18 +297,8 @@ class JobRunner:
                            error_message="processing failed unexpectedly; the operator "
                                          "has the details in the runner log")
         finally:
-            heartbeat.cancel()
             await asyncio.to_thread(shutil.rmtree, self.settings.scratch_dir / job.id, True)
-        if state.lease_lost:
-            log.warning("lost the lease on %s; leaving it to its new owner", job.id)
-            if "output_path" in outcome:
-                await asyncio.to_thread(self.storage.delete, outcome["output_path"])
-            return
-        if not await self.store.finish(job.id, self.owner, status, time.time(), **outcome):
-            log.warning("could not record the end of %s: lease lost", job.id)
-            if "output_path" in outcome:
-                await asyncio.to_thread(self.storage.delete, outcome["output_path"])
-
+        return status, outcome
 
 async def _main() -> None:
     settings = Settings()

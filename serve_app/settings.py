@@ -25,6 +25,14 @@ class Settings(BaseSettings):
     mongodb_uri: str | None = Field(None, repr=False,
                                     description="Use MongoDB instead of SQLite.")
     mongodb_database: str = "retroiva"
+    store_timeout_seconds: float = Field(1.5, gt=0, description="Longest wait for one "
+                                         "store operation before it counts as unavailable "
+                                         "(API: 503 with Retry-After).")
+    max_queued_per_key: int = Field(1000, ge=1, description="Queued jobs one key may "
+                                    "have; more get 429 queue_limit_error.")
+    max_running_per_key: int | None = Field(None, ge=1, description="Jobs of one key "
+                                            "processing at once, across runners; None: "
+                                            "no limit.")
     api_replicas: int = Field(1, ge=1)
     runner_concurrency: int = Field(1, ge=1, description="Jobs one runner processes at once.")
     lease_seconds: float = Field(30.0, gt=0, description="A claimed job's lease; renewed "

@@ -3,6 +3,10 @@
 Writes run in ``BEGIN IMMEDIATE`` transactions, so the read-then-write steps (claim,
 idempotent insert) hold SQLite's write lock and are atomic across processes.  Calls run
 in a worker thread so the event loop never blocks on disk.
+
+Every call has a deadline (``timeout``, counted from the call, so time spent queued
+behind other calls counts too): a store that is locked by another process, or whose
+file has gone, raises :class:`~serve_app.store.StoreUnavailable` instead of hanging.
 """
 
 from __future__ import annotations
@@ -11,12 +15,18 @@ import asyncio
 import dataclasses
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
-from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS
+from serve_app.store import (
+    IDEMPOTENCY_WINDOW_SECONDS,
+    AmbiguousKey,
+    QueueFull,
+    StoreUnavailable,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -26,7 +36,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT NULL, digest TEXT UNIQUE NOT NULL,
     webhook_secret TEXT NOT NULL, rate_limit INTEGER NOT NULL, created_at REAL NOT NULL,
-    revoked_at REAL);
+    revoked_at REAL, max_queued INTEGER, max_running INTEGER);
 CREATE TABLE IF NOT EXISTS rate_counters (
     key_id TEXT NOT NULL, window INTEGER NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (key_id, window));
@@ -44,14 +54,32 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     job_id TEXT NOT NULL, number INTEGER NOT NULL, at REAL NOT NULL, status_code INTEGER,
     error TEXT, duration_ms INTEGER NOT NULL, PRIMARY KEY (job_id, number));
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key_id, created_seq DESC, id DESC);
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, created_seq);
+-- Claims (queued jobs by key, oldest first), running counts per key, counts by status.
+CREATE INDEX IF NOT EXISTS jobs_by_status_key ON jobs (status, key_id, created_seq);
+DROP INDEX IF EXISTS jobs_queue;
+CREATE INDEX IF NOT EXISTS jobs_outputs ON jobs (status, completed_at);
+-- Fair claims: when each key was last served (a counter, not a clock).
+CREATE TABLE IF NOT EXISTS key_turns (key_id TEXT PRIMARY KEY, turn INTEGER NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (key_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 """
 
 
 # Columns added after the first release, with how to add them to an existing store.
-_ADDED_COLUMNS = {"engine": "TEXT NOT NULL DEFAULT 'neural'"}
+_ADDED_COLUMNS = {"jobs": {"engine": "TEXT NOT NULL DEFAULT 'neural'"},
+                  "api_keys": {"max_queued": "INTEGER", "max_running": "INTEGER"}}
+
+# SQLite's primary result codes that mean "not now" rather than "wrong": busy or locked
+# by another connection, I/O error, disk full, can't open, read-only (e.g. the file was
+# deleted or moved under us: SQLITE_READONLY_DBMOVED), WAL lock protocol.
+_UNAVAILABLE_CODES = {5, 6, 8, 10, 13, 14, 15}
+
+
+def _unavailable(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # raised by the sqlite3 module itself, e.g. while connecting
+        return isinstance(exc, sqlite3.OperationalError)
+    return code & 0xFF in _UNAVAILABLE_CODES
 
 
 def _job(row: sqlite3.Row | None) -> JobRecord | None:
@@ -76,52 +104,94 @@ def _key(row: sqlite3.Row | None) -> ApiKeyRecord | None:
 class SqliteStore:
     """:class:`~serve_app.store.JobStore` on a local SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout: float = 1.5) -> None:
         self.path = path
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._opened = False  # once opened, a missing file is an outage, not a new store
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
 
     def _connect(self) -> sqlite3.Connection:
+        if self._db is not None and not self.path.exists():
+            # Deleted or moved under us: the open connection would go on writing to a
+            # file nobody else sees, and lose it all when it closes.
+            self._db.close()
+            self._db = None
         if self._db is None:
+            if self._opened and not self.path.exists():
+                # Never a fresh empty store in its place: that would look like every
+                # key and job vanished.  Restoring the file ends the outage.
+                raise self._unavailable("has been deleted or moved; restore it from a "
+                                        "backup, or restart the service to start empty")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
                                  check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=30000")
+            try:
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            except BaseException:
+                db.close()
+                raise
             self._db = db
+            self._opened = True
         return self._db
 
+    def _unavailable(self, why: str) -> StoreUnavailable:
+        return StoreUnavailable(f"the SQLite store {self.path} {why}")
+
     async def _run(self, fn: Callable[[sqlite3.Connection], T], write: bool = False) -> T:
+        deadline = time.monotonic() + self.timeout
+
         def call() -> T:
-            with self._lock:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._lock.acquire(timeout=remaining):
+                raise self._unavailable(f"did not answer within {self.timeout:g} s")
+            try:
                 db = self._connect()
+                # SQLite waits this long for another process's lock before SQLITE_BUSY.
+                wait_ms = max(1, round((deadline - time.monotonic()) * 1000))
+                db.execute(f"PRAGMA busy_timeout={wait_ms}")
                 if not write:
                     return fn(db)
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     result = fn(db)
+                    db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
                     raise
-                db.execute("COMMIT")
                 return result
+            except sqlite3.Error as exc:
+                if _unavailable(exc):
+                    raise self._unavailable(f"is unavailable ({exc})") from exc
+                raise
+            finally:
+                self._lock.release()
 
         return await asyncio.to_thread(call)
 
     async def init(self) -> None:
         def create(db: sqlite3.Connection) -> None:
+            for table, added in _ADDED_COLUMNS.items():
+                columns = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, definition in added.items():
+                    if columns and name not in columns:  # a store made by an earlier version
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
             db.executescript(_SCHEMA)
-            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
-            for name, definition in _ADDED_COLUMNS.items():
-                if name not in columns:  # a store made by an earlier version
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
 
         await self._run(create)
+
+    async def ping(self) -> None:
+        def ping(db: sqlite3.Connection) -> None:
+            db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+
+        # A write transaction: a store locked by another writer is not ready either.
+        await self._run(ping, write=True)
 
     async def close(self) -> None:
         def close() -> None:
@@ -152,18 +222,52 @@ class SqliteStore:
             "SELECT * FROM api_keys ORDER BY created_at").fetchall())
         return [k for k in map(_key, rows) if k is not None]
 
+    @staticmethod
+    def _matching(db: sqlite3.Connection, reference: str) -> list[ApiKeyRecord]:
+        exact = _key(db.execute("SELECT * FROM api_keys WHERE id = ?", (reference,)).fetchone())
+        if exact is not None:
+            return [exact]
+        # Prefixes compare case-sensitively (ids are base64url; LIKE would fold case).
+        rows = db.execute("SELECT * FROM api_keys WHERE substr(id, 1, ?) = ? "
+                          "OR substr(prefix, 1, ?) = ? ORDER BY created_at",
+                          (len(reference), reference, len(reference), reference)).fetchall()
+        return [k for k in map(_key, rows) if k is not None]
+
+    def _resolve(self, db: sqlite3.Connection, reference: str) -> ApiKeyRecord | None:
+        matches = self._matching(db, reference)
+        if len(matches) > 1:
+            raise AmbiguousKey(reference, matches)
+        return matches[0] if matches else None
+
+    async def find_keys(self, reference: str) -> list[ApiKeyRecord]:
+        return await self._run(lambda db: self._matching(db, reference))
+
     async def revoke_key(self, key_id: str, now: float) -> bool:
-        return await self._run(lambda db: db.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE (id = ? OR prefix = ?) "
-            "AND revoked_at IS NULL", (now, key_id, key_id)).rowcount > 0, write=True)
+        def revoke(db: sqlite3.Connection) -> bool:
+            key = self._resolve(db, key_id)
+            return key is not None and db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now, key.id)).rowcount > 0
+
+        return await self._run(revoke, write=True)
 
     async def set_webhook_secret(self, key_id: str, secret: str) -> bool:
+        def rotate(db: sqlite3.Connection) -> bool:
+            key = self._resolve(db, key_id)
+            return key is not None and db.execute(
+                "UPDATE api_keys SET webhook_secret = ? WHERE id = ?",
+                (secret, key.id)).rowcount > 0
+
+        return await self._run(rotate, write=True)
+
+    async def set_key_limits(self, key_id: str, max_queued: int | None,
+                             max_running: int | None) -> bool:
         return await self._run(lambda db: db.execute(
-            "UPDATE api_keys SET webhook_secret = ? WHERE id = ? OR prefix = ?",
-            (secret, key_id, key_id)).rowcount > 0, write=True)
+            "UPDATE api_keys SET max_queued = ?, max_running = ? WHERE id = ?",
+            (max_queued, max_running, key_id)).rowcount > 0, write=True)
 
     # Rate limits
-    async def count_request(self, key_id: str, window: int) -> int:
+    async def count_request(self, key_id: str, window: int, window_seconds: int = 60) -> int:
         def count(db: sqlite3.Connection) -> int:
             db.execute("DELETE FROM rate_counters WHERE key_id = ? AND window < ?",
                        (key_id, window - 1))
@@ -175,7 +279,8 @@ class SqliteStore:
         return await self._run(count, write=True)
 
     # Jobs
-    async def insert_job(self, job: JobRecord, now: float) -> tuple[JobRecord, bool]:
+    async def insert_job(self, job: JobRecord, now: float, max_queued: int | None = None
+                         ) -> tuple[JobRecord, bool]:
         def insert(db: sqlite3.Connection) -> tuple[JobRecord, bool]:
             if job.idempotency_key is not None:
                 existing = _job(db.execute(
@@ -186,6 +291,10 @@ class SqliteStore:
                         return existing, False
                     db.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?",
                                (existing.id,))
+            if max_queued is not None and db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND key_id = ?",
+                    (job.key_id,)).fetchone()[0] >= max_queued:
+                raise QueueFull(max_queued)
             row = dataclasses.asdict(job)
             row["status"] = str(job.status)
             db.execute(f"INSERT INTO jobs ({', '.join(row)}) "
@@ -233,14 +342,35 @@ class SqliteStore:
 
         return await self._run(page)
 
-    async def claim_next(self, owner: str, now: float, lease_seconds: float
-                         ) -> JobRecord | None:
-        return await self._run(lambda db: _job(db.execute(
-            "UPDATE jobs SET status = 'processing', lease_owner = ?, lease_expires_at = ?, "
-            "attempts = attempts + 1, started_at = COALESCE(started_at, ?) "
-            "WHERE id = (SELECT id FROM jobs WHERE status = 'queued' "
-            "ORDER BY created_seq, id LIMIT 1) RETURNING *",
-            (owner, now + lease_seconds, now)).fetchone()), write=True)
+    async def claim_next(self, owner: str, now: float, lease_seconds: float,
+                         max_running: int | None = None) -> JobRecord | None:
+        def claim(db: sqlite3.Connection) -> JobRecord | None:
+            # The key to serve: least recently served (never first), then the one whose
+            # oldest queued job is oldest; keys at their running limit wait their turn.
+            row = db.execute(
+                "SELECT q.key_id FROM (SELECT key_id, MIN(created_seq) AS oldest FROM jobs "
+                "WHERE status = 'queued' GROUP BY key_id) AS q "
+                "LEFT JOIN key_turns AS t ON t.key_id = q.key_id "
+                "LEFT JOIN api_keys AS k ON k.id = q.key_id "
+                "WHERE COALESCE(k.max_running, ?) IS NULL OR (SELECT COUNT(*) FROM jobs AS r "
+                "WHERE r.status = 'processing' AND r.key_id = q.key_id) "
+                "< COALESCE(k.max_running, ?) "
+                "ORDER BY t.turn IS NOT NULL, t.turn, q.oldest LIMIT 1",
+                (max_running, max_running)).fetchone()
+            if row is None:
+                return None
+            job = _job(db.execute(
+                "UPDATE jobs SET status = 'processing', lease_owner = ?, lease_expires_at = ?, "
+                "attempts = attempts + 1, started_at = COALESCE(started_at, ?) "
+                "WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND key_id = ? "
+                "ORDER BY created_seq, id LIMIT 1) RETURNING *",
+                (owner, now + lease_seconds, now, row[0])).fetchone())
+            db.execute("INSERT INTO key_turns (key_id, turn) VALUES "
+                       "(?, (SELECT COALESCE(MAX(turn), 0) + 1 FROM key_turns)) "
+                       "ON CONFLICT (key_id) DO UPDATE SET turn = excluded.turn", (row[0],))
+            return job
+
+        return await self._run(claim, write=True)
 
     async def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
                           progress: float, eta_seconds: float | None) -> JobRecord | None:
@@ -313,16 +443,27 @@ class SqliteStore:
             (now + lease_seconds, now, limit)).fetchall(), write=True)
         return [j for j in map(_job, rows) if j is not None]
 
+    async def freeze_webhook_body(self, job_id: str, body: str) -> str:
+        row = await self._run(lambda db: db.execute(
+            "UPDATE jobs SET webhook_body = COALESCE(webhook_body, ?) WHERE id = ? "
+            "RETURNING webhook_body", (body, job_id)).fetchone(), write=True)
+        return body if row is None else str(row[0])
+
     async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
                                      next_at: float | None, body: str) -> None:
         def record(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO webhook_attempts (job_id, number, at, "
-                       "status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                       (attempt.job_id, attempt.number, attempt.at, attempt.status_code,
-                        attempt.error, attempt.duration_ms))
-            db.execute("UPDATE jobs SET webhook_status = ?, webhook_attempts = ?, "
-                       "webhook_next_at = ?, webhook_body = ? WHERE id = ?",
-                       (status, attempt.number, next_at, body, attempt.job_id))
+            # Only the attempt that follows the recorded ones, on a pending event: a
+            # dispatcher whose lease lapsed (another one went on) changes nothing.
+            if db.execute("UPDATE jobs SET webhook_status = ?, webhook_attempts = ?, "
+                          "webhook_next_at = ?, webhook_body = COALESCE(webhook_body, ?) "
+                          "WHERE id = ? AND webhook_status = 'pending' "
+                          "AND webhook_attempts = ?",
+                          (status, attempt.number, next_at, body, attempt.job_id,
+                           attempt.number - 1)).rowcount:
+                db.execute("INSERT OR REPLACE INTO webhook_attempts (job_id, number, at, "
+                           "status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                           (attempt.job_id, attempt.number, attempt.at, attempt.status_code,
+                            attempt.error, attempt.duration_ms))
 
         await self._run(record, write=True)
 

@@ -3,6 +3,14 @@
 Every method that changes state is atomic on its own, across processes and Serve
 replicas: claiming a job, renewing a lease, counting a request against a rate limit.
 The contract is pinned by ``tests/test_store_contract.py``, which both backends pass.
+
+Errors every backend raises in the same way::
+
+    StoreError
+    ├── StoreUnavailable   the store did not answer within ``store_timeout_seconds``
+    │                      (locked, unreachable, failing over); transient: retry later
+    ├── AmbiguousKey       a key reference matches more than one key
+    └── QueueFull          the key already has its maximum of queued jobs
 """
 
 from __future__ import annotations
@@ -12,9 +20,42 @@ from typing import Protocol
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
 from serve_app.settings import Settings
 
-__all__ = ["IDEMPOTENCY_WINDOW_SECONDS", "JobStore", "open_store"]
+__all__ = ["IDEMPOTENCY_WINDOW_SECONDS", "AmbiguousKey", "JobStore", "QueueFull", "StoreError",
+           "StoreUnavailable", "open_store"]
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
+
+
+class StoreError(Exception):
+    """Base of the errors the store raises on purpose (anything else is a bug)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store did not answer in time or cannot be reached; the call may be retried.
+
+    Nothing is known about whether a write went through, so only idempotent or
+    conditional operations (all of this interface's) are safe to retry.
+    """
+
+
+class AmbiguousKey(StoreError):
+    """A key reference (id or prefix) matched several keys; none was changed."""
+
+    def __init__(self, reference: str, candidates: list[ApiKeyRecord]) -> None:
+        listed = ", ".join(f"{k.id} ({k.prefix}…, {k.name})" for k in candidates)
+        super().__init__(f"{reference!r} matches {len(candidates)} keys: {listed}; "
+                         "give the key id")
+        self.reference = reference
+        self.candidates = candidates
+
+
+class QueueFull(StoreError):
+    """The key already has ``limit`` queued jobs; the new one was not inserted."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this key already has {limit} queued jobs, its limit "
+                         "(max_queued_per_key); submit more when some have started")
+        self.limit = limit
 
 
 class JobStore(Protocol):
@@ -22,6 +63,9 @@ class JobStore(Protocol):
         """Create tables/indexes if missing; safe to call from every process."""
 
     async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Return once the store answers a read and a write; :class:`StoreUnavailable` if not."""
 
     # API keys
     async def add_key(self, key: ApiKeyRecord) -> None: ...
@@ -32,21 +76,40 @@ class JobStore(Protocol):
 
     async def list_keys(self) -> list[ApiKeyRecord]: ...
 
-    async def revoke_key(self, key_id: str, now: float) -> bool:
-        """Revoke by id or display prefix; False if no such active key."""
+    async def find_keys(self, reference: str) -> list[ApiKeyRecord]:
+        """Keys whose id or display prefix is ``reference`` or starts with it.
 
-    async def set_webhook_secret(self, key_id: str, secret: str) -> bool: ...
+        An exact id match is returned alone: an id is never ambiguous.
+        """
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        """Revoke by id or unambiguous prefix; False if no such active key.
+
+        Raises :class:`AmbiguousKey` (changing nothing) when the prefix matches several.
+        """
+
+    async def set_webhook_secret(self, key_id: str, secret: str) -> bool:
+        """Like :meth:`revoke_key`: by id or unambiguous prefix, else AmbiguousKey."""
+
+    async def set_key_limits(self, key_id: str, max_queued: int | None,
+                             max_running: int | None) -> bool:
+        """Per-key overrides of the queued/running limits (None: the setting's)."""
 
     # Rate limits
-    async def count_request(self, key_id: str, window: int) -> int:
-        """Add one request to ``key_id``'s counter for ``window``; return the new count."""
+    async def count_request(self, key_id: str, window: int, window_seconds: int = 60) -> int:
+        """Add one request to ``key_id``'s counter for ``window``; return the new count.
+
+        ``window`` is ``floor(now / window_seconds)``; a counter lives at least two windows.
+        """
 
     # Jobs
-    async def insert_job(self, job: JobRecord, now: float) -> tuple[JobRecord, bool]:
+    async def insert_job(self, job: JobRecord, now: float, max_queued: int | None = None
+                         ) -> tuple[JobRecord, bool]:
         """Insert ``job``, or return the key's live job with the same idempotency key.
 
         Returns ``(job, created)``.  An idempotency key older than
-        :data:`IDEMPOTENCY_WINDOW_SECONDS` is released first.
+        :data:`IDEMPOTENCY_WINDOW_SECONDS` is released first.  Raises
+        :class:`QueueFull` when the key already has ``max_queued`` queued jobs.
         """
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...
@@ -62,9 +125,16 @@ class JobStore(Protocol):
                         ) -> tuple[list[JobRecord], bool]:
         """Newest first, after the cursor job; returns ``(page, has_more)``."""
 
-    async def claim_next(self, owner: str, now: float, lease_seconds: float
-                         ) -> JobRecord | None:
-        """Atomically move the oldest queued job to processing under ``owner``'s lease."""
+    async def claim_next(self, owner: str, now: float, lease_seconds: float,
+                         max_running: int | None = None) -> JobRecord | None:
+        """Atomically move a queued job to processing under ``owner``'s lease.
+
+        Fair across keys: the job is the oldest queued one of the key served least
+        recently (keys never served first, then by their oldest queued job), so one
+        key's backlog never holds another key's job back by more than one turn.  Keys
+        already running their limit (their own ``max_running``, else this argument;
+        None: unlimited) are skipped.
+        """
 
     async def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
                           progress: float, eta_seconds: float | None) -> JobRecord | None:
@@ -93,6 +163,13 @@ class JobStore(Protocol):
                                  ) -> list[JobRecord]:
         """Pending events due now; each is hidden from other dispatchers for the lease."""
 
+    async def freeze_webhook_body(self, job_id: str, body: str) -> str:
+        """Keep ``body`` as the event's body unless one is kept already; return the kept one.
+
+        Called before the first send, so a dispatcher that dies between sending and
+        recording leaves the next one the very body it sent (same signature input).
+        """
+
     async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
                                      next_at: float | None, body: str) -> None:
         """Log an attempt and set the event's status, retry time and frozen body."""
@@ -105,7 +182,8 @@ def open_store(settings: Settings) -> JobStore:
     if settings.mongodb_uri:
         from serve_app.mongo_store import MongoStore
 
-        return MongoStore(settings.mongodb_uri, settings.mongodb_database)
+        return MongoStore(settings.mongodb_uri, settings.mongodb_database,
+                          timeout=settings.store_timeout_seconds)
     from serve_app.sqlite_store import SqliteStore
 
-    return SqliteStore(settings.sqlite_path)
+    return SqliteStore(settings.sqlite_path, timeout=settings.store_timeout_seconds)

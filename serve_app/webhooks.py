@@ -161,7 +161,8 @@ class WebhookDispatcher:
 
     async def deliver(self, job: JobRecord) -> None:
         assert job.webhook_url is not None
-        body = job.webhook_body or event_body(job, await self._job_object(job))
+        body = job.webhook_body or await self.store.freeze_webhook_body(
+            job.id, event_body(job, await self._job_object(job)))  # kept before it is sent
         key = await self.store.get_key(job.key_id)
         number = job.webhook_attempts + 1
         started = time.monotonic()

@@ -87,3 +87,53 @@ def test_jobs_list_show_and_cancel(data_dir: Path):
     assert canceled.exit_code == 0 and "canceled" in canceled.output
     assert asyncio.run(store.get_job(job.id)).status == JobStatus.CANCELED
     assert runner.invoke(app, ["jobs", "show", "job_missing"]).exit_code == 1
+
+
+def test_revoke_and_rotate_refuse_an_ambiguous_prefix(data_dir: Path):
+    """Issue 16 item 7: two keys share a 12-character display prefix (as happened after
+    ~2000 keys); a revoke by that prefix lists both and changes neither."""
+    import dataclasses
+
+    from serve_app.keys import new_api_key
+
+    store = SqliteStore(data_dir / "retroiva.sqlite3")
+    _, first = new_api_key("tenant-1", 60)
+    _, second = new_api_key("tenant-2", 60)
+    second = dataclasses.replace(second, prefix=first.prefix)
+
+    async def seed() -> None:
+        await store.init()
+        for record in (first, second):
+            await store.add_key(record)
+
+    asyncio.run(seed())
+    runner = CliRunner()
+    for command in (["keys", "revoke", first.prefix],
+                    ["keys", "rotate-webhook-secret", first.prefix],
+                    ["keys", "set-limits", first.prefix, "--max-queued", "5"]):
+        refused = runner.invoke(app, command)
+        assert refused.exit_code == 1, refused.output
+        assert "matches 2 keys" in refused.output and "nothing changed" in refused.output
+        assert first.id in refused.output and second.id in refused.output
+    keys = asyncio.run(store.list_keys())
+    assert all(k.revoked_at is None and k.max_queued is None for k in keys)
+    assert {k.webhook_secret for k in keys} == {first.webhook_secret, second.webhook_secret}
+    assert runner.invoke(app, ["keys", "revoke", second.id]).exit_code == 0
+    assert asyncio.run(store.get_key(second.id)).revoked_at is not None
+    assert asyncio.run(store.get_key(first.id)).revoked_at is None
+
+
+def test_queue_limits_per_key(data_dir: Path):
+    runner = CliRunner()
+    created = runner.invoke(app, ["keys", "create", "--name", "batchy", "--max-queued", "20"])
+    assert created.exit_code == 0 and "max queued 20, max running default" in created.output
+    record = asyncio.run(SqliteStore(data_dir / "retroiva.sqlite3").key_by_digest(
+        digest_key(_key_from(created.output))))
+    assert record is not None and record.max_queued == 20
+    changed = runner.invoke(app, ["keys", "set-limits", record.id[:10], "--max-queued", "5",
+                                  "--max-running", "2"])
+    assert changed.exit_code == 0 and "max queued 5, max running 2" in changed.output
+    assert "max queued 5, max running 2" in runner.invoke(app, ["keys", "list"]).output
+    cleared = runner.invoke(app, ["keys", "set-limits", record.id])
+    assert "max queued default, max running default" in cleared.output
+    assert runner.invoke(app, ["keys", "set-limits", "key_nope"]).exit_code == 1

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -22,6 +23,7 @@ from serve_app.records import JobRecord, JobStatus
 from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
+from serve_app.store import StoreUnavailable
 from tests.local_http import serve_directory
 
 pytestmark = pytest.mark.anyio
@@ -62,7 +64,8 @@ async def _run_until(store: SqliteStore, runner: JobRunner, job_id: str,
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
-    return Settings(data_dir=tmp_path, lease_seconds=3, poll_seconds=0.05, **overrides)
+    values: dict[str, Any] = {"lease_seconds": 3, **overrides}
+    return Settings(data_dir=tmp_path, poll_seconds=0.05, **values)
 
 
 # Fake pipelines, one per failure mode.
@@ -190,3 +193,129 @@ async def test_killed_runner_job_is_recovered_by_another(tmp_path: Path, video_s
     assert (done.status, done.attempts) == (JobStatus.COMPLETED, 2)
     assert (tmp_path / "outputs" / done.output_path).stat().st_size > 0
     assert not (tmp_path / "scratch" / job.id).exists()  # the dead attempt's files too
+
+
+# The store unavailable in the middle of a job (issue 21 item 1).
+class _Outage:
+    """When the shared store is down: every call through a :class:`_FlakyStore` raises."""
+
+    def __init__(self) -> None:
+        self.down_from = self.down_until = 0.0
+
+    def schedule(self, start_in: float, seconds: float) -> None:
+        self.down_from = time.monotonic() + start_in
+        self.down_until = self.down_from + seconds
+
+    @property
+    def down(self) -> bool:
+        return self.down_from <= time.monotonic() < self.down_until
+
+
+class _FlakyStore:
+    """A real SqliteStore behind a switch: what a runner sees while MongoDB fails over."""
+
+    def __init__(self, store: SqliteStore, outage: _Outage) -> None:
+        self._store, self._outage = store, outage
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self._store, name)
+
+        async def call(*args: object, **kwargs: object) -> object:
+            if self._outage.down:
+                await asyncio.sleep(0.05)
+                raise StoreUnavailable("MongoDB is unavailable: AutoReconnect")
+            return await method(*args, **kwargs)
+
+        return call
+
+
+def _timed_pipeline(seconds: float, runs: list[tuple[float, float, str]]):
+    """A cancel-aware pipeline that works ``seconds`` and logs (start, end, how)."""
+
+    def process(job, settings, on_progress, cancel: CancelToken) -> Path:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            if cancel.wait(0.05):
+                runs.append((started, time.monotonic(), "canceled"))
+                cancel.raise_if_canceled()
+        output = settings.scratch_dir / job.id / "output.mp4"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(b"video")
+        runs.append((started, time.monotonic(), "done"))
+        return output
+
+    return process
+
+
+async def _two_runners_until_done(store: SqliteStore, outage: _Outage, settings: Settings,
+                                  process, job_id: str, timeout: float) -> JobRecord:
+    """Runners A and B on one store, both behind the outage, until the job ends."""
+    flaky: Any = _FlakyStore(store, outage)
+    runners = [JobRunner(flaky, settings, process=process, owner=name) for name in "AB"]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            job = await store.get_job(job_id)
+            if job is not None and job.status.is_terminal:
+                return job
+            assert time.monotonic() < deadline, f"job never ended: {job}"
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_store_down_10s_mid_job_neither_loses_nor_duplicates_it(tmp_path: Path):
+    """Done criterion: 10 s without a store, inside the lease; the job runs once."""
+    store = SqliteStore(tmp_path / "s.db")
+    await store.init()
+    job, _ = await store.insert_job(_job(), time.time())
+    runs: list[tuple[float, float, str]] = []
+    outage = _Outage()
+    outage.schedule(start_in=1.5, seconds=10)
+    settings = _settings(tmp_path, lease_seconds=12, store_timeout_seconds=0.2)
+    done = await _two_runners_until_done(store, outage, settings, _timed_pipeline(16, runs),
+                                         job.id, timeout=40)
+    assert (done.status, done.attempts) == (JobStatus.COMPLETED, 1)
+    assert [how for *_, how in runs] == ["done"]  # one run: no second runner took it
+    assert (tmp_path / "outputs" / f"{job.id}.mp4").read_bytes() == b"video"
+
+
+async def test_store_down_past_the_lease_stops_the_pipeline_before_another_runs(
+        tmp_path: Path):
+    """A runner that can't renew stops its pipeline before its lease ends; the job
+    runs again once the store is back, and the two runs never overlap."""
+    store = SqliteStore(tmp_path / "s.db")
+    await store.init()
+    job, _ = await store.insert_job(_job(), time.time())
+    runs: list[tuple[float, float, str]] = []
+    outage = _Outage()
+    outage.schedule(start_in=1.0, seconds=6)
+    settings = _settings(tmp_path, lease_seconds=3, store_timeout_seconds=0.2)
+    done = await _two_runners_until_done(store, outage, settings, _timed_pipeline(4, runs),
+                                         job.id, timeout=40)
+    assert (done.status, done.attempts) == (JobStatus.COMPLETED, 2)
+    assert [how for *_, how in runs] == ["canceled", "done"]
+    (first_start, first_end, _), (second_start, _, _) = runs
+    assert first_end < first_start + 3  # stopped before its lease could run out
+    assert first_end < second_start  # never two at once
+    assert (tmp_path / "outputs" / f"{job.id}.mp4").read_bytes() == b"video"
+
+
+async def test_finish_is_retried_while_the_store_is_down(tmp_path: Path):
+    """The store goes down as the pipeline ends: the end is recorded when it is back,
+    the output is kept, and the job does not run again."""
+    store = SqliteStore(tmp_path / "s.db")
+    await store.init()
+    job, _ = await store.insert_job(_job(), time.time())
+    runs: list[tuple[float, float, str]] = []
+    outage = _Outage()
+    outage.schedule(start_in=1.9, seconds=3)
+    settings = _settings(tmp_path, lease_seconds=8, store_timeout_seconds=0.2)
+    done = await _two_runners_until_done(store, outage, settings, _timed_pipeline(2, runs),
+                                         job.id, timeout=30)
+    assert (done.status, done.attempts) == (JobStatus.COMPLETED, 1)
+    assert [how for *_, how in runs] == ["done"]
+    assert (tmp_path / "outputs" / done.output_path).read_bytes() == b"video"

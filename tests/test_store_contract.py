@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from serve_app.keys import new_api_key, new_id
-from serve_app.records import JobRecord, JobStatus
-from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS, JobStore
+from serve_app.records import JobRecord, JobStatus, WebhookAttempt
+from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS, AmbiguousKey, JobStore, QueueFull
 
 MONGODB_URI = os.environ.get("RETROIVA_MONGODB_URI")
 
@@ -40,8 +40,12 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
         backend = MongoStore(MONGODB_URI, f"retroiva_test_{uuid.uuid4().hex[:8]}")
     await backend.init()
-    yield backend
-    await backend.close()
+    try:
+        yield backend
+    finally:
+        if request.param == "mongo":
+            await backend.drop()  # type: ignore[attr-defined]  # no test database left
+        await backend.close()
 
 
 def _job(key_id: str = "key_a", seq: int | None = None, **fields: object) -> JobRecord:
@@ -203,6 +207,111 @@ async def test_expired_outputs_and_clearing(store: JobStore):
     assert await store.expired_outputs(5_000.0, 10) == []
     cleared = await store.get_job(old.id)
     assert (cleared.status, cleared.output_path) == (JobStatus.COMPLETED, None)
+
+
+async def test_ping_answers_when_the_store_is_up(store: JobStore):
+    await store.ping()
+
+
+async def test_claims_are_fair_across_keys(store: JobStore):
+    """Issue 16 item 5: key A queues 50, then key B 1; B's job starts before A's 3rd."""
+    a_jobs = [_job("key_a", seq=i) for i in range(50)]
+    b_job = _job("key_b", seq=100)
+    for job in [*a_jobs, b_job]:
+        await store.insert_job(job, time.time())
+    order = []
+    while (claimed := await store.claim_next("r", time.time(), 30)) is not None:
+        order.append(claimed.id)
+        await store.finish(claimed.id, "r", JobStatus.COMPLETED, time.time())
+    assert order.index(b_job.id) < order.index(a_jobs[2].id)
+    assert order.index(b_job.id) == 1  # right after A's first
+    assert [i for i in order if i != b_job.id] == [j.id for j in a_jobs]  # A's stay FIFO
+
+
+async def test_running_limit_skips_a_key_at_its_limit(store: JobStore):
+    _, record = new_api_key("capped", rate_limit=10)
+    await store.add_key(record)
+    assert await store.set_key_limits(record.id, None, 1)
+    capped = [_job(record.id, seq=i) for i in range(3)]
+    other = _job("key_free", seq=10)
+    for job in [*capped, other]:
+        await store.insert_job(job, time.time())
+    first = await store.claim_next("r", time.time(), 30, max_running=5)
+    second = await store.claim_next("r", time.time(), 30, max_running=5)
+    assert (first.id, second.id) == (capped[0].id, other.id)
+    assert await store.claim_next("r", time.time(), 30, max_running=5) is None  # at limit
+    await store.finish(first.id, "r", JobStatus.COMPLETED, time.time())
+    assert (await store.claim_next("r", time.time(), 30, max_running=5)).id == capped[1].id
+    # The setting applies to keys without their own limit.
+    for job in (_job("key_free", seq=20), _job("key_free", seq=21)):
+        await store.insert_job(job, time.time())
+    assert await store.claim_next("r", time.time(), 30, max_running=1) is None
+
+
+async def test_queue_limit_refuses_the_job_past_it(store: JobStore):
+    for i in range(3):
+        await store.insert_job(_job(seq=i, idempotency_key=f"k{i}"), time.time(), 3)
+    with pytest.raises(QueueFull) as refused:
+        await store.insert_job(_job(seq=9), time.time(), 3)
+    assert refused.value.limit == 3 and "3 queued jobs" in str(refused.value)
+    _, created = await store.insert_job(_job(idempotency_key="k0"), time.time(), 3)
+    assert not created  # a replay is not a new job: never refused
+    await store.insert_job(_job("key_b"), time.time(), 3)  # per key
+    assert (await store.count_jobs_by_status())["queued"] == 4
+
+
+async def test_key_references_must_be_unambiguous(store: JobStore):
+    """Issue 16 item 7 / 21 item 8: a shared display prefix never revokes two keys."""
+    _, first = new_api_key("tenant-1", rate_limit=10)
+    _, second = new_api_key("tenant-2", rate_limit=10)
+    second = dataclasses.replace(second, prefix=first.prefix)  # a 12-character collision
+    for record in (first, second):
+        await store.add_key(record)
+    with pytest.raises(AmbiguousKey) as ambiguous:
+        await store.revoke_key(first.prefix, time.time())
+    assert {k.id for k in ambiguous.value.candidates} == {first.id, second.id}
+    assert first.id in str(ambiguous.value) and second.id in str(ambiguous.value)
+    with pytest.raises(AmbiguousKey):
+        await store.set_webhook_secret(first.prefix, "whsec_x")
+    assert all(k.revoked_at is None for k in await store.list_keys())  # nothing changed
+    assert {k.webhook_secret for k in await store.list_keys()} == {
+        first.webhook_secret, second.webhook_secret}
+    assert await store.revoke_key(second.id, time.time())  # the id always works
+    assert await store.set_webhook_secret(first.id[:12], "whsec_y")  # unambiguous id prefix
+    assert (await store.get_key(first.id)).webhook_secret == "whsec_y"
+    assert await store.find_keys(first.id) == [await store.get_key(first.id)]
+    assert not await store.revoke_key("key_missing", time.time())
+
+
+async def test_a_lapsed_webhook_dispatcher_changes_nothing(store: JobStore):
+    """Issue 21 item 7: attempt 1 recorded late can't turn 'delivered' back to 'pending'."""
+    await store.insert_job(_job(webhook_url="https://hooks.example.com/x"), time.time())
+    job = await store.claim_next("r", time.time(), 30)
+    await store.finish(job.id, "r", JobStatus.COMPLETED, time.time())
+    assert len(await store.claim_due_webhooks(time.time(), 1, 10)) == 1
+    now = time.time()
+    # A second dispatcher, after the first one's lease lapsed, delivers attempt 1.
+    await store.record_webhook_attempt(WebhookAttempt(job.id, 1, now, 200, None, 5),
+                                       status="delivered", next_at=None, body='{"a":1}')
+    # The first dispatcher finally records its own attempt 1, a failure.
+    await store.record_webhook_attempt(WebhookAttempt(job.id, 1, now, 503, "HTTP 503", 9),
+                                       status="pending", next_at=now + 30, body='{"a":2}')
+    after = await store.get_job(job.id)
+    assert (after.webhook_status, after.webhook_attempts, after.webhook_body) == (
+        "delivered", 1, '{"a":1}')
+    [attempt] = await store.webhook_attempts(job.id)
+    assert attempt.status_code == 200
+
+
+async def test_an_event_body_is_frozen_before_its_first_send(store: JobStore):
+    """Issue 21 item 7: a dispatcher that dies between sending and recording leaves the
+    next one the body it sent, not a rebuilt one (whose download link would differ)."""
+    await store.insert_job(_job(webhook_url="https://hooks.example.com/x"), time.time())
+    job = await store.claim_next("r", time.time(), 30)
+    await store.finish(job.id, "r", JobStatus.COMPLETED, time.time())
+    assert await store.freeze_webhook_body(job.id, '{"sent":1}') == '{"sent":1}'
+    assert await store.freeze_webhook_body(job.id, '{"rebuilt":2}') == '{"sent":1}'
+    assert (await store.get_job(job.id)).webhook_body == '{"sent":1}'
 
 
 def test_records_are_plain_data():
