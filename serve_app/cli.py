@@ -408,9 +408,14 @@ def serve() -> None:
         return await _create_key(store, "default", settings.default_rate_limit)
 
     created = _store_call(first_key, create=True, settings=settings, quiet=True)
-    context = ray.init(include_dashboard=settings.dashboard, dashboard_host=settings.host,
-                       dashboard_port=settings.dashboard_port,
-                       logging_level=logging.WARNING, configure_logging=True)
+    try:
+        context = ray.init(include_dashboard=settings.dashboard,
+                           dashboard_host=settings.host,
+                           dashboard_port=settings.dashboard_port,
+                           logging_level=logging.WARNING, configure_logging=True)
+    except Exception as exc:  # Ray's start-up errors are plain Exceptions
+        typer.echo(f"error: Ray could not start: {exc}", err=True)
+        raise typer.Exit(code=1) from None
     # Replicas log one access line per request themselves (serve_app.api); Serve's own
     # request lines and INFO chatter go to its log files only.
     ray_serve.start(http_options={"host": settings.host, "port": settings.port},
