@@ -220,6 +220,7 @@ def enhance_video(source: str | Path, output: str | Path,
                                daemon=True)
     try:
         cancel.raise_if_canceled()
+        meter.phase("processing")  # the input is here; Ray Data is starting
         watcher.start()
         segments = list(_segments(build_dataset(plan, signal, config), scratch, cancel))
         processed.set()

@@ -109,3 +109,70 @@ async def test_phase_is_stored_and_shown_only_while_processing(tmp_path: Path):
     finished = await store.get_job("job_p")
     assert finished is not None and job_from_record(finished).phase is None
     await store.close()
+
+
+def _phased_process(job, settings, on_progress, cancel) -> Path:
+    on_progress(Progress(0, 0, 0.0, None, "fetching"))
+    time.sleep(1.5)  # a heartbeat carries each step to the store
+    on_progress(Progress(50, 100, 10.0, 5.0, "processing"))
+    time.sleep(1.5)
+    on_progress(Progress(100, 100, 10.0, None, "assembling"))
+    time.sleep(1.5)
+    output = settings.scratch_dir / job.id / "output.mp4"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(b"video")
+    return output
+
+
+class _SlowStorage:
+    """Local storage that takes long enough to upload for a heartbeat to see it."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def put(self, job_id: str, path: Path) -> str:
+        time.sleep(1.5)
+        return self._inner.put(job_id, path)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+@pytest.mark.anyio
+async def test_runner_stores_each_phase_and_never_shows_1_before_completion(tmp_path: Path):
+    import asyncio
+
+    from serve_app.runner import JobRunner
+    from serve_app.settings import Settings
+    from serve_app.storage import open_storage
+
+    settings = Settings(data_dir=tmp_path, lease_seconds=3, poll_seconds=0.05)
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    await store.init()
+    now = time.time()
+    job, _ = await store.insert_job(JobRecord(
+        id="job_ph", key_id="key_a", status=JobStatus.QUEUED, input_url="https://e.com/v.mp4",
+        preset="general", upscale_factor=2, created_at=now, created_seq=1), now)
+    runner = JobRunner(store, settings, process=_phased_process,
+                       storage=_SlowStorage(open_storage(settings)))
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    seen: list[tuple[str | None, float]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        record = await store.get_job(job.id)
+        assert record is not None
+        shown = job_from_record(record)
+        if not seen or seen[-1] != (shown.phase, shown.progress):
+            seen.append((shown.phase, shown.progress))
+        if record.status.is_terminal:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    phases = [phase for phase, _ in seen if phase is not None]
+    assert list(dict.fromkeys(phases)) == ["fetching", "processing", "assembling",
+                                           "uploading"], seen
+    assert (0.5 in [p for _, p in seen]) and seen[-1] == (None, 1.0)
+    assert all(p < 1.0 for phase, p in seen if phase is not None)
+    await store.close()
