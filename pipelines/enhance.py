@@ -133,10 +133,11 @@ def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
                              override_num_blocks=len(plan.chunks))
     ds = ds.map_batches(decode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
                         fn_kwargs={"path": plan.info.path, "rotation": plan.info.rotation,
-                                   "colour": plan.info.colour, "signal": signal},
+                                   "colour": plan.info.colour, "signal": signal, "stage": 0},
                         **decode_placement(config))
-    for spec in plan.chain:
-        args = {"spec": spec, "ratio": plan.ratio, "signal": signal, "models": config.models}
+    for stage, spec in enumerate(plan.chain, start=1):
+        args = {"spec": spec, "ratio": plan.ratio, "signal": signal, "models": config.models,
+                "stage": stage}
         if spec.engine != "classical":
             # The choice itself is made (and logged, with its reason) where the model
             # loads: only that node knows whether TensorRT imports and CUDA is there.
@@ -154,17 +155,31 @@ def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
                                 fn_kwargs=args, num_cpus=stage_cpus)
     return ds.map_batches(encode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
                           fn_kwargs={"fps": plan.fps, "settings": plan.encoder,
-                                     "colour": plan.info.colour, "signal": signal})
+                                     "colour": plan.info.colour, "signal": signal,
+                                     "stage": len(plan.chain) + 1})
 
 
-def _segments(ds: Dataset, scratch: Path, meter: ProgressMeter, cancel: CancelToken
-              ) -> Iterator[Segment]:
+def stage_count(plan: JobPlan) -> int:
+    """Stages that report work: decode, each operator, encode."""
+    return len(plan.chain) + 2
+
+
+def _segments(ds: Dataset, scratch: Path, cancel: CancelToken) -> Iterator[Segment]:
     for row in ds.iter_rows():
         cancel.raise_if_canceled()
         path = scratch / f"segment_{int(row['index']):05d}.mp4"
         path.write_bytes(row["segment"])
-        meter.advance(int(row["input_frames"]))
         yield Segment(path, int(row["out_start"]))
+
+
+def _watch_progress(signal: ray.actor.ActorHandle, meter: ProgressMeter,
+                    finished: threading.Event, interval: float = 0.5) -> None:
+    """Turns the stages' work reports into progress reports while the pipeline runs."""
+    while not finished.wait(interval):
+        try:
+            meter.update(ray.get(signal.tally.remote(), timeout=10))
+        except Exception:  # progress is best effort; the pipeline's own errors matter
+            log.debug("progress poll failed", exc_info=True)
 
 
 def _as_pipeline_error(exc: BaseException, cancel: CancelToken) -> PipelineError:
@@ -221,11 +236,19 @@ def enhance_video(source: str | Path, output: str | Path,
     relay = threading.Thread(target=_relay_cancel, args=(cancel, signal, finished), daemon=True)
     relay.start()
     failure: PipelineError | None = None
+    meter = ProgressMeter(plan.info.frame_count, on_progress, stage_count(plan))
+    processed = threading.Event()
+    watcher = threading.Thread(target=_watch_progress, args=(signal, meter, processed),
+                               daemon=True)
     try:
         cancel.raise_if_canceled()
-        meter = ProgressMeter(plan.info.frame_count, on_progress)
-        segments = list(_segments(build_dataset(plan, signal, config), scratch, meter, cancel))
+        meter.phase("processing")  # the input is here; Ray Data is starting
+        watcher.start()
+        segments = list(_segments(build_dataset(plan, signal, config), scratch, cancel))
+        processed.set()
+        watcher.join()
         cancel.raise_if_canceled()
+        meter.phase("assembling")
         assemble(segments, plan.fps, plan.info, partial)
         os.replace(partial, output)
     except Exception as exc:
@@ -233,6 +256,7 @@ def enhance_video(source: str | Path, output: str | Path,
         log.debug("job failed: %s", "".join(traceback.format_exception(exc)))
     finally:
         finished.set()
+        processed.set()
         partial.unlink(missing_ok=True)
         shutil.rmtree(scratch, ignore_errors=True)
         ray.kill(signal)

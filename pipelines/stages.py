@@ -5,7 +5,9 @@ Each batch is exactly one chunk (``batch_size=1``): the columns of
 look-ahead last) and ``n_lookahead``.  Every stage polls the job's
 :class:`CancelSignal` between small groups of frames and raises
 :class:`~pipelines.errors.PipelineCanceled`, which fails the Ray Data execution and
-makes it release its actors.
+makes it release its actors.  Stages also report the frames they have handled, and
+the seconds that took, to the same actor (:class:`WorkReport`); the driver turns the
+tally into progress and an ETA (:class:`~pipelines.progress.ProgressMeter`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from pipelines.errors import PipelineCanceled
 from pipelines.presets import OperatorSpec
 from pipelines.retime import retime_chunk
 
-__all__ = ["CancelCheck", "CancelSignal", "OperatorStage", "decode_stage", "encode_stage",
-           "operator_stage"]
+__all__ = ["CancelCheck", "CancelSignal", "OperatorStage", "WorkReport", "decode_stage",
+           "encode_stage", "operator_stage"]
 
 Batch = dict[str, Any]
 
@@ -44,16 +46,57 @@ _FRAMES_PER_CHECK = 4
 
 @ray.remote(num_cpus=0)
 class CancelSignal:
-    """One per job: the driver sets it, every stage polls it."""
+    """One per job: the driver sets it, every stage polls it and reports its work to it."""
 
     def __init__(self) -> None:
         self._set = False
+        self._work: dict[int, tuple[float, float]] = {}
 
     def set(self) -> None:
         self._set = True
 
     def is_set(self) -> bool:
         return self._set
+
+    def report(self, stage: int, frames: float, seconds: float) -> None:
+        done, spent = self._work.get(stage, (0.0, 0.0))
+        self._work[stage] = (done + frames, spent + seconds)
+
+    def tally(self) -> dict[int, tuple[float, float]]:
+        """Per stage: input frames handled and seconds spent, since the job started."""
+        return dict(self._work)
+
+
+class WorkReport:
+    """Tells the job's :class:`CancelSignal` what one stage has done, as it goes.
+
+    Call it with the input frames just handled; it measures the seconds since the
+    previous call and sends both, batched to one actor call every ``interval``
+    seconds, and whatever is left at :meth:`flush`.
+    """
+
+    def __init__(self, signal: ray.actor.ActorHandle | None, stage: int,
+                 interval: float = 0.25) -> None:
+        self._signal = signal
+        self._stage = stage
+        self._interval = interval
+        self._last = self._sent = time.monotonic()
+        self._frames = self._seconds = 0.0
+
+    def __call__(self, frames: float) -> None:
+        now = time.monotonic()
+        self._frames += frames
+        self._seconds += now - self._last
+        self._last = now
+        if now - self._sent >= self._interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._signal is not None and self._frames > 0:
+            # Fire and forget: progress must never slow the stage down.
+            self._signal.report.remote(self._stage, self._frames, self._seconds)
+        self._sent = time.monotonic()
+        self._frames = self._seconds = 0.0
 
 
 class CancelCheck:
@@ -94,10 +137,18 @@ def _with(batch: Batch, **columns: Any) -> Batch:
     return out
 
 
+def _own_frames(batch: Batch) -> int:
+    """The chunk's input frames (its look-ahead belongs to the next chunk)."""
+    return int(_one(batch, "end_frame")) - int(_one(batch, "start_frame"))
+
+
 def decode_stage(batch: Batch, *, path: str, rotation: int, colour: ColourSpec,
-                 signal: ray.actor.ActorHandle | None) -> Batch:
+                 signal: ray.actor.ActorHandle | None, stage: int = 0) -> Batch:
+    report = WorkReport(signal, stage)
     chunk = Chunk.from_row({k: _one(batch, k) for k in batch})
     frames, n_lookahead = decode_chunk(path, chunk, rotation, colour, CancelCheck(signal))
+    report(_own_frames(batch))
+    report.flush()
     return _with(batch, frames=frames, n_lookahead=n_lookahead)
 
 
@@ -129,7 +180,7 @@ class OperatorStage:
 
     def __init__(self, spec: OperatorSpec, ratio: Fraction,
                  signal: ray.actor.ActorHandle | None, models: ModelOptions | None = None, *,
-                 cached: bool = False) -> None:
+                 cached: bool = False, stage: int = 1) -> None:
         models = models or ModelOptions()
         _log_models_here()
         self._operator = _cached_operator(spec.kind, spec.engine,
@@ -137,9 +188,12 @@ class OperatorStage:
             if cached else build_operator(spec.kind, spec.engine, spec.params, models)
         self._ratio = ratio
         self._check = CancelCheck(signal)
+        self._signal = signal
+        self._stage = stage
 
     def __call__(self, batch: Batch) -> Batch:
         frames = _one(batch, "frames")
+        report = WorkReport(self._signal, self._stage)
         operator = self._operator
         adapt = getattr(operator, "for_footage", None)
         if adapt is not None:
@@ -147,11 +201,14 @@ class OperatorStage:
             operator = adapt(frames)
             log.debug("chunk %s: %r", _one(batch, "index"), operator)
             if operator is None:
+                report(_own_frames(batch))
+                report.flush()
                 return batch
         # Deep (10-bit) inputs travel as uint16; operators that work in 8 bits get them
         # rounded, and their output is widened back (so the output stays 10-bit).
         narrow = frames.dtype == np.uint16 and not getattr(operator, "accepts_uint16", False)
-        out = self._apply(operator, _to_uint8(frames) if narrow else frames, batch)
+        out = self._apply(operator, _to_uint8(frames) if narrow else frames, batch, report)
+        report.flush()
         if narrow:
             out = out.astype(np.uint16) * 257
         if isinstance(operator, FrameInterpolator):
@@ -159,18 +216,25 @@ class OperatorStage:
         return _with(batch, frames=out)
 
     def _apply(self, operator: FrameFilter | FrameInterpolator, frames: np.ndarray,
-               batch: Batch) -> np.ndarray:
+               batch: Batch, report: WorkReport) -> np.ndarray:
         if isinstance(operator, FrameInterpolator):
             n_own = len(frames) - int(_one(batch, "n_lookahead"))
-            return retime_chunk(frames, n_own, _one(batch, "start_frame"),
-                                _one(batch, "out_start"), _one(batch, "out_end"), self._ratio,
-                                operator, self._check)
+            out = retime_chunk(frames, n_own, _one(batch, "start_frame"),
+                               _one(batch, "out_start"), _one(batch, "out_end"), self._ratio,
+                               operator, self._check)
+            report(_own_frames(batch))
+            return out
         if not isinstance(operator, FrameFilter):
             raise TypeError(f"{operator!r} is neither a filter nor an interpolator")
+        # Look-ahead frames are filtered too; count each group as its share of the
+        # chunk's own frames so the stage's total is the video's frame count.
+        share = _own_frames(batch) / len(frames) if len(frames) else 0.0
         parts = []
         for i in range(0, len(frames), _FRAMES_PER_CHECK):
             self._check()
-            parts.append(operator(frames[i:i + _FRAMES_PER_CHECK]))
+            group = frames[i:i + _FRAMES_PER_CHECK]
+            parts.append(operator(group))
+            report(len(group) * share)
         return np.concatenate(parts)
 
 
@@ -180,19 +244,23 @@ def _to_uint8(frames: np.ndarray) -> np.ndarray:
 
 def operator_stage(batch: Batch, *, spec: OperatorSpec, ratio: Fraction,
                    signal: ray.actor.ActorHandle | None,
-                   models: ModelOptions | None = None) -> Batch:
+                   models: ModelOptions | None = None, stage: int = 1) -> Batch:
     """An operator as a plain task.  Ray reuses worker processes, and each keeps the
     operators it built (weights included), so a model loads once per worker, not per
     chunk."""
-    return OperatorStage(spec, ratio, signal, models, cached=True)(batch)
+    return OperatorStage(spec, ratio, signal, models, cached=True, stage=stage)(batch)
 
 
 def encode_stage(batch: Batch, *, fps: Fraction, settings: EncoderSettings,
-                 colour: ColourSpec, signal: ray.actor.ActorHandle | None) -> Batch:
+                 colour: ColourSpec, signal: ray.actor.ActorHandle | None,
+                 stage: int = 2) -> Batch:
     CancelCheck(signal)()
+    report = WorkReport(signal, stage)
     frames = _one(batch, "frames")
     n_own = len(frames) - int(_one(batch, "n_lookahead"))
     segment = encode_segment(frames[:n_own], fps, settings, colour)
+    report(_own_frames(batch))
+    report.flush()
     return {
         "index": batch["index"],
         "out_start": batch["out_start"],

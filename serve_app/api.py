@@ -65,6 +65,8 @@ from serve_app.store import JobStore, StoreUnavailable, open_store
 __all__ = ["create_api"]
 
 log = logging.getLogger(__name__)
+# One line per request: method, path, status, duration, request id.
+access_log = logging.getLogger("retroiva.access")
 
 def _serve_request_id() -> str | None:
     """The id Ray Serve's proxy gave this request (it returns it as X-Request-Id)."""
@@ -76,7 +78,8 @@ def _serve_request_id() -> str | None:
 
 
 class _RequestIdMiddleware:
-    """Gives every request an id, logged with errors and returned as ``X-Request-Id``.
+    """Gives every request an id, logged with errors and returned as ``X-Request-Id``,
+    and writes the request's access-log line.
 
     Behind Ray Serve the proxy has already chosen one (a client's own X-Request-Id, or
     a fresh one) and adds the header itself, so the app reuses that id and adds none.
@@ -92,17 +95,24 @@ class _RequestIdMiddleware:
         serve_id = _serve_request_id()
         request_id = serve_id or "req_" + uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = request_id
-        if serve_id is not None:
-            await self.app(scope, receive, send)
-            return
+        started = time.perf_counter()
+        status = 500  # unless a response starts
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append(
-                    (b"x-request-id", request_id.encode()))
+                status = message["status"]
+                if serve_id is None:
+                    message.setdefault("headers", []).append(
+                        (b"x-request-id", request_id.encode()))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            # The path only, never the query string: download links carry signatures.
+            access_log.info("%s %s %d %.1fms %s", scope["method"], scope["path"], status,
+                            (time.perf_counter() - started) * 1000, request_id)
 
 
 def _rate_headers(request: Request) -> dict[str, str]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -17,10 +20,11 @@ from tqdm import tqdm
 
 from pipelines.errors import PipelineError
 from pipelines.job_plan import EnhanceRequest
-from pipelines.presets import PRESETS
+from pipelines.presets import ENGINES, PRESETS
 from pipelines.progress import Progress
 from serve_app.keys import new_api_key, new_webhook_secret
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.settings import Settings
 from serve_app.store import AmbiguousKey, JobStore
 
 T = TypeVar("T")
@@ -38,7 +42,8 @@ def _quiet_ray_logs() -> None:
 
 @app.command()
 def enhance(
-    source: Annotated[Path, typer.Argument(help="Input video file.")],
+    source: Annotated[Path, typer.Argument(help="Input video file.", exists=True,
+                                           dir_okay=False, readable=True)],
     output: Annotated[Path, typer.Argument(help="Output file: .mp4 (default), .mov or .mkv.")],
     preset: Annotated[str, typer.Option(help=f"One of: {', '.join(PRESETS)}.")] = "general",
     upscale_factor: Annotated[int | None, typer.Option(
@@ -54,10 +59,25 @@ def enhance(
         help="neural (pretrained models where installed) or classical.")] = "neural",
 ) -> None:
     """Enhance SOURCE into OUTPUT, showing progress with fps and ETA."""
-    from pipelines.enhance import PipelineConfig, enhance_video, ensure_ray
+    # Every argument is checked before Ray starts (seconds on a small machine):
+    # enhance_video itself probes the input before it starts Ray.
+    from pipelines.assemble import output_format
+    from pipelines.enhance import PipelineConfig, enhance_video
 
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}",
+                                 param_hint="--preset")
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"one of {', '.join(ENGINES)}", param_hint="--engine")
+    if codec not in (None, "h264", "hevc"):
+        raise typer.BadParameter("h264 or hevc", param_hint="--codec")
+    if interpolate not in (None, 1, 2, 4):
+        raise typer.BadParameter("1, 2 or 4", param_hint="--interpolate")
+    try:
+        output_format(output)
+    except PipelineError as exc:
+        raise typer.BadParameter(str(exc), param_hint="OUTPUT") from None
     _quiet_ray_logs()
-    ensure_ray()
     request = EnhanceRequest(
         preset=preset,
         upscale_factor=upscale_factor,
@@ -71,13 +91,17 @@ def enhance(
     def show(progress: Progress) -> None:
         bar.total = progress.frames_total
         bar.n = progress.frames_done
+        bar.set_description(progress.phase)
         bar.set_postfix(fps=f"{progress.fps:.1f}",
                         eta=f"{progress.eta_seconds:.0f}s" if progress.eta_seconds else "-")
         bar.refresh()
 
+    # The same model runtime and cache as the service (RETROIVA_MODEL_RUNTIME, …).
+    settings = Settings()
+    config = PipelineConfig(max_chunk_frames=chunk_frames, model_runtime=settings.model_runtime,
+                            model_cache=settings.model_cache)
     try:
-        result = enhance_video(source, output, request,
-                               PipelineConfig(max_chunk_frames=chunk_frames), on_progress=show)
+        result = enhance_video(source, output, request, config, on_progress=show)
     except PipelineError as exc:
         bar.close()
         typer.echo(f"error ({exc.type}): {exc}", err=True)
@@ -129,12 +153,33 @@ models_app = typer.Typer(no_args_is_help=True, help="Pretrained models this inst
 app.add_typer(models_app, name="models")
 
 
-def _store_call(fn: Callable[[JobStore], Awaitable[T]]) -> T:
-    from serve_app.settings import Settings
+def _describe_store(settings: Settings) -> str:
+    if settings.mongodb_uri:
+        return f"MongoDB database {settings.mongodb_database!r} (RETROIVA_MONGODB_URI)"
+    return f"SQLite {settings.sqlite_path.resolve()}"
+
+
+def _store_call(fn: Callable[[JobStore], Awaitable[T]], *, create: bool = False,
+                settings: Settings | None = None, quiet: bool = False) -> T:
+    """Run ``fn`` on the store the service uses with these settings.
+
+    Operator commands read the store where the service keeps it (the same settings,
+    so the same default data directory from any working directory), say which one
+    on stderr, and refuse to create an empty one unless ``create``.
+    """
     from serve_app.store import open_store
 
+    settings = settings or Settings()
+    if not quiet:
+        typer.echo(f"store: {_describe_store(settings)}", err=True)
+    if not create and not settings.mongodb_uri and not settings.sqlite_path.exists():
+        typer.echo(f"error: no store at {settings.sqlite_path.resolve()}: start the service "
+                   "with `retroiva serve` first, or set RETROIVA_DATA_DIR to the service's "
+                   "data directory", err=True)
+        raise typer.Exit(code=1)
+
     async def run() -> T:
-        store = open_store(Settings())
+        store = open_store(settings)
         await store.init()
         try:
             return await fn(store)
@@ -194,17 +239,22 @@ def keys_create(
 
     limit = _parse_rate(rate_limit) or Settings().default_rate_limit
     key, record = _store_call(
-        lambda store: _create_key(store, name, limit, max_queued, max_running))
+        lambda store: _create_key(store, name, limit, max_queued, max_running), create=True)
     _announce_key(key, record)
 
 
 @keys_app.command("list")
 def keys_list() -> None:
     """List keys: id, prefix, name, rate limit, queue limits, state."""
-    for key in _store_call(lambda store: store.list_keys()):
+    keys = _store_call(lambda store: store.list_keys())
+    if not keys:
+        typer.echo("no keys")
+        return
+    typer.echo(f"{'ID':<24}  {'PREFIX':<16}  {'NAME':<16}  {'RATE':>9}  {'LIMITS':<24}  STATE")
+    for key in keys:
         state = "revoked" if key.revoked_at else "active"
-        typer.echo(f"{key.id}  {key.prefix}…  {key.name}  {key.rate_limit}/min  "
-                   f"{_limits(key)}  {state}")
+        typer.echo(f"{key.id:<24}  {key.prefix + '…':<16}  {key.name:<16}  "
+                   f"{str(key.rate_limit) + '/min':>9}  {_limits(key):<24}  {state}")
 
 
 def _refuse_ambiguous(exc: AmbiguousKey) -> typer.Exit:
@@ -271,10 +321,18 @@ def keys_set_limits(
     typer.echo(f"{record.id}: {_limits(record)}")
 
 
+_JOB_HEADER = (f"{'ID':<28}  {'STATUS':<10}  {'PROGRESS':>8}  {'PRESET':<9}  {'FACTOR':<6}  "
+               f"{'KEY':<24}  INPUT")
+
+
 def _job_line(job: JobRecord) -> str:
     error = f"  {job.error_type}: {job.error_message}" if job.error_type else ""
-    return (f"{job.id}  {job.status:<10}  {job.progress:6.1%}  {job.preset:<9} "
-            f"x{job.upscale_factor}  key={job.key_id}  {job.input_url}{error}")
+    return (f"{job.id:<28}  {job.status:<10}  {job.progress:8.1%}  {job.preset:<9}  "
+            f"{'x' + str(job.upscale_factor):<6}  {job.key_id:<24}  {job.input_url}{error}")
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 @jobs_app.command("list")
@@ -287,10 +345,12 @@ def jobs_list(
     if status is not None and status not in set(JobStatus):
         raise typer.BadParameter(f"one of {', '.join(JobStatus)}", param_hint="--status")
     jobs = _store_call(lambda store: store.recent_jobs(limit, key_id, status))
-    for job in jobs:
-        typer.echo(_job_line(job))
     if not jobs:
         typer.echo("no jobs")
+        return
+    typer.echo(_JOB_HEADER)
+    for job in jobs:
+        typer.echo(_job_line(job))
 
 
 @jobs_app.command("show")
@@ -301,8 +361,11 @@ def jobs_show(job_id: Annotated[str, typer.Argument()]) -> None:
         typer.echo(f"no job {job_id!r}", err=True)
         raise typer.Exit(code=1)
     for name, value in dataclasses.asdict(job).items():
-        if name != "webhook_body":
-            typer.echo(f"{name:>18}: {value}")
+        if name == "webhook_body":
+            continue
+        if name.endswith("_at") and isinstance(value, float):
+            value = _iso(value)  # created_at, started_at, lease_expires_at, …
+        typer.echo(f"{name:>18}: {value}")
 
 
 @jobs_app.command("cancel")
@@ -326,17 +389,22 @@ def models_list() -> None:
     def installed(kind: str, engine: str, **params: str) -> str:
         return "no" if unavailable_reason(kind, engine, params) else "yes"
 
+    used_by = _models_by_preset()
+    rife = RIFE_MODEL
+
+    def presets(name: str) -> str:
+        return ",".join(used_by.get(name, [])) or "-"
+
     typer.echo(f"{'name':26s} {'family':32s} {'scale':5s} {'noise':5s} {'use':11s} "
-               f"{'installed':9s} source / license")
+               f"{'installed':9s} {'presets':26s} source / license")
     for m in SR_MODELS.values():
         typer.echo(f"{m.name:26s} {m.family:32s} x{m.scale:<4d} "
                    f"{'-' if m.noise is None else m.noise:<5} {m.use:11s} "
-                   f"{installed('upscale', 'ncnn', model=m.name):9s} "
+                   f"{installed('upscale', 'ncnn', model=m.name):9s} {presets(m.name):26s} "
                    f"{m.package} {m.version}: {m.param} / {m.license}")
-    rife = RIFE_MODEL
     typer.echo(f"{rife.name:26s} {rife.architecture:32s} {'-':5s} {'-':5s} "
                f"{'any':11s} {installed('interpolate', 'rife'):9s} "
-               f"{rife.package} {rife.version}: {rife.file} / "
+               f"{presets(_RIFE_ROW):26s} {rife.package} {rife.version}: {rife.file} / "
                f"{rife.license} (frame interpolation)")
     from models.runtime import ModelOptions, runtime_report
     from serve_app.settings import Settings
@@ -345,6 +413,42 @@ def models_list() -> None:
     typer.echo(f"\nmodel runtime on this node (RETROIVA_MODEL_RUNTIME={settings.model_runtime}):")
     for line in runtime_report(ModelOptions(settings.model_runtime, settings.model_cache)):
         typer.echo(line)
+    typer.echo("presets: the neural chains that use the model (for an upscale factor, or "
+               "when interpolating); --engine classical uses none.")
+
+
+_RIFE_ROW = "rife"
+
+
+def _models_by_preset() -> dict[str, list[str]]:
+    """Model name (RIFE as ``_RIFE_ROW``) → presets whose neural chain uses it."""
+    used: dict[str, list[str]] = {}
+    for preset in PRESETS.values():
+        for spec in preset.neural:
+            names = [_RIFE_ROW] if spec.engine == "rife" else \
+                [spec.params["model"]] if "model" in spec.params else \
+                list(dict.fromkeys(spec.params.get("models", {}).values()))
+            for name in names:
+                used.setdefault(name, []).append(preset.name)
+    return used
+
+
+class _Stop(Exception):
+    """SIGTERM, raised in the main thread so that serve stops like on Ctrl-C."""
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port``.
+
+    Ray Serve's proxy binds with SO_REUSEPORT, so a second service on the same port
+    would start and split the traffic; a plain bind (without that option) fails then.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 @app.command()
@@ -352,16 +456,22 @@ def serve() -> None:
     """Run the API and the job runner on Ray Serve until interrupted.
 
     Settings come from RETROIVA_* environment variables.  On an empty store, a first
-    API key is created and printed.
+    API key is created and printed.  Ctrl-C or SIGTERM stops it (exit status 0);
+    jobs in flight go back to the queue when their lease expires.
     """
+    import ray
     from ray import serve as ray_serve
+    from ray.serve.schema import LoggingConfig
 
-    from pipelines.enhance import ensure_ray
     from serve_app.deployments import build_app
-    from serve_app.settings import Settings
 
     _quiet_ray_logs()
     settings = Settings()
+    if _port_in_use(settings.host, settings.port):
+        typer.echo(f"error: {settings.host}:{settings.port} is already in use (another "
+                   "`retroiva serve`?); stop it or choose another port with RETROIVA_PORT",
+                   err=True)
+        raise typer.Exit(code=1)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     async def first_key(store: JobStore) -> tuple[str, ApiKeyRecord] | None:
@@ -369,23 +479,50 @@ def serve() -> None:
             return None
         return await _create_key(store, "default", settings.default_rate_limit)
 
-    created = _store_call(first_key)
-    ensure_ray()
-    ray_serve.start(http_options={"host": settings.host, "port": settings.port})
-    ray_serve.run(build_app(settings), name="retroiva", route_prefix="/")
+    created = _store_call(first_key, create=True, settings=settings, quiet=True)
+    try:
+        context = ray.init(include_dashboard=settings.dashboard,
+                           dashboard_host=settings.host,
+                           dashboard_port=settings.dashboard_port,
+                           logging_level=logging.WARNING, configure_logging=True)
+    except Exception as exc:  # Ray's start-up errors are plain Exceptions
+        typer.echo(f"error: Ray could not start: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    # Replicas log one access line per request themselves (serve_app.api); Serve's own
+    # request lines and INFO chatter go to its log files only.
+    ray_serve.start(http_options={"host": settings.host, "port": settings.port},
+                    logging_config=LoggingConfig(log_level="WARNING",
+                                                 enable_access_log=False))
+    ray_serve.run(build_app(settings), name="retroiva", route_prefix="/",
+                  logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False))
     base = f"http://{settings.host}:{settings.port}"
-    typer.echo(f"Retroiva API listening on {base} (data in {settings.data_dir.resolve()})")
+    typer.echo(f"Retroiva API listening on {base}")
+    typer.echo(f"store: {_describe_store(settings)}; data in {settings.data_dir.resolve()}")
+    dashboard_url = getattr(context, "dashboard_url", None)
+    if settings.dashboard and dashboard_url:
+        typer.echo(f"Ray dashboard: http://{dashboard_url}")
     if created is not None:
         _announce_key(*created)
         typer.echo(f"Try: curl {base}/v2/jobs -H 'Authorization: Bearer {created[0]}'")
     else:
         typer.echo("Using the existing API keys; `retroiva keys create --name NAME` adds one.")
+    typer.echo("Stop with Ctrl-C (or SIGTERM).")
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise _Stop
+
+    # Installed after ray.init, whose own handler would print a stack trace instead.
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        typer.echo("shutting down")
+    except (KeyboardInterrupt, _Stop) as exc:
+        how = "SIGTERM" if isinstance(exc, _Stop) else "Ctrl-C"
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        typer.echo(f"{how}: shutting down (jobs in flight are re-queued by their lease)")
         ray_serve.shutdown()
+        ray.shutdown()
 
 
 def main() -> None:

@@ -36,7 +36,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _log_access_to_stderr() -> None:
+    """The replica's access lines go to its stderr, which Ray relays to the console of
+    ``retroiva serve`` (and to the replica's log file), at INFO whatever Serve's level."""
+    access = logging.getLogger("retroiva.access")
+    if not access.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s access %(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+
+
 def _api_from_environment() -> ASGIApp:
+    _log_access_to_stderr()
     return create_api(Settings())
 
 

@@ -60,8 +60,9 @@ def resolve_checked(url: str, policy: UrlPolicy) -> Address:
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     exempt = policy.allow_private or f"{parts.hostname}:{port}" in policy.allowlist
     if not exempt and not all(_is_public(a) for a in addresses):
-        raise FetchError(f"{parts.hostname} resolves to a non-public address; "
-                         "refusing to fetch it")
+        raise FetchError(f"{parts.hostname} resolves to a non-public address; refusing "
+                         "to fetch it (the operator can allow such addresses with "
+                         "RETROIVA_ALLOW_PRIVATE_URLS=true, or RETROIVA_PRIVATE_URL_ALLOWLIST)")
     return addresses[0]
 
 

@@ -304,11 +304,12 @@ class MongoStore:
 
     @_translated
     async def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
-                          progress: float, eta_seconds: float | None) -> JobRecord | None:
+                          progress: float, eta_seconds: float | None,
+                          phase: str | None = None) -> JobRecord | None:
         return _job(await self._jobs.find_one_and_update(
             q.lease_filter(job_id, owner),
             {"$set": {"lease_expires_at": now + lease_seconds, "progress": progress,
-                      "eta_seconds": eta_seconds}},
+                      "eta_seconds": eta_seconds, "phase": phase}},
             return_document=ReturnDocument.AFTER))
 
     @_translated

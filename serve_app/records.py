@@ -66,6 +66,7 @@ class JobRecord:
     webhook_next_at: float | None = None
     webhook_body: str | None = None  # frozen at the first attempt: retries send the same
     engine: str = "neural"  # "neural" or "classical": which preset chain runs
+    phase: str | None = None  # while processing: fetching, processing, assembling, uploading
 
     @property
     def event_id(self) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 from pipelines.enhance import PipelineConfig, enhance_video
 from pipelines.errors import PipelineCanceled, PipelineError
 from pipelines.job_plan import EnhanceRequest
-from pipelines.progress import CancelToken, Progress
+from pipelines.progress import CancelToken, Phase, Progress
 from serve_app.fetch import FetchError, fetch_to_file
 from serve_app.keys import new_id
 from serve_app.metrics import record_job_counts, record_progress
@@ -45,6 +45,9 @@ from serve_app.webhooks import WebhookDispatcher
 __all__ = ["JobRunner", "pipeline_config", "process_job"]
 
 log = logging.getLogger(__name__)
+
+# The most a job's progress shows before it completes.
+_LAST_STEP_PROGRESS = 0.99
 
 ProcessJob = Callable[[JobRecord, Settings, Callable[[Progress], None], CancelToken], Path]
 
@@ -66,6 +69,7 @@ def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progr
     scratch = settings.scratch_dir / job.id
     scratch.mkdir(parents=True, exist_ok=True)
     source = scratch / "input"
+    on_progress(Progress(0, 0, 0.0, None, "fetching"))
     fetch_to_file(job.input_url, source, max_bytes=settings.max_input_bytes,
                   timeout=settings.fetch_timeout_seconds, policy=settings.url_policy)
     cancel.raise_if_canceled()
@@ -83,6 +87,7 @@ class _Running:
     cancel: CancelToken = field(default_factory=CancelToken)
     progress: float = 0.0
     eta_seconds: float | None = None
+    phase: Phase = "fetching"
     frames_done: int = 0
     lease_lost: bool = False
     lease_until: float = 0.0  # when the last renewal's lease ends (this host's clock)
@@ -208,7 +213,8 @@ class JobRunner:
             try:
                 record = await self.store.renew_lease(job.id, self.owner, now,
                                                       self.settings.lease_seconds,
-                                                      state.progress, state.eta_seconds)
+                                                      state.progress, state.eta_seconds,
+                                                      phase=state.phase)
             except Exception as exc:  # any failure: the heartbeat must outlive it
                 failures += 1
                 if failures == 1:
@@ -257,9 +263,14 @@ class JobRunner:
         state = _Running()
 
         def on_progress(progress: Progress) -> None:
+            state.phase = progress.phase
+            if progress.phase == "fetching":  # no frame count yet
+                return
             record_progress(progress.frames_done - state.frames_done, progress.fps)
             state.frames_done = progress.frames_done
-            state.progress, state.eta_seconds = progress.fraction, progress.eta_seconds
+            # 1.0 is for completed jobs only: assembling and uploading still take time.
+            state.progress = min(progress.fraction, _LAST_STEP_PROGRESS)
+            state.eta_seconds = progress.eta_seconds
 
         heartbeat = asyncio.create_task(self._heartbeat(job, state))
         try:
@@ -283,6 +294,7 @@ class JobRunner:
         try:
             output = await asyncio.to_thread(self._process, job, self.settings, on_progress,
                                              state.cancel)
+            state.phase, state.eta_seconds = "uploading", None
             key = await asyncio.to_thread(self.storage.put, job.id, output)
             status, outcome["output_path"] = JobStatus.COMPLETED, key
         except PipelineCanceled:

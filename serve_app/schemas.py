@@ -18,6 +18,7 @@ __all__ = ["DeliveryAttempt", "Download", "EnhanceBody", "ErrorBody", "ErrorDeta
 
 Preset = Literal["cinematic", "social", "archive", "general"]
 Engine = Literal["neural", "classical"]
+Phase = Literal["fetching", "processing", "assembling", "uploading"]
 
 
 # Documented in the schema only: the validator below gives the clearer error message.
@@ -79,6 +80,8 @@ class Job(BaseModel):
     error: JobError | None
     progress: float = Field(ge=0, le=1)
     eta_seconds: int | None
+    phase: Phase | None = Field(None, description="While processing: fetching, "
+                                "processing, assembling or uploading; null otherwise.")
     preset: Preset
     upscale_factor: int
     engine: Engine
@@ -151,6 +154,7 @@ def job_from_record(job: JobRecord, output_url: str | None = None) -> Job:
         error=error,
         progress=round(min(1.0, max(0.0, job.progress)), 4),
         eta_seconds=None if job.eta_seconds is None else math.ceil(job.eta_seconds),
+        phase=job.phase if job.status == JobStatus.PROCESSING else None,  # type: ignore[arg-type]
         preset=job.preset,  # type: ignore[arg-type]
         upscale_factor=job.upscale_factor,
         engine=job.engine,  # type: ignore[arg-type]

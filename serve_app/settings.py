@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -10,7 +11,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from models.runtime import ModelRuntime
 from serve_app.fetch import UrlPolicy
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "default_data_dir"]
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/retroiva`` (``~/.local/share/retroiva``): the same store from
+    whichever directory the service or an operator command starts."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "retroiva"
 
 
 class Settings(BaseSettings):
@@ -18,9 +26,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RETROIVA_", frozen=True)
 
-    data_dir: Path = Field(Path("data"), description="SQLite file, outputs and scratch.")
+    data_dir: Path = Field(default_factory=default_data_dir,
+                           description="SQLite file, outputs and scratch.")
     host: str = "127.0.0.1"
     port: int = 8000
+    dashboard: bool = Field(True, description="Start Ray's dashboard with `retroiva serve`.")
+    dashboard_port: int = Field(8265, description="The Ray dashboard's port.")
     # Secrets are left out of repr() so that a logged Settings object can't leak them.
     mongodb_uri: str | None = Field(None, repr=False,
                                     description="Use MongoDB instead of SQLite.")

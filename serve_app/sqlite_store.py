@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_message TEXT, attempts INTEGER NOT NULL, lease_owner TEXT, lease_expires_at REAL,
     cancel_requested INTEGER NOT NULL, idempotency_key TEXT, request_hash TEXT,
     webhook_status TEXT, webhook_attempts INTEGER NOT NULL DEFAULT 0, webhook_next_at REAL,
-    webhook_body TEXT, engine TEXT NOT NULL DEFAULT 'neural');
+    webhook_body TEXT, engine TEXT NOT NULL DEFAULT 'neural', phase TEXT);
 CREATE INDEX IF NOT EXISTS jobs_webhooks ON jobs (webhook_status, webhook_next_at);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     job_id TEXT NOT NULL, number INTEGER NOT NULL, at REAL NOT NULL, status_code INTEGER,
@@ -66,7 +66,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (key_id, idempotency_
 
 
 # Columns added after the first release, with how to add them to an existing store.
-_ADDED_COLUMNS = {"jobs": {"engine": "TEXT NOT NULL DEFAULT 'neural'"},
+_ADDED_COLUMNS = {"jobs": {"engine": "TEXT NOT NULL DEFAULT 'neural'", "phase": "TEXT"},
                   "api_keys": {"max_queued": "INTEGER", "max_running": "INTEGER"}}
 
 # SQLite's primary result codes that mean "not now" rather than "wrong": busy or locked
@@ -373,11 +373,12 @@ class SqliteStore:
         return await self._run(claim, write=True)
 
     async def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
-                          progress: float, eta_seconds: float | None) -> JobRecord | None:
+                          progress: float, eta_seconds: float | None,
+                          phase: str | None = None) -> JobRecord | None:
         return await self._run(lambda db: _job(db.execute(
-            "UPDATE jobs SET lease_expires_at = ?, progress = ?, eta_seconds = ? "
+            "UPDATE jobs SET lease_expires_at = ?, progress = ?, eta_seconds = ?, phase = ? "
             "WHERE id = ? AND lease_owner = ? AND status = 'processing' RETURNING *",
-            (now + lease_seconds, progress, eta_seconds, job_id, owner)).fetchone()),
+            (now + lease_seconds, progress, eta_seconds, phase, job_id, owner)).fetchone()),
             write=True)
 
     async def finish(self, job_id: str, owner: str, status: JobStatus, now: float, *,

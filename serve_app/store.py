@@ -137,8 +137,10 @@ class JobStore(Protocol):
         """
 
     async def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
-                          progress: float, eta_seconds: float | None) -> JobRecord | None:
-        """Extend the lease and record progress; None if ``owner`` no longer holds it."""
+                          progress: float, eta_seconds: float | None,
+                          phase: str | None = None) -> JobRecord | None:
+        """Extend the lease and record progress (and the job's phase); None if
+        ``owner`` no longer holds it."""
 
     async def finish(self, job_id: str, owner: str, status: JobStatus, now: float, *,
                      output_path: str | None = None, error_type: str | None = None,

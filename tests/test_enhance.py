@@ -163,9 +163,10 @@ def test_progress_reports_reach_the_total(make_video, tmp_path: Path):
     enhance_video(make_video(seconds=2), tmp_path / "out.mp4",
                   EnhanceRequest(upscale_factor=1), PipelineConfig(max_chunk_frames=12),
                   on_progress=reports.append)
-    assert [r.frames_done for r in reports] == [12, 24, 36, 48]
+    done = [r.frames_done for r in reports]
+    assert done == sorted(done) and done[-1] == 48
     assert all(r.frames_total == 48 for r in reports)
-    assert reports[-1].eta_seconds == 0 and reports[-1].fps > 0
+    assert reports[-1].phase == "assembling" and reports[-1].fps > 0
 
 
 def _bad_inputs(tmp_path: Path, make_video) -> dict[str, Path]:

@@ -95,7 +95,7 @@ def _fetch(url: str, tmp_path: Path, policy: UrlPolicy, **limits: float) -> Path
     "http://localhost/v.mp4", "http://224.0.0.1/v.mp4", "http://0.0.0.0/v.mp4",
 ])
 def test_private_and_special_addresses_are_refused(url: str, tmp_path: Path):
-    with pytest.raises(FetchError, match="non-public"):
+    with pytest.raises(FetchError, match=r"non-public.*RETROIVA_ALLOW_PRIVATE_URLS=true"):
         _fetch(url, tmp_path, UrlPolicy())
     assert not (tmp_path / "input").exists()
 

@@ -1,21 +1,14 @@
-// A webhook receiver written exactly like the API reference: verifySignature below is
-// the reference's snippet, verbatim. The server around it only does what express.json()
-// would (parse the body into req.body), answers, and logs what it saw for the tests.
+// A webhook receiver written exactly like the API reference: verifySignature is the
+// reference's snippet, verbatim, from docs/verify_webhook.js. The server around it only
+// does what express.json() would (parse the body into req.body), answers, and logs
+// what it saw for the tests.
 //
 // usage: node webhook_receiver.js MODE LOG_PATH [PORT]
 //   MODE: ok | fail (always 500) | fail:N (500 for the first N requests, then ok)
 const http = require('http');
 const fs = require('fs');
 
-const crypto = require('crypto');
-function verifySignature(req) {
-  const signature = req.headers['x-retroiva-signature'];
-  const hash = crypto
-    .createHmac('sha256', process.env.WEBHOOK_SECRET)
-    .update(JSON.stringify(req.body))
-    .digest('hex');
-  return signature === hash;
-}
+const { verifySignature } = require('../docs/verify_webhook.js');
 
 const [mode, logPath, port] = process.argv.slice(2);
 let seen = 0;
