@@ -406,15 +406,14 @@ def models_list() -> None:
                f"{'any':11s} {installed('interpolate', 'rife'):9s} "
                f"{presets(_RIFE_ROW):26s} {rife.package} {rife.version}: {rife.file} / "
                f"{rife.license} (frame interpolation)")
+    typer.echo("presets: the neural chains that use the model (for an upscale factor, or "
+               "when interpolating); --engine classical uses none.")
     from models.runtime import ModelOptions, runtime_report
-    from serve_app.settings import Settings
 
     settings = Settings()
     typer.echo(f"\nmodel runtime on this node (RETROIVA_MODEL_RUNTIME={settings.model_runtime}):")
     for line in runtime_report(ModelOptions(settings.model_runtime, settings.model_cache)):
         typer.echo(line)
-    typer.echo("presets: the neural chains that use the model (for an upscale factor, or "
-               "when interpolating); --engine classical uses none.")
 
 
 _RIFE_ROW = "rife"
