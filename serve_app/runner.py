@@ -18,7 +18,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from pipelines.progress import CancelToken, Progress
 from serve_app.fetch import FetchError, fetch_to_file
 from serve_app.keys import new_id
 from serve_app.metrics import record_job_counts, record_progress
+from serve_app.private_files import private_dir
 from serve_app.records import JobRecord, JobStatus
 from serve_app.schemas import Job, job_from_record
 from serve_app.settings import Settings
@@ -36,25 +37,33 @@ from serve_app.storage import OutputStorage, download_link, open_storage
 from serve_app.store import JobStore, open_store
 from serve_app.webhooks import WebhookDispatcher
 
-__all__ = ["JobRunner", "process_job"]
+__all__ = ["JobRunner", "fetch_input", "process_job"]
 
 log = logging.getLogger(__name__)
 
 ProcessJob = Callable[[JobRecord, Settings, Callable[[Progress], None], CancelToken], Path]
+FetchInput = Callable[[JobRecord, Settings, CancelToken], Awaitable[None]]
+
+
+async def fetch_input(job: JobRecord, settings: Settings, cancel: CancelToken) -> None:
+    """Download the job's input to ``<scratch>/<job id>/input``, where
+    :func:`process_job` reads it; bounded by the settings' fetch limits."""
+    scratch = settings.scratch_dir / job.id
+    await asyncio.to_thread(private_dir, scratch)
+    await fetch_to_file(job.input_url, scratch / "input", limits=settings.fetch_limits,
+                        policy=settings.url_policy, cancel=cancel)
 
 
 def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progress], None],
                 cancel: CancelToken) -> Path:
-    """Fetch the input into the job's scratch and enhance it; returns the output there.
+    """Enhance the input :func:`fetch_input` left in the job's scratch; returns the output
+    there.
 
     The runner hands the output to storage and then deletes the whole scratch
     directory, however the job ended.
     """
     scratch = settings.scratch_dir / job.id
-    scratch.mkdir(parents=True, exist_ok=True)
     source = scratch / "input"
-    fetch_to_file(job.input_url, source, max_bytes=settings.max_input_bytes,
-                  timeout=settings.fetch_timeout_seconds, policy=settings.url_policy)
     cancel.raise_if_canceled()
     output = scratch / "output.mp4"
     enhance_video(source, output,
@@ -73,14 +82,23 @@ class _Running:
     eta_seconds: float | None = None
     frames_done: int = 0
     lease_lost: bool = False
+    key_revoked: bool = False
 
 
 class JobRunner:
-    """Polls the store, runs up to ``runner_concurrency`` jobs at once."""
+    """Polls the store, runs up to ``runner_concurrency`` jobs at once.
+
+    A claimed job first downloads its input (``fetch``), outside the processing slots:
+    up to ``fetch_concurrency`` jobs fetch, or wait with their input on disk, while
+    the slots process others, so a slow input server delays only its own job.
+    ``fetch`` defaults to :func:`fetch_input` with the real :func:`process_job`, and to
+    no fetch stage with a stand-in ``process`` (tests), which then runs as soon as a
+    slot is free.
+    """
 
     def __init__(self, store: JobStore, settings: Settings, *,
-                 process: ProcessJob = process_job, owner: str | None = None,
-                 storage: OutputStorage | None = None) -> None:
+                 process: ProcessJob = process_job, fetch: FetchInput | None = None,
+                 owner: str | None = None, storage: OutputStorage | None = None) -> None:
         self.store = store
         self.settings = settings
         self.storage = storage or open_storage(settings)
@@ -88,7 +106,11 @@ class JobRunner:
         self._next_reap = 0.0
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id('runner')}"
         self._process = process
+        self._fetch = fetch if fetch is not None or process is not process_job \
+            else fetch_input
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(settings.runner_concurrency)
+        self._unslotted: set[str] = set()  # claimed jobs fetching or waiting for a slot
 
     def __repr__(self) -> str:
         return f"JobRunner(owner={self.owner!r}, running={len(self._tasks)})"
@@ -115,7 +137,7 @@ class JobRunner:
             await self.reap()
             await self.remove_stale_scratch()
             record_job_counts(await self.store.count_jobs_by_status())
-        while len(self._tasks) < self.settings.runner_concurrency:
+        while self._room():
             job = await self.store.claim_next(self.owner, time.time(),
                                               self.settings.lease_seconds)
             if job is None:
@@ -123,7 +145,18 @@ class JobRunner:
             log.info("claimed %s (attempt %d)", job.id, job.attempts)
             task = asyncio.create_task(self._execute(job))
             self._tasks[job.id] = task
-            task.add_done_callback(lambda _, job_id=job.id: self._tasks.pop(job_id, None))
+            self._unslotted.add(job.id)
+            task.add_done_callback(lambda _, job_id=job.id: self._forget(job_id))
+
+    def _room(self) -> bool:
+        """Whether to claim another job now."""
+        if self._fetch is None:
+            return len(self._tasks) < self.settings.runner_concurrency
+        return len(self._unslotted) < self.settings.fetch_concurrency
+
+    def _forget(self, job_id: str) -> None:
+        self._tasks.pop(job_id, None)
+        self._unslotted.discard(job_id)
 
     async def _job_object(self, job: JobRecord) -> Job:
         """The job object for webhook events, with a download link while one exists."""
@@ -173,6 +206,27 @@ class JobRunner:
             if record.cancel_requested:
                 state.cancel.cancel()
 
+    async def _watch_key(self, job: JobRecord, state: _Running) -> None:
+        """Cancel the job if its API key is revoked (checked at once, then every 2 s)."""
+        while True:
+            key = await self.store.get_key(job.key_id)
+            if key is not None and key.revoked_at is not None:
+                state.key_revoked = True
+                state.cancel.cancel()
+                return
+            await asyncio.sleep(2.0)
+
+    async def _take_slot(self, cancel: CancelToken) -> None:
+        """Wait for a processing slot, in claim order; stop waiting if canceled."""
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        while not acquire.done() and not cancel.canceled:
+            await asyncio.wait({acquire}, timeout=0.25)
+        if cancel.canceled:
+            if acquire.done() and not acquire.cancelled():
+                self._slots.release()
+            acquire.cancel()
+            cancel.raise_if_canceled()
+
     async def _execute(self, job: JobRecord) -> None:
         state = _Running()
 
@@ -182,14 +236,25 @@ class JobRunner:
             state.progress, state.eta_seconds = progress.fraction, progress.eta_seconds
 
         heartbeat = asyncio.create_task(self._heartbeat(job, state))
+        key_watch = asyncio.create_task(self._watch_key(job, state))
         outcome: dict[str, str | None] = {}
         try:
-            output = await asyncio.to_thread(self._process, job, self.settings, on_progress,
-                                             state.cancel)
+            if self._fetch is not None:
+                await self._fetch(job, self.settings, state.cancel)
+            await self._take_slot(state.cancel)
+            try:
+                self._unslotted.discard(job.id)
+                output = await asyncio.to_thread(self._process, job, self.settings,
+                                                 on_progress, state.cancel)
+            finally:
+                self._slots.release()
             key = await asyncio.to_thread(self.storage.put, job.id, output)
             status, outcome["output_path"] = JobStatus.COMPLETED, key
         except PipelineCanceled:
             status = JobStatus.CANCELED
+            if state.key_revoked:
+                outcome.update(error_type="key_revoked",
+                               error_message="the job's API key was revoked")
         except (PipelineError, FetchError) as exc:
             status = JobStatus.FAILED
             outcome.update(error_type=exc.type, error_message=str(exc))
@@ -201,6 +266,7 @@ class JobRunner:
                                          "has the details in the runner log")
         finally:
             heartbeat.cancel()
+            key_watch.cancel()
             await asyncio.to_thread(shutil.rmtree, self.settings.scratch_dir / job.id, True)
         if state.lease_lost:
             log.warning("lost the lease on %s; leaving it to its new owner", job.id)
