@@ -8,6 +8,7 @@ idempotency keys.  The queries themselves live in :mod:`serve_app.mongo_queries`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
@@ -210,12 +211,15 @@ class MongoStore:
     async def clear_output(self, job_id: str) -> None:
         await self._jobs.update_one({"_id": job_id}, {"$set": {"output_path": None}})
 
-    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int
-                                 ) -> list[JobRecord]:
+    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int,
+                                 exclude_keys: Collection[str] = ()) -> list[JobRecord]:
         claimed = []
+        due = q.due_webhooks_filter(now)
+        if exclude_keys:
+            due["key_id"] = {"$nin": list(exclude_keys)}
         for _ in range(limit):
             doc = await self._jobs.find_one_and_update(
-                q.due_webhooks_filter(now), {"$set": {"webhook_next_at": now + lease_seconds}},
+                due, {"$set": {"webhook_next_at": now + lease_seconds}},
                 sort=[("webhook_next_at", ASCENDING)], return_document=ReturnDocument.AFTER)
             if doc is None:
                 break

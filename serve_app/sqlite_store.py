@@ -11,10 +11,11 @@ import asyncio
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TypeVar
 
+from serve_app.private_files import private_file
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
 from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS
 
@@ -86,7 +87,8 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600 before SQLite opens it: its -wal and -shm files copy the mode.
+            private_file(self.path)
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                  check_same_thread=False)
             db.row_factory = sqlite3.Row
@@ -304,13 +306,15 @@ class SqliteStore:
         await self._run(lambda db: db.execute(
             "UPDATE jobs SET output_path = NULL WHERE id = ?", (job_id,)), write=True)
 
-    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int
-                                 ) -> list[JobRecord]:
+    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int,
+                                 exclude_keys: Collection[str] = ()) -> list[JobRecord]:
+        skip = f"AND key_id NOT IN ({', '.join('?' * len(exclude_keys))}) " \
+            if exclude_keys else ""
         rows = await self._run(lambda db: db.execute(
             "UPDATE jobs SET webhook_next_at = ? WHERE id IN (SELECT id FROM jobs "
-            "WHERE webhook_status = 'pending' AND webhook_next_at <= ? "
+            f"WHERE webhook_status = 'pending' AND webhook_next_at <= ? {skip}"
             "ORDER BY webhook_next_at LIMIT ?) RETURNING *",
-            (now + lease_seconds, now, limit)).fetchall(), write=True)
+            (now + lease_seconds, now, *exclude_keys, limit)).fetchall(), write=True)
         return [j for j in map(_job, rows) if j is not None]
 
     async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,

@@ -7,6 +7,7 @@ The contract is pinned by ``tests/test_store_contract.py``, which both backends 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
@@ -89,9 +90,10 @@ class JobStore(Protocol):
 
     # Webhook outbox: every status change that ends a job with a webhook_url sets
     # webhook_status = 'pending' and webhook_next_at = now in the same update.
-    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int
-                                 ) -> list[JobRecord]:
-        """Pending events due now; each is hidden from other dispatchers for the lease."""
+    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int,
+                                 exclude_keys: Collection[str] = ()) -> list[JobRecord]:
+        """Pending events due now, oldest first, none of ``exclude_keys``' jobs; each is
+        hidden from other dispatchers for the lease."""
 
     async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
                                      next_at: float | None, body: str) -> None:
@@ -101,11 +103,15 @@ class JobStore(Protocol):
 
 
 def open_store(settings: Settings) -> JobStore:
-    """The configured backend: MongoDB when ``mongodb_uri`` is set, else SQLite."""
+    """The configured backend: MongoDB when ``mongodb_uri`` is set, else SQLite; either
+    with its webhook secrets sealed (:mod:`serve_app.secret_box`)."""
+    from serve_app.secret_box import load_secret_box, sealed
+
+    box = load_secret_box(settings.secrets_key, settings.data_dir)
     if settings.mongodb_uri:
         from serve_app.mongo_store import MongoStore
 
-        return MongoStore(settings.mongodb_uri, settings.mongodb_database)
+        return sealed(MongoStore(settings.mongodb_uri, settings.mongodb_database), box)
     from serve_app.sqlite_store import SqliteStore
 
-    return SqliteStore(settings.sqlite_path)
+    return sealed(SqliteStore(settings.sqlite_path), box)
