@@ -8,6 +8,7 @@
     ├── GoneError                   410    gone_error             (output past retention)
     ├── ForbiddenError              403    forbidden_error        (bad or expired signature)
     ├── PayloadTooLargeError        413    invalid_request_error
+    ├── RangeNotSatisfiableError    416    invalid_request_error  (``size`` of the file)
     ├── RateLimitError              429    rate_limit_error       (``retry_after`` seconds)
     └── InternalError               500    api_error              (never carries details)
 """
@@ -24,6 +25,7 @@ __all__ = [
     "InvalidRequestError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "RangeNotSatisfiableError",
     "RateLimitError",
 ]
 
@@ -79,6 +81,17 @@ class PayloadTooLargeError(ApiError):
 
     status = 413
     type = "invalid_request_error"
+
+
+class RangeNotSatisfiableError(ApiError):
+    """A download's Range starts past the end of the file."""
+
+    status = 416
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message, param="Range")
+        self.size = size
 
 
 class RateLimitError(ApiError):
