@@ -3,7 +3,8 @@
 A runner holds each job by a lease it renews every second (writing progress and ETA
 at the same time).  If the runner dies, its leases expire and any runner re-queues
 those jobs (or fails them after ``max_attempts``), so no job stays ``processing``.
-A cancel request reaches the running pipeline at the next heartbeat.
+A cancel request reaches the running pipeline, or the input's download, at the next
+heartbeat.  A job whose API key has been revoked is canceled instead of run.
 
 Run one in the foreground with ``python -m serve_app.runner`` (the Serve deployment
 does the same inside a replica).
@@ -206,15 +207,22 @@ class JobRunner:
             if record.cancel_requested:
                 state.cancel.cancel()
 
+    async def _check_key(self, job: JobRecord, state: _Running) -> None:
+        """Cancel the job if its API key has been revoked.
+
+        Revoking a key stops its work: queued jobs are canceled when claimed, running
+        ones within two seconds (README, "Revoking a key").  A missing key is not
+        revocation (keys are never deleted; test fixtures often have none).
+        """
+        key = await self.store.get_key(job.key_id)
+        if key is not None and key.revoked_at is not None:
+            state.key_revoked = True
+            state.cancel.cancel()
+
     async def _watch_key(self, job: JobRecord, state: _Running) -> None:
-        """Cancel the job if its API key is revoked (checked at once, then every 2 s)."""
-        while True:
-            key = await self.store.get_key(job.key_id)
-            if key is not None and key.revoked_at is not None:
-                state.key_revoked = True
-                state.cancel.cancel()
-                return
+        while not state.cancel.canceled:
             await asyncio.sleep(2.0)
+            await self._check_key(job, state)
 
     async def _take_slot(self, cancel: CancelToken) -> None:
         """Wait for a processing slot, in claim order; stop waiting if canceled."""
@@ -239,6 +247,8 @@ class JobRunner:
         key_watch = asyncio.create_task(self._watch_key(job, state))
         outcome: dict[str, str | None] = {}
         try:
+            await self._check_key(job, state)
+            state.cancel.raise_if_canceled()
             if self._fetch is not None:
                 await self._fetch(job, self.settings, state.cancel)
             await self._take_slot(state.cancel)
