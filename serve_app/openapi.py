@@ -30,7 +30,7 @@ def _response(description: str, schema: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Invalid request", 401: "Missing or invalid API key", 403: "Forbidden",
             404: "Not found", 409: "Conflict", 410: "Gone", 413: "Body too large",
-            429: "Rate limit exceeded"}
+            416: "Range not satisfiable", 429: "Rate limit exceeded"}
     return {str(code): _response(text[code], "ErrorBody") for code in codes}
 
 
@@ -98,11 +98,13 @@ def openapi_document() -> dict[str, Any]:
                     {"name": "expires", "in": "query", "required": True,
                      "schema": {"type": "integer"}},
                     {"name": "signature", "in": "query", "required": True,
+                     "schema": {"type": "string"}},
+                    {"name": "Range", "in": "header", "required": False,
                      "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "The video (Range supported)",
                                       "content": {"video/mp4": {}}},
                               "206": {"description": "Partial content"},
-                              **_errors(403, 410)},
+                              **_errors(400, 403, 410, 416)},
             }},
             "/healthz": {"get": {"operationId": "health", "security": [],
                                  "responses": {"200": {"description": "Alive"}}}},
