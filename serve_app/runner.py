@@ -42,6 +42,9 @@ __all__ = ["JobRunner", "fetch_input", "process_job"]
 
 log = logging.getLogger(__name__)
 
+# A download that has run this long no longer counts against a processing slot.
+SLOW_FETCH_SECONDS = 2.0
+
 ProcessJob = Callable[[JobRecord, Settings, Callable[[Progress], None], CancelToken], Path]
 FetchInput = Callable[[JobRecord, Settings, CancelToken], Awaitable[None]]
 
@@ -89,12 +92,15 @@ class _Running:
 class JobRunner:
     """Polls the store, runs up to ``runner_concurrency`` jobs at once.
 
-    A claimed job first downloads its input (``fetch``), outside the processing slots:
-    up to ``fetch_concurrency`` jobs fetch, or wait with their input on disk, while
-    the slots process others, so a slow input server delays only its own job.
+    A claimed job first downloads its input (``fetch``), then waits for one of the
+    ``runner_concurrency`` processing slots.  A download counts against a slot only
+    for its first :data:`SLOW_FETCH_SECONDS`: a slower one stops counting, so the
+    runner claims another job to use the slot, and a slow input server delays only
+    its own job (at most ``fetch_concurrency`` downloads at once).  Fast downloads
+    keep the old behaviour: no job is claimed before a slot can take it, so a queued
+    job stays ``queued`` (and cancelable at once) until then.
     ``fetch`` defaults to :func:`fetch_input` with the real :func:`process_job`, and to
-    no fetch stage with a stand-in ``process`` (tests), which then runs as soon as a
-    slot is free.
+    no fetch stage with a stand-in ``process`` (tests).
     """
 
     def __init__(self, store: JobStore, settings: Settings, *,
@@ -111,7 +117,7 @@ class JobRunner:
             else fetch_input
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(settings.runner_concurrency)
-        self._unslotted: set[str] = set()  # claimed jobs fetching or waiting for a slot
+        self._fetching: dict[str, float] = {}  # job id -> when its download started
 
     def __repr__(self) -> str:
         return f"JobRunner(owner={self.owner!r}, running={len(self._tasks)})"
@@ -146,18 +152,20 @@ class JobRunner:
             log.info("claimed %s (attempt %d)", job.id, job.attempts)
             task = asyncio.create_task(self._execute(job))
             self._tasks[job.id] = task
-            self._unslotted.add(job.id)
             task.add_done_callback(lambda _, job_id=job.id: self._forget(job_id))
 
     def _room(self) -> bool:
-        """Whether to claim another job now."""
-        if self._fetch is None:
-            return len(self._tasks) < self.settings.runner_concurrency
-        return len(self._unslotted) < self.settings.fetch_concurrency
+        """Whether to claim another job now: a slot is free once slow downloads are
+        left out, and there is room for one more download."""
+        if len(self._fetching) >= self.settings.fetch_concurrency:
+            return False
+        now = time.monotonic()
+        slow = sum(now - started > SLOW_FETCH_SECONDS for started in self._fetching.values())
+        return len(self._tasks) - slow < self.settings.runner_concurrency
 
     def _forget(self, job_id: str) -> None:
         self._tasks.pop(job_id, None)
-        self._unslotted.discard(job_id)
+        self._fetching.pop(job_id, None)
 
     async def _job_object(self, job: JobRecord) -> Job:
         """The job object for webhook events, with a download link while one exists."""
@@ -250,10 +258,13 @@ class JobRunner:
             await self._check_key(job, state)
             state.cancel.raise_if_canceled()
             if self._fetch is not None:
-                await self._fetch(job, self.settings, state.cancel)
+                self._fetching[job.id] = time.monotonic()
+                try:
+                    await self._fetch(job, self.settings, state.cancel)
+                finally:
+                    del self._fetching[job.id]
             await self._take_slot(state.cancel)
             try:
-                self._unslotted.discard(job.id)
                 output = await asyncio.to_thread(self._process, job, self.settings,
                                                  on_progress, state.cancel)
             finally:

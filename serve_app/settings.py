@@ -42,9 +42,9 @@ class Settings(BaseSettings):
         64 * 1024, ge=0, description="Slowest average rate an input download may keep "
         "once it has run for fetch_rate_grace_seconds.")
     fetch_rate_grace_seconds: float = Field(10.0, ge=0)
-    fetch_concurrency: int = Field(4, ge=1, description="Inputs one runner downloads at "
-                                   "once, apart from its runner_concurrency processing "
-                                   "slots (inputs wait on disk for a slot).")
+    fetch_concurrency: int = Field(4, ge=1, description="Most inputs one runner "
+                                   "downloads at once; a download past 2 s stops holding "
+                                   "a processing slot, so another job can use it.")
     allow_private_urls: bool = Field(False, description="Let video_url reach loopback and "
                                      "private addresses (tests, local use).")
     private_url_allowlist: tuple[str, ...] = Field(
