@@ -20,7 +20,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    MalformedRangeHeader,
+    RangeNotSatisfiable,
+    Response,
+)
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,6 +40,7 @@ from serve_app.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    RangeNotSatisfiableError,
     RateLimitError,
     ServiceUnavailableError,
 )
@@ -115,6 +122,29 @@ class _RequestIdMiddleware:
                             (time.perf_counter() - started) * 1000, request_id)
 
 
+def _small_int(text: str, digits: int) -> int | None:
+    """``text`` as a non-negative integer of at most ``digits`` ASCII digits, else None.
+
+    ``str.isdigit`` alone lets through "²" (which int() refuses) and 5000-digit
+    strings (over int()'s conversion limit): both were 500s.
+    """
+    if not 0 < len(text) <= digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+def _check_range(header: str, size: int) -> None:
+    """Refuse a Range header Starlette would answer with plain text (400/416)."""
+    try:
+        FileResponse._parse_range_header(header, size)
+    except MalformedRangeHeader as exc:
+        raise InvalidRequestError(f"invalid Range header: {exc.content or 'malformed'}",
+                                  param="Range") from None
+    except RangeNotSatisfiable:
+        raise RangeNotSatisfiableError(f"Range starts past the end of the {size}-byte file",
+                                       size=size) from None
+
+
 def _rate_headers(request: Request) -> dict[str, str]:
     return getattr(request.state, "rate_headers", {})
 
@@ -130,6 +160,8 @@ def _error_response(request: Request, error: ApiError) -> JSONResponse:
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="retroiva"'
+    if isinstance(error, RangeNotSatisfiableError):
+        headers["Content-Range"] = f"bytes */{error.size}"
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
@@ -229,6 +261,8 @@ class Api:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise InvalidRequestError("body is not valid JSON") from None
+        except RecursionError:
+            raise InvalidRequestError("body is nested too deeply") from None
 
     # Routes
     async def enhance(self, request: Request) -> Response:
@@ -256,8 +290,8 @@ class Api:
 
     async def list_jobs(self, request: Request) -> Response:
         key = await self.authenticate(request)
-        raw_limit = request.query_params.get("limit", "20")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        limit = _small_int(request.query_params.get("limit", "20"), 3)
+        if limit is None or not 1 <= limit <= 100:
             raise InvalidRequestError("limit must be an integer from 1 to 100", param="limit")
         cursor = request.query_params.get("starting_after")
         store = await self._store()
@@ -265,7 +299,7 @@ class Api:
             anchor = await store.get_job(cursor)
             if anchor is None or anchor.key_id != key.id:
                 raise InvalidRequestError(f"no such job: {cursor}", param="starting_after")
-        jobs, has_more = await store.list_jobs(key.id, int(raw_limit), cursor)
+        jobs, has_more = await store.list_jobs(key.id, limit, cursor)
         return self._json(request, JobList(
             data=[await self._job_object(request, j) for j in jobs], has_more=has_more,
             next_cursor=jobs[-1].id if has_more else None))
@@ -292,12 +326,12 @@ class Api:
         if not isinstance(self.storage, LocalStorage):
             raise NotFoundError("files are served by the object store, not this API")
         key = request.path_params["key"]
-        expires = request.query_params.get("expires", "")
+        expires = _small_int(request.query_params.get("expires", ""), 12)
         signature = request.query_params.get("signature", "")
-        if not expires.isdigit() or not signature_valid(
-                self.storage.secret, request.url.path, int(expires), signature):
+        if expires is None or not signature_valid(
+                self.storage.secret, request.url.path, expires, signature):
             raise ForbiddenError("invalid download signature")
-        if int(expires) <= time.time():
+        if expires <= time.time():
             raise ForbiddenError("this download link has expired")
         try:
             path = self.storage.path(key)
@@ -305,6 +339,8 @@ class Api:
             raise ForbiddenError("invalid download signature") from None
         if not path.is_file():
             raise GoneError("the output was deleted when its retention period ended")
+        if "range" in request.headers and "if-range" not in request.headers:
+            _check_range(request.headers["range"], path.stat().st_size)
         return FileResponse(path, media_type="video/mp4",
                             headers={"Cache-Control": "private, max-age=0"})
 

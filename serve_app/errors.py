@@ -8,6 +8,7 @@
     ├── GoneError                   410    gone_error             (output past retention)
     ├── ForbiddenError              403    forbidden_error        (bad or expired signature)
     ├── PayloadTooLargeError        413    invalid_request_error
+    ├── RangeNotSatisfiableError    416    invalid_request_error  (``size`` of the file)
     ├── RateLimitError              429    rate_limit_error       (``retry_after`` seconds)
     ├── QueueLimitError             429    queue_limit_error      (the key's queued-job limit)
     ├── InternalError               500    api_error              (never carries details)
@@ -27,6 +28,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "QueueLimitError",
+    "RangeNotSatisfiableError",
     "RateLimitError",
     "ServiceUnavailableError",
 ]
@@ -83,6 +85,17 @@ class PayloadTooLargeError(ApiError):
 
     status = 413
     type = "invalid_request_error"
+
+
+class RangeNotSatisfiableError(ApiError):
+    """A download's Range starts past the end of the file."""
+
+    status = 416
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message, param="Range")
+        self.size = size
 
 
 class RateLimitError(ApiError):

@@ -5,20 +5,31 @@ globally routable (no loopback, private, link-local/cloud-metadata, multicast or
 reserved ranges) unless private URLs are allowed, or that ``host:port`` is on the
 allowlist.  The connection then goes to the checked address itself (the Host header
 and TLS SNI keep the name), so a second DNS answer cannot swap in a private address.
-Each redirect (at most 5) is checked the same way.
+Each redirect (at most 5) is checked the same way.  IPv6 forms that embed an IPv4
+address (NAT64, 6to4) are judged by that address; the other transition and
+deprecated forms (IPv4-compatible, IPv4-translated, Teredo, site-local) are refused.
+
+A fetch is bounded in size, per read, in total time and in average rate (see
+:class:`FetchLimits`), and a cancel stops it within a fraction of a second.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import httpx
 
-__all__ = ["FetchError", "UrlPolicy", "fetch_to_file", "pinned_target", "resolve_checked"]
+from pipelines.progress import CancelToken
+
+__all__ = ["FetchError", "FetchLimits", "UrlPolicy", "fetch_to_file", "pinned_target",
+           "resolve_checked"]
 
 MAX_REDIRECTS = 5
 
@@ -41,9 +52,26 @@ def _port(parts: SplitResult) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
+# IPv6 ranges that carry an IPv4 address in their low 32 bits and reach it through a
+# translator: the embedded address must pass the IPv4 rules ("::127.0.0.1" is not
+# public just because ``ipaddress`` calls the v6 form global).
+_EMBEDDING_V4 = (ipaddress.IPv6Network("64:ff9b::/96"),)  # NAT64 well-known prefix
+# Refused outright: local-use NAT64, IPv4-compatible (deprecated), IPv4-translated
+# (SIIT), Teredo (a tunnel whose far end we cannot check), site-local (deprecated but
+# still routed inside some networks).
+_REFUSED_V6 = tuple(ipaddress.IPv6Network(n) for n in (
+    "64:ff9b:1::/48", "::/96", "::ffff:0:0:0/96", "2001::/32", "fec0::/10"))
+
+
 def _is_public(address: Address) -> bool:
-    mapped = getattr(address, "ipv4_mapped", None)
-    address = mapped or address
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and any(address in net for net in _EMBEDDING_V4):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return _is_public(embedded)
+        if any(address in net for net in _REFUSED_V6):
+            return False
     return address.is_global and not address.is_multicast
 
 
@@ -77,20 +105,96 @@ def pinned_target(url: str, address: Address) -> tuple[str, dict[str, str], dict
     return target, headers, extensions  # type: ignore[return-value]
 
 
-def fetch_to_file(url: str, destination: Path, *, max_bytes: int, timeout: float,
-                  policy: UrlPolicy) -> int:
+@dataclass(frozen=True)
+class FetchLimits:
+    """How much and how slowly a fetch may go before it is abandoned.
+
+    ``read_timeout`` bounds each connect and read; ``deadline`` the whole transfer,
+    redirects included; after ``rate_grace`` seconds the average rate since the start
+    must stay at or above ``min_rate`` bytes/s, so a server that trickles a byte now
+    and then cannot hold a job (and its slot) until the deadline.
+    """
+
+    max_bytes: int
+    read_timeout: float = 30.0
+    deadline: float = 3600.0
+    min_rate: float = 64 * 1024
+    rate_grace: float = 10.0
+
+
+class _Transfer:
+    """Bytes received so far and since when: what the watchdog checks."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.received = 0
+
+    def problem(self, limits: FetchLimits) -> str | None:
+        elapsed = time.monotonic() - self.started
+        if elapsed > limits.deadline:
+            return f"fetching video_url took longer than its {limits.deadline:g} s deadline"
+        if elapsed > limits.rate_grace and self.received < limits.min_rate * elapsed:
+            return (f"fetching video_url averaged {self.received / elapsed:.0f} bytes/s, "
+                    f"below the minimum of {limits.min_rate:.0f}")
+        return None
+
+
+_WATCH_INTERVAL = 0.25  # how often deadlines and cancellation are checked
+
+
+async def fetch_to_file(url: str, destination: Path, *, limits: FetchLimits,
+                        policy: UrlPolicy, cancel: CancelToken | None = None) -> int:
     """Stream ``url`` into ``destination``; returns the byte count.
 
     Raises :class:`FetchError` for refused or unreachable URLs, HTTP errors, too many
-    redirects, timeouts and bodies over ``max_bytes``; the partial file is removed in
-    every failure.
+    redirects, timeouts, transfers past the deadline or below the minimum rate, and
+    bodies over ``max_bytes``; :class:`~pipelines.errors.PipelineCanceled` within
+    about a quarter of a second of ``cancel`` being set.  The partial file is removed
+    in every failure.
+
+    The body is asked for and stored as sent (``Accept-Encoding: identity``; any
+    ``Content-Encoding`` is left undecoded), so the size limit counts wire bytes and a
+    small compressed body cannot expand on disk.
     """
+    transfer = _Transfer()
+    task = asyncio.create_task(_download(url, destination, limits, policy, transfer))
     try:
-        with httpx.Client(follow_redirects=False, timeout=timeout) as client:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_WATCH_INTERVAL)
+            if done:
+                return task.result()
+            if cancel is not None and cancel.canceled:
+                await _stop(task)
+                cancel.raise_if_canceled()
+            problem = transfer.problem(limits)
+            if problem is not None:
+                await _stop(task)
+                raise FetchError(problem)
+    except BaseException:
+        if not task.done():
+            await _stop(task)
+        destination.unlink(missing_ok=True)
+        raise
+
+
+async def _stop(task: asyncio.Task[int]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def _download(url: str, destination: Path, limits: FetchLimits, policy: UrlPolicy,
+                    transfer: _Transfer) -> int:
+    max_bytes = limits.max_bytes
+    try:
+        async with httpx.AsyncClient(follow_redirects=False,
+                                     timeout=limits.read_timeout) as client:
             for _ in range(MAX_REDIRECTS + 1):
-                target, headers, extensions = pinned_target(url, resolve_checked(url, policy))
-                with client.stream("GET", target, headers=headers,
-                                   extensions=extensions) as response:
+                address = await asyncio.to_thread(resolve_checked, url, policy)
+                target, headers, extensions = pinned_target(url, address)
+                headers["Accept-Encoding"] = "identity"
+                async with client.stream("GET", target, headers=headers,
+                                         extensions=extensions) as response:
                     if response.is_redirect:
                         location = response.headers.get("location")
                         if not location:
@@ -101,24 +205,21 @@ def fetch_to_file(url: str, destination: Path, *, max_bytes: int, timeout: float
                     if response.status_code != 200:
                         raise FetchError(f"fetching video_url returned HTTP "
                                          f"{response.status_code}")
-                    declared = int(response.headers.get("content-length") or 0)
-                    if declared > max_bytes:
+                    declared = response.headers.get("content-length", "")
+                    if declared.isascii() and declared.isdigit() \
+                            and int(declared) > max_bytes:
                         raise FetchError(f"video is {declared} bytes; the limit is {max_bytes}")
-                    size = 0
                     with destination.open("wb") as out:
-                        for block in response.iter_bytes(1 << 20):
-                            size += len(block)
-                            if size > max_bytes:
+                        # Raw: exactly the bytes sent, whatever Content-Encoding says.
+                        async for block in response.aiter_raw():
+                            transfer.received += len(block)
+                            if transfer.received > max_bytes:
                                 raise FetchError(f"video exceeds the {max_bytes}-byte limit")
                             out.write(block)
-                    return size
+                    return transfer.received
             raise FetchError(f"more than {MAX_REDIRECTS} redirects")
     except httpx.TimeoutException:
-        destination.unlink(missing_ok=True)
-        raise FetchError(f"fetching video_url timed out after {timeout:g} s") from None
+        raise FetchError(f"fetching video_url timed out after {limits.read_timeout:g} s "
+                         "without data") from None
     except httpx.HTTPError as exc:
-        destination.unlink(missing_ok=True)
         raise FetchError(f"fetching video_url failed ({type(exc).__name__})") from None
-    except FetchError:
-        destination.unlink(missing_ok=True)
-        raise

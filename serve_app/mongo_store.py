@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, ParamSpec, TypeVar
 
 import pymongo
@@ -345,12 +345,15 @@ class MongoStore:
         await self._jobs.update_one({"_id": job_id}, {"$set": {"output_path": None}})
 
     @_translated
-    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int
-                                 ) -> list[JobRecord]:
+    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int,
+                                 exclude_keys: Collection[str] = ()) -> list[JobRecord]:
         claimed = []
+        due = q.due_webhooks_filter(now)
+        if exclude_keys:
+            due["key_id"] = {"$nin": list(exclude_keys)}
         for _ in range(limit):
             doc = await self._jobs.find_one_and_update(
-                q.due_webhooks_filter(now), {"$set": {"webhook_next_at": now + lease_seconds}},
+                due, {"$set": {"webhook_next_at": now + lease_seconds}},
                 sort=[("webhook_next_at", 1)], return_document=ReturnDocument.AFTER)
             if doc is None:
                 break

@@ -39,6 +39,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     """The listed error responses, and 503 (any call may meet an unavailable store)."""
     text = {400: "Invalid request", 401: "Missing or invalid API key", 403: "Forbidden",
             404: "Not found", 409: "Conflict", 410: "Gone", 413: "Body too large",
+            416: "Range not satisfiable",
             429: "Rate limit exceeded (rate_limit_error) or, for submissions, the key's "
                  "queued-job limit (queue_limit_error)"}
     return {**{str(code): _response(text[code], "ErrorBody") for code in codes},
@@ -109,11 +110,13 @@ def openapi_document() -> dict[str, Any]:
                     {"name": "expires", "in": "query", "required": True,
                      "schema": {"type": "integer"}},
                     {"name": "signature", "in": "query", "required": True,
+                     "schema": {"type": "string"}},
+                    {"name": "Range", "in": "header", "required": False,
                      "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "The video (Range supported)",
                                       "content": {"video/mp4": {}}},
                               "206": {"description": "Partial content"},
-                              **_errors(403, 410)},
+                              **_errors(400, 403, 410, 416)},
             }},
             "/healthz": {"get": {"operationId": "health", "security": [],
                                  "responses": {"200": {"description": "Alive"}}}},

@@ -3,7 +3,8 @@
 A runner holds each job by a lease it renews every second (writing progress and ETA
 at the same time).  If the runner dies, its leases expire and any runner re-queues
 those jobs (or fails them after ``max_attempts``), so no job stays ``processing``.
-A cancel request reaches the running pipeline at the next heartbeat.
+A cancel request reaches the running pipeline, or the input's download, at the next
+heartbeat.  A job whose API key has been revoked is canceled instead of run.
 
 The store may fail for a while (locked, failing over, unreachable).  The heartbeat
 retries with backoff for as long as its last renewal's lease lasts; a runner that can
@@ -24,7 +25,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from pipelines.progress import CancelToken, Phase, Progress
 from serve_app.fetch import FetchError, fetch_to_file
 from serve_app.keys import new_id
 from serve_app.metrics import record_job_counts, record_progress
+from serve_app.private_files import private_dir
 from serve_app.records import JobRecord, JobStatus
 from serve_app.schemas import Job, job_from_record
 from serve_app.settings import Settings
@@ -42,14 +44,17 @@ from serve_app.storage import OutputStorage, download_link, open_storage
 from serve_app.store import JobStore, StoreUnavailable, open_store
 from serve_app.webhooks import WebhookDispatcher
 
-__all__ = ["JobRunner", "pipeline_config", "process_job"]
+__all__ = ["JobRunner", "fetch_input", "pipeline_config", "process_job"]
 
 log = logging.getLogger(__name__)
 
 # The most a job's progress shows before it completes.
 _LAST_STEP_PROGRESS = 0.99
+# A download that has run this long no longer counts against a processing slot.
+SLOW_FETCH_SECONDS = 2.0
 
 ProcessJob = Callable[[JobRecord, Settings, Callable[[Progress], None], CancelToken], Path]
+FetchInput = Callable[[JobRecord, Settings, CancelToken], Awaitable[None]]
 
 
 def pipeline_config(settings: Settings, scratch: Path) -> PipelineConfig:
@@ -59,19 +64,25 @@ def pipeline_config(settings: Settings, scratch: Path) -> PipelineConfig:
                           model_cache=settings.model_cache)
 
 
+async def fetch_input(job: JobRecord, settings: Settings, cancel: CancelToken) -> None:
+    """Download the job's input to ``<scratch>/<job id>/input``, where
+    :func:`process_job` reads it; bounded by the settings' fetch limits."""
+    scratch = settings.scratch_dir / job.id
+    await asyncio.to_thread(private_dir, scratch)
+    await fetch_to_file(job.input_url, scratch / "input", limits=settings.fetch_limits,
+                        policy=settings.url_policy, cancel=cancel)
+
+
 def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progress], None],
                 cancel: CancelToken) -> Path:
-    """Fetch the input into the job's scratch and enhance it; returns the output there.
+    """Enhance the input :func:`fetch_input` left in the job's scratch; returns the output
+    there.
 
     The runner hands the output to storage and then deletes the whole scratch
     directory, however the job ended.
     """
     scratch = settings.scratch_dir / job.id
-    scratch.mkdir(parents=True, exist_ok=True)
     source = scratch / "input"
-    on_progress(Progress(0, 0, 0.0, None, "fetching"))
-    fetch_to_file(job.input_url, source, max_bytes=settings.max_input_bytes,
-                  timeout=settings.fetch_timeout_seconds, policy=settings.url_policy)
     cancel.raise_if_canceled()
     output = scratch / "output.mp4"
     enhance_video(source, output,
@@ -91,14 +102,26 @@ class _Running:
     frames_done: int = 0
     lease_lost: bool = False
     lease_until: float = 0.0  # when the last renewal's lease ends (this host's clock)
+    key_revoked: bool = False
 
 
 class JobRunner:
-    """Polls the store, runs up to ``runner_concurrency`` jobs at once."""
+    """Polls the store, runs up to ``runner_concurrency`` jobs at once.
+
+    A claimed job first downloads its input (``fetch``), then waits for one of the
+    ``runner_concurrency`` processing slots.  A download counts against a slot only
+    for its first :data:`SLOW_FETCH_SECONDS`: a slower one stops counting, so the
+    runner claims another job to use the slot, and a slow input server delays only
+    its own job (at most ``fetch_concurrency`` downloads at once).  Fast downloads
+    keep the old behaviour: no job is claimed before a slot can take it, so a queued
+    job stays ``queued`` (and cancelable at once) until then.
+    ``fetch`` defaults to :func:`fetch_input` with the real :func:`process_job`, and to
+    no fetch stage with a stand-in ``process`` (tests).
+    """
 
     def __init__(self, store: JobStore, settings: Settings, *,
-                 process: ProcessJob = process_job, owner: str | None = None,
-                 storage: OutputStorage | None = None) -> None:
+                 process: ProcessJob = process_job, fetch: FetchInput | None = None,
+                 owner: str | None = None, storage: OutputStorage | None = None) -> None:
         self.store = store
         self.settings = settings
         self.storage = storage or open_storage(settings)
@@ -106,7 +129,11 @@ class JobRunner:
         self._next_reap = 0.0
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id('runner')}"
         self._process = process
+        self._fetch = fetch if fetch is not None or process is not process_job \
+            else fetch_input
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(settings.runner_concurrency)
+        self._fetching: dict[str, float] = {}  # job id -> when its download started
 
     def __repr__(self) -> str:
         return f"JobRunner(owner={self.owner!r}, running={len(self._tasks)})"
@@ -149,7 +176,7 @@ class JobRunner:
             await self.reap()
             await self.remove_stale_scratch()
             record_job_counts(await self.store.count_jobs_by_status())
-        while len(self._tasks) < self.settings.runner_concurrency:
+        while self._room():
             job = await self.store.claim_next(self.owner, time.time(),
                                               self.settings.lease_seconds,
                                               self.settings.max_running_per_key)
@@ -158,7 +185,20 @@ class JobRunner:
             log.info("claimed %s (attempt %d)", job.id, job.attempts)
             task = asyncio.create_task(self._execute(job))
             self._tasks[job.id] = task
-            task.add_done_callback(lambda _, job_id=job.id: self._tasks.pop(job_id, None))
+            task.add_done_callback(lambda _, job_id=job.id: self._forget(job_id))
+
+    def _room(self) -> bool:
+        """Whether to claim another job now: a slot is free once slow downloads are
+        left out, and there is room for one more download."""
+        if len(self._fetching) >= self.settings.fetch_concurrency:
+            return False
+        now = time.monotonic()
+        slow = sum(now - started > SLOW_FETCH_SECONDS for started in self._fetching.values())
+        return len(self._tasks) - slow < self.settings.runner_concurrency
+
+    def _forget(self, job_id: str) -> None:
+        self._tasks.pop(job_id, None)
+        self._fetching.pop(job_id, None)
 
     async def _job_object(self, job: JobRecord) -> Job:
         """The job object for webhook events, with a download link while one exists."""
@@ -238,6 +278,37 @@ class JobRunner:
             if record.cancel_requested:
                 state.cancel.cancel()
 
+    async def _check_key(self, job: JobRecord, state: _Running) -> None:
+        """Cancel the job if its API key has been revoked.
+
+        Revoking a key stops its work: queued jobs are canceled when claimed, running
+        ones within two seconds (README, "Revoking a key").  A missing key is not
+        revocation (keys are never deleted; test fixtures often have none).
+        """
+        key = await self.store.get_key(job.key_id)
+        if key is not None and key.revoked_at is not None:
+            state.key_revoked = True
+            state.cancel.cancel()
+
+    async def _watch_key(self, job: JobRecord, state: _Running) -> None:
+        while not state.cancel.canceled:
+            await asyncio.sleep(2.0)
+            try:
+                await self._check_key(job, state)
+            except Exception as exc:  # a store outage: the heartbeat deals with those
+                log.debug("could not check the key of %s: %s", job.id, exc)
+
+    async def _take_slot(self, cancel: CancelToken) -> None:
+        """Wait for a processing slot, in claim order; stop waiting if canceled."""
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        while not acquire.done() and not cancel.canceled:
+            await asyncio.wait({acquire}, timeout=0.25)
+        if cancel.canceled:
+            if acquire.done() and not acquire.cancelled():
+                self._slots.release()
+            acquire.cancel()
+            cancel.raise_if_canceled()
+
     async def _finish(self, job: JobRecord, state: _Running, status: JobStatus,
                       outcome: dict[str, str | None]) -> bool:
         """Record the end of the job, retrying store failures while the lease holds.
@@ -273,6 +344,7 @@ class JobRunner:
             state.eta_seconds = progress.eta_seconds
 
         heartbeat = asyncio.create_task(self._heartbeat(job, state))
+        key_watch = asyncio.create_task(self._watch_key(job, state))
         try:
             status, outcome = await self._run_pipeline(job, state, on_progress)
             # The heartbeat goes on while the end is recorded: a store outage right now
@@ -281,6 +353,7 @@ class JobRunner:
                                                                    outcome)
         finally:
             heartbeat.cancel()  # however this ends, even cancelled by a stopping runner
+            key_watch.cancel()
         if not finished:
             log.warning("lost the lease on %s; leaving it to its new owner", job.id)
             if "output_path" in outcome:
@@ -292,13 +365,30 @@ class JobRunner:
         """Process the job and store its output; the status and fields to record."""
         outcome: dict[str, str | None] = {}
         try:
-            output = await asyncio.to_thread(self._process, job, self.settings, on_progress,
-                                             state.cancel)
+            with contextlib.suppress(StoreUnavailable):  # the key watch checks again
+                await self._check_key(job, state)
+            state.cancel.raise_if_canceled()
+            if self._fetch is not None:
+                self._fetching[job.id] = time.monotonic()
+                try:
+                    await self._fetch(job, self.settings, state.cancel)
+                finally:
+                    del self._fetching[job.id]
+            state.phase = "processing"
+            await self._take_slot(state.cancel)
+            try:
+                output = await asyncio.to_thread(self._process, job, self.settings,
+                                                 on_progress, state.cancel)
+            finally:
+                self._slots.release()
             state.phase, state.eta_seconds = "uploading", None
             key = await asyncio.to_thread(self.storage.put, job.id, output)
             status, outcome["output_path"] = JobStatus.COMPLETED, key
         except PipelineCanceled:
             status = JobStatus.CANCELED
+            if state.key_revoked:
+                outcome.update(error_type="key_revoked",
+                               error_message="the job's API key was revoked")
         except (PipelineError, FetchError) as exc:
             status = JobStatus.FAILED
             outcome.update(error_type=exc.type, error_message=str(exc))
@@ -311,6 +401,7 @@ class JobRunner:
         finally:
             await asyncio.to_thread(shutil.rmtree, self.settings.scratch_dir / job.id, True)
         return status, outcome
+
 
 async def _main() -> None:
     settings = Settings()

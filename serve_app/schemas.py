@@ -36,9 +36,13 @@ def _http_url(value: str, field: str) -> str:
 
 
 class EnhanceBody(BaseModel):
-    """Body of ``POST /v2/enhance``."""
+    """Body of ``POST /v2/enhance``.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: no coercion, so ``upscale_factor`` must be a JSON integer (``true``,
+    ``2.0`` and ``"2"`` are refused), as the OpenAPI document says.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     video_url: str = Field(description="Public http(s) URL of the source video.",
                            json_schema_extra=_URL_SCHEMA)

@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.runtime import ModelRuntime
-from serve_app.fetch import UrlPolicy
+from serve_app.fetch import FetchLimits, UrlPolicy
 
 __all__ = ["Settings", "default_data_dir"]
 
@@ -54,7 +54,17 @@ class Settings(BaseSettings):
     rate_window_seconds: int = Field(60, ge=1)
     max_body_bytes: int = 64 * 1024
     max_input_bytes: int = 10 * 1024**3
-    fetch_timeout_seconds: float = 30.0
+    fetch_timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for a "
+                                         "connection or for the next bytes of an input.")
+    fetch_deadline_seconds: float = Field(3600.0, gt=0, description="Longest a whole "
+                                          "input download may take, redirects included.")
+    fetch_min_bytes_per_second: float = Field(
+        64 * 1024, ge=0, description="Slowest average rate an input download may keep "
+        "once it has run for fetch_rate_grace_seconds.")
+    fetch_rate_grace_seconds: float = Field(10.0, ge=0)
+    fetch_concurrency: int = Field(4, ge=1, description="Most inputs one runner "
+                                   "downloads at once; a download past 2 s stops holding "
+                                   "a processing slot, so another job can use it.")
     allow_private_urls: bool = Field(False, description="Let video_url reach loopback and "
                                      "private addresses (tests, local use).")
     private_url_allowlist: tuple[str, ...] = Field(
@@ -67,7 +77,16 @@ class Settings(BaseSettings):
                                    "download links; default: the request's own.")
     signing_secret: str | None = Field(None, repr=False, description="Secret for local download "
                                        "signatures; default: generated in data_dir.")
-    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    secrets_key: str | None = Field(None, repr=False, description="Fernet keys sealing "
+                                    "webhook secrets at rest, comma-separated, newest "
+                                    "first; default: generated in data_dir/secrets.key.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Deadline for one "
+                                           "whole delivery attempt, connect to status line.")
+    webhook_concurrency: int = Field(16, ge=1, description="Deliveries one runner makes "
+                                     "at once.")
+    webhook_concurrency_per_key: int = Field(4, ge=1, description="Of those, how many may "
+                                             "be one key's, so one slow receiver can't "
+                                             "take every slot.")
     webhook_max_retries: int = Field(5, ge=0, description="Retries after the first try.")
     webhook_retry_base_seconds: float = Field(30.0, gt=0, description="First retry "
                                               "delay; doubles each retry, ±20 % jitter.")
@@ -85,6 +104,14 @@ class Settings(BaseSettings):
     @property
     def url_policy(self) -> UrlPolicy:
         return UrlPolicy(self.allow_private_urls, frozenset(self.private_url_allowlist))
+
+    @property
+    def fetch_limits(self) -> FetchLimits:
+        return FetchLimits(max_bytes=self.max_input_bytes,
+                           read_timeout=self.fetch_timeout_seconds,
+                           deadline=self.fetch_deadline_seconds,
+                           min_rate=self.fetch_min_bytes_per_second,
+                           rate_grace=self.fetch_rate_grace_seconds)
 
     @property
     def sqlite_path(self) -> Path:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
+
+from serve_app.private_files import write_once
 
 __all__ = ["load_signing_secret", "sign_path", "signature_valid"]
 
@@ -19,22 +20,7 @@ __all__ = ["load_signing_secret", "sign_path", "signature_valid"]
 def load_signing_secret(configured: str | None, data_dir: Path) -> bytes:
     if configured:
         return configured.encode()
-    path = data_dir / "signing.key"
-    if not path.exists():
-        # Written to a private temporary name, then linked into place: of several
-        # replicas starting at once, the first link wins and everyone reads its secret.
-        data_dir.mkdir(parents=True, exist_ok=True)
-        temporary = data_dir / f".signing.key.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_hex(32).encode())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink()
-    return path.read_bytes().strip()
+    return write_once(data_dir / "signing.key", secrets.token_hex(32).encode())
 
 
 def sign_path(secret: bytes, path: str, expires: int) -> str:

@@ -16,10 +16,11 @@ import dataclasses
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TypeVar
 
+from serve_app.private_files import private_file
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
 from serve_app.store import (
     IDEMPOTENCY_WINDOW_SECONDS,
@@ -126,7 +127,8 @@ class SqliteStore:
                 # key and job vanished.  Restoring the file ends the outage.
                 raise self._unavailable("has been deleted or moved; restore it from a "
                                         "backup, or restart the service to start empty")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600 before SQLite opens it: its -wal and -shm files copy the mode.
+            private_file(self.path)
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
                                  check_same_thread=False)
             try:
@@ -435,13 +437,15 @@ class SqliteStore:
         await self._run(lambda db: db.execute(
             "UPDATE jobs SET output_path = NULL WHERE id = ?", (job_id,)), write=True)
 
-    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int
-                                 ) -> list[JobRecord]:
+    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int,
+                                 exclude_keys: Collection[str] = ()) -> list[JobRecord]:
+        skip = f"AND key_id NOT IN ({', '.join('?' * len(exclude_keys))}) " \
+            if exclude_keys else ""
         rows = await self._run(lambda db: db.execute(
             "UPDATE jobs SET webhook_next_at = ? WHERE id IN (SELECT id FROM jobs "
-            "WHERE webhook_status = 'pending' AND webhook_next_at <= ? "
+            f"WHERE webhook_status = 'pending' AND webhook_next_at <= ? {skip}"
             "ORDER BY webhook_next_at LIMIT ?) RETURNING *",
-            (now + lease_seconds, now, limit)).fetchall(), write=True)
+            (now + lease_seconds, now, *exclude_keys, limit)).fetchall(), write=True)
         return [j for j in map(_job, rows) if j is not None]
 
     async def freeze_webhook_body(self, job_id: str, body: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
+from serve_app.private_files import private_dir
 from serve_app.records import JobRecord, JobStatus
 from serve_app.settings import Settings
 from serve_app.signing import load_signing_secret, sign_path
@@ -75,7 +76,7 @@ class LocalStorage:
 
     def put(self, job_id: str, source: Path) -> str:
         key = f"{job_id}.mp4"
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         if source.resolve() != self.path(key):
             shutil.move(source, self.path(key))
         return key

@@ -15,6 +15,7 @@ Errors every backend raises in the same way::
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
@@ -161,9 +162,10 @@ class JobStore(Protocol):
 
     # Webhook outbox: every status change that ends a job with a webhook_url sets
     # webhook_status = 'pending' and webhook_next_at = now in the same update.
-    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int
-                                 ) -> list[JobRecord]:
-        """Pending events due now; each is hidden from other dispatchers for the lease."""
+    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int,
+                                 exclude_keys: Collection[str] = ()) -> list[JobRecord]:
+        """Pending events due now, oldest first, none of ``exclude_keys``' jobs; each is
+        hidden from other dispatchers for the lease."""
 
     async def freeze_webhook_body(self, job_id: str, body: str) -> str:
         """Keep ``body`` as the event's body unless one is kept already; return the kept one.
@@ -180,12 +182,16 @@ class JobStore(Protocol):
 
 
 def open_store(settings: Settings) -> JobStore:
-    """The configured backend: MongoDB when ``mongodb_uri`` is set, else SQLite."""
+    """The configured backend: MongoDB when ``mongodb_uri`` is set, else SQLite; either
+    with its webhook secrets sealed (:mod:`serve_app.secret_box`)."""
+    from serve_app.secret_box import load_secret_box, sealed
+
+    box = load_secret_box(settings.secrets_key, settings.data_dir)
     if settings.mongodb_uri:
         from serve_app.mongo_store import MongoStore
 
-        return MongoStore(settings.mongodb_uri, settings.mongodb_database,
-                          timeout=settings.store_timeout_seconds)
+        return sealed(MongoStore(settings.mongodb_uri, settings.mongodb_database,
+                                 timeout=settings.store_timeout_seconds), box)
     from serve_app.sqlite_store import SqliteStore
 
-    return SqliteStore(settings.sqlite_path, timeout=settings.store_timeout_seconds)
+    return sealed(SqliteStore(settings.sqlite_path, timeout=settings.store_timeout_seconds), box)

@@ -6,15 +6,24 @@ exactly as ``JSON.stringify`` would write it: compact separators, non-ASCII as U
 (lone surrogates escaped), integers within ±2^53, and floats in JavaScript's number
 format (``1`` not ``1.0``, ``1e-7`` not ``1e-07``).
 
-Delivery: a POST with a 10 s timeout; any 2xx is success; otherwise up to 5 retries
-with exponential backoff and jitter, then the event is marked failed and kept.  Each
-request goes to an address that passes the same checks as ``video_url`` fetches; a
-refused address is recorded as a failed attempt.
+Delivery: a POST under a 10 s deadline for the whole attempt (connect, send, status
+line and headers; a receiver that answers a byte at a time cannot stretch it); any 2xx
+is success; otherwise up to 5 retries with exponential backoff and jitter, then the
+event is marked failed and kept.  Only the status line and headers are read: the
+response body is never read, so a receiver answering with a huge or endless body
+costs nothing.  Each request goes to an address that passes the same checks as
+``video_url`` fetches; a refused address is recorded as a failed attempt.
+
+A runner makes at most ``webhook_concurrency`` deliveries at once, and at most
+``webhook_concurrency_per_key`` of them for one API key, so a key whose receivers are
+slow waits for its own slots while other keys' events go out.  A revoked key's
+events are not sent: each is marked failed with that reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import json
@@ -141,19 +150,34 @@ class WebhookDispatcher:
         self._job_object = job_object  # JobRecord -> Job, with the output URL filled in
         self._rng = rng or random.Random()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._per_key: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
         return f"WebhookDispatcher(inflight={len(self._inflight)})"
 
     async def tick(self) -> None:
-        room = 16 - len(self._inflight)
-        if room <= 0:
-            return
+        """Start deliveries for due events while there are slots (overall and per key)."""
         lease = self.settings.webhook_timeout_seconds + 5
-        for job in await self.store.claim_due_webhooks(time.time(), lease, room):
+        per_key = self.settings.webhook_concurrency_per_key
+        # One claim at a time, skipping keys at their limit, so an event is only
+        # claimed when it can start now: none waits, claimed, behind a slow key.
+        while len(self._inflight) < self.settings.webhook_concurrency:
+            full = [key for key, count in self._per_key.items() if count >= per_key]
+            claimed = await self.store.claim_due_webhooks(time.time(), lease, 1,
+                                                          exclude_keys=full)
+            if not claimed:
+                return
+            job = claimed[0]
+            self._per_key[job.key_id] += 1
             task = asyncio.create_task(self.deliver(job))
             self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(lambda t, key_id=job.key_id: self._done(t, key_id))
+
+    def _done(self, task: asyncio.Task[None], key_id: str) -> None:
+        self._inflight.discard(task)
+        self._per_key[key_id] -= 1
+        if self._per_key[key_id] <= 0:
+            del self._per_key[key_id]
 
     async def drain(self) -> None:
         if self._inflight:
@@ -168,11 +192,15 @@ class WebhookDispatcher:
         started = time.monotonic()
         status_code: int | None = None
         error: str | None = None
+        revoked = key is None or key.revoked_at is not None
         try:
             if key is None:
                 raise FetchError("the job's API key no longer exists")
-            target, headers, extensions = pinned_target(
-                job.webhook_url, resolve_checked(job.webhook_url, self.settings.url_policy))
+            if key.revoked_at is not None:
+                raise FetchError("the job's API key was revoked")
+            address = await asyncio.to_thread(resolve_checked, job.webhook_url,
+                                              self.settings.url_policy)
+            target, headers, extensions = pinned_target(job.webhook_url, address)
             payload = body.encode()
             headers.update({
                 "Content-Type": "application/json",
@@ -181,22 +209,27 @@ class WebhookDispatcher:
                 "X-Retroiva-Event-Id": job.event_id,
                 "X-Retroiva-Timestamp": str(math.floor(job.completed_at or time.time())),
             })
-            async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_seconds,
-                                         follow_redirects=False) as client:
-                response = await client.post(target, content=payload, headers=headers,
-                                             extensions=extensions)
-            status_code = response.status_code
+            deadline = self.settings.webhook_timeout_seconds
+            async with asyncio.timeout(deadline), \
+                    httpx.AsyncClient(timeout=deadline, follow_redirects=False) as client, \
+                    client.stream("POST", target, content=payload, headers=headers,
+                                  extensions=extensions) as response:
+                # Leaving the block without reading the body closes the connection.
+                status_code = response.status_code
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
         except FetchError as exc:
             error = f"refused: {exc}"
+        except TimeoutError:
+            error = f"no response within the {self.settings.webhook_timeout_seconds:g} s " \
+                    "deadline"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         attempt = WebhookAttempt(job.id, number, time.time(), status_code, error,
                                  round((time.monotonic() - started) * 1000))
         if error is None:
             status, next_at = "delivered", None
-        elif number > self.settings.webhook_max_retries:
+        elif number > self.settings.webhook_max_retries or revoked:
             status, next_at = "failed", None
             log.warning("webhook %s for %s failed after %d attempts: %s", job.event_id,
                         job.id, number, error)

@@ -326,3 +326,38 @@ def test_unexpected_errors_are_500_without_details(tmp_path: Path,
     assert "fire" not in response.text and "sk_live" not in response.text
     request_id = response.headers["x-request-id"]
     assert any(request_id in r.getMessage() for r in caplog.records)
+
+
+def test_range_errors_use_the_json_error_format(client: TestClient, make_key, store,
+                                                tmp_path: Path):
+    auth = make_key()
+    job_id = _completed_job(client, store, auth, tmp_path, b"x" * 1000)
+    url = client.get(f"/v2/jobs/{job_id}/download", headers=auth).json()["url"]
+    past_the_end = client.get(url, headers={"Range": "bytes=5000-6000"})
+    _assert_error(past_the_end, 416, "invalid_request_error", "Range")
+    assert past_the_end.headers["content-range"] == "bytes */1000"
+    for malformed in ("bytes=5-1", "pages=1-2", "bytes", "bytes=x-y"):
+        _assert_error(client.get(url, headers={"Range": malformed}), 400,
+                      "invalid_request_error", "Range")
+    assert client.get(url, headers={"Range": "bytes=10-19"}).content == b"x" * 10
+
+
+@pytest.mark.parametrize("value", [True, 2.0, "2", 2.5, "two"])
+def test_upscale_factor_is_a_json_integer(client: TestClient, make_key, value: object):
+    _assert_error(_enhance(client, make_key(), upscale_factor=value), 400,
+                  "invalid_request_error", "upscale_factor")
+
+
+# Every IPv6 form the attack got through, in both URL fields (refused at submission).
+_EMBEDDED_PRIVATE = ["::127.0.0.1", "::7f00:1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",
+                     "2002:7f00:1::", "::ffff:0:7f00:1", "fec0::1",
+                     "2001:0:4136:e378:8000:63bf:3fff:fdd2"]
+
+
+@pytest.mark.parametrize("field", ["video_url", "webhook_url"])
+@pytest.mark.parametrize("address", _EMBEDDED_PRIVATE)
+def test_ipv6_forms_embedding_private_ipv4_are_refused(client: TestClient, make_key,
+                                                       field: str, address: str):
+    response = _enhance(client, make_key(), **{field: f"http://[{address}]:8080/x"})
+    _assert_error(response, 400, "invalid_request_error", field)
+    assert "non-public" in response.json()["error"]["message"]

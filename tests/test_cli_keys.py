@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 from pipelines.probe import probe
 from serve_app.cli import app
 from serve_app.keys import digest_key
+from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
+from serve_app.store import open_store
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def test_keys_create_list_revoke_and_rotate(data_dir: Path):
     assert created.exit_code == 0, created.output
     key = _key_from(created.output)
     assert "whsec_" in created.output and "30 requests/min" in created.output
-    store = SqliteStore(data_dir / "retroiva.sqlite3")
+    store = open_store(Settings())  # webhook secrets are sealed: read them as the CLI does
     record = asyncio.run(store.key_by_digest(digest_key(key)))
     assert record is not None and record.rate_limit == 30
     listing = runner.invoke(app, ["keys", "list"])

@@ -1,7 +1,10 @@
-"""Fetching video_url: private targets refused (also after redirects), limits enforced."""
+"""Fetching video_url: private targets refused (also after redirects), limits enforced,
+cancel obeyed, and the runner's processing slots never held by a download."""
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import http.server
 import socket
 import threading
@@ -11,12 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.fetch import FetchError, UrlPolicy, fetch_to_file, resolve_checked
+from pipelines.errors import PipelineCanceled
+from pipelines.progress import CancelToken
+from serve_app.fetch import FetchError, FetchLimits, UrlPolicy, fetch_to_file, resolve_checked
+from serve_app.keys import new_id
+from serve_app.records import JobRecord, JobStatus
+from serve_app.runner import JobRunner, fetch_input
+from serve_app.settings import Settings
+from serve_app.sqlite_store import SqliteStore
+
+_GZIPPED = gzip.compress(b"\0" * 5_000_000)  # 5 MB of zeros in ~5 KB
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     seen_hosts: list[str] = []
+    seen_encodings: list[str] = []
 
     def log_message(self, *args: object) -> None:
         pass
@@ -48,6 +61,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/slow":
             time.sleep(3)
             self._send(b"late")
+        elif path == "/drip":
+            # Declares 100 MB, then sends a byte every 0.2 s: each read is quick, the
+            # whole download would take months.
+            self.send_response(200)
+            self.send_header("Content-Length", "100000000")
+            self.end_headers()
+            for _ in range(150):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+        elif path == "/gzip":
+            _Handler.seen_encodings.append(self.headers.get("Accept-Encoding", ""))
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(_GZIPPED)))
+            self.end_headers()
+            self.wfile.write(_GZIPPED)
         elif path == "/redirect":
             self.send_response(302)
             self.send_header("Location", query.removeprefix("to="))
@@ -83,8 +113,9 @@ def server() -> Iterator[str]:
 
 def _fetch(url: str, tmp_path: Path, policy: UrlPolicy, **limits: float) -> Path:
     destination = tmp_path / "input"
-    fetch_to_file(url, destination, max_bytes=int(limits.get("max_bytes", 10**7)),
-                  timeout=limits.get("timeout", 5), policy=policy)
+    asyncio.run(fetch_to_file(url, destination, policy=policy, limits=FetchLimits(
+        max_bytes=int(limits.pop("max_bytes", 10**7)),
+        read_timeout=limits.pop("timeout", 5), **limits)))
     return destination
 
 
@@ -180,3 +211,122 @@ def test_connection_goes_to_the_checked_address(server: str, tmp_path: Path,
 
 def test_resolve_checked_returns_the_address():
     assert str(resolve_checked("https://93.184.215.14/x", UrlPolicy())) == "93.184.215.14"
+
+
+# The issue's forms (all accepted before), then Teredo and local-use NAT64.
+_EMBEDDED_PRIVATE = ["::127.0.0.1", "::7f00:1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",
+                     "2002:7f00:1::", "::ffff:0:7f00:1", "fec0::1", "2002:a00:1::1",
+                     "2001:0:4136:e378:8000:63bf:3fff:fdd2", "64:ff9b:1::a00:1",
+                     "::ffff:169.254.169.254", "2002:a9fe:a9fe::"]
+
+
+@pytest.mark.parametrize("address", _EMBEDDED_PRIVATE)
+def test_ipv6_forms_embedding_private_ipv4_are_refused(address: str, tmp_path: Path):
+    with pytest.raises(FetchError, match="non-public"):
+        resolve_checked(f"http://[{address}]/v.mp4", UrlPolicy())
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::5db8:d70e", "2002:5db8:d70e::1"])
+def test_ipv6_forms_embedding_a_public_ipv4_pass(address: str):
+    """NAT64 and 6to4 reach 93.184.215.14 here: judged by that address, they pass."""
+    assert str(resolve_checked(f"http://[{address}]/v.mp4", UrlPolicy())) == address
+
+
+def test_total_deadline_stops_a_trickling_server(server: str, tmp_path: Path):
+    started = time.monotonic()
+    with pytest.raises(FetchError, match=r"1\.5 s deadline"):
+        _fetch(f"http://{server}/drip", tmp_path, UrlPolicy(allow_private=True),
+               max_bytes=10**9, deadline=1.5, min_rate=0)
+    assert time.monotonic() - started < 3
+    assert not (tmp_path / "input").exists()
+
+
+def test_minimum_average_rate_stops_a_trickling_server(server: str, tmp_path: Path):
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="below the minimum of 1000"):
+        _fetch(f"http://{server}/drip", tmp_path, UrlPolicy(allow_private=True),
+               max_bytes=10**9, min_rate=1000, rate_grace=1.0)
+    assert time.monotonic() - started < 2.5
+    assert not (tmp_path / "input").exists()
+
+
+def test_cancel_interrupts_a_fetch_within_a_second(server: str, tmp_path: Path):
+    cancel = CancelToken()
+    destination = tmp_path / "input"
+
+    async def fetch_then_cancel() -> float:
+        task = asyncio.create_task(fetch_to_file(
+            f"http://{server}/drip", destination, policy=UrlPolicy(allow_private=True),
+            limits=FetchLimits(max_bytes=10**9, min_rate=0), cancel=cancel))
+        await asyncio.sleep(1.0)
+        assert not task.done()
+        canceled_at = time.monotonic()
+        cancel.cancel()
+        with pytest.raises(PipelineCanceled):
+            await task
+        return time.monotonic() - canceled_at
+
+    assert asyncio.run(fetch_then_cancel()) < 1.0
+    assert not destination.exists()
+
+
+def test_compressed_bodies_are_stored_as_sent(server: str, tmp_path: Path):
+    _Handler.seen_encodings.clear()
+    path = _fetch(f"http://{server}/gzip", tmp_path, UrlPolicy(allow_private=True),
+                  max_bytes=1_000_000)
+    assert _Handler.seen_encodings == ["identity"]
+    assert path.read_bytes() == _GZIPPED  # not the 5 MB it would inflate to
+
+
+# The runner's fetch stage: outside the processing slots, and cancelable.
+def _copy_input(job: JobRecord, settings: Settings, on_progress: object,
+                cancel: CancelToken) -> Path:
+    scratch = settings.scratch_dir / job.id
+    output = scratch / "output.mp4"
+    output.write_bytes((scratch / "input").read_bytes())
+    return output
+
+
+def _queued(url: str) -> JobRecord:
+    return JobRecord(id=new_id("job"), key_id="key_t", status=JobStatus.QUEUED,
+                     input_url=url, preset="general", upscale_factor=2,
+                     created_at=time.time(), created_seq=time.time_ns())
+
+
+def test_a_trickling_input_neither_blocks_other_jobs_nor_ignores_cancel(
+        server: str, tmp_path: Path):
+    # One processing slot, and no minimum rate: only the cancel can end the slow fetch.
+    settings = Settings(data_dir=tmp_path, runner_concurrency=1, poll_seconds=0.05,
+                        allow_private_urls=True, fetch_min_bytes_per_second=0)
+    store = SqliteStore(settings.sqlite_path)
+
+    async def scenario() -> tuple[float, JobRecord, JobRecord, float]:
+        await store.init()
+        slow, _ = await store.insert_job(_queued(f"http://{server}/drip"), time.time())
+        fast, _ = await store.insert_job(_queued(f"http://{server}/video"), time.time())
+        runner = JobRunner(store, settings, process=_copy_input, fetch=fetch_input)
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        started = time.monotonic()
+        try:
+            while (await store.get_job(fast.id)).status != JobStatus.COMPLETED:
+                assert time.monotonic() - started < 10, "the fast job waited on the slow one"
+                await asyncio.sleep(0.05)
+            fast_done = time.monotonic() - started
+            assert (await store.get_job(slow.id)).status == JobStatus.PROCESSING
+            await store.request_cancel(slow.id, time.time())
+            asked = time.monotonic()
+            while not (await store.get_job(slow.id)).status.is_terminal:
+                assert time.monotonic() - asked < 5, "cancel did not reach the fetch"
+                await asyncio.sleep(0.05)
+            return (fast_done, await store.get_job(slow.id), await store.get_job(fast.id),
+                    time.monotonic() - asked)
+        finally:
+            stop.set()
+            await task
+
+    fast_done, slow, fast, cancel_took = asyncio.run(scenario())
+    assert fast.status == JobStatus.COMPLETED and fast_done < 10
+    assert slow.status == JobStatus.CANCELED
+    assert cancel_took < 2.0, cancel_took
+    assert not (tmp_path / "scratch" / slow.id).exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import itertools
 import json
 import random
@@ -10,6 +12,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -294,3 +297,127 @@ def test_signature_is_hex_hmac_sha256_of_the_body():
 
     body = js_json({"id": "evt_1"}).encode()
     assert sign("whsec_x", body) == hmac.new(b"whsec_x", body, hashlib.sha256).hexdigest()
+
+
+# Hostile receivers, in Python (no node needed): slow, dripping, or answering with
+# a huge body.  Each records when requests arrive and how much it managed to send.
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    arrivals: dict[str, list[float]] = {}
+    sent: dict[str, int] = {}
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        _Hostile.arrivals.setdefault(self.path, []).append(time.time())
+        try:
+            if self.path == "/drip-headers":  # the status line, a byte every 0.2 s
+                for byte in b"HTTP/1.1 200 OK\r\nX-Padding: " + b"." * 200:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            elif self.path == "/drip-body":  # 200 at once, then a body byte every 0.2 s
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                for _ in range(1000):
+                    self.wfile.write(b".")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            elif self.path == "/huge":  # 200 with a 200 MB body
+                self.send_response(200)
+                self.send_header("Content-Length", str(200 * 2**20))
+                self.end_headers()
+                block = b"x" * 2**20
+                for _ in range(200):
+                    self.wfile.write(block)
+                    _Hostile.sent[self.path] = _Hostile.sent.get(self.path, 0) + len(block)
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+        except OSError:
+            pass  # the client hung up, as it should
+
+
+class _HostileServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile() -> Iterator[str]:
+    _Hostile.arrivals.clear()
+    _Hostile.sent.clear()
+    server = _HostileServer(("127.0.0.1", 0), _Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("drip", ["/drip-headers", "/drip-body"])
+def test_dripping_receivers_do_not_delay_another_keys_event(tmp_path, hostile, drip):
+    """20 events to a dripping receiver (more than every delivery slot), then one of
+    another key's to a healthy one: that one goes out at once, and each dripping
+    attempt ends at the deadline."""
+    async def scenario() -> tuple[JobRecord, list[JobRecord], list]:
+        store = SqliteStore(tmp_path / "s.db")
+        abuser, tenant = await _add_key(store), await _add_key(store)
+        slow = [await _add_job(store, abuser, hostile + drip) for _ in range(20)]
+        settings = _settings(tmp_path, webhook_timeout_seconds=2, webhook_max_retries=0,
+                             runner_concurrency=4)
+        runner = JobRunner(store, settings, process=_fake_process)
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            while len(_Hostile.arrivals.get(drip, [])) < 4:  # the abuser is being served
+                await asyncio.sleep(0.05)
+            healthy = await _add_job(store, tenant, hostile + "/ok")
+            deadline = time.monotonic() + 8
+            while (await store.get_job(healthy.id)).webhook_status != "delivered":
+                assert time.monotonic() < deadline, "the healthy receiver's event waited"
+                await asyncio.sleep(0.05)
+            while True:  # the first dripping attempts end (at their deadline)
+                ended = [r for r in [await store.get_job(j.id) for j in slow]
+                         if r.webhook_status != "pending"]
+                if ended:
+                    break
+                assert time.monotonic() < deadline + 5, "no dripping attempt ended"
+                await asyncio.sleep(0.05)
+            return (await store.get_job(healthy.id), ended,
+                    await store.webhook_attempts(ended[0].id))
+        finally:
+            stop.set()
+            task.cancel()  # undelivered drips: no need to wait for them
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    healthy, slow, attempts = asyncio.run(scenario())
+    delay = _Hostile.arrivals["/ok"][0] - healthy.completed_at
+    assert delay < 1.5, f"healthy event delivered {delay:.1f} s after the job ended"
+    if drip == "/drip-headers":
+        [attempt] = attempts
+        assert attempt.status_code is None and "deadline" in attempt.error
+        assert attempt.duration_ms < 3000
+    else:  # the status line came at once; the body is never read
+        assert all(j.webhook_status == "delivered" for j in slow)
+
+
+def test_a_huge_response_body_is_not_read(tmp_path, hostile):
+    async def scenario() -> JobRecord:
+        store = SqliteStore(tmp_path / "s.db")
+        key = await _add_key(store)
+        job = await _add_job(store, key, hostile + "/huge")
+        runner = JobRunner(store, _settings(tmp_path), process=_fake_process)
+        [record] = await _run_until_settled(runner, store, [job.id])
+        return record
+
+    record = asyncio.run(scenario())
+    assert (record.webhook_status, record.webhook_attempts) == ("delivered", 1)
+    time.sleep(0.5)
+    # What the socket buffers took before the client hung up: far from 200 MB.
+    assert _Hostile.sent.get("/huge", 0) < 32 * 2**20, _Hostile.sent
