@@ -91,6 +91,15 @@ def test_jobs_list_show_and_cancel(data_dir: Path):
     assert runner.invoke(app, ["jobs", "show", "job_missing"]).exit_code == 1
 
 
+async def _keys_as_the_cli_reads_them() -> list:
+    store = open_store(Settings())  # webhook secrets are sealed at rest
+    await store.init()
+    try:
+        return await store.list_keys()
+    finally:
+        await store.close()
+
+
 def test_revoke_and_rotate_refuse_an_ambiguous_prefix(data_dir: Path):
     """Issue 16 item 7: two keys share a 12-character display prefix (as happened after
     ~2000 keys); a revoke by that prefix lists both and changes neither."""
@@ -117,7 +126,7 @@ def test_revoke_and_rotate_refuse_an_ambiguous_prefix(data_dir: Path):
         assert refused.exit_code == 1, refused.output
         assert "matches 2 keys" in refused.output and "nothing changed" in refused.output
         assert first.id in refused.output and second.id in refused.output
-    keys = asyncio.run(store.list_keys())
+    keys = asyncio.run(_keys_as_the_cli_reads_them())
     assert all(k.revoked_at is None and k.max_queued is None for k in keys)
     assert {k.webhook_secret for k in keys} == {first.webhook_secret, second.webhook_secret}
     assert runner.invoke(app, ["keys", "revoke", second.id]).exit_code == 0
