@@ -69,7 +69,8 @@ _NEURAL = frozenset({("interpolate", "rife"), ("upscale", "ncnn")})
 # Operators whose weights come from an optional package: why one can't run here.
 _MISSING: dict[tuple[str, str], Callable[..., str | None]] = {
     ("interpolate", "rife"): lambda **_: _rife_missing(),
-    ("upscale", "ncnn"): lambda model, **_: _sr_missing(model),
+    ("upscale", "ncnn"): lambda model, noisy_model=None, **_: (
+        _sr_missing(model) or (_sr_missing(noisy_model) if noisy_model else None)),
 }
 
 

@@ -8,21 +8,23 @@ are per-request parameters with per-preset defaults; ``resolve_chain`` fills the
 Neural chains (the default, ``engine="neural"``) use pretrained models where they
 earn their cost; why each preset is tuned as it is:
 
-Denoising follows the footage (:mod:`models.nlmeans`): each chunk's noise is measured and
-NL-means runs at ``gain × σ``, or not at all on clean chunks, so clean in means untouched
-texture out.
+Denoising follows the footage: each chunk's noise is measured, and NL-means runs at
+``gain × σ`` or not at all (:mod:`models.nlmeans`), or the upscaler switches to a
+denoising model (:mod:`models.neural_upscale`), so clean in means untouched texture out.
 
-* ``general`` — NL-means (gain 1), RIFE, SPAN (a compact, fast, PSNR-oriented model:
-  the best PSNR per CPU-second in ``benchmarks/upscale_quality.py``; ×2 weights for
-  ×1–2, ×4 weights for ×3–4), fast encode.  A safe default for mixed content.
+* ``general`` — RIFE, then SPAN (a compact, fast, PSNR-oriented model; ×2 weights for
+  ×1–2, ×4 weights for ×3–4) on clean chunks and waifu2x at noise level 3 on noisy ones
+  (at ×1 clean chunks are left alone), fast encode.  No NL-means before it: on real
+  noisy clips NL-means + SPAN lost 1.1 dB to NL-means + Lanczos (SPAN sharpens what
+  noise NL-means leaves), while waifu2x gained 2.5 dB over ffmpeg's best recipe.
 * ``cinematic`` — light NL-means (gain 0.6) to keep grain, RIFE, SPAN, slower encode at
   a low CRF.  It used ClearReality (SPAN trained on real-world footage, for texture),
   but end to end on real clips (``benchmarks/fidelity.py``) ClearReality lost 1.8 dB to
   Lanczos on clean bikes footage while adding no more high-frequency detail than SPAN
   (detail ratio 1.56 vs 1.48), so the texture argument did not hold; it stays in the
   registry.  ``realesrgan-x4plus`` is ~30× slower on CPU; it stays for GPU deployments.
-* ``social`` — stronger NL-means (gain 1.2), RIFE to 60 fps for phones, SPAN, fast encode at a
-  higher CRF (platforms re-encode anyway).
+* ``social`` — as general, with RIFE to 60 fps for phones, fast encode at a higher CRF
+  (platforms re-encode anyway).
 * ``archive`` — waifu2x photo, noise level 3 (the strongest), which removes noise and
   JPEG blocking while doubling the size, then RIFE when a frame rate is asked, low CRF.
 
@@ -79,8 +81,11 @@ _RIFE = _spec("interpolate", engine="rife")
 # Time-symmetric ensemble: twice RIFE's cost, +0.15 dB on carphone rebuilt at ×2
 # (30.71 vs 30.56), so for the presets that trade speed for quality.
 _RIFE_ENSEMBLE = _spec("interpolate", engine="rife", ensemble=True)
-_SPAN = _spec("upscale", engine="ncnn", models={1: "span-x2", 2: "span-x2", 3: "span-x4",
-                                                 4: "span-x4"})
+_SPAN_MODELS = {1: "span-x2", 2: "span-x2", 3: "span-x4", 4: "span-x4"}
+_SPAN = _spec("upscale", engine="ncnn", models=_SPAN_MODELS)
+# SPAN on clean chunks, waifu2x at noise level 3 on noisy ones (models.neural_upscale).
+_SPAN_OR_DENOISER = _spec("upscale", engine="ncnn", models=_SPAN_MODELS,
+                          noisy_model="waifu2x-photo-noise3-x2")
 
 
 def _denoise(gain: float) -> OperatorSpec:
@@ -93,12 +98,12 @@ def _classical(gain: float) -> tuple[OperatorSpec, ...]:
 
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({
-    "general": Preset("general", (_denoise(1.0), _RIFE, _SPAN),
+    "general": Preset("general", (_RIFE, _SPAN_OR_DENOISER),
                       _classical(1.0), 2, EncoderSettings(crf=20, speed="veryfast")),
     "cinematic": Preset("cinematic",
                         (_denoise(0.6), _RIFE_ENSEMBLE, _SPAN),
                         _classical(0.6), 2, EncoderSettings(crf=17, speed="slow")),
-    "social": Preset("social", (_denoise(1.2), _RIFE, _SPAN),
+    "social": Preset("social", (_RIFE, _SPAN_OR_DENOISER),
                      _classical(1.2), 2, EncoderSettings(crf=23, speed="veryfast"),
                      target_fps=Fraction(60)),
     "archive": Preset("archive",
@@ -118,8 +123,10 @@ def _concrete(spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction
         models = params.pop("models", None)
         if models is not None:
             params["model"] = models[upscale_factor]
-        # A model that denoises is worth running even at ×1 (it is scaled back down).
-        denoises = "model" in params and sr_model(params["model"]).noise is not None
+        # A model that denoises is worth running even at ×1 (it is scaled back down);
+        # so is a noise-adaptive upscaler (it skips clean chunks there).
+        denoises = "noisy_model" in params or (
+            "model" in params and sr_model(params["model"]).noise is not None)
         if upscale_factor == 1 and not denoises:
             return None
         params["factor"] = upscale_factor

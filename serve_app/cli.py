@@ -427,6 +427,8 @@ def _models_by_preset() -> dict[str, list[str]]:
             names = [_RIFE_ROW] if spec.engine == "rife" else \
                 [spec.params["model"]] if "model" in spec.params else \
                 list(dict.fromkeys(spec.params.get("models", {}).values()))
+            if "noisy_model" in spec.params:
+                names.append(spec.params["noisy_model"])
             for name in names:
                 used.setdefault(name, []).append(preset.name)
     return used

@@ -21,14 +21,15 @@ def _steps(preset: str, factor: int, ratio: Fraction = Fraction(1), engine: str 
 @pytest.mark.parametrize(("factor", "model"), [(2, "span-x2"), (3, "span-x4"),
                                                (4, "span-x4")])
 def test_general_uses_span_weights_for_the_factor(factor: int, model: str):
-    assert _steps("general", factor) == [("denoise", "classical", None),
-                                         ("upscale", "ncnn", model)]
+    # No NL-means in front: noisy chunks go to a denoising model instead.
+    assert _steps("general", factor) == [("upscale", "ncnn", model)]
+    [spec] = resolve_chain(PRESETS["general"], factor, Fraction(1))
+    assert spec.params["noisy_model"] == "waifu2x-photo-noise3-x2"
 
 
 def test_social_interpolates_with_rife():
     assert _steps("social", 2, Fraction(5, 2)) == [
-        ("denoise", "classical", None), ("interpolate", "rife", None),
-        ("upscale", "ncnn", "span-x2")]
+        ("interpolate", "rife", None), ("upscale", "ncnn", "span-x2")]
 
 
 def test_cinematic_and_archive_models():
@@ -38,7 +39,9 @@ def test_cinematic_and_archive_models():
 
 
 def test_factor_one_drops_plain_upscalers_but_keeps_a_denoiser():
-    assert _steps("general", 1) == [("denoise", "classical", None)]
+    # general's upscaler stays at ×1: it denoises noisy chunks and skips clean ones.
+    assert _steps("general", 1) == [("upscale", "ncnn", "span-x2")]
+    assert _steps("general", 1, engine="classical") == [("denoise", "classical", None)]
     assert _steps("archive", 1) == [("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
     [spec] = resolve_chain(PRESETS["archive"], 1, Fraction(1))
     assert spec.params["factor"] == 1
