@@ -17,8 +17,13 @@ Noise-adaptive model choice: with ``noisy_model``, each chunk's noise is measure
 (:func:`models.noise_estimate.estimate_noise`) and chunks at or above ``noisy_sigma`` go
 to that model instead.  On real clips (``benchmarks/fidelity.py``) SPAN kept and
 sharpened the noise of noisy footage (bikes: 28.1 dB against 32.8 for waifu2x noise
-level 3), while on clean footage SPAN led by 0.3–0.5 dB.  Noisy degraded copies read
-σ 2.3–3.2, clean ones 0.3–1.8, hence the default threshold of 2.
+level 3), while on clean footage SPAN led by 0.3–0.5 dB.  Per 8-frame chunk, noisy
+degraded copies read σ 1.74–4.4 and clean ones 0.26–1.76 (carphone, bikes, Big Buck
+Bunny), so the classes touch; the costs are lopsided (a noisy chunk given SPAN lost
+~4 dB, a clean chunk given waifu2x ~0.4 dB and still beat Lanczos), hence a default
+threshold of 1.8, at the clean end.  Chroma noise is the second test, for chunks
+whose luma texture hides their noise: clean footage (degraded copies and the
+originals) read 0.00–0.26, noisy bikes chunks 0.66–0.91, hence 0.45.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from models.ncnn_convert import load_ncnn_module
-from models.noise_estimate import estimate_noise
+from models.noise_estimate import estimate_chroma_noise, estimate_noise
 from models.operator import check_frames
 from models.runtime import (
     ModelOptions,
@@ -56,7 +61,8 @@ class NeuralUpscale:
     def __init__(self, model: str, factor: int = 2, tile: int = 256, overlap: int = 16,
                  batch: int = 4, device: str | None = None, runtime: ModelRuntime = "auto",
                  cache_dir: Path | None = None, anchor: bool = True,
-                 noisy_model: str | None = None, noisy_sigma: float = 2.0) -> None:
+                 noisy_model: str | None = None, noisy_sigma: float = 1.8,
+                 noisy_chroma_sigma: float = 0.45) -> None:
         if factor not in (1, 2, 3, 4):
             raise ValueError(f"factor must be 1–4, got {factor}")
         if tile and tile < 2 * overlap:
@@ -68,6 +74,7 @@ class NeuralUpscale:
         if noisy_model is not None:
             sr_model(noisy_model)  # an unknown name fails here, not at the first noisy chunk
         self.noisy_model, self.noisy_sigma = noisy_model, noisy_sigma
+        self.noisy_chroma_sigma = noisy_chroma_sigma
         self._options = options
         self._noisy: NeuralUpscale | None = None
         self.tile, self.overlap, self.batch = tile, overlap, max(1, batch)
@@ -84,10 +91,12 @@ class NeuralUpscale:
                 f"runtime={self.runtime_choice.runtime})")
 
     def for_footage(self, frames: np.ndarray) -> NeuralUpscale | None:
-        """The upscaler for this chunk: the noisy model where its noise is at or above
-        ``noisy_sigma``; None (nothing to do) for a clean chunk at ×1 with a model that
-        does not denoise."""
-        if self.noisy_model is not None and estimate_noise(frames) >= self.noisy_sigma:
+        """The upscaler for this chunk: the noisy model where its luma or chroma noise
+        reaches ``noisy_sigma`` or ``noisy_chroma_sigma``; None (nothing to do) for a
+        clean chunk at ×1 with a model that does not denoise."""
+        if self.noisy_model is not None and (
+                estimate_noise(frames) >= self.noisy_sigma
+                or estimate_chroma_noise(frames) >= self.noisy_chroma_sigma):
             if self._noisy is None:
                 self._noisy = NeuralUpscale(
                     self.noisy_model, self.scale, self.tile, self.overlap, self.batch,
