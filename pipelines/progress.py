@@ -158,11 +158,14 @@ class ProgressMeter:
     def phase(self, phase: Phase, eta_seconds: float | None = None) -> Progress:
         """Report that the job moved on to ``phase`` with the work done so far."""
         last = self._last or Progress(self.done, self.total, 0.0, None)
-        done = last.frames_done
+        done, fps = last.frames_done, last.fps
         if phase in ("assembling", "uploading"):  # every frame has been processed
             self._fraction, self.done = 1.0, self.total
             done = self.total
-        return self._report(Progress(done, last.frames_total, last.fps, eta_seconds, phase))
+            if fps <= 0:  # every stage finished before a report reached the meter
+                elapsed = self._clock() - self._started
+                fps = self.total / elapsed if elapsed > 0 else 0.0
+        return self._report(Progress(done, last.frames_total, fps, eta_seconds, phase))
 
     def _report(self, report: Progress) -> Progress:
         self._last = report

@@ -228,16 +228,24 @@ def test_cancel_stops_work_releases_actors_and_leaves_nothing(make_video, tmp_pa
     cancel = CancelToken()
     first_chunk = threading.Event()
 
-    def on_progress(_: Progress) -> None:
+    def cancel_after_the_first_segment() -> None:
+        # Progress now comes from every stage as it works, so it starts while the stage
+        # actors are still being built; a cancel at that point can leave an actor that
+        # Ray fails to kill mid-construction (README, Known limitations).  The test
+        # cancels where it always did: once the first segment is written.
+        deadline = time.monotonic() + 120
+        while not list(scratch.glob("*/segment_*.mp4")) and time.monotonic() < deadline:
+            time.sleep(0.05)
         first_chunk.set()
         cancel.cancel()
 
+    threading.Thread(target=cancel_after_the_first_segment, daemon=True).start()
     started = time.monotonic()
     with pytest.raises(PipelineCanceled):
         enhance_video(source, output, EnhanceRequest(upscale_factor=2, interpolate=2),
                       PipelineConfig(scratch_dir=scratch, max_chunk_frames=6,
                                      operator_compute="actors"),
-                      on_progress=on_progress, cancel=cancel)
+                      cancel=cancel)
     assert first_chunk.is_set()
     assert time.monotonic() - started < 60  # the whole job would take minutes
     assert not output.exists()
