@@ -96,12 +96,17 @@ def test_registry_builds_and_rejects():
 
 
 def _carphone(n: int = 4) -> np.ndarray:
+    """Real footage, decoded as the pipeline decodes it."""
     import av
 
     from benchmarks.fidelity import clip_path
+    from pipelines.colour import frame_to_rgb
+    from pipelines.probe import probe
 
-    with av.open(str(clip_path("carphone_pristine.mp4"))) as container:
-        return np.stack([f.to_ndarray(format="rgb24")
+    path = clip_path("carphone_pristine.mp4")
+    colour = probe(path).colour
+    with av.open(str(path)) as container:
+        return np.stack([frame_to_rgb(f, colour)
                          for _, f in zip(range(n), container.decode(video=0), strict=False)])
 
 
