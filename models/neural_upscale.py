@@ -38,7 +38,12 @@ import torch
 import torch.nn.functional as F
 
 from models.ncnn_convert import load_ncnn_module
-from models.noise_estimate import estimate_chroma_noise, estimate_noise
+from models.noise_estimate import (
+    NOISY_CHROMA_SIGMA,
+    NOISY_SIGMA,
+    estimate_chroma_noise,
+    estimate_noise,
+)
 from models.operator import check_frames
 from models.runtime import (
     ModelOptions,
@@ -62,8 +67,8 @@ class NeuralUpscale:
     def __init__(self, model: str, factor: int = 2, tile: int = 256, overlap: int = 16,
                  batch: int = 4, device: str | None = None, runtime: ModelRuntime = "auto",
                  cache_dir: Path | None = None, anchor: bool = True,
-                 noisy_model: str | None = None, noisy_sigma: float = 1.8,
-                 noisy_chroma_sigma: float = 0.28) -> None:
+                 noisy_model: str | None = None, noisy_sigma: float = NOISY_SIGMA,
+                 noisy_chroma_sigma: float = NOISY_CHROMA_SIGMA) -> None:
         if factor not in (1, 2, 3, 4):
             raise ValueError(f"factor must be 1–4, got {factor}")
         if tile and tile < 2 * overlap:

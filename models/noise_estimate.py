@@ -19,7 +19,12 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["estimate_chroma_noise", "estimate_noise"]
+__all__ = ["NOISY_CHROMA_SIGMA", "NOISY_SIGMA", "estimate_chroma_noise", "estimate_noise"]
+
+# Where footage counts as noisy for choosing a denoising upscaler; the measured ranges
+# behind them are in models/neural_upscale.py.
+NOISY_SIGMA = 1.8
+NOISY_CHROMA_SIGMA = 0.28
 
 _KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _BLOCK = 16

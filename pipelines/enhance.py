@@ -33,6 +33,7 @@ from models.runtime import ModelOptions, ModelRuntime
 from pipelines.assemble import Segment, assemble, output_format
 from pipelines.errors import PipelineCanceled, PipelineError, ProcessingError
 from pipelines.job_plan import EnhanceRequest, JobPlan, plan_job
+from pipelines.noise_probe import measure_noise
 from pipelines.presets import OperatorSpec
 from pipelines.probe import probe
 from pipelines.progress import CancelToken, ProgressCallback, ProgressMeter
@@ -222,8 +223,10 @@ def enhance_video(source: str | Path, output: str | Path,
     cancel = cancel or CancelToken()
     info = probe(source)
     ensure_ray()
+    # Denoising and model choice are decided once for the whole job, so chunk seams
+    # never show a change of strength or model.
     plan = plan_job(info, request, chunk_budget_bytes=config.chunk_budget_bytes,
-                    max_frames=config.max_chunk_frames,
+                    max_frames=config.max_chunk_frames, noise=measure_noise(info),
                     parallelism=int(ray.cluster_resources().get("CPU", 1)))
     context = DataContext.get_current()
     context.execution_options.preserve_order = True

@@ -14,6 +14,7 @@ from fractions import Fraction
 from pipelines.chunk_plan import Chunk, chunk_plan, max_chunk_frames
 from pipelines.encode import EncoderSettings, even_size
 from pipelines.errors import InvalidOptionsError
+from pipelines.noise_probe import NoiseLevel
 from pipelines.presets import PRESETS, OperatorSpec, resolve_chain
 from pipelines.probe import VideoInfo
 
@@ -83,7 +84,8 @@ def _codec(info: VideoInfo, request: EnhanceRequest, preset_codec: str) -> str:
 
 
 def plan_job(info: VideoInfo, request: EnhanceRequest, *, chunk_budget_bytes: int,
-             max_frames: int | None = None, parallelism: int = 1) -> JobPlan:
+             max_frames: int | None = None, parallelism: int = 1,
+             noise: NoiseLevel | None = None) -> JobPlan:
     """Validate ``request`` against ``info`` and fix geometry, timing and chunks.
 
     Chunks are capped by ``chunk_budget_bytes`` of processed pixels and, for short
@@ -111,7 +113,7 @@ def plan_job(info: VideoInfo, request: EnhanceRequest, *, chunk_budget_bytes: in
     encoder = dataclasses.replace(
         preset.encoder, codec=_codec(info, request, preset.encoder.codec),
         crf=request.crf if request.crf is not None else preset.encoder.crf)
-    chain = tuple(resolve_chain(preset, factor, ratio, request.engine))
+    chain = tuple(resolve_chain(preset, factor, ratio, request.engine, noise))
     limit = max_frames or min(
         max_chunk_frames(width, height, ratio, chunk_budget_bytes),
         max(MIN_PARALLEL_CHUNK_FRAMES, math.ceil(info.frame_count / (2 * parallelism))))

@@ -43,10 +43,13 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import Any
 
+from models.nlmeans import MIN_SIGMA
+from models.noise_estimate import NOISY_CHROMA_SIGMA, NOISY_SIGMA
 from models.registry import unavailable_reason
 from models.sr_models import sr_model
 from pipelines.encode import EncoderSettings
 from pipelines.errors import InvalidOptionsError
+from pipelines.noise_probe import NoiseLevel
 
 __all__ = ["ENGINES", "PRESETS", "OperatorSpec", "Preset", "resolve_chain"]
 
@@ -113,12 +116,34 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
 })
 
 
-def _concrete(spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction
-              ) -> OperatorSpec | None:
+def _for_noise(spec: OperatorSpec, noise: NoiseLevel | None) -> OperatorSpec | None:
+    """``spec`` decided for the whole job's measured ``noise``: NL-means at its strength
+    or dropped, the upscaler's model fixed.  Without a measurement the operators decide
+    per chunk instead."""
+    if noise is None:
+        return spec
+    params = dict(spec.params)
+    if spec.kind == "denoise" and "gain" in params:
+        if noise.luma < MIN_SIGMA:
+            return None
+        params["strength"] = min(30.0, params.pop("gain") * noise.luma)
+    noisy_model = params.pop("noisy_model", None)
+    if noisy_model is not None and (noise.luma >= NOISY_SIGMA
+                                    or noise.chroma >= NOISY_CHROMA_SIGMA):
+        params.pop("models", None)
+        params["model"] = noisy_model
+    return OperatorSpec(spec.kind, spec.engine, MappingProxyType(params))
+
+
+def _concrete(spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction,
+              noise: NoiseLevel | None = None) -> OperatorSpec | None:
     """``spec`` with the request's parameters, or None where it would be a no-op."""
     if spec.kind == "interpolate" and frame_ratio == 1:
         return None
-    params = dict(spec.params)
+    decided = _for_noise(spec, noise)
+    if decided is None:
+        return None
+    params = dict(decided.params)
     if spec.kind == "upscale":
         models = params.pop("models", None)
         if models is not None:
@@ -134,7 +159,8 @@ def _concrete(spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction
 
 
 def resolve_chain(preset: Preset, upscale_factor: int, frame_ratio: Fraction,
-                  engine: str = "neural") -> list[OperatorSpec]:
+                  engine: str = "neural", noise: NoiseLevel | None = None
+                  ) -> list[OperatorSpec]:
     """The chain ``engine`` selects, with per-request parameters and no no-op stages.
 
     ``"neural"`` falls back to the classical chain, logging why, when one of its
@@ -145,7 +171,7 @@ def resolve_chain(preset: Preset, upscale_factor: int, frame_ratio: Fraction,
                                   f"got {engine!r}")
 
     def concrete(chain: tuple[OperatorSpec, ...]) -> list[OperatorSpec]:
-        specs = (_concrete(spec, upscale_factor, frame_ratio) for spec in chain)
+        specs = (_concrete(spec, upscale_factor, frame_ratio, noise) for spec in chain)
         return [spec for spec in specs if spec is not None]
 
     if engine == "classical":

@@ -70,3 +70,24 @@ def test_a_missing_model_falls_back_to_the_whole_classical_chain(
                      ("upscale", "classical", None)]
     assert f"{missing[0]}/{missing[1]} can't run here: weights need the package X" \
         in caplog.text
+
+
+def test_measured_noise_decides_the_chain_once_for_the_job():
+    from pipelines.noise_probe import NoiseLevel
+
+    clean, noisy = NoiseLevel(0.5, 0.05), NoiseLevel(3.5, 0.4)
+    general = PRESETS["general"]
+    [span] = resolve_chain(general, 2, Fraction(1), noise=clean)
+    [waifu] = resolve_chain(general, 2, Fraction(1), noise=noisy)
+    assert (span.params["model"], waifu.params["model"]) == ("span-x2",
+                                                             "waifu2x-photo-noise3-x2")
+    assert "noisy_model" not in span.params and "noisy_model" not in waifu.params
+    assert resolve_chain(general, 1, Fraction(1), noise=clean) == []  # nothing to do
+    assert resolve_chain(general, 1, Fraction(1), noise=noisy)[0].params["factor"] == 1
+    # Chroma noise alone is enough.
+    [chroma] = resolve_chain(general, 2, Fraction(1), noise=NoiseLevel(1.0, 0.3))
+    assert chroma.params["model"] == "waifu2x-photo-noise3-x2"
+    classical = resolve_chain(general, 2, Fraction(1), "classical", noise=clean)
+    assert [s.kind for s in classical] == ["upscale"]  # clean: no NL-means at all
+    denoise = resolve_chain(general, 2, Fraction(1), "classical", noise=noisy)[0]
+    assert denoise.kind == "denoise" and denoise.params["strength"] == pytest.approx(3.5)
