@@ -13,9 +13,10 @@ are tied back to the input's: the output, area-downscaled to the input's size, m
 input, blurred (σ 1.5 px) is the drift, which is upscaled and subtracted.  Detail above
 that band, which is what the model adds, is untouched.
 
-Noise-adaptive model choice: with ``noisy_model``, each chunk's noise is measured
-(:func:`models.noise_estimate.estimate_noise`) and chunks at or above ``noisy_sigma`` go
-to that model instead.  On real clips (``benchmarks/fidelity.py``) SPAN kept and
+Noise-adaptive model choice: the pipeline measures the job's noise once and plans SPAN
+or the denoising model for the whole job (:mod:`pipelines.presets`); used on its own
+with ``noisy_model``, this operator makes the same choice per batch (``for_footage``).
+On real clips (``benchmarks/fidelity.py``) SPAN kept and
 sharpened the noise of noisy footage (bikes: 28.1 dB against 32.8 for waifu2x noise
 level 3), while on clean footage SPAN led by 0.3–0.5 dB.  Per 8-frame chunk, noisy
 degraded copies read σ 1.74–4.4 and clean ones 0.26–1.76 (carphone, bikes, Big Buck

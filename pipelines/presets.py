@@ -8,13 +8,14 @@ are per-request parameters with per-preset defaults; ``resolve_chain`` fills the
 Neural chains (the default, ``engine="neural"``) use pretrained models where they
 earn their cost; why each preset is tuned as it is:
 
-Denoising follows the footage: each chunk's noise is measured, and NL-means runs at
-``gain × σ`` or not at all (:mod:`models.nlmeans`), or the upscaler switches to a
-denoising model (:mod:`models.neural_upscale`), so clean in means untouched texture out.
+Denoising follows the footage: the job's noise is measured once
+(:mod:`pipelines.noise_probe`), and NL-means runs at ``gain × σ`` or not at all, and the
+upscaler is SPAN or a denoising model (``_for_noise``), so clean in means untouched
+texture out.  Operators used without a plan make the same decisions per batch.
 
 * ``general`` — RIFE, then SPAN (a compact, fast, PSNR-oriented model; ×2 weights for
-  ×1–2, ×4 weights for ×3–4) on clean chunks and waifu2x at noise level 3 on noisy ones
-  (at ×1 clean chunks are left alone), fast encode.  No NL-means before it: on real
+  ×1–2, ×4 weights for ×3–4) on clean input and waifu2x at noise level 3 on noisy input
+  (at ×1 clean input is left alone), fast encode.  No NL-means before it: on real
   noisy clips NL-means + SPAN lost 1.1 dB to NL-means + Lanczos (SPAN sharpens what
   noise NL-means leaves), while waifu2x gained 2.5 dB over ffmpeg's best recipe.
 * ``cinematic`` — light NL-means (gain 0.6) to keep grain, RIFE, SPAN, slower encode at
