@@ -62,8 +62,9 @@ def test_multi_chunk_job_reports_fine_progress_and_a_fair_eta(make_video, tmp_pa
     source = make_video("progress.mp4", width=160, height=120, seconds=10)
     reports: list[tuple[float, Progress]] = []
     started = time.monotonic()
+    # Interpolation adds a stage: clean input no longer gets an NL-means one.
     result = enhance_video(source, tmp_path / "out.mp4",
-                           EnhanceRequest(preset="general", upscale_factor=2,
+                           EnhanceRequest(preset="general", upscale_factor=2, interpolate=2,
                                           engine="classical"),
                            PipelineConfig(max_chunk_frames=8),
                            on_progress=lambda p: reports.append((time.monotonic(), p)))
