@@ -124,3 +124,8 @@ class Settings(BaseSettings):
     @property
     def scratch_dir(self) -> Path:
         return self.data_dir / "scratch"
+
+    @property
+    def segments_dir(self) -> Path:
+        """Finished segments of unfinished jobs, kept across runner crashes."""
+        return self.data_dir / "segments"
