@@ -68,8 +68,9 @@ class PipelineConfig:
     # tasks must run on this node (None: pin only when the cluster has several nodes).
     # Decoded frames then travel to operator stages anywhere through the object store.
     decode_on_driver_node: bool | None = None
-    # Neural models: "auto" (TensorRT where it imports on a CUDA node, else torch),
-    # "torch", "compile" or "tensorrt"; each operator stage logs what it got and why.
+    # Neural models: "auto" (TensorRT where it imports on a CUDA node; ncnn for the
+    # upscalers on a CPU node; else torch), "torch", "compile", "tensorrt" or "ncnn";
+    # each operator stage logs what it got and why.
     model_runtime: ModelRuntime = "auto"
     # Converted weights, ONNX files and TensorRT engines, on the node that runs the
     # model (None: ~/.cache/retroiva/models there).
@@ -272,7 +273,7 @@ def enhance_video(source: str | Path, output: str | Path,
         if len(saved) < len(plan.chunks):
             segments += _segments(build_dataset(plan, signal, config, frozenset(saved)),
                                   scratch, cancel, config.segments, digest)
-        segments.sort(key=lambda s: s.out_start)
+        segments.sort(key=lambda s: s.first_frame)
         processed.set()
         watcher.join()
         cancel.raise_if_canceled()

@@ -128,12 +128,13 @@ def test_another_plan_never_reuses_segments(tmp_path: Path, make_video) -> None:
     from pipelines.probe import probe
 
     info = probe(make_video("plan.mp4", seconds=1.0, gop=4))
-    plans = [plan_job(info, EnhanceRequest(engine="classical", crf=crf), max_frames=4)
-             for crf in (0, 20)]
+    budget = 96 * 2**20
+    plans = [plan_job(info, EnhanceRequest(engine="classical", crf=crf), max_frames=4,
+                      chunk_budget_bytes=budget) for crf in (0, 20)]
     digests = [plan_digest(plan) for plan in plans]
     assert digests[0] != digests[1]
     assert plan_digest(plan_job(info, EnhanceRequest(engine="classical", crf=0),
-                                max_frames=4)) == digests[0]
+                                max_frames=4, chunk_budget_bytes=budget)) == digests[0]
     store = LocalSegments(tmp_path / "job")
     store.put(f"{digests[1]}/00000_0.mp4", b"other plan")
     store.put(f"{digests[0]}/00001_4.mp4", b"this plan")
@@ -210,6 +211,8 @@ def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path,
     assert resumed is not None, out
     assert int(resumed[1]) == kept and int(resumed[2]) == 12, out
     assert len(_encoded(out)) == 12 - kept, out
+    print(f"runner resume: 12 chunks, killed with {kept} saved, the next runner "
+          f"processed {len(_encoded(out))}")
     assert not segments.exists()  # zero retention
     outputs = list((data / "outputs").glob("*.mp4"))
     assert len(outputs) == 1 and len(_frames(outputs[0])) == 48
