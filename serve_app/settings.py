@@ -94,8 +94,9 @@ class Settings(BaseSettings):
                                      "exports and TensorRT engines, on each node that runs "
                                      "a model; default ~/.cache/retroiva/models there.")
     model_runtime: ModelRuntime = Field("auto", description="Neural models' runtime: auto "
-                                        "(TensorRT where it imports and a GPU exists, else "
-                                        "torch), torch, compile or tensorrt.")
+                                        "(TensorRT where it imports and a GPU exists; "
+                                        "without one, ncnn for the upscalers; else torch), "
+                                        "torch, compile, tensorrt or ncnn.")
     s3_bucket: str | None = Field(None, description="Store outputs in this S3 bucket.")
     s3_prefix: str = "outputs"
     s3_endpoint_url: str | None = None
