@@ -178,6 +178,9 @@ def speed(quick: bool = False) -> None:
             once()  # warm-up
         for _ in range(1 if quick else rounds):
             for method, once in methods.items():
+                # torch's OpenMP threads spin for a while after their last job; let
+                # them settle so they don't slow the next method's threads.
+                time.sleep(0.5)
                 started = time.perf_counter()
                 once()
                 best[method] = min(best[method], time.perf_counter() - started)
