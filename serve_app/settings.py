@@ -5,13 +5,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, PositiveFloat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.runtime import ModelRuntime
 from serve_app.fetch import FetchLimits, UrlPolicy
 
-__all__ = ["Settings", "default_data_dir"]
+__all__ = ["DEFAULT_WEBHOOK_RETRY_SCHEDULE", "Settings", "default_data_dir"]
+
+# Seconds before each webhook retry: 30 s, 2 min, 10 min, 30 min, 1 h, 2 h, 4 h, 6 h, 6 h.
+# 70,950 s (19.7 h) in all, 15.8-23.7 h with the ±20 % jitter: a receiver that is down
+# overnight still gets its event, and the last retry comes before the event's download
+# link expires (retention_seconds, 24 h after completion): an event delivered later
+# would point at a deleted output.
+DEFAULT_WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (
+    30, 120, 600, 1800, 3600, 7200, 14400, 21600, 21600)
 
 
 def default_data_dir() -> Path:
@@ -87,9 +95,19 @@ class Settings(BaseSettings):
     webhook_concurrency_per_key: int = Field(4, ge=1, description="Of those, how many may "
                                              "be one key's, so one slow receiver can't "
                                              "take every slot.")
-    webhook_max_retries: int = Field(5, ge=0, description="Retries after the first try.")
-    webhook_retry_base_seconds: float = Field(30.0, gt=0, description="First retry "
-                                              "delay; doubles each retry, ±20 % jitter.")
+    webhook_retry_schedule: tuple[PositiveFloat, ...] | None = Field(
+        None, description="Seconds before each retry, in order, ±20 % jitter (a JSON "
+        "list in the environment); its length is the number of retries.  Default: "
+        "DEFAULT_WEBHOOK_RETRY_SCHEDULE (9 retries over 19.7 h), unless the two legacy "
+        "knobs below are set.")
+    webhook_max_retries: int = Field(5, ge=0, description="Legacy: retries after the "
+                                     "first try, when webhook_retry_schedule is unset.")
+    webhook_retry_base_seconds: float = Field(30.0, gt=0, description="Legacy: first "
+                                              "retry delay, doubling each retry, when "
+                                              "webhook_retry_schedule is unset.")
+    webhook_secret_overlap_seconds: float = Field(
+        24 * 3600, ge=0, description="After a webhook secret is rotated, how long the "
+        "previous one still signs deliveries (a second webhook-signature entry).")
     model_cache: Path | None = Field(None, description="Converted model weights, ONNX "
                                      "exports and TensorRT engines, on each node that runs "
                                      "a model; default ~/.cache/retroiva/models there.")
@@ -100,6 +118,17 @@ class Settings(BaseSettings):
     s3_prefix: str = "outputs"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+
+    @property
+    def retry_schedule(self) -> tuple[float, ...]:
+        """The delays before each webhook retry: the setting, else the legacy doubling
+        (when either legacy knob is set), else the default schedule."""
+        if self.webhook_retry_schedule is not None:
+            return self.webhook_retry_schedule
+        if {"webhook_max_retries", "webhook_retry_base_seconds"} & self.model_fields_set:
+            return tuple(self.webhook_retry_base_seconds * 2 ** n
+                         for n in range(self.webhook_max_retries))
+        return DEFAULT_WEBHOOK_RETRY_SCHEDULE
 
     @property
     def url_policy(self) -> UrlPolicy:
