@@ -141,13 +141,14 @@ def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) ->
     return "v1," + base64.b64encode(digest).decode()
 
 
-def standard_headers(key: ApiKeyRecord, msg_id: str, timestamp: int, body: bytes
+def standard_headers(key: ApiKeyRecord, msg_id: str, now: float, body: bytes
                      ) -> dict[str, str]:
-    """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` for one send: one
-    entry per secret that is valid at ``timestamp`` (current first)."""
+    """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` for a send at
+    ``now``: one entry per secret valid at ``now`` (current first)."""
     secrets = [key.webhook_secret]
-    if key.previous_webhook_secret and (key.previous_secret_expires_at or 0) > timestamp:
+    if key.previous_webhook_secret and (key.previous_secret_expires_at or 0) > now:
         secrets.append(key.previous_webhook_secret)
+    timestamp = math.floor(now)
     return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
             "webhook-signature": " ".join(standard_signature(s, msg_id, timestamp, body)
                                           for s in secrets)}
@@ -249,7 +250,7 @@ class WebhookDispatcher:
                 "X-Retroiva-Event-Id": job.event_id,
                 "X-Retroiva-Timestamp": str(math.floor(job.completed_at or time.time())),
                 # Signed at send time: Standard Webhooks receivers refuse stale timestamps.
-                **standard_headers(key, job.event_id, math.floor(time.time()), payload),
+                **standard_headers(key, job.event_id, time.time(), payload),
             })
             deadline = self.settings.webhook_timeout_seconds
             async with asyncio.timeout(deadline), \
