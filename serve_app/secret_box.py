@@ -10,7 +10,9 @@ first: the first seals, every one opens), or is generated once into
 key first and the old one after it, restart, run ``python -m serve_app.secret_box
 reseal`` (every secret re-sealed under the new key), then drop the old key.  A value
 written before encryption existed (no ``fernet:`` prefix) is read as it is and sealed
-by :meth:`SealedSecrets.init`.
+by :meth:`SealedSecrets.init`.  A rotated-out secret (``previous_webhook_secret``, kept
+for the rotation's overlap) is sealed as it was; ``reseal`` leaves it, and one that no
+configured key opens is read as expired, since it only lengthens validity.
 """
 
 from __future__ import annotations

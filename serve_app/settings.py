@@ -13,13 +13,13 @@ from serve_app.fetch import FetchLimits, UrlPolicy
 
 __all__ = ["DEFAULT_WEBHOOK_RETRY_SCHEDULE", "Settings", "default_data_dir"]
 
-# Seconds before each webhook retry: 30 s, 2 min, 10 min, 30 min, 1 h, 2 h, 4 h, 6 h, 6 h.
-# 70,950 s (19.7 h) in all, 15.8-23.7 h with the ±20 % jitter: a receiver that is down
-# overnight still gets its event, and the last retry comes before the event's download
-# link expires (retention_seconds, 24 h after completion): an event delivered later
-# would point at a deleted output.
-DEFAULT_WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (
-    30, 120, 600, 1800, 3600, 7200, 14400, 21600, 21600)
+# Seconds before each webhook retry: 1 min, 5 min, 25 min, 2 h 5 min, 10 h 25 min.
+# The reference promises "up to 5 times with exponential backoff"; growing ×5 from a
+# minute, those 5 retries span 13 h (10.4-15.6 h with the ±20 % jitter): the first
+# catches a blip, the last a receiver down for most of a night, and all come before
+# the event's download link expires (retention_seconds, 24 h after completion): an
+# event delivered later would point at a deleted output.
+DEFAULT_WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (60, 300, 1500, 7500, 37500)
 
 
 def default_data_dir() -> Path:
@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     webhook_retry_schedule: tuple[PositiveFloat, ...] | None = Field(
         None, description="Seconds before each retry, in order, ±20 % jitter (a JSON "
         "list in the environment); its length is the number of retries.  Default: "
-        "DEFAULT_WEBHOOK_RETRY_SCHEDULE (9 retries over 19.7 h), unless the two legacy "
+        "DEFAULT_WEBHOOK_RETRY_SCHEDULE (5 retries over 13 h), unless the two legacy "
         "knobs below are set.")
     webhook_max_retries: int = Field(5, ge=0, description="Legacy: retries after the "
                                      "first try, when webhook_retry_schedule is unset.")

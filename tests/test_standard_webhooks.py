@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.server
+import itertools
 import re
 import secrets
 import threading
@@ -356,7 +357,7 @@ def test_retry_schedule_is_the_setting_and_redelivery_starts_a_new_round(
     job = asyncio.run(ended())
     [failed] = _deliver(tmp_path, settings, [job.id])
     assert failed.webhook_status == "failed" and failed.webhook_attempts == 3  # 1 + 2 retries
-    gaps = [b.at - a.at for a, b in zip(receiver.requests, receiver.requests[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(receiver.requests)]
     assert gaps[0] >= 0.04 and gaps[1] >= 0.08
     with TestClient(create_api(settings, store), raise_server_exceptions=False) as client:
         assert client.post(f"/v2/jobs/{job.id}/events/{job.event_id}/redeliver",
@@ -377,6 +378,10 @@ def test_default_retry_schedule_ends_before_the_download_link_expires():
     longest = 1.2 * sum(settings.retry_schedule) + \
         (len(settings.retry_schedule) + 1) * settings.webhook_timeout_seconds
     assert 12 * 3600 < longest < settings.retention_seconds
+    # The reference's promise: up to 5 retries, with exponential backoff.
+    schedule = settings.retry_schedule
+    assert len(schedule) == 5
+    assert all(b == schedule[1] / schedule[0] * a for a, b in itertools.pairwise(schedule))
     # The legacy knobs still mean what they meant.
     assert Settings(webhook_retry_base_seconds=1).retry_schedule == (1, 2, 4, 8, 16)
     assert Settings(webhook_max_retries=0).retry_schedule == ()
