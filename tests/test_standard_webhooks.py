@@ -462,3 +462,39 @@ def test_redelivered_failure_leaves_the_failed_list(tmp_path: Path, receiver: Re
                                headers=bearer(api_key)).json()["data"]
     assert [e["id"] for e in delivered] == [job.event_id]
     assert delivered[0]["deliveries"][-1]["status_code"] == 204
+
+
+def test_sqlite_store_from_before_gains_the_webhook_columns(tmp_path: Path):
+    """Keys, jobs and attempts written by the previous version read with defaults."""
+    import sqlite3
+
+    from serve_app.sqlite_store import SqliteStore
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT "
+        "NULL, digest TEXT UNIQUE NOT NULL, webhook_secret TEXT NOT NULL, rate_limit "
+        "INTEGER NOT NULL, created_at REAL NOT NULL, revoked_at REAL, max_queued INTEGER, "
+        "max_running INTEGER);"
+        "CREATE TABLE webhook_attempts (job_id TEXT NOT NULL, number INTEGER NOT NULL, "
+        "at REAL NOT NULL, status_code INTEGER, error TEXT, duration_ms INTEGER NOT NULL, "
+        "PRIMARY KEY (job_id, number));"
+        "INSERT INTO api_keys VALUES ('key_old', 'old', 'sk_live_abcd', 'd1', 'whsec_x', "
+        "10, 1.0, NULL, NULL, NULL);"
+        "INSERT INTO webhook_attempts VALUES ('job_old', 1, 2.0, 200, NULL, 5);")
+    old.commit()
+    old.close()
+
+    async def read() -> tuple[ApiKeyRecord | None, list, bool]:
+        store = SqliteStore(path)
+        await store.init()
+        key = await store.get_key("key_old")
+        attempts = await store.webhook_attempts("job_old")
+        rotated = await store.rotate_webhook_secret("key_old", "whsec_y", 9.0)
+        await store.close()
+        return key, attempts, rotated
+
+    key, attempts, rotated = asyncio.run(read())
+    assert key is not None and key.previous_webhook_secret is None
+    assert [a.redelivery for a in attempts] == [False] and rotated
