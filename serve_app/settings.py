@@ -100,11 +100,15 @@ class Settings(BaseSettings):
         "list in the environment); its length is the number of retries.  Default: "
         "DEFAULT_WEBHOOK_RETRY_SCHEDULE (5 retries over 13 h), unless the two legacy "
         "knobs below are set.")
-    webhook_max_retries: int = Field(5, ge=0, description="Legacy: retries after the "
-                                     "first try, when webhook_retry_schedule is unset.")
-    webhook_retry_base_seconds: float = Field(30.0, gt=0, description="Legacy: first "
-                                              "retry delay, doubling each retry, when "
-                                              "webhook_retry_schedule is unset.")
+    # None unless set: unset knobs are not even passed on to replicas (settings_env
+    # drops None), so "set" is still known there and the default schedule applies.
+    webhook_max_retries: int | None = Field(None, ge=0, description="Legacy: retries "
+                                            "after the first try (5 when only the base "
+                                            "is set), when webhook_retry_schedule is unset.")
+    webhook_retry_base_seconds: float | None = Field(None, gt=0, description="Legacy: "
+                                                     "first retry delay (30 s when only the "
+                                                     "count is set), doubling each retry, "
+                                                     "when webhook_retry_schedule is unset.")
     webhook_secret_overlap_seconds: float = Field(
         24 * 3600, ge=0, description="After a webhook secret is rotated, how long the "
         "previous one still signs deliveries (a second webhook-signature entry).")
@@ -125,10 +129,11 @@ class Settings(BaseSettings):
         (when either legacy knob is set), else the default schedule."""
         if self.webhook_retry_schedule is not None:
             return self.webhook_retry_schedule
-        if {"webhook_max_retries", "webhook_retry_base_seconds"} & self.model_fields_set:
-            return tuple(self.webhook_retry_base_seconds * 2 ** n
-                         for n in range(self.webhook_max_retries))
-        return DEFAULT_WEBHOOK_RETRY_SCHEDULE
+        if self.webhook_max_retries is None and self.webhook_retry_base_seconds is None:
+            return DEFAULT_WEBHOOK_RETRY_SCHEDULE
+        base = self.webhook_retry_base_seconds or 30.0
+        retries = 5 if self.webhook_max_retries is None else self.webhook_max_retries
+        return tuple(base * 2 ** n for n in range(retries))
 
     @property
     def url_policy(self) -> UrlPolicy:

@@ -498,3 +498,22 @@ def test_sqlite_store_from_before_gains_the_webhook_columns(tmp_path: Path):
     key, attempts, rotated = asyncio.run(read())
     assert key is not None and key.previous_webhook_secret is None
     assert [a.redelivery for a in attempts] == [False] and rotated
+
+
+def test_replicas_get_the_same_retry_schedule():
+    """Settings reach Serve replicas as environment variables (settings_env): the
+    default schedule must survive that trip, and so must a legacy knob."""
+    import os
+
+    from serve_app.deployments import settings_env
+
+    for settings in (Settings(), Settings(webhook_retry_base_seconds=2),
+                     Settings(webhook_retry_schedule=(1, 5))):
+        env = settings_env(settings)
+        saved = dict(os.environ)
+        try:
+            os.environ.update(env)
+            assert Settings().retry_schedule == settings.retry_schedule
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
