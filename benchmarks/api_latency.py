@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from serve_app.deployments import settings_env
 from serve_app.keys import new_api_key
 from serve_app.records import JobRecord, JobStatus
 from serve_app.settings import Settings
@@ -99,18 +99,6 @@ def _wait_ready(url: str) -> None:
     raise SystemExit(f"{url} never came up")
 
 
-def _settings_env(settings: Settings) -> dict[str, str]:
-    """``settings`` as the RETROIVA_* variables that rebuild it in a child process.
-
-    pydantic-settings reads a collection from the environment as JSON, so tuples and
-    lists go as JSON; ``str(())`` is ``"()"``, which the settings refuse."""
-    env = {}
-    for name, value in settings.model_dump(mode="json", exclude_none=True).items():
-        text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
-        env[f"RETROIVA_{name.upper()}"] = text
-    return env
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -158,7 +146,7 @@ def main() -> None:
     (data / "body.json").write_bytes(body)
     (data / "bare_app.py").write_text(BARE_APP)
     (data / "our_app.py").write_text(OUR_APP)
-    env = {**os.environ, **_settings_env(settings)}
+    env = {**os.environ, **settings_env(settings)}
     for name, module, extra in [("uvicorn + Retroiva API", "our_app", []),
                                 ("uvicorn + bare Starlette (same JSON)", "bare_app",
                                  [str(data / "body.json")])]:
