@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,14 +34,22 @@ QUICK = {
     "gpu_check": "",  # on CPU: the "no CUDA" line; with CUDA: RIFE figures
 }
 NEEDS_FFMPEG = {"fidelity", "interpolation_quality", "pipeline_vs_ffmpeg", "pipeline_ceiling"}
+# These run jobs on Ray without Serve: they join this session's Ray as drivers (a
+# runner does the same) instead of paying for, and on a loaded machine timing out in,
+# a Ray start-up each.  The Serve ones start their own, so their Serve instance can't
+# meet another test's.
+SESSION_RAY = {"fidelity", "hostile_media", "memory_bounded", "pipeline_ceiling",
+               "pipeline_vs_ffmpeg"}
 
 
-def _run(args: list[str], timeout: float) -> str:
+def _run(args: list[str], timeout: float, ray_address: str | None = None) -> str:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            # gpu.sh calls python3: make it this interpreter.
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    # Each starts its own local Ray where it needs one, never this session's.
+    # A benchmark given no address starts its own local Ray where it needs one.
     env.pop("RAY_ADDRESS", None)
+    if ray_address is not None:
+        env["RAY_ADDRESS"] = ray_address
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout[-3000:]}" \
@@ -54,10 +63,15 @@ def test_every_benchmark_is_listed() -> None:
 
 
 @pytest.mark.parametrize("module", sorted(QUICK))
-def test_quick_run_prints_its_figures(module: str) -> None:
+def test_quick_run_prints_its_figures(module: str, request: pytest.FixtureRequest) -> None:
     if module in NEEDS_FFMPEG and shutil.which("ffmpeg") is None:
         pytest.skip("needs Debian's ffmpeg (make test installs it)")
-    out = _run([sys.executable, "-m", f"benchmarks.{module}", "--quick"], timeout=240)
+    address = None
+    if module in SESSION_RAY:
+        request.getfixturevalue("ray_session")
+        address = ray.get_runtime_context().gcs_address
+    out = _run([sys.executable, "-m", f"benchmarks.{module}", "--quick"], timeout=240,
+               ray_address=address)
     assert QUICK[module] in out, out[-3000:]
     if module == "gpu_check":
         assert "no CUDA" in out or "RIFE" in out, out
