@@ -216,3 +216,16 @@ def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path,
     assert not segments.exists()  # zero retention
     outputs = list((data / "outputs").glob("*.mp4"))
     assert len(outputs) == 1 and len(_frames(outputs[0])) == 48
+
+
+def test_progress_of_a_resumed_job_starts_where_it_was() -> None:
+    from pipelines.progress import ProgressMeter
+
+    reports = []
+    meter = ProgressMeter(100, reports.append, stages=2, resumed=60)
+    assert meter.phase("processing").frames_done == 60  # before any new work
+    # Half of the 40 remaining frames through both stages: 60 + 20.
+    report = meter.update({0: (20, 1.0), 1: (20, 2.0)})
+    assert report.frames_done == 80 and report.fraction == 0.8
+    assert meter.update({0: (40, 2.0), 1: (40, 4.0)}).frames_done == 100
+    assert all(r.frames_done >= 60 for r in reports)
