@@ -41,6 +41,7 @@ from pipelines.colour import frame_to_rgb, rgb_to_frame
 from pipelines.encode import encode_segment
 from pipelines.enhance import PipelineConfig, enhance_video, ensure_ray
 from pipelines.job_plan import EnhanceRequest, plan_job
+from pipelines.noise_probe import measure_noise
 from pipelines.presets import PRESETS
 from pipelines.probe import probe
 from pipelines.sample_video import SampleSpec, write_sample_video
@@ -85,7 +86,8 @@ def _breakdown(source: Path, frames_wanted: int, work: Path) -> dict[str, float]
     """Seconds per frame of each step, one at a time, single process."""
     info = probe(source)
     plan_chain = build_operator("upscale", "classical", {"factor": 2})
-    plan = plan_job(info, RESIZE_ONLY, chunk_budget_bytes=PipelineConfig().chunk_budget_bytes)
+    plan = plan_job(info, RESIZE_ONLY, chunk_budget_bytes=PipelineConfig().chunk_budget_bytes,
+                    noise=measure_noise(info))
     colour = info.colour
     steps: dict[str, float] = {}
     with av.open(str(source)) as container:
