@@ -31,10 +31,10 @@ def main() -> None:
     parser.add_argument("--short", type=float, default=10.0)
     parser.add_argument("--long", type=float, default=40.0)
     parser.add_argument("--quick", action="store_true",
-                        help="1 s and 2 s clips: proves it runs (CI), the ratio means little")
+                        help="0.5 s and 1 s clips: proves it runs (CI), the ratio means little")
     args = parser.parse_args()
     if args.quick:
-        args.short, args.long = 1.0, 2.0
+        args.short, args.long = 0.5, 1.0
     ensure_ray()
     work = Path(tempfile.mkdtemp(prefix="retroiva-mem-"))
     warm = write_sample_video(work / "warm.mp4", SampleSpec(seconds=0.5))
