@@ -125,16 +125,19 @@ def test_killed_job_resumes_with_only_the_missing_chunks(tmp_path: Path, make_vi
 
 def test_another_plan_never_reuses_segments(tmp_path: Path, make_video) -> None:
     from pipelines.job_plan import plan_job
+    from pipelines.noise_probe import measure_noise
     from pipelines.probe import probe
 
     info = probe(make_video("plan.mp4", seconds=1.0, gop=4))
+    noise = measure_noise(info)
     budget = 96 * 2**20
     plans = [plan_job(info, EnhanceRequest(engine="classical", crf=crf), max_frames=4,
-                      chunk_budget_bytes=budget) for crf in (0, 20)]
+                      chunk_budget_bytes=budget, noise=noise) for crf in (0, 20)]
     digests = [plan_digest(plan) for plan in plans]
     assert digests[0] != digests[1]
     assert plan_digest(plan_job(info, EnhanceRequest(engine="classical", crf=0),
-                                max_frames=4, chunk_budget_bytes=budget)) == digests[0]
+                                max_frames=4, chunk_budget_bytes=budget, noise=noise)
+                       ) == digests[0]
     store = LocalSegments(tmp_path / "job")
     store.put(f"{digests[1]}/00000_0.mp4", b"other plan")
     store.put(f"{digests[0]}/00001_4.mp4", b"this plan")
