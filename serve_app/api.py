@@ -27,9 +27,10 @@ from starlette.responses import (
     RangeNotSatisfiable,
     Response,
 )
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.dashboard import create_dashboard
 from serve_app.errors import (
     ApiError,
     AuthenticationError,
@@ -417,6 +418,8 @@ def create_api(settings: Settings, store: JobStore | None = None,
             Route("/v2/openapi.json", api.openapi, methods=["GET"]),
             Route("/healthz", api.health, methods=["GET"]),
             Route("/readyz", api.ready, methods=["GET"]),
+            # The web dashboard: pages over these same handlers and store.
+            Mount("/dashboard", app=create_dashboard(api)),
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error,
                             StoreUnavailable: store_unavailable, Exception: unexpected},
