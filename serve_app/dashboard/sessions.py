@@ -23,7 +23,8 @@ from typing import Literal
 
 from serve_app.private_files import write_once
 
-__all__ = ["ADMIN_PREFIX", "Session", "SessionSigner", "load_admin_token", "new_admin_token"]
+__all__ = ["ADMIN_PREFIX", "Session", "SessionSigner", "admin_token_path", "load_admin_token",
+           "new_admin_token"]
 
 ADMIN_PREFIX = "adm_"
 _ADMIN_FILE = "admin.token"
