@@ -162,6 +162,7 @@ def test_key_holder_and_operator_in_chromium(service: Service, browser: webdrive
         return status in ("completed", "failed", "canceled")
 
     WebDriverWait(browser, 180, poll_frequency=0.3).until(finished)
+    assert seen & {"queued", "processing"}, seen  # it was watched while it ran
     assert _text(browser, '#job [data-field="status"]') == "completed", browser.page_source
     assert _text(browser, '#job [data-field="progress"]') == "100.0 %"
     assert "link valid until" in browser.find_element(By.CSS_SELECTOR, ".download").text
@@ -211,8 +212,13 @@ def test_key_holder_and_operator_in_chromium(service: Service, browser: webdrive
         row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#keys tbody tr")
                    if "made-in-browser" in r.text)
         new_id = row.get_attribute("data-key")
-        row.find_element(By.CSS_SELECTOR, '[data-action="revoke"]').click()
-        _navigate(browser, browser.switch_to.alert.accept)  # "Revoke …?" confirmation
+        revoke = row.find_element(By.CSS_SELECTOR, '[data-action="revoke"]')
+
+        def revoke_and_confirm() -> None:
+            revoke.click()
+            browser.switch_to.alert.accept()  # "Revoke made-in-browser? …"
+
+        _navigate(browser, revoke_and_confirm)
         WebDriverWait(browser, 30).until(lambda d: "revoked" in _text(
             d, f'tr[data-key="{new_id}"] [data-field="state"]'))
         _shot(browser, tmp_path, "08-operator-key-revoked")

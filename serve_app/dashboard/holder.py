@@ -1,16 +1,17 @@
 """Pages of a key holder: sign-in, their jobs, one job, submitting, their account.
 
-Every action runs the API's own code: sign-in is the API's key check and counts as a
-request like any API call, submitting is :func:`~serve_app.job_intake.submit_job`, a
-job is found with the API's ownership check (someone else's job is a 404) and its
-object and download link are built by the API's helpers.  Page loads count against the
-key's rate limit like API calls; the pages' background polls do not.
+Every action runs the API's own code for the signed-in key: sign-in is the API's key
+check (and counts as a request), actions call the API's handlers themselves with the
+key handed over (:meth:`Dashboard.as_key`), submitting is
+:func:`~serve_app.job_intake.submit_job` (the form is not JSON), and a job is found
+with the API's ownership check, so someone else's job is a 404.  Page loads and
+actions count against the key's rate limit like API calls; the pages' background
+polls do not.
 """
 
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,12 +30,11 @@ from serve_app.errors import (
     AuthenticationError,
     ConflictError,
     InvalidRequestError,
-    NotFoundError,
     QueueLimitError,
 )
 from serve_app.job_intake import active_key, submit_job
 from serve_app.keys import KEY_PREFIX
-from serve_app.records import ApiKeyRecord, JobRecord
+from serve_app.records import ApiKeyRecord
 from serve_app.schemas import EnhanceBody
 
 __all__ = ["HolderPages"]
@@ -73,13 +73,6 @@ class HolderPages:
     def __init__(self, dashboard: Dashboard) -> None:
         self.d = dashboard
         self.api = dashboard.api
-
-    async def _own_job(self, key: ApiKeyRecord, job_id: str) -> JobRecord:
-        """The API's ownership rule: another key's job and a missing one are one 404."""
-        job = await (await self.api._store()).get_job(job_id)
-        if job is None or job.key_id != key.id:
-            raise NotFoundError(f"no such job: {job_id}", param="job_id")
-        return job
 
     # Sign-in and sign-out
     async def login_page(self, request: Request) -> Response:
@@ -137,36 +130,32 @@ class HolderPages:
 
     async def jobs(self, request: Request) -> Response:
         visitor = await self.d.visitor(request, "key")
-        assert visitor.key is not None
-        await self.api._count(request, visitor.key)
+        key = await self.d.as_key(request, visitor)
         return self.d.render(request, "jobs.html", visitor,
                              idempotency=secrets.token_urlsafe(12), form={},
-                             **await self._jobs_context(request, visitor.key))
+                             **await self._jobs_context(request, key))
 
     async def submit(self, request: Request) -> Response:
         visitor, form = await self.d.post(request, "key")
-        assert visitor.key is not None
-        await self.api._count(request, visitor.key)
+        key = await self.d.as_key(request, visitor)
         try:
             body = enhance_body(_form_body(form))
             # The form carries its own Idempotency-Key, so a resubmitted form (back
             # button, double click) returns the first job instead of queueing twice.
             job, _ = await submit_job(
-                await self.api._store(), visitor.key, body,
+                await self.api._store(), key, body,
                 form.get("idempotency") or None, self.d.settings.url_policy,
                 self.d.settings.max_queued_per_key)
         except (InvalidRequestError, QueueLimitError, ConflictError) as exc:
             return self.d.render(request, "jobs.html", visitor, status=exc.status,
                                  error=exc, form=form,
                                  idempotency=secrets.token_urlsafe(12),
-                                 **await self._jobs_context(request, visitor.key))
+                                 **await self._jobs_context(request, key))
         return self.d.redirect(request, f"/jobs/{job.id}")
 
     async def job(self, request: Request) -> Response:
         visitor = await self.d.visitor(request, "key")
-        assert visitor.key is not None
-        await self.api._count(request, visitor.key)
-        record = await self._own_job(visitor.key, request.path_params["job_id"])
+        record = await self.api._own_job(request, await self.d.as_key(request, visitor))
         link = await self.api._link(request, record)
         attempts = []
         if record.webhook_url:
@@ -177,18 +166,13 @@ class HolderPages:
 
     async def cancel(self, request: Request) -> Response:
         visitor, _ = await self.d.post(request, "key")
-        assert visitor.key is not None
-        await self.api._count(request, visitor.key)
-        job = await self._own_job(visitor.key, request.path_params["job_id"])
-        # What POST /v2/jobs/{id}/cancel does.
-        if not job.status.is_terminal:
-            await (await self.api._store()).request_cancel(job.id, time.time())
-        return self.d.redirect(request, f"/jobs/{job.id}")
+        request.state.dashboard_key = visitor.key
+        await self.api.cancel_job(request)  # POST /v2/jobs/{job_id}/cancel itself
+        return self.d.redirect(request, f"/jobs/{request.path_params['job_id']}")
 
     async def account(self, request: Request) -> Response:
         visitor = await self.d.visitor(request, "key")
-        assert visitor.key is not None
-        await self.api._count(request, visitor.key)
+        await self.d.as_key(request, visitor)
         return self.d.render(request, "account.html", visitor,
                              window=self.d.settings.rate_window_seconds,
                              max_queued=self.d.settings.max_queued_per_key)
@@ -204,7 +188,7 @@ class HolderPages:
     async def job_json(self, request: Request) -> Response:
         visitor = await self._json_visitor(request)
         assert visitor.key is not None
-        record = await self._own_job(visitor.key, request.path_params["job_id"])
+        record = await self.api._own_job(request, visitor.key)
         job = await self.api._job_object(request, record)
         return JSONResponse(job.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 

@@ -190,6 +190,13 @@ class Dashboard:
             raise NotFoundError(f"no page {request.url.path} for {who}")
         return Visitor(session, key)
 
+    async def as_key(self, request: Request, visitor: Visitor) -> ApiKeyRecord:
+        """Let the API's handlers act for the signed-in key holder, and count this
+        request against their rate limit: :meth:`Api.authenticate` takes the key from
+        the request's state (the session and CSRF token were checked here)."""
+        request.state.dashboard_key = visitor.key
+        return await self.api.authenticate(request)
+
     async def post(self, request: Request, role: str) -> tuple[Visitor, dict[str, str]]:
         """A state-changing request's visitor and form, CSRF checked."""
         visitor = await self.visitor(request, role)
