@@ -18,6 +18,7 @@ from stored_keys import add_key, bearer
 
 from serve_app.api import create_api
 from serve_app.dashboard.sessions import SessionSigner, load_admin_token
+from serve_app.records import JobStatus
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
 
@@ -223,3 +224,12 @@ def test_operator_creates_rotates_and_revokes_keys(client: TestClient, store: Sq
     assert re.search(r'id="queue-depth">1<', jobs.text)
     assert VIDEO not in client.get("/dashboard/operator/jobs?status=completed").text
     assert client.get("/dashboard/operator/jobs?status=bogus").status_code == 400
+
+    # A job's phase shows while it processes, not after (its record keeps the last one).
+    now = time.time()
+    claimed = asyncio.run(store.claim_next("runner-1", now, 30))
+    assert claimed is not None
+    asyncio.run(store.renew_lease(claimed.id, "runner-1", now, 30, 0.5, None, "assembling"))
+    assert "<td>assembling</td>" in client.get("/dashboard/operator/jobs").text
+    asyncio.run(store.finish(claimed.id, "runner-1", JobStatus.COMPLETED, now))
+    assert "assembling" not in client.get("/dashboard/operator/jobs").text
