@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from local_http import serve_directory
+from local_http import serve_directory, serve_receiver
 from ray import serve
 from stored_keys import add_key, bearer
 
@@ -61,6 +61,7 @@ class Service:
     base: str
     media: str
     store: SqliteStore
+    clip: Path
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     serve.run(build_app(settings), name="retroiva", route_prefix="/")
     try:
         yield Service(f"http://127.0.0.1:{settings.port}", media,
-                      SqliteStore(settings.sqlite_path))
+                      SqliteStore(settings.sqlite_path), www / "clip.mp4")
     finally:
         serve.shutdown()
         media_server.shutdown()
@@ -133,12 +134,52 @@ def _text(driver: webdriver.Chrome, css: str) -> str:
         return ""  # between a page's reloads
 
 
+def _watch(driver: webdriver.Chrome, tmp_path: Path, shot: str | None = None) -> set[str]:
+    """Stay on a job's page, which follows the job on its own (it polls), until it
+    shows an end; returns the statuses it showed on the way."""
+    seen: set[str] = set()
+
+    def finished(driver: webdriver.Chrome) -> bool:
+        status = _text(driver, '#job [data-field="status"]')
+        if shot and status == "processing" and status not in seen:
+            _shot(driver, tmp_path, shot)
+        seen.add(status)
+        return status in ("completed", "failed", "canceled")
+
+    WebDriverWait(driver, 240, poll_frequency=0.3).until(finished)
+    assert _text(driver, '#job [data-field="status"]') == "completed", driver.page_source
+    assert _text(driver, '#job [data-field="progress"]') == "100.0 %"
+    assert "link valid until" in driver.find_element(By.CSS_SELECTOR, ".download").text
+    return seen
+
+
+def _download(driver: webdriver.Chrome, tmp_path: Path, job_id: str) -> Path:
+    """Press the job page's download button; the saved file."""
+    driver.find_element(By.ID, "download").click()
+    downloaded = tmp_path / "downloads" / f"{job_id}.mp4"
+    deadline = time.monotonic() + 60
+    while not downloaded.exists() or list(downloaded.parent.glob("*.crdownload")):
+        assert time.monotonic() < deadline, list((tmp_path / "downloads").glob("*"))
+        time.sleep(0.2)
+    return downloaded
+
+
+def _reload_until(driver: webdriver.Chrome, css: str, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _text(driver, css) != text:
+        assert time.monotonic() < deadline, driver.page_source
+        time.sleep(0.5)
+        driver.refresh()
+
+
 def test_key_holder_and_operator_in_chromium(service: Service, browser: webdriver.Chrome,
                                              tmp_path: Path):
     key, record = add_key(service.store)
     base = service.base
+    source = probe(service.clip)
+    hook_url, receiver = serve_receiver()
 
-    # A key holder signs in and submits a job from a URL.
+    # A key holder signs in and submits a job from a URL, with a webhook.
     _sign_in(browser, base, key)
     _shot(browser, tmp_path, "01-jobs-empty")
     assert browser.current_url == f"{base}/dashboard/jobs", browser.page_source
@@ -147,45 +188,50 @@ def test_key_holder_and_operator_in_chromium(service: Service, browser: webdrive
     Select(browser.find_element(By.ID, "preset")).select_by_value("archive")
     Select(browser.find_element(By.ID, "upscale_factor")).select_by_value("2")
     Select(browser.find_element(By.ID, "engine")).select_by_value("classical")
+    browser.find_element(By.ID, "webhook_url").send_keys(hook_url)
     _click(browser, "submit")
     assert "/dashboard/jobs/job_" in browser.current_url, browser.page_source
     job_id = browser.current_url.rsplit("/", 1)[1]
 
-    # The page follows the job on its own (polling) until it shows `completed`.
-    seen: set[str] = set()
-
-    def finished(driver: webdriver.Chrome) -> bool:
-        status = _text(driver, '#job [data-field="status"]')
-        if status == "processing" and status not in seen:
-            _shot(driver, tmp_path, "02-job-processing")
-        seen.add(status)
-        return status in ("completed", "failed", "canceled")
-
-    WebDriverWait(browser, 180, poll_frequency=0.3).until(finished)
+    # The page follows the job until it shows `completed`, with a download button.
+    seen = _watch(browser, tmp_path, "02-job-processing")
     assert seen & {"queued", "processing"}, seen  # it was watched while it ran
-    assert _text(browser, '#job [data-field="status"]') == "completed", browser.page_source
-    assert _text(browser, '#job [data-field="progress"]') == "100.0 %"
-    assert "link valid until" in browser.find_element(By.CSS_SELECTOR, ".download").text
     _shot(browser, tmp_path, "03-job-completed")
 
     # Its download button saves the output, which decodes at twice the input's size.
-    browser.find_element(By.ID, "download").click()
-    downloaded = tmp_path / "downloads" / f"{job_id}.mp4"
-    deadline = time.monotonic() + 60
-    while not downloaded.exists() or list(downloaded.parent.glob("*.crdownload")):
-        assert time.monotonic() < deadline, list((tmp_path / "downloads").glob("*"))
-        time.sleep(0.2)
-    source = probe(Path(write_sample_video(tmp_path / "source.mp4", SampleSpec(seconds=1))))
-    output = probe(downloaded)
+    output = probe(_download(browser, tmp_path, job_id))
     assert (output.width, output.height) == (source.width * 2, source.height * 2)
     assert output.frame_count == source.frame_count > 0
+
+    # The webhook's delivery is listed per attempt; Redeliver sends it again.
+    _reload_until(browser, "#delivery-status", "delivered")
+    assert "200" in _text(browser, "#deliveries tbody tr:nth-child(1)")
+    _click(browser, "redeliver")
+    _reload_until(browser, "#delivery-status", "delivered")
+    second = _text(browser, "#deliveries tbody tr:nth-child(2)")
+    assert "(redelivery)" in second and "200" in second, browser.page_source
+    _shot(browser, tmp_path, "04-job-deliveries")
+    receiver.shutdown()
+
+    # Account: the rate limit, and a rotated webhook secret shown once.
+    browser.get(f"{base}/dashboard/account")
+    rotate = browser.find_element(By.ID, "rotate-secret")
+
+    def rotate_and_confirm() -> None:
+        rotate.click()
+        browser.switch_to.alert.accept()
+
+    _navigate(browser, rotate_and_confirm)
+    secret = browser.find_element(By.ID, "new-webhook-secret").text
+    assert secret.startswith("whsec_")
+    _shot(browser, tmp_path, "05-account-rotated")
 
     # The job list shows it completed; a phone-sized window gets the same page.
     browser.get(f"{base}/dashboard/jobs")
     assert _text(browser, f'tr[data-job="{job_id}"] [data-field="status"]') == "completed"
-    _shot(browser, tmp_path, "04-jobs-list")
+    _shot(browser, tmp_path, "06-jobs-list")
     browser.set_window_size(390, 844)
-    _shot(browser, tmp_path, "05-jobs-phone")
+    _shot(browser, tmp_path, "07-jobs-phone")
     browser.set_window_size(1280, 900)
     _click(browser, "sign-out")
     assert browser.current_url == f"{base}/dashboard/login"
@@ -194,7 +240,7 @@ def test_key_holder_and_operator_in_chromium(service: Service, browser: webdrive
     _sign_in(browser, base, ADMIN)
     assert browser.current_url == f"{base}/dashboard/operator/jobs", browser.page_source
     assert job_id in browser.find_element(By.ID, "all-jobs").text
-    _shot(browser, tmp_path, "06-operator-jobs")
+    _shot(browser, tmp_path, "08-operator-jobs")
     browser.get(f"{base}/dashboard/operator/keys")
     browser.find_element(By.ID, "key-name").send_keys("made-in-browser")
     rate = browser.find_element(By.ID, "key-rate")
@@ -203,7 +249,7 @@ def test_key_holder_and_operator_in_chromium(service: Service, browser: webdrive
     _click(browser, "create")
     new_key = browser.find_element(By.ID, "new-key").text
     assert new_key.startswith("sk_live_")
-    _shot(browser, tmp_path, "07-operator-key-created")
+    _shot(browser, tmp_path, "09-operator-key-created")
     with httpx.Client(base_url=base, timeout=30) as client:
         allowed = client.get("/v2/jobs", headers=bearer(new_key))
         assert allowed.status_code == 200 and allowed.headers["x-ratelimit-limit"] == "5"
@@ -221,7 +267,7 @@ def test_key_holder_and_operator_in_chromium(service: Service, browser: webdrive
         _navigate(browser, revoke_and_confirm)
         WebDriverWait(browser, 30).until(lambda d: "revoked" in _text(
             d, f'tr[data-key="{new_id}"] [data-field="state"]'))
-        _shot(browser, tmp_path, "08-operator-key-revoked")
+        _shot(browser, tmp_path, "10-operator-key-revoked")
 
         refused = client.get("/v2/jobs", headers=bearer(new_key))
         assert refused.status_code == 401, refused.text

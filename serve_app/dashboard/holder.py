@@ -11,6 +11,7 @@ polls do not.
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
@@ -35,7 +36,7 @@ from serve_app.errors import (
 from serve_app.job_intake import active_key, submit_job
 from serve_app.keys import KEY_PREFIX
 from serve_app.records import ApiKeyRecord
-from serve_app.schemas import EnhanceBody
+from serve_app.schemas import EnhanceBody, event_from_record
 
 __all__ = ["HolderPages"]
 
@@ -55,9 +56,9 @@ def enhance_body(data: dict[str, Any]) -> EnhanceBody:
 
 def _form_body(form: dict[str, str]) -> dict[str, Any]:
     """Form fields to the JSON body the API takes (blank optional fields left out)."""
-    data: dict[str, Any] = {"video_url": form.get("video_url", "").strip(),
-                            "preset": form.get("preset", "general"),
+    data: dict[str, Any] = {"preset": form.get("preset", "general"),
                             "engine": form.get("engine", "neural")}
+    data["video_url"] = form.get("video_url", "").strip()
     if form.get("webhook_url", "").strip():
         data["webhook_url"] = form["webhook_url"].strip()
     factor = form.get("upscale_factor", "").strip()
@@ -157,12 +158,21 @@ class HolderPages:
         visitor = await self.d.visitor(request, "key")
         record = await self.api._own_job(request, await self.d.as_key(request, visitor))
         link = await self.api._link(request, record)
-        attempts = []
-        if record.webhook_url:
+        event = None
+        # The event GET /v2/jobs/{id}/events shows: one, once the job has ended.
+        if record.webhook_status is not None and record.webhook_url and record.event_type:
             attempts = await (await self.api._store()).webhook_attempts(record.id)
+            event = event_from_record(record, attempts)
         return self.d.render(request, "job.html", visitor, record=record,
                              job=await self.api._job_object(request, record), link=link,
-                             attempts=attempts)
+                             event=event)
+
+    async def redeliver(self, request: Request) -> Response:
+        visitor, _ = await self.d.post(request, "key")
+        request.state.dashboard_key = visitor.key
+        # POST /v2/jobs/{job_id}/events/{event_id}/redeliver itself.
+        await self.api.redeliver(request)
+        return self.d.redirect(request, f"/jobs/{request.path_params['job_id']}")
 
     async def cancel(self, request: Request) -> Response:
         visitor, _ = await self.d.post(request, "key")
@@ -173,9 +183,19 @@ class HolderPages:
     async def account(self, request: Request) -> Response:
         visitor = await self.d.visitor(request, "key")
         await self.d.as_key(request, visitor)
+        return self._account_page(request, visitor)
+
+    def _account_page(self, request: Request, visitor: Visitor, **context: Any) -> Response:
         return self.d.render(request, "account.html", visitor,
                              window=self.d.settings.rate_window_seconds,
-                             max_queued=self.d.settings.max_queued_per_key)
+                             max_queued=self.d.settings.max_queued_per_key, **context)
+
+    async def rotate_secret(self, request: Request) -> Response:
+        visitor, _ = await self.d.post(request, "key")
+        request.state.dashboard_key = visitor.key
+        # POST /v2/webhook_secret/rotate itself; its answer is shown once, right here.
+        response = await self.api.rotate_secret(request)
+        return self._account_page(request, visitor, rotated=json.loads(response.body))
 
     # JSON for the pages' live updates (session-authenticated, not rate-counted).
     async def jobs_json(self, request: Request) -> Response:

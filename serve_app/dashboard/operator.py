@@ -1,8 +1,9 @@
 """Pages of the operator: every key, every job, the queue, and the Ray dashboard link.
 
-Key changes call the store methods ``retroiva keys`` calls (``add_key`` on a
-:func:`~serve_app.keys.new_api_key`, ``revoke_key``, ``set_webhook_secret``), so a
-key made here is the same as one made on the command line.
+Key changes call what ``retroiva keys`` calls (the store's ``add_key`` on a
+:func:`~serve_app.keys.new_api_key`, ``revoke_key``, and
+:func:`~serve_app.keys.rotate_webhook_secret`, which the API's rotation uses too), so a
+key made or changed here is the same as one made on the command line.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from starlette.responses import Response
 
 from serve_app.dashboard.web import Dashboard, Visitor
 from serve_app.errors import InvalidRequestError, NotFoundError
-from serve_app.keys import new_api_key, new_webhook_secret
+from serve_app.keys import new_api_key, rotate_webhook_secret
 from serve_app.records import JobStatus
 
 __all__ = ["OperatorPages"]
@@ -71,9 +72,13 @@ class OperatorPages:
         store = await self.api._store()
         if await store.get_key(key_id) is None:
             raise NotFoundError(f"no such key: {key_id}", param="key_id")
-        secret = new_webhook_secret()
-        await store.set_webhook_secret(key_id, secret)
-        return await self._keys_page(request, visitor, rotated=(key_id, secret))
+        # What `retroiva keys rotate-webhook-secret` and the API's rotation call.
+        rotated = await rotate_webhook_secret(store, key_id, time.time(),
+                                              self.d.settings.webhook_secret_overlap_seconds)
+        if rotated is None:
+            raise NotFoundError(f"no such key: {key_id}", param="key_id")
+        secret, until = rotated
+        return await self._keys_page(request, visitor, rotated=(key_id, secret, until))
 
     async def jobs(self, request: Request) -> Response:
         visitor = await self.d.visitor(request, "operator")

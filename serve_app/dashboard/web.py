@@ -140,6 +140,8 @@ class Dashboard:
     async def form(self, request: Request) -> dict[str, str]:
         """An ``application/x-www-form-urlencoded`` body, bounded like the API's JSON."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not content_type and request.headers.get("content-length", "0") == "0":
+            return {}  # an empty POST: refused by the CSRF check, as a form would be
         if content_type != "application/x-www-form-urlencoded":
             raise InvalidRequestError("forms must be sent as "
                                       "application/x-www-form-urlencoded")
