@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["EVENT_TYPES", "ApiKeyRecord", "JobRecord", "JobStatus", "WebhookAttempt",
-           "event_id_for"]
+__all__ = ["EVENT_TYPES", "ApiKeyRecord", "JobRecord", "JobStatus", "UploadRecord",
+           "UploadStatus", "WebhookAttempt", "event_id_for"]
 
 
 class JobStatus(StrEnum):
@@ -67,6 +67,8 @@ class JobRecord:
     webhook_body: str | None = None  # frozen at the first attempt: retries send the same
     engine: str = "neural"  # "neural" or "classical": which preset chain runs
     phase: str | None = None  # while processing: fetching, processing, assembling, uploading
+    upload_id: str | None = None  # the input is this upload's bytes, not input_url's
+    deadline_at: float | None = None  # cancel_after: canceled (deadline_exceeded) past it
 
     @property
     def event_id(self) -> str:
@@ -94,3 +96,32 @@ class WebhookAttempt:
     status_code: int | None
     error: str | None
     duration_ms: int
+
+
+class UploadStatus(StrEnum):
+    PENDING = "pending"  # bytes still missing
+    COMPLETE = "complete"  # every byte received; ready for one job
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """A resumable upload (tus): its metadata; the bytes are in upload storage.
+
+    ``offset`` only ever moves forward, by a compare-and-set in the store, so every
+    replica agrees on it.  ``job_id`` is set once, by the job that consumes the upload;
+    the upload (bytes and record) is deleted when that job ends, or at ``expires_at``
+    if no job took it.
+    """
+
+    id: str
+    key_id: str
+    size: int
+    offset: int
+    created_at: float
+    expires_at: float
+    filename: str | None = None
+    job_id: str | None = None
+
+    @property
+    def status(self) -> UploadStatus:
+        return UploadStatus.COMPLETE if self.offset >= self.size else UploadStatus.PENDING
