@@ -39,7 +39,7 @@ from serve_app.errors import (
 from serve_app.keys import new_id
 from serve_app.records import ApiKeyRecord, JobRecord, UploadRecord
 from serve_app.schemas import UploadBody, upload_from_record
-from serve_app.store import JobStore
+from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS, JobStore
 from serve_app.uploads_storage import UploadStorage
 
 if TYPE_CHECKING:
@@ -126,7 +126,8 @@ async def claim_upload(store: JobStore, key: ApiKeyRecord, upload_id: str, job_i
     if upload.job_id is not None:
         taken_by = await store.get_job(upload.job_id)
         if idempotency_key is not None and taken_by is not None \
-                and taken_by.idempotency_key == idempotency_key:
+                and taken_by.idempotency_key == idempotency_key \
+                and taken_by.created_at > now - IDEMPOTENCY_WINDOW_SECONDS:
             return False
         raise InvalidRequestError(f"upload {upload_id} was already used by job "
                                   f"{upload.job_id}; an upload feeds one job",
