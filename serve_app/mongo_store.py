@@ -106,8 +106,12 @@ def _doc(record: JobRecord | ApiKeyRecord | UploadRecord) -> dict[str, Any]:
 class MongoStore:
     """:class:`~serve_app.store.JobStore` on MongoDB."""
 
-    def __init__(self, uri: str, database: str, timeout: float = 1.5) -> None:
+    def __init__(self, uri: str, database: str, timeout: float = 1.5, *,
+                 server_clock: bool = True) -> None:
         millis = round(timeout * 1000)
+        # Leases on the server's clock (see mongo_queries.SERVER_NOW); False makes the
+        # store honour the callers' ``now``, for tests that replay time.
+        self._server_clock = server_clock
         # connect=False: the client connects on first use, so building the store (in
         # every Serve replica) never waits on, or fails for, an unreachable server.
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -126,6 +130,10 @@ class MongoStore:
 
     def __repr__(self) -> str:
         return f"MongoStore(database={self._db.name!r})"
+
+    def _lease_now(self, now: float) -> float | None:
+        """The time leases are written and compared with: None means the server's."""
+        return None if self._server_clock else now
 
     @_translated
     async def init(self) -> None:
@@ -301,7 +309,8 @@ class MongoStore:
             if limit is not None and running.get(key_id, 0) >= limit:
                 continue
             doc = await self._jobs.find_one_and_update(
-                q.queued_of_key_filter(key_id), q.claim_update(owner, now, lease_seconds),
+                q.queued_of_key_filter(key_id),
+                q.claim_update(owner, self._lease_now(now), lease_seconds),
                 sort=q.CLAIM_SORT, return_document=ReturnDocument.AFTER)
             if doc is None:  # another runner took that key's last queued job
                 continue
@@ -316,8 +325,7 @@ class MongoStore:
                           phase: str | None = None) -> JobRecord | None:
         return _job(await self._jobs.find_one_and_update(
             q.lease_filter(job_id, owner),
-            {"$set": {"lease_expires_at": now + lease_seconds, "progress": progress,
-                      "eta_seconds": eta_seconds, "phase": phase}},
+            q.renew_update(self._lease_now(now), lease_seconds, progress, eta_seconds, phase),
             return_document=ReturnDocument.AFTER))
 
     @_translated
@@ -338,7 +346,7 @@ class MongoStore:
 
     @_translated
     async def requeue_expired(self, now: float, max_attempts: int) -> int:
-        result = await self._jobs.update_many(q.expired_filter(now),
+        result = await self._jobs.update_many(q.expired_filter(self._lease_now(now)),
                                               q.requeue_update(now, max_attempts))
         return result.modified_count
 

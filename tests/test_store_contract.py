@@ -38,7 +38,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
                         "(e.g. mongodb://127.0.0.1:27017) to run it against a server")
         from serve_app.mongo_store import MongoStore
 
-        backend = MongoStore(MONGODB_URI, f"retroiva_test_{uuid.uuid4().hex[:8]}")
+        # The suite replays time with explicit ``now``s; the server's clock has its own test.
+        backend = MongoStore(MONGODB_URI, f"retroiva_test_{uuid.uuid4().hex[:8]}",
+                             server_clock=False)
     await backend.init()
     try:
         yield backend
@@ -431,3 +433,25 @@ async def test_queued_jobs_past_their_deadline_are_canceled(store: JobStore):
     assert (await store.get_job(plain.id)).status == JobStatus.QUEUED
     assert (await store.get_job(later.id)).deadline_at == now + 60
     assert await store.cancel_overdue(now) == 0
+
+
+# Issue 21 item 9: MongoDB leases are written and compared on the server's clock.
+@pytest.mark.skipif(not MONGODB_URI, reason="needs a MongoDB server: set RETROIVA_MONGODB_URI")
+async def test_mongo_leases_follow_the_servers_clock_not_the_callers():
+    from serve_app.mongo_store import MongoStore
+
+    store = MongoStore(MONGODB_URI or "", f"retroiva_test_{uuid.uuid4().hex[:8]}")
+    await store.init()
+    try:
+        await store.insert_job(_job(), time.time())
+        skewed_ahead = time.time() + 3600.0  # a runner whose clock runs an hour fast
+        job = await store.claim_next("runner", skewed_ahead, 1.0)
+        assert job is not None and abs(job.lease_expires_at - (time.time() + 1.0)) < 30
+        # The fast clock would see the lease as long expired; the server does not.
+        assert await store.requeue_expired(skewed_ahead, max_attempts=3) == 0
+        await asyncio.sleep(1.5)
+        # A clock an hour slow sees it as live; the server knows it has lapsed.
+        assert await store.requeue_expired(time.time() - 3600.0, max_attempts=3) == 1
+    finally:
+        await store.drop()
+        await store.close()
