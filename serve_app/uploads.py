@@ -343,6 +343,11 @@ class UploadRoutes:
             # (The response goes nowhere; there is no one left to tell.)
             await flush()
             return upload
+        except asyncio.CancelledError:
+            # Behind Ray Serve a client that goes away cancels this handler instead:
+            # keep what arrived all the same, shielded from a second cancel.
+            await asyncio.shield(flush())
+            raise
         await flush()
         if too_long:
             raise PayloadTooLargeError(f"the body goes past Upload-Length ({upload.size}); "
