@@ -21,8 +21,9 @@ import base64
 import binascii
 import logging
 import time
+from collections.abc import Coroutine
 from email.utils import formatdate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect, Request
@@ -165,6 +166,18 @@ async def drop_job_upload(store: JobStore, storage: UploadStorage, job: JobRecor
         await delete_upload(store, storage, upload)
 
 
+async def _outliving_cancel(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end even if the caller is cancelled meanwhile."""
+    task = asyncio.ensure_future(work)
+
+    def report(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.info("keeping the bytes of a dropped PATCH failed: %s", done.exception())
+
+    task.add_done_callback(report)
+    await asyncio.shield(task)
+
+
 class UploadRoutes:
     """The ``/v2/uploads`` handlers; they share the API's auth, store and responses."""
 
@@ -245,8 +258,9 @@ class UploadRoutes:
                               created_at=now,
                               expires_at=now + self.api.settings.upload_expiry_seconds,
                               filename=filename)
-        await asyncio.to_thread(self.storage.create, upload.id, size)
+        # The record first: bytes without one could never be found and deleted.
         await (await self.api._store()).insert_upload(upload)
+        await asyncio.to_thread(self.storage.create, upload.id, size)
         return self._object(request, upload, 201, {
             "Location": self._url(request, upload.id),
             "Upload-Expires": _http_date(upload.expires_at)})
@@ -338,16 +352,14 @@ class UploadRoutes:
                 buffer += piece
                 if len(buffer) >= FLUSH_BYTES:
                     await flush()
-        except ClientDisconnect:
-            # What arrived stays: the client resumes from the offset HEAD reports.
-            # (The response goes nowhere; there is no one left to tell.)
-            await flush()
-            return upload
-        except asyncio.CancelledError:
-            # Behind Ray Serve a client that goes away cancels this handler instead:
-            # keep what arrived all the same, shielded from a second cancel.
-            await asyncio.shield(flush())
-            raise
+        except (ClientDisconnect, asyncio.CancelledError) as gone:
+            # What arrived stays: the client resumes from the offset HEAD reports.  Ray
+            # Serve cancels the handler when the client goes (at once, or while this
+            # flush runs), so the flush is shielded and finishes on its own.
+            await _outliving_cancel(flush())
+            if isinstance(gone, asyncio.CancelledError):
+                raise
+            return upload  # the response goes nowhere: there is no one left to tell
         await flush()
         if too_long:
             raise PayloadTooLargeError(f"the body goes past Upload-Length ({upload.size}); "
