@@ -40,6 +40,7 @@ __all__ = [
     "count_by_status_filter",
     "counter_expiry",
     "due_webhooks_filter",
+    "events_page_filter",
     "expired_filter",
     "expired_outputs_filter",
     "finish_filter",
@@ -53,8 +54,11 @@ __all__ = [
     "queued_keys_pipeline",
     "queued_of_key_filter",
     "rate_counter_update",
+    "redeliver_filter",
+    "redeliver_update",
     "renew_update",
     "requeue_update",
+    "rotate_secret_update",
     "running_counts_pipeline",
     "webhook_attempt_filter",
     "webhook_attempt_update",
@@ -80,6 +84,8 @@ INDEXES: list[tuple[str, Sort, Doc]] = [
     ("webhook_attempts", [("job_id", 1), ("number", 1)], {}),
     ("jobs", [("status", 1), ("deadline_at", 1)], {}),
     ("uploads", [("job_id", 1), ("expires_at", 1)], {}),
+    # A key's events by delivery status (GET /v2/webhook_deliveries), newest first.
+    ("jobs", [("key_id", 1), ("webhook_status", 1), ("created_seq", -1), ("_id", -1)], {}),
 ]
 
 CLAIM_SORT: Sort = [("created_seq", 1), ("_id", 1)]
@@ -277,6 +283,30 @@ def jobs_page_filter(key_id: str, cursor: tuple[int, str] | None) -> Doc:
     seq, job_id = cursor
     return {"key_id": key_id, "$or": [{"created_seq": {"$lt": seq}},
                                       {"created_seq": seq, "_id": {"$lt": job_id}}]}
+
+
+def events_page_filter(key_id: str, status: str, cursor: tuple[int, str] | None) -> Doc:
+    """The key's jobs whose event has ``status``, strictly older than the cursor."""
+    return {**jobs_page_filter(key_id, cursor), "webhook_status": status}
+
+
+def rotate_secret_update(secret: str, previous_valid_until: float) -> list[Doc]:
+    """The current secret becomes the previous one; one ``$set`` stage reads the
+    document as it was, so ``$webhook_secret`` is the old value."""
+    return [{"$set": {"previous_webhook_secret": "$webhook_secret",
+                      "previous_secret_expires_at": {"$literal": previous_valid_until},
+                      "webhook_secret": {"$literal": secret}}}]
+
+
+def redeliver_filter(job_id: str) -> Doc:
+    return {"_id": job_id, "webhook_status": {"$in": ["delivered", "failed"]}}
+
+
+def redeliver_update(now: float) -> list[Doc]:
+    """Pending again, due now, retries counted from the attempts made so far."""
+    return [{"$set": {"webhook_status": {"$literal": "pending"},
+                      "webhook_next_at": {"$literal": now},
+                      "webhook_round_start": "$webhook_attempts"}}]
 
 
 def rate_counter_update() -> Doc:

@@ -205,6 +205,16 @@ class MongoStore:
         return result.matched_count > 0
 
     @_translated
+    async def rotate_webhook_secret(self, key_id: str, secret: str,
+                                    previous_valid_until: float) -> bool:
+        key = await self._resolve(key_id)
+        if key is None:
+            return False
+        result = await self._keys.update_one(
+            {"_id": key.id}, q.rotate_secret_update(secret, previous_valid_until))
+        return result.matched_count > 0
+
+    @_translated
     async def set_key_limits(self, key_id: str, max_queued: int | None,
                              max_running: int | None) -> bool:
         result = await self._keys.update_one(
@@ -401,6 +411,27 @@ class MongoStore:
         docs = self._attempts.find({"job_id": job_id}).sort("number", 1)
         return [WebhookAttempt(**{k: v for k, v in d.items() if k != "_id"})
                 async for d in docs]
+
+    @_translated
+    async def redeliver_webhook(self, job_id: str, now: float) -> JobRecord | None:
+        return _job(await self._jobs.find_one_and_update(
+            q.redeliver_filter(job_id), q.redeliver_update(now),
+            return_document=ReturnDocument.AFTER))
+
+    @_translated
+    async def list_webhook_events(self, key_id: str, status: str, limit: int,
+                                  starting_after: str | None
+                                  ) -> tuple[list[JobRecord], bool]:
+        cursor = None
+        if starting_after is not None:
+            anchor = await self._jobs.find_one({"_id": starting_after, "key_id": key_id})
+            if anchor is None:
+                return [], False
+            cursor = (anchor["created_seq"], anchor["_id"])
+        docs = self._jobs.find(q.events_page_filter(key_id, status, cursor)).sort(
+            q.PAGE_SORT).limit(limit + 1)
+        jobs = [j for j in [_job(d) async for d in docs] if j is not None]
+        return jobs[:limit], len(jobs) > limit
 
     # Deadlines
     @_translated

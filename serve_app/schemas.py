@@ -1,21 +1,32 @@
 """The v2 API's request and response shapes: the single source of the OpenAPI document.
 
-Timestamps are integer Unix seconds (UTC), as in the reference's job object.
+Timestamps are integer Unix seconds (UTC), as in the reference's job object; the
+webhook additions of issue 17 (``deliveries``, secret rotation) use ISO 8601 (UTC, ``Z``)
+as the contract between this session's clients fixes them.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from serve_app.records import JobRecord, JobStatus, UploadRecord, UploadStatus
+from serve_app.records import (
+    DeliveryStatus,
+    JobRecord,
+    JobStatus,
+    UploadRecord,
+    UploadStatus,
+    WebhookAttempt,
+)
 
-__all__ = ["MAX_CANCEL_AFTER_SECONDS", "DeliveryAttempt", "Download", "EnhanceBody",
-           "ErrorBody", "ErrorDetail", "EventList", "Job", "JobError", "JobList", "Upload",
-           "UploadBody", "WebhookEvent", "job_from_record", "upload_from_record"]
+__all__ = ["MAX_CANCEL_AFTER_SECONDS", "Delivery", "DeliveryAttempt", "DeliveryPage",
+           "Download", "EnhanceBody", "ErrorBody", "ErrorDetail", "EventList", "Job",
+           "JobError", "JobList", "RotatedSecret", "Upload", "UploadBody", "WebhookEvent",
+           "event_from_record", "iso_time", "job_from_record", "upload_from_record"]
 
 # The longest cancel_after: a week, well past any job's run time.
 MAX_CANCEL_AFTER_SECONDS = 7 * 24 * 3600
@@ -138,6 +149,18 @@ class DeliveryAttempt(BaseModel):
     duration_ms: int
 
 
+class Delivery(BaseModel):
+    """One attempt to deliver an event (``deliveries``; the same facts as ``attempts``)."""
+
+    attempt: int = Field(description="1-based, counting every attempt of the event.")
+    attempted_at: str = Field(description="ISO 8601, UTC.")
+    status_code: int | None = Field(description="The receiver's status; null when no "
+                                    "response came (refused address, timeout, error).")
+    duration_ms: int
+    error: str | None
+    redelivery: bool = Field(description="Made for a redelivery asked through the API.")
+
+
 class WebhookEvent(BaseModel):
     """A job's webhook event and every attempt to deliver it."""
 
@@ -148,6 +171,9 @@ class WebhookEvent(BaseModel):
     status: Literal["pending", "delivered", "failed"]
     next_attempt_at: int | None
     attempts: list[DeliveryAttempt]
+    job_id: str
+    delivery_status: DeliveryStatus = Field(description="The same value as status.")
+    deliveries: list[Delivery]
 
 
 class EventList(BaseModel):
@@ -174,10 +200,29 @@ class Upload(BaseModel):
     filename: str | None
     upload_url: str = Field(description="Where the bytes go (tus PATCH) and where "
                             "HEAD tells the offset to resume from.")
-    created_at: int
-    expires_at: int = Field(description="Unix seconds; an upload no job has taken is "
-                            "refused and deleted then.")
+    created_at: str = Field(description="ISO 8601, UTC (as CONTRACTS.md and the "
+                            "delivery history's attempted_at).")
+    expires_at: str = Field(description="ISO 8601, UTC; an upload no job has taken is "
+                            "refused and deleted then (Upload-Expires says the same).")
     job_id: str | None = Field(None, description="The job that took the upload.")
+
+
+class DeliveryPage(BaseModel):
+    """``GET /v2/webhook_deliveries``: the envelope of ``GET /v2/jobs``."""
+
+    data: list[WebhookEvent]
+    has_more: bool
+    next_cursor: str | None = Field(description="Give it as starting_after for the next "
+                                    "page (an event id).")
+
+
+class RotatedSecret(BaseModel):
+    """``POST /v2/webhook_secret/rotate``: the new secret, shown once."""
+
+    webhook_secret: str = Field(description="whsec_ + standard base64 of 32 random bytes.")
+    previous_valid_until: str = Field(description="ISO 8601, UTC: until then deliveries "
+                                      "also carry a webhook-signature entry under the "
+                                      "previous secret.")
 
 
 class ErrorDetail(BaseModel):
@@ -217,8 +262,33 @@ def job_from_record(job: JobRecord, output_url: str | None = None) -> Job:
     )
 
 
+def iso_time(value: float) -> str:
+    """``value`` (Unix seconds) as ISO 8601 in UTC with milliseconds and ``Z``."""
+    text = datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def event_from_record(job: JobRecord, attempts: list[WebhookAttempt]) -> WebhookEvent:
+    """The event of ``job`` (which has one: ended, with a webhook_url)."""
+    assert job.webhook_url is not None and job.event_type is not None
+    status = DeliveryStatus(job.webhook_status or DeliveryStatus.PENDING)
+    return WebhookEvent(
+        id=job.event_id, type=job.event_type,
+        created_at=math.floor(job.completed_at or job.created_at),
+        url=job.webhook_url, status=status.value,
+        next_attempt_at=None if job.webhook_next_at is None or status != "pending"
+        else math.ceil(job.webhook_next_at),
+        attempts=[DeliveryAttempt(number=a.number, at=math.floor(a.at),
+                                  status_code=a.status_code, error=a.error,
+                                  duration_ms=a.duration_ms) for a in attempts],
+        job_id=job.id, delivery_status=status,
+        deliveries=[Delivery(attempt=a.number, attempted_at=iso_time(a.at),
+                             status_code=a.status_code, duration_ms=a.duration_ms,
+                             error=a.error, redelivery=a.redelivery) for a in attempts])
+
+
 def upload_from_record(upload: UploadRecord, upload_url: str) -> Upload:
     return Upload(id=upload.id, status=upload.status, size=upload.size,
                   offset=upload.offset, filename=upload.filename, upload_url=upload_url,
-                  created_at=math.floor(upload.created_at),
-                  expires_at=math.floor(upload.expires_at), job_id=upload.job_id)
+                  created_at=iso_time(upload.created_at),
+                  expires_at=iso_time(upload.expires_at), job_id=upload.job_id)

@@ -193,6 +193,25 @@ def test_webhook_attempt_is_recorded_only_by_the_next_attempt():
     assert first["webhook_body"] == '{"b":1}'
 
 
+def test_rotation_moves_the_current_secret_to_previous():
+    """Issue 17 item 2: one $set stage reads the document as it was."""
+    key = {"_id": "key_a", "webhook_secret": "whsec_old"}
+    rotated = _apply(q.rotate_secret_update("whsec_new", 99.0), key)
+    assert (rotated["webhook_secret"], rotated["previous_webhook_secret"],
+            rotated["previous_secret_expires_at"]) == ("whsec_new", "whsec_old", 99.0)
+
+
+def test_redelivery_only_of_ended_deliveries():
+    """Issue 17 item 3: as the SQLite backend does it."""
+    assert not _matches(q.redeliver_filter("job_1"), _job(webhook_status="pending"))
+    for status in ("delivered", "failed"):
+        done = _job(status="completed", webhook_status=status, webhook_attempts=3)
+        assert _matches(q.redeliver_filter("job_1"), done)
+        again = _apply(q.redeliver_update(7.0), done)
+        assert (again["webhook_status"], again["webhook_next_at"],
+                again["webhook_round_start"]) == ("pending", 7.0, 3)
+
+
 def test_event_body_is_frozen_once():
     kept = _apply(q.freeze_body_update('{"b":2}'), _job(webhook_body='{"b":1}'))
     assert kept["webhook_body"] == '{"b":1}'
@@ -310,6 +329,7 @@ def _fields(filter_: dict[str, Any]) -> tuple[list[str], list[str]]:
     ("idempotency", q.idempotency_filter("key_a", "k1"), []),
     ("page", q.jobs_page_filter("key_a", None), q.PAGE_SORT),
     ("overdue", {"status": "queued", "deadline_at": {"$lte": 5.0}}, []),
+    ("webhook deliveries", q.events_page_filter("key_a", "failed", None), q.PAGE_SORT),
 ])
 def test_each_jobs_query_has_an_index(name: str, filter_: dict[str, Any],
                                       sort: list[tuple[str, int]]):

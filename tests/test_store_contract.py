@@ -435,6 +435,71 @@ async def test_queued_jobs_past_their_deadline_are_canceled(store: JobStore):
     assert await store.cancel_overdue(now) == 0
 
 
+async def test_rotation_keeps_the_previous_secret_for_the_overlap(store: JobStore):
+    """Issue 17 item 2: one update moves the current secret to previous."""
+    _, first = new_api_key("tenant-1", rate_limit=10)
+    _, second = new_api_key("tenant-2", rate_limit=10)
+    second = dataclasses.replace(second, prefix=first.prefix)
+    for record in (first, second):
+        await store.add_key(record)
+    with pytest.raises(AmbiguousKey):
+        await store.rotate_webhook_secret(first.prefix, "whsec_x", 5.0)
+    assert await store.rotate_webhook_secret(first.id, "whsec_new", 1234.5)
+    rotated = await store.get_key(first.id)
+    assert (rotated.webhook_secret, rotated.previous_webhook_secret,
+            rotated.previous_secret_expires_at) == ("whsec_new", first.webhook_secret, 1234.5)
+    assert (await store.get_key(second.id)).previous_webhook_secret is None
+    assert not await store.rotate_webhook_secret("key_missing", "whsec_y", 1.0)
+
+
+async def _delivered(store: JobStore, key_id: str = "key_a", status: str = "delivered"
+                     ) -> JobRecord:
+    await store.insert_job(_job(key_id, webhook_url="https://hooks.example.com/x"),
+                           time.time())
+    job = await store.claim_next("r", time.time(), 30)
+    await store.finish(job.id, "r", JobStatus.COMPLETED, time.time())
+    await store.claim_due_webhooks(time.time(), 1, 10)
+    await store.record_webhook_attempt(
+        WebhookAttempt(job.id, 1, time.time(), 500 if status == "failed" else 200,
+                       "HTTP 500" if status == "failed" else None, 5),
+        status=status, next_at=None, body='{"a":1}')
+    return await store.get_job(job.id)
+
+
+async def test_redelivery_only_of_ended_deliveries_with_a_new_round(store: JobStore):
+    """Issue 17 item 3: delivered or failed events become pending again, due now."""
+    await store.insert_job(_job(webhook_url="https://hooks.example.com/x"), time.time())
+    pending = await store.claim_next("r", time.time(), 30)
+    await store.finish(pending.id, "r", JobStatus.COMPLETED, time.time())
+    assert await store.redeliver_webhook(pending.id, time.time()) is None  # still pending
+    job = await _delivered(store)
+    now = time.time()
+    again = await store.redeliver_webhook(job.id, now)
+    assert (again.webhook_status, again.webhook_next_at, again.webhook_round_start,
+            again.webhook_attempts, again.webhook_body) == ("pending", now, 1, 1, '{"a":1}')
+    assert job.id in [j.id for j in await store.claim_due_webhooks(now + 1, 1, 10)]
+    await store.record_webhook_attempt(
+        WebhookAttempt(job.id, 2, now, 200, None, 3, redelivery=True),
+        status="delivered", next_at=None, body='{"a":1}')
+    assert [a.redelivery for a in await store.webhook_attempts(job.id)] == [False, True]
+    assert await store.redeliver_webhook("job_missing", now) is None
+
+
+async def test_webhook_events_listed_by_status_per_key(store: JobStore):
+    """Issue 17 item 3: a key's failed deliveries, newest first, paginated."""
+    failed = [await _delivered(store, "key_a", "failed") for _ in range(3)]
+    await _delivered(store, "key_a", "delivered")
+    foreign = await _delivered(store, "key_b", "failed")
+    page, more = await store.list_webhook_events("key_a", "failed", 2, None)
+    assert more and [j.id for j in page] == [failed[2].id, failed[1].id]
+    rest, more = await store.list_webhook_events("key_a", "failed", 2, page[-1].id)
+    assert not more and [j.id for j in rest] == [failed[0].id]
+    assert [j.id for j in (await store.list_webhook_events("key_b", "failed", 10, None))[0]
+            ] == [foreign.id]
+    assert await store.list_webhook_events("key_a", "failed", 10, foreign.id) == ([], False)
+    assert len((await store.list_webhook_events("key_a", "delivered", 10, None))[0]) == 1
+
+
 # Issue 21 item 9: MongoDB leases are written and compared on the server's clock.
 @pytest.mark.skipif(not MONGODB_URI, reason="needs a MongoDB server: set RETROIVA_MONGODB_URI")
 async def test_mongo_leases_follow_the_servers_clock_not_the_callers():

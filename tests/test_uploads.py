@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -169,7 +170,10 @@ def test_chunk_sent_twice_and_resume_after_a_killed_connection_is_byte_identical
                                  "upload_url")} == {
         "id": upload_id, "object": "upload", "status": "complete", "size": len(data),
         "offset": len(data), "filename": "clip.mp4", "upload_url": url}
-    assert body["expires_at"] > body["created_at"] > 0
+    created, expires = (datetime.fromisoformat(body[k]) for k in ("created_at", "expires_at"))
+    expiry = timedelta(seconds=server.settings.upload_expiry_seconds)
+    assert abs(expires - created - expiry) < timedelta(seconds=1)
+    assert body["created_at"].endswith("Z") and created.tzinfo is not None
 
 
 def test_json_creation_and_tus_errors(make_server: Callable[..., Server]):
