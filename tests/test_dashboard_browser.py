@@ -213,6 +213,21 @@ def test_key_holder_and_operator_in_chromium(service: Service, browser: webdrive
     _shot(browser, tmp_path, "04-job-deliveries")
     receiver.shutdown()
 
+    # A local file dropped in (here: chosen; the same script) is uploaded with tus and
+    # becomes a job like a URL does.
+    browser.get(f"{base}/dashboard/jobs")
+    Select(browser.find_element(By.ID, "upscale_factor")).select_by_value("2")
+    Select(browser.find_element(By.ID, "engine")).select_by_value("classical")
+    _navigate(browser, lambda: browser.find_element(By.ID, "file").send_keys(
+        str(service.clip)))
+    assert "/dashboard/jobs/job_" in browser.current_url, browser.page_source
+    uploaded_id = browser.current_url.rsplit("/", 1)[1]
+    assert "upload:upl_" in browser.find_element(By.ID, "job").text
+    _watch(browser, tmp_path)
+    output = probe(_download(browser, tmp_path, uploaded_id))
+    assert (output.width, output.height) == (source.width * 2, source.height * 2)
+    assert output.frame_count == source.frame_count
+
     # Account: the rate limit, and a rotated webhook secret shown once.
     browser.get(f"{base}/dashboard/account")
     rotate = browser.find_element(By.ID, "rotate-secret")

@@ -30,6 +30,7 @@ from serve_app.dashboard.web import (
 from serve_app.errors import (
     AuthenticationError,
     ConflictError,
+    ForbiddenError,
     InvalidRequestError,
     QueueLimitError,
 )
@@ -58,7 +59,11 @@ def _form_body(form: dict[str, str]) -> dict[str, Any]:
     """Form fields to the JSON body the API takes (blank optional fields left out)."""
     data: dict[str, Any] = {"preset": form.get("preset", "general"),
                             "engine": form.get("engine", "neural")}
-    data["video_url"] = form.get("video_url", "").strip()
+    # A dropped file arrives as the upload the page's script made (upload.js).
+    if form.get("upload_id", "").strip():
+        data["upload_id"] = form["upload_id"].strip()
+    else:
+        data["video_url"] = form.get("video_url", "").strip()
     if form.get("webhook_url", "").strip():
         data["webhook_url"] = form["webhook_url"].strip()
     factor = form.get("upscale_factor", "").strip()
@@ -196,6 +201,20 @@ class HolderPages:
         # POST /v2/webhook_secret/rotate itself; its answer is shown once, right here.
         response = await self.api.rotate_secret(request)
         return self._account_page(request, visitor, rotated=json.loads(response.body))
+
+    async def upload(self, request: Request) -> Response:
+        """The tus endpoints of /v2/uploads for the page's script: the session and a
+        CSRF header stand in for the API key; the API's upload handlers do the rest."""
+        visitor = await self._json_visitor(request)
+        self.d.check_origin(request)
+        if not self.d.signer.csrf_valid(visitor.session.nonce,
+                                        request.headers.get("x-csrf-token", "")):
+            raise ForbiddenError("missing or stale X-CSRF-Token; reload the page")
+        request.state.dashboard_key = visitor.key
+        routes = self.api.uploads
+        handler = {"POST": routes.create, "HEAD": routes.head, "GET": routes.get,
+                   "PATCH": routes.patch, "DELETE": routes.delete}[request.method]
+        return await handler(request)
 
     # JSON for the pages' live updates (session-authenticated, not rate-counted).
     async def jobs_json(self, request: Request) -> Response:
