@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     secrets_key: str | None = Field(None, repr=False, description="Fernet keys sealing "
                                     "webhook secrets at rest, comma-separated, newest "
                                     "first; default: generated in data_dir/secrets.key.")
+    admin_token: str | None = Field(None, repr=False, description="The operator's "
+                                    "sign-in for the web dashboard; default: generated in "
+                                    "data_dir/admin.token (printed by `retroiva serve`).")
+    dashboard_session_seconds: int = Field(8 * 3600, ge=60, description="How long a "
+                                           "dashboard sign-in lasts.")
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="Deadline for one "
                                            "whole delivery attempt, connect to status line.")
     webhook_concurrency: int = Field(16, ge=1, description="Deliveries one runner makes "
@@ -119,10 +124,15 @@ class Settings(BaseSettings):
                                         "(TensorRT where it imports and a GPU exists; "
                                         "without one, ncnn for the upscalers; else torch), "
                                         "torch, compile, tensorrt or ncnn.")
+    upload_expiry_seconds: int = Field(24 * 3600, ge=1, description="How long an upload "
+                                       "may stay unfinished or unused by a job; then "
+                                       "it is refused and its bytes deleted.")
     s3_bucket: str | None = Field(None, description="Store outputs in this S3 bucket.")
     s3_prefix: str = "outputs"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    s3_uploads_prefix: str = Field("uploads", description="Where uploads' bytes go in "
+                                   "s3_bucket (S3 multipart uploads).")
 
     @property
     def retry_schedule(self) -> tuple[float, ...]:
@@ -155,6 +165,10 @@ class Settings(BaseSettings):
     @property
     def outputs_dir(self) -> Path:
         return self.data_dir / "outputs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
 
     @property
     def scratch_dir(self) -> Path:

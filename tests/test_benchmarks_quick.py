@@ -31,6 +31,7 @@ QUICK = {
     "pipeline_ceiling": "ratio retroiva / ffmpeg",
     "pipeline_vs_ffmpeg": "ratio retroiva / ffmpeg nlmeans",
     "upscale_quality": "auto/ncnn",
+    "upload_resume": "byte-identical: True",
     "gpu_check": "",  # on CPU: the "no CUDA" line; with CUDA: RIFE figures
 }
 NEEDS_FFMPEG = {"fidelity", "interpolation_quality", "pipeline_vs_ffmpeg", "pipeline_ceiling"}
