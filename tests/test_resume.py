@@ -81,8 +81,11 @@ def _encoded(output: str) -> list[int]:
     return [int(m) for m in re.findall(r"^chunk (\d+) encoded$", output, re.MULTILINE)]
 
 
+# Three runs of one job (whole, killed, resumed): ~1 min on 2 idle cores, several on a
+# loaded machine.
+@pytest.mark.timeout(600)
 def test_killed_job_resumes_with_only_the_missing_chunks(tmp_path: Path, make_video) -> None:
-    source = make_video("resume.mp4", width=192, height=128, seconds=2.0, gop=4, grain=6.0)
+    source = make_video("resume.mp4", width=160, height=96, seconds=2.0, gop=4, grain=6.0)
     saved_dir = tmp_path / "segments"
     store = LocalSegments(saved_dir)
 
@@ -160,6 +163,7 @@ def _runner(data: Path) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
+@pytest.mark.timeout(600)
 def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path,
                                                               make_video) -> None:
     import asyncio
