@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,10 @@ def ray_session() -> Iterator[None]:
 
     Its metrics are exported on 127.0.0.1:METRICS_PORT for tests/test_metrics.py.
     """
+    # A loaded machine (CI runners, parallel sessions) can take longer than Ray's
+    # default 30 s for the raylet to see its metrics agent; the session would then fail
+    # to start at all.  Subprocess clusters inherit the same allowance.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
                  configure_logging=True, _metrics_export_port=METRICS_PORT)
