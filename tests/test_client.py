@@ -353,6 +353,20 @@ def test_verify_webhook_checks_x_retroiva_signature_with_the_whole_secret():
         verify_webhook(_BODY, {}, secret)
 
 
+def test_verify_webhook_derives_the_key_of_older_and_hand_set_secrets():
+    raw = secrets.token_bytes(32)
+    older = "whsec_" + base64.urlsafe_b64encode(raw).decode().rstrip("=")  # before v1
+    timestamp = str(math.floor(time.time()))
+    for secret, key in ((older, raw), ("whsec_not base64!", b"whsec_not base64!")):
+        digest = hmac.new(key, f"evt_1.{timestamp}.{_BODY}".encode(), hashlib.sha256).digest()
+        headers = {"webhook-id": "evt_1", "webhook-timestamp": timestamp,
+                   "webhook-signature": "v1," + base64.b64encode(digest).decode()}
+        assert verify_webhook(_BODY, headers, secret)["id"] == "evt_1"
+        with pytest.raises(WebhookVerificationError):
+            verify_webhook(_BODY, {**headers, "webhook-signature": "v2," +
+                                   base64.b64encode(digest).decode()}, secret)
+
+
 class _Inbox(http.server.ThreadingHTTPServer):
     """A webhook receiver that keeps each delivery's raw body and headers."""
 
