@@ -11,7 +11,7 @@ import httpx
 
 from retroiva_client._http import RetryPolicy, Transport, new_idempotency_key
 from retroiva_client.jobs import Job, Jobs
-from retroiva_client.uploads import DEFAULT_CHUNK_SIZE, Upload, upload_file
+from retroiva_client.uploads import DEFAULT_CHUNK_SIZE, Upload, create_upload, upload_file
 
 __all__ = ["DEFAULT_BASE_URL", "Client"]
 
@@ -83,6 +83,11 @@ class Client:
         """Upload a local file with tus resumable uploads; see :mod:`.uploads`."""
         return upload_file(self._transport, path, chunk_size=chunk_size,
                            upload_url=upload_url, on_progress=on_progress)
+
+    def create_upload(self, path: str | os.PathLike[str]) -> Upload:
+        """Create an upload without sending bytes; keep ``upload_url`` to resume from
+        another process with ``upload_file(path, upload_url=...)``."""
+        return create_upload(self._transport, path)
 
     def enhance_file(self, path: str | os.PathLike[str], *,
                      on_upload_progress: Callable[[int, int], None] | None = None,

@@ -33,7 +33,7 @@ from retroiva_client.errors import (
 if TYPE_CHECKING:
     from retroiva_client._http import Transport
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "TUS_VERSION", "Upload", "upload_file"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "TUS_VERSION", "Upload", "create_upload", "upload_file"]
 
 TUS_VERSION = "1.0.0"
 DEFAULT_CHUNK_SIZE = 8 << 20  # 8 MiB: few round trips, little to resend after a drop
@@ -76,15 +76,24 @@ def _offset(response: httpx.Response) -> int:
     return int(value)
 
 
-def _create(transport: Transport, size: int, filename: str) -> str:
-    encoded = base64.b64encode(filename.encode()).decode()
+def create_upload(transport: Transport, path: str | os.PathLike[str]) -> Upload:
+    """Create an upload for ``path`` (``POST /v2/uploads``) without sending bytes.
+
+    Keep its ``upload_url``: ``upload_file(path, upload_url=...)`` sends the bytes,
+    and resumes there from any process until the upload expires.
+    """
+    source = Path(path)
+    encoded = base64.b64encode(source.name.encode()).decode()
     response = transport.request("POST", "/v2/uploads", headers=_tus(
-        **{"Upload-Length": str(size), "Upload-Metadata": f"filename {encoded}",
+        **{"Upload-Length": str(source.stat().st_size),
+           "Upload-Metadata": f"filename {encoded}",
            "Idempotency-Key": new_idempotency_key()}))
     location = response.headers.get("location")
     if not location:
         raise RetroivaError("POST /v2/uploads answered without a Location header")
-    return str(response.url.join(location))
+    upload = Upload.from_api(response.json())
+    upload.upload_url = str(response.url.join(location))
+    return upload
 
 
 def _server_offset(transport: Transport, url: str) -> int:
@@ -106,10 +115,9 @@ def upload_file(transport: Transport, path: str | os.PathLike[str], *,
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     if upload_url is None:
-        url, offset = _create(transport, size, source.name), 0
+        url, offset = str(create_upload(transport, source).upload_url), 0
     else:
-        url = upload_url
-        offset = _server_offset(transport, url)
+        url, offset = upload_url, _server_offset(transport, upload_url)
     failures = 0
     with source.open("rb") as data:
         while offset < size:

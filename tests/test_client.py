@@ -548,20 +548,19 @@ def test_upload_file_resumes_an_upload_from_the_servers_offset(uploads: Service,
     source = make_video("resume_by_url.mp4", seconds=1)
     data = source.read_bytes()
     half = len(data) // 2
-    auth = {"Authorization": f"Bearer {key}"}
-    created = httpx.post(f"{uploads.base}/v2/uploads", timeout=30,
-                         headers={**auth, **_TUS, "Upload-Length": str(len(data))})
-    assert created.status_code == 201, created.text
-    url = created.headers["location"]
-    sent = httpx.patch(url, content=data[:half], timeout=30,
-                       headers={**auth, **_CHUNK_HEADERS, "Upload-Offset": "0"})
-    assert sent.status_code == 204, sent.text
     recorder = _Recorder()
     with Client(key, uploads.base, http_client=recorder.client()) as client:
+        created = client.create_upload(source)  # a program keeps upload_url, then dies
+        assert (created.status, created.offset, created.size) == ("pending", 0, len(data))
+        assert created.upload_url and created.upload_url.endswith(f"/v2/uploads/{created.id}")
+        sent = httpx.patch(created.upload_url, content=data[:half], timeout=30, headers={
+            "Authorization": f"Bearer {key}", **_CHUNK_HEADERS, "Upload-Offset": "0"})
+        assert sent.status_code == 204, sent.text
         with pytest.raises(InvalidRequestError) as unfinished:
-            client.enhance(upload_id=created.json()["id"])
+            client.enhance(upload_id=created.id)
         assert unfinished.value.param == "upload_id"
-        upload = client.upload_file(source, upload_url=url)  # as a restarted program would
+        # Restarted, it resumes from the offset the server holds.
+        upload = client.upload_file(source, upload_url=created.upload_url)
     assert upload.status == "complete" and upload.offset == len(data)
     patches = [r for r in recorder.requests if r.method == "PATCH"]
     assert [int(r.headers["upload-offset"]) for r in patches] == [half]
