@@ -26,7 +26,6 @@ from retroiva_client.errors import (
     APIConnectionError,
     APIError,
     RetroivaError,
-    error_from_response,
     retry_after_seconds,
 )
 
@@ -147,7 +146,4 @@ def upload_file(transport: Transport, path: str | os.PathLike[str], *,
             failures = 0
             if on_progress is not None:
                 on_progress(offset, size)
-    response = transport.request("GET", url)
-    if response.status_code != 200:  # pragma: no cover - request() raises on errors
-        raise error_from_response(response)
-    return Upload.from_api(response.json())
+    return Upload.from_api(transport.request("GET", url).json())
