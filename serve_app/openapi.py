@@ -6,7 +6,17 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from serve_app.schemas import Download, EnhanceBody, ErrorBody, EventList, Job, JobList
+from serve_app.schemas import (
+    DeliveryPage,
+    Download,
+    EnhanceBody,
+    ErrorBody,
+    EventList,
+    Job,
+    JobList,
+    RotatedSecret,
+    WebhookEvent,
+)
 
 __all__ = ["openapi_document"]
 
@@ -50,10 +60,47 @@ def _job_id_param() -> dict[str, Any]:
     return {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def _webhook_paths() -> dict[str, Any]:
+    """Issue 17 items 2-3: redelivery, the deliveries list, secret rotation."""
+    return {
+        "/v2/jobs/{job_id}/events/{event_id}/redeliver": {"post": {
+            "operationId": "redeliverJobEvent",
+            "description": "Send a delivered or failed event again, with the same event id "
+                           "(webhook-id) and a fresh round of retries.",
+            "parameters": [_job_id_param(), {"name": "event_id", "in": "path",
+                                             "required": True, "schema": {"type": "string"}}],
+            "responses": {"202": _response("The event, pending again", "WebhookEvent"),
+                          **_errors(401, 404, 409, 429)},
+        }},
+        "/v2/webhook_deliveries": {"get": {
+            "operationId": "listWebhookDeliveries",
+            "description": "This key's events by delivery status, newest first.",
+            "parameters": [
+                {"name": "status", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["failed", "delivered", "pending"],
+                            "default": "failed"}},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                {"name": "starting_after", "in": "query", "required": False,
+                 "schema": {"type": "string"}}],
+            "responses": {"200": _response("A page of events", "DeliveryPage"),
+                          **_errors(400, 401, 429)},
+        }},
+        "/v2/webhook_secret/rotate": {"post": {
+            "operationId": "rotateWebhookSecret",
+            "description": "A new webhook secret for this key, shown once; the previous "
+                           "one keeps signing webhook-signature until previous_valid_until.",
+            "responses": {"200": _response("The new secret", "RotatedSecret"),
+                          **_errors(401, 404, 429)},
+        }},
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(m, "validation" if m is EnhanceBody else "serialization")
-         for m in (EnhanceBody, Job, JobList, Download, EventList, ErrorBody)],
+         for m in (EnhanceBody, Job, JobList, Download, EventList, ErrorBody,
+                   WebhookEvent, DeliveryPage, RotatedSecret)],
         ref_template="#/components/schemas/{model}")
     job_ok = {"200": _response("The job", "Job")}
     return {
@@ -103,6 +150,7 @@ def openapi_document() -> dict[str, Any]:
                                                "EventList"),
                               **_errors(401, 404, 429)},
             }},
+            **_webhook_paths(),
             "/v2/files/{key}": {"get": {
                 "operationId": "downloadFile", "security": [],
                 "parameters": [

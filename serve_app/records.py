@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["EVENT_TYPES", "ApiKeyRecord", "JobRecord", "JobStatus", "WebhookAttempt",
-           "event_id_for"]
+__all__ = ["EVENT_TYPES", "ApiKeyRecord", "DeliveryStatus", "JobRecord", "JobStatus",
+           "WebhookAttempt", "event_id_for", "job_id_for_event"]
 
 
 class JobStatus(StrEnum):
@@ -21,6 +21,14 @@ class JobStatus(StrEnum):
         return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
 
 
+class DeliveryStatus(StrEnum):
+    """A webhook event's delivery state (``JobRecord.webhook_status``)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class ApiKeyRecord:
     id: str
@@ -33,6 +41,10 @@ class ApiKeyRecord:
     revoked_at: float | None = None
     max_queued: int | None = None  # overrides Settings.max_queued_per_key
     max_running: int | None = None  # overrides Settings.max_running_per_key
+    # After a rotation the replaced secret still signs deliveries (Standard Webhooks
+    # signatures only) until previous_secret_expires_at, so receivers can switch over.
+    previous_webhook_secret: str | None = field(default=None, repr=False)
+    previous_secret_expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,8 @@ class JobRecord:
     webhook_attempts: int = 0
     webhook_next_at: float | None = None
     webhook_body: str | None = None  # frozen at the first attempt: retries send the same
+    # Attempts made before the latest redelivery: its retries count from here.
+    webhook_round_start: int = 0
     engine: str = "neural"  # "neural" or "classical": which preset chain runs
     phase: str | None = None  # while processing: fetching, processing, assembling, uploading
 
@@ -86,6 +100,11 @@ def event_id_for(job_id: str) -> str:
     return "evt_" + job_id.removeprefix("job_")
 
 
+def job_id_for_event(event_id: str) -> str:
+    """The job whose event ``event_id`` is (the inverse of :func:`event_id_for`)."""
+    return "job_" + event_id.removeprefix("evt_")
+
+
 @dataclass(frozen=True)
 class WebhookAttempt:
     job_id: str
@@ -94,3 +113,4 @@ class WebhookAttempt:
     status_code: int | None
     error: str | None
     duration_ms: int
+    redelivery: bool = False  # made for a redelivery asked through the API

@@ -1,20 +1,25 @@
 """The v2 API's request and response shapes: the single source of the OpenAPI document.
 
-Timestamps are integer Unix seconds (UTC), as in the reference's job object.
+Timestamps are integer Unix seconds (UTC), as in the reference's job object; the
+webhook additions of issue 17 (``deliveries``, secret rotation) use ISO 8601 (UTC, ``Z``)
+as the contract between this session's clients fixes them.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from serve_app.records import JobRecord, JobStatus
+from serve_app.records import DeliveryStatus, JobRecord, JobStatus, WebhookAttempt
 
-__all__ = ["DeliveryAttempt", "Download", "EnhanceBody", "ErrorBody", "ErrorDetail",
-           "EventList", "Job", "JobError", "JobList", "WebhookEvent", "job_from_record"]
+__all__ = ["Delivery", "DeliveryAttempt", "DeliveryPage", "Download", "EnhanceBody",
+           "ErrorBody", "ErrorDetail", "EventList", "Job", "JobError", "JobList",
+           "RotatedSecret", "WebhookEvent", "event_from_record", "iso_time",
+           "job_from_record"]
 
 Preset = Literal["cinematic", "social", "archive", "general"]
 Engine = Literal["neural", "classical"]
@@ -113,6 +118,18 @@ class DeliveryAttempt(BaseModel):
     duration_ms: int
 
 
+class Delivery(BaseModel):
+    """One attempt to deliver an event (``deliveries``; the same facts as ``attempts``)."""
+
+    attempt: int = Field(description="1-based, counting every attempt of the event.")
+    attempted_at: str = Field(description="ISO 8601, UTC.")
+    status_code: int | None = Field(description="The receiver's status; null when no "
+                                    "response came (refused address, timeout, error).")
+    duration_ms: int
+    error: str | None
+    redelivery: bool = Field(description="Made for a redelivery asked through the API.")
+
+
 class WebhookEvent(BaseModel):
     """A job's webhook event and every attempt to deliver it."""
 
@@ -123,10 +140,31 @@ class WebhookEvent(BaseModel):
     status: Literal["pending", "delivered", "failed"]
     next_attempt_at: int | None
     attempts: list[DeliveryAttempt]
+    job_id: str
+    delivery_status: DeliveryStatus = Field(description="The same value as status.")
+    deliveries: list[Delivery]
 
 
 class EventList(BaseModel):
     data: list[WebhookEvent]
+
+
+class DeliveryPage(BaseModel):
+    """``GET /v2/webhook_deliveries``: the envelope of ``GET /v2/jobs``."""
+
+    data: list[WebhookEvent]
+    has_more: bool
+    next_cursor: str | None = Field(description="Give it as starting_after for the next "
+                                    "page (an event id).")
+
+
+class RotatedSecret(BaseModel):
+    """``POST /v2/webhook_secret/rotate``: the new secret, shown once."""
+
+    webhook_secret: str = Field(description="whsec_ + standard base64 of 32 random bytes.")
+    previous_valid_until: str = Field(description="ISO 8601, UTC: until then deliveries "
+                                      "also carry a webhook-signature entry under the "
+                                      "previous secret.")
 
 
 class ErrorDetail(BaseModel):
@@ -163,3 +201,28 @@ def job_from_record(job: JobRecord, output_url: str | None = None) -> Job:
         upscale_factor=job.upscale_factor,
         engine=job.engine,  # type: ignore[arg-type]
     )
+
+
+def iso_time(value: float) -> str:
+    """``value`` (Unix seconds) as ISO 8601 in UTC with milliseconds and ``Z``."""
+    text = datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def event_from_record(job: JobRecord, attempts: list[WebhookAttempt]) -> WebhookEvent:
+    """The event of ``job`` (which has one: ended, with a webhook_url)."""
+    assert job.webhook_url is not None and job.event_type is not None
+    status = DeliveryStatus(job.webhook_status or DeliveryStatus.PENDING)
+    return WebhookEvent(
+        id=job.event_id, type=job.event_type,
+        created_at=math.floor(job.completed_at or job.created_at),
+        url=job.webhook_url, status=status.value,
+        next_attempt_at=None if job.webhook_next_at is None or status != "pending"
+        else math.ceil(job.webhook_next_at),
+        attempts=[DeliveryAttempt(number=a.number, at=math.floor(a.at),
+                                  status_code=a.status_code, error=a.error,
+                                  duration_ms=a.duration_ms) for a in attempts],
+        job_id=job.id, delivery_status=status,
+        deliveries=[Delivery(attempt=a.number, attempted_at=iso_time(a.at),
+                             status_code=a.status_code, duration_ms=a.duration_ms,
+                             error=a.error, redelivery=a.redelivery) for a in attempts])

@@ -37,7 +37,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT NULL, digest TEXT UNIQUE NOT NULL,
     webhook_secret TEXT NOT NULL, rate_limit INTEGER NOT NULL, created_at REAL NOT NULL,
-    revoked_at REAL, max_queued INTEGER, max_running INTEGER);
+    revoked_at REAL, max_queued INTEGER, max_running INTEGER, previous_webhook_secret TEXT,
+    previous_secret_expires_at REAL);
 CREATE TABLE IF NOT EXISTS rate_counters (
     key_id TEXT NOT NULL, window INTEGER NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (key_id, window));
@@ -49,11 +50,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_message TEXT, attempts INTEGER NOT NULL, lease_owner TEXT, lease_expires_at REAL,
     cancel_requested INTEGER NOT NULL, idempotency_key TEXT, request_hash TEXT,
     webhook_status TEXT, webhook_attempts INTEGER NOT NULL DEFAULT 0, webhook_next_at REAL,
-    webhook_body TEXT, engine TEXT NOT NULL DEFAULT 'neural', phase TEXT);
+    webhook_body TEXT, engine TEXT NOT NULL DEFAULT 'neural', phase TEXT,
+    webhook_round_start INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS jobs_webhooks ON jobs (webhook_status, webhook_next_at);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     job_id TEXT NOT NULL, number INTEGER NOT NULL, at REAL NOT NULL, status_code INTEGER,
-    error TEXT, duration_ms INTEGER NOT NULL, PRIMARY KEY (job_id, number));
+    error TEXT, duration_ms INTEGER NOT NULL, redelivery INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, number));
+-- A key's events by delivery status (GET /v2/webhook_deliveries), newest first.
+CREATE INDEX IF NOT EXISTS jobs_events_by_key ON jobs
+    (key_id, webhook_status, created_seq DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key_id, created_seq DESC, id DESC);
 -- Claims (queued jobs by key, oldest first), running counts per key, counts by status.
 CREATE INDEX IF NOT EXISTS jobs_by_status_key ON jobs (status, key_id, created_seq);
@@ -67,8 +73,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (key_id, idempotency_
 
 
 # Columns added after the first release, with how to add them to an existing store.
-_ADDED_COLUMNS = {"jobs": {"engine": "TEXT NOT NULL DEFAULT 'neural'", "phase": "TEXT"},
-                  "api_keys": {"max_queued": "INTEGER", "max_running": "INTEGER"}}
+_ADDED_COLUMNS = {"jobs": {"engine": "TEXT NOT NULL DEFAULT 'neural'", "phase": "TEXT",
+                           "webhook_round_start": "INTEGER NOT NULL DEFAULT 0"},
+                  "api_keys": {"max_queued": "INTEGER", "max_running": "INTEGER",
+                               "previous_webhook_secret": "TEXT",
+                               "previous_secret_expires_at": "REAL"},
+                  "webhook_attempts": {"redelivery": "INTEGER NOT NULL DEFAULT 0"}}
 
 # SQLite's primary result codes that mean "not now" rather than "wrong": busy or locked
 # by another connection, I/O error, disk full, can't open, read-only (e.g. the file was
@@ -259,6 +269,18 @@ class SqliteStore:
             return key is not None and db.execute(
                 "UPDATE api_keys SET webhook_secret = ? WHERE id = ?",
                 (secret, key.id)).rowcount > 0
+
+        return await self._run(rotate, write=True)
+
+    async def rotate_webhook_secret(self, key_id: str, secret: str,
+                                    previous_valid_until: float) -> bool:
+        def rotate(db: sqlite3.Connection) -> bool:
+            key = self._resolve(db, key_id)
+            # SET expressions read the row as it was: the old secret becomes previous.
+            return key is not None and db.execute(
+                "UPDATE api_keys SET previous_webhook_secret = webhook_secret, "
+                "previous_secret_expires_at = ?, webhook_secret = ? WHERE id = ?",
+                (previous_valid_until, secret, key.id)).rowcount > 0
 
         return await self._run(rotate, write=True)
 
@@ -466,9 +488,10 @@ class SqliteStore:
                           (status, attempt.number, next_at, body, attempt.job_id,
                            attempt.number - 1)).rowcount:
                 db.execute("INSERT OR REPLACE INTO webhook_attempts (job_id, number, at, "
-                           "status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                           "status_code, error, duration_ms, redelivery) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (attempt.job_id, attempt.number, attempt.at, attempt.status_code,
-                            attempt.error, attempt.duration_ms))
+                            attempt.error, attempt.duration_ms, int(attempt.redelivery)))
 
         await self._run(record, write=True)
 
@@ -476,4 +499,32 @@ class SqliteStore:
         rows = await self._run(lambda db: db.execute(
             "SELECT * FROM webhook_attempts WHERE job_id = ? ORDER BY number",
             (job_id,)).fetchall())
-        return [WebhookAttempt(**dict(row)) for row in rows]
+        return [WebhookAttempt(**{**dict(row), "redelivery": bool(row["redelivery"])})
+                for row in rows]
+
+    async def redeliver_webhook(self, job_id: str, now: float) -> JobRecord | None:
+        return await self._run(lambda db: _job(db.execute(
+            "UPDATE jobs SET webhook_status = 'pending', webhook_next_at = ?, "
+            "webhook_round_start = webhook_attempts WHERE id = ? "
+            "AND webhook_status IN ('delivered', 'failed') RETURNING *",
+            (now, job_id)).fetchone()), write=True)
+
+    async def list_webhook_events(self, key_id: str, status: str, limit: int,
+                                  starting_after: str | None
+                                  ) -> tuple[list[JobRecord], bool]:
+        def page(db: sqlite3.Connection) -> tuple[list[JobRecord], bool]:
+            where, args = "key_id = ? AND webhook_status = ?", [key_id, status]
+            if starting_after is not None:
+                cursor = db.execute("SELECT created_seq, id FROM jobs WHERE id = ? AND "
+                                    "key_id = ?", (starting_after, key_id)).fetchone()
+                if cursor is None:
+                    return [], False
+                where += " AND (created_seq < ? OR (created_seq = ? AND id < ?))"
+                args += [cursor[0], cursor[0], cursor[1]]
+            rows = db.execute(f"SELECT * FROM jobs WHERE {where} "
+                              "ORDER BY created_seq DESC, id DESC LIMIT ?",
+                              [*args, limit + 1]).fetchall()
+            jobs = [j for j in map(_job, rows) if j is not None]
+            return jobs[:limit], len(jobs) > limit
+
+        return await self._run(page)

@@ -92,6 +92,12 @@ class JobStore(Protocol):
     async def set_webhook_secret(self, key_id: str, secret: str) -> bool:
         """Like :meth:`revoke_key`: by id or unambiguous prefix, else AmbiguousKey."""
 
+    async def rotate_webhook_secret(self, key_id: str, secret: str,
+                                    previous_valid_until: float) -> bool:
+        """In one update: the current secret becomes the previous one (valid until
+        ``previous_valid_until``) and ``secret`` the current.  By id or unambiguous
+        prefix like :meth:`revoke_key`; False if no such key."""
+
     async def set_key_limits(self, key_id: str, max_queued: int | None,
                              max_running: int | None) -> bool:
         """Per-key overrides of the queued/running limits (None: the setting's)."""
@@ -179,6 +185,17 @@ class JobStore(Protocol):
         """Log an attempt and set the event's status, retry time and frozen body."""
 
     async def webhook_attempts(self, job_id: str) -> list[WebhookAttempt]: ...
+
+    async def redeliver_webhook(self, job_id: str, now: float) -> JobRecord | None:
+        """A delivered or failed event becomes pending again, due ``now``, its retries
+        counted afresh (``webhook_round_start`` = attempts so far); the updated job, or
+        None (changing nothing) if the event is not delivered or failed."""
+
+    async def list_webhook_events(self, key_id: str, status: str, limit: int,
+                                  starting_after: str | None
+                                  ) -> tuple[list[JobRecord], bool]:
+        """The key's jobs whose event has ``status``, newest first after the cursor job
+        (like :meth:`list_jobs`); returns ``(page, has_more)``."""
 
 
 def open_store(settings: Settings) -> JobStore:

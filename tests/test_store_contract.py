@@ -38,7 +38,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
                         "(e.g. mongodb://127.0.0.1:27017) to run it against a server")
         from serve_app.mongo_store import MongoStore
 
-        backend = MongoStore(MONGODB_URI, f"retroiva_test_{uuid.uuid4().hex[:8]}")
+        # The suite replays time with explicit ``now``s; the server's clock has its own test.
+        backend = MongoStore(MONGODB_URI, f"retroiva_test_{uuid.uuid4().hex[:8]}",
+                             server_clock=False)
     await backend.init()
     try:
         yield backend
@@ -349,3 +351,90 @@ async def test_sqlite_store_from_an_earlier_version_gains_new_columns(tmp_path: 
     assert job is not None and job.engine == "neural"
     await store.insert_job(_job(engine="classical"), time.time())
     await store.close()
+
+
+async def test_rotation_keeps_the_previous_secret_for_the_overlap(store: JobStore):
+    """Issue 17 item 2: one update moves the current secret to previous."""
+    _, first = new_api_key("tenant-1", rate_limit=10)
+    _, second = new_api_key("tenant-2", rate_limit=10)
+    second = dataclasses.replace(second, prefix=first.prefix)
+    for record in (first, second):
+        await store.add_key(record)
+    with pytest.raises(AmbiguousKey):
+        await store.rotate_webhook_secret(first.prefix, "whsec_x", 5.0)
+    assert await store.rotate_webhook_secret(first.id, "whsec_new", 1234.5)
+    rotated = await store.get_key(first.id)
+    assert (rotated.webhook_secret, rotated.previous_webhook_secret,
+            rotated.previous_secret_expires_at) == ("whsec_new", first.webhook_secret, 1234.5)
+    assert (await store.get_key(second.id)).previous_webhook_secret is None
+    assert not await store.rotate_webhook_secret("key_missing", "whsec_y", 1.0)
+
+
+async def _delivered(store: JobStore, key_id: str = "key_a", status: str = "delivered"
+                     ) -> JobRecord:
+    await store.insert_job(_job(key_id, webhook_url="https://hooks.example.com/x"),
+                           time.time())
+    job = await store.claim_next("r", time.time(), 30)
+    await store.finish(job.id, "r", JobStatus.COMPLETED, time.time())
+    await store.claim_due_webhooks(time.time(), 1, 10)
+    await store.record_webhook_attempt(
+        WebhookAttempt(job.id, 1, time.time(), 500 if status == "failed" else 200,
+                       "HTTP 500" if status == "failed" else None, 5),
+        status=status, next_at=None, body='{"a":1}')
+    return await store.get_job(job.id)
+
+
+async def test_redelivery_only_of_ended_deliveries_with_a_new_round(store: JobStore):
+    """Issue 17 item 3: delivered or failed events become pending again, due now."""
+    await store.insert_job(_job(webhook_url="https://hooks.example.com/x"), time.time())
+    pending = await store.claim_next("r", time.time(), 30)
+    await store.finish(pending.id, "r", JobStatus.COMPLETED, time.time())
+    assert await store.redeliver_webhook(pending.id, time.time()) is None  # still pending
+    job = await _delivered(store)
+    now = time.time()
+    again = await store.redeliver_webhook(job.id, now)
+    assert (again.webhook_status, again.webhook_next_at, again.webhook_round_start,
+            again.webhook_attempts, again.webhook_body) == ("pending", now, 1, 1, '{"a":1}')
+    assert job.id in [j.id for j in await store.claim_due_webhooks(now + 1, 1, 10)]
+    await store.record_webhook_attempt(
+        WebhookAttempt(job.id, 2, now, 200, None, 3, redelivery=True),
+        status="delivered", next_at=None, body='{"a":1}')
+    assert [a.redelivery for a in await store.webhook_attempts(job.id)] == [False, True]
+    assert await store.redeliver_webhook("job_missing", now) is None
+
+
+async def test_webhook_events_listed_by_status_per_key(store: JobStore):
+    """Issue 17 item 3: a key's failed deliveries, newest first, paginated."""
+    failed = [await _delivered(store, "key_a", "failed") for _ in range(3)]
+    await _delivered(store, "key_a", "delivered")
+    foreign = await _delivered(store, "key_b", "failed")
+    page, more = await store.list_webhook_events("key_a", "failed", 2, None)
+    assert more and [j.id for j in page] == [failed[2].id, failed[1].id]
+    rest, more = await store.list_webhook_events("key_a", "failed", 2, page[-1].id)
+    assert not more and [j.id for j in rest] == [failed[0].id]
+    assert [j.id for j in (await store.list_webhook_events("key_b", "failed", 10, None))[0]
+            ] == [foreign.id]
+    assert await store.list_webhook_events("key_a", "failed", 10, foreign.id) == ([], False)
+    assert len((await store.list_webhook_events("key_a", "delivered", 10, None))[0]) == 1
+
+
+# Issue 21 item 9: MongoDB leases are written and compared on the server's clock.
+@pytest.mark.skipif(not MONGODB_URI, reason="needs a MongoDB server: set RETROIVA_MONGODB_URI")
+async def test_mongo_leases_follow_the_servers_clock_not_the_callers():
+    from serve_app.mongo_store import MongoStore
+
+    store = MongoStore(MONGODB_URI or "", f"retroiva_test_{uuid.uuid4().hex[:8]}")
+    await store.init()
+    try:
+        await store.insert_job(_job(), time.time())
+        skewed_ahead = time.time() + 3600.0  # a runner whose clock runs an hour fast
+        job = await store.claim_next("runner", skewed_ahead, 1.0)
+        assert job is not None and abs(job.lease_expires_at - (time.time() + 1.0)) < 30
+        # The fast clock would see the lease as long expired; the server does not.
+        assert await store.requeue_expired(skewed_ahead, max_attempts=3) == 0
+        await asyncio.sleep(1.5)
+        # A clock an hour slow sees it as live; the server knows it has lapsed.
+        assert await store.requeue_expired(time.time() - 3600.0, max_attempts=3) == 1
+    finally:
+        await store.drop()
+        await store.close()
