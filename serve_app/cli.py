@@ -158,6 +158,8 @@ def submit(
         "--upscale-factor", min=1, max=4, help="1–4; default per preset.")] = None,
     engine: Annotated[str | None, typer.Option(help="neural or classical.")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Receives job.* events.")] = None,
+    cancel_after: Annotated[int | None, typer.Option(
+        min=1, help="The service cancels the job after this many seconds.")] = None,
     timeout: Annotated[float | None, typer.Option(
         help="With --wait: give up waiting after this many seconds.")] = None,
     base_url: Annotated[str, typer.Option(
@@ -180,7 +182,7 @@ def submit(
         raise typer.BadParameter(f"{source} is neither an http(s) URL nor a file",
                                  param_hint="FILE_OR_URL")
     options = {"preset": preset, "upscale_factor": upscale_factor, "engine": engine,
-               "webhook_url": webhook_url}
+               "webhook_url": webhook_url, "cancel_after": cancel_after}
     try:
         with Client(api_key, base_url) as client:
             if is_url:

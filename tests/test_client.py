@@ -652,3 +652,13 @@ def test_retroiva_submit_uploads_a_local_file(uploads: Service, make_video, tmp_
     assert done.returncode == 0, done.stderr
     assert re.search(r"job_\S+: completed; wrote out.mp4", done.stdout), done.stdout
     assert _decoded(tmp_path / "out.mp4") == (24, 192, 128)
+
+
+def test_retroiva_submit_cancel_after_ends_the_job_past_its_deadline(uploads: Service,
+                                                                     tmp_path: Path):
+    # cancel_after (issue 17 item 5) arrives with the uploads branch.
+    key, _ = _key(uploads)
+    done = _cli(uploads, key, f"{uploads.media}/long.mp4", "--cancel-after", "1", "--wait",
+                "--upscale-factor", "4", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r"job_\S+: canceled \(deadline_exceeded: ", done.stderr), done.stderr
