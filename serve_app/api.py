@@ -77,6 +77,8 @@ from serve_app.storage import (
     open_storage,
 )
 from serve_app.store import JobStore, StoreUnavailable, open_store
+from serve_app.uploads import UploadRoutes, drop_job_upload, tus_error_headers
+from serve_app.uploads_storage import UploadStorage, open_upload_storage
 
 __all__ = ["create_api"]
 
@@ -171,16 +173,19 @@ def _error_response(request: Request, error: ApiError) -> JSONResponse:
         headers["WWW-Authenticate"] = 'Bearer realm="retroiva"'
     if isinstance(error, RangeNotSatisfiableError):
         headers["Content-Range"] = f"bytes */{error.size}"
+    headers.update(tus_error_headers(error))
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 class Api:
     """Route handlers over a job store; one instance per process (per Serve replica)."""
 
-    def __init__(self, settings: Settings, store: JobStore, storage: OutputStorage) -> None:
+    def __init__(self, settings: Settings, store: JobStore, storage: OutputStorage,
+                 uploads: UploadStorage | None = None) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
+        self.uploads = UploadRoutes(self, uploads or open_upload_storage(settings))
         self._ready = False
         self._init_lock = asyncio.Lock()
         self._init_retry_at = 0.0
@@ -318,6 +323,8 @@ class Api:
         job = await self._own_job(request, key)
         if not job.status.is_terminal:
             job = await (await self._store()).request_cancel(job.id, time.time()) or job
+            if job.status.is_terminal:  # canceled while queued: no runner will see it
+                await drop_job_upload(await self._store(), self.uploads.storage, job)
         return self._json(request, await self._job_object(request, job))
 
     async def download(self, request: Request) -> Response:
@@ -430,9 +437,12 @@ class Api:
 
 
 def create_api(settings: Settings, store: JobStore | None = None,
-               storage: OutputStorage | None = None) -> ASGIApp:
-    """The ASGI app; ``store`` and ``storage`` default to the ones the settings name."""
-    api = Api(settings, store or open_store(settings), storage or open_storage(settings))
+               storage: OutputStorage | None = None,
+               uploads: UploadStorage | None = None) -> ASGIApp:
+    """The ASGI app; ``store``, ``storage`` and ``uploads`` default to the ones the
+    settings name."""
+    api = Api(settings, store or open_store(settings), storage or open_storage(settings),
+              uploads)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -472,6 +482,12 @@ def create_api(settings: Settings, store: JobStore | None = None,
             Route("/v2/webhook_deliveries", api.webhook_deliveries, methods=["GET"]),
             Route("/v2/webhook_secret/rotate", api.rotate_secret, methods=["POST"]),
             Route("/v2/files/{key}", api.file, methods=["GET", "HEAD"]),
+            Route("/v2/uploads", api.uploads.options, methods=["OPTIONS"]),
+            Route("/v2/uploads", api.uploads.create, methods=["POST"]),
+            Route("/v2/uploads/{upload_id}", api.uploads.head, methods=["HEAD"]),
+            Route("/v2/uploads/{upload_id}", api.uploads.get, methods=["GET"]),
+            Route("/v2/uploads/{upload_id}", api.uploads.patch, methods=["PATCH"]),
+            Route("/v2/uploads/{upload_id}", api.uploads.delete, methods=["DELETE"]),
             Route("/v2/openapi.json", api.openapi, methods=["GET"]),
             Route("/healthz", api.health, methods=["GET"]),
             Route("/readyz", api.ready, methods=["GET"]),

@@ -82,6 +82,8 @@ INDEXES: list[tuple[str, Sort, Doc]] = [
     ("api_keys", [("prefix", 1)], {}),
     ("rate_counters", [("expires_at", 1)], {"expireAfterSeconds": 0}),
     ("webhook_attempts", [("job_id", 1), ("number", 1)], {}),
+    ("jobs", [("status", 1), ("deadline_at", 1)], {}),
+    ("uploads", [("job_id", 1), ("expires_at", 1)], {}),
     # A key's events by delivery status (GET /v2/webhook_deliveries), newest first.
     ("jobs", [("key_id", 1), ("webhook_status", 1), ("created_seq", -1), ("_id", -1)], {}),
 ]
@@ -316,3 +318,38 @@ def rate_counter_update() -> Doc:
 def expired_outputs_filter(completed_before: float) -> Doc:
     return {"status": "completed", "output_path": {"$ne": None},
             "completed_at": {"$lt": completed_before}}
+
+
+def overdue_filter(now: float) -> Doc:
+    return {"status": "queued", "deadline_at": {"$ne": None, "$lte": now}}
+
+
+def overdue_update(now: float) -> list[Doc]:
+    """Queued past its cancel_after deadline → canceled (deadline_exceeded), with its
+    webhook event."""
+    message = "the job's cancel_after deadline passed before it started"
+    return [{"$set": {**_literal({"status": "canceled", "completed_at": now,
+                                  "error_type": "deadline_exceeded",
+                                  "error_message": message}), **outbox(now)}}]
+
+
+def advance_upload_filter(upload_id: str, expected_offset: int, new_offset: int) -> Doc:
+    """The upload at ``expected_offset``, untaken, with room for ``new_offset``."""
+    return {"_id": upload_id, "offset": expected_offset, "job_id": None,
+            "size": {"$gte": new_offset}}
+
+
+def claim_upload_filter(upload_id: str, now: float) -> Doc:
+    """A complete, unexpired upload no job has taken."""
+    return {"_id": upload_id, "job_id": None, "expires_at": {"$gt": now},
+            "$expr": {"$eq": ["$offset", "$size"]}}
+
+
+def ended_job_uploads_pipeline(limit: int) -> list[Doc]:
+    """Uploads whose job has ended or is gone."""
+    return [{"$match": {"job_id": {"$ne": None}}},
+            {"$lookup": {"from": "jobs", "localField": "job_id", "foreignField": "_id",
+                         "as": "job"}},
+            {"$match": {"$or": [{"job": {"$size": 0}}, {"job.status": {
+                "$in": ["completed", "failed", "canceled"]}}]}},
+            {"$project": {"job": 0}}, {"$limit": limit}]

@@ -30,7 +30,7 @@ from pymongo.errors import (
 )
 
 from serve_app import mongo_queries as q
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
 from serve_app.store import (
     IDEMPOTENCY_WINDOW_SECONDS,
     AmbiguousKey,
@@ -88,7 +88,14 @@ def _key(doc: dict[str, Any] | None) -> ApiKeyRecord | None:
     return ApiKeyRecord(id=doc["_id"], **values)
 
 
-def _doc(record: JobRecord | ApiKeyRecord) -> dict[str, Any]:
+def _upload(doc: dict[str, Any] | None) -> UploadRecord | None:
+    if doc is None:
+        return None
+    values = {k: v for k, v in doc.items() if k != "_id"}
+    return UploadRecord(id=doc["_id"], **values)
+
+
+def _doc(record: JobRecord | ApiKeyRecord | UploadRecord) -> dict[str, Any]:
     values = dataclasses.asdict(record)
     values["_id"] = values.pop("id")
     if isinstance(record, JobRecord):
@@ -119,6 +126,7 @@ class MongoStore:
         self._counters = self._db["rate_counters"]
         self._attempts = self._db["webhook_attempts"]
         self._turns = self._db["key_turns"]
+        self._uploads = self._db["uploads"]
 
     def __repr__(self) -> str:
         return f"MongoStore(database={self._db.name!r})"
@@ -424,3 +432,53 @@ class MongoStore:
             q.PAGE_SORT).limit(limit + 1)
         jobs = [j for j in [_job(d) async for d in docs] if j is not None]
         return jobs[:limit], len(jobs) > limit
+
+    # Deadlines
+    @_translated
+    async def cancel_overdue(self, now: float) -> int:
+        result = await self._jobs.update_many(q.overdue_filter(now), q.overdue_update(now))
+        return result.modified_count
+
+    # Uploads
+    @_translated
+    async def insert_upload(self, upload: UploadRecord) -> None:
+        await self._uploads.insert_one(_doc(upload))
+
+    @_translated
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        return _upload(await self._uploads.find_one({"_id": upload_id}))
+
+    @_translated
+    async def advance_upload(self, upload_id: str, expected_offset: int, new_offset: int
+                             ) -> UploadRecord | None:
+        if new_offset < expected_offset:
+            return None
+        return _upload(await self._uploads.find_one_and_update(
+            q.advance_upload_filter(upload_id, expected_offset, new_offset),
+            {"$set": {"offset": new_offset}}, return_document=ReturnDocument.AFTER))
+
+    @_translated
+    async def claim_upload(self, upload_id: str, job_id: str, now: float) -> bool:
+        result = await self._uploads.update_one(q.claim_upload_filter(upload_id, now),
+                                                {"$set": {"job_id": job_id}})
+        return result.modified_count > 0
+
+    @_translated
+    async def release_upload(self, upload_id: str, job_id: str) -> None:
+        await self._uploads.update_one({"_id": upload_id, "job_id": job_id},
+                                       {"$set": {"job_id": None}})
+
+    @_translated
+    async def delete_upload(self, upload_id: str) -> None:
+        await self._uploads.delete_one({"_id": upload_id})
+
+    @_translated
+    async def expired_uploads(self, now: float, limit: int) -> list[UploadRecord]:
+        docs = self._uploads.find({"job_id": None, "expires_at": {"$lte": now}}).sort(
+            "expires_at", 1).limit(limit)
+        return [u for u in [_upload(d) async for d in docs] if u is not None]
+
+    @_translated
+    async def uploads_of_ended_jobs(self, limit: int) -> list[UploadRecord]:
+        docs = await self._uploads.aggregate(q.ended_job_uploads_pipeline(limit))
+        return [u for u in [_upload(d) async for d in docs] if u is not None]

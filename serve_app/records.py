@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = ["EVENT_TYPES", "ApiKeyRecord", "DeliveryStatus", "JobRecord", "JobStatus",
-           "WebhookAttempt", "event_id_for", "job_id_for_event"]
+           "UploadRecord", "UploadStatus", "WebhookAttempt", "event_id_for",
+           "job_id_for_event"]
 
 
 class JobStatus(StrEnum):
@@ -81,6 +82,8 @@ class JobRecord:
     webhook_round_start: int = 0
     engine: str = "neural"  # "neural" or "classical": which preset chain runs
     phase: str | None = None  # while processing: fetching, processing, assembling, uploading
+    upload_id: str | None = None  # the input is this upload's bytes, not input_url's
+    deadline_at: float | None = None  # cancel_after: canceled (deadline_exceeded) past it
 
     @property
     def event_id(self) -> str:
@@ -114,3 +117,32 @@ class WebhookAttempt:
     error: str | None
     duration_ms: int
     redelivery: bool = False  # made for a redelivery asked through the API
+
+
+class UploadStatus(StrEnum):
+    PENDING = "pending"  # bytes still missing
+    COMPLETE = "complete"  # every byte received; ready for one job
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """A resumable upload (tus): its metadata; the bytes are in upload storage.
+
+    ``offset`` only ever moves forward, by a compare-and-set in the store, so every
+    replica agrees on it.  ``job_id`` is set once, by the job that consumes the upload;
+    the upload (bytes and record) is deleted when that job ends, or at ``expires_at``
+    if no job took it.
+    """
+
+    id: str
+    key_id: str
+    size: int
+    offset: int
+    created_at: float
+    expires_at: float
+    filename: str | None = None
+    job_id: str | None = None
+
+    @property
+    def status(self) -> UploadStatus:
+        return UploadStatus.COMPLETE if self.offset >= self.size else UploadStatus.PENDING

@@ -12,14 +12,24 @@ from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from serve_app.records import DeliveryStatus, JobRecord, JobStatus, WebhookAttempt
+from serve_app.records import (
+    DeliveryStatus,
+    JobRecord,
+    JobStatus,
+    UploadRecord,
+    UploadStatus,
+    WebhookAttempt,
+)
 
-__all__ = ["Delivery", "DeliveryAttempt", "DeliveryPage", "Download", "EnhanceBody",
-           "ErrorBody", "ErrorDetail", "EventList", "Job", "JobError", "JobList",
-           "RotatedSecret", "WebhookEvent", "event_from_record", "iso_time",
-           "job_from_record"]
+__all__ = ["MAX_CANCEL_AFTER_SECONDS", "Delivery", "DeliveryAttempt", "DeliveryPage",
+           "Download", "EnhanceBody", "ErrorBody", "ErrorDetail", "EventList", "Job",
+           "JobError", "JobList", "RotatedSecret", "Upload", "UploadBody", "WebhookEvent",
+           "event_from_record", "iso_time", "job_from_record", "upload_from_record"]
+
+# The longest cancel_after: a week, well past any job's run time.
+MAX_CANCEL_AFTER_SECONDS = 7 * 24 * 3600
 
 Preset = Literal["cinematic", "social", "archive", "general"]
 Engine = Literal["neural", "classical"]
@@ -47,10 +57,17 @@ class EnhanceBody(BaseModel):
     ``2.0`` and ``"2"`` are refused), as the OpenAPI document says.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "oneOf": [{"required": ["video_url"]}, {"required": ["upload_id"]}]})
 
-    video_url: str = Field(description="Public http(s) URL of the source video.",
-                           json_schema_extra=_URL_SCHEMA)
+    # Before video_url: its validator reads this one to require exactly one of the two.
+    upload_id: str | None = Field(None, max_length=64, description="A complete upload "
+                                  "(POST /v2/uploads) of this key, instead of video_url; "
+                                  "its bytes are deleted when the job ends.")
+    video_url: str | None = Field(None, validate_default=True,
+                                  description="Public http(s) URL of the source video; "
+                                  "exactly one of video_url and upload_id.",
+                                  json_schema_extra=_URL_SCHEMA)
     preset: Preset = Field("general", description="Restoration preset.")
     webhook_url: str | None = Field(None, description="Receives job.* events.",
                                     json_schema_extra=_URL_SCHEMA)
@@ -60,9 +77,21 @@ class EnhanceBody(BaseModel):
                            "models (classical where they are not installed); classical: "
                            "Lanczos, NL-means and optical flow only.")
 
+    cancel_after: int | None = Field(
+        None, ge=1, le=MAX_CANCEL_AFTER_SECONDS, description="Seconds from creation "
+        "after which the job is canceled (status canceled, error.type "
+        "deadline_exceeded) if it has not ended.")
+
     @field_validator("video_url")
     @classmethod
-    def _video_url(cls, value: str) -> str:
+    def _video_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        upload_id = info.data.get("upload_id")
+        if value is None:
+            if upload_id is None and "upload_id" in info.data:
+                raise ValueError("video_url is required (or upload_id, for an uploaded file)")
+            return None
+        if upload_id is not None:
+            raise ValueError("give video_url or upload_id, not both")
         return _http_url(value, "video_url")
 
     @field_validator("webhook_url")
@@ -94,6 +123,8 @@ class Job(BaseModel):
     preset: Preset
     upscale_factor: int
     engine: Engine
+    upload_id: str | None = Field(None, description="The upload the input came from "
+                                  "(input_url is then upload:<id>).")
 
 
 class JobList(BaseModel):
@@ -149,6 +180,33 @@ class EventList(BaseModel):
     data: list[WebhookEvent]
 
 
+class UploadBody(BaseModel):
+    """JSON body of ``POST /v2/uploads`` (tus clients send headers instead)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    size: int = Field(ge=1, description="Total bytes; at most MAX_INPUT_BYTES.")
+    filename: str | None = Field(None, max_length=255)
+
+
+class Upload(BaseModel):
+    """The upload object: a resumable (tus 1.0) upload of a source video."""
+
+    id: str
+    object: Literal["upload"] = "upload"
+    status: UploadStatus
+    size: int
+    offset: int = Field(description="Bytes received so far.")
+    filename: str | None
+    upload_url: str = Field(description="Where the bytes go (tus PATCH) and where "
+                            "HEAD tells the offset to resume from.")
+    created_at: str = Field(description="ISO 8601, UTC (as CONTRACTS.md and the "
+                            "delivery history's attempted_at).")
+    expires_at: str = Field(description="ISO 8601, UTC; an upload no job has taken is "
+                            "refused and deleted then (Upload-Expires says the same).")
+    job_id: str | None = Field(None, description="The job that took the upload.")
+
+
 class DeliveryPage(BaseModel):
     """``GET /v2/webhook_deliveries``: the envelope of ``GET /v2/jobs``."""
 
@@ -200,6 +258,7 @@ def job_from_record(job: JobRecord, output_url: str | None = None) -> Job:
         preset=job.preset,  # type: ignore[arg-type]
         upscale_factor=job.upscale_factor,
         engine=job.engine,  # type: ignore[arg-type]
+        upload_id=job.upload_id,
     )
 
 
@@ -226,3 +285,10 @@ def event_from_record(job: JobRecord, attempts: list[WebhookAttempt]) -> Webhook
         deliveries=[Delivery(attempt=a.number, attempted_at=iso_time(a.at),
                              status_code=a.status_code, duration_ms=a.duration_ms,
                              error=a.error, redelivery=a.redelivery) for a in attempts])
+
+
+def upload_from_record(upload: UploadRecord, upload_url: str) -> Upload:
+    return Upload(id=upload.id, status=upload.status, size=upload.size,
+                  offset=upload.offset, filename=upload.filename, upload_url=upload_url,
+                  created_at=iso_time(upload.created_at),
+                  expires_at=iso_time(upload.expires_at), job_id=upload.job_id)

@@ -118,10 +118,15 @@ class Settings(BaseSettings):
     model_runtime: ModelRuntime = Field("auto", description="Neural models' runtime: auto "
                                         "(TensorRT where it imports and a GPU exists, else "
                                         "torch), torch, compile or tensorrt.")
+    upload_expiry_seconds: int = Field(24 * 3600, ge=1, description="How long an upload "
+                                       "may stay unfinished or unused by a job; then "
+                                       "it is refused and its bytes deleted.")
     s3_bucket: str | None = Field(None, description="Store outputs in this S3 bucket.")
     s3_prefix: str = "outputs"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    s3_uploads_prefix: str = Field("uploads", description="Where uploads' bytes go in "
+                                   "s3_bucket (S3 multipart uploads).")
 
     @property
     def retry_schedule(self) -> tuple[float, ...]:
@@ -154,6 +159,10 @@ class Settings(BaseSettings):
     @property
     def outputs_dir(self) -> Path:
         return self.data_dir / "outputs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
 
     @property
     def scratch_dir(self) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from serve_app.private_files import private_file
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
 from serve_app.store import (
     IDEMPOTENCY_WINDOW_SECONDS,
     AmbiguousKey,
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL, idempotency_key TEXT, request_hash TEXT,
     webhook_status TEXT, webhook_attempts INTEGER NOT NULL DEFAULT 0, webhook_next_at REAL,
     webhook_body TEXT, engine TEXT NOT NULL DEFAULT 'neural', phase TEXT,
-    webhook_round_start INTEGER NOT NULL DEFAULT 0);
+    webhook_round_start INTEGER NOT NULL DEFAULT 0, upload_id TEXT, deadline_at REAL);
 CREATE INDEX IF NOT EXISTS jobs_webhooks ON jobs (webhook_status, webhook_next_at);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     job_id TEXT NOT NULL, number INTEGER NOT NULL, at REAL NOT NULL, status_code INTEGER,
@@ -67,6 +67,12 @@ DROP INDEX IF EXISTS jobs_queue;
 CREATE INDEX IF NOT EXISTS jobs_outputs ON jobs (status, completed_at);
 -- Fair claims: when each key was last served (a counter, not a clock).
 CREATE TABLE IF NOT EXISTS key_turns (key_id TEXT PRIMARY KEY, turn INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_deadlines ON jobs (status, deadline_at)
+    WHERE deadline_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY, key_id TEXT NOT NULL, size INTEGER NOT NULL, offset INTEGER NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, filename TEXT, job_id TEXT);
+CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (job_id, expires_at);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (key_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 """
@@ -74,7 +80,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (key_id, idempotency_
 
 # Columns added after the first release, with how to add them to an existing store.
 _ADDED_COLUMNS = {"jobs": {"engine": "TEXT NOT NULL DEFAULT 'neural'", "phase": "TEXT",
-                           "webhook_round_start": "INTEGER NOT NULL DEFAULT 0"},
+                           "webhook_round_start": "INTEGER NOT NULL DEFAULT 0",
+                           "upload_id": "TEXT", "deadline_at": "REAL"},
                   "api_keys": {"max_queued": "INTEGER", "max_running": "INTEGER",
                                "previous_webhook_secret": "TEXT",
                                "previous_secret_expires_at": "REAL"},
@@ -106,6 +113,10 @@ def _job(row: sqlite3.Row | None) -> JobRecord | None:
 # statement.  Takes one parameter, the time the event is due.
 _OUTBOX = ("webhook_status = CASE WHEN webhook_url IS NOT NULL THEN 'pending' END, "
            "webhook_next_at = CASE WHEN webhook_url IS NOT NULL THEN ? END")
+
+
+def _upload(row: sqlite3.Row | None) -> UploadRecord | None:
+    return None if row is None else UploadRecord(**dict(row))
 
 
 def _key(row: sqlite3.Row | None) -> ApiKeyRecord | None:
@@ -528,3 +539,59 @@ class SqliteStore:
             return jobs[:limit], len(jobs) > limit
 
         return await self._run(page)
+
+    # Deadlines
+    async def cancel_overdue(self, now: float) -> int:
+        return await self._run(lambda db: db.execute(
+            "UPDATE jobs SET status = 'canceled', completed_at = ?, "
+            "error_type = 'deadline_exceeded', error_message = ?, "
+            f"{_OUTBOX} WHERE status = 'queued' AND deadline_at <= ?",
+            (now, "the job's cancel_after deadline passed before it started", now, now)
+        ).rowcount, write=True)
+
+    # Uploads
+    async def insert_upload(self, upload: UploadRecord) -> None:
+        row = dataclasses.asdict(upload)
+        await self._run(lambda db: db.execute(
+            f"INSERT INTO uploads ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            list(row.values())), write=True)
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        return await self._run(lambda db: _upload(db.execute(
+            "SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()))
+
+    async def advance_upload(self, upload_id: str, expected_offset: int, new_offset: int
+                             ) -> UploadRecord | None:
+        return await self._run(lambda db: _upload(db.execute(
+            "UPDATE uploads SET offset = ? WHERE id = ? AND offset = ? AND ? >= offset "
+            "AND ? <= size AND job_id IS NULL RETURNING *",
+            (new_offset, upload_id, expected_offset, new_offset, new_offset)).fetchone()),
+            write=True)
+
+    async def claim_upload(self, upload_id: str, job_id: str, now: float) -> bool:
+        return await self._run(lambda db: db.execute(
+            "UPDATE uploads SET job_id = ? WHERE id = ? AND job_id IS NULL "
+            "AND offset = size AND expires_at > ?", (job_id, upload_id, now)).rowcount > 0,
+            write=True)
+
+    async def release_upload(self, upload_id: str, job_id: str) -> None:
+        await self._run(lambda db: db.execute(
+            "UPDATE uploads SET job_id = NULL WHERE id = ? AND job_id = ?",
+            (upload_id, job_id)), write=True)
+
+    async def delete_upload(self, upload_id: str) -> None:
+        await self._run(lambda db: db.execute(
+            "DELETE FROM uploads WHERE id = ?", (upload_id,)), write=True)
+
+    async def expired_uploads(self, now: float, limit: int) -> list[UploadRecord]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT * FROM uploads WHERE job_id IS NULL AND expires_at <= ? "
+            "ORDER BY expires_at LIMIT ?", (now, limit)).fetchall())
+        return [u for u in map(_upload, rows) if u is not None]
+
+    async def uploads_of_ended_jobs(self, limit: int) -> list[UploadRecord]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT u.* FROM uploads AS u LEFT JOIN jobs AS j ON j.id = u.job_id "
+            "WHERE u.job_id IS NOT NULL AND (j.id IS NULL OR j.status IN "
+            "('completed', 'failed', 'canceled')) LIMIT ?", (limit,)).fetchall())
+        return [u for u in map(_upload, rows) if u is not None]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
 from serve_app.settings import Settings
 
 __all__ = ["IDEMPOTENCY_WINDOW_SECONDS", "AmbiguousKey", "JobStore", "QueueFull", "StoreError",
@@ -196,6 +196,36 @@ class JobStore(Protocol):
                                   ) -> tuple[list[JobRecord], bool]:
         """The key's jobs whose event has ``status``, newest first after the cursor job
         (like :meth:`list_jobs`); returns ``(page, has_more)``."""
+
+    # Deadlines (cancel_after)
+    async def cancel_overdue(self, now: float) -> int:
+        """Queued jobs whose ``deadline_at`` has passed end ``canceled`` with error type
+        ``deadline_exceeded`` (and their webhook event); returns how many."""
+
+    # Uploads: records here, bytes in upload storage (serve_app.uploads_storage)
+    async def insert_upload(self, upload: UploadRecord) -> None: ...
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None: ...
+
+    async def advance_upload(self, upload_id: str, expected_offset: int, new_offset: int
+                             ) -> UploadRecord | None:
+        """Move the offset from ``expected_offset`` to ``new_offset`` (never backwards)
+        of an upload no job has taken; None (nothing changed) if it is not there now."""
+
+    async def claim_upload(self, upload_id: str, job_id: str, now: float) -> bool:
+        """Give a complete, unexpired, untaken upload to ``job_id``; False if it isn't."""
+
+    async def release_upload(self, upload_id: str, job_id: str) -> None:
+        """Undo :meth:`claim_upload` (the job was not created after all)."""
+
+    async def delete_upload(self, upload_id: str) -> None:
+        """Forget the upload (after its bytes were deleted); no error if it is gone."""
+
+    async def expired_uploads(self, now: float, limit: int) -> list[UploadRecord]:
+        """Uploads no job took whose ``expires_at`` has passed."""
+
+    async def uploads_of_ended_jobs(self, limit: int) -> list[UploadRecord]:
+        """Uploads taken by a job that has ended (or no longer exists)."""
 
 
 def open_store(settings: Settings) -> JobStore:

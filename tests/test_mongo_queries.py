@@ -240,6 +240,30 @@ def test_due_webhooks_and_expiry_filters():
     assert q.expired_filter(9.0) == {"status": "processing", "lease_expires_at": {"$lt": 9.0}}
 
 
+# Issue 17 item 5: queued jobs past cancel_after end canceled, in one update with the event.
+def test_overdue_jobs_are_canceled_with_deadline_exceeded():
+    assert _matches(q.overdue_filter(5.0), _job(deadline_at=4.0))
+    assert not _matches(q.overdue_filter(5.0), _job(deadline_at=6.0))
+    assert not _matches(q.overdue_filter(5.0), _job(deadline_at=None))
+    assert not _matches(q.overdue_filter(5.0), _job(deadline_at=4.0, status="processing"))
+    [stage] = q.overdue_update(5.0)
+    ended = _apply([stage], _job(deadline_at=4.0))
+    assert (ended["status"], ended["error_type"], ended["completed_at"]) == (
+        "canceled", "deadline_exceeded", 5.0)
+    assert (ended["webhook_status"], ended["webhook_next_at"]) == ("pending", 5.0)
+
+
+def test_upload_filters_guard_offset_owner_and_expiry():
+    assert q.advance_upload_filter("upl_1", 4, 10) == {
+        "_id": "upl_1", "offset": 4, "job_id": None, "size": {"$gte": 10}}
+    assert q.claim_upload_filter("upl_1", 5.0) == {
+        "_id": "upl_1", "job_id": None, "expires_at": {"$gt": 5.0},
+        "$expr": {"$eq": ["$offset", "$size"]}}
+    lookup = q.ended_job_uploads_pipeline(3)
+    assert lookup[0] == {"$match": {"job_id": {"$ne": None}}} and lookup[-1] == {"$limit": 3}
+    assert ("uploads", [("job_id", 1), ("expires_at", 1)], {}) in q.INDEXES
+
+
 # Issue 21 item 9: with now=None, leases are written and compared on the server's clock.
 def test_leases_on_the_servers_clock():
     server_now = SERVER_CLOCK_MS / 1000
@@ -304,6 +328,7 @@ def _fields(filter_: dict[str, Any]) -> tuple[list[str], list[str]]:
     ("due webhooks", q.due_webhooks_filter(5.0), [("webhook_next_at", 1)]),
     ("idempotency", q.idempotency_filter("key_a", "k1"), []),
     ("page", q.jobs_page_filter("key_a", None), q.PAGE_SORT),
+    ("overdue", {"status": "queued", "deadline_at": {"$lte": 5.0}}, []),
     ("webhook deliveries", q.events_page_filter("key_a", "failed", None), q.PAGE_SORT),
 ])
 def test_each_jobs_query_has_an_index(name: str, filter_: dict[str, Any],

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.keys import new_api_key, new_id
-from serve_app.records import JobRecord, JobStatus, WebhookAttempt
+from serve_app.records import JobRecord, JobStatus, UploadRecord, UploadStatus, WebhookAttempt
 from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS, AmbiguousKey, JobStore, QueueFull
 
 MONGODB_URI = os.environ.get("RETROIVA_MONGODB_URI")
@@ -349,8 +349,90 @@ async def test_sqlite_store_from_an_earlier_version_gains_new_columns(tmp_path: 
     await store.init()
     job = await store.get_job("job_old")
     assert job is not None and job.engine == "neural"
+    assert (job.upload_id, job.deadline_at) == (None, None)
     await store.insert_job(_job(engine="classical"), time.time())
     await store.close()
+
+
+def _upload(key_id: str = "key_a", size: int = 10, expires_in: float = 600,
+            **fields: object) -> UploadRecord:
+    now = time.time()
+    values: dict[str, object] = {"id": new_id("upl"), "key_id": key_id, "size": size,
+                                 "offset": 0, "created_at": now,
+                                 "expires_at": now + expires_in, "filename": "a.mp4"}
+    values.update(fields)
+    return UploadRecord(**values)  # type: ignore[arg-type]
+
+
+async def test_upload_offsets_move_forward_by_compare_and_set(store: JobStore):
+    upload = _upload()
+    await store.insert_upload(upload)
+    assert await store.get_upload(upload.id) == upload
+    assert upload.status == UploadStatus.PENDING
+    racing = await asyncio.gather(*(store.advance_upload(upload.id, 0, 4) for _ in range(5)))
+    assert [r.offset for r in racing if r is not None] == [4]  # one writer counts
+    assert await store.advance_upload(upload.id, 0, 8) is None  # stale offset
+    assert await store.advance_upload(upload.id, 4, 11) is None  # past the size
+    assert await store.advance_upload(upload.id, 4, 3) is None  # backwards
+    done = await store.advance_upload(upload.id, 4, 10)
+    assert done is not None and done.status == UploadStatus.COMPLETE
+    assert await store.get_upload("upl_missing") is None
+
+
+async def test_an_upload_feeds_one_job_and_is_found_when_that_job_ends(store: JobStore):
+    now = time.time()
+    unfinished, complete = _upload(), _upload(offset=10)
+    for upload in (unfinished, complete):
+        await store.insert_upload(upload)
+    assert not await store.claim_upload(unfinished.id, "job_1", now)
+    claims = await asyncio.gather(*(store.claim_upload(complete.id, f"job_{n}", now)
+                                    for n in range(4)))
+    assert sorted(claims) == [False, False, False, True]
+    winner = (await store.get_upload(complete.id)).job_id
+    assert await store.advance_upload(complete.id, 10, 10) is None  # taken: frozen
+    await store.release_upload(complete.id, "job_other")  # not its job: no change
+    assert (await store.get_upload(complete.id)).job_id == winner
+    await store.release_upload(complete.id, winner)
+    assert (await store.get_upload(complete.id)).job_id is None
+
+    job = _job()
+    await store.insert_job(dataclasses.replace(job, upload_id=complete.id), now)
+    assert await store.claim_upload(complete.id, job.id, now)
+    assert await store.uploads_of_ended_jobs(10) == []
+    await store.request_cancel(job.id, time.time())
+    assert [u.id for u in await store.uploads_of_ended_jobs(10)] == [complete.id]
+    assert (await store.get_job(job.id)).upload_id == complete.id
+    await store.delete_upload(complete.id)
+    await store.delete_upload(complete.id)  # gone already: no error
+    assert await store.get_upload(complete.id) is None
+
+
+async def test_expired_uploads_are_those_no_job_took(store: JobStore):
+    now = time.time()
+    old, taken, fresh = _upload(expires_in=-1, offset=10), _upload(offset=10), _upload()
+    for upload in (old, taken, fresh):
+        await store.insert_upload(upload)
+    assert await store.claim_upload(taken.id, "job_t", now)
+    assert not await store.claim_upload(old.id, "job_x", now)  # expired: refused
+    later = now + 3600
+    assert [u.id for u in await store.expired_uploads(now, 10)] == [old.id]
+    assert {u.id for u in await store.expired_uploads(later, 10)} == {old.id, fresh.id}
+
+
+async def test_queued_jobs_past_their_deadline_are_canceled(store: JobStore):
+    now = time.time()
+    overdue = _job(deadline_at=now - 1, webhook_url="https://example.com/hook")
+    later, plain = _job(deadline_at=now + 60), _job()
+    for job in (overdue, later, plain):
+        await store.insert_job(job, now)
+    assert await store.cancel_overdue(now) == 1
+    ended = await store.get_job(overdue.id)
+    assert (ended.status, ended.error_type) == (JobStatus.CANCELED, "deadline_exceeded")
+    assert ended.webhook_status == "pending" and ended.completed_at == now
+    assert (await store.get_job(later.id)).status == JobStatus.QUEUED
+    assert (await store.get_job(plain.id)).status == JobStatus.QUEUED
+    assert (await store.get_job(later.id)).deadline_at == now + 60
+    assert await store.cancel_overdue(now) == 0
 
 
 async def test_rotation_keeps_the_previous_secret_for_the_overlap(store: JobStore):
