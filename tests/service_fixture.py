@@ -1,8 +1,10 @@
 """The deployed service as a session fixture: Ray Serve with two API replicas and the
 runner, on 127.0.0.1, with a local server holding the test videos.
 
-Registered once, in conftest.py, so every test module shares one Serve (a second
-``serve.start`` in the same Ray would take over the first one's app).
+Registered once, in conftest.py, for every module that asks for ``service``.  Scoped
+to the module, not the session: Serve is one per Ray, and a module that deploys its
+own (tests/test_dashboard_browser.py) shuts it down when it ends, so a session-wide
+deployment made earlier would be gone for the modules after it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Service:
     new_key: Callable[..., dict[str, str]]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def service(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     # Imported here: conftest.py registers this fixture for every test module, and
     # most never deploy the service.
