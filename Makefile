@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.pipeline_vs_ffmpeg
 	$(PY) -m benchmarks.memory_bounded
 	$(PY) -m benchmarks.api_latency
+	$(PY) -m benchmarks.pipeline_ceiling
 	$(PY) -m benchmarks.interpolation_quality
 	$(PY) -m benchmarks.upscale_quality
 

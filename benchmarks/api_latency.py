@@ -8,7 +8,7 @@ Three servers in one run, each hit with the same load from this process:
 
 1 vs 3 is the ratio the issue asks for; 2 splits it into Serve's share and ours.
 
-    .venv/bin/python -m benchmarks.api_latency [--seconds 10 --connections 64]
+    .venv/bin/python -m benchmarks.api_latency [--seconds 10 --connections 64] [--quick]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from serve_app.deployments import settings_env
 from serve_app.keys import new_api_key
 from serve_app.records import JobRecord, JobStatus
 from serve_app.settings import Settings
@@ -102,7 +103,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--quick", action="store_true",
+                        help="1 s per server, 4 connections: proves it runs (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.connections = 1.0, 4
     data = Path(tempfile.mkdtemp(prefix="retroiva-api-bench-"))
     settings = Settings(data_dir=data, port=_free_port(), default_rate_limit=10**9)
     store = SqliteStore(settings.sqlite_path)
@@ -141,8 +146,7 @@ def main() -> None:
     (data / "body.json").write_bytes(body)
     (data / "bare_app.py").write_text(BARE_APP)
     (data / "our_app.py").write_text(OUR_APP)
-    env = {**os.environ, **{f"RETROIVA_{k.upper()}": str(v) for k, v in
-                            settings.model_dump(exclude_none=True).items()}}
+    env = {**os.environ, **settings_env(settings)}
     for name, module, extra in [("uvicorn + Retroiva API", "our_app", []),
                                 ("uvicorn + bare Starlette (same JSON)", "bare_app",
                                  [str(data / "body.json")])]:

@@ -3,11 +3,12 @@
 Peak memory is the PSS of this process and all its descendants (the local Ray),
 sampled every 0.25 s while the one input runs.
 
-    .venv/bin/python -m benchmarks.hostile_media
+    .venv/bin/python -m benchmarks.hostile_media [--quick]
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +21,16 @@ from tests.hostile_media import CORPUS, write_corpus
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="the first input only: proves it runs (CI)")
+    args = parser.parse_args()
+    entries = CORPUS[:1] if args.quick else CORPUS
     work = Path(tempfile.mkdtemp(prefix="retroiva-hostile-"))
     corpus = write_corpus(work / "corpus")
     ensure_ray()
     print(f"{'input':20s} {'outcome':16s} {'seconds':>7s} {'peak MiB':>9s}  message")
-    for entry in CORPUS:
+    for entry in entries:
         started = time.monotonic()
         message = ""
         with MemorySampler() as memory:

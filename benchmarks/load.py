@@ -16,7 +16,7 @@ answer a byte a second).  Reported for the well-behaved jobs, in both runs: p50/
 start delay (``started_at - created_at``, from the store), p99 time to completion,
 and p99 webhook delay (first attempt - completion).
 
-    .venv/bin/python -m benchmarks.load [--clients 32 --jobs-per-client 2]
+    .venv/bin/python -m benchmarks.load [--clients 32 --jobs-per-client 2] [--quick]
 """
 
 from __future__ import annotations
@@ -194,7 +194,12 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=4)
     parser.add_argument("--tenant-jobs", type=int, default=2)
     parser.add_argument("--abuse-jobs", type=int, default=30)
+    parser.add_argument("--quick", action="store_true",
+                        help="2 clients × 1 job, no isolation run: proves it runs (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.clients, args.jobs_per_client, args.skip_abuse = 2, 1, True
+        args.deadline = min(args.deadline, 120.0)
     data = Path(tempfile.mkdtemp(prefix="retroiva-load-"))
     video = _serve_clip(data / "www")
     settings = Settings(data_dir=data / "service", port=_free_port(), api_replicas=2,

@@ -5,7 +5,7 @@ Lanczos ×2 and libx264 (veryfast, CRF 20), audio copied.  ffmpeg runs twice, wi
 own nlmeans (the same algorithm) and with the much cheaper hqdn3d.  Prints input
 frames per second for each and our ratio to each.
 
-    .venv/bin/python -m benchmarks.pipeline_vs_ffmpeg [--seconds 5]
+    .venv/bin/python -m benchmarks.pipeline_vs_ffmpeg [--seconds 5] [--quick]
 """
 
 from __future__ import annotations
@@ -31,11 +31,16 @@ CLASSICAL_GENERAL = EnhanceRequest(preset="general", upscale_factor=2, engine="c
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--quick", action="store_true",
+                        help="0.5 s of 240p: proves it runs (CI), not a measurement")
     args = parser.parse_args()
+    width, height = (854, 480) if not args.quick else (426, 240)
+    if args.quick:
+        args.seconds = 0.5
     ffmpeg = ensure_ffmpeg()
     ensure_ray()
     work = Path(tempfile.mkdtemp(prefix="retroiva-bench-"))
-    spec = SampleSpec(width=854, height=480, seconds=args.seconds, fps=Fraction(30),
+    spec = SampleSpec(width=width, height=height, seconds=args.seconds, fps=Fraction(30),
                       grain=8.0, gop=30)
     source = write_sample_video(work / "in_480p.mp4", spec)
     frames = probe(source).frame_count
@@ -66,7 +71,7 @@ def main() -> None:
                        check=True)
         results[name] = frames / (time.perf_counter() - started)
 
-    print(f"\n{frames} frames of 854x480 → 1708x960, general preset, "
+    print(f"\n{frames} frames of {width}x{height} → {2 * width}x{2 * height}, general preset, "
           f"{psutil_cores()} CPU cores")
     for name, fps in results.items():
         print(f"  {name:<32} {fps:7.2f} fps")

@@ -4,7 +4,8 @@ A model of scale *s* serves any factor *f*: its output is resized by *f/s* (bicu
 antialiased when shrinking), so ``span-x4`` gives ×3 and a ×2 waifu2x denoiser gives
 a clean ×1.  CPU: fp32, torch's threads (Ray sets them to the actor's CPUs).  CUDA:
 fp16, channels_last, frames in batches, and the runtime :mod:`models.runtime` chooses:
-eager torch, ``torch.compile`` or a TensorRT engine (:mod:`models.tensorrt_runtime`).
+eager torch, ``torch.compile`` or a TensorRT engine (:mod:`models.tensorrt_runtime`);
+on CPU, the ncnn runtime on the model's own files (:mod:`models.ncnn_runtime`).
 Which one each instance got, and why, is logged and kept in ``runtime_choice``.
 
 Colour anchoring: some published models shift colour (ClearReality darkened real footage
@@ -31,6 +32,7 @@ end.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -39,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from models.ncnn_convert import load_ncnn_module
+from models.ncnn_runtime import NcnnRunner, ncnn_version
 from models.operator import check_frames
 from models.runtime import (
     ModelOptions,
@@ -83,12 +86,20 @@ class NeuralUpscale:
         return (f"NeuralUpscale({self.model.name!r}, factor={self.scale}, device={self.device}, "
                 f"runtime={self.runtime_choice.runtime})")
 
-    def _runtime(self, options: ModelOptions) -> tuple[torch.nn.Module, RuntimeChoice]:
+    def _runtime(self, options: ModelOptions
+                 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], RuntimeChoice]:
         cuda = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         choice = choose_runtime(options.runtime, cuda=cuda,
-                                tensorrt=tensorrt_version() if cuda else None)
-        run: torch.nn.Module = self.net
-        if choice.runtime == "compile":
+                                tensorrt=tensorrt_version() if cuda else None,
+                                ncnn=None if cuda else ncnn_version(), has_ncnn_path=True)
+        run: Callable[[torch.Tensor], torch.Tensor] = self.net
+        if choice.runtime == "ncnn":
+            try:
+                run = NcnnRunner(self.model)
+            except Exception as exc:  # a build of ncnn that can't load these files
+                choice = RuntimeChoice("torch", f"{choice.reason}, but ncnn could not load "
+                                       f"the model ({exc})", True)
+        elif choice.runtime == "compile":
             run = torch.compile(self.net)  # type: ignore[assignment]
         elif choice.runtime == "tensorrt":
             from models.tensorrt_runtime import tensorrt_or_torch

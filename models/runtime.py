@@ -8,8 +8,12 @@ environment.  Runtimes:
 * ``compile``: ``torch.compile`` of the same module, on CUDA only.
 * ``tensorrt``: an engine built from the model's ONNX export
   (:mod:`models.tensorrt_runtime`), on CUDA with the ``tensorrt`` package only.
+* ``ncnn``: the ncnn CPU runtime on the model's own ``.param``/``.bin``
+  (:mod:`models.ncnn_runtime`), for the upscalers, on CPU only.
 * ``auto`` (the default): TensorRT where it imports, a CUDA device exists and the
-  model has an engine path; else torch.
+  model has an engine path; without CUDA, ncnn where it imports and the model ships
+  ncnn files (it ran every packaged upscaler faster than torch on CPU:
+  ``benchmarks.upscale_quality``); else torch.
 
 A request that can't be met here runs torch, and the reason is logged: nothing claims
 to have run a runtime it did not.
@@ -27,7 +31,7 @@ __all__ = ["DEFAULT_MODEL_CACHE", "RUNTIMES", "ModelOptions", "ModelRuntime", "R
 
 log = logging.getLogger(__name__)
 
-ModelRuntime = Literal["auto", "torch", "compile", "tensorrt"]
+ModelRuntime = Literal["auto", "torch", "compile", "tensorrt", "ncnn"]
 RUNTIMES: tuple[str, ...] = get_args(ModelRuntime)
 
 # Expanded where it is used, i.e. on the node that runs the model, not where the job
@@ -54,19 +58,31 @@ class ModelOptions:
 
 @dataclass(frozen=True)
 class RuntimeChoice:
-    runtime: Literal["torch", "compile", "tensorrt"]
+    runtime: Literal["torch", "compile", "tensorrt", "ncnn"]
     reason: str
     fallback: bool  # the request could not be met as asked
 
 
 def choose_runtime(requested: str, *, cuda: str | None, tensorrt: str | None,
-                   has_engine_path: bool = True) -> RuntimeChoice:
-    """The runtime a model gets, given the CUDA device's name (None: no CUDA) and the
-    importable TensorRT version (None: it does not import).  Pure, so every branch is
-    tested on a machine with neither."""
+                   has_engine_path: bool = True, ncnn: str | None = None,
+                   has_ncnn_path: bool = False) -> RuntimeChoice:
+    """The runtime a model gets, given the CUDA device's name (None: no CUDA), the
+    importable TensorRT and ncnn versions (None: it does not import) and whether the
+    model can run on each.  Pure, so every branch is tested on a machine with neither."""
     if requested not in RUNTIMES:
         raise ValueError(f"model runtime must be one of {', '.join(RUNTIMES)}, "
                          f"got {requested!r}")
+    if requested == "ncnn" and cuda is not None:
+        return RuntimeChoice("torch", f"ncnn runs on the CPU only here; torch on {cuda}",
+                             True)
+    if requested in ("ncnn", "auto") and cuda is None:
+        if has_ncnn_path and ncnn is not None:
+            return RuntimeChoice("ncnn", f"{requested}: no CUDA device, ncnn {ncnn} on the "
+                                 "CPU", False)
+        if requested == "ncnn":
+            why = "this model has no ncnn path" if not has_ncnn_path else \
+                "the ncnn package does not import"
+            return RuntimeChoice("torch", f"ncnn: {why}; torch on the CPU", True)
     if cuda is None:
         if requested in ("torch", "auto"):
             return RuntimeChoice("torch", f"{requested}: no CUDA device, torch on the CPU",
@@ -103,8 +119,11 @@ def tensorrt_version() -> str | None:
 
 def runtime_report(options: ModelOptions) -> list[str]:
     """What models would run on here, for ``retroiva models list``."""
+    from models.ncnn_runtime import ncnn_version
+
     cuda, trt = cuda_device_name(), tensorrt_version()
-    upscalers = choose_runtime(options.runtime, cuda=cuda, tensorrt=trt)
+    upscalers = choose_runtime(options.runtime, cuda=cuda, tensorrt=trt,
+                               ncnn=ncnn_version(), has_ncnn_path=True)
     rife = choose_runtime(options.runtime, cuda=cuda, tensorrt=trt, has_engine_path=False)
     return [f"  CUDA device: {cuda or 'none'}; TensorRT: {trt or 'not importable'}",
             f"  upscalers: {upscalers.runtime} ({upscalers.reason})",

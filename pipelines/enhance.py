@@ -37,6 +37,7 @@ from pipelines.noise_probe import measure_noise
 from pipelines.presets import OperatorSpec
 from pipelines.probe import probe
 from pipelines.progress import CancelToken, ProgressCallback, ProgressMeter
+from pipelines.resume import SegmentStore, plan_digest, saved_segments, segment_name
 from pipelines.stages import (
     CancelSignal,
     OperatorStage,
@@ -67,12 +68,17 @@ class PipelineConfig:
     # tasks must run on this node (None: pin only when the cluster has several nodes).
     # Decoded frames then travel to operator stages anywhere through the object store.
     decode_on_driver_node: bool | None = None
-    # Neural models: "auto" (TensorRT where it imports on a CUDA node, else torch),
-    # "torch", "compile" or "tensorrt"; each operator stage logs what it got and why.
+    # Neural models: "auto" (TensorRT where it imports on a CUDA node; ncnn for the
+    # upscalers on a CPU node; else torch), "torch", "compile", "tensorrt" or "ncnn";
+    # each operator stage logs what it got and why.
     model_runtime: ModelRuntime = "auto"
     # Converted weights, ONNX files and TensorRT engines, on the node that runs the
     # model (None: ~/.cache/retroiva/models there).
     model_cache: Path | None = None
+    # Where this job's finished segments survive a crash (pipelines/resume.py): a
+    # re-run with the same plan processes only the chunks missing there.  None: kept
+    # in scratch only, gone with it.  The caller clears it when the job ends.
+    segments: SegmentStore | None = None
 
     def __post_init__(self) -> None:
         ModelOptions(self.model_runtime, self.model_cache)  # a bad runtime fails here
@@ -91,6 +97,7 @@ class EnhanceResult:
     frame_count: int
     chunks: int
     seconds: float
+    resumed_chunks: int = 0  # chunks taken from config.segments, not processed again
 
 
 def ensure_ray() -> None:
@@ -119,8 +126,9 @@ def decode_placement(config: PipelineConfig) -> dict[str, object]:
 
 
 def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
-                  config: PipelineConfig) -> Dataset:
-    """The job's Ray Data pipeline; it reads like its stage list."""
+                  config: PipelineConfig, skip: frozenset[int] = frozenset()) -> Dataset:
+    """The job's Ray Data pipeline; it reads like its stage list.  Chunks whose index
+    is in ``skip`` (already encoded by an earlier run) are left out."""
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0
     actor_stages = sum(_in_actors(spec, config, use_gpu) for spec in plan.chain)
@@ -130,8 +138,8 @@ def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
     total_cpus = resources.get("CPU", 1)
     stage_cpus = min(1.0, total_cpus / (actor_stages * config.stage_concurrency + 2))
 
-    ds = ray.data.from_items([chunk.as_row() for chunk in plan.chunks],
-                             override_num_blocks=len(plan.chunks))
+    rows = [chunk.as_row() for chunk in plan.chunks if chunk.index not in skip]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(decode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
                         fn_kwargs={"path": plan.info.path, "rotation": plan.info.rotation,
                                    "colour": plan.info.colour, "signal": signal, "stage": 0},
@@ -165,12 +173,18 @@ def stage_count(plan: JobPlan) -> int:
     return len(plan.chain) + 2
 
 
-def _segments(ds: Dataset, scratch: Path, cancel: CancelToken) -> Iterator[Segment]:
+def _segments(ds: Dataset, scratch: Path, cancel: CancelToken,
+              store: SegmentStore | None = None, digest: str = "") -> Iterator[Segment]:
     for row in ds.iter_rows():
         cancel.raise_if_canceled()
-        path = scratch / f"segment_{int(row['index']):05d}.mp4"
+        index, out_start = int(row["index"]), int(row["out_start"])
+        path = scratch / f"segment_{index:05d}.mp4"
         path.write_bytes(row["segment"])
-        yield Segment(path, int(row["out_start"]))
+        if store is not None:
+            # Saved as it arrives, so a runner killed later loses none of it.
+            store.put(segment_name(digest, index, out_start), row["segment"])
+        log.info("chunk %d encoded", index)
+        yield Segment(path, out_start)
 
 
 def _watch_progress(signal: ray.actor.ActorHandle, meter: ProgressMeter,
@@ -239,7 +253,14 @@ def enhance_video(source: str | Path, output: str | Path,
     relay = threading.Thread(target=_relay_cancel, args=(cancel, signal, finished), daemon=True)
     relay.start()
     failure: PipelineError | None = None
-    meter = ProgressMeter(plan.info.frame_count, on_progress, stage_count(plan))
+    digest = plan_digest(plan)
+    saved = saved_segments(config.segments, digest) if config.segments is not None else {}
+    resumed_frames = sum(plan.chunks[i].frame_count for i in saved)
+    if saved:
+        log.info("resuming: %d of %d chunks already encoded (plan %s)", len(saved),
+                 len(plan.chunks), digest)
+    meter = ProgressMeter(plan.info.frame_count, on_progress, stage_count(plan),
+                          resumed=resumed_frames)
     processed = threading.Event()
     watcher = threading.Thread(target=_watch_progress, args=(signal, meter, processed),
                                daemon=True)
@@ -247,7 +268,12 @@ def enhance_video(source: str | Path, output: str | Path,
         cancel.raise_if_canceled()
         meter.phase("processing")  # the input is here; Ray Data is starting
         watcher.start()
-        segments = list(_segments(build_dataset(plan, signal, config), scratch, cancel))
+        segments = [Segment(config.segments.fetch(s.name, scratch), s.out_start)
+                    for s in saved.values()] if config.segments is not None else []
+        if len(saved) < len(plan.chunks):
+            segments += _segments(build_dataset(plan, signal, config, frozenset(saved)),
+                                  scratch, cancel, config.segments, digest)
+        segments.sort(key=lambda s: s.first_frame)
         processed.set()
         watcher.join()
         cancel.raise_if_canceled()
@@ -272,4 +298,4 @@ def enhance_video(source: str | Path, output: str | Path,
         raise failure.with_traceback(None)
     return EnhanceResult(output=output, width=plan.width, height=plan.height, fps=plan.fps,
                          frame_count=plan.frame_count, chunks=len(plan.chunks),
-                         seconds=time.monotonic() - started)
+                         seconds=time.monotonic() - started, resumed_chunks=len(saved))

@@ -82,11 +82,14 @@ class ProgressMeter:
     """
 
     def __init__(self, total: int, callback: ProgressCallback | None, stages: int = 1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, resumed: int = 0) -> None:
         self.total = total
         self.stages = stages
-        self.done = 0
-        self._fraction = 0.0
+        # Frames an earlier run finished (a resumed job): done from the start, and
+        # the tallies then count only the rest.
+        self.resumed = min(resumed, total)
+        self.done = self.resumed
+        self._fraction = self.resumed / total if total else 0.0
         self._callback = callback
         self._clock = clock
         self._started = clock()
@@ -106,8 +109,9 @@ class ProgressMeter:
         # later stages (models) tend to cost more than decoding, and an estimate that
         # is too low would make progress stall once the real cost is known.
         guess = max(known.values(), default=0.0)
-        total_work = sum(known.get(stage, guess) for stage in range(self.stages)) * self.total
-        done_work = sum(min(frames, self.total) * known.get(stage, guess)
+        remaining = self.total - self.resumed
+        total_work = sum(known.get(stage, guess) for stage in range(self.stages)) * remaining
+        done_work = sum(min(frames, remaining) * known.get(stage, guess)
                         for stage, (frames, _) in tally.items())
         now = self._clock()
         elapsed = now - self._started
@@ -115,9 +119,11 @@ class ProgressMeter:
             # Ray Data's start-up (worker processes, imports) can take longer than the
             # work itself on a small job; throughput counts from when work began.
             self._working_since = max(self._started, now - done_work)
-            self._history.append((self._working_since, 0.0))
-        if total_work > 0 and done_work / total_work > self._fraction:
-            self._fraction = min(1.0, done_work / total_work)
+            self._history.append((self._working_since, self.resumed / self.total))
+        fraction = (self.resumed + remaining * done_work / total_work) / self.total \
+            if total_work > 0 else 0.0
+        if fraction > self._fraction:
+            self._fraction = min(1.0, fraction)
             self._history.append((now, self._fraction))
             self._eta_at = None
             # Until every stage has a measured cost the total is a guess: no ETA yet.
@@ -127,7 +133,7 @@ class ProgressMeter:
         # Between two pieces of finished work the estimate counts down with the clock.
         eta = None if self._eta_at is None else \
             max(0.0, self._eta_at[1] - (now - self._eta_at[0]))
-        fps = self._fraction * self.total / elapsed if elapsed > 0 else 0.0
+        fps = (self._fraction * self.total - self.resumed) / elapsed if elapsed > 0 else 0.0
         return self._report(Progress(self.done, self.total, fps, eta))
 
     def _estimate(self, now: float) -> tuple[float, float] | None:

@@ -26,7 +26,7 @@ import shutil
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipelines.enhance import PipelineConfig, enhance_video
@@ -40,7 +40,13 @@ from serve_app.private_files import private_dir
 from serve_app.records import JobRecord, JobStatus
 from serve_app.schemas import Job, job_from_record
 from serve_app.settings import Settings
-from serve_app.storage import OutputStorage, download_link, open_storage
+from serve_app.storage import (
+    OutputStorage,
+    download_link,
+    open_segments,
+    open_storage,
+    segment_job_ids,
+)
 from serve_app.store import JobStore, StoreUnavailable, open_store
 from serve_app.uploads import drop_job_upload, sweep_uploads
 from serve_app.uploads_storage import UploadStorage, open_upload_storage
@@ -90,7 +96,9 @@ def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progr
     enhance_video(source, output,
                   EnhanceRequest(preset=job.preset, upscale_factor=job.upscale_factor,
                                  engine=job.engine),
-                  pipeline_config(settings, scratch), on_progress=on_progress, cancel=cancel)
+                  replace(pipeline_config(settings, scratch),
+                          segments=open_segments(settings, job.id)),
+                  on_progress=on_progress, cancel=cancel)
     source.unlink()  # zero retention: the input goes as soon as it is not needed
     return output
 
@@ -231,8 +239,20 @@ class JobRunner:
             log.info("reaped %d outputs past retention", reaped)
         return reaped
 
+    def _clear_segments(self, job_id: str) -> None:
+        try:
+            open_segments(self.settings, job_id).clear()
+        except Exception:  # a store outage; local ones are swept again later
+            log.warning("could not delete the saved segments of %s", job_id, exc_info=True)
+
     async def remove_stale_scratch(self) -> None:
-        """Scratch of jobs nobody is processing: left behind by a runner that died."""
+        """Scratch of jobs nobody is processing: left behind by a runner that died.
+        Saved segments of jobs that ended without a runner (canceled while re-queued,
+        out of attempts) go too; a queued job's stay, for the runner that resumes it."""
+        for job_id in await asyncio.to_thread(segment_job_ids, self.settings):
+            job = await self.store.get_job(job_id)
+            if job is None or job.status.is_terminal:
+                await asyncio.to_thread(self._clear_segments, job_id)
         if not self.settings.scratch_dir.is_dir():
             return
         for entry in self.settings.scratch_dir.iterdir():
@@ -378,7 +398,9 @@ class JobRunner:
                 deadline.cancel()
         if finished:
             # Zero retention: the job has ended, so its upload goes (a job whose lease
-            # was lost is another runner's to finish, and its upload with it).
+            # was lost is another runner's to finish, and its upload with it), and so
+            # do its saved segments.
+            await asyncio.to_thread(self._clear_segments, job.id)
             try:
                 await drop_job_upload(self.store, self.uploads, job)
             except Exception as exc:  # the sweep in tick() retries it

@@ -121,8 +121,9 @@ class Settings(BaseSettings):
                                      "exports and TensorRT engines, on each node that runs "
                                      "a model; default ~/.cache/retroiva/models there.")
     model_runtime: ModelRuntime = Field("auto", description="Neural models' runtime: auto "
-                                        "(TensorRT where it imports and a GPU exists, else "
-                                        "torch), torch, compile or tensorrt.")
+                                        "(TensorRT where it imports and a GPU exists; "
+                                        "without one, ncnn for the upscalers; else torch), "
+                                        "torch, compile, tensorrt or ncnn.")
     upload_expiry_seconds: int = Field(24 * 3600, ge=1, description="How long an upload "
                                        "may stay unfinished or unused by a job; then "
                                        "it is refused and its bytes deleted.")
@@ -172,3 +173,8 @@ class Settings(BaseSettings):
     @property
     def scratch_dir(self) -> Path:
         return self.data_dir / "scratch"
+
+    @property
+    def segments_dir(self) -> Path:
+        """Finished segments of unfinished jobs, kept across runner crashes."""
+        return self.data_dir / "segments"

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
+from pipelines.resume import LocalSegments, SegmentStore
 from serve_app.private_files import private_dir
 from serve_app.records import JobRecord, JobStatus
 from serve_app.settings import Settings
 from serve_app.signing import load_signing_secret, sign_path
 
-__all__ = ["DownloadLink", "LocalStorage", "OutputStorage", "S3Storage", "download_link",
-           "open_storage"]
+__all__ = ["DownloadLink", "LocalStorage", "OutputStorage", "S3Segments", "S3Storage",
+           "download_link", "open_segments", "open_storage", "segment_job_ids"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,62 @@ class S3Storage:
         lifetime = max(1, expires_at - int(time.time()))
         return str(self._s3.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=lifetime))
+
+
+class S3Segments:
+    """A job's finished segments (pipelines/resume.py) in the outputs' S3 bucket, so a
+    runner on another machine can resume the job after a crash."""
+
+    def __init__(self, s3: Any, bucket: str, prefix: str) -> None:
+        self._s3, self.bucket, self.prefix = s3, bucket, prefix.rstrip("/") + "/"
+
+    def __repr__(self) -> str:
+        return f"S3Segments(bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    def _keys(self) -> list[str]:
+        keys: list[str] = []
+        for page in self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        return keys
+
+    def names(self) -> list[str]:
+        return sorted(key.removeprefix(self.prefix) for key in self._keys())
+
+    def put(self, name: str, data: bytes) -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data)
+
+    def fetch(self, name: str, scratch: Path) -> Path:
+        path = scratch / "saved" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._s3.download_file(self.bucket, self.prefix + name, str(path))
+        return path
+
+    def delete(self, name: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=self.prefix + name)
+
+    def clear(self) -> None:
+        for key in self._keys():
+            self._s3.delete_object(Bucket=self.bucket, Key=key)
+
+
+def open_segments(settings: Settings, job_id: str) -> SegmentStore:
+    """Where ``job_id``'s finished segments survive a runner crash: beside the outputs
+    in S3 when ``s3_bucket`` is set (any runner can resume), else in the data dir."""
+    if settings.s3_bucket:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url,
+                          region_name=settings.s3_region)
+        prefix = "/".join(p for p in (settings.s3_prefix.strip("/"), "segments", job_id) if p)
+        return S3Segments(s3, settings.s3_bucket, prefix)
+    return LocalSegments(settings.segments_dir / job_id)
+
+
+def segment_job_ids(settings: Settings) -> list[str]:
+    """Jobs with saved segments in the data dir (S3's are cleared by their runner)."""
+    root = settings.segments_dir
+    return [entry.name for entry in root.iterdir()] if root.is_dir() else []
 
 
 def open_storage(settings: Settings) -> OutputStorage:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from models.ncnn_runtime import ncnn_version
 from models.neural_upscale import NeuralUpscale
 from models.registry import build_operator, unavailable_reason
 from models.runtime import ModelOptions, choose_runtime
@@ -21,6 +22,26 @@ from serve_app.runner import pipeline_config
 from serve_app.settings import Settings
 
 MODELS_DIR = Path(__file__).parents[1] / "models"
+
+
+@pytest.mark.parametrize(("requested", "cuda", "ncnn", "ncnn_path", "runtime", "fallback",
+                          "says"), [
+    ("auto", None, "1.0.20261020", True, "ncnn", False, "ncnn 1.0.20261020 on the CPU"),
+    ("auto", None, None, True, "torch", False, "torch on the CPU"),
+    ("auto", None, "1.0.20261020", False, "torch", False, "torch on the CPU"),  # RIFE
+    ("auto", "NVIDIA A10G", "1.0.20261020", True, "torch", False, "does not import"),
+    ("ncnn", None, "1.0.20261020", True, "ncnn", False, "on the CPU"),
+    ("ncnn", None, None, True, "torch", True, "does not import"),
+    ("ncnn", None, "1.0.20261020", False, "torch", True, "no ncnn path"),
+    ("ncnn", "NVIDIA A10G", "1.0.20261020", True, "torch", True, "CPU only"),
+])
+def test_ncnn_is_chosen_on_cpu_where_it_can_run(requested: str, cuda: str | None,
+                                                ncnn: str | None, ncnn_path: bool,
+                                                runtime: str, fallback: bool, says: str):
+    choice = choose_runtime(requested, cuda=cuda, tensorrt=None, ncnn=ncnn,
+                            has_ncnn_path=ncnn_path)
+    assert (choice.runtime, choice.fallback) == (runtime, fallback), choice
+    assert says in choice.reason and choice.reason.startswith(requested)
 
 
 @pytest.mark.parametrize(("requested", "cuda", "trt", "engine_path", "runtime", "fallback",
@@ -82,10 +103,12 @@ def test_each_model_logs_its_runtime_and_why(caplog: pytest.LogCaptureFixture):
     with caplog.at_level(logging.INFO, logger="models"):
         op = NeuralUpscale("span-x2", runtime="auto", device="cpu")
         rife = build_operator("interpolate", "rife", {}, ModelOptions("tensorrt"))
-    assert op.runtime_choice.runtime == "torch"
+    # On CPU, auto gives the upscalers ncnn (faster there: benchmarks.upscale_quality).
+    assert op.runtime_choice.runtime == "ncnn"
     [info] = [r for r in caplog.records if r.name == "models.neural_upscale"]
     assert info.levelno == logging.INFO
-    assert info.getMessage() == "span-x2: runtime torch (auto: no CUDA device, torch on the CPU)"
+    assert info.getMessage() == \
+        f"span-x2: runtime ncnn (auto: no CUDA device, ncnn {ncnn_version()} on the CPU)"
     # Asked for TensorRT and not given it: a warning, with the reason.
     [warning] = [r for r in caplog.records if r.name == "models.rife"]
     assert warning.levelno == logging.WARNING

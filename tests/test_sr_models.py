@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from models.ncnn_convert import load_ncnn_module, source_digest
 from models.ncnn_graph import NcnnGraph, UnsupportedModelError, parse_param, read_ncnn
+from models.ncnn_runtime import NcnnRunner
 from models.ncnn_torch import NcnnModule
 from models.neural_upscale import NeuralUpscale
 from models.onnx_export import max_onnx_error
@@ -55,12 +56,14 @@ def _ncnn_output(param: Path, weights: Path, x: np.ndarray, graph_in: str, graph
     return np.array(out).copy()
 
 
+@pytest.mark.parametrize("runtime", ["torch", "ncnn"])
 @pytest.mark.parametrize("name", sorted(SR_MODELS))
-def test_matches_the_ncnn_runtime(name: str):
+def test_matches_the_ncnn_runtime(name: str, runtime: str):
+    """Every CPU runtime's network against the oracle (ncnn called as its docs show)."""
     model = sr_model(name)
     param, weights = model.files()
     graph = read_ncnn(param, weights)
-    module = NcnnModule(graph).eval()
+    module = NcnnModule(graph).eval() if runtime == "torch" else NcnnRunner(model, threads=1)
     worst = 0.0
     for image in (_NATURAL.astype(np.float32) / 255, _SMOOTH):
         x = image.transpose(2, 0, 1)
@@ -311,3 +314,16 @@ def test_engine_hands_tiles_outside_its_shape_range_to_torch():
     for shape in ((3, 3, 16, 16), (1, 3, 65, 16), (1, 3, 4, 16)):
         engine(torch.zeros(shape))
     assert seen == [(3, 3, 16, 16), (1, 3, 65, 16), (1, 3, 4, 16)]
+
+
+@pytest.mark.parametrize("name", ["span-x2", "waifu2x-photo-noise3-x2"])
+def test_ncnn_and_torch_operators_agree(name: str):
+    """The whole operator (padding, tiles, anchoring) on either runtime: the same frame."""
+    frame = cv2.resize(data.astronaut(), (96, 64), interpolation=cv2.INTER_AREA)[None]
+    on_ncnn = NeuralUpscale(name, factor=2, tile=48, overlap=8, device="cpu", runtime="ncnn")
+    on_torch = NeuralUpscale(name, factor=2, tile=48, overlap=8, device="cpu",
+                             runtime="torch")
+    assert on_ncnn.runtime_choice.runtime == "ncnn"
+    assert on_torch.runtime_choice.runtime == "torch"
+    diff = np.abs(on_ncnn(frame).astype(int) - on_torch(frame).astype(int))
+    assert diff.max() <= 1, diff.max()
