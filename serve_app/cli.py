@@ -144,6 +144,82 @@ def demo(
             upscale_factor=2, fps=None, interpolate=2, codec=None, chunk_frames=None)
 
 
+@app.command()
+def submit(
+    source: Annotated[str, typer.Argument(
+        metavar="FILE_OR_URL", help="A local video file (uploaded, resumably) or an "
+        "http(s) URL the service can fetch.")],
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait for the job to end, showing its progress.")] = False,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Download the result here (implies --wait).")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"One of: {', '.join(PRESETS)}.")] = None,
+    upscale_factor: Annotated[int | None, typer.Option(
+        "--upscale-factor", min=1, max=4, help="1–4; default per preset.")] = None,
+    engine: Annotated[str | None, typer.Option(help="neural or classical.")] = None,
+    webhook_url: Annotated[str | None, typer.Option(help="Receives job.* events.")] = None,
+    cancel_after: Annotated[int | None, typer.Option(
+        min=1, help="The service cancels the job after this many seconds.")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="With --wait: give up waiting after this many seconds.")] = None,
+    base_url: Annotated[str, typer.Option(
+        envvar="RETROIVA_BASE_URL", help="The service.")] = "http://127.0.0.1:8000",
+) -> None:
+    """Enhance FILE_OR_URL on a (remote) service through the Python client.
+
+    The API key comes from RETROIVA_API_KEY, not an argument that others could see in ps.
+    """
+    import os
+
+    from retroiva_client import Client, RetroivaError
+
+    api_key = os.environ.get("RETROIVA_API_KEY")
+    if not api_key:
+        typer.echo("error: set RETROIVA_API_KEY to your API key (sk_live_…)", err=True)
+        raise typer.Exit(code=2)
+    is_url = source.startswith(("http://", "https://"))
+    if not is_url and not Path(source).is_file():
+        raise typer.BadParameter(f"{source} is neither an http(s) URL nor a file",
+                                 param_hint="FILE_OR_URL")
+    options = {"preset": preset, "upscale_factor": upscale_factor, "engine": engine,
+               "webhook_url": webhook_url, "cancel_after": cancel_after}
+    try:
+        with Client(api_key, base_url) as client:
+            if is_url:
+                job = client.enhance(source, **options)
+            else:
+                size = Path(source).stat().st_size
+                with tqdm(total=size, unit="B", unit_scale=True, desc="uploading",
+                          dynamic_ncols=True) as bar:
+                    upload = client.upload_file(
+                        source, on_progress=lambda sent, total: bar.update(sent - bar.n))
+                job = client.enhance(upload_id=upload.id, **options)
+            typer.echo(f"{job.id}: {job.status}")
+            if not (wait or output):
+                return
+            with tqdm(total=100, unit="%", desc=job.status, dynamic_ncols=True,
+                      bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
+                def show(current: object) -> None:
+                    bar.n = round(job.progress * 100)
+                    bar.set_description(job.phase or job.status)
+                    bar.set_postfix_str(f"eta {job.eta_seconds}s" if job.eta_seconds else "")
+                    bar.refresh()
+
+                job.wait(timeout=timeout, on_progress=show)
+            if job.status != "completed":
+                error = f" ({job.error.type}: {job.error.message})" if job.error else ""
+                typer.echo(f"{job.id}: {job.status}{error}", err=True)
+                raise typer.Exit(code=1)
+            if output is None:
+                typer.echo(f"{job.id}: completed; download: {job.output_url}")
+                return
+            job.download(output)
+    except RetroivaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"{job.id}: completed; wrote {output}")
+
+
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (reads the store directly).")
 app.add_typer(keys_app, name="keys")
 jobs_app = typer.Typer(no_args_is_help=True,

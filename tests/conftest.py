@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from service_fixture import service  # noqa: F401  (the deployed service, one per module)
 
 from pipelines.sample_video import SampleSpec, write_sample_video
 

@@ -2,77 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from ray import serve
-from stored_keys import add_key, bearer
+from service_fixture import Service  # the fixture itself is registered in conftest.py
 
 from pipelines.probe import probe
-from pipelines.sample_video import SampleSpec, write_sample_video
-from serve_app.deployments import build_app
-from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 
 from media import audio_timing
 
 pytestmark = pytest.mark.usefixtures("ray_session")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Service:
-    base: str
-    settings: Settings
-    media: str  # base URL of a local server holding the test videos
-    new_key: Callable[..., dict[str, str]]
-
-
-@pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    data = tmp_path_factory.mktemp("service")
-    www = tmp_path_factory.mktemp("www")
-    write_sample_video(www / "clip.mp4", SampleSpec(seconds=1))
-    (www / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"garbage" * 500)
-    write_sample_video(www / "long.mp4", SampleSpec(width=320, height=240, seconds=8,
-                                                    audio=False))
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    media = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(Quiet, directory=str(www)))
-    threading.Thread(target=media.serve_forever, daemon=True).start()
-
-    settings = Settings(data_dir=data, port=_free_port(), api_replicas=2,
-                        allow_private_urls=True, lease_seconds=5, poll_seconds=0.2,
-                        chunk_frames=12, rate_window_seconds=60)
-    serve.start(http_options={"host": "127.0.0.1", "port": settings.port})
-    serve.run(build_app(settings), name="retroiva", route_prefix="/")
-    store = SqliteStore(settings.sqlite_path)
-
-    def new_key(rate_limit: int = 1000) -> dict[str, str]:
-        return bearer(add_key(store, rate_limit)[0])
-
-    yield Service(f"http://127.0.0.1:{settings.port}", settings,
-                  f"http://127.0.0.1:{media.server_address[1]}", new_key)
-    serve.shutdown()
-    media.shutdown()
 
 
 def _wait(client: httpx.Client, job_id: str, auth: dict[str, str],
