@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.runtime import ModelRuntime
@@ -100,6 +100,15 @@ class Settings(BaseSettings):
     s3_prefix: str = "outputs"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+
+    @field_validator("data_dir", "model_cache")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # Resolved once, where the settings are read: `retroiva serve` hands replicas
+        # the absolute path, and a process started elsewhere (a Ray job runs in its
+        # own copy of --working-dir) shows the path it really used when it says where
+        # it looked.
+        return None if path is None else path.expanduser().absolute()
 
     @property
     def url_policy(self) -> UrlPolicy:
