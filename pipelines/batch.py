@@ -42,8 +42,8 @@ import csv
 import hashlib
 import json
 import os
-import sys
 import secrets
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
