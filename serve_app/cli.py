@@ -622,7 +622,7 @@ def serve() -> None:
         how = "SIGTERM" if isinstance(exc, _Stop) else "Ctrl-C"
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        typer.echo(f"{how}: shutting down (jobs in flight are re-queued by their lease)")
+        typer.echo(f"{how}: shutting down (jobs in flight go back to the queue)")
         ray_serve.shutdown()
         ray.shutdown()
 

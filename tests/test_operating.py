@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -178,6 +179,8 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A tiny clip served on 127.0.0.1, as a client's public URL would be."""
     root = tmp_path_factory.mktemp("served")
     write_sample_video(root / "clip.mp4", SampleSpec(width=96, height=64, seconds=1.0))
+    # Long enough to still be processing when Serve is redeployed.
+    write_sample_video(root / "long.mp4", SampleSpec(width=96, height=64, seconds=30.0))
     base, server = serve_directory(root)
     yield base
     server.shutdown()
@@ -278,8 +281,9 @@ def test_readme_batch_command_verbatim(deployed: Cluster, videos: str, tmp_path:
 
     # The batch's id is the Ray job's: Ray's status message ends with our summary,
     # and `retroiva batches` lists and shows its jobs.
-    batch = first.stdout.split("batch ", 1)[1].split(":", 1)[0]
-    assert batch.startswith("raysubmit_")
+    found = re.search(r"^batch (raysubmit_\w+): 3 rows$", first.stdout, re.MULTILINE)
+    assert found, first.stdout[-3000:]
+    batch = found.group(1)
     status = deployed.shell(f"~/retroiva/.venv/bin/ray job status {batch}", cwd=tmp_path,
                             timeout=60)
     assert "exit code 1" in status.stdout and "partial: 1 of 3 completed" in status.stdout, \
@@ -295,3 +299,77 @@ def test_readme_batch_command_verbatim(deployed: Cluster, videos: str, tmp_path:
     with results.open(newline="") as f:
         assert [r["id"] for r in csv.DictReader(f)] == [r["id"] for r in rows]
     assert set(_store_jobs(deployed)) - before == created
+
+
+def _dashboard_json(cluster: Cluster, path: str) -> object:
+    token = (cluster.home / ".ray" / "auth_token").read_text().strip()
+    return json.loads(_wait_for(f"{cluster.dashboard}{path}", 30,
+                                {"Authorization": f"Bearer {token}"}))
+
+
+def test_enhancement_datasets_are_named_by_job_id(deployed: Cluster, videos: str):
+    """The dashboard's Ray Data view leads from a job id to its pipeline."""
+    job = _enhance(deployed, f"{videos}/clip.mp4")
+    job = _until_ended(deployed, job["id"], 180)
+    assert job["status"] == "completed", job
+    names: list[str] = []
+    jobs = _dashboard_json(deployed, "/api/jobs/")
+    for ray_job in jobs:  # type: ignore[attr-defined]
+        if ray_job.get("job_id"):
+            found = _dashboard_json(deployed, f"/api/data/datasets/{ray_job['job_id']}")
+            names += [d["dataset"] for d in found["datasets"]]  # type: ignore[index]
+    assert any(name.startswith(f"{job['id']}_") for name in names), names
+
+
+def _enhance(cluster: Cluster, url: str) -> dict[str, object]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{cluster.serve_port}/v2/enhance", method="POST",
+        data=json.dumps({"video_url": url}).encode(),
+        headers={**bearer(cluster.api_key), "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)  # type: ignore[no-any-return]
+
+
+def _until_ended(cluster: Cluster, job_id: str, timeout: float,
+                 until: tuple[str, ...] = ("completed", "failed", "canceled")
+                 ) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = json.loads(_wait_for(f"http://127.0.0.1:{cluster.serve_port}/v2/jobs/{job_id}",
+                                   10, bearer(cluster.api_key)))
+        if job["status"] in until:
+            return job  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+
+
+def test_serve_redeploy_mid_job_costs_no_attempt(deployed: Cluster, videos: str):
+    """A redeploy replaces the runner gracefully: the job goes back to the queue at
+    once and finishes on the new runner, with one attempt counted."""
+    job = _enhance(deployed, f"{videos}/long.mp4")
+    _until_ended(deployed, str(job["id"]), 120, until=("processing",))
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": deployed.serve_port}
+    # A changed runtime_env replaces every replica of the application.
+    config["applications"][0]["runtime_env"]["env_vars"]["RETROIVA_RUNNER_CONCURRENCY"] = "1"
+    path = deployed.data_dir / "serve_config_redeploy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = deployed.cli("serve", "deploy", "--address", deployed.dashboard, str(path))
+    assert result.returncode == 0, result.stderr
+    # Handed back: queued again, without waiting out the old runner's 30 s lease.
+    requeued = _until_ended(deployed, str(job["id"]), 120, until=("queued", "completed"))
+    assert requeued["status"] == "queued", "the job ended before the redeploy reached it"
+    ended = _until_ended(deployed, str(job["id"]), 300)
+    assert ended["status"] == "completed", ended
+
+    import asyncio
+
+    async def stored() -> object:
+        store = SqliteStore(deployed.data_dir / "retroiva.sqlite3")
+        await store.init()
+        try:
+            return await store.get_job(str(job["id"]))
+        finally:
+            await store.close()
+
+    assert asyncio.run(stored()).attempts == 1  # type: ignore[attr-defined]
