@@ -32,6 +32,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -467,6 +468,9 @@ class JobRunner:
 async def _main() -> None:
     settings = Settings()
     stop = asyncio.Event()
+    # SIGTERM and Ctrl-C stop gracefully: running jobs go back to the queue at once.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     await JobRunner(open_store(settings), settings).run(stop)
 
 

@@ -89,6 +89,9 @@ class Job(BaseModel):
     preset: Preset
     upscale_factor: int
     engine: Engine
+    attempts: int = Field(0, ge=0, description="Times a runner has taken the job: more "
+                          "than 1 after a runner died mid-job; an operator's restart or "
+                          "redeploy does not count.")
 
 
 class JobList(BaseModel):
@@ -162,4 +165,5 @@ def job_from_record(job: JobRecord, output_url: str | None = None) -> Job:
         preset=job.preset,  # type: ignore[arg-type]
         upscale_factor=job.upscale_factor,
         engine=job.engine,  # type: ignore[arg-type]
+        attempts=job.attempts,
     )

@@ -134,3 +134,29 @@ def test_lifecycle_is_logged_at_info_with_the_job_id(tmp_path: Path,
 
 def test_pipeline_dataset_is_named_by_the_job_id(tmp_path: Path):
     assert pipeline_config(Settings(), tmp_path, "job_abc").dataset_name == "job_abc"
+
+
+def test_job_object_shows_attempts(tmp_path: Path):
+    from starlette.testclient import TestClient
+
+    from serve_app.api import create_api
+    from tests.stored_keys import add_key, bearer
+
+    settings = _settings(tmp_path)
+    store = SqliteStore(settings.sqlite_path)
+    key, record = add_key(store)
+
+    async def claimed_twice() -> str:
+        await store.init()
+        job = _job(record.id)
+        await store.insert_job(job, time.time())
+        await store.claim_next("a", time.time(), 0.01)
+        await asyncio.sleep(0.05)
+        await store.requeue_expired(time.time(), 3)  # runner "a" died
+        await store.claim_next("b", time.time(), 30)
+        return job.id
+
+    job_id = asyncio.run(claimed_twice())
+    with TestClient(create_api(settings, store)) as client:
+        shown = client.get(f"/v2/jobs/{job_id}", headers=bearer(key))
+    assert shown.status_code == 200 and shown.json()["attempts"] == 2
