@@ -312,13 +312,16 @@ def test_enhancement_datasets_are_named_by_job_id(deployed: Cluster, videos: str
     job = _enhance(deployed, f"{videos}/clip.mp4")
     job = _until_ended(deployed, job["id"], 180)
     assert job["status"] == "completed", job
+    # Ray Data files a dataset under the Ray job of the process that runs it: the
+    # runner replica's.
+    actors = _dashboard_json(deployed, "/api/v0/actors?limit=1000&detail=true")
+    listed = actors["data"]["result"]["result"]  # type: ignore[index]
+    ray_jobs = {a["job_id"] for a in listed if "runner" in (a.get("class_name") or "")}
     names: list[str] = []
-    jobs = _dashboard_json(deployed, "/api/jobs/")
-    for ray_job in jobs:  # type: ignore[attr-defined]
-        if ray_job.get("job_id"):
-            found = _dashboard_json(deployed, f"/api/data/datasets/{ray_job['job_id']}")
-            names += [d["dataset"] for d in found["datasets"]]  # type: ignore[index]
-    assert any(name.startswith(f"{job['id']}_") for name in names), names
+    for ray_job in ray_jobs:
+        found = _dashboard_json(deployed, f"/api/data/datasets/{ray_job}")
+        names += [d["dataset"] for d in found["datasets"]]  # type: ignore[index]
+    assert any(name.startswith(f"{job['id']}_") for name in names), (ray_jobs, names)
 
 
 def _enhance(cluster: Cluster, url: str) -> dict[str, object]:
