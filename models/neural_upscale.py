@@ -13,19 +13,19 @@ are tied back to the input's: the output, area-downscaled to the input's size, m
 input, blurred (σ 1.5 px) is the drift, which is upscaled and subtracted.  Detail above
 that band, which is what the model adds, is untouched.
 
-Noise-adaptive model choice: the pipeline measures the job's noise once and plans SPAN
-or the denoising model for the whole job (:mod:`pipelines.presets`); used on its own
-with ``noisy_model``, this operator makes the same choice per batch (``for_footage``).
-On real clips (``benchmarks/fidelity.py``) SPAN kept and
-sharpened the noise of noisy footage (bikes: 28.1 dB against 32.8 for waifu2x noise
-level 3), while on clean footage SPAN led by 0.3–0.5 dB.  Per 8-frame chunk, noisy
-degraded copies read σ 1.74–4.4 and clean ones 0.26–1.76 (carphone, bikes, Big Buck
-Bunny), so the classes touch; the costs are lopsided (a noisy chunk given SPAN lost
-~4 dB, a clean chunk given waifu2x ~0.4 dB and still beat Lanczos), hence a default
-threshold of 1.8, at the clean end.  Chroma noise is the second test, for chunks
-whose luma texture hides their noise: decoded as the pipeline decodes (12-frame
-chunks), clean footage (degraded copies and the originals) read 0.01–0.26 and noisy
-chunks 0.29–0.38, hence 0.28, again at the clean end.
+Noise-adaptive model choice is the planner's (:mod:`pipelines.presets`): it measures the
+job's noise once and plans SPAN or the denoising model for the whole job, so chunks
+never disagree at their seams. The thresholds it uses were measured with this operator:
+on real clips (``benchmarks/fidelity.py``) SPAN kept and sharpened the noise of noisy
+footage (bikes: 28.1 dB against 32.8 for waifu2x noise level 3), while on clean footage
+SPAN led by 0.3–0.5 dB. Per 8-frame chunk, noisy degraded copies read σ 1.74–4.4 and
+clean ones 0.26–1.76 (carphone, bikes, Big Buck Bunny), so the classes touch; the costs
+are lopsided (a noisy chunk given SPAN lost ~4 dB, a clean chunk given waifu2x ~0.4 dB
+and still beat Lanczos), hence a default threshold of 1.8, at the clean end. Chroma
+noise is the second test, for chunks whose luma texture hides their noise: decoded as
+the pipeline decodes (12-frame chunks), clean footage (degraded copies and the
+originals) read 0.01–0.26 and noisy chunks 0.29–0.38, hence 0.28, again at the clean
+end.
 """
 
 from __future__ import annotations
@@ -39,12 +39,6 @@ import torch
 import torch.nn.functional as F
 
 from models.ncnn_convert import load_ncnn_module
-from models.noise_estimate import (
-    NOISY_CHROMA_SIGMA,
-    NOISY_SIGMA,
-    estimate_chroma_noise,
-    estimate_noise,
-)
 from models.operator import check_frames
 from models.runtime import (
     ModelOptions,
@@ -67,9 +61,7 @@ class NeuralUpscale:
 
     def __init__(self, model: str, factor: int = 2, tile: int = 256, overlap: int = 16,
                  batch: int = 4, device: str | None = None, runtime: ModelRuntime = "auto",
-                 cache_dir: Path | None = None, anchor: bool = True,
-                 noisy_model: str | None = None, noisy_sigma: float = NOISY_SIGMA,
-                 noisy_chroma_sigma: float = NOISY_CHROMA_SIGMA) -> None:
+                 cache_dir: Path | None = None, anchor: bool = True) -> None:
         if factor not in (1, 2, 3, 4):
             raise ValueError(f"factor must be 1–4, got {factor}")
         if tile and tile < 2 * overlap:
@@ -78,12 +70,6 @@ class NeuralUpscale:
         self.model: SrModel = sr_model(model)
         self.scale = factor
         self.anchor = anchor
-        if noisy_model is not None:
-            sr_model(noisy_model)  # an unknown name fails here, not at the first noisy chunk
-        self.noisy_model, self.noisy_sigma = noisy_model, noisy_sigma
-        self.noisy_chroma_sigma = noisy_chroma_sigma
-        self._options = options
-        self._noisy: NeuralUpscale | None = None
         self.tile, self.overlap, self.batch = tile, overlap, max(1, batch)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
@@ -96,23 +82,6 @@ class NeuralUpscale:
     def __repr__(self) -> str:
         return (f"NeuralUpscale({self.model.name!r}, factor={self.scale}, device={self.device}, "
                 f"runtime={self.runtime_choice.runtime})")
-
-    def for_footage(self, frames: np.ndarray) -> NeuralUpscale | None:
-        """The upscaler for this chunk: the noisy model where its luma or chroma noise
-        reaches ``noisy_sigma`` or ``noisy_chroma_sigma``; None (nothing to do) for a
-        clean chunk at ×1 with a model that does not denoise."""
-        if self.noisy_model is not None and (
-                estimate_noise(frames) >= self.noisy_sigma
-                or estimate_chroma_noise(frames) >= self.noisy_chroma_sigma):
-            if self._noisy is None:
-                self._noisy = NeuralUpscale(
-                    self.noisy_model, self.scale, self.tile, self.overlap, self.batch,
-                    str(self.device), self._options.runtime, self._options.cache_dir,
-                    self.anchor)
-            return self._noisy
-        if self.scale == 1 and self.model.noise is None:
-            return None
-        return self
 
     def _runtime(self, options: ModelOptions) -> tuple[torch.nn.Module, RuntimeChoice]:
         cuda = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None

@@ -69,8 +69,7 @@ _NEURAL = frozenset({("interpolate", "rife"), ("upscale", "ncnn")})
 # Operators whose weights come from an optional package: why one can't run here.
 _MISSING: dict[tuple[str, str], Callable[..., str | None]] = {
     ("interpolate", "rife"): lambda **_: _rife_missing(),
-    ("upscale", "ncnn"): lambda model, noisy_model=None, **_: (
-        _sr_missing(model) or (_sr_missing(noisy_model) if noisy_model else None)),
+    ("upscale", "ncnn"): lambda model, **_: _sr_missing(model),
 }
 
 

@@ -83,9 +83,9 @@ def _codec(info: VideoInfo, request: EnhanceRequest, preset_codec: str) -> str:
     return "hevc"
 
 
-def plan_job(info: VideoInfo, request: EnhanceRequest, *, chunk_budget_bytes: int,
-             max_frames: int | None = None, parallelism: int = 1,
-             noise: NoiseLevel | None = None) -> JobPlan:
+def plan_job(info: VideoInfo, request: EnhanceRequest, *, noise: NoiseLevel,
+             chunk_budget_bytes: int, max_frames: int | None = None,
+             parallelism: int = 1) -> JobPlan:
     """Validate ``request`` against ``info`` and fix geometry, timing and chunks.
 
     Chunks are capped by ``chunk_budget_bytes`` of processed pixels and, for short
@@ -113,7 +113,7 @@ def plan_job(info: VideoInfo, request: EnhanceRequest, *, chunk_budget_bytes: in
     encoder = dataclasses.replace(
         preset.encoder, codec=_codec(info, request, preset.encoder.codec),
         crf=request.crf if request.crf is not None else preset.encoder.crf)
-    chain = tuple(resolve_chain(preset, factor, ratio, request.engine, noise))
+    chain = tuple(resolve_chain(preset, factor, ratio, request.engine, noise=noise))
     limit = max_frames or min(
         max_chunk_frames(width, height, ratio, chunk_budget_bytes),
         max(MIN_PARALLEL_CHUNK_FRAMES, math.ceil(info.frame_count / (2 * parallelism))))

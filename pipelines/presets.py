@@ -87,13 +87,14 @@ _RIFE = _spec("interpolate", engine="rife")
 _RIFE_ENSEMBLE = _spec("interpolate", engine="rife", ensemble=True)
 _SPAN_MODELS = {1: "span-x2", 2: "span-x2", 3: "span-x4", 4: "span-x4"}
 _SPAN = _spec("upscale", engine="ncnn", models=_SPAN_MODELS)
-# SPAN on clean chunks, waifu2x at noise level 3 on noisy ones (models.neural_upscale).
+# SPAN on clean jobs, waifu2x at noise level 3 on noisy ones (thresholds measured in
+# models.neural_upscale); decided once per job by _for_noise.
 _SPAN_OR_DENOISER = _spec("upscale", engine="ncnn", models=_SPAN_MODELS,
                           noisy_model="waifu2x-photo-noise3-x2")
 
 
 def _denoise(gain: float) -> OperatorSpec:
-    """NL-means at ``gain`` × each chunk's measured noise σ; none on clean chunks."""
+    """NL-means at ``gain`` × the job's measured noise σ; none on clean jobs."""
     return _spec("denoise", gain=gain)
 
 
@@ -117,12 +118,9 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
 })
 
 
-def _for_noise(spec: OperatorSpec, noise: NoiseLevel | None) -> OperatorSpec | None:
+def _for_noise(spec: OperatorSpec, noise: NoiseLevel) -> OperatorSpec | None:
     """``spec`` decided for the whole job's measured ``noise``: NL-means at its strength
-    or dropped, the upscaler's model fixed.  Without a measurement the operators decide
-    per chunk instead."""
-    if noise is None:
-        return spec
+    or dropped, the upscaler's model fixed.  The only place these choices are made."""
     params = dict(spec.params)
     if spec.kind == "denoise" and "gain" in params:
         if noise.luma < MIN_SIGMA:
@@ -137,7 +135,7 @@ def _for_noise(spec: OperatorSpec, noise: NoiseLevel | None) -> OperatorSpec | N
 
 
 def _concrete(spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction,
-              noise: NoiseLevel | None = None) -> OperatorSpec | None:
+              noise: NoiseLevel) -> OperatorSpec | None:
     """``spec`` with the request's parameters, or None where it would be a no-op."""
     if spec.kind == "interpolate" and frame_ratio == 1:
         return None
@@ -149,10 +147,8 @@ def _concrete(spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction,
         models = params.pop("models", None)
         if models is not None:
             params["model"] = models[upscale_factor]
-        # A model that denoises is worth running even at ×1 (it is scaled back down);
-        # so is a noise-adaptive upscaler (it skips clean chunks there).
-        denoises = "noisy_model" in params or (
-            "model" in params and sr_model(params["model"]).noise is not None)
+        # A model that denoises is worth running even at ×1 (it is scaled back down).
+        denoises = "model" in params and sr_model(params["model"]).noise is not None
         if upscale_factor == 1 and not denoises:
             return None
         params["factor"] = upscale_factor
@@ -160,9 +156,9 @@ def _concrete(spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction,
 
 
 def resolve_chain(preset: Preset, upscale_factor: int, frame_ratio: Fraction,
-                  engine: str = "neural", noise: NoiseLevel | None = None
-                  ) -> list[OperatorSpec]:
-    """The chain ``engine`` selects, with per-request parameters and no no-op stages.
+                  engine: str = "neural", *, noise: NoiseLevel) -> list[OperatorSpec]:
+    """The chain ``engine`` selects, with per-request parameters, the job's measured
+    ``noise`` deciding denoise and model (:func:`_for_noise`), and no no-op stages.
 
     ``"neural"`` falls back to the classical chain, logging why, when one of its
     models can't run here.

@@ -195,15 +195,6 @@ class OperatorStage:
         frames = _one(batch, "frames")
         report = WorkReport(self._signal, self._stage)
         operator = self._operator
-        adapt = getattr(operator, "for_footage", None)
-        if adapt is not None:
-            # Footage-adaptive operators (denoise) are sized once per chunk, or skipped.
-            operator = adapt(frames)
-            log.debug("chunk %s: %r", _one(batch, "index"), operator)
-            if operator is None:
-                report(_own_frames(batch))
-                report.flush()
-                return batch
         # Deep (10-bit) inputs travel as uint16; operators that work in 8 bits get them
         # rounded, and their output is widened back (so the output stays 10-bit).
         narrow = frames.dtype == np.uint16 and not getattr(operator, "accepts_uint16", False)

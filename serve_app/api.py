@@ -45,17 +45,26 @@ from serve_app.errors import (
     ServiceUnavailableError,
 )
 from serve_app.job_intake import active_key, submit_job
+from serve_app.keys import rotate_webhook_secret
 from serve_app.metrics import count_rate_limited
 from serve_app.openapi import openapi_document
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.records import (
+    ApiKeyRecord,
+    DeliveryStatus,
+    JobRecord,
+    JobStatus,
+    job_id_for_event,
+)
 from serve_app.schemas import (
-    DeliveryAttempt,
+    DeliveryPage,
     Download,
     EnhanceBody,
     EventList,
     Job,
     JobList,
-    WebhookEvent,
+    RotatedSecret,
+    event_from_record,
+    iso_time,
     job_from_record,
 )
 from serve_app.settings import Settings
@@ -68,6 +77,8 @@ from serve_app.storage import (
     open_storage,
 )
 from serve_app.store import JobStore, StoreUnavailable, open_store
+from serve_app.uploads import UploadRoutes, drop_job_upload, tus_error_headers
+from serve_app.uploads_storage import UploadStorage, open_upload_storage
 
 __all__ = ["create_api"]
 
@@ -162,16 +173,19 @@ def _error_response(request: Request, error: ApiError) -> JSONResponse:
         headers["WWW-Authenticate"] = 'Bearer realm="retroiva"'
     if isinstance(error, RangeNotSatisfiableError):
         headers["Content-Range"] = f"bytes */{error.size}"
+    headers.update(tus_error_headers(error))
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 class Api:
     """Route handlers over a job store; one instance per process (per Serve replica)."""
 
-    def __init__(self, settings: Settings, store: JobStore, storage: OutputStorage) -> None:
+    def __init__(self, settings: Settings, store: JobStore, storage: OutputStorage,
+                 uploads: UploadStorage | None = None) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
+        self.uploads = UploadRoutes(self, uploads or open_upload_storage(settings))
         self._ready = False
         self._init_lock = asyncio.Lock()
         self._init_retry_at = 0.0
@@ -309,6 +323,8 @@ class Api:
         job = await self._own_job(request, key)
         if not job.status.is_terminal:
             job = await (await self._store()).request_cancel(job.id, time.time()) or job
+            if job.status.is_terminal:  # canceled while queued: no runner will see it
+                await drop_job_upload(await self._store(), self.uploads.storage, job)
         return self._json(request, await self._job_object(request, job))
 
     async def download(self, request: Request) -> Response:
@@ -351,16 +367,61 @@ class Api:
         events = []
         if job.webhook_status is not None and job.webhook_url and job.event_type:
             attempts = await (await self._store()).webhook_attempts(job.id)
-            events.append(WebhookEvent(
-                id=job.event_id, type=job.event_type,
-                created_at=math.floor(job.completed_at or job.created_at),
-                url=job.webhook_url, status=job.webhook_status,  # type: ignore[arg-type]
-                next_attempt_at=None if job.webhook_next_at is None
-                else math.ceil(job.webhook_next_at),
-                attempts=[DeliveryAttempt(number=a.number, at=math.floor(a.at),
-                                          status_code=a.status_code, error=a.error,
-                                          duration_ms=a.duration_ms) for a in attempts]))
+            events.append(event_from_record(job, attempts))
         return self._json(request, EventList(data=events))
+
+    async def redeliver(self, request: Request) -> Response:
+        """Send a delivered or failed event again, same event id, fresh retries."""
+        key = await self.authenticate(request)
+        job = await self._own_job(request, key)
+        event_id = request.path_params["event_id"]
+        if job.webhook_status is None or not job.webhook_url or not job.event_type \
+                or event_id != job.event_id:
+            raise NotFoundError(f"no such event: {event_id}", param="event_id")
+        store = await self._store()
+        updated = await store.redeliver_webhook(job.id, time.time())
+        if updated is None:
+            raise ConflictError(f"event {event_id} is still being delivered; redeliver it "
+                                "once it is delivered or failed")
+        event = event_from_record(updated, await store.webhook_attempts(job.id))
+        return self._json(request, event, status=202)
+
+    async def webhook_deliveries(self, request: Request) -> Response:
+        """This key's events by delivery status (default failed), newest first."""
+        key = await self.authenticate(request)
+        limit = _small_int(request.query_params.get("limit", "20"), 3)
+        if limit is None or not 1 <= limit <= 100:
+            raise InvalidRequestError("limit must be an integer from 1 to 100", param="limit")
+        status = request.query_params.get("status", DeliveryStatus.FAILED)
+        if status not in set(DeliveryStatus):
+            raise InvalidRequestError("status must be one of pending, delivered, failed",
+                                      param="status")
+        cursor = request.query_params.get("starting_after")
+        store = await self._store()
+        if cursor is not None:
+            cursor = job_id_for_event(cursor) if cursor.startswith("evt_") else cursor
+            anchor = await store.get_job(cursor)
+            if anchor is None or anchor.key_id != key.id or anchor.webhook_status is None:
+                raise InvalidRequestError(f"no such event: "
+                                          f"{request.query_params['starting_after']}",
+                                          param="starting_after")
+        jobs, has_more = await store.list_webhook_events(key.id, status, limit, cursor)
+        events = [event_from_record(j, await store.webhook_attempts(j.id)) for j in jobs]
+        return self._json(request, DeliveryPage(
+            data=events, has_more=has_more, next_cursor=events[-1].id if has_more else None))
+
+    async def rotate_secret(self, request: Request) -> Response:
+        """A new webhook secret for the calling key, shown once; the old one keeps
+        signing (webhook-signature) for the overlap."""
+        key = await self.authenticate(request)
+        rotated = await rotate_webhook_secret(await self._store(), key.id, time.time(),
+                                              self.settings.webhook_secret_overlap_seconds)
+        if rotated is None:  # the key was deleted between authentication and now
+            raise NotFoundError("no such API key")
+        secret, until = rotated
+        return self._json(request, RotatedSecret(webhook_secret=secret,
+                                                 previous_valid_until=iso_time(until)),
+                          extra={"Cache-Control": "no-store"})
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -376,9 +437,12 @@ class Api:
 
 
 def create_api(settings: Settings, store: JobStore | None = None,
-               storage: OutputStorage | None = None) -> ASGIApp:
-    """The ASGI app; ``store`` and ``storage`` default to the ones the settings name."""
-    api = Api(settings, store or open_store(settings), storage or open_storage(settings))
+               storage: OutputStorage | None = None,
+               uploads: UploadStorage | None = None) -> ASGIApp:
+    """The ASGI app; ``store``, ``storage`` and ``uploads`` default to the ones the
+    settings name."""
+    api = Api(settings, store or open_store(settings), storage or open_storage(settings),
+              uploads)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -413,7 +477,17 @@ def create_api(settings: Settings, store: JobStore | None = None,
             Route("/v2/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"]),
             Route("/v2/jobs/{job_id}/download", api.download, methods=["GET"]),
             Route("/v2/jobs/{job_id}/events", api.events, methods=["GET"]),
+            Route("/v2/jobs/{job_id}/events/{event_id}/redeliver", api.redeliver,
+                  methods=["POST"]),
+            Route("/v2/webhook_deliveries", api.webhook_deliveries, methods=["GET"]),
+            Route("/v2/webhook_secret/rotate", api.rotate_secret, methods=["POST"]),
             Route("/v2/files/{key}", api.file, methods=["GET", "HEAD"]),
+            Route("/v2/uploads", api.uploads.options, methods=["OPTIONS"]),
+            Route("/v2/uploads", api.uploads.create, methods=["POST"]),
+            Route("/v2/uploads/{upload_id}", api.uploads.head, methods=["HEAD"]),
+            Route("/v2/uploads/{upload_id}", api.uploads.get, methods=["GET"]),
+            Route("/v2/uploads/{upload_id}", api.uploads.patch, methods=["PATCH"]),
+            Route("/v2/uploads/{upload_id}", api.uploads.delete, methods=["DELETE"]),
             Route("/v2/openapi.json", api.openapi, methods=["GET"]),
             Route("/healthz", api.health, methods=["GET"]),
             Route("/readyz", api.ready, methods=["GET"]),

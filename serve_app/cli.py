@@ -22,7 +22,7 @@ from pipelines.errors import PipelineError
 from pipelines.job_plan import EnhanceRequest
 from pipelines.presets import ENGINES, PRESETS
 from pipelines.progress import Progress
-from serve_app.keys import new_api_key, new_webhook_secret
+from serve_app.keys import new_api_key, rotate_webhook_secret
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
 from serve_app.settings import Settings
 from serve_app.store import AmbiguousKey, JobStore
@@ -285,16 +285,22 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help=_KEY_REF_HELP)]) -> N
 @keys_app.command("rotate-webhook-secret")
 def keys_rotate_webhook_secret(
     key_id: Annotated[str, typer.Argument(help=_KEY_REF_HELP)]) -> None:
-    """Give a key a new webhook secret and print it once."""
-    secret = new_webhook_secret()
+    """Give a key a new webhook secret and print it once; the previous one keeps
+    signing for RETROIVA_WEBHOOK_SECRET_OVERLAP_SECONDS (the API's rotation, same code)."""
+    settings = Settings()
     try:
-        rotated = _store_call(lambda store: store.set_webhook_secret(key_id, secret))
+        rotated = _store_call(lambda store: rotate_webhook_secret(
+            store, key_id, time.time(), settings.webhook_secret_overlap_seconds),
+            settings=settings)
     except AmbiguousKey as exc:
         raise _refuse_ambiguous(exc) from None
-    if not rotated:
+    if rotated is None:
         typer.echo(f"no key {key_id!r}", err=True)
         raise typer.Exit(code=1)
+    secret, until = rotated
     typer.echo(f"new webhook secret for {key_id}: {secret}")
+    typer.echo(f"the previous secret also signs deliveries (webhook-signature) until "
+               f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))}")
 
 
 @keys_app.command("set-limits")

@@ -18,6 +18,17 @@ from typing import Any
 Doc = dict[str, Any]
 Sort = list[tuple[str, int]]
 
+# The server's clock in epoch seconds.  Leases are written and compared by the server,
+# not by each runner's clock: runners on different hosts drift apart, and a runner
+# whose clock runs ahead would see every other runner's lease as expired (issue 21
+# item 9).  A query given ``now=None`` uses it; an explicit ``now`` is for tests that
+# replay time, and for the SQLite backend's single host.
+SERVER_NOW: Doc = {"$divide": [{"$toLong": "$$NOW"}, 1000]}
+
+
+def _at(now: float | None) -> Any:
+    return SERVER_NOW if now is None else now
+
 __all__ = [
     "CLAIM_SORT",
     "INDEXES",
@@ -29,6 +40,7 @@ __all__ = [
     "count_by_status_filter",
     "counter_expiry",
     "due_webhooks_filter",
+    "events_page_filter",
     "expired_filter",
     "expired_outputs_filter",
     "finish_filter",
@@ -42,7 +54,11 @@ __all__ = [
     "queued_keys_pipeline",
     "queued_of_key_filter",
     "rate_counter_update",
+    "redeliver_filter",
+    "redeliver_update",
+    "renew_update",
     "requeue_update",
+    "rotate_secret_update",
     "running_counts_pipeline",
     "webhook_attempt_filter",
     "webhook_attempt_update",
@@ -66,6 +82,10 @@ INDEXES: list[tuple[str, Sort, Doc]] = [
     ("api_keys", [("prefix", 1)], {}),
     ("rate_counters", [("expires_at", 1)], {"expireAfterSeconds": 0}),
     ("webhook_attempts", [("job_id", 1), ("number", 1)], {}),
+    ("jobs", [("status", 1), ("deadline_at", 1)], {}),
+    ("uploads", [("job_id", 1), ("expires_at", 1)], {}),
+    # A key's events by delivery status (GET /v2/webhook_deliveries), newest first.
+    ("jobs", [("key_id", 1), ("webhook_status", 1), ("created_seq", -1), ("_id", -1)], {}),
 ]
 
 CLAIM_SORT: Sort = [("created_seq", 1), ("_id", 1)]
@@ -95,15 +115,27 @@ def count_by_status_filter(status: str) -> Doc:
     return {"status": status}
 
 
-def claim_update(owner: str, now: float, lease_seconds: float) -> list[Doc]:
+def _lease_end(now: float | None, lease_seconds: float) -> Any:
+    return {"$add": [SERVER_NOW, lease_seconds]} if now is None else now + lease_seconds
+
+
+def claim_update(owner: str, now: float | None, lease_seconds: float) -> list[Doc]:
     """Pipeline update, so ``started_at`` is set only on the first claim."""
     return [{"$set": {
         "status": "processing",
         "lease_owner": owner,
-        "lease_expires_at": now + lease_seconds,
+        "lease_expires_at": _lease_end(now, lease_seconds),
         "attempts": {"$add": ["$attempts", 1]},
-        "started_at": {"$ifNull": ["$started_at", now]},
+        "started_at": {"$ifNull": ["$started_at", _at(now)]},
     }}]
+
+
+def renew_update(now: float | None, lease_seconds: float, progress: float,
+                 eta_seconds: float | None, phase: str | None) -> list[Doc]:
+    """Pipeline update, so the new lease end can be the server's clock plus the lease."""
+    return [{"$set": {"lease_expires_at": _lease_end(now, lease_seconds),
+                      **_literal({"progress": progress, "eta_seconds": eta_seconds,
+                                  "phase": phase})}}]
 
 
 def lease_filter(job_id: str, owner: str) -> Doc:
@@ -231,8 +263,13 @@ def key_reference_filter(reference: str) -> Doc:
     return {"$or": [{"_id": starts}, {"prefix": starts}]}
 
 
-def expired_filter(now: float) -> Doc:
-    return {"status": "processing", "lease_expires_at": {"$lt": now}}
+def expired_filter(now: float | None) -> Doc:
+    if now is not None:
+        return {"status": "processing", "lease_expires_at": {"$lt": now}}
+    # $expr compares with the server's clock; the $type range keeps the index scan on
+    # (status, lease_expires_at) and excludes null, which $lt in $expr would count as less.
+    return {"status": "processing", "lease_expires_at": {"$type": "number"},
+            "$expr": {"$lt": ["$lease_expires_at", SERVER_NOW]}}
 
 
 def idempotency_filter(key_id: str, idempotency_key: str) -> Doc:
@@ -248,6 +285,30 @@ def jobs_page_filter(key_id: str, cursor: tuple[int, str] | None) -> Doc:
                                       {"created_seq": seq, "_id": {"$lt": job_id}}]}
 
 
+def events_page_filter(key_id: str, status: str, cursor: tuple[int, str] | None) -> Doc:
+    """The key's jobs whose event has ``status``, strictly older than the cursor."""
+    return {**jobs_page_filter(key_id, cursor), "webhook_status": status}
+
+
+def rotate_secret_update(secret: str, previous_valid_until: float) -> list[Doc]:
+    """The current secret becomes the previous one; one ``$set`` stage reads the
+    document as it was, so ``$webhook_secret`` is the old value."""
+    return [{"$set": {"previous_webhook_secret": "$webhook_secret",
+                      "previous_secret_expires_at": {"$literal": previous_valid_until},
+                      "webhook_secret": {"$literal": secret}}}]
+
+
+def redeliver_filter(job_id: str) -> Doc:
+    return {"_id": job_id, "webhook_status": {"$in": ["delivered", "failed"]}}
+
+
+def redeliver_update(now: float) -> list[Doc]:
+    """Pending again, due now, retries counted from the attempts made so far."""
+    return [{"$set": {"webhook_status": {"$literal": "pending"},
+                      "webhook_next_at": {"$literal": now},
+                      "webhook_round_start": "$webhook_attempts"}}]
+
+
 def rate_counter_update() -> Doc:
     return {"$inc": {"count": 1}}
 
@@ -257,3 +318,38 @@ def rate_counter_update() -> Doc:
 def expired_outputs_filter(completed_before: float) -> Doc:
     return {"status": "completed", "output_path": {"$ne": None},
             "completed_at": {"$lt": completed_before}}
+
+
+def overdue_filter(now: float) -> Doc:
+    return {"status": "queued", "deadline_at": {"$ne": None, "$lte": now}}
+
+
+def overdue_update(now: float) -> list[Doc]:
+    """Queued past its cancel_after deadline → canceled (deadline_exceeded), with its
+    webhook event."""
+    message = "the job's cancel_after deadline passed before it started"
+    return [{"$set": {**_literal({"status": "canceled", "completed_at": now,
+                                  "error_type": "deadline_exceeded",
+                                  "error_message": message}), **outbox(now)}}]
+
+
+def advance_upload_filter(upload_id: str, expected_offset: int, new_offset: int) -> Doc:
+    """The upload at ``expected_offset``, untaken, with room for ``new_offset``."""
+    return {"_id": upload_id, "offset": expected_offset, "job_id": None,
+            "size": {"$gte": new_offset}}
+
+
+def claim_upload_filter(upload_id: str, now: float) -> Doc:
+    """A complete, unexpired upload no job has taken."""
+    return {"_id": upload_id, "job_id": None, "expires_at": {"$gt": now},
+            "$expr": {"$eq": ["$offset", "$size"]}}
+
+
+def ended_job_uploads_pipeline(limit: int) -> list[Doc]:
+    """Uploads whose job has ended or is gone."""
+    return [{"$match": {"job_id": {"$ne": None}}},
+            {"$lookup": {"from": "jobs", "localField": "job_id", "foreignField": "_id",
+                         "as": "job"}},
+            {"$match": {"$or": [{"job": {"$size": 0}}, {"job.status": {
+                "$in": ["completed", "failed", "canceled"]}}]}},
+            {"$project": {"job": 0}}, {"$limit": limit}]

@@ -30,7 +30,7 @@ from pymongo.errors import (
 )
 
 from serve_app import mongo_queries as q
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
 from serve_app.store import (
     IDEMPOTENCY_WINDOW_SECONDS,
     AmbiguousKey,
@@ -88,7 +88,14 @@ def _key(doc: dict[str, Any] | None) -> ApiKeyRecord | None:
     return ApiKeyRecord(id=doc["_id"], **values)
 
 
-def _doc(record: JobRecord | ApiKeyRecord) -> dict[str, Any]:
+def _upload(doc: dict[str, Any] | None) -> UploadRecord | None:
+    if doc is None:
+        return None
+    values = {k: v for k, v in doc.items() if k != "_id"}
+    return UploadRecord(id=doc["_id"], **values)
+
+
+def _doc(record: JobRecord | ApiKeyRecord | UploadRecord) -> dict[str, Any]:
     values = dataclasses.asdict(record)
     values["_id"] = values.pop("id")
     if isinstance(record, JobRecord):
@@ -99,8 +106,12 @@ def _doc(record: JobRecord | ApiKeyRecord) -> dict[str, Any]:
 class MongoStore:
     """:class:`~serve_app.store.JobStore` on MongoDB."""
 
-    def __init__(self, uri: str, database: str, timeout: float = 1.5) -> None:
+    def __init__(self, uri: str, database: str, timeout: float = 1.5, *,
+                 server_clock: bool = True) -> None:
         millis = round(timeout * 1000)
+        # Leases on the server's clock (see mongo_queries.SERVER_NOW); False makes the
+        # store honour the callers' ``now``, for tests that replay time.
+        self._server_clock = server_clock
         # connect=False: the client connects on first use, so building the store (in
         # every Serve replica) never waits on, or fails for, an unreachable server.
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -115,9 +126,14 @@ class MongoStore:
         self._counters = self._db["rate_counters"]
         self._attempts = self._db["webhook_attempts"]
         self._turns = self._db["key_turns"]
+        self._uploads = self._db["uploads"]
 
     def __repr__(self) -> str:
         return f"MongoStore(database={self._db.name!r})"
+
+    def _lease_now(self, now: float) -> float | None:
+        """The time leases are written and compared with: None means the server's."""
+        return None if self._server_clock else now
 
     @_translated
     async def init(self) -> None:
@@ -186,6 +202,16 @@ class MongoStore:
             return False
         result = await self._keys.update_one({"_id": key.id},
                                              {"$set": {"webhook_secret": secret}})
+        return result.matched_count > 0
+
+    @_translated
+    async def rotate_webhook_secret(self, key_id: str, secret: str,
+                                    previous_valid_until: float) -> bool:
+        key = await self._resolve(key_id)
+        if key is None:
+            return False
+        result = await self._keys.update_one(
+            {"_id": key.id}, q.rotate_secret_update(secret, previous_valid_until))
         return result.matched_count > 0
 
     @_translated
@@ -300,7 +326,8 @@ class MongoStore:
             if limit is not None and running.get(key_id, 0) >= limit:
                 continue
             doc = await self._jobs.find_one_and_update(
-                q.queued_of_key_filter(key_id), q.claim_update(owner, now, lease_seconds),
+                q.queued_of_key_filter(key_id),
+                q.claim_update(owner, self._lease_now(now), lease_seconds),
                 sort=q.CLAIM_SORT, return_document=ReturnDocument.AFTER)
             if doc is None:  # another runner took that key's last queued job
                 continue
@@ -315,8 +342,7 @@ class MongoStore:
                           phase: str | None = None) -> JobRecord | None:
         return _job(await self._jobs.find_one_and_update(
             q.lease_filter(job_id, owner),
-            {"$set": {"lease_expires_at": now + lease_seconds, "progress": progress,
-                      "eta_seconds": eta_seconds, "phase": phase}},
+            q.renew_update(self._lease_now(now), lease_seconds, progress, eta_seconds, phase),
             return_document=ReturnDocument.AFTER))
 
     @_translated
@@ -337,7 +363,7 @@ class MongoStore:
 
     @_translated
     async def requeue_expired(self, now: float, max_attempts: int) -> int:
-        result = await self._jobs.update_many(q.expired_filter(now),
+        result = await self._jobs.update_many(q.expired_filter(self._lease_now(now)),
                                               q.requeue_update(now, max_attempts))
         return result.modified_count
 
@@ -402,3 +428,74 @@ class MongoStore:
         docs = self._attempts.find({"job_id": job_id}).sort("number", 1)
         return [WebhookAttempt(**{k: v for k, v in d.items() if k != "_id"})
                 async for d in docs]
+
+    @_translated
+    async def redeliver_webhook(self, job_id: str, now: float) -> JobRecord | None:
+        return _job(await self._jobs.find_one_and_update(
+            q.redeliver_filter(job_id), q.redeliver_update(now),
+            return_document=ReturnDocument.AFTER))
+
+    @_translated
+    async def list_webhook_events(self, key_id: str, status: str, limit: int,
+                                  starting_after: str | None
+                                  ) -> tuple[list[JobRecord], bool]:
+        cursor = None
+        if starting_after is not None:
+            anchor = await self._jobs.find_one({"_id": starting_after, "key_id": key_id})
+            if anchor is None:
+                return [], False
+            cursor = (anchor["created_seq"], anchor["_id"])
+        docs = self._jobs.find(q.events_page_filter(key_id, status, cursor)).sort(
+            q.PAGE_SORT).limit(limit + 1)
+        jobs = [j for j in [_job(d) async for d in docs] if j is not None]
+        return jobs[:limit], len(jobs) > limit
+
+    # Deadlines
+    @_translated
+    async def cancel_overdue(self, now: float) -> int:
+        result = await self._jobs.update_many(q.overdue_filter(now), q.overdue_update(now))
+        return result.modified_count
+
+    # Uploads
+    @_translated
+    async def insert_upload(self, upload: UploadRecord) -> None:
+        await self._uploads.insert_one(_doc(upload))
+
+    @_translated
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        return _upload(await self._uploads.find_one({"_id": upload_id}))
+
+    @_translated
+    async def advance_upload(self, upload_id: str, expected_offset: int, new_offset: int
+                             ) -> UploadRecord | None:
+        if new_offset < expected_offset:
+            return None
+        return _upload(await self._uploads.find_one_and_update(
+            q.advance_upload_filter(upload_id, expected_offset, new_offset),
+            {"$set": {"offset": new_offset}}, return_document=ReturnDocument.AFTER))
+
+    @_translated
+    async def claim_upload(self, upload_id: str, job_id: str, now: float) -> bool:
+        result = await self._uploads.update_one(q.claim_upload_filter(upload_id, now),
+                                                {"$set": {"job_id": job_id}})
+        return result.modified_count > 0
+
+    @_translated
+    async def release_upload(self, upload_id: str, job_id: str) -> None:
+        await self._uploads.update_one({"_id": upload_id, "job_id": job_id},
+                                       {"$set": {"job_id": None}})
+
+    @_translated
+    async def delete_upload(self, upload_id: str) -> None:
+        await self._uploads.delete_one({"_id": upload_id})
+
+    @_translated
+    async def expired_uploads(self, now: float, limit: int) -> list[UploadRecord]:
+        docs = self._uploads.find({"job_id": None, "expires_at": {"$lte": now}}).sort(
+            "expires_at", 1).limit(limit)
+        return [u for u in [_upload(d) async for d in docs] if u is not None]
+
+    @_translated
+    async def uploads_of_ended_jobs(self, limit: int) -> list[UploadRecord]:
+        docs = await self._uploads.aggregate(q.ended_job_uploads_pipeline(limit))
+        return [u for u in [_upload(d) async for d in docs] if u is not None]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["EVENT_TYPES", "ApiKeyRecord", "JobRecord", "JobStatus", "WebhookAttempt",
-           "event_id_for"]
+__all__ = ["EVENT_TYPES", "ApiKeyRecord", "DeliveryStatus", "JobRecord", "JobStatus",
+           "UploadRecord", "UploadStatus", "WebhookAttempt", "event_id_for",
+           "job_id_for_event"]
 
 
 class JobStatus(StrEnum):
@@ -21,6 +22,14 @@ class JobStatus(StrEnum):
         return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
 
 
+class DeliveryStatus(StrEnum):
+    """A webhook event's delivery state (``JobRecord.webhook_status``)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class ApiKeyRecord:
     id: str
@@ -33,6 +42,10 @@ class ApiKeyRecord:
     revoked_at: float | None = None
     max_queued: int | None = None  # overrides Settings.max_queued_per_key
     max_running: int | None = None  # overrides Settings.max_running_per_key
+    # After a rotation the replaced secret still signs deliveries (Standard Webhooks
+    # signatures only) until previous_secret_expires_at, so receivers can switch over.
+    previous_webhook_secret: str | None = field(default=None, repr=False)
+    previous_secret_expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,8 +78,12 @@ class JobRecord:
     webhook_attempts: int = 0
     webhook_next_at: float | None = None
     webhook_body: str | None = None  # frozen at the first attempt: retries send the same
+    # Attempts made before the latest redelivery: its retries count from here.
+    webhook_round_start: int = 0
     engine: str = "neural"  # "neural" or "classical": which preset chain runs
     phase: str | None = None  # while processing: fetching, processing, assembling, uploading
+    upload_id: str | None = None  # the input is this upload's bytes, not input_url's
+    deadline_at: float | None = None  # cancel_after: canceled (deadline_exceeded) past it
 
     @property
     def event_id(self) -> str:
@@ -86,6 +103,11 @@ def event_id_for(job_id: str) -> str:
     return "evt_" + job_id.removeprefix("job_")
 
 
+def job_id_for_event(event_id: str) -> str:
+    """The job whose event ``event_id`` is (the inverse of :func:`event_id_for`)."""
+    return "job_" + event_id.removeprefix("evt_")
+
+
 @dataclass(frozen=True)
 class WebhookAttempt:
     job_id: str
@@ -94,3 +116,33 @@ class WebhookAttempt:
     status_code: int | None
     error: str | None
     duration_ms: int
+    redelivery: bool = False  # made for a redelivery asked through the API
+
+
+class UploadStatus(StrEnum):
+    PENDING = "pending"  # bytes still missing
+    COMPLETE = "complete"  # every byte received; ready for one job
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """A resumable upload (tus): its metadata; the bytes are in upload storage.
+
+    ``offset`` only ever moves forward, by a compare-and-set in the store, so every
+    replica agrees on it.  ``job_id`` is set once, by the job that consumes the upload;
+    the upload (bytes and record) is deleted when that job ends, or at ``expires_at``
+    if no job took it.
+    """
+
+    id: str
+    key_id: str
+    size: int
+    offset: int
+    created_at: float
+    expires_at: float
+    filename: str | None = None
+    job_id: str | None = None
+
+    @property
+    def status(self) -> UploadStatus:
+        return UploadStatus.COMPLETE if self.offset >= self.size else UploadStatus.PENDING

@@ -52,6 +52,8 @@ from serve_app.schemas import Job, job_from_record
 from serve_app.settings import Settings
 from serve_app.storage import OutputStorage, download_link, open_storage
 from serve_app.store import JobStore, StoreUnavailable, open_store
+from serve_app.uploads import drop_job_upload, sweep_uploads
+from serve_app.uploads_storage import UploadStorage, open_upload_storage
 from serve_app.webhooks import WebhookDispatcher
 
 __all__ = ["JobRunner", "fetch_input", "pipeline_config", "process_job"]
@@ -119,6 +121,7 @@ class _Running:
     lease_lost: bool = False
     lease_until: float = 0.0  # when the last renewal's lease ends (this host's clock)
     key_revoked: bool = False
+    deadline_exceeded: bool = False
 
 
 class JobRunner:
@@ -137,10 +140,12 @@ class JobRunner:
 
     def __init__(self, store: JobStore, settings: Settings, *,
                  process: ProcessJob = process_job, fetch: FetchInput | None = None,
-                 owner: str | None = None, storage: OutputStorage | None = None) -> None:
+                 owner: str | None = None, storage: OutputStorage | None = None,
+                 uploads: UploadStorage | None = None) -> None:
         self.store = store
         self.settings = settings
         self.storage = storage or open_storage(settings)
+        self.uploads = uploads or open_upload_storage(settings)
         self.webhooks = WebhookDispatcher(store, settings, self._job_object)
         self._next_reap = 0.0
         self._next_gauges = 0.0
@@ -212,7 +217,11 @@ class JobRunner:
     async def tick(self) -> None:
         """Recover and clean up after dead runners, reap old outputs, claim new jobs."""
         await self.store.requeue_expired(time.time(), self.settings.max_attempts)
+        overdue = await self.store.cancel_overdue(time.time())
         await self.webhooks.tick()
+        if overdue or time.monotonic() >= self._next_reap:
+            # Canceled past their deadline while queued: their uploads go now.
+            await sweep_uploads(self.store, self.uploads, time.time())
         if time.monotonic() >= self._next_reap:
             self._next_reap = time.monotonic() + self.settings.reap_interval_seconds
             await self.reap()
@@ -347,6 +356,15 @@ class JobRunner:
             except Exception as exc:  # a store outage: the heartbeat deals with those
                 log.debug("could not check the key of %s: %s", job.id, exc)
 
+    @staticmethod
+    async def _watch_deadline(job: JobRecord, state: _Running) -> None:
+        """Cancel the job when its ``cancel_after`` deadline passes."""
+        assert job.deadline_at is not None
+        await asyncio.sleep(max(0.0, job.deadline_at - time.time()))
+        if not state.cancel.canceled:
+            state.deadline_exceeded = True
+            state.cancel.cancel()
+
     async def _take_slot(self, cancel: CancelToken) -> None:
         """Wait for a processing slot, in claim order; stop waiting if canceled."""
         acquire = asyncio.ensure_future(self._slots.acquire())
@@ -395,6 +413,8 @@ class JobRunner:
 
         heartbeat = asyncio.create_task(self._heartbeat(job, state))
         key_watch = asyncio.create_task(self._watch_key(job, state))
+        deadline = None if job.deadline_at is None else \
+            asyncio.create_task(self._watch_deadline(job, state))
         try:
             status, outcome = await self._run_pipeline(job, state, on_progress)
             # The heartbeat goes on while the end is recorded: a store outage right now
@@ -404,6 +424,15 @@ class JobRunner:
         finally:
             heartbeat.cancel()  # however this ends, even cancelled by a stopping runner
             key_watch.cancel()
+            if deadline is not None:
+                deadline.cancel()
+        if finished:
+            # Zero retention: the job has ended, so its upload goes (a job whose lease
+            # was lost is another runner's to finish, and its upload with it).
+            try:
+                await drop_job_upload(self.store, self.uploads, job)
+            except Exception as exc:  # the sweep in tick() retries it
+                log.warning("could not delete the upload of %s yet: %s", job.id, exc)
         if not finished:
             log.warning("job %s: lost the lease; leaving it to its new owner", job.id)
             if "output_path" in outcome:
@@ -428,7 +457,12 @@ class JobRunner:
             with contextlib.suppress(StoreUnavailable):  # the key watch checks again
                 await self._check_key(job, state)
             state.cancel.raise_if_canceled()
-            if self._fetch is not None:
+            if job.upload_id is not None:  # the input is already here: no fetch
+                scratch = self.settings.scratch_dir / job.id
+                await asyncio.to_thread(private_dir, scratch)
+                await asyncio.to_thread(self.uploads.materialize, job.upload_id,
+                                        scratch / "input")
+            elif self._fetch is not None:
                 self._fetching[job.id] = time.monotonic()
                 try:
                     await self._fetch(job, self.settings, state.cancel)
@@ -451,6 +485,11 @@ class JobRunner:
             if state.key_revoked:
                 outcome.update(error_type="key_revoked",
                                error_message="the job's API key was revoked")
+            elif state.deadline_exceeded:
+                seconds = (job.deadline_at or job.created_at) - job.created_at
+                outcome.update(error_type="deadline_exceeded",
+                               error_message=f"the job ran past its cancel_after "
+                               f"deadline ({seconds:.0f} s after creation)")
         except (PipelineError, FetchError) as exc:
             status = JobStatus.FAILED
             outcome.update(error_type=exc.type, error_message=str(exc))

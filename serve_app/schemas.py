@@ -1,20 +1,35 @@
 """The v2 API's request and response shapes: the single source of the OpenAPI document.
 
-Timestamps are integer Unix seconds (UTC), as in the reference's job object.
+Timestamps are integer Unix seconds (UTC), as in the reference's job object; the
+webhook additions of issue 17 (``deliveries``, secret rotation) use ISO 8601 (UTC, ``Z``)
+as the contract between this session's clients fixes them.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from serve_app.records import JobRecord, JobStatus
+from serve_app.records import (
+    DeliveryStatus,
+    JobRecord,
+    JobStatus,
+    UploadRecord,
+    UploadStatus,
+    WebhookAttempt,
+)
 
-__all__ = ["DeliveryAttempt", "Download", "EnhanceBody", "ErrorBody", "ErrorDetail",
-           "EventList", "Job", "JobError", "JobList", "WebhookEvent", "job_from_record"]
+__all__ = ["MAX_CANCEL_AFTER_SECONDS", "Delivery", "DeliveryAttempt", "DeliveryPage",
+           "Download", "EnhanceBody", "ErrorBody", "ErrorDetail", "EventList", "Job",
+           "JobError", "JobList", "RotatedSecret", "Upload", "UploadBody", "WebhookEvent",
+           "event_from_record", "iso_time", "job_from_record", "upload_from_record"]
+
+# The longest cancel_after: a week, well past any job's run time.
+MAX_CANCEL_AFTER_SECONDS = 7 * 24 * 3600
 
 Preset = Literal["cinematic", "social", "archive", "general"]
 Engine = Literal["neural", "classical"]
@@ -42,10 +57,17 @@ class EnhanceBody(BaseModel):
     ``2.0`` and ``"2"`` are refused), as the OpenAPI document says.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "oneOf": [{"required": ["video_url"]}, {"required": ["upload_id"]}]})
 
-    video_url: str = Field(description="Public http(s) URL of the source video.",
-                           json_schema_extra=_URL_SCHEMA)
+    # Before video_url: its validator reads this one to require exactly one of the two.
+    upload_id: str | None = Field(None, max_length=64, description="A complete upload "
+                                  "(POST /v2/uploads) of this key, instead of video_url; "
+                                  "its bytes are deleted when the job ends.")
+    video_url: str | None = Field(None, validate_default=True,
+                                  description="Public http(s) URL of the source video; "
+                                  "exactly one of video_url and upload_id.",
+                                  json_schema_extra=_URL_SCHEMA)
     preset: Preset = Field("general", description="Restoration preset.")
     webhook_url: str | None = Field(None, description="Receives job.* events.",
                                     json_schema_extra=_URL_SCHEMA)
@@ -55,9 +77,21 @@ class EnhanceBody(BaseModel):
                            "models (classical where they are not installed); classical: "
                            "Lanczos, NL-means and optical flow only.")
 
+    cancel_after: int | None = Field(
+        None, ge=1, le=MAX_CANCEL_AFTER_SECONDS, description="Seconds from creation "
+        "after which the job is canceled (status canceled, error.type "
+        "deadline_exceeded) if it has not ended.")
+
     @field_validator("video_url")
     @classmethod
-    def _video_url(cls, value: str) -> str:
+    def _video_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        upload_id = info.data.get("upload_id")
+        if value is None:
+            if upload_id is None and "upload_id" in info.data:
+                raise ValueError("video_url is required (or upload_id, for an uploaded file)")
+            return None
+        if upload_id is not None:
+            raise ValueError("give video_url or upload_id, not both")
         return _http_url(value, "video_url")
 
     @field_validator("webhook_url")
@@ -89,6 +123,8 @@ class Job(BaseModel):
     preset: Preset
     upscale_factor: int
     engine: Engine
+    upload_id: str | None = Field(None, description="The upload the input came from "
+                                  "(input_url is then upload:<id>).")
     attempts: int = Field(0, ge=0, description="Times a runner has taken the job: more "
                           "than 1 after a runner died mid-job; an operator's restart or "
                           "redeploy does not count.")
@@ -116,6 +152,18 @@ class DeliveryAttempt(BaseModel):
     duration_ms: int
 
 
+class Delivery(BaseModel):
+    """One attempt to deliver an event (``deliveries``; the same facts as ``attempts``)."""
+
+    attempt: int = Field(description="1-based, counting every attempt of the event.")
+    attempted_at: str = Field(description="ISO 8601, UTC.")
+    status_code: int | None = Field(description="The receiver's status; null when no "
+                                    "response came (refused address, timeout, error).")
+    duration_ms: int
+    error: str | None
+    redelivery: bool = Field(description="Made for a redelivery asked through the API.")
+
+
 class WebhookEvent(BaseModel):
     """A job's webhook event and every attempt to deliver it."""
 
@@ -126,10 +174,58 @@ class WebhookEvent(BaseModel):
     status: Literal["pending", "delivered", "failed"]
     next_attempt_at: int | None
     attempts: list[DeliveryAttempt]
+    job_id: str
+    delivery_status: DeliveryStatus = Field(description="The same value as status.")
+    deliveries: list[Delivery]
 
 
 class EventList(BaseModel):
     data: list[WebhookEvent]
+
+
+class UploadBody(BaseModel):
+    """JSON body of ``POST /v2/uploads`` (tus clients send headers instead)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    size: int = Field(ge=1, description="Total bytes; at most MAX_INPUT_BYTES.")
+    filename: str | None = Field(None, max_length=255)
+
+
+class Upload(BaseModel):
+    """The upload object: a resumable (tus 1.0) upload of a source video."""
+
+    id: str
+    object: Literal["upload"] = "upload"
+    status: UploadStatus
+    size: int
+    offset: int = Field(description="Bytes received so far.")
+    filename: str | None
+    upload_url: str = Field(description="Where the bytes go (tus PATCH) and where "
+                            "HEAD tells the offset to resume from.")
+    created_at: str = Field(description="ISO 8601, UTC (as CONTRACTS.md and the "
+                            "delivery history's attempted_at).")
+    expires_at: str = Field(description="ISO 8601, UTC; an upload no job has taken is "
+                            "refused and deleted then (Upload-Expires says the same).")
+    job_id: str | None = Field(None, description="The job that took the upload.")
+
+
+class DeliveryPage(BaseModel):
+    """``GET /v2/webhook_deliveries``: the envelope of ``GET /v2/jobs``."""
+
+    data: list[WebhookEvent]
+    has_more: bool
+    next_cursor: str | None = Field(description="Give it as starting_after for the next "
+                                    "page (an event id).")
+
+
+class RotatedSecret(BaseModel):
+    """``POST /v2/webhook_secret/rotate``: the new secret, shown once."""
+
+    webhook_secret: str = Field(description="whsec_ + standard base64 of 32 random bytes.")
+    previous_valid_until: str = Field(description="ISO 8601, UTC: until then deliveries "
+                                      "also carry a webhook-signature entry under the "
+                                      "previous secret.")
 
 
 class ErrorDetail(BaseModel):
@@ -165,5 +261,38 @@ def job_from_record(job: JobRecord, output_url: str | None = None) -> Job:
         preset=job.preset,  # type: ignore[arg-type]
         upscale_factor=job.upscale_factor,
         engine=job.engine,  # type: ignore[arg-type]
+        upload_id=job.upload_id,
         attempts=job.attempts,
     )
+
+
+def iso_time(value: float) -> str:
+    """``value`` (Unix seconds) as ISO 8601 in UTC with milliseconds and ``Z``."""
+    text = datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def event_from_record(job: JobRecord, attempts: list[WebhookAttempt]) -> WebhookEvent:
+    """The event of ``job`` (which has one: ended, with a webhook_url)."""
+    assert job.webhook_url is not None and job.event_type is not None
+    status = DeliveryStatus(job.webhook_status or DeliveryStatus.PENDING)
+    return WebhookEvent(
+        id=job.event_id, type=job.event_type,
+        created_at=math.floor(job.completed_at or job.created_at),
+        url=job.webhook_url, status=status.value,
+        next_attempt_at=None if job.webhook_next_at is None or status != "pending"
+        else math.ceil(job.webhook_next_at),
+        attempts=[DeliveryAttempt(number=a.number, at=math.floor(a.at),
+                                  status_code=a.status_code, error=a.error,
+                                  duration_ms=a.duration_ms) for a in attempts],
+        job_id=job.id, delivery_status=status,
+        deliveries=[Delivery(attempt=a.number, attempted_at=iso_time(a.at),
+                             status_code=a.status_code, duration_ms=a.duration_ms,
+                             error=a.error, redelivery=a.redelivery) for a in attempts])
+
+
+def upload_from_record(upload: UploadRecord, upload_url: str) -> Upload:
+    return Upload(id=upload.id, status=upload.status, size=upload.size,
+                  offset=upload.offset, filename=upload.filename, upload_url=upload_url,
+                  created_at=iso_time(upload.created_at),
+                  expires_at=iso_time(upload.expires_at), job_id=upload.job_id)

@@ -10,7 +10,9 @@ first: the first seals, every one opens), or is generated once into
 key first and the old one after it, restart, run ``python -m serve_app.secret_box
 reseal`` (every secret re-sealed under the new key), then drop the old key.  A value
 written before encryption existed (no ``fernet:`` prefix) is read as it is and sealed
-by :meth:`SealedSecrets.init`.
+by :meth:`SealedSecrets.init`.  A rotated-out secret (``previous_webhook_secret``, kept
+for the rotation's overlap) is sealed as it was; ``reseal`` leaves it, and one that no
+configured key opens is read as expired, since it only lengthens validity.
 """
 
 from __future__ import annotations
@@ -87,7 +89,16 @@ class SealedSecrets:
     def _open(self, key: ApiKeyRecord | None) -> ApiKeyRecord | None:
         if key is None:
             return None
-        return dataclasses.replace(key, webhook_secret=self.box.open(key.webhook_secret))
+        previous = key.previous_webhook_secret
+        if previous is not None:
+            # A rotated-out secret only lengthens validity for a while: one sealed
+            # under a secrets key since dropped is treated as expired, not as an error.
+            try:
+                previous = self.box.open(previous)
+            except ValueError:
+                previous = None
+        return dataclasses.replace(key, webhook_secret=self.box.open(key.webhook_secret),
+                                   previous_webhook_secret=previous)
 
     async def init(self) -> None:
         await self.store.init()
@@ -114,6 +125,12 @@ class SealedSecrets:
 
     async def set_webhook_secret(self, key_id: str, secret: str) -> bool:
         return await self.store.set_webhook_secret(key_id, self.box.seal(secret))
+
+    async def rotate_webhook_secret(self, key_id: str, secret: str,
+                                    previous_valid_until: float) -> bool:
+        # The current secret moves to previous as stored: already sealed.
+        return await self.store.rotate_webhook_secret(key_id, self.box.seal(secret),
+                                                      previous_valid_until)
 
 
 def sealed(store: JobStore, box: SecretBox) -> JobStore:

@@ -5,13 +5,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, PositiveFloat, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.runtime import ModelRuntime
 from serve_app.fetch import FetchLimits, UrlPolicy
 
-__all__ = ["Settings", "default_data_dir"]
+__all__ = ["DEFAULT_WEBHOOK_RETRY_SCHEDULE", "Settings", "default_data_dir"]
+
+# Seconds before each webhook retry: 1 min, 5 min, 25 min, 2 h 5 min, 10 h 25 min.
+# The reference promises "up to 5 times with exponential backoff"; growing ×5 from a
+# minute, those 5 retries span 13 h (10.4-15.6 h with the ±20 % jitter): the first
+# catches a blip, the last a receiver down for most of a night, and all come before
+# the event's download link expires (retention_seconds, 24 h after completion): an
+# event delivered later would point at a deleted output.
+DEFAULT_WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (60, 300, 1500, 7500, 37500)
 
 
 def default_data_dir() -> Path:
@@ -87,19 +95,50 @@ class Settings(BaseSettings):
     webhook_concurrency_per_key: int = Field(4, ge=1, description="Of those, how many may "
                                              "be one key's, so one slow receiver can't "
                                              "take every slot.")
-    webhook_max_retries: int = Field(5, ge=0, description="Retries after the first try.")
-    webhook_retry_base_seconds: float = Field(30.0, gt=0, description="First retry "
-                                              "delay; doubles each retry, ±20 % jitter.")
+    webhook_retry_schedule: tuple[PositiveFloat, ...] | None = Field(
+        None, description="Seconds before each retry, in order, ±20 % jitter (a JSON "
+        "list in the environment); its length is the number of retries.  Default: "
+        "DEFAULT_WEBHOOK_RETRY_SCHEDULE (5 retries over 13 h), unless the two legacy "
+        "knobs below are set.")
+    # None unless set: unset knobs are not even passed on to replicas (settings_env
+    # drops None), so "set" is still known there and the default schedule applies.
+    webhook_max_retries: int | None = Field(None, ge=0, description="Legacy: retries "
+                                            "after the first try (5 when only the base "
+                                            "is set), when webhook_retry_schedule is unset.")
+    webhook_retry_base_seconds: float | None = Field(None, gt=0, description="Legacy: "
+                                                     "first retry delay (30 s when only the "
+                                                     "count is set), doubling each retry, "
+                                                     "when webhook_retry_schedule is unset.")
+    webhook_secret_overlap_seconds: float = Field(
+        24 * 3600, ge=0, description="After a webhook secret is rotated, how long the "
+        "previous one still signs deliveries (a second webhook-signature entry).")
     model_cache: Path | None = Field(None, description="Converted model weights, ONNX "
                                      "exports and TensorRT engines, on each node that runs "
                                      "a model; default ~/.cache/retroiva/models there.")
     model_runtime: ModelRuntime = Field("auto", description="Neural models' runtime: auto "
                                         "(TensorRT where it imports and a GPU exists, else "
                                         "torch), torch, compile or tensorrt.")
+    upload_expiry_seconds: int = Field(24 * 3600, ge=1, description="How long an upload "
+                                       "may stay unfinished or unused by a job; then "
+                                       "it is refused and its bytes deleted.")
     s3_bucket: str | None = Field(None, description="Store outputs in this S3 bucket.")
     s3_prefix: str = "outputs"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    s3_uploads_prefix: str = Field("uploads", description="Where uploads' bytes go in "
+                                   "s3_bucket (S3 multipart uploads).")
+
+    @property
+    def retry_schedule(self) -> tuple[float, ...]:
+        """The delays before each webhook retry: the setting, else the legacy doubling
+        (when either legacy knob is set), else the default schedule."""
+        if self.webhook_retry_schedule is not None:
+            return self.webhook_retry_schedule
+        if self.webhook_max_retries is None and self.webhook_retry_base_seconds is None:
+            return DEFAULT_WEBHOOK_RETRY_SCHEDULE
+        base = self.webhook_retry_base_seconds or 30.0
+        retries = 5 if self.webhook_max_retries is None else self.webhook_max_retries
+        return tuple(base * 2 ** n for n in range(retries))
 
     @field_validator("data_dir", "model_cache")
     @classmethod
@@ -129,6 +168,10 @@ class Settings(BaseSettings):
     @property
     def outputs_dir(self) -> Path:
         return self.data_dir / "outputs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
 
     @property
     def scratch_dir(self) -> Path:

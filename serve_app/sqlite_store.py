@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from serve_app.private_files import private_file
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
 from serve_app.store import (
     IDEMPOTENCY_WINDOW_SECONDS,
     AmbiguousKey,
@@ -37,7 +37,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT NULL, digest TEXT UNIQUE NOT NULL,
     webhook_secret TEXT NOT NULL, rate_limit INTEGER NOT NULL, created_at REAL NOT NULL,
-    revoked_at REAL, max_queued INTEGER, max_running INTEGER);
+    revoked_at REAL, max_queued INTEGER, max_running INTEGER, previous_webhook_secret TEXT,
+    previous_secret_expires_at REAL);
 CREATE TABLE IF NOT EXISTS rate_counters (
     key_id TEXT NOT NULL, window INTEGER NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (key_id, window));
@@ -49,11 +50,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_message TEXT, attempts INTEGER NOT NULL, lease_owner TEXT, lease_expires_at REAL,
     cancel_requested INTEGER NOT NULL, idempotency_key TEXT, request_hash TEXT,
     webhook_status TEXT, webhook_attempts INTEGER NOT NULL DEFAULT 0, webhook_next_at REAL,
-    webhook_body TEXT, engine TEXT NOT NULL DEFAULT 'neural', phase TEXT);
+    webhook_body TEXT, engine TEXT NOT NULL DEFAULT 'neural', phase TEXT,
+    webhook_round_start INTEGER NOT NULL DEFAULT 0, upload_id TEXT, deadline_at REAL);
 CREATE INDEX IF NOT EXISTS jobs_webhooks ON jobs (webhook_status, webhook_next_at);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     job_id TEXT NOT NULL, number INTEGER NOT NULL, at REAL NOT NULL, status_code INTEGER,
-    error TEXT, duration_ms INTEGER NOT NULL, PRIMARY KEY (job_id, number));
+    error TEXT, duration_ms INTEGER NOT NULL, redelivery INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, number));
+-- A key's events by delivery status (GET /v2/webhook_deliveries), newest first.
+CREATE INDEX IF NOT EXISTS jobs_events_by_key ON jobs
+    (key_id, webhook_status, created_seq DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key_id, created_seq DESC, id DESC);
 -- Claims (queued jobs by key, oldest first), running counts per key, counts by status.
 CREATE INDEX IF NOT EXISTS jobs_by_status_key ON jobs (status, key_id, created_seq);
@@ -61,14 +67,25 @@ DROP INDEX IF EXISTS jobs_queue;
 CREATE INDEX IF NOT EXISTS jobs_outputs ON jobs (status, completed_at);
 -- Fair claims: when each key was last served (a counter, not a clock).
 CREATE TABLE IF NOT EXISTS key_turns (key_id TEXT PRIMARY KEY, turn INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_deadlines ON jobs (status, deadline_at)
+    WHERE deadline_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY, key_id TEXT NOT NULL, size INTEGER NOT NULL, offset INTEGER NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, filename TEXT, job_id TEXT);
+CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (job_id, expires_at);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (key_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 """
 
 
 # Columns added after the first release, with how to add them to an existing store.
-_ADDED_COLUMNS = {"jobs": {"engine": "TEXT NOT NULL DEFAULT 'neural'", "phase": "TEXT"},
-                  "api_keys": {"max_queued": "INTEGER", "max_running": "INTEGER"}}
+_ADDED_COLUMNS = {"jobs": {"engine": "TEXT NOT NULL DEFAULT 'neural'", "phase": "TEXT",
+                           "webhook_round_start": "INTEGER NOT NULL DEFAULT 0",
+                           "upload_id": "TEXT", "deadline_at": "REAL"},
+                  "api_keys": {"max_queued": "INTEGER", "max_running": "INTEGER",
+                               "previous_webhook_secret": "TEXT",
+                               "previous_secret_expires_at": "REAL"},
+                  "webhook_attempts": {"redelivery": "INTEGER NOT NULL DEFAULT 0"}}
 
 # SQLite's primary result codes that mean "not now" rather than "wrong": busy or locked
 # by another connection, I/O error, disk full, can't open, read-only (e.g. the file was
@@ -96,6 +113,10 @@ def _job(row: sqlite3.Row | None) -> JobRecord | None:
 # statement.  Takes one parameter, the time the event is due.
 _OUTBOX = ("webhook_status = CASE WHEN webhook_url IS NOT NULL THEN 'pending' END, "
            "webhook_next_at = CASE WHEN webhook_url IS NOT NULL THEN ? END")
+
+
+def _upload(row: sqlite3.Row | None) -> UploadRecord | None:
+    return None if row is None else UploadRecord(**dict(row))
 
 
 def _key(row: sqlite3.Row | None) -> ApiKeyRecord | None:
@@ -259,6 +280,18 @@ class SqliteStore:
             return key is not None and db.execute(
                 "UPDATE api_keys SET webhook_secret = ? WHERE id = ?",
                 (secret, key.id)).rowcount > 0
+
+        return await self._run(rotate, write=True)
+
+    async def rotate_webhook_secret(self, key_id: str, secret: str,
+                                    previous_valid_until: float) -> bool:
+        def rotate(db: sqlite3.Connection) -> bool:
+            key = self._resolve(db, key_id)
+            # SET expressions read the row as it was: the old secret becomes previous.
+            return key is not None and db.execute(
+                "UPDATE api_keys SET previous_webhook_secret = webhook_secret, "
+                "previous_secret_expires_at = ?, webhook_secret = ? WHERE id = ?",
+                (previous_valid_until, secret, key.id)).rowcount > 0
 
         return await self._run(rotate, write=True)
 
@@ -482,9 +515,10 @@ class SqliteStore:
                           (status, attempt.number, next_at, body, attempt.job_id,
                            attempt.number - 1)).rowcount:
                 db.execute("INSERT OR REPLACE INTO webhook_attempts (job_id, number, at, "
-                           "status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                           "status_code, error, duration_ms, redelivery) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (attempt.job_id, attempt.number, attempt.at, attempt.status_code,
-                            attempt.error, attempt.duration_ms))
+                            attempt.error, attempt.duration_ms, int(attempt.redelivery)))
 
         await self._run(record, write=True)
 
@@ -492,4 +526,88 @@ class SqliteStore:
         rows = await self._run(lambda db: db.execute(
             "SELECT * FROM webhook_attempts WHERE job_id = ? ORDER BY number",
             (job_id,)).fetchall())
-        return [WebhookAttempt(**dict(row)) for row in rows]
+        return [WebhookAttempt(**{**dict(row), "redelivery": bool(row["redelivery"])})
+                for row in rows]
+
+    async def redeliver_webhook(self, job_id: str, now: float) -> JobRecord | None:
+        return await self._run(lambda db: _job(db.execute(
+            "UPDATE jobs SET webhook_status = 'pending', webhook_next_at = ?, "
+            "webhook_round_start = webhook_attempts WHERE id = ? "
+            "AND webhook_status IN ('delivered', 'failed') RETURNING *",
+            (now, job_id)).fetchone()), write=True)
+
+    async def list_webhook_events(self, key_id: str, status: str, limit: int,
+                                  starting_after: str | None
+                                  ) -> tuple[list[JobRecord], bool]:
+        def page(db: sqlite3.Connection) -> tuple[list[JobRecord], bool]:
+            where, args = "key_id = ? AND webhook_status = ?", [key_id, status]
+            if starting_after is not None:
+                cursor = db.execute("SELECT created_seq, id FROM jobs WHERE id = ? AND "
+                                    "key_id = ?", (starting_after, key_id)).fetchone()
+                if cursor is None:
+                    return [], False
+                where += " AND (created_seq < ? OR (created_seq = ? AND id < ?))"
+                args += [cursor[0], cursor[0], cursor[1]]
+            rows = db.execute(f"SELECT * FROM jobs WHERE {where} "
+                              "ORDER BY created_seq DESC, id DESC LIMIT ?",
+                              [*args, limit + 1]).fetchall()
+            jobs = [j for j in map(_job, rows) if j is not None]
+            return jobs[:limit], len(jobs) > limit
+
+        return await self._run(page)
+
+    # Deadlines
+    async def cancel_overdue(self, now: float) -> int:
+        return await self._run(lambda db: db.execute(
+            "UPDATE jobs SET status = 'canceled', completed_at = ?, "
+            "error_type = 'deadline_exceeded', error_message = ?, "
+            f"{_OUTBOX} WHERE status = 'queued' AND deadline_at <= ?",
+            (now, "the job's cancel_after deadline passed before it started", now, now)
+        ).rowcount, write=True)
+
+    # Uploads
+    async def insert_upload(self, upload: UploadRecord) -> None:
+        row = dataclasses.asdict(upload)
+        await self._run(lambda db: db.execute(
+            f"INSERT INTO uploads ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            list(row.values())), write=True)
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        return await self._run(lambda db: _upload(db.execute(
+            "SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()))
+
+    async def advance_upload(self, upload_id: str, expected_offset: int, new_offset: int
+                             ) -> UploadRecord | None:
+        return await self._run(lambda db: _upload(db.execute(
+            "UPDATE uploads SET offset = ? WHERE id = ? AND offset = ? AND ? >= offset "
+            "AND ? <= size AND job_id IS NULL RETURNING *",
+            (new_offset, upload_id, expected_offset, new_offset, new_offset)).fetchone()),
+            write=True)
+
+    async def claim_upload(self, upload_id: str, job_id: str, now: float) -> bool:
+        return await self._run(lambda db: db.execute(
+            "UPDATE uploads SET job_id = ? WHERE id = ? AND job_id IS NULL "
+            "AND offset = size AND expires_at > ?", (job_id, upload_id, now)).rowcount > 0,
+            write=True)
+
+    async def release_upload(self, upload_id: str, job_id: str) -> None:
+        await self._run(lambda db: db.execute(
+            "UPDATE uploads SET job_id = NULL WHERE id = ? AND job_id = ?",
+            (upload_id, job_id)), write=True)
+
+    async def delete_upload(self, upload_id: str) -> None:
+        await self._run(lambda db: db.execute(
+            "DELETE FROM uploads WHERE id = ?", (upload_id,)), write=True)
+
+    async def expired_uploads(self, now: float, limit: int) -> list[UploadRecord]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT * FROM uploads WHERE job_id IS NULL AND expires_at <= ? "
+            "ORDER BY expires_at LIMIT ?", (now, limit)).fetchall())
+        return [u for u in map(_upload, rows) if u is not None]
+
+    async def uploads_of_ended_jobs(self, limit: int) -> list[UploadRecord]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT u.* FROM uploads AS u LEFT JOIN jobs AS j ON j.id = u.job_id "
+            "WHERE u.job_id IS NOT NULL AND (j.id IS NULL OR j.status IN "
+            "('completed', 'failed', 'canceled')) LIMIT ?", (limit,)).fetchall())
+        return [u for u in map(_upload, rows) if u is not None]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, WebhookAttempt
+from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
 from serve_app.settings import Settings
 
 __all__ = ["IDEMPOTENCY_WINDOW_SECONDS", "AmbiguousKey", "JobStore", "QueueFull", "StoreError",
@@ -91,6 +91,12 @@ class JobStore(Protocol):
 
     async def set_webhook_secret(self, key_id: str, secret: str) -> bool:
         """Like :meth:`revoke_key`: by id or unambiguous prefix, else AmbiguousKey."""
+
+    async def rotate_webhook_secret(self, key_id: str, secret: str,
+                                    previous_valid_until: float) -> bool:
+        """In one update: the current secret becomes the previous one (valid until
+        ``previous_valid_until``) and ``secret`` the current.  By id or unambiguous
+        prefix like :meth:`revoke_key`; False if no such key."""
 
     async def set_key_limits(self, key_id: str, max_queued: int | None,
                              max_running: int | None) -> bool:
@@ -187,6 +193,47 @@ class JobStore(Protocol):
         """Log an attempt and set the event's status, retry time and frozen body."""
 
     async def webhook_attempts(self, job_id: str) -> list[WebhookAttempt]: ...
+
+    async def redeliver_webhook(self, job_id: str, now: float) -> JobRecord | None:
+        """A delivered or failed event becomes pending again, due ``now``, its retries
+        counted afresh (``webhook_round_start`` = attempts so far); the updated job, or
+        None (changing nothing) if the event is not delivered or failed."""
+
+    async def list_webhook_events(self, key_id: str, status: str, limit: int,
+                                  starting_after: str | None
+                                  ) -> tuple[list[JobRecord], bool]:
+        """The key's jobs whose event has ``status``, newest first after the cursor job
+        (like :meth:`list_jobs`); returns ``(page, has_more)``."""
+
+    # Deadlines (cancel_after)
+    async def cancel_overdue(self, now: float) -> int:
+        """Queued jobs whose ``deadline_at`` has passed end ``canceled`` with error type
+        ``deadline_exceeded`` (and their webhook event); returns how many."""
+
+    # Uploads: records here, bytes in upload storage (serve_app.uploads_storage)
+    async def insert_upload(self, upload: UploadRecord) -> None: ...
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None: ...
+
+    async def advance_upload(self, upload_id: str, expected_offset: int, new_offset: int
+                             ) -> UploadRecord | None:
+        """Move the offset from ``expected_offset`` to ``new_offset`` (never backwards)
+        of an upload no job has taken; None (nothing changed) if it is not there now."""
+
+    async def claim_upload(self, upload_id: str, job_id: str, now: float) -> bool:
+        """Give a complete, unexpired, untaken upload to ``job_id``; False if it isn't."""
+
+    async def release_upload(self, upload_id: str, job_id: str) -> None:
+        """Undo :meth:`claim_upload` (the job was not created after all)."""
+
+    async def delete_upload(self, upload_id: str) -> None:
+        """Forget the upload (after its bytes were deleted); no error if it is gone."""
+
+    async def expired_uploads(self, now: float, limit: int) -> list[UploadRecord]:
+        """Uploads no job took whose ``expires_at`` has passed."""
+
+    async def uploads_of_ended_jobs(self, limit: int) -> list[UploadRecord]:
+        """Uploads taken by a job that has ended (or no longer exists)."""
 
 
 def open_store(settings: Settings) -> JobStore:

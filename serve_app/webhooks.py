@@ -6,10 +6,19 @@ exactly as ``JSON.stringify`` would write it: compact separators, non-ASCII as U
 (lone surrogates escaped), integers within ±2^53, and floats in JavaScript's number
 format (``1`` not ``1.0``, ``1e-7`` not ``1e-07``).
 
+Signatures: ``X-Retroiva-Signature`` (hex HMAC-SHA256 of the body under the whole
+secret string, the reference's scheme) and, beside it, Standard Webhooks'
+``webhook-id`` (the event id, the same on every retry and redelivery),
+``webhook-timestamp`` (this attempt's send time: receivers refuse stale ones) and
+``webhook-signature`` (``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` under
+:func:`~serve_app.keys.webhook_signing_key`; after a rotation, a second ``v1,``
+entry under the previous secret until its overlap ends).
+
 Delivery: a POST under a 10 s deadline for the whole attempt (connect, send, status
 line and headers; a receiver that answers a byte at a time cannot stretch it); any 2xx
-is success; otherwise up to 5 retries with exponential backoff and jitter, then the
-event is marked failed and kept.  Only the status line and headers are read: the
+is success; otherwise retries follow ``Settings.retry_schedule`` with ±20 % jitter,
+then the event is marked failed and kept.  A redelivery (through the API) makes the
+event pending again with a fresh round of retries.  Only the status line and headers are read: the
 response body is never read, so a receiver answering with a huge or endless body
 costs nothing.  Each request goes to an address that passes the same checks as
 ``video_url`` fetches; a refused address is recorded as a failed attempt.
@@ -23,6 +32,7 @@ events are not sent: each is marked failed with that reason.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import hashlib
 import hmac
@@ -38,13 +48,15 @@ from typing import Any
 import httpx
 
 from serve_app.fetch import FetchError, pinned_target, resolve_checked
+from serve_app.keys import webhook_signing_key
 from serve_app.metrics import count_webhook_delivery
-from serve_app.records import JobRecord, WebhookAttempt
+from serve_app.records import ApiKeyRecord, JobRecord, WebhookAttempt
 from serve_app.schemas import Job
 from serve_app.settings import Settings
 from serve_app.store import JobStore
 
-__all__ = ["WebhookDispatcher", "event_body", "js_json", "retry_delay", "sign"]
+__all__ = ["WebhookDispatcher", "event_body", "js_json", "retry_delay", "schedule_delay",
+           "sign", "standard_headers", "standard_signature"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +134,26 @@ def sign(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One Standard Webhooks ``v1,`` entry for ``secret``."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(webhook_signing_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def standard_headers(key: ApiKeyRecord, msg_id: str, now: float, body: bytes
+                     ) -> dict[str, str]:
+    """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` for a send at
+    ``now``: one entry per secret valid at ``now`` (current first)."""
+    secrets = [key.webhook_secret]
+    if key.previous_webhook_secret and (key.previous_secret_expires_at or 0) > now:
+        secrets.append(key.previous_webhook_secret)
+    timestamp = math.floor(now)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": " ".join(standard_signature(s, msg_id, timestamp, body)
+                                          for s in secrets)}
+
+
 def event_body(job: JobRecord, job_object: Job) -> str:
     """The event for ``job``'s terminal transition, as the exact text to send."""
     return js_json({
@@ -138,6 +170,15 @@ def retry_delay(attempt: int, base: float, rng: random.Random) -> float:
     With ±20 % jitter each gap still exceeds the one before (0.8 × 2 > 1.2).
     """
     return base * 2 ** (attempt - 1) * rng.uniform(0.8, 1.2)
+
+
+def schedule_delay(retry: int, schedule: tuple[float, ...], rng: random.Random
+                   ) -> float | None:
+    """Delay before retry ``retry`` (1-based) of ``schedule``, jitter ±20 %; None once
+    the schedule is spent."""
+    if not 1 <= retry <= len(schedule):
+        return None
+    return schedule[retry - 1] * rng.uniform(0.8, 1.2)
 
 
 class WebhookDispatcher:
@@ -208,6 +249,8 @@ class WebhookDispatcher:
                 "X-Retroiva-Signature": sign(key.webhook_secret, payload),
                 "X-Retroiva-Event-Id": job.event_id,
                 "X-Retroiva-Timestamp": str(math.floor(job.completed_at or time.time())),
+                # Signed at send time: Standard Webhooks receivers refuse stale timestamps.
+                **standard_headers(key, job.event_id, time.time(), payload),
             })
             deadline = self.settings.webhook_timeout_seconds
             async with asyncio.timeout(deadline), \
@@ -226,17 +269,19 @@ class WebhookDispatcher:
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         attempt = WebhookAttempt(job.id, number, time.time(), status_code, error,
-                                 round((time.monotonic() - started) * 1000))
+                                 round((time.monotonic() - started) * 1000),
+                                 redelivery=job.webhook_round_start > 0)
+        # Retries count within the current round (a redelivery starts a new one).
+        delay = schedule_delay(number - job.webhook_round_start,
+                               self.settings.retry_schedule, self._rng)
         if error is None:
             status, next_at = "delivered", None
-        elif number > self.settings.webhook_max_retries or revoked:
+        elif delay is None or revoked:
             status, next_at = "failed", None
             log.warning("webhook %s for %s failed after %d attempts: %s", job.event_id,
                         job.id, number, error)
         else:
-            status = "pending"
-            next_at = time.time() + retry_delay(number, self.settings.webhook_retry_base_seconds,
-                                                self._rng)
+            status, next_at = "pending", time.time() + delay
         await self.store.record_webhook_attempt(attempt, status=status, next_at=next_at,
                                                 body=body)
         count_webhook_delivery("delivered" if error is None else

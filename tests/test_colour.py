@@ -166,6 +166,9 @@ def test_hdr10_keeps_tags_and_side_data(tmp_path: Path, ray_session: None):
 def test_hdr_input_refuses_h264(tmp_path: Path):
     from pipelines.errors import InvalidOptionsError
     from pipelines.job_plan import plan_job
+    from pipelines.noise_probe import NoiseLevel
+
+    CLEAN = NoiseLevel(0.5, 0.05)
 
     source = _make(tmp_path, "hlg.mp4", "-pix_fmt", "yuv420p10le", "-c:v", "libx265",
                    "-x265-params", "log-level=error", "-color_primaries", "bt2020",
@@ -173,5 +176,6 @@ def test_hdr_input_refuses_h264(tmp_path: Path):
     info = probe(source)
     assert info.colour.hdr
     with pytest.raises(InvalidOptionsError, match="HDR input needs codec hevc"):
-        plan_job(info, EnhanceRequest(codec="h264"), chunk_budget_bytes=1 << 26)
-    assert plan_job(info, EnhanceRequest(), chunk_budget_bytes=1 << 26).encoder.codec == "hevc"
+        plan_job(info, EnhanceRequest(codec="h264"), noise=CLEAN, chunk_budget_bytes=1 << 26)
+    assert plan_job(info, EnhanceRequest(), noise=CLEAN,
+                    chunk_budget_bytes=1 << 26).encoder.codec == "hevc"

@@ -21,9 +21,13 @@ import pytest
 
 from serve_app import mongo_queries as q
 
-
 # A tiny evaluator for the aggregation expressions the update pipelines use.
+SERVER_CLOCK_MS = 1_700_000_000_250  # what "$$NOW" evaluates to in these tests
+
+
 def _evaluate(expr: Any, doc: dict[str, Any]) -> Any:
+    if expr == "$$NOW":
+        return SERVER_CLOCK_MS
     if isinstance(expr, str) and expr.startswith("$"):
         return doc.get(expr[1:])
     if isinstance(expr, list):
@@ -41,6 +45,8 @@ def _evaluate(expr: Any, doc: dict[str, Any]) -> Any:
             if _evaluate(branch["case"], doc):
                 return _evaluate(branch["then"], doc)
         return _evaluate(arg["default"], doc)
+    if op == "$toLong":
+        return int(_evaluate(arg, doc))
     if op == "$ifNull":
         value = _evaluate(arg[0], doc)
         return _evaluate(arg[1], doc) if value is None else value
@@ -53,6 +59,10 @@ def _evaluate(expr: Any, doc: dict[str, Any]) -> Any:
         return a >= b
     if op == "$add":
         return a + b
+    if op == "$divide":
+        return a / b
+    if op == "$lt":
+        return a < b
     if op == "$or":
         return any(_evaluate(e, doc) for e in arg)
     raise AssertionError(f"operator {op} not modelled")
@@ -69,11 +79,17 @@ def _apply(pipeline: list[dict[str, Any]], doc: dict[str, Any]) -> dict[str, Any
 
 def _matches(filter_: dict[str, Any], doc: dict[str, Any]) -> bool:
     for field, cond in filter_.items():
+        if field == "$expr":
+            if not _evaluate(cond, doc):
+                return False
+            continue
         value = doc.get(field)
         if isinstance(cond, dict) and any(k.startswith("$") for k in cond):
             for op, arg in cond.items():
                 ok = {"$in": value in arg if op == "$in" else None,
                       "$lt": op == "$lt" and value < arg, "$lte": op == "$lte" and value <= arg,
+                      "$type": op == "$type" and arg == "number"
+                      and isinstance(value, int | float),
                       "$ne": value != arg}[op]
                 if not ok:
                     return False
@@ -177,6 +193,25 @@ def test_webhook_attempt_is_recorded_only_by_the_next_attempt():
     assert first["webhook_body"] == '{"b":1}'
 
 
+def test_rotation_moves_the_current_secret_to_previous():
+    """Issue 17 item 2: one $set stage reads the document as it was."""
+    key = {"_id": "key_a", "webhook_secret": "whsec_old"}
+    rotated = _apply(q.rotate_secret_update("whsec_new", 99.0), key)
+    assert (rotated["webhook_secret"], rotated["previous_webhook_secret"],
+            rotated["previous_secret_expires_at"]) == ("whsec_new", "whsec_old", 99.0)
+
+
+def test_redelivery_only_of_ended_deliveries():
+    """Issue 17 item 3: as the SQLite backend does it."""
+    assert not _matches(q.redeliver_filter("job_1"), _job(webhook_status="pending"))
+    for status in ("delivered", "failed"):
+        done = _job(status="completed", webhook_status=status, webhook_attempts=3)
+        assert _matches(q.redeliver_filter("job_1"), done)
+        again = _apply(q.redeliver_update(7.0), done)
+        assert (again["webhook_status"], again["webhook_next_at"],
+                again["webhook_round_start"]) == ("pending", 7.0, 3)
+
+
 def test_event_body_is_frozen_once():
     kept = _apply(q.freeze_body_update('{"b":2}'), _job(webhook_body='{"b":1}'))
     assert kept["webhook_body"] == '{"b":1}'
@@ -205,6 +240,58 @@ def test_due_webhooks_and_expiry_filters():
     assert q.expired_filter(9.0) == {"status": "processing", "lease_expires_at": {"$lt": 9.0}}
 
 
+# Issue 17 item 5: queued jobs past cancel_after end canceled, in one update with the event.
+def test_overdue_jobs_are_canceled_with_deadline_exceeded():
+    assert _matches(q.overdue_filter(5.0), _job(deadline_at=4.0))
+    assert not _matches(q.overdue_filter(5.0), _job(deadline_at=6.0))
+    assert not _matches(q.overdue_filter(5.0), _job(deadline_at=None))
+    assert not _matches(q.overdue_filter(5.0), _job(deadline_at=4.0, status="processing"))
+    [stage] = q.overdue_update(5.0)
+    ended = _apply([stage], _job(deadline_at=4.0))
+    assert (ended["status"], ended["error_type"], ended["completed_at"]) == (
+        "canceled", "deadline_exceeded", 5.0)
+    assert (ended["webhook_status"], ended["webhook_next_at"]) == ("pending", 5.0)
+
+
+def test_upload_filters_guard_offset_owner_and_expiry():
+    assert q.advance_upload_filter("upl_1", 4, 10) == {
+        "_id": "upl_1", "offset": 4, "job_id": None, "size": {"$gte": 10}}
+    assert q.claim_upload_filter("upl_1", 5.0) == {
+        "_id": "upl_1", "job_id": None, "expires_at": {"$gt": 5.0},
+        "$expr": {"$eq": ["$offset", "$size"]}}
+    lookup = q.ended_job_uploads_pipeline(3)
+    assert lookup[0] == {"$match": {"job_id": {"$ne": None}}} and lookup[-1] == {"$limit": 3}
+    assert ("uploads", [("job_id", 1), ("expires_at", 1)], {}) in q.INDEXES
+
+
+# Issue 21 item 9: with now=None, leases are written and compared on the server's clock.
+def test_leases_on_the_servers_clock():
+    server_now = SERVER_CLOCK_MS / 1000
+    claimed = _apply(q.claim_update("r1", None, 30.0), _job())
+    assert claimed["lease_expires_at"] == server_now + 30.0
+    assert claimed["started_at"] == server_now
+    renewed = _apply(q.renew_update(None, 60.0, 0.5, 9.0, "$upscale"), claimed)
+    assert renewed["lease_expires_at"] == server_now + 60.0
+    assert (renewed["progress"], renewed["eta_seconds"], renewed["phase"]) == (
+        0.5, 9.0, "$upscale")  # literal, never a field path
+    expired = q.expired_filter(None)
+    assert "$$NOW" in repr(expired) and "now" not in repr(expired).replace("$$NOW", "")
+    assert not _matches(expired, renewed)  # the server's clock: still leased
+    assert _matches(expired, {**renewed, "lease_expires_at": server_now - 0.001})
+    assert not _matches(expired, {**renewed, "lease_expires_at": None})
+    # An explicit now (tests replaying time) is honoured as before.
+    assert _apply(q.claim_update("r1", 100.0, 30.0), _job())["lease_expires_at"] == 130.0
+    assert _apply(q.renew_update(100.0, 5.0, 0.1, None, None), claimed)[
+        "lease_expires_at"] == 105.0
+
+
+def test_store_uses_the_servers_clock_unless_told_to_replay_time():
+    from serve_app.mongo_store import MongoStore
+
+    assert MongoStore("mongodb://127.0.0.1:1", "x")._lease_now(5.0) is None
+    assert MongoStore("mongodb://127.0.0.1:1", "x", server_clock=False)._lease_now(5.0) == 5.0
+
+
 # Issue 21 item 5: every query has an index that serves it without an in-memory sort.
 def _served(collection: str, equality: list[str], sort: list[str], ranges: list[str]
             ) -> bool:
@@ -226,7 +313,8 @@ def _fields(filter_: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Equality and range fields; ``$ne`` is a residual filter on fetched documents."""
     equality = [f for f, v in filter_.items()
                 if not f.startswith("$") and not isinstance(v, dict)]
-    ranges = [f for f, v in filter_.items() if isinstance(v, dict) and "$ne" not in v]
+    ranges = [f for f, v in filter_.items()
+              if not f.startswith("$") and isinstance(v, dict) and "$ne" not in v]
     return equality, ranges
 
 
@@ -236,9 +324,12 @@ def _fields(filter_: dict[str, Any]) -> tuple[list[str], list[str]]:
     ("count by status", q.count_by_status_filter("queued"), []),
     ("expired outputs", q.expired_outputs_filter(5.0), q.OUTPUTS_SORT),
     ("expired leases", q.expired_filter(5.0), []),
+    ("expired leases, server clock", q.expired_filter(None), []),
     ("due webhooks", q.due_webhooks_filter(5.0), [("webhook_next_at", 1)]),
     ("idempotency", q.idempotency_filter("key_a", "k1"), []),
     ("page", q.jobs_page_filter("key_a", None), q.PAGE_SORT),
+    ("overdue", {"status": "queued", "deadline_at": {"$lte": 5.0}}, []),
+    ("webhook deliveries", q.events_page_filter("key_a", "failed", None), q.PAGE_SORT),
 ])
 def test_each_jobs_query_has_an_index(name: str, filter_: dict[str, Any],
                                       sort: list[tuple[str, int]]):

@@ -5,26 +5,34 @@ from __future__ import annotations
 import logging
 from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from models import registry
+from models.noise_estimate import estimate_chroma_noise, estimate_noise
+from models.registry import build_operator
 from pipelines.errors import InvalidOptionsError
+from pipelines.noise_probe import NoiseLevel
 from pipelines.presets import PRESETS, resolve_chain
 
+from media import psnr
 
-def _steps(preset: str, factor: int, ratio: Fraction = Fraction(1), engine: str = "neural"
-           ) -> list[tuple[str, str, str | None]]:
+CLEAN, NOISY = NoiseLevel(0.5, 0.05), NoiseLevel(3.5, 0.4)
+
+
+def _steps(preset: str, factor: int, ratio: Fraction = Fraction(1), engine: str = "neural",
+           noise: NoiseLevel = CLEAN) -> list[tuple[str, str, str | None]]:
     return [(s.kind, s.engine, s.params.get("model"))
-            for s in resolve_chain(PRESETS[preset], factor, ratio, engine)]
+            for s in resolve_chain(PRESETS[preset], factor, ratio, engine, noise=noise)]
 
 
 @pytest.mark.parametrize(("factor", "model"), [(2, "span-x2"), (3, "span-x4"),
                                                (4, "span-x4")])
 def test_general_uses_span_weights_for_the_factor(factor: int, model: str):
-    # No NL-means in front: noisy chunks go to a denoising model instead.
+    # No NL-means in front: a noisy job goes to a denoising model instead.
     assert _steps("general", factor) == [("upscale", "ncnn", model)]
-    [spec] = resolve_chain(PRESETS["general"], factor, Fraction(1))
-    assert spec.params["noisy_model"] == "waifu2x-photo-noise3-x2"
+    assert _steps("general", factor, noise=NOISY) == [
+        ("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
 
 
 def test_social_interpolates_with_rife():
@@ -39,11 +47,14 @@ def test_cinematic_and_archive_models():
 
 
 def test_factor_one_drops_plain_upscalers_but_keeps_a_denoiser():
-    # general's upscaler stays at ×1: it denoises noisy chunks and skips clean ones.
-    assert _steps("general", 1) == [("upscale", "ncnn", "span-x2")]
-    assert _steps("general", 1, engine="classical") == [("denoise", "classical", None)]
+    # At ×1 a clean job has nothing to do; a noisy one is denoised, scaled back down.
+    assert _steps("general", 1) == []
+    assert _steps("general", 1, noise=NOISY) == [("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
+    assert _steps("general", 1, engine="classical") == []
+    assert _steps("general", 1, engine="classical", noise=NOISY) == [
+        ("denoise", "classical", None)]
     assert _steps("archive", 1) == [("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
-    [spec] = resolve_chain(PRESETS["archive"], 1, Fraction(1))
+    [spec] = resolve_chain(PRESETS["archive"], 1, Fraction(1), noise=CLEAN)
     assert spec.params["factor"] == 1
 
 
@@ -55,7 +66,7 @@ def test_classical_engine_everywhere():
 
 def test_unknown_engine_is_refused():
     with pytest.raises(InvalidOptionsError, match="engine must be one of neural, classical"):
-        resolve_chain(PRESETS["general"], 2, Fraction(1), "tensorrt")
+        resolve_chain(PRESETS["general"], 2, Fraction(1), "tensorrt", noise=CLEAN)
 
 
 @pytest.mark.parametrize("missing", [("interpolate", "rife"), ("upscale", "ncnn")])
@@ -65,7 +76,7 @@ def test_a_missing_model_falls_back_to_the_whole_classical_chain(
     monkeypatch.setitem(registry._MISSING, missing,
                         lambda **_: "weights need the package X")
     with caplog.at_level(logging.WARNING, logger="pipelines.presets"):
-        steps = _steps("social", 2, Fraction(5, 2))
+        steps = _steps("social", 2, Fraction(5, 2), noise=NOISY)
     assert steps == [("denoise", "classical", None), ("interpolate", "classical", None),
                      ("upscale", "classical", None)]
     assert f"{missing[0]}/{missing[1]} can't run here: weights need the package X" \
@@ -73,9 +84,7 @@ def test_a_missing_model_falls_back_to_the_whole_classical_chain(
 
 
 def test_measured_noise_decides_the_chain_once_for_the_job():
-    from pipelines.noise_probe import NoiseLevel
-
-    clean, noisy = NoiseLevel(0.5, 0.05), NoiseLevel(3.5, 0.4)
+    clean, noisy = CLEAN, NOISY
     general = PRESETS["general"]
     [span] = resolve_chain(general, 2, Fraction(1), noise=clean)
     [waifu] = resolve_chain(general, 2, Fraction(1), noise=noisy)
@@ -91,3 +100,48 @@ def test_measured_noise_decides_the_chain_once_for_the_job():
     assert [s.kind for s in classical] == ["upscale"]  # clean: no NL-means at all
     denoise = resolve_chain(general, 2, Fraction(1), "classical", noise=noisy)[0]
     assert denoise.kind == "denoise" and denoise.params["strength"] == pytest.approx(3.5)
+
+
+# The planner is the only place noise decides anything: measured on real frames, its
+# choices (NL-means strength, SPAN or the denoising model) are the ones that help.
+def _measured(frames: np.ndarray) -> NoiseLevel:
+    return NoiseLevel(estimate_noise(frames), estimate_chroma_noise(frames))
+
+
+def _carphone_and_noisy(n: int) -> tuple[np.ndarray, np.ndarray]:
+    from test_operators import _carphone
+
+    clean = _carphone(n)
+    rng = np.random.default_rng(3)
+    return clean, np.clip(clean + rng.normal(0, 8, clean.shape) + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_planned_nl_means_leaves_clean_footage_alone_and_fits_noisy_footage():
+    clean, noisy = _carphone_and_noisy(3)
+    general = PRESETS["general"]
+    assert [s.kind for s in resolve_chain(general, 2, Fraction(1), "classical",
+                                          noise=_measured(clean))] == ["upscale"]
+    denoise, _ = resolve_chain(general, 2, Fraction(1), "classical", noise=_measured(noisy))
+    assert denoise.kind == "denoise" and 6 < denoise.params["strength"] < 10
+    fitted = build_operator(denoise.kind, denoise.engine, denoise.params)
+    assert psnr(fitted(noisy), clean) > psnr(noisy, clean) + 1.5
+    [cinematic, *_] = resolve_chain(PRESETS["cinematic"], 2, Fraction(1), "classical",
+                                    noise=_measured(noisy))
+    assert cinematic.params["strength"] == pytest.approx(0.6 * denoise.params["strength"])
+
+
+def test_planned_denoising_model_beats_span_on_noisy_footage():
+    import cv2
+
+    clean, noisy = _carphone_and_noisy(2)
+    general = PRESETS["general"]
+    [span] = resolve_chain(general, 2, Fraction(1), noise=_measured(clean))
+    [waifu] = resolve_chain(general, 2, Fraction(1), noise=_measured(noisy))
+    assert (span.params["model"], waifu.params["model"]) == ("span-x2",
+                                                             "waifu2x-photo-noise3-x2")
+    big = np.stack([cv2.resize(f, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+                    for f in clean])
+    by_span = build_operator(span.kind, span.engine, span.params)(noisy)
+    by_waifu = build_operator(waifu.kind, waifu.engine, waifu.params)(noisy)
+    assert psnr(by_waifu, big) > psnr(by_span, big) + 1
+    assert resolve_chain(general, 1, Fraction(1), noise=_measured(clean)) == []

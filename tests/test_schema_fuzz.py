@@ -32,6 +32,8 @@ from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
 
 EXAMPLES = int(os.environ.get("RETROIVA_FUZZ_EXAMPLES", "30"))
+# tus PATCH bodies are raw bytes under their own media type.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 KEY, RECORD = new_api_key("fuzz", rate_limit=1_000_000)
 
 

@@ -176,3 +176,46 @@ def test_rate_limit_holds_across_replicas_under_concurrency(service: Service):
         codes = [code for result in pool.map(burst, range(20)) for code in result]
     assert codes.count(200) == limit, codes
     assert codes.count(429) == 40 - limit
+
+
+def test_a_resumed_upload_becomes_a_job_and_is_deleted_when_it_ends(
+        service: Service, tmp_path: Path):
+    """Issue 17 item 1 through Serve (two API replicas): tuspy uploads in chunks, a PATCH
+    is cut off midway, tuspy resumes, the job runs on the upload, the upload goes."""
+    import socket as sockets
+    from urllib.parse import urlsplit
+
+    from tusclient.client import TusClient
+
+    auth = service.new_key()
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(httpx.get(f"{service.media}/clip.mp4", timeout=30).content)
+    data = source.read_bytes()
+    chunk = len(data) // 3 + 1
+    tus = TusClient(f"{service.base}/v2/uploads", headers=auth)
+    uploader = tus.uploader(file_path=str(source), chunk_size=chunk)
+    uploader.upload_chunk()
+    url = urlsplit(uploader.url)
+    with sockets.create_connection((url.hostname, url.port)) as cut:
+        cut.sendall((f"PATCH {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                     f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
+                     "Content-Type: application/offset+octet-stream\r\n"
+                     f"Upload-Offset: {chunk}\r\nContent-Length: {chunk}\r\n\r\n").encode()
+                    + data[chunk:chunk + chunk // 2])
+        time.sleep(0.5)
+    time.sleep(0.5)
+    resumed = tus.uploader(file_path=str(source), url=uploader.url, chunk_size=chunk)
+    assert chunk < resumed.offset <= chunk + chunk // 2  # what arrived was kept
+    resumed.upload()
+    upload_id = url.path.rsplit("/", 1)[-1]
+    stored = service.settings.uploads_dir / upload_id
+    assert stored.read_bytes() == data
+    with httpx.Client(base_url=service.base, timeout=30) as client:
+        created = client.post("/v2/enhance", headers=auth, json={"upload_id": upload_id})
+        assert created.status_code == 200, created.text
+        job = _wait(client, created.json()["id"], auth,
+                    lambda j: j["status"] in ("completed", "failed"))
+        assert job["status"] == "completed", job
+        assert job["input_url"] == f"upload:{upload_id}"
+        assert client.get(url.path, headers=auth).status_code == 404
+    assert not stored.exists()

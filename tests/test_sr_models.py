@@ -311,23 +311,3 @@ def test_engine_hands_tiles_outside_its_shape_range_to_torch():
     for shape in ((3, 3, 16, 16), (1, 3, 65, 16), (1, 3, 4, 16)):
         engine(torch.zeros(shape))
     assert seen == [(3, 3, 16, 16), (1, 3, 65, 16), (1, 3, 4, 16)]
-
-
-def test_noisy_chunks_go_to_the_denoising_model():
-    from test_operators import _carphone
-
-    clean = _carphone(2)
-    rng = np.random.default_rng(4)
-    noisy = np.clip(clean + rng.normal(0, 8, clean.shape) + 0.5, 0, 255).astype(np.uint8)
-    upscale = NeuralUpscale("span-x2", factor=2, noisy_model="waifu2x-photo-noise3-x2")
-    assert upscale.for_footage(clean) is upscale
-    chosen = upscale.for_footage(noisy)
-    assert chosen is not None and chosen.model.name == "waifu2x-photo-noise3-x2"
-    assert upscale.for_footage(noisy) is chosen  # loaded once
-    big = np.stack([cv2.resize(f, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
-                    for f in clean])
-    assert psnr(chosen(noisy), big) > psnr(upscale(noisy), big) + 1
-    at_one = NeuralUpscale("span-x2", factor=1, noisy_model="waifu2x-photo-noise3-x2")
-    assert at_one.for_footage(clean) is None  # nothing to do on a clean chunk at ×1
-    with pytest.raises(ValueError, match="unknown model"):
-        NeuralUpscale("span-x2", noisy_model="no-such-model")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.keys import new_api_key, new_id
-from serve_app.records import JobRecord, JobStatus, WebhookAttempt
+from serve_app.records import JobRecord, JobStatus, UploadRecord, UploadStatus, WebhookAttempt
 from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS, AmbiguousKey, JobStore, QueueFull
 
 MONGODB_URI = os.environ.get("RETROIVA_MONGODB_URI")
@@ -38,7 +38,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
                         "(e.g. mongodb://127.0.0.1:27017) to run it against a server")
         from serve_app.mongo_store import MongoStore
 
-        backend = MongoStore(MONGODB_URI, f"retroiva_test_{uuid.uuid4().hex[:8]}")
+        # The suite replays time with explicit ``now``s; the server's clock has its own test.
+        backend = MongoStore(MONGODB_URI, f"retroiva_test_{uuid.uuid4().hex[:8]}",
+                             server_clock=False)
     await backend.init()
     try:
         yield backend
@@ -347,5 +349,174 @@ async def test_sqlite_store_from_an_earlier_version_gains_new_columns(tmp_path: 
     await store.init()
     job = await store.get_job("job_old")
     assert job is not None and job.engine == "neural"
+    assert (job.upload_id, job.deadline_at) == (None, None)
     await store.insert_job(_job(engine="classical"), time.time())
     await store.close()
+
+
+def _upload(key_id: str = "key_a", size: int = 10, expires_in: float = 600,
+            **fields: object) -> UploadRecord:
+    now = time.time()
+    values: dict[str, object] = {"id": new_id("upl"), "key_id": key_id, "size": size,
+                                 "offset": 0, "created_at": now,
+                                 "expires_at": now + expires_in, "filename": "a.mp4"}
+    values.update(fields)
+    return UploadRecord(**values)  # type: ignore[arg-type]
+
+
+async def test_upload_offsets_move_forward_by_compare_and_set(store: JobStore):
+    upload = _upload()
+    await store.insert_upload(upload)
+    assert await store.get_upload(upload.id) == upload
+    assert upload.status == UploadStatus.PENDING
+    racing = await asyncio.gather(*(store.advance_upload(upload.id, 0, 4) for _ in range(5)))
+    assert [r.offset for r in racing if r is not None] == [4]  # one writer counts
+    assert await store.advance_upload(upload.id, 0, 8) is None  # stale offset
+    assert await store.advance_upload(upload.id, 4, 11) is None  # past the size
+    assert await store.advance_upload(upload.id, 4, 3) is None  # backwards
+    done = await store.advance_upload(upload.id, 4, 10)
+    assert done is not None and done.status == UploadStatus.COMPLETE
+    assert await store.get_upload("upl_missing") is None
+
+
+async def test_an_upload_feeds_one_job_and_is_found_when_that_job_ends(store: JobStore):
+    now = time.time()
+    unfinished, complete = _upload(), _upload(offset=10)
+    for upload in (unfinished, complete):
+        await store.insert_upload(upload)
+    assert not await store.claim_upload(unfinished.id, "job_1", now)
+    claims = await asyncio.gather(*(store.claim_upload(complete.id, f"job_{n}", now)
+                                    for n in range(4)))
+    assert sorted(claims) == [False, False, False, True]
+    winner = (await store.get_upload(complete.id)).job_id
+    assert await store.advance_upload(complete.id, 10, 10) is None  # taken: frozen
+    await store.release_upload(complete.id, "job_other")  # not its job: no change
+    assert (await store.get_upload(complete.id)).job_id == winner
+    await store.release_upload(complete.id, winner)
+    assert (await store.get_upload(complete.id)).job_id is None
+
+    job = _job()
+    await store.insert_job(dataclasses.replace(job, upload_id=complete.id), now)
+    assert await store.claim_upload(complete.id, job.id, now)
+    assert await store.uploads_of_ended_jobs(10) == []
+    await store.request_cancel(job.id, time.time())
+    assert [u.id for u in await store.uploads_of_ended_jobs(10)] == [complete.id]
+    assert (await store.get_job(job.id)).upload_id == complete.id
+    await store.delete_upload(complete.id)
+    await store.delete_upload(complete.id)  # gone already: no error
+    assert await store.get_upload(complete.id) is None
+
+
+async def test_expired_uploads_are_those_no_job_took(store: JobStore):
+    now = time.time()
+    old, taken, fresh = _upload(expires_in=-1, offset=10), _upload(offset=10), _upload()
+    for upload in (old, taken, fresh):
+        await store.insert_upload(upload)
+    assert await store.claim_upload(taken.id, "job_t", now)
+    assert not await store.claim_upload(old.id, "job_x", now)  # expired: refused
+    later = now + 3600
+    assert [u.id for u in await store.expired_uploads(now, 10)] == [old.id]
+    assert {u.id for u in await store.expired_uploads(later, 10)} == {old.id, fresh.id}
+
+
+async def test_queued_jobs_past_their_deadline_are_canceled(store: JobStore):
+    now = time.time()
+    overdue = _job(deadline_at=now - 1, webhook_url="https://example.com/hook")
+    later, plain = _job(deadline_at=now + 60), _job()
+    for job in (overdue, later, plain):
+        await store.insert_job(job, now)
+    assert await store.cancel_overdue(now) == 1
+    ended = await store.get_job(overdue.id)
+    assert (ended.status, ended.error_type) == (JobStatus.CANCELED, "deadline_exceeded")
+    assert ended.webhook_status == "pending" and ended.completed_at == now
+    assert (await store.get_job(later.id)).status == JobStatus.QUEUED
+    assert (await store.get_job(plain.id)).status == JobStatus.QUEUED
+    assert (await store.get_job(later.id)).deadline_at == now + 60
+    assert await store.cancel_overdue(now) == 0
+
+
+async def test_rotation_keeps_the_previous_secret_for_the_overlap(store: JobStore):
+    """Issue 17 item 2: one update moves the current secret to previous."""
+    _, first = new_api_key("tenant-1", rate_limit=10)
+    _, second = new_api_key("tenant-2", rate_limit=10)
+    second = dataclasses.replace(second, prefix=first.prefix)
+    for record in (first, second):
+        await store.add_key(record)
+    with pytest.raises(AmbiguousKey):
+        await store.rotate_webhook_secret(first.prefix, "whsec_x", 5.0)
+    assert await store.rotate_webhook_secret(first.id, "whsec_new", 1234.5)
+    rotated = await store.get_key(first.id)
+    assert (rotated.webhook_secret, rotated.previous_webhook_secret,
+            rotated.previous_secret_expires_at) == ("whsec_new", first.webhook_secret, 1234.5)
+    assert (await store.get_key(second.id)).previous_webhook_secret is None
+    assert not await store.rotate_webhook_secret("key_missing", "whsec_y", 1.0)
+
+
+async def _delivered(store: JobStore, key_id: str = "key_a", status: str = "delivered"
+                     ) -> JobRecord:
+    await store.insert_job(_job(key_id, webhook_url="https://hooks.example.com/x"),
+                           time.time())
+    job = await store.claim_next("r", time.time(), 30)
+    await store.finish(job.id, "r", JobStatus.COMPLETED, time.time())
+    await store.claim_due_webhooks(time.time(), 1, 10)
+    await store.record_webhook_attempt(
+        WebhookAttempt(job.id, 1, time.time(), 500 if status == "failed" else 200,
+                       "HTTP 500" if status == "failed" else None, 5),
+        status=status, next_at=None, body='{"a":1}')
+    return await store.get_job(job.id)
+
+
+async def test_redelivery_only_of_ended_deliveries_with_a_new_round(store: JobStore):
+    """Issue 17 item 3: delivered or failed events become pending again, due now."""
+    await store.insert_job(_job(webhook_url="https://hooks.example.com/x"), time.time())
+    pending = await store.claim_next("r", time.time(), 30)
+    await store.finish(pending.id, "r", JobStatus.COMPLETED, time.time())
+    assert await store.redeliver_webhook(pending.id, time.time()) is None  # still pending
+    job = await _delivered(store)
+    now = time.time()
+    again = await store.redeliver_webhook(job.id, now)
+    assert (again.webhook_status, again.webhook_next_at, again.webhook_round_start,
+            again.webhook_attempts, again.webhook_body) == ("pending", now, 1, 1, '{"a":1}')
+    assert job.id in [j.id for j in await store.claim_due_webhooks(now + 1, 1, 10)]
+    await store.record_webhook_attempt(
+        WebhookAttempt(job.id, 2, now, 200, None, 3, redelivery=True),
+        status="delivered", next_at=None, body='{"a":1}')
+    assert [a.redelivery for a in await store.webhook_attempts(job.id)] == [False, True]
+    assert await store.redeliver_webhook("job_missing", now) is None
+
+
+async def test_webhook_events_listed_by_status_per_key(store: JobStore):
+    """Issue 17 item 3: a key's failed deliveries, newest first, paginated."""
+    failed = [await _delivered(store, "key_a", "failed") for _ in range(3)]
+    await _delivered(store, "key_a", "delivered")
+    foreign = await _delivered(store, "key_b", "failed")
+    page, more = await store.list_webhook_events("key_a", "failed", 2, None)
+    assert more and [j.id for j in page] == [failed[2].id, failed[1].id]
+    rest, more = await store.list_webhook_events("key_a", "failed", 2, page[-1].id)
+    assert not more and [j.id for j in rest] == [failed[0].id]
+    assert [j.id for j in (await store.list_webhook_events("key_b", "failed", 10, None))[0]
+            ] == [foreign.id]
+    assert await store.list_webhook_events("key_a", "failed", 10, foreign.id) == ([], False)
+    assert len((await store.list_webhook_events("key_a", "delivered", 10, None))[0]) == 1
+
+
+# Issue 21 item 9: MongoDB leases are written and compared on the server's clock.
+@pytest.mark.skipif(not MONGODB_URI, reason="needs a MongoDB server: set RETROIVA_MONGODB_URI")
+async def test_mongo_leases_follow_the_servers_clock_not_the_callers():
+    from serve_app.mongo_store import MongoStore
+
+    store = MongoStore(MONGODB_URI or "", f"retroiva_test_{uuid.uuid4().hex[:8]}")
+    await store.init()
+    try:
+        await store.insert_job(_job(), time.time())
+        skewed_ahead = time.time() + 3600.0  # a runner whose clock runs an hour fast
+        job = await store.claim_next("runner", skewed_ahead, 1.0)
+        assert job is not None and abs(job.lease_expires_at - (time.time() + 1.0)) < 30
+        # The fast clock would see the lease as long expired; the server does not.
+        assert await store.requeue_expired(skewed_ahead, max_attempts=3) == 0
+        await asyncio.sleep(1.5)
+        # A clock an hour slow sees it as live; the server knows it has lapsed.
+        assert await store.requeue_expired(time.time() - 3600.0, max_attempts=3) == 1
+    finally:
+        await store.drop()
+        await store.close()

@@ -1,0 +1,373 @@
+"""Direct, resumable uploads: the tus 1.0 protocol (core, creation, expiration,
+termination) under ``/v2/uploads``, and the upload's life around its job.
+
+An upload's record (size, offset, owner, expiry, the job that took it) is in the job
+store, so every Serve replica sees the same offset; its bytes are in upload storage
+(:mod:`serve_app.uploads_storage`).  A chunk is written at the recorded offset first
+and counted second, by a compare-and-set on the offset: a chunk sent twice, or two
+replicas racing, can never move the offset past bytes that are not there.  A dropped
+connection keeps what arrived (counted as it is flushed), so the client resumes from
+``HEAD``'s ``Upload-Offset``.
+
+Zero retention: an upload is deleted (bytes, then record) when the job that took it
+ends, however it ends, and an upload no job took is deleted once it expires (refused
+from then on with 410).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Coroutine
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from serve_app.errors import (
+    ApiError,
+    ConflictError,
+    GoneError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from serve_app.keys import new_id
+from serve_app.records import ApiKeyRecord, JobRecord, UploadRecord
+from serve_app.schemas import UploadBody, upload_from_record
+from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS, JobStore
+from serve_app.uploads_storage import UploadStorage
+
+if TYPE_CHECKING:
+    from serve_app.api import Api
+
+__all__ = ["TUS_VERSION", "UploadRoutes", "claim_upload", "delete_upload", "drop_job_upload",
+           "input_of_upload", "sweep_uploads", "tus_error_headers"]
+
+log = logging.getLogger(__name__)
+
+TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = "creation,expiration,termination"
+# Bytes of a PATCH held in memory before they are written and counted: large enough
+# for S3's part sizes, small enough that many uploads at once stay cheap.
+FLUSH_BYTES = 8 * 1024 * 1024
+
+
+class TusVersionError(InvalidRequestError):
+    """The client speaks a tus version other than 1.0.0."""
+
+    status = 412
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    """A PATCH whose body is not ``application/offset+octet-stream``."""
+
+    status = 415
+
+
+def input_of_upload(upload_id: str) -> str:
+    """What a job made from an upload shows as its ``input_url``."""
+    return f"upload:{upload_id}"
+
+
+def _rate_headers(request: Request) -> dict[str, str]:
+    return getattr(request.state, "rate_headers", {})
+
+
+def _http_date(timestamp: float) -> str:
+    return formatdate(timestamp, usegmt=True)
+
+
+def _header_int(request: Request, name: str) -> int:
+    text = request.headers.get(name, "")
+    if not 0 < len(text) <= 19 or not text.isascii() or not text.isdigit():
+        raise InvalidRequestError(f"{name} must be a non-negative integer", param=name)
+    return int(text)
+
+
+def _filename(metadata: str) -> str | None:
+    """The ``filename`` of a tus ``Upload-Metadata`` header (``key base64,…``)."""
+    for pair in metadata.split(","):
+        name, _, value = pair.strip().partition(" ")
+        if name == "filename" and value:
+            try:
+                decoded = base64.b64decode(value, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise InvalidRequestError("Upload-Metadata filename must be base64 "
+                                          "UTF-8", param="Upload-Metadata") from None
+            return decoded[:255]
+    return None
+
+
+async def delete_upload(store: JobStore, storage: UploadStorage, upload: UploadRecord) -> None:
+    """Delete the upload's bytes, then its record (so a failure leaves it findable)."""
+    await asyncio.to_thread(storage.delete, upload.id)
+    await store.delete_upload(upload.id)
+
+
+async def claim_upload(store: JobStore, key: ApiKeyRecord, upload_id: str, job_id: str,
+                       idempotency_key: str | None) -> bool:
+    """Give the key's complete upload to the new job ``job_id``.
+
+    Returns False when the upload already belongs to this key's job with the same
+    idempotency key (a replay: the caller returns that job).  Raises
+    :class:`NotFoundError` for an unknown or other key's upload,
+    :class:`GoneError` for an expired one, :class:`InvalidRequestError` for an
+    unfinished one or one another job took.
+    """
+    now = time.time()
+    upload = await store.get_upload(upload_id)
+    if upload is None or upload.key_id != key.id:
+        raise NotFoundError(f"no such upload: {upload_id}", param="upload_id")
+    if upload.job_id is not None:
+        taken_by = await store.get_job(upload.job_id)
+        if idempotency_key is not None and taken_by is not None \
+                and taken_by.idempotency_key == idempotency_key \
+                and taken_by.created_at > now - IDEMPOTENCY_WINDOW_SECONDS:
+            return False
+        raise InvalidRequestError(f"upload {upload_id} was already used by job "
+                                  f"{upload.job_id}; an upload feeds one job",
+                                  param="upload_id")
+    if upload.expires_at <= now:
+        raise GoneError(f"upload {upload_id} expired unfinished or unused and was deleted")
+    if upload.offset < upload.size:
+        raise InvalidRequestError(f"upload {upload_id} is not complete: {upload.offset} of "
+                                  f"{upload.size} bytes received", param="upload_id")
+    if not await store.claim_upload(upload_id, job_id, now):
+        raise InvalidRequestError(f"upload {upload_id} was taken by another job or expired "
+                                  "just now", param="upload_id")
+    return True
+
+
+async def sweep_uploads(store: JobStore, storage: UploadStorage, now: float) -> int:
+    """Delete uploads that expired unused and those whose job has ended."""
+    swept = 0
+    for batch in (await store.expired_uploads(now, 100),
+                  await store.uploads_of_ended_jobs(100)):
+        for upload in batch:
+            await delete_upload(store, storage, upload)
+            swept += 1
+    if swept:
+        log.info("deleted %d uploads (expired, or their job ended)", swept)
+    return swept
+
+
+async def drop_job_upload(store: JobStore, storage: UploadStorage, job: JobRecord) -> None:
+    """Zero retention: the upload a job took goes when the job ends."""
+    if job.upload_id is None:
+        return
+    upload = await store.get_upload(job.upload_id)
+    if upload is not None and upload.job_id == job.id:
+        await delete_upload(store, storage, upload)
+
+
+async def _outliving_cancel(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end even if the caller is cancelled meanwhile."""
+    task = asyncio.ensure_future(work)
+
+    def report(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.info("keeping the bytes of a dropped PATCH failed: %s", done.exception())
+
+    task.add_done_callback(report)
+    await asyncio.shield(task)
+
+
+class UploadRoutes:
+    """The ``/v2/uploads`` handlers; they share the API's auth, store and responses."""
+
+    def __init__(self, api: Api, storage: UploadStorage) -> None:
+        self.api = api
+        self.storage = storage
+        self._locks: dict[str, asyncio.Lock] = {}  # one PATCH per upload per replica
+
+    def _url(self, request: Request, upload_id: str) -> str:
+        base = self.api.settings.public_url or str(request.base_url)
+        return f"{base.rstrip('/')}/v2/uploads/{upload_id}"
+
+    @staticmethod
+    def _check_version(request: Request) -> None:
+        version = request.headers.get("tus-resumable")
+        if version is not None and version != TUS_VERSION:
+            raise TusVersionError(f"Tus-Resumable {version!r} is not supported; this "
+                                  f"server speaks {TUS_VERSION}", param="Tus-Resumable")
+
+    def _headers(self, upload: UploadRecord) -> dict[str, str]:
+        return {"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(upload.offset),
+                "Upload-Length": str(upload.size),
+                "Upload-Expires": _http_date(upload.expires_at)}
+
+    async def _own(self, request: Request, key: ApiKeyRecord) -> UploadRecord:
+        """The key's upload named in the path; 404 for others', 410 once expired."""
+        upload_id = request.path_params["upload_id"]
+        store = await self.api._store()
+        upload = await store.get_upload(upload_id)
+        if upload is None or upload.key_id != key.id:
+            raise NotFoundError(f"no such upload: {upload_id}", param="upload_id")
+        if upload.job_id is None and upload.expires_at <= time.time():
+            await delete_upload(store, self.storage, upload)
+            raise GoneError(f"upload {upload_id} expired and was deleted")
+        return upload
+
+    def _object(self, request: Request, upload: UploadRecord, status: int = 200,
+                extra: dict[str, str] | None = None) -> Response:
+        return self.api._json(request, upload_from_record(upload, self._url(request, upload.id)),
+                              status, {"Tus-Resumable": TUS_VERSION, **(extra or {})})
+
+    # Routes
+    async def options(self, request: Request) -> Response:
+        """tus discovery; no key needed (browsers send it as a CORS preflight)."""
+        return Response(status_code=204, headers={
+            "Tus-Resumable": TUS_VERSION, "Tus-Version": TUS_VERSION,
+            "Tus-Extension": TUS_EXTENSIONS,
+            "Tus-Max-Size": str(self.api.settings.max_input_bytes)})
+
+    async def create(self, request: Request) -> Response:
+        key = await self.api.authenticate(request)
+        self._check_version(request)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/json":
+            data = await self.api._json_body(request)
+            try:
+                body = UploadBody.model_validate(data)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise InvalidRequestError(first["msg"], param=".".join(
+                    str(p) for p in first["loc"]) or None) from None
+            size, filename, param = body.size, body.filename, "size"
+        else:
+            if "upload-defer-length" in request.headers:
+                raise InvalidRequestError("Upload-Defer-Length is not supported; send "
+                                          "Upload-Length", param="Upload-Defer-Length")
+            size = _header_int(request, "Upload-Length")
+            filename = _filename(request.headers.get("upload-metadata", ""))
+            param = "Upload-Length"
+            if size == 0:
+                raise InvalidRequestError("Upload-Length must be at least 1", param=param)
+        limit = self.api.settings.max_input_bytes
+        if size > limit:
+            raise PayloadTooLargeError(f"the upload is {size} bytes; the limit "
+                                       f"(MAX_INPUT_BYTES) is {limit}", param=param)
+        now = time.time()
+        upload = UploadRecord(id=new_id("upl"), key_id=key.id, size=size, offset=0,
+                              created_at=now,
+                              expires_at=now + self.api.settings.upload_expiry_seconds,
+                              filename=filename)
+        # The record first: bytes without one could never be found and deleted.
+        await (await self.api._store()).insert_upload(upload)
+        await asyncio.to_thread(self.storage.create, upload.id, size)
+        return self._object(request, upload, 201, {
+            "Location": self._url(request, upload.id),
+            "Upload-Expires": _http_date(upload.expires_at)})
+
+    async def head(self, request: Request) -> Response:
+        key = await self.api.authenticate(request)
+        upload = await self._own(request, key)
+        return Response(status_code=200, headers={
+            **_rate_headers(request), **self._headers(upload),
+            "Cache-Control": "no-store"})
+
+    async def get(self, request: Request) -> Response:
+        key = await self.api.authenticate(request)
+        return self._object(request, await self._own(request, key))
+
+    async def delete(self, request: Request) -> Response:
+        key = await self.api.authenticate(request)
+        self._check_version(request)
+        upload = await self._own(request, key)
+        if upload.job_id is not None:
+            raise ConflictError(f"upload {upload.id} is the input of job {upload.job_id}; "
+                                "it is deleted when the job ends (cancel the job)")
+        await delete_upload(await self.api._store(), self.storage, upload)
+        return Response(status_code=204, headers={**_rate_headers(request),
+                                                  "Tus-Resumable": TUS_VERSION})
+
+    async def patch(self, request: Request) -> Response:
+        key = await self.api.authenticate(request)
+        self._check_version(request)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/offset+octet-stream":
+            raise UnsupportedMediaTypeError("Content-Type must be "
+                                            "application/offset+octet-stream",
+                                            param="Content-Type")
+        offset = _header_int(request, "Upload-Offset")
+        upload = await self._own(request, key)
+        lock = self._locks.setdefault(upload.id, asyncio.Lock())
+        try:
+            async with lock:  # re-read under the lock: the last holder moved the offset
+                upload = await self._write(request, await self._own(request, key), offset)
+        finally:
+            if not lock.locked():
+                self._locks.pop(upload.id, None)
+        return Response(status_code=204, headers={**_rate_headers(request),
+                                                  **self._headers(upload)})
+
+    async def _write(self, request: Request, upload: UploadRecord, offset: int
+                     ) -> UploadRecord:
+        """Write the body at ``offset``, counting each flushed piece; keep what arrived
+        if the client goes away."""
+        if upload.job_id is not None:
+            raise ConflictError(f"upload {upload.id} is complete and in use by a job")
+        if offset != upload.offset:
+            raise ConflictError(f"Upload-Offset is {offset} but the upload is at "
+                                f"{upload.offset}; resume from HEAD's Upload-Offset",
+                                param="Upload-Offset")
+        room = upload.size - upload.offset
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > room:
+            raise PayloadTooLargeError(f"the body ({declared} bytes) goes past "
+                                       f"Upload-Length ({upload.size})",
+                                       param="Upload-Length")
+        store = await self.api._store()
+        buffer = bytearray()
+
+        async def flush() -> None:
+            nonlocal upload, buffer
+            if not buffer:
+                return
+            data, buffer = bytes(buffer), bytearray()
+            await asyncio.to_thread(self.storage.write, upload.id, upload.size,
+                                    upload.offset, data)
+            moved = await store.advance_upload(upload.id, upload.offset,
+                                               upload.offset + len(data))
+            if moved is None:
+                raise ConflictError(f"upload {upload.id} was written by another request "
+                                    "at the same time; resume from HEAD's Upload-Offset",
+                                    param="Upload-Offset")
+            upload = moved
+
+        too_long = False
+        try:
+            async for piece in request.stream():
+                fits = upload.size - upload.offset - len(buffer)
+                if len(piece) > fits:
+                    buffer += piece[:fits]
+                    too_long = True
+                    break
+                buffer += piece
+                if len(buffer) >= FLUSH_BYTES:
+                    await flush()
+        except (ClientDisconnect, asyncio.CancelledError) as gone:
+            # What arrived stays: the client resumes from the offset HEAD reports.  Ray
+            # Serve cancels the handler when the client goes (at once, or while this
+            # flush runs), so the flush is shielded and finishes on its own.
+            await _outliving_cancel(flush())
+            if isinstance(gone, asyncio.CancelledError):
+                raise
+            return upload  # the response goes nowhere: there is no one left to tell
+        await flush()
+        if too_long:
+            raise PayloadTooLargeError(f"the body goes past Upload-Length ({upload.size}); "
+                                       f"kept the first {upload.offset} bytes",
+                                       param="Upload-Length")
+        return upload
+
+
+def tus_error_headers(error: ApiError) -> dict[str, str]:
+    """tus asks for ``Tus-Version`` on a 412."""
+    return {"Tus-Version": TUS_VERSION} if isinstance(error, TusVersionError) else {}
