@@ -34,6 +34,10 @@ from tests.local_http import serve_directory
 from tests.media import decode_frames
 from tests.stored_keys import add_key, bearer
 
+# A cluster, a deploy, a batch run twice and a redeploy on a shared 2-core machine:
+# each test (with the module's teardown on the last) can take more than the default.
+pytestmark = pytest.mark.timeout(900)
+
 REPO = Path(__file__).parents[1]
 VENV_BIN = Path(sys.executable).parent
 
