@@ -48,6 +48,9 @@ test: $(STAMP)
 	@# The colour and fidelity tests decode outputs with the ffmpeg CLI, as users do.
 	@command -v ffmpeg >/dev/null || (apt-get update -q >/dev/null; apt-get install -y -q ffmpeg >/dev/null) || \
 		echo "ffmpeg is missing: the colour and fidelity tests will be skipped"
+	@# The dashboard's browser test drives Debian's Chromium through chromedriver.
+	@command -v chromedriver >/dev/null || (apt-get update -q >/dev/null; apt-get install -y -q chromium chromium-driver >/dev/null) || \
+		echo "chromium is missing: the dashboard's browser test will be skipped"
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -27,9 +27,10 @@ from starlette.responses import (
     RangeNotSatisfiable,
     Response,
 )
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.dashboard import create_dashboard
 from serve_app.errors import (
     ApiError,
     AuthenticationError,
@@ -212,11 +213,17 @@ class Api:
         return self.store
 
     async def authenticate(self, request: Request) -> ApiKeyRecord:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthenticationError("missing API key: send 'Authorization: Bearer sk_live_…'")
-        key = await active_key(await self._store(), token)
+        # The dashboard (serve_app.dashboard) runs these handlers for a key holder it
+        # signed in: it checks their session and CSRF token, then hands over their key
+        # in the request's state, which only server code can set.
+        key = getattr(request.state, "dashboard_key", None)
+        if key is None:
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise AuthenticationError("missing API key: send "
+                                          "'Authorization: Bearer sk_live_…'")
+            key = await active_key(await self._store(), token)
         await self._count(request, key)
         return key
 
@@ -491,6 +498,8 @@ def create_api(settings: Settings, store: JobStore | None = None,
             Route("/v2/openapi.json", api.openapi, methods=["GET"]),
             Route("/healthz", api.health, methods=["GET"]),
             Route("/readyz", api.ready, methods=["GET"]),
+            # The web dashboard: pages over these same handlers and store.
+            Mount("/dashboard", app=create_dashboard(api)),
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error,
                             StoreUnavailable: store_unavailable, Exception: unexpected},

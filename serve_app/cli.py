@@ -588,6 +588,9 @@ def serve() -> None:
         return await _create_key(store, "default", settings.default_rate_limit)
 
     created = _store_call(first_key, create=True, settings=settings, quiet=True)
+    from serve_app.dashboard.sessions import admin_token_path, load_admin_token
+
+    admin_token, admin_created = load_admin_token(settings.admin_token, settings.data_dir)
     try:
         context = ray.init(include_dashboard=settings.dashboard,
                            dashboard_host=settings.host,
@@ -609,6 +612,13 @@ def serve() -> None:
     dashboard_url = getattr(context, "dashboard_url", None)
     if settings.dashboard and dashboard_url:
         typer.echo(f"Ray dashboard: http://{dashboard_url}")
+    typer.echo(f"Web dashboard: {base}/dashboard/")
+    if admin_created:
+        typer.echo(f"Dashboard admin token (operator sign-in; kept in "
+                   f"{admin_token_path(settings.data_dir).resolve()}): {admin_token}")
+    elif not settings.admin_token:
+        typer.echo("Dashboard admin token: in "
+                   f"{admin_token_path(settings.data_dir).resolve()}")
     if created is not None:
         _announce_key(*created)
         typer.echo(f"Try: curl {base}/v2/jobs -H 'Authorization: Bearer {created[0]}'")

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     secrets_key: str | None = Field(None, repr=False, description="Fernet keys sealing "
                                     "webhook secrets at rest, comma-separated, newest "
                                     "first; default: generated in data_dir/secrets.key.")
+    admin_token: str | None = Field(None, repr=False, description="The operator's "
+                                    "sign-in for the web dashboard; default: generated in "
+                                    "data_dir/admin.token (printed by `retroiva serve`).")
+    dashboard_session_seconds: int = Field(8 * 3600, ge=60, description="How long a "
+                                           "dashboard sign-in lasts.")
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="Deadline for one "
                                            "whole delivery attempt, connect to status line.")
     webhook_concurrency: int = Field(16, ge=1, description="Deliveries one runner makes "

@@ -78,6 +78,11 @@ def test_serve_prints_a_working_key_logs_requests_and_stops_cleanly(tmp_path: Pa
         request_id = jobs.headers["x-request-id"]
         missing = httpx.get(f"{base}/v2/jobs/job_nope", headers={"Authorization": "Bearer x"})
         assert missing.status_code == 401
+        # Issue 18: the web dashboard's address and the operator's admin token, printed.
+        assert f"Web dashboard: {base}/dashboard/" in text
+        admin = re.search(r"Dashboard admin token .*: (adm_[A-Za-z0-9_-]+)", text).group(1)
+        assert (tmp_path / "data" / "admin.token").read_text() == admin
+        assert httpx.get(f"{base}/dashboard/login").status_code == 200
 
         # Item 1: a second service on the same port refuses to start.
         second = subprocess.run([sys.executable, "-m", "serve_app.cli", "serve"],
