@@ -1,7 +1,11 @@
 """Archive batches: one job per manifest row, followed to the end, results written back.
 
-    ray job submit --working-dir . -- python -m pipelines.batch MANIFEST \\
-        [--preset archive] [--upscale-factor 2] [--api-key sk_live_…] [--results FILE]
+    ray job submit --working-dir . -- ~/retroiva/.venv/bin/retroiva batch MANIFEST \\
+        [--preset archive] [--upscale-factor 2] [--api-key-file FILE] [--results FILE]
+
+(``python -m pipelines.batch`` is the same command where the venv's python is the
+one on ``PATH``; the console script names its interpreter itself, so it works from a
+Ray started without the venv on ``PATH``.)
 
 The manifest is CSV (a header row) or JSONL (one object per line) with a
 ``video_url`` per row and optional ``preset``, ``upscale_factor``, ``webhook_url``,
@@ -16,9 +20,18 @@ which the installed service registers under the ``retroiva.job_queues`` entry po
 (``serve_app.batch_queue``), keeping the import arrows one way (serve_app → pipelines).
 
 Re-running a manifest creates no duplicate jobs: each row's idempotency key is a hash
-of the row, so the service returns the job it already has (within its 24 h idempotency
-window).  Exit status: 0 when every job completed, 1 when any was rejected, failed or
-canceled, 2 for an unusable manifest or command line.
+of the row with the options in effect for it (``--preset``/``--upscale-factor`` filling
+its blanks), so the service returns the job it already has (within its 24 h
+idempotency window), and a re-run with other options makes new jobs.
+
+Each batch has an id: the Ray job's submission id under ``ray job submit``, else a
+new ``batch_…``; the queue records which jobs it made (``retroiva batches``).
+
+Exit status: 0 when every job completed; 1 when the batch ran to its end but some row
+was rejected or its job failed or was canceled (a partial success: the results file
+is written and the last line says how many completed); 2 for an unusable manifest,
+key or command line (nothing submitted); 3 when the batch itself broke off (the
+results so far are written, with unfinished rows as they stood).
 """
 
 from __future__ import annotations
@@ -29,18 +42,21 @@ import csv
 import hashlib
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from pipelines.presets import ENGINES, PRESETS
 
 __all__ = ["BatchResult", "JobQueue", "JobState", "ManifestError", "ManifestRow",
-           "QueueRefused", "RowRejected", "main", "read_manifest", "run_batch", "write_results"]
+           "QueueRefused", "RowRejected", "batch_id", "main", "read_manifest", "row_problem",
+           "run_batch", "write_results"]
 
 ENTRY_POINT_GROUP = "retroiva.job_queues"
 TERMINAL = frozenset({"completed", "failed", "canceled", "rejected"})
@@ -69,9 +85,18 @@ class ManifestRow:
     engine: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def with_defaults(self, preset: str | None, upscale_factor: int | None) -> ManifestRow:
+        """The row as it is submitted: the command line's options fill its blanks."""
+        return replace(self, preset=self.preset or preset,
+                       upscale_factor=self.upscale_factor or upscale_factor)
+
     @property
     def idempotency_key(self) -> str:
-        """Same row, same key, so a re-run finds its jobs instead of duplicating them."""
+        """Same row, same key, so a re-run finds its jobs instead of duplicating them.
+
+        Taken from the row :meth:`with_defaults` returns, so a re-run with another
+        ``--preset`` is a new job rather than a conflict with the old one.
+        """
         content = {k: v for k, v in asdict(self).items() if k != "line"}
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         return f"batch-{digest[:40]}"
@@ -96,7 +121,12 @@ class BatchResult:
 class JobQueue(Protocol):
     """What a batch needs from the service: create jobs and read them back."""
 
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Raises :class:`QueueRefused` when the batch can't go on at all."""
+
+    async def record(self, batch: str, manifest: str, results: list[BatchResult], *,
+                     finished: bool) -> None:
+        """Keep which jobs the batch made, so an operator can list or cancel them."""
 
     async def submit(self, row: ManifestRow, preset: str | None,
                      upscale_factor: int | None) -> JobState:
@@ -148,6 +178,34 @@ def _row(line: int, raw: dict[str, Any]) -> ManifestRow:
                        engine=engine, metadata={**extra, **metadata})
 
 
+def row_problem(row: ManifestRow) -> str | None:
+    """Why the service would refuse this row whatever its state, or None.
+
+    Checked for every row before anything is submitted; such a row is reported
+    ``rejected`` and the others go on.
+    """
+    parts = urlsplit(row.video_url)
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"video_url must be an http or https URL, not {parts.scheme or 'none'}:"
+    if not parts.hostname:
+        return "video_url has no host"
+    return None
+
+
+def batch_id(environ: dict[str, str] | None = None) -> str:
+    """The Ray job's submission id when Ray runs us (what its dashboard and ``ray job``
+    show), else a new id."""
+    environ = os.environ if environ is None else environ
+    try:
+        config = json.loads(environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        submission = config.get("metadata", {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        submission = None
+    if isinstance(submission, str) and submission:
+        return submission
+    return f"batch_{time.strftime('%Y%m%d%H%M%S', time.gmtime())}_{secrets.token_hex(3)}"
+
+
 def read_manifest(path: Path) -> list[ManifestRow]:
     """Parse and check every row before anything is submitted."""
     try:
@@ -183,18 +241,41 @@ def read_manifest(path: Path) -> list[ManifestRow]:
 async def run_batch(rows: Sequence[ManifestRow], queue: JobQueue, *,
                     preset: str | None = None, upscale_factor: int | None = None,
                     poll_seconds: float = 2.0, report_seconds: float = 10.0,
-                    say: Callable[[str], None] = print) -> list[BatchResult]:
-    """Submit every row, then follow the jobs until all have ended."""
-    states: list[JobState] = []
-    for row in rows:
-        try:
-            state = await queue.submit(row, preset, upscale_factor)
-        except RowRejected as exc:
-            state = JobState(id="", status="rejected", error_type="invalid_request",
-                             error_message=str(exc))
-        states.append(state)
-        say(f"line {row.line}: {state.id or '-'} {state.status}"
-            + (f" ({state.error_message})" if state.status == "rejected" else ""))
+                    say: Callable[[str], None] = print, batch: str | None = None,
+                    manifest: str = "", sink: list[BatchResult] | None = None
+                    ) -> list[BatchResult]:
+    """Submit every row, then follow the jobs until all have ended.
+
+    ``sink``, when given, always holds the results as they stand, so a batch that
+    breaks off can still write what it had.
+    """
+    batch = batch or batch_id()
+    rows = [row.with_defaults(preset, upscale_factor) for row in rows]
+    # Rows the service would refuse anyway are settled before anything is submitted.
+    states = [JobState(id="", status="rejected", error_type="invalid_request_error",
+                       error_message=problem) if (problem := row_problem(row))
+              else JobState(id="", status="pending") for row in rows]
+    results = sink if sink is not None else []
+    results[:] = [BatchResult(row, state) for row, state in zip(rows, states, strict=True)]
+    record = getattr(queue, "record", None)
+
+    async def keep(finished: bool) -> None:
+        results[:] = [BatchResult(row, state) for row, state in zip(rows, states, strict=True)]
+        if record is not None:
+            await record(batch, manifest, results, finished=finished)
+
+    say(f"batch {batch}: {len(rows)} rows")
+    for i, row in enumerate(rows):
+        if states[i].status == "pending":
+            try:
+                states[i] = await queue.submit(row, row.preset, row.upscale_factor)
+            except RowRejected as exc:
+                states[i] = JobState(id="", status="rejected",
+                                     error_type="invalid_request_error",
+                                     error_message=str(exc))
+        say(f"line {row.line}: {states[i].id or '-'} {states[i].status}"
+            + (f" ({states[i].error_message})" if states[i].status == "rejected" else ""))
+    await keep(finished=False)
     next_report = time.monotonic() + report_seconds
     while any(s.status not in TERMINAL for s in states):
         await asyncio.sleep(poll_seconds)
@@ -209,7 +290,8 @@ async def run_batch(rows: Sequence[ManifestRow], queue: JobQueue, *,
             next_report = time.monotonic() + report_seconds
             say(_summary(states))
     say(_summary(states))
-    return [BatchResult(row, state) for row, state in zip(rows, states, strict=True)]
+    await keep(finished=True)
+    return list(results)
 
 
 def _summary(states: Sequence[JobState]) -> str:
@@ -264,15 +346,19 @@ def _load_queue(api_key: str) -> JobQueue:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.batch",
+        prog="retroiva batch",
         description="Create one Retroiva job per manifest row and follow them to the end.")
     parser.add_argument("manifest", type=Path, help="CSV or JSONL manifest of video URLs.")
     parser.add_argument("--preset", choices=list(PRESETS),
                         help="Preset for rows that name none (default: the service's).")
     parser.add_argument("--upscale-factor", type=int, choices=range(1, 5),
                         help="Factor for rows that name none (default: the preset's).")
-    parser.add_argument("--api-key", default=os.environ.get("RETROIVA_API_KEY"),
-                        help="Key that owns the jobs (default: $RETROIVA_API_KEY).")
+    parser.add_argument("--api-key-file", type=Path,
+                        help="File holding the key that owns the jobs (default: "
+                             "$RETROIVA_API_KEY).  Never the key itself on the command "
+                             "line: Ray shows a job's command to everyone who can see Ray.")
+    # Only to refuse it with a reason: argparse would otherwise take a prefix of it.
+    parser.add_argument("--api-key", help=argparse.SUPPRESS)
     parser.add_argument("--results", type=Path,
                         help="Results manifest (default: MANIFEST.results.csv/.jsonl "
                              "beside the manifest); also printed at the end.")
@@ -280,40 +366,94 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace, rows: list[ManifestRow]) -> list[BatchResult]:
-    queue = _load_queue(args.api_key)
+def _api_key(args: argparse.Namespace) -> str:
+    """The key from --api-key-file or $RETROIVA_API_KEY; raises ``ValueError`` why not."""
+    if args.api_key is not None:
+        raise ValueError("--api-key would show the key to everyone who can see Ray's job "
+                         "list and logs; put it in a file (--api-key-file) or in "
+                         "RETROIVA_API_KEY in the service's environment")
+    if args.api_key_file is not None:
+        try:
+            key = args.api_key_file.expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read --api-key-file {args.api_key_file}: "
+                             f"{exc.strerror}") from None
+        if not key:
+            raise ValueError(f"--api-key-file {args.api_key_file} is empty")
+        return key
+    key = os.environ.get("RETROIVA_API_KEY", "").strip()
+    if not key:
+        raise ValueError("an API key is required: --api-key-file FILE or RETROIVA_API_KEY")
+    return key
+
+
+def _check_results(path: Path) -> None:
+    """Fail before submitting anything if the results can't be written where asked."""
+    if path.is_dir():
+        raise ValueError(f"--results {path} is a directory")
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write results to {path}: no directory {path.parent} "
+                         "(on the node running the batch)")
+    probe = path.with_name(path.name + ".partial")
+    try:
+        probe.open("a").close()
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write results to {path}: {exc.strerror}") from None
+
+
+async def _run(args: argparse.Namespace, key: str, rows: list[ManifestRow],
+               sink: list[BatchResult]) -> list[BatchResult]:
+    queue = _load_queue(key)
     await queue.open()
     try:
         return await run_batch(rows, queue, preset=args.preset,
                                upscale_factor=args.upscale_factor,
-                               poll_seconds=args.poll_seconds)
+                               poll_seconds=args.poll_seconds, batch=batch_id(),
+                               manifest=str(args.manifest), sink=sink)
     finally:
         await queue.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not args.api_key:
-        print("error: an API key is required: --api-key or RETROIVA_API_KEY", file=sys.stderr)
-        return 2
     try:
+        key = _api_key(args)
         rows = read_manifest(args.manifest)
-    except ManifestError as exc:
+        path = args.results or _default_results(args.manifest)
+        _check_results(path)
+    except (ManifestError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    sink: list[BatchResult] = []
     try:
-        results = asyncio.run(_run(args, rows))
+        results = asyncio.run(_run(args, key, rows, sink))
     except QueueRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = args.results or _default_results(args.manifest)
+    except (Exception, KeyboardInterrupt) as exc:  # the batch broke off: keep what it had
+        if sink:
+            write_results(sink, path)
+        print(f"error: the batch broke off ({type(exc).__name__}: {exc}); the jobs it "
+              f"created go on in the service; results so far in {path}", file=sys.stderr)
+        return 3
     write_results(results, path)
     for result in results:
         print(json.dumps(_result_record(result), ensure_ascii=False))
     failed = sum(r.state.status != "completed" for r in results)
-    print(f"{len(results) - failed} of {len(results)} completed; results in {path}")
+    if failed:
+        counts = _summary([r.state for r in results]).partition(": ")[2]
+        print(f"partial: {len(results) - failed} of {len(results)} completed ({counts}); "
+              f"results in {path}")
+    else:
+        print(f"{len(results)} of {len(results)} completed; results in {path}")
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m``, this file is ``__main__``, and the job queue imports
+    # ``pipelines.batch`` again: a second copy whose RowRejected and QueueRefused are
+    # other classes than this copy's.  Run the imported copy, so there is one.
+    from pipelines.batch import main as _main
+
+    sys.exit(_main())

@@ -79,6 +79,9 @@ class PipelineConfig:
     # re-run with the same plan processes only the chunks missing there.  None: kept
     # in scratch only, gone with it.  The caller clears it when the job ends.
     segments: SegmentStore | None = None
+    # The Ray Data dataset's name (the service passes the job id): the dashboard lists
+    # the pipeline as ``<name>_<uuid>_0`` instead of ``dataset_<uuid>_0``.
+    dataset_name: str | None = None
 
     def __post_init__(self) -> None:
         ModelOptions(self.model_runtime, self.model_cache)  # a bad runtime fails here
@@ -162,10 +165,12 @@ def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
         else:
             ds = ds.map_batches(operator_stage, batch_size=1, batch_format="numpy",
                                 fn_kwargs=args, num_cpus=stage_cpus)
-    return ds.map_batches(encode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
-                          fn_kwargs={"fps": plan.fps, "settings": plan.encoder,
-                                     "colour": plan.info.colour, "signal": signal,
-                                     "stage": len(plan.chain) + 1})
+    ds = ds.map_batches(encode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
+                        fn_kwargs={"fps": plan.fps, "settings": plan.encoder,
+                                   "colour": plan.info.colour, "signal": signal,
+                                   "stage": len(plan.chain) + 1})
+    ds.set_name(config.dataset_name)
+    return ds
 
 
 def stage_count(plan: JobPlan) -> int:

@@ -4,33 +4,84 @@ Registered as the ``retroiva.job_queues`` entry point ``store`` in pyproject.tom
 ``python -m pipelines.batch`` finds it without :mod:`pipelines` importing this package.
 Settings (store, storage, URL policy, public URL) come from ``RETROIVA_*`` variables,
 the same ones the service reads.
+
+Each batch's ledger (which jobs it made, for which rows) is kept as
+``DATA_DIR/batches/<batch id>.json`` on the node the batch ran on, the head node under
+``ray job submit``: ``retroiva batches list|show|cancel`` read it there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
-from pipelines.batch import JobState, ManifestRow, QueueRefused, RowRejected
+from pipelines.batch import BatchResult, JobState, ManifestRow, QueueRefused, RowRejected
 from serve_app.errors import ApiError, AuthenticationError
 from serve_app.job_intake import active_key, submit_job
+from serve_app.private_files import private_dir
 from serve_app.records import ApiKeyRecord, JobRecord
 from serve_app.schemas import EnhanceBody
 from serve_app.settings import Settings
 from serve_app.storage import download_link, open_storage
 from serve_app.store import open_store
 
-__all__ = ["StoreJobQueue"]
+__all__ = ["StoreJobQueue", "batch_ledger", "batches_dir", "list_batches", "missing_store"]
+
+
+def batches_dir(settings: Settings) -> Path:
+    return settings.data_dir / "batches"
+
+
+def batch_ledger(settings: Settings, batch: str) -> dict[str, Any] | None:
+    path = batches_dir(settings) / f"{batch}.json"
+    if "/" in batch or not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def list_batches(settings: Settings) -> list[dict[str, Any]]:
+    """Every ledger on this node, newest first."""
+    folder = batches_dir(settings)
+    ledgers = [json.loads(p.read_text(encoding="utf-8"))
+               for p in folder.glob("*.json")] if folder.is_dir() else []
+    return sorted(ledgers, key=lambda ledger: ledger.get("created_at", 0), reverse=True)
+
+
+def missing_store(settings: Settings) -> str | None:
+    """Why opening the store would make a new, empty one, or None.
+
+    A batch, like the operator commands, must find the store the service already has:
+    an empty one in the wrong place would only refuse the key (or, worse, take jobs
+    that no runner ever sees).
+    """
+    if settings.mongodb_uri or settings.sqlite_path.exists():
+        return None
+    given = os.environ.get("RETROIVA_DATA_DIR")
+    hint = (f" RETROIVA_DATA_DIR={given!r} is relative, so it depends on the working "
+            "directory (Ray runs a job's entrypoint in its own copy of --working-dir):"
+            " make it absolute in the env file" if given and not Path(given).is_absolute()
+            else " set RETROIVA_DATA_DIR (absolute) to the service's data directory in "
+                 "the environment of `ray start`, or run the batch where the service runs")
+    return f"no job store at {settings.sqlite_path} (cwd {Path.cwd()}).{hint}"
 
 
 class StoreJobQueue:
     def __init__(self, api_key: str, settings: Settings | None = None) -> None:
         self._token = api_key
         self._settings = settings or Settings()
+        # Before the store or storage is opened: either may create the data directory.
+        if problem := missing_store(self._settings):
+            raise QueueRefused(problem)
         self._store = open_store(self._settings)
         self._storage = open_storage(self._settings)
         self._key: ApiKeyRecord | None = None
+        self._created_at = time.time()
 
     async def open(self) -> None:
         await self._store.init()
@@ -55,6 +106,22 @@ class StoreJobQueue:
         except ApiError as exc:
             raise RowRejected(str(exc)) from None
         return await self._job_state(job)
+
+    async def record(self, batch: str, manifest: str, results: list[BatchResult], *,
+                     finished: bool) -> None:
+        assert self._key is not None, "open() first"
+        ledger = {"id": batch, "object": "batch", "manifest": manifest,
+                  "key_id": self._key.id, "created_at": self._created_at,
+                  "finished_at": time.time() if finished else None,
+                  "rows": [{"line": r.row.line, "video_url": r.row.video_url,
+                            "job_id": r.state.id or None, "status": r.state.status}
+                           for r in results]}
+        folder = private_dir(batches_dir(self._settings))
+        partial = folder / f".{batch}.json.{os.getpid()}"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(ledger, out)
+        os.replace(partial, folder / f"{batch}.json")
 
     async def state(self, job_id: str) -> JobState:
         job = await self._store.get_job(job_id)

@@ -226,6 +226,9 @@ jobs_app = typer.Typer(no_args_is_help=True,
                        help="Inspect and cancel any key's jobs (reads the store directly).")
 app.add_typer(jobs_app, name="jobs")
 models_app = typer.Typer(no_args_is_help=True, help="Pretrained models this install knows.")
+batches_app = typer.Typer(no_args_is_help=True,
+                          help="Archive batches run on this node: list, show, cancel.")
+app.add_typer(batches_app, name="batches")
 app.add_typer(models_app, name="models")
 
 
@@ -461,6 +464,104 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument()]) -> None:
     typer.echo(f"{job.id}: {state}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)
+def batch(ctx: typer.Context) -> None:
+    """Run an archive batch: MANIFEST [--preset P] [--upscale-factor N]
+    [--api-key-file FILE] [--results FILE] (`retroiva batch --help` for more).
+
+    The entrypoint for `ray job submit`: this script names the venv's interpreter
+    itself, so it runs the project's Python however Ray was started.
+    """
+    from pipelines.batch import main as batch_main
+
+    raise typer.Exit(code=batch_main(ctx.args))
+
+
+def _batch_line(ledger: dict[str, object]) -> str:
+    rows = ledger.get("rows") or []
+    assert isinstance(rows, list)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    state = "finished" if ledger.get("finished_at") else "running"
+    created = ledger.get("created_at")
+    when = _iso(created) if isinstance(created, float | int) else "-"
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return f"{ledger['id']:<34}  {when:<25}  {state:<8}  {len(rows):>4}  {summary}"
+
+
+def _ledger(batch_id: str) -> dict[str, object]:
+    from serve_app.batch_queue import batch_ledger
+
+    settings = Settings()
+    ledger = batch_ledger(settings, batch_id)
+    if ledger is None:
+        typer.echo(f"no batch {batch_id!r} in {settings.data_dir / 'batches'} (ledgers "
+                   "are kept on the node that ran the batch: the head node)", err=True)
+        raise typer.Exit(code=1)
+    return ledger
+
+
+@batches_app.command("list")
+def batches_list() -> None:
+    """Batches run on this node, newest first, with their rows' last known statuses."""
+    from serve_app.batch_queue import list_batches
+
+    ledgers = list_batches(Settings())
+    if not ledgers:
+        typer.echo("no batches")
+        return
+    typer.echo(f"{'BATCH':<34}  {'CREATED':<25}  {'STATE':<8}  {'ROWS':>4}  STATUSES")
+    for ledger in ledgers:
+        typer.echo(_batch_line(ledger))
+
+
+def _batch_jobs(ledger: dict[str, object]) -> list[str]:
+    rows = ledger.get("rows") or []
+    assert isinstance(rows, list)
+    return [row["job_id"] for row in rows if row.get("job_id")]
+
+
+@batches_app.command("show")
+def batches_show(batch_id: Annotated[str, typer.Argument()]) -> None:
+    """The batch's jobs as the store has them now."""
+    ledger = _ledger(batch_id)
+    ids = _batch_jobs(ledger)
+
+    async def fetch(store: JobStore) -> list[JobRecord | None]:
+        return [await store.get_job(job_id) for job_id in ids]
+
+    jobs = _store_call(fetch)
+    typer.echo(_JOB_HEADER)
+    for job in jobs:
+        if job is not None:
+            typer.echo(_job_line(job))
+    rows = ledger.get("rows") or []
+    assert isinstance(rows, list)
+    for row in rows:
+        if not row.get("job_id"):
+            typer.echo(f"line {row['line']}: {row['status']} (no job)  {row['video_url']}")
+
+
+@batches_app.command("cancel")
+def batches_cancel(batch_id: Annotated[str, typer.Argument()]) -> None:
+    """Cancel every job of the batch that has not ended (`ray job stop` stops only the
+    batch's driver: its jobs go on in the service)."""
+    ids = _batch_jobs(_ledger(batch_id))
+
+    async def cancel(store: JobStore) -> list[JobRecord | None]:
+        return [await store.request_cancel(job_id, time.time()) for job_id in ids]
+
+    for job_id, job in zip(ids, _store_call(cancel), strict=True):
+        if job is None:
+            typer.echo(f"{job_id}: not found")
+        else:
+            state = "cancel requested" if job.status == JobStatus.PROCESSING \
+                else str(job.status)
+            typer.echo(f"{job.id}: {state}")
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Every registered model: family, scale, noise level, use, source, license."""
@@ -613,7 +714,7 @@ def serve() -> None:
         how = "SIGTERM" if isinstance(exc, _Stop) else "Ctrl-C"
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        typer.echo(f"{how}: shutting down (jobs in flight are re-queued by their lease)")
+        typer.echo(f"{how}: shutting down (jobs in flight go back to the queue)")
         ray_serve.shutdown()
         ray.shutdown()
 

@@ -8,6 +8,7 @@ and a plain ``python -m serve_app.runner``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 
@@ -48,6 +49,19 @@ def _log_access_to_stderr() -> None:
         access.propagate = False
 
 
+def _log_runner_to_stderr() -> None:
+    """The runner's per-job lifecycle lines (INFO) go to the replica's stderr: its log
+    file under Ray's logs, the dashboard's log view, and the console of ``retroiva
+    serve``; Serve's logger would drop them below WARNING."""
+    runner_log = logging.getLogger("serve_app.runner")
+    if not runner_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s runner %(levelname)s %(message)s"))
+        runner_log.addHandler(handler)
+        runner_log.setLevel(logging.INFO)
+        runner_log.propagate = False
+
+
 def _api_from_environment() -> ASGIApp:
     _log_access_to_stderr()
     return create_api(Settings())
@@ -71,6 +85,13 @@ class RunnerDeployment:
 
     def __init__(self) -> None:
         settings = Settings()
+        if settings.public_url is None:
+            # serve_config.yaml's http_options say where Serve listens, which a replica
+            # can't see; RETROIVA_HOST:PORT would put 127.0.0.1:8000 in every link.
+            raise ValueError("RETROIVA_PUBLIC_URL is required (where clients reach this "
+                             "service; webhook bodies and batch results link to it): set "
+                             "it in the environment of `ray start` (~/retroiva.env)")
+        _log_runner_to_stderr()
         self._runner = JobRunner(open_store(settings), settings)
         self._stop = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._runner.run(self._stop))
@@ -82,14 +103,27 @@ class RunnerDeployment:
     async def owner(self) -> str:
         return self._runner.owner
 
-    def __del__(self) -> None:
+    async def __del__(self) -> None:
+        # Serve awaits this on a redeploy or shutdown (within graceful_shutdown_timeout_s):
+        # the runner hands its jobs back to the queue before the replica goes.
         self._stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._task), 15)
 
 
 def build_app(settings: Settings) -> Application:
     """The whole service: the API (``api_replicas`` replicas) bound to one runner."""
     env = {"env_vars": settings_env(settings)}
-    runner = RunnerDeployment.options(ray_actor_options={"num_cpus": 0, "runtime_env": env})
+    runner_settings = settings
+    if settings.public_url is None:
+        # The runner makes links without a request to take the address from: here
+        # Serve listens on HOST:PORT, so that stands in (the API keeps the request's).
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        runner_settings = settings.model_copy(
+            update={"public_url": f"http://{host}:{settings.port}"})
+    runner_env = {"env_vars": settings_env(runner_settings)}
+    runner = RunnerDeployment.options(ray_actor_options={"num_cpus": 0,
+                                                         "runtime_env": runner_env})
     api = ApiDeployment.options(num_replicas=settings.api_replicas,
                                 ray_actor_options={"num_cpus": 0, "runtime_env": env})
     # The runner is bound as an argument only so it is deployed with the API; they talk

@@ -21,6 +21,9 @@ class _Metrics:
         self.jobs = Gauge("retroiva_jobs", description="Jobs in the store by status.",
                           tag_keys=("status",))
         self.queue_depth = Gauge("retroiva_queue_depth", description="Queued jobs.")
+        self.oldest_queued = Gauge("retroiva_oldest_queued_job_age_seconds",
+                                   description="Age of the oldest queued job (0: none "
+                                               "queued).")
         self.frames = Counter("retroiva_frames_processed_total",
                               description="Input frames processed by the pipeline.")
         self.fps = Gauge("retroiva_pipeline_fps",
@@ -47,10 +50,15 @@ def _call(method: str, name: str, *args: Any, **kwargs: Any) -> None:
         getattr(getattr(metrics, name), method)(*args, **kwargs)
 
 
-def record_job_counts(counts: dict[str, int]) -> None:
+def record_job_counts(counts: dict[str, int], oldest_queued_age: float = 0.0) -> None:
+    """Set the store gauges.  Called every few seconds (the runner's
+    :data:`~serve_app.runner.GAUGE_SECONDS`), not once per reap: Ray exports a gauge
+    only while it keeps being set, so a gauge set once a minute was missing from most
+    scrapes."""
     for status, count in counts.items():
         _call("set", "jobs", count, tags={"status": status})
     _call("set", "queue_depth", counts.get("queued", 0))
+    _call("set", "oldest_queued", max(0.0, oldest_queued_age))
 
 
 def record_progress(new_frames: int, fps: float) -> None:

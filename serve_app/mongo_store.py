@@ -280,6 +280,13 @@ class MongoStore:
             q.count_by_status_filter(str(status))) for status in JobStatus}
 
     @_translated
+    async def oldest_queued_at(self) -> float | None:
+        doc = await self._jobs.find_one(q.count_by_status_filter("queued"),
+                                        projection={"created_at": 1},
+                                        sort=[("created_at", 1)])
+        return None if doc is None else float(doc["created_at"])
+
+    @_translated
     async def recent_jobs(self, limit: int, key_id: str | None = None,
                           status: str | None = None) -> list[JobRecord]:
         query = {k: v for k, v in (("key_id", key_id), ("status", status)) if v is not None}
@@ -359,6 +366,16 @@ class MongoStore:
         result = await self._jobs.update_many(q.expired_filter(self._lease_now(now)),
                                               q.requeue_update(now, max_attempts))
         return result.modified_count
+
+    @_translated
+    async def release_lease(self, job_id: str, owner: str) -> bool:
+        result = await self._jobs.update_one(
+            {"_id": job_id, "lease_owner": owner, "status": "processing",
+             "cancel_requested": {"$ne": True}},
+            {"$set": {"status": "queued", "lease_owner": None, "lease_expires_at": None,
+                      "progress": 0.0, "eta_seconds": None, "phase": None},
+             "$inc": {"attempts": -1}})
+        return result.modified_count > 0
 
     @_translated
     async def expired_outputs(self, completed_before: float, limit: int) -> list[JobRecord]:

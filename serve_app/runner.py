@@ -12,6 +12,15 @@ no longer renew stops its pipeline before the lease runs out, so no second runne
 works on the same job.  Recording the end of a job is retried the same way, with the
 heartbeat still renewing, so a finished output is neither orphaned nor made twice.
 
+A runner that stops on purpose (a Serve redeploy or shutdown, Ctrl-C) hands its jobs
+back at once instead of letting their leases run out: they are queued again and the
+claim is not counted as an attempt, so an operator's restart costs a job its progress
+but never one of its ``max_attempts``.
+
+Each job's life is logged at INFO under ``serve_app.runner`` (claimed with its attempt,
+input fetched, pipeline started, and how it ended, with the error type), the job id
+first on every line, so ``grep job_…`` on the runner's log follows one job.
+
 Run one in the foreground with ``python -m serve_app.runner`` (the Serve deployment
 does the same inside a replica).
 """
@@ -23,6 +32,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -60,16 +70,21 @@ log = logging.getLogger(__name__)
 _LAST_STEP_PROGRESS = 0.99
 # A download that has run this long no longer counts against a processing slot.
 SLOW_FETCH_SECONDS = 2.0
+# How often the store gauges are set: under Ray's export interval (10 s), since Ray
+# stops exporting a gauge that is not set again.
+GAUGE_SECONDS = 5.0
 
 ProcessJob = Callable[[JobRecord, Settings, Callable[[Progress], None], CancelToken], Path]
 FetchInput = Callable[[JobRecord, Settings, CancelToken], Awaitable[None]]
 
 
-def pipeline_config(settings: Settings, scratch: Path) -> PipelineConfig:
-    """How the service runs a job's pipeline: the settings' part of it, passed down."""
+def pipeline_config(settings: Settings, scratch: Path, job_id: str | None = None
+                    ) -> PipelineConfig:
+    """How the service runs a job's pipeline: the settings' part of it, passed down,
+    with the Ray Data dataset named by the job id."""
     return PipelineConfig(scratch_dir=scratch, max_chunk_frames=settings.chunk_frames,
                           model_runtime=settings.model_runtime,
-                          model_cache=settings.model_cache)
+                          model_cache=settings.model_cache, dataset_name=job_id)
 
 
 async def fetch_input(job: JobRecord, settings: Settings, cancel: CancelToken) -> None:
@@ -96,7 +111,7 @@ def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progr
     enhance_video(source, output,
                   EnhanceRequest(preset=job.preset, upscale_factor=job.upscale_factor,
                                  engine=job.engine),
-                  replace(pipeline_config(settings, scratch),
+                  replace(pipeline_config(settings, scratch, job.id),
                           segments=open_segments(settings, job.id)),
                   on_progress=on_progress, cancel=cancel)
     source.unlink()  # zero retention: the input goes as soon as it is not needed
@@ -140,11 +155,13 @@ class JobRunner:
         self.uploads = uploads or open_upload_storage(settings)
         self.webhooks = WebhookDispatcher(store, settings, self._job_object)
         self._next_reap = 0.0
+        self._next_gauges = 0.0
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id('runner')}"
         self._process = process
         self._fetch = fetch if fetch is not None or process is not process_job \
             else fetch_input
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, _Running] = {}
         self._slots = asyncio.Semaphore(settings.runner_concurrency)
         self._fetching: dict[str, float] = {}  # job id -> when its download started
 
@@ -176,9 +193,33 @@ class JobRunner:
                 log.exception("runner tick failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.poll_seconds)
-        for task in self._tasks.values():
-            task.cancel()
+        await self.release_all()
         await self.webhooks.drain()
+
+    async def release_all(self) -> None:
+        """Hand every running job back to the queue (a graceful stop).
+
+        The store first, so nothing this runner still does can finish the job: its
+        ``finish`` and heartbeat find the lease gone.  Then the pipelines are stopped.
+        """
+        tasks = dict(self._tasks)
+        for job_id in tasks:
+            try:
+                released = await self.store.release_lease(job_id, self.owner)
+            except Exception as exc:  # the lease's expiry re-queues it (as an attempt)
+                log.warning("job %s: could not release its lease on shutdown (%s); it is "
+                            "re-queued when the lease expires", job_id, exc)
+                continue
+            if released:
+                log.info("job %s: runner stopping; lease released, job re-queued "
+                         "(this attempt is not counted)", job_id)
+        for job_id, task in tasks.items():
+            if (state := self._running.get(job_id)) is not None:
+                state.lease_lost = True
+                state.cancel.cancel()
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks.values(), timeout=10)
 
     async def tick(self) -> None:
         """Recover and clean up after dead runners, reap old outputs, claim new jobs."""
@@ -192,14 +233,20 @@ class JobRunner:
             self._next_reap = time.monotonic() + self.settings.reap_interval_seconds
             await self.reap()
             await self.remove_stale_scratch()
-            record_job_counts(await self.store.count_jobs_by_status())
+        if time.monotonic() >= self._next_gauges:
+            self._next_gauges = time.monotonic() + GAUGE_SECONDS
+            oldest = await self.store.oldest_queued_at()
+            record_job_counts(await self.store.count_jobs_by_status(),
+                              0.0 if oldest is None else time.time() - oldest)
         while self._room():
             job = await self.store.claim_next(self.owner, time.time(),
                                               self.settings.lease_seconds,
                                               self.settings.max_running_per_key)
             if job is None:
                 return
-            log.info("claimed %s (attempt %d)", job.id, job.attempts)
+            log.info("job %s: claimed by %s, attempt %d of %d (key %s, preset %s, x%d, %s)",
+                     job.id, self.owner, job.attempts, self.settings.max_attempts,
+                     job.key_id, job.preset, job.upscale_factor, job.engine)
             task = asyncio.create_task(self._execute(job))
             self._tasks[job.id] = task
             task.add_done_callback(lambda _, job_id=job.id: self._forget(job_id))
@@ -215,6 +262,7 @@ class JobRunner:
 
     def _forget(self, job_id: str) -> None:
         self._tasks.pop(job_id, None)
+        self._running.pop(job_id, None)
         self._fetching.pop(job_id, None)
 
     async def _job_object(self, job: JobRecord) -> Job:
@@ -369,7 +417,8 @@ class JobRunner:
                 await asyncio.sleep(min(1.0, 0.1 * 2**failures))
 
     async def _execute(self, job: JobRecord) -> None:
-        state = _Running()
+        state = self._running[job.id] = _Running()
+        started = time.monotonic()
 
         def on_progress(progress: Progress) -> None:
             state.phase = progress.phase
@@ -406,9 +455,19 @@ class JobRunner:
             except Exception as exc:  # the sweep in tick() retries it
                 log.warning("could not delete the upload of %s yet: %s", job.id, exc)
         if not finished:
-            log.warning("lost the lease on %s; leaving it to its new owner", job.id)
+            log.warning("job %s: lost the lease; leaving it to its new owner", job.id)
             if "output_path" in outcome:
                 await asyncio.to_thread(self.storage.delete, outcome["output_path"])
+            return
+        took = time.monotonic() - started
+        if status == JobStatus.COMPLETED:
+            log.info("job %s: completed in %.1f s", job.id, took)
+        elif status == JobStatus.CANCELED:
+            log.info("job %s: canceled after %.1f s%s", job.id, took,
+                     f" ({outcome['error_type']})" if outcome.get("error_type") else "")
+        else:
+            log.info("job %s: failed after %.1f s: %s: %s", job.id, took,
+                     outcome.get("error_type"), outcome.get("error_message"))
 
     async def _run_pipeline(self, job: JobRecord, state: _Running,
                             on_progress: Callable[[Progress], None]
@@ -429,9 +488,11 @@ class JobRunner:
                 try:
                     await self._fetch(job, self.settings, state.cancel)
                 finally:
-                    del self._fetching[job.id]
+                    fetched_in = time.monotonic() - self._fetching.pop(job.id)
+                log.info("job %s: input fetched in %.1f s", job.id, fetched_in)
             state.phase = "processing"
             await self._take_slot(state.cancel)
+            log.info("job %s: pipeline started (Ray Data dataset %s)", job.id, job.id)
             try:
                 output = await asyncio.to_thread(self._process, job, self.settings,
                                                  on_progress, state.cancel)
@@ -467,6 +528,9 @@ class JobRunner:
 async def _main() -> None:
     settings = Settings()
     stop = asyncio.Event()
+    # SIGTERM and Ctrl-C stop gracefully: running jobs go back to the queue at once.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     await JobRunner(open_store(settings), settings).run(stop)
 
 

@@ -125,6 +125,9 @@ class Job(BaseModel):
     engine: Engine
     upload_id: str | None = Field(None, description="The upload the input came from "
                                   "(input_url is then upload:<id>).")
+    attempts: int = Field(0, ge=0, description="Times a runner has taken the job: more "
+                          "than 1 after a runner died mid-job; an operator's restart or "
+                          "redeploy does not count.")
 
 
 class JobList(BaseModel):
@@ -259,6 +262,7 @@ def job_from_record(job: JobRecord, output_url: str | None = None) -> Job:
         upscale_factor=job.upscale_factor,
         engine=job.engine,  # type: ignore[arg-type]
         upload_id=job.upload_id,
+        attempts=job.attempts,
     )
 
 

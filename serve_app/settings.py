@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.runtime import ModelRuntime
@@ -145,6 +145,15 @@ class Settings(BaseSettings):
         base = self.webhook_retry_base_seconds or 30.0
         retries = 5 if self.webhook_max_retries is None else self.webhook_max_retries
         return tuple(base * 2 ** n for n in range(retries))
+
+    @field_validator("data_dir", "model_cache")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # Resolved once, where the settings are read: `retroiva serve` hands replicas
+        # the absolute path, and a process started elsewhere (a Ray job runs in its
+        # own copy of --working-dir) shows the path it really used when it says where
+        # it looked.
+        return None if path is None else path.expanduser().absolute()
 
     @property
     def url_policy(self) -> UrlPolicy:

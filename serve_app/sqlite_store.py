@@ -347,6 +347,11 @@ class SqliteStore:
             "SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
         return {str(status): 0 for status in JobStatus} | {row[0]: row[1] for row in rows}
 
+    async def oldest_queued_at(self) -> float | None:
+        row = await self._run(lambda db: db.execute(
+            "SELECT MIN(created_at) FROM jobs WHERE status = 'queued'").fetchone())
+        return None if row is None or row[0] is None else float(row[0])
+
     async def recent_jobs(self, limit: int, key_id: str | None = None,
                           status: str | None = None) -> list[JobRecord]:
         where = " AND ".join(clause for clause, value in
@@ -437,6 +442,17 @@ class SqliteStore:
             return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
         return await self._run(cancel, write=True)
+
+    async def release_lease(self, job_id: str, owner: str) -> bool:
+        def release(db: sqlite3.Connection) -> bool:
+            return db.execute(
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, "
+                "progress = 0, eta_seconds = NULL, phase = NULL, "
+                "attempts = MAX(attempts - 1, 0) WHERE id = ? AND lease_owner = ? "
+                "AND status = 'processing' AND cancel_requested = 0",
+                (job_id, owner)).rowcount > 0
+
+        return await self._run(release, write=True)
 
     async def requeue_expired(self, now: float, max_attempts: int) -> int:
         def requeue(db: sqlite3.Connection) -> int:

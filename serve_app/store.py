@@ -124,6 +124,9 @@ class JobStore(Protocol):
     async def count_jobs_by_status(self) -> dict[str, int]:
         """Every status with its number of jobs (0 for statuses with none)."""
 
+    async def oldest_queued_at(self) -> float | None:
+        """``created_at`` of the oldest queued job; None when none is queued."""
+
     async def recent_jobs(self, limit: int, key_id: str | None = None,
                           status: str | None = None) -> list[JobRecord]:
         """Newest first across all keys (operators), optionally filtered."""
@@ -159,6 +162,11 @@ class JobStore(Protocol):
 
     async def requeue_expired(self, now: float, max_attempts: int) -> int:
         """Jobs whose lease expired go back to queued, or fail after ``max_attempts``."""
+
+    async def release_lease(self, job_id: str, owner: str) -> bool:
+        """A runner stopping on purpose hands the job back: queued again at once, its
+        claim not counted as an attempt; False if ``owner`` no longer holds it (or a
+        cancel was asked, which the lease's expiry settles)."""
 
     async def expired_outputs(self, completed_before: float, limit: int) -> list[JobRecord]:
         """Completed jobs that still have an output and finished before the cutoff."""

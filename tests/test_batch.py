@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from serve_app.records import JobStatus
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
 from tests.stored_keys import add_key
+
+REPO = Path(__file__).parents[1]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -128,7 +133,8 @@ def test_batch_creates_follows_and_reports_without_duplicates(
         "http://127.0.0.1:9/two-ok.mp4,,R2,\n"
         "http://127.0.0.1:9/broken.mp4,,R3,\n"
         "ftp://127.0.0.1/three.mp4,,R4,\n"))
-    argv = [str(manifest), "--api-key", key, "--preset", "cinematic", "--poll-seconds", "0.05"]
+    monkeypatch.setenv("RETROIVA_API_KEY", key)
+    argv = [str(manifest), "--preset", "cinematic", "--poll-seconds", "0.05"]
 
     assert _run_main(settings, argv, monkeypatch) == 1  # one failed, one rejected
     first = _results(tmp_path / "reels.results.csv")
@@ -168,8 +174,10 @@ def test_all_completed_exits_zero_and_writes_jsonl(tmp_path: Path,
     manifest = _write(tmp_path / "m.jsonl",
                       '{"video_url": "http://127.0.0.1:9/ok.mp4", "metadata": {"n": 1}}\n')
     out = tmp_path / "out.jsonl"
-    assert _run_main(settings, [str(manifest), "--api-key", key, "--results", str(out),
-                                "--poll-seconds", "0.05"], monkeypatch) == 0
+    key_file = _write(tmp_path / "batch.key", key + "\n")
+    assert _run_main(settings, [str(manifest), "--api-key-file", str(key_file),
+                                "--results", str(out), "--poll-seconds", "0.05"],
+                     monkeypatch) == 0
     [result] = [json.loads(line) for line in out.read_text().splitlines()]
     assert result["status"] == "completed" and result["metadata"] == {"n": 1}
 
@@ -182,7 +190,11 @@ def test_bad_key_and_missing_key_exit_2(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("RETROIVA_API_KEY", raising=False)
     assert _run_main(settings, [str(manifest)], monkeypatch) == 2
     assert "an API key is required" in capsys.readouterr().err
-    assert _run_main(settings, [str(manifest), "--api-key", "sk_live_nope"], monkeypatch) == 2
+    # The key on the command line is refused: Ray shows a job's command to everyone.
+    assert _run_main(settings, [str(manifest), "--api-key", "sk_live_x"], monkeypatch) == 2
+    assert "--api-key-file" in capsys.readouterr().err
+    monkeypatch.setenv("RETROIVA_API_KEY", "sk_live_nope")
+    assert _run_main(settings, [str(manifest)], monkeypatch) == 2
     assert "invalid API key" in capsys.readouterr().err
     assert not (tmp_path / "m.results.csv").exists()
 
@@ -201,3 +213,124 @@ def test_store_queue_rejects_unknown_job(tmp_path: Path):
             await queue.close()
 
     asyncio.run(look())
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETROIVA_")}
+    env.update({f"RETROIVA_{name.upper()}": str(value) for name, value
+                in settings.model_dump(mode="json", exclude_none=True).items()
+                if not isinstance(value, list)})
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def test_python_m_keeps_going_past_rows_the_queue_rejects(tmp_path: Path):
+    """Under ``python -m`` the module is imported twice; a row the service refuses
+    (a private address here) is still one rejected row, not a crashed batch."""
+    settings = Settings(data_dir=tmp_path / "data", signing_secret="s")  # private URLs refused
+    key, _ = add_key(SqliteStore(settings.sqlite_path))
+    manifest = _write(tmp_path / "m.csv", "video_url,n\n"
+                      "http://127.0.0.1:9/private.mp4,1\nftp://example.com/a.mp4,2\n")
+    results = tmp_path / "out.csv"
+    done = subprocess.run([sys.executable, "-m", "pipelines.batch", str(manifest),
+                           "--results", str(results), "--poll-seconds", "0.05"],
+                          env=_env(settings, RETROIVA_API_KEY=key), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    rows = _results(results)
+    assert [r["status"] for r in rows] == ["rejected", "rejected"]
+    assert "non-public" in rows[0]["error_message"] and "http or https" in rows[1]["error_message"]
+    assert "partial: 0 of 2 completed" in done.stdout
+
+
+def test_unwritable_results_refused_before_submitting(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]):
+    settings = _settings(tmp_path)
+    key, record = add_key(SqliteStore(settings.sqlite_path))
+    monkeypatch.setenv("RETROIVA_API_KEY", key)
+    manifest = _write(tmp_path / "m.csv", "video_url\nhttp://127.0.0.1:9/ok.mp4\n")
+    assert _run_main(settings, [str(manifest), "--results", str(tmp_path / "no/such/r.csv")],
+                     monkeypatch) == 2
+    assert "no directory" in capsys.readouterr().err
+
+    async def count() -> int:
+        store = SqliteStore(settings.sqlite_path)
+        await store.init()
+        page, _ = await store.list_jobs(record.id, 10, None)
+        await store.close()
+        return len(page)
+
+    assert asyncio.run(count()) == 0
+
+
+def test_rerun_with_another_preset_makes_new_jobs(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    settings = _settings(tmp_path)
+    key, _ = add_key(SqliteStore(settings.sqlite_path))
+    monkeypatch.setenv("RETROIVA_API_KEY", key)
+    manifest = _write(tmp_path / "m.csv", "video_url\nhttp://127.0.0.1:9/ok.mp4\n")
+    base = [str(manifest), "--poll-seconds", "0.05"]
+    assert _run_main(settings, [*base, "--preset", "archive"], monkeypatch) == 0
+    first = _results(tmp_path / "m.results.csv")[0]["id"]
+    assert _run_main(settings, [*base, "--preset", "cinematic"], monkeypatch) == 0
+    second = _results(tmp_path / "m.results.csv")[0]["id"]
+    assert _run_main(settings, [*base, "--preset", "archive"], monkeypatch) == 0
+    assert second != first == _results(tmp_path / "m.results.csv")[0]["id"]
+    # A row naming its preset is the same job whatever --preset says.
+    row = ManifestRow(line=2, video_url="https://e.com/a.mp4", preset="archive")
+    assert (row.with_defaults("cinematic", None).idempotency_key
+            == row.with_defaults("general", None).idempotency_key)
+
+
+def test_no_store_where_expected_is_refused_saying_where(tmp_path: Path):
+    settings = _settings(tmp_path)
+    key, _ = add_key(SqliteStore(settings.sqlite_path))
+    manifest = _write(tmp_path / "m.csv", "video_url\nhttp://127.0.0.1:9/ok.mp4\n")
+    elsewhere = tmp_path / "ray-working-dir"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-m", "pipelines.batch", str(manifest)],
+                          env=_env(settings, RETROIVA_API_KEY=key, RETROIVA_DATA_DIR="data"),
+                          cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"no job store at {elsewhere / 'data' / 'retroiva.sqlite3'}" in done.stderr
+    assert "relative" in done.stderr
+    assert not (elsewhere / "data").exists()  # no new, empty store was made
+
+
+def test_batches_are_listed_shown_and_canceled_by_id(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    settings = _settings(tmp_path)
+    key, _ = add_key(SqliteStore(settings.sqlite_path))
+    manifest = _write(tmp_path / "m.csv", "video_url\nhttp://127.0.0.1:9/a.mp4\n"
+                      "http://127.0.0.1:9/b.mp4\nftp://e.com/c.mp4\n")
+    env = _env(settings, RETROIVA_API_KEY=key, RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(
+        {"metadata": {"job_submission_id": "raysubmit_test123"}}))
+    # No runner: the jobs stay queued, so the batch waits until they are canceled.
+    batch = subprocess.Popen([sys.executable, "-m", "pipelines.batch", str(manifest),
+                              "--poll-seconds", "0.1"], env=env, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ledger = settings.data_dir / "batches" / "raysubmit_test123.json"
+        deadline = time.monotonic() + 60
+        while not ledger.exists():
+            assert time.monotonic() < deadline and batch.poll() is None
+            time.sleep(0.1)
+        cli = [str(Path(sys.executable).parent / "retroiva"), "batches"]
+        listed = subprocess.run([*cli, "list"], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert "raysubmit_test123" in listed.stdout and "running" in listed.stdout
+        shown = subprocess.run([*cli, "show", "raysubmit_test123"], env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert shown.stdout.count("queued") == 2 and "rejected (no job)" in shown.stdout
+        canceled = subprocess.run([*cli, "cancel", "raysubmit_test123"], env=env,
+                                  capture_output=True, text=True, timeout=60)
+        assert canceled.returncode == 0 and canceled.stdout.count(": canceled") == 2
+        out, err = batch.communicate(timeout=60)
+    finally:
+        batch.kill()
+    assert batch.returncode == 1, err
+    assert "batch raysubmit_test123: 3 rows" in out
+    assert "partial: 0 of 3 completed (2 canceled, 1 rejected)" in out
+    assert json.loads(ledger.read_text())["finished_at"] is not None

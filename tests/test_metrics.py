@@ -18,7 +18,8 @@ from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
 
-NAMES = ["ray_retroiva_jobs", "ray_retroiva_queue_depth", "ray_retroiva_frames_processed_total",
+NAMES = ["ray_retroiva_jobs", "ray_retroiva_queue_depth",
+         "ray_retroiva_oldest_queued_job_age_seconds", "ray_retroiva_frames_processed_total",
          "ray_retroiva_pipeline_fps", "ray_retroiva_webhook_deliveries_total",
          "ray_retroiva_rate_limit_rejections_total"]
 
@@ -66,3 +67,41 @@ def test_metrics_are_scrapable(tmp_path: Path, metrics_port: int):
         time.sleep(1)
         text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         missing = [item for item in expected if item not in text]
+
+
+def test_store_gauges_stay_in_every_scrape(tmp_path: Path, metrics_port: int):
+    """Set every few seconds, not once per reap: a scrape never misses them."""
+    settings = Settings(data_dir=tmp_path, poll_seconds=0.05)  # reap: every 60 s
+    store = SqliteStore(settings.sqlite_path)
+    _, record = add_key(store)
+    names = ["\nray_retroiva_queue_depth{", "\nray_retroiva_oldest_queued_job_age_seconds{"]
+
+    async def watch() -> list[list[str]]:
+        await store.init()
+        # A job that stays queued: this runner is told it has no room to claim it.
+        queued = JobRecord(id=new_id("job"), key_id=record.id, status=JobStatus.QUEUED,
+                           input_url="http://127.0.0.1:9/v.mp4", preset="general",
+                           upscale_factor=2, created_at=time.time() - 120,
+                           created_seq=time.time_ns())
+        await store.insert_job(queued, time.time())
+        runner = JobRunner(store, settings, process=_process)
+        runner._room = lambda: False  # type: ignore[method-assign]  # claims nothing
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        scrapes: list[list[str]] = []
+        try:
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                await asyncio.sleep(2)
+                text = (await asyncio.to_thread(
+                    httpx.get, f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)).text
+                scrapes.append([name for name in names if name not in text])
+        finally:
+            stop.set()
+            await task
+        return scrapes
+
+    scrapes = asyncio.run(watch())
+    first = next(i for i, missing in enumerate(scrapes) if not missing)
+    assert first < 8, scrapes  # exported within ~15 s of the runner starting
+    assert all(not missing for missing in scrapes[first:]), scrapes
