@@ -58,6 +58,12 @@ class RetryPolicy:
         return response.status_code >= 500 and response.status_code != 501
 
 
+def _origin(url: str) -> str:
+    parsed = httpx.URL(url)
+    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
+    return f"{parsed.scheme}://{parsed.host}:{port}"
+
+
 class Transport:
     """An ``httpx.Client`` bound to the service, with the retry policy applied."""
 
@@ -74,7 +80,17 @@ class Transport:
                         "User-Agent": f"retroiva-python/{__version__}"}
 
     def url(self, path_or_url: str) -> str:
+        """``base_url`` + a path, or an absolute URL (an upload's ``Location``, a
+        user's ``upload_url``) on the service's own origin.  Every request carries the
+        API key, so an absolute URL elsewhere (another host, or http where base_url is
+        https) is refused rather than handed the key."""
         if path_or_url.startswith(("http://", "https://")):
+            if _origin(path_or_url) != _origin(self.base_url):
+                raise APIConnectionError(
+                    f"refusing to send the API key to {_origin(path_or_url)}: not the "
+                    f"service's origin ({_origin(self.base_url)}); if the service sits "
+                    "behind that address, use it as base_url (or fix the service's "
+                    "RETROIVA_PUBLIC_URL)")
             return path_or_url
         return self.base_url + path_or_url
 

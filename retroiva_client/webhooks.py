@@ -66,7 +66,9 @@ def _verify_standard(body: bytes, headers: Mapping[str, str], secret: str,
     if not event_id or not timestamp or not signatures:
         raise WebhookVerificationError("missing webhook-id, webhook-timestamp or "
                                        "webhook-signature")
-    if not timestamp.isascii() or not timestamp.isdigit():
+    # Bounded before int(): Python refuses to parse over ~4300 digits with a ValueError
+    # that would escape as a 500 in the receiver instead of a clean rejection.
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
         raise WebhookVerificationError("webhook-timestamp is not Unix seconds")
     if abs(now - int(timestamp)) > tolerance:
         raise WebhookVerificationError(f"webhook-timestamp is more than {tolerance:g} s "
@@ -91,13 +93,18 @@ def _verify_retroiva(body: bytes, signature: str, secret: str) -> None:
 
 def verify_webhook(body: bytes | str, headers: Mapping[str, str], secret: str, *,
                    tolerance: float = DEFAULT_TOLERANCE_SECONDS,
-                   now: float | None = None) -> dict[str, Any]:
+                   now: float | None = None, allow_legacy: bool = False) -> dict[str, Any]:
     """Check a delivery's signature and return its event (the parsed JSON body).
 
     ``body`` must be the raw request body, exactly as received; ``headers`` any
     mapping of the request's headers (names in any case); ``secret`` the key's
     ``whsec_…`` webhook secret.  Raises :class:`WebhookVerificationError` when
     neither scheme's headers are present, or the present one does not verify.
+
+    The service always sends both schemes, so by default the Standard Webhooks headers
+    are required: ``X-Retroiva-Signature`` alone carries no timestamp, and a captured
+    delivery with the other headers stripped would verify forever.  ``allow_legacy``
+    accepts it alone, for deliveries from services older than the Standard headers.
     """
     raw = body.encode() if isinstance(body, str) else bytes(body)
     lowered = {str(name).lower(): str(value) for name, value in headers.items()}
@@ -105,8 +112,12 @@ def verify_webhook(body: bytes | str, headers: Mapping[str, str], secret: str, *
                                         "webhook-signature")):
         _verify_standard(raw, lowered, secret, tolerance,
                          time.time() if now is None else now)
-    elif "x-retroiva-signature" in lowered:
+    elif "x-retroiva-signature" in lowered and allow_legacy:
         _verify_retroiva(raw, lowered["x-retroiva-signature"], secret)
+    elif "x-retroiva-signature" in lowered:
+        raise WebhookVerificationError(
+            "only X-Retroiva-Signature is present: it has no timestamp, so a replayed "
+            "delivery would verify; pass allow_legacy=True to accept it")
     else:
         raise WebhookVerificationError("no webhook-signature or X-Retroiva-Signature header")
     try:

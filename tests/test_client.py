@@ -335,15 +335,34 @@ def test_verify_webhook_accepts_either_secret_while_a_rotation_overlaps():
         verify_webhook(_BODY, headers, _whsec())
 
 
+def test_the_api_key_never_goes_to_another_origin():
+    from retroiva_client._http import Transport
+
+    transport = Transport("sk_live_x", "https://retroiva.example", timeout=1,
+                          retry=RetryPolicy())
+    assert transport.url("https://retroiva.example:443/v2/uploads/upl_1") == \
+        "https://retroiva.example:443/v2/uploads/upl_1"
+    # A Location or upload_url on another host, or downgraded to http, is refused
+    # before any request carries the key.
+    for elsewhere in ("https://evil.example/v2/uploads/upl_1",
+                      "http://retroiva.example/v2/uploads/upl_1"):
+        with pytest.raises(APIConnectionError, match="refusing to send the API key"):
+            transport.url(elsewhere)
+
+
 def test_verify_webhook_checks_x_retroiva_signature_with_the_whole_secret():
     secret = _whsec()
     signature = hmac.new(secret.encode(), _BODY.encode(), hashlib.sha256).hexdigest()
-    assert verify_webhook(_BODY, {"X-Retroiva-Signature": signature}, secret)["id"] == "evt_1"
+    assert verify_webhook(_BODY, {"X-Retroiva-Signature": signature}, secret,
+                          allow_legacy=True)["id"] == "evt_1"
+    # Alone, it has no timestamp: refused unless asked for (a replay would verify forever).
+    with pytest.raises(WebhookVerificationError, match="allow_legacy"):
+        verify_webhook(_BODY, {"X-Retroiva-Signature": signature}, secret)
     without_prefix = hmac.new(secret.removeprefix("whsec_").encode(), _BODY.encode(),
                               hashlib.sha256).hexdigest()
     for bad in (without_prefix, "0" * 64, ""):
         with pytest.raises(WebhookVerificationError):
-            verify_webhook(_BODY, {"X-Retroiva-Signature": bad}, secret)
+            verify_webhook(_BODY, {"X-Retroiva-Signature": bad}, secret, allow_legacy=True)
     # Standard headers present decide: a stale one is refused even beside a valid
     # X-Retroiva-Signature (or stripping the timestamp check would be one header away).
     stale = _standard_headers(secret, _BODY, datetime.now(tz=UTC) - timedelta(hours=1))
@@ -351,6 +370,9 @@ def test_verify_webhook_checks_x_retroiva_signature_with_the_whole_secret():
         verify_webhook(_BODY, {**stale, "X-Retroiva-Signature": signature}, secret)
     with pytest.raises(WebhookVerificationError, match="no webhook-signature"):
         verify_webhook(_BODY, {}, secret)
+    # A timestamp too long to be one is a clean rejection, not a ValueError.
+    with pytest.raises(WebhookVerificationError, match="Unix seconds"):
+        verify_webhook(_BODY, {**stale, "webhook-timestamp": "9" * 5000}, secret)
 
 
 def test_verify_webhook_derives_the_key_of_older_and_hand_set_secrets():
@@ -418,7 +440,7 @@ def test_verify_webhook_accepts_a_real_delivery(service: Service):
             "x-retroiva-signature"} <= {k.lower() for k in headers}
     assert Webhook(secret).verify(body, headers)["id"] == event["id"]
     legacy = {k: v for k, v in headers.items() if not k.lower().startswith("webhook-")}
-    assert verify_webhook(body, legacy, secret) == event
+    assert verify_webhook(body, legacy, secret, allow_legacy=True) == event
 
 
 # `retroiva submit` and the README -------------------------------------------------

@@ -233,3 +233,22 @@ def test_operator_creates_rotates_and_revokes_keys(client: TestClient, store: Sq
     assert "<td>assembling</td>" in client.get("/dashboard/operator/jobs").text
     asyncio.run(store.finish(claimed.id, "runner-1", JobStatus.COMPLETED, now))
     assert "assembling" not in client.get("/dashboard/operator/jobs").text
+
+
+def test_behind_a_tls_proxy_the_public_origin_is_ours(tmp_path: Path, store: SqliteStore):
+    """The browser's Origin is the proxy's (public_url), not the address we listen on."""
+    settings = Settings(data_dir=tmp_path, default_rate_limit=1000, admin_token=ADMIN,
+                        public_url="https://retroiva.example")
+    # The proxy speaks HTTPS to browsers, so the cookies are Secure: the test client
+    # talks HTTPS too, to the address the server sees (testserver), not the public one.
+    with TestClient(create_api(settings, store), raise_server_exceptions=False,
+                    follow_redirects=False, base_url="https://testserver") as client:
+        key, _ = add_key(store)
+        page = client.get("/dashboard/login")
+        form = {"token": key, "csrf": _csrf(page.text)}
+        for other in ("https://evil.example", "http://retroiva.example"):
+            assert client.post("/dashboard/login", data=form,
+                               headers={"Origin": other}).status_code == 403
+        signed_in = client.post("/dashboard/login", data=form,
+                                headers={"Origin": "https://retroiva.example"})
+        assert signed_in.status_code == 303, signed_in.text

@@ -158,12 +158,17 @@ class Dashboard:
         return dict(pairs)
 
     def check_origin(self, request: Request) -> None:
-        """Refuse a state-changing request that a browser says came from another site."""
+        """Refuse a state-changing request that a browser says came from another site.
+
+        Our own origin is the address this server sees, or, behind a TLS-terminating
+        proxy, the one ``public_url`` names (the browser's Origin is the proxy's)."""
         origin = request.headers.get("origin")
         if origin and origin != "null":
-            here = urlsplit(str(request.url))
             there = urlsplit(origin)
-            if (there.scheme, there.netloc) != (here.scheme, here.netloc):
+            ours = {urlsplit(str(request.url))[:2]}
+            if self.settings.public_url:
+                ours.add(urlsplit(self.settings.public_url)[:2])
+            if (there.scheme, there.netloc) not in ours:
                 raise ForbiddenError("cross-origin form submission refused")
 
     def check_csrf(self, request: Request, form: dict[str, str], nonce: str) -> None:
