@@ -86,9 +86,14 @@ async def rotate_webhook_secret(store: JobStore, key_ref: str, now: float,
     """
     secret = new_webhook_secret()
     until = now + overlap_seconds
-    if not await store.rotate_webhook_secret(key_ref, secret, until):
+    # No overlap asked (a leaked secret): every older secret ends now.  Otherwise an
+    # earlier rotation's previous secret still in its overlap is kept, with its own end.
+    keep_at = now if overlap_seconds > 0 else None
+    if not await store.rotate_webhook_secret(key_ref, secret, until, keep_at):
         return None
-    return secret, until
+    [record] = await store.find_keys(key_ref)
+    kept = record.previous_secret_expires_at
+    return secret, until if kept is None else min(until, kept)
 
 
 def new_api_key(name: str, rate_limit: int) -> tuple[str, ApiKeyRecord]:

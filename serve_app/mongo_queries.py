@@ -290,12 +290,18 @@ def events_page_filter(key_id: str, status: str, cursor: tuple[int, str] | None)
     return {**jobs_page_filter(key_id, cursor), "webhook_status": status}
 
 
-def rotate_secret_update(secret: str, previous_valid_until: float) -> list[Doc]:
-    """The current secret becomes the previous one; one ``$set`` stage reads the
-    document as it was, so ``$webhook_secret`` is the old value."""
-    return [{"$set": {"previous_webhook_secret": "$webhook_secret",
-                      "previous_secret_expires_at": {"$literal": previous_valid_until},
-                      "webhook_secret": {"$literal": secret}}}]
+def rotate_secret_update(secret: str, previous_valid_until: float,
+                         now: float | None = None) -> list[Doc]:
+    """The current secret becomes the previous one, unless a previous one is still
+    valid at ``now`` (kept with its expiry); one ``$set`` stage reads the document as
+    it was, so ``$webhook_secret`` is the old value.  (null > x is false in $gt.)"""
+    keep = False if now is None else {"$gt": ["$previous_secret_expires_at", now]}
+    return [{"$set": {
+        "previous_webhook_secret": {"$cond": [keep, "$previous_webhook_secret",
+                                              "$webhook_secret"]},
+        "previous_secret_expires_at": {"$cond": [keep, "$previous_secret_expires_at",
+                                                 {"$literal": previous_valid_until}]},
+        "webhook_secret": {"$literal": secret}}}]
 
 
 def redeliver_filter(job_id: str) -> Doc:

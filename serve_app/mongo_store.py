@@ -206,12 +206,13 @@ class MongoStore:
 
     @_translated
     async def rotate_webhook_secret(self, key_id: str, secret: str,
-                                    previous_valid_until: float) -> bool:
+                                    previous_valid_until: float,
+                                    now: float | None = None) -> bool:
         key = await self._resolve(key_id)
         if key is None:
             return False
         result = await self._keys.update_one(
-            {"_id": key.id}, q.rotate_secret_update(secret, previous_valid_until))
+            {"_id": key.id}, q.rotate_secret_update(secret, previous_valid_until, now))
         return result.matched_count > 0
 
     @_translated

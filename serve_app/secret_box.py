@@ -127,10 +127,11 @@ class SealedSecrets:
         return await self.store.set_webhook_secret(key_id, self.box.seal(secret))
 
     async def rotate_webhook_secret(self, key_id: str, secret: str,
-                                    previous_valid_until: float) -> bool:
+                                    previous_valid_until: float,
+                                    now: float | None = None) -> bool:
         # The current secret moves to previous as stored: already sealed.
         return await self.store.rotate_webhook_secret(key_id, self.box.seal(secret),
-                                                      previous_valid_until)
+                                                      previous_valid_until, now)
 
 
 def sealed(store: JobStore, box: SecretBox) -> JobStore:

@@ -284,14 +284,22 @@ class SqliteStore:
         return await self._run(rotate, write=True)
 
     async def rotate_webhook_secret(self, key_id: str, secret: str,
-                                    previous_valid_until: float) -> bool:
+                                    previous_valid_until: float,
+                                    now: float | None = None) -> bool:
+        keep_before = float("inf") if now is None else now  # None: keep nothing
+
         def rotate(db: sqlite3.Connection) -> bool:
             key = self._resolve(db, key_id)
-            # SET expressions read the row as it was: the old secret becomes previous.
+            # SET expressions read the row as it was: the old secret becomes previous,
+            # unless a previous one is still in its overlap (NULL > x is not true).
             return key is not None and db.execute(
-                "UPDATE api_keys SET previous_webhook_secret = webhook_secret, "
-                "previous_secret_expires_at = ?, webhook_secret = ? WHERE id = ?",
-                (previous_valid_until, secret, key.id)).rowcount > 0
+                "UPDATE api_keys SET previous_webhook_secret = CASE WHEN "
+                "previous_secret_expires_at > ? THEN previous_webhook_secret ELSE "
+                "webhook_secret END, previous_secret_expires_at = CASE WHEN "
+                "previous_secret_expires_at > ? THEN previous_secret_expires_at ELSE ? END, "
+                "webhook_secret = ? WHERE id = ?",
+                (keep_before, keep_before, previous_valid_until, secret,
+                 key.id)).rowcount > 0
 
         return await self._run(rotate, write=True)
 

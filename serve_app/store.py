@@ -93,10 +93,16 @@ class JobStore(Protocol):
         """Like :meth:`revoke_key`: by id or unambiguous prefix, else AmbiguousKey."""
 
     async def rotate_webhook_secret(self, key_id: str, secret: str,
-                                    previous_valid_until: float) -> bool:
+                                    previous_valid_until: float,
+                                    now: float | None = None) -> bool:
         """In one update: the current secret becomes the previous one (valid until
         ``previous_valid_until``) and ``secret`` the current.  By id or unambiguous
-        prefix like :meth:`revoke_key`; False if no such key."""
+        prefix like :meth:`revoke_key`; False if no such key.
+
+        A previous secret still valid at ``now`` is kept, with its own expiry: a second
+        rotation within an overlap (a form sent twice, two admins) replaces only the
+        secret the first one issued, so receivers still on the original keep verifying.
+        """
 
     async def set_key_limits(self, key_id: str, max_queued: int | None,
                              max_running: int | None) -> bool:

@@ -41,7 +41,7 @@ from serve_app.keys import new_id
 from serve_app.records import ApiKeyRecord, JobRecord, UploadRecord
 from serve_app.schemas import UploadBody, upload_from_record
 from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS, JobStore
-from serve_app.uploads_storage import UploadStorage
+from serve_app.uploads_storage import UploadOutOfStep, UploadStorage
 
 if TYPE_CHECKING:
     from serve_app.api import Api
@@ -331,8 +331,13 @@ class UploadRoutes:
             if not buffer:
                 return
             data, buffer = bytes(buffer), bytearray()
-            await asyncio.to_thread(self.storage.write, upload.id, upload.size,
-                                    upload.offset, data)
+            try:
+                await asyncio.to_thread(self.storage.write, upload.id, upload.size,
+                                        upload.offset, data)
+            except UploadOutOfStep:
+                raise ConflictError(f"upload {upload.id} moved on while this request "
+                                    "waited; resume from HEAD's Upload-Offset",
+                                    param="Upload-Offset") from None
             moved = await store.advance_upload(upload.id, upload.offset,
                                                upload.offset + len(data))
             if moved is None:

@@ -24,10 +24,15 @@ from typing import Any, Protocol
 from serve_app.private_files import private_dir
 from serve_app.settings import Settings
 
-__all__ = ["S3_PART_BYTES", "LocalUploadStorage", "S3UploadStorage", "UploadStorage",
-           "open_upload_storage"]
+__all__ = ["S3_PART_BYTES", "LocalUploadStorage", "S3UploadStorage", "UploadOutOfStep",
+           "UploadStorage", "open_upload_storage"]
 
 S3_PART_BYTES = 8 * 1024 * 1024  # over S3's 5 MiB minimum; 10,000 parts make 80 GiB
+
+
+class UploadOutOfStep(RuntimeError):
+    """A write whose starting point is no longer what the storage holds: a request that
+    lost a race (a stalled PATCH finishing after the client resumed elsewhere)."""
 
 
 class UploadStorage(Protocol):
@@ -130,12 +135,18 @@ class S3UploadStorage:
     def create(self, upload_id: str, size: int) -> None:
         self._s3.create_multipart_upload(Bucket=self.bucket, Key=self.key(upload_id))
 
-    def _tail(self, upload_id: str) -> bytes:
+    def _tail_key(self, upload_id: str, end: int) -> str:
+        # Named by the offset it ends at: a write at ``offset`` reads only the tail that
+        # ends there, so a stale request's tail (ending elsewhere) is never picked up,
+        # and one that reads a tail since consumed finds it gone and is refused.
+        return f"{self.key(upload_id)}.tail.{end}"
+
+    def _tail(self, upload_id: str, end: int) -> bytes:
         from botocore.exceptions import ClientError
 
         try:
             response = self._s3.get_object(Bucket=self.bucket,
-                                           Key=self.key(upload_id) + ".tail")
+                                           Key=self._tail_key(upload_id, end))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 return b""
@@ -147,7 +158,10 @@ class S3UploadStorage:
         if multipart is None:
             raise FileNotFoundError(f"no open multipart upload for {upload_id}")
         start = offset - offset % self.part_bytes  # where the unfinished part begins
-        pending = self._tail(upload_id)[:offset - start] + data
+        tail = self._tail(upload_id, offset) if offset > start else b""
+        if len(tail) != offset - start:
+            raise UploadOutOfStep(f"upload {upload_id}: no stored tail ends at {offset}")
+        pending = tail + data
         end = offset + len(data)
         while pending and (len(pending) >= self.part_bytes or start + len(pending) == size):
             body, pending = pending[:self.part_bytes], pending[self.part_bytes:]
@@ -155,11 +169,11 @@ class S3UploadStorage:
                                  UploadId=multipart, PartNumber=start // self.part_bytes + 1,
                                  Body=body)
             start += len(body)
-        tail_key = self.key(upload_id) + ".tail"
         if pending:
-            self._s3.put_object(Bucket=self.bucket, Key=tail_key, Body=pending)
-        else:
-            self._s3.delete_object(Bucket=self.bucket, Key=tail_key)
+            self._s3.put_object(Bucket=self.bucket, Key=self._tail_key(upload_id, end),
+                                Body=pending)
+        if tail:
+            self._s3.delete_object(Bucket=self.bucket, Key=self._tail_key(upload_id, offset))
         if end == size:
             parts = self._s3.list_parts(Bucket=self.bucket, Key=self.key(upload_id),
                                         UploadId=multipart).get("Parts", [])
@@ -180,8 +194,11 @@ class S3UploadStorage:
         if multipart is not None:
             self._s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key(upload_id),
                                             UploadId=multipart)
-        for key in (self.key(upload_id), self.key(upload_id) + ".tail"):
-            self._s3.delete_object(Bucket=self.bucket, Key=key)
+        self._s3.delete_object(Bucket=self.bucket, Key=self.key(upload_id))
+        tails = self._s3.list_objects_v2(Bucket=self.bucket,
+                                         Prefix=self.key(upload_id) + ".tail.")
+        for entry in tails.get("Contents", []):
+            self._s3.delete_object(Bucket=self.bucket, Key=entry["Key"])
 
     def exists(self, upload_id: str) -> bool:
         if self._multipart_id(upload_id) is not None:

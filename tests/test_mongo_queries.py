@@ -57,6 +57,8 @@ def _evaluate(expr: Any, doc: dict[str, Any]) -> Any:
         return a != b
     if op == "$gte":
         return a >= b
+    if op == "$gt":  # BSON order: null sorts below every number
+        return a is not None and (b is None or a > b)
     if op == "$add":
         return a + b
     if op == "$divide":
@@ -199,6 +201,16 @@ def test_rotation_moves_the_current_secret_to_previous():
     rotated = _apply(q.rotate_secret_update("whsec_new", 99.0), key)
     assert (rotated["webhook_secret"], rotated["previous_webhook_secret"],
             rotated["previous_secret_expires_at"]) == ("whsec_new", "whsec_old", 99.0)
+    # Within that overlap, a second rotation keeps the original as previous.
+    again = _apply(q.rotate_secret_update("whsec_newer", 199.0, now=50.0), rotated)
+    assert (again["webhook_secret"], again["previous_webhook_secret"],
+            again["previous_secret_expires_at"]) == ("whsec_newer", "whsec_old", 99.0)
+    later = _apply(q.rotate_secret_update("whsec_last", 299.0, now=150.0), again)
+    assert (later["previous_webhook_secret"], later["previous_secret_expires_at"]) == (
+        "whsec_newer", 299.0)
+    first = _apply(q.rotate_secret_update("whsec_1", 9.0, now=1.0),
+                   {**key, "previous_secret_expires_at": None})
+    assert first["previous_webhook_secret"] == "whsec_old"  # none kept: null is not > now
 
 
 def test_redelivery_only_of_ended_deliveries():

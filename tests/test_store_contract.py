@@ -450,6 +450,17 @@ async def test_rotation_keeps_the_previous_secret_for_the_overlap(store: JobStor
             rotated.previous_secret_expires_at) == ("whsec_new", first.webhook_secret, 1234.5)
     assert (await store.get_key(second.id)).previous_webhook_secret is None
     assert not await store.rotate_webhook_secret("key_missing", "whsec_y", 1.0)
+    # Again within the overlap (at 1000 < 1234.5): the original stays previous, with
+    # its own end; only the secret the first rotation issued is replaced.
+    assert await store.rotate_webhook_secret(first.id, "whsec_newer", 2000.0, now=1000.0)
+    again = await store.get_key(first.id)
+    assert (again.webhook_secret, again.previous_webhook_secret,
+            again.previous_secret_expires_at) == ("whsec_newer", first.webhook_secret, 1234.5)
+    # After the overlap, the current secret becomes previous as usual.
+    assert await store.rotate_webhook_secret(first.id, "whsec_last", 3000.0, now=1500.0)
+    last = await store.get_key(first.id)
+    assert (last.webhook_secret, last.previous_webhook_secret,
+            last.previous_secret_expires_at) == ("whsec_last", "whsec_newer", 3000.0)
 
 
 async def _delivered(store: JobStore, key_id: str = "key_a", status: str = "delivered"

@@ -28,7 +28,12 @@ from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
 from serve_app.uploads import sweep_uploads
-from serve_app.uploads_storage import LocalUploadStorage, S3UploadStorage, UploadStorage
+from serve_app.uploads_storage import (
+    LocalUploadStorage,
+    S3UploadStorage,
+    UploadOutOfStep,
+    UploadStorage,
+)
 
 CHUNK = 256 * 1024
 
@@ -403,5 +408,22 @@ def test_s3_multipart_upload_with_odd_chunks_is_byte_identical(
     uploader.upload()
     upload_id = _upload_id(uploader.url)
     assert s3_uploads.read(upload_id) == source.read_bytes()
+    s3_uploads.delete(upload_id)
+    assert not s3_uploads.exists(upload_id)
+
+
+def test_s3_a_stale_write_never_picks_up_another_requests_tail(s3_uploads: S3UploadStorage):
+    """A stalled PATCH that finishes after the client resumed elsewhere is refused,
+    and the upload's bytes stay exactly the client's."""
+    mib = 1024 * 1024
+    data = os.urandom(7 * mib)
+    upload_id = "upl_stale"
+    s3_uploads.create(upload_id, len(data))
+    s3_uploads.write(upload_id, len(data), 0, data[:mib])
+    s3_uploads.write(upload_id, len(data), mib, data[mib:2 * mib])  # the resumed request
+    with pytest.raises(UploadOutOfStep):  # the stalled one, late, from its old offset
+        s3_uploads.write(upload_id, len(data), mib, data[mib:2 * mib])
+    s3_uploads.write(upload_id, len(data), 2 * mib, data[2 * mib:])
+    assert s3_uploads.read(upload_id) == data
     s3_uploads.delete(upload_id)
     assert not s3_uploads.exists(upload_id)
