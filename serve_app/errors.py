@@ -115,8 +115,9 @@ class QueueLimitError(ApiError):
     status = 429
     type = "queue_limit_error"
 
-    def __init__(self, message: str, *, limit: int) -> None:
-        super().__init__(message, param="max_queued_per_key")
+    def __init__(self, message: str, *, limit: int,
+                 param: str = "max_queued_per_key") -> None:
+        super().__init__(message, param=param)
         self.limit = limit
 
 

@@ -84,6 +84,7 @@ INDEXES: list[tuple[str, Sort, Doc]] = [
     ("webhook_attempts", [("job_id", 1), ("number", 1)], {}),
     ("jobs", [("status", 1), ("deadline_at", 1)], {}),
     ("uploads", [("job_id", 1), ("expires_at", 1)], {}),
+    ("uploads", [("key_id", 1), ("job_id", 1), ("expires_at", 1)], {}),
     # A key's events by delivery status (GET /v2/webhook_deliveries), newest first.
     ("jobs", [("key_id", 1), ("webhook_status", 1), ("created_seq", -1), ("_id", -1)], {}),
 ]
@@ -337,6 +338,10 @@ def overdue_update(now: float) -> list[Doc]:
     return [{"$set": {**_literal({"status": "canceled", "completed_at": now,
                                   "error_type": "deadline_exceeded",
                                   "error_message": message}), **outbox(now)}}]
+
+
+def open_uploads_filter(key_id: str, now: float) -> Doc:
+    return {"key_id": key_id, "job_id": None, "expires_at": {"$gt": now}}
 
 
 def advance_upload_filter(upload_id: str, expected_offset: int, new_offset: int) -> Doc:

@@ -463,6 +463,10 @@ class MongoStore:
         await self._uploads.insert_one(_doc(upload))
 
     @_translated
+    async def open_uploads(self, key_id: str, now: float) -> int:
+        return await self._uploads.count_documents(q.open_uploads_filter(key_id, now))
+
+    @_translated
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
         return _upload(await self._uploads.find_one({"_id": upload_id}))
 

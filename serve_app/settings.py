@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     upload_expiry_seconds: int = Field(24 * 3600, ge=1, description="How long an upload "
                                        "may stay unfinished or unused by a job; then "
                                        "it is refused and its bytes deleted.")
+    max_open_uploads: int = Field(20, ge=1, description="Uploads a key may hold that no "
+                                  "job has taken yet; more get 429 queue_limit_error "
+                                  "(each may be MAX_INPUT_BYTES: this bounds one key's "
+                                  "disk or bucket use).")
     s3_bucket: str | None = Field(None, description="Store outputs in this S3 bucket.")
     s3_prefix: str = "outputs"
     s3_endpoint_url: str | None = None

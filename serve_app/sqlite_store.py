@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS uploads (
     id TEXT PRIMARY KEY, key_id TEXT NOT NULL, size INTEGER NOT NULL, offset INTEGER NOT NULL,
     created_at REAL NOT NULL, expires_at REAL NOT NULL, filename TEXT, job_id TEXT);
 CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (job_id, expires_at);
+CREATE INDEX IF NOT EXISTS uploads_open_by_key ON uploads (key_id, job_id, expires_at);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (key_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 """
@@ -579,6 +580,11 @@ class SqliteStore:
         await self._run(lambda db: db.execute(
             f"INSERT INTO uploads ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
             list(row.values())), write=True)
+
+    async def open_uploads(self, key_id: str, now: float) -> int:
+        return await self._run(lambda db: int(db.execute(
+            "SELECT COUNT(*) FROM uploads WHERE key_id = ? AND job_id IS NULL "
+            "AND expires_at > ?", (key_id, now)).fetchone()[0]))
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
         return await self._run(lambda db: _upload(db.execute(

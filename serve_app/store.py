@@ -221,6 +221,9 @@ class JobStore(Protocol):
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None: ...
 
+    async def open_uploads(self, key_id: str, now: float) -> int:
+        """How many of the key's uploads are unexpired and not yet taken by a job."""
+
     async def advance_upload(self, upload_id: str, expected_offset: int, new_offset: int
                              ) -> UploadRecord | None:
         """Move the offset from ``expected_offset`` to ``new_offset`` (never backwards)

@@ -36,6 +36,7 @@ from serve_app.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    QueueLimitError,
 )
 from serve_app.keys import new_id
 from serve_app.records import ApiKeyRecord, JobRecord, UploadRecord
@@ -254,12 +255,22 @@ class UploadRoutes:
             raise PayloadTooLargeError(f"the upload is {size} bytes; the limit "
                                        f"(MAX_INPUT_BYTES) is {limit}", param=param)
         now = time.time()
+        store = await self.api._store()
+        # Each open upload may hold MAX_INPUT_BYTES for a day: bound how many one key
+        # holds, so one key can't fill the disk (or the bucket) for every tenant.
+        # Counted, then inserted: two racing creates may pass one over, never more.
+        cap = self.api.settings.max_open_uploads
+        if await store.open_uploads(key.id, now) >= cap:
+            raise QueueLimitError(f"this key already holds {cap} unfinished or unused "
+                                  "uploads (MAX_OPEN_UPLOADS); finish one and use it in "
+                                  "a job, or DELETE it, first", limit=cap,
+                                  param="max_open_uploads")
         upload = UploadRecord(id=new_id("upl"), key_id=key.id, size=size, offset=0,
                               created_at=now,
                               expires_at=now + self.api.settings.upload_expiry_seconds,
                               filename=filename)
         # The record first: bytes without one could never be found and deleted.
-        await (await self.api._store()).insert_upload(upload)
+        await store.insert_upload(upload)
         await asyncio.to_thread(self.storage.create, upload.id, size)
         return self._object(request, upload, 201, {
             "Location": self._url(request, upload.id),

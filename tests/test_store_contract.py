@@ -417,6 +417,11 @@ async def test_expired_uploads_are_those_no_job_took(store: JobStore):
     later = now + 3600
     assert [u.id for u in await store.expired_uploads(now, 10)] == [old.id]
     assert {u.id for u in await store.expired_uploads(later, 10)} == {old.id, fresh.id}
+    # Open = unexpired and untaken, per key: what MAX_OPEN_UPLOADS bounds.
+    await store.insert_upload(_upload(key_id="key_b"))
+    assert await store.open_uploads("key_a", now) == 1  # fresh only
+    assert await store.open_uploads("key_b", now) == 1
+    assert await store.open_uploads("key_a", later) == 0
 
 
 async def test_queued_jobs_past_their_deadline_are_canceled(store: JobStore):

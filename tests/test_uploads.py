@@ -427,3 +427,24 @@ def test_s3_a_stale_write_never_picks_up_another_requests_tail(s3_uploads: S3Upl
     assert s3_uploads.read(upload_id) == data
     s3_uploads.delete(upload_id)
     assert not s3_uploads.exists(upload_id)
+
+
+def test_a_key_holds_at_most_max_open_uploads(make_server: Callable[..., Server]):
+    """Each open upload may hold MAX_INPUT_BYTES for a day: one key can't open endless
+    ones and fill the disk for every tenant."""
+    server = make_server(max_open_uploads=2)
+    auth, other = server.new_key(), server.new_key()
+
+    def create(headers: dict[str, str]) -> httpx.Response:
+        return httpx.post(f"{server.base}/v2/uploads", json={"size": 10}, headers=headers)
+
+    first, second = create(auth), create(auth)
+    assert (first.status_code, second.status_code) == (201, 201)
+    refused = create(auth)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["type"] == "queue_limit_error"
+    assert refused.json()["error"]["param"] == "max_open_uploads"
+    assert create(other).status_code == 201  # another key's allowance is its own
+    assert httpx.delete(first.headers["location"],
+                        headers={**auth, "Tus-Resumable": "1.0.0"}).status_code == 204
+    assert create(auth).status_code == 201  # room again once one is gone
