@@ -356,11 +356,13 @@ def claim_upload_filter(upload_id: str, now: float) -> Doc:
             "$expr": {"$eq": ["$offset", "$size"]}}
 
 
-def ended_job_uploads_pipeline(limit: int) -> list[Doc]:
-    """Uploads whose job has ended or is gone."""
+def ended_job_uploads_pipeline(now: float, limit: int) -> list[Doc]:
+    """Uploads whose job has ended, or is missing past the upload's expiry (a claim
+    comes just before its job's insert)."""
     return [{"$match": {"job_id": {"$ne": None}}},
             {"$lookup": {"from": "jobs", "localField": "job_id", "foreignField": "_id",
                          "as": "job"}},
-            {"$match": {"$or": [{"job": {"$size": 0}}, {"job.status": {
-                "$in": ["completed", "failed", "canceled"]}}]}},
+            {"$match": {"$or": [{"job": {"$size": 0}, "expires_at": {"$lt": now}},
+                                {"job.status": {"$in": ["completed", "failed",
+                                                        "canceled"]}}]}},
             {"$project": {"job": 0}}, {"$limit": limit}]

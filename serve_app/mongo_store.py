@@ -501,6 +501,6 @@ class MongoStore:
         return [u for u in [_upload(d) async for d in docs] if u is not None]
 
     @_translated
-    async def uploads_of_ended_jobs(self, limit: int) -> list[UploadRecord]:
-        docs = await self._uploads.aggregate(q.ended_job_uploads_pipeline(limit))
+    async def uploads_of_ended_jobs(self, now: float, limit: int) -> list[UploadRecord]:
+        docs = await self._uploads.aggregate(q.ended_job_uploads_pipeline(now, limit))
         return [u for u in [_upload(d) async for d in docs] if u is not None]

@@ -619,9 +619,10 @@ class SqliteStore:
             "ORDER BY expires_at LIMIT ?", (now, limit)).fetchall())
         return [u for u in map(_upload, rows) if u is not None]
 
-    async def uploads_of_ended_jobs(self, limit: int) -> list[UploadRecord]:
+    async def uploads_of_ended_jobs(self, now: float, limit: int) -> list[UploadRecord]:
         rows = await self._run(lambda db: db.execute(
             "SELECT u.* FROM uploads AS u LEFT JOIN jobs AS j ON j.id = u.job_id "
-            "WHERE u.job_id IS NOT NULL AND (j.id IS NULL OR j.status IN "
-            "('completed', 'failed', 'canceled')) LIMIT ?", (limit,)).fetchall())
+            "WHERE u.job_id IS NOT NULL AND ((j.id IS NULL AND u.expires_at < ?) OR "
+            "j.status IN ('completed', 'failed', 'canceled')) LIMIT ?",
+            (now, limit)).fetchall())
         return [u for u in map(_upload, rows) if u is not None]

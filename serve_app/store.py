@@ -241,8 +241,10 @@ class JobStore(Protocol):
     async def expired_uploads(self, now: float, limit: int) -> list[UploadRecord]:
         """Uploads no job took whose ``expires_at`` has passed."""
 
-    async def uploads_of_ended_jobs(self, limit: int) -> list[UploadRecord]:
-        """Uploads taken by a job that has ended (or no longer exists)."""
+    async def uploads_of_ended_jobs(self, now: float, limit: int) -> list[UploadRecord]:
+        """Uploads taken by a job that has ended, or by a job that does not exist once
+        the upload's ``expires_at`` has passed: a claim is made just before its job is
+        inserted, so a missing job may be one about to appear."""
 
 
 def open_store(settings: Settings) -> JobStore:

@@ -149,7 +149,7 @@ async def sweep_uploads(store: JobStore, storage: UploadStorage, now: float) -> 
     """Delete uploads that expired unused and those whose job has ended."""
     swept = 0
     for batch in (await store.expired_uploads(now, 100),
-                  await store.uploads_of_ended_jobs(100)):
+                  await store.uploads_of_ended_jobs(now, 100)):
         for upload in batch:
             await delete_upload(store, storage, upload)
             swept += 1

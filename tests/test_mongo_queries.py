@@ -271,7 +271,9 @@ def test_upload_filters_guard_offset_owner_and_expiry():
     assert q.claim_upload_filter("upl_1", 5.0) == {
         "_id": "upl_1", "job_id": None, "expires_at": {"$gt": 5.0},
         "$expr": {"$eq": ["$offset", "$size"]}}
-    lookup = q.ended_job_uploads_pipeline(3)
+    lookup = q.ended_job_uploads_pipeline(7.0, 3)
+    # A claimed upload whose job is missing goes only after its expiry.
+    assert {"job": {"$size": 0}, "expires_at": {"$lt": 7.0}} in lookup[2]["$match"]["$or"]
     assert lookup[0] == {"$match": {"job_id": {"$ne": None}}} and lookup[-1] == {"$limit": 3}
     assert ("uploads", [("job_id", 1), ("expires_at", 1)], {}) in q.INDEXES
 

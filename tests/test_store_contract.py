@@ -398,9 +398,9 @@ async def test_an_upload_feeds_one_job_and_is_found_when_that_job_ends(store: Jo
     job = _job()
     await store.insert_job(dataclasses.replace(job, upload_id=complete.id), now)
     assert await store.claim_upload(complete.id, job.id, now)
-    assert await store.uploads_of_ended_jobs(10) == []
+    assert await store.uploads_of_ended_jobs(now, 10) == []
     await store.request_cancel(job.id, time.time())
-    assert [u.id for u in await store.uploads_of_ended_jobs(10)] == [complete.id]
+    assert [u.id for u in await store.uploads_of_ended_jobs(now, 10)] == [complete.id]
     assert (await store.get_job(job.id)).upload_id == complete.id
     await store.delete_upload(complete.id)
     await store.delete_upload(complete.id)  # gone already: no error
@@ -422,6 +422,15 @@ async def test_expired_uploads_are_those_no_job_took(store: JobStore):
     assert await store.open_uploads("key_a", now) == 1  # fresh only
     assert await store.open_uploads("key_b", now) == 1
     assert await store.open_uploads("key_a", later) == 0
+    # Claimed, but its job not inserted yet (intake claims first): not swept as "its
+    # job ended" while the upload is live; only once it has expired.
+    pending = _upload(offset=10)
+    await store.insert_upload(pending)
+    assert await store.claim_upload(pending.id, "job_about_to_be_inserted", now)
+    assert await store.uploads_of_ended_jobs(now, 10) == []
+    # (taken's job_t never existed either: both go once expired)
+    assert {u.id for u in await store.uploads_of_ended_jobs(later, 10)} == {pending.id,
+                                                                           taken.id}
 
 
 async def test_queued_jobs_past_their_deadline_are_canceled(store: JobStore):
