@@ -26,33 +26,10 @@ from urllib.parse import urlsplit
 import httpx
 from tusclient.client import TusClient
 
+from benchmarks.api_latency import OUR_APP, _free_port, _wait_ready
 from serve_app.keys import new_api_key
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
-
-OUR_APP = '''
-from serve_app.api import create_api
-from serve_app.settings import Settings
-app = create_api(Settings())
-'''
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} never came up")
 
 
 def _kill_midway(url: str, auth: dict[str, str], offset: int, body: bytes) -> int:

@@ -10,45 +10,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dashboard_client import ADMIN, WEBHOOK, dashboard_client, dashboard_store
+from dashboard_client import signed_in as _signed_in
 from starlette.testclient import TestClient
 from stored_keys import add_key, bearer
 
-from serve_app.api import create_api
 from serve_app.keys import digest_key
 from serve_app.records import WebhookAttempt
-from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
-
-ADMIN = "adm_test-admin-token-0123456789"
-WEBHOOK = "https://93.184.215.14/hooks"  # a public literal address: no DNS needed
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore(tmp_path / "store.sqlite3")
+    return dashboard_store(tmp_path)
 
 
 @pytest.fixture
 def client(tmp_path: Path, store: SqliteStore) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path, default_rate_limit=1000, admin_token=ADMIN)
-    with TestClient(create_api(settings, store), raise_server_exceptions=False,
-                    follow_redirects=False) as client:
-        yield client
-
-
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert match, html
-    return match.group(1)
-
-
-def _signed_in(client: TestClient, token: str) -> str:
-    """Sign in; returns the CSRF token of the signed-in pages."""
-    page = client.get("/dashboard/login")
-    assert client.post("/dashboard/login", data={
-        "token": token, "csrf": _csrf(page.text)}).status_code == 303
-    return _csrf(client.get("/dashboard/account" if token.startswith("sk_")
-                            else "/dashboard/operator/keys").text)
+    yield from dashboard_client(tmp_path, store)
 
 
 def test_deliveries_redeliver_and_rotation(client: TestClient, store: SqliteStore):
