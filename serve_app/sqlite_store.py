@@ -124,6 +124,24 @@ def _key(row: sqlite3.Row | None) -> ApiKeyRecord | None:
     return None if row is None else ApiKeyRecord(**dict(row))
 
 
+def _jobs_page(db: sqlite3.Connection, where: str, args: list[object], key_id: str,
+               limit: int, starting_after: str | None) -> tuple[list[JobRecord], bool]:
+    """One page of ``key_id``'s jobs matching ``where``, newest first, strictly after
+    the job ``starting_after`` (a cursor of another key's job is an empty page)."""
+    if starting_after is not None:
+        cursor = db.execute("SELECT created_seq, id FROM jobs WHERE id = ? AND key_id = ?",
+                            (starting_after, key_id)).fetchone()
+        if cursor is None:
+            return [], False
+        where += " AND (created_seq < ? OR (created_seq = ? AND id < ?))"
+        args += [cursor[0], cursor[0], cursor[1]]
+    rows = db.execute(f"SELECT * FROM jobs WHERE {where} "
+                      "ORDER BY created_seq DESC, id DESC LIMIT ?",
+                      [*args, limit + 1]).fetchall()
+    jobs = [j for j in map(_job, rows) if j is not None]
+    return jobs[:limit], len(jobs) > limit
+
+
 class SqliteStore:
     """:class:`~serve_app.store.JobStore` on a local SQLite file."""
 
@@ -374,22 +392,8 @@ class SqliteStore:
 
     async def list_jobs(self, key_id: str, limit: int, starting_after: str | None
                         ) -> tuple[list[JobRecord], bool]:
-        def page(db: sqlite3.Connection) -> tuple[list[JobRecord], bool]:
-            where, args = "key_id = ?", [key_id]
-            if starting_after is not None:
-                cursor = db.execute("SELECT created_seq, id FROM jobs WHERE id = ? AND "
-                                    "key_id = ?", (starting_after, key_id)).fetchone()
-                if cursor is None:
-                    return [], False
-                where += " AND (created_seq < ? OR (created_seq = ? AND id < ?))"
-                args += [cursor[0], cursor[0], cursor[1]]
-            rows = db.execute(f"SELECT * FROM jobs WHERE {where} "
-                              "ORDER BY created_seq DESC, id DESC LIMIT ?",
-                              [*args, limit + 1]).fetchall()
-            jobs = [j for j in map(_job, rows) if j is not None]
-            return jobs[:limit], len(jobs) > limit
-
-        return await self._run(page)
+        return await self._run(lambda db: _jobs_page(db, "key_id = ?", [key_id], key_id,
+                                                     limit, starting_after))
 
     async def claim_next(self, owner: str, now: float, lease_seconds: float,
                          max_running: int | None = None) -> JobRecord | None:
@@ -548,22 +552,9 @@ class SqliteStore:
     async def list_webhook_events(self, key_id: str, status: str, limit: int,
                                   starting_after: str | None
                                   ) -> tuple[list[JobRecord], bool]:
-        def page(db: sqlite3.Connection) -> tuple[list[JobRecord], bool]:
-            where, args = "key_id = ? AND webhook_status = ?", [key_id, status]
-            if starting_after is not None:
-                cursor = db.execute("SELECT created_seq, id FROM jobs WHERE id = ? AND "
-                                    "key_id = ?", (starting_after, key_id)).fetchone()
-                if cursor is None:
-                    return [], False
-                where += " AND (created_seq < ? OR (created_seq = ? AND id < ?))"
-                args += [cursor[0], cursor[0], cursor[1]]
-            rows = db.execute(f"SELECT * FROM jobs WHERE {where} "
-                              "ORDER BY created_seq DESC, id DESC LIMIT ?",
-                              [*args, limit + 1]).fetchall()
-            jobs = [j for j in map(_job, rows) if j is not None]
-            return jobs[:limit], len(jobs) > limit
-
-        return await self._run(page)
+        return await self._run(lambda db: _jobs_page(
+            db, "key_id = ? AND webhook_status = ?", [key_id, status], key_id, limit,
+            starting_after))
 
     # Deadlines
     async def cancel_overdue(self, now: float) -> int:
