@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import functools
 import http.server
+import socket
 import threading
 import time
 from pathlib import Path
 
-__all__ = ["serve_directory", "serve_receiver"]
+__all__ = ["free_port", "serve_directory", "serve_receiver"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import http.server
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
+from local_http import free_port
 from stored_keys import add_key, bearer
 
 from pipelines.sample_video import SampleSpec, write_sample_video
@@ -26,12 +26,6 @@ if TYPE_CHECKING:
     from serve_app.settings import Settings
 
 __all__ = ["Service", "service"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -67,7 +61,7 @@ def service(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
                                             functools.partial(Quiet, directory=str(www)))
     threading.Thread(target=media.serve_forever, daemon=True).start()
 
-    settings = Settings(data_dir=data, port=_free_port(), api_replicas=2,
+    settings = Settings(data_dir=data, port=free_port(), api_replicas=2,
                         allow_private_urls=True, lease_seconds=5, poll_seconds=0.2,
                         chunk_frames=12, rate_window_seconds=60)
     serve.start(http_options={"host": "127.0.0.1", "port": settings.port})

@@ -12,7 +12,6 @@ apt-get); skipped, saying so, where they are missing.
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from local_http import serve_directory, serve_receiver
+from local_http import free_port, serve_directory, serve_receiver
 from ray import serve
 from stored_keys import add_key, bearer
 
@@ -50,12 +49,6 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 ADMIN = "adm_browser-test-admin-token-0123456789"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Service:
     base: str
@@ -70,7 +63,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     www = tmp_path_factory.mktemp("dashboard-www")
     write_sample_video(www / "clip.mp4", SampleSpec(seconds=1))
     media, media_server = serve_directory(www)
-    settings = Settings(data_dir=data, port=_free_port(), api_replicas=1,
+    settings = Settings(data_dir=data, port=free_port(), api_replicas=1,
                         allow_private_urls=True, lease_seconds=5, poll_seconds=0.2,
                         chunk_frames=12, admin_token=ADMIN, dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": settings.port})

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import uvicorn
+from local_http import free_port
 from stored_keys import add_key, bearer
 from tusclient.client import TusClient
 
@@ -50,15 +51,9 @@ class Server:
         return TusClient(f"{self.base}/v2/uploads", headers=auth)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(settings: Settings, store: SqliteStore, storage: UploadStorage
            ) -> tuple[str, uvicorn.Server, threading.Thread]:
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(
         create_api(settings, store, uploads=storage), host="127.0.0.1", port=port,
         log_level="warning", lifespan="off"))
@@ -383,7 +378,7 @@ def s3_uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Up
     for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
                         ("AWS_DEFAULT_REGION", "us-east-1")):
         monkeypatch.setenv(name, value)
-    s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port())
+    s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
     s3.start()
     endpoint = f"http://127.0.0.1:{s3._port}"
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
