@@ -21,7 +21,7 @@ import base64
 import binascii
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +177,23 @@ async def _outliving_cancel(work: Coroutine[Any, Any, None]) -> None:
 
     task.add_done_callback(report)
     await asyncio.shield(task)
+
+
+async def _body_pieces(request: Request) -> AsyncIterator[bytes]:
+    """The request body's pieces; a transport that breaks mid-body ends it as a client
+    disconnect does.  Behind Ray Serve the proxy's drop can reach the handler not as
+    ``http.disconnect`` but as the exception of the replica's cancelled receive task
+    (``ray.exceptions.TaskCancelledError``), and the bytes that arrived before it are the
+    client's all the same."""
+    try:
+        async for piece in request.stream():
+            yield piece
+    except ClientDisconnect:
+        raise
+    except Exception as broken:
+        log.info("a PATCH body broke off (%s: %s); keeping what arrived",
+                 type(broken).__name__, broken)
+        raise ClientDisconnect() from broken
 
 
 class UploadRoutes:
@@ -359,7 +376,7 @@ class UploadRoutes:
 
         too_long = False
         try:
-            async for piece in request.stream():
+            async for piece in _body_pieces(request):
                 fits = upload.size - upload.offset - len(buffer)
                 if len(piece) > fits:
                     buffer += piece[:fits]

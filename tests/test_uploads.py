@@ -176,6 +176,50 @@ def test_chunk_sent_twice_and_resume_after_a_killed_connection_is_byte_identical
     assert body["created_at"].endswith("Z") and created.tzinfo is not None
 
 
+class TransportBroke(Exception):
+    """Stands for Ray Serve's TaskCancelledError: what a replica's ``receive`` raises
+    when the proxy drops the request mid-body, instead of ``http.disconnect``."""
+
+
+def test_a_body_that_breaks_off_with_a_foreign_error_keeps_what_arrived(
+        server: Server, tmp_path: Path):
+    """The CI failure of session 4: behind Serve the cut PATCH's receive raised Ray's own
+    exception, which the handler let through, and the bytes that had arrived were lost."""
+    auth = server.new_key()
+    source = _source(tmp_path, 2 * CHUNK)
+    data = source.read_bytes()
+    uploader = server.tus(auth).uploader(file_path=str(source), chunk_size=CHUNK)
+    uploader.upload_chunk()
+    url = urlsplit(uploader.url)
+    app = create_api(server.settings, server.store, uploads=server.storage)
+    sent: list[dict[str, Any]] = []
+    pieces = [data[CHUNK:CHUNK + 1000], data[CHUNK + 1000:CHUNK + 3000]]
+
+    async def receive() -> dict[str, Any]:
+        if pieces:
+            return {"type": "http.request", "body": pieces.pop(0), "more_body": True}
+        raise TransportBroke("Task was cancelled.")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"authorization", auth["Authorization"].encode()),
+               (b"tus-resumable", b"1.0.0"),
+               (b"content-type", b"application/offset+octet-stream"),
+               (b"upload-offset", str(CHUNK).encode()),
+               (b"content-length", str(CHUNK).encode()), (b"host", url.netloc.encode())]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "PATCH", "scheme": "http", "path": url.path, "raw_path":
+             url.path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 5), "server": ("127.0.0.1", url.port)}
+    asyncio.run(app(scope, receive, send))
+    assert _offset(server, uploader.url, auth) == CHUNK + 3000  # both pieces were kept
+    resumed = server.tus(auth).uploader(file_path=str(source), url=uploader.url,
+                                        chunk_size=CHUNK)
+    resumed.upload()
+    assert server.storage.read(_upload_id(uploader.url)) == data
+
+
 def test_json_creation_and_tus_errors(make_server: Callable[..., Server]):
     server = make_server(max_input_bytes=1000)
     auth = server.new_key()
