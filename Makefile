@@ -52,6 +52,7 @@ test: $(STAMP)
 	@command -v chromedriver >/dev/null || (apt-get update -q >/dev/null; apt-get install -y -q chromium chromium-driver >/dev/null) || \
 		echo "chromium is missing: the dashboard's browser test will be skipped"
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
 lint: $(STAMP)

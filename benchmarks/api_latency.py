@@ -32,7 +32,7 @@ from serve_app.records import JobRecord, JobStatus
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
 
-BARE_APP = '''
+BARE_APP = """
 import sys
 from starlette.applications import Starlette
 from starlette.responses import Response
@@ -41,13 +41,13 @@ BODY = open(sys.argv[1], "rb").read()
 async def job(request):
     return Response(BODY, media_type="application/json")
 app = Starlette(routes=[Route("/v2/jobs/{job_id}", job)])
-'''
+"""
 
-OUR_APP = '''
+OUR_APP = """
 from serve_app.api import create_api
 from serve_app.settings import Settings
 app = create_api(Settings())
-'''
+"""
 
 
 def _free_port() -> int:
@@ -56,8 +56,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _load(url: str, headers: dict[str, str], seconds: float, connections: int
-                ) -> tuple[list[float], int]:
+async def _load(
+    url: str, headers: dict[str, str], seconds: float, connections: int
+) -> tuple[list[float], int]:
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
@@ -82,8 +83,10 @@ async def _load(url: str, headers: dict[str, str], seconds: float, connections: 
 def _report(name: str, latencies: list[float], errors: int, seconds: float) -> float:
     cuts = statistics.quantiles(latencies, n=100)
     rps = len(latencies) / seconds
-    print(f"  {name:<34} {rps:8.0f} req/s   p50 {cuts[49] * 1e3:6.1f} ms   "
-          f"p99 {cuts[98] * 1e3:6.1f} ms   errors {errors}")
+    print(
+        f"  {name:<34} {rps:8.0f} req/s   p50 {cuts[49] * 1e3:6.1f} ms   "
+        f"p99 {cuts[98] * 1e3:6.1f} ms   errors {errors}"
+    )
     return rps
 
 
@@ -103,8 +106,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--quick", action="store_true",
-                        help="1 s per server, 4 connections: proves it runs (CI)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 s per server, 4 connections: proves it runs (CI)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.connections = 1.0, 4
@@ -112,10 +116,18 @@ def main() -> None:
     settings = Settings(data_dir=data, port=_free_port(), default_rate_limit=10**9)
     store = SqliteStore(settings.sqlite_path)
     key, record = new_api_key("bench", 10**9)
-    job = JobRecord(id="job_benchmark", key_id=record.id, status=JobStatus.PROCESSING,
-                    input_url="https://example.com/v.mp4", preset="general", upscale_factor=2,
-                    created_at=time.time(), created_seq=time.time_ns(), progress=0.45,
-                    eta_seconds=120)
+    job = JobRecord(
+        id="job_benchmark",
+        key_id=record.id,
+        status=JobStatus.PROCESSING,
+        input_url="https://example.com/v.mp4",
+        preset="general",
+        upscale_factor=2,
+        created_at=time.time(),
+        created_seq=time.time_ns(),
+        progress=0.45,
+        eta_seconds=120,
+    )
 
     async def seed() -> None:
         await store.init()
@@ -136,10 +148,13 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": settings.port})
     serve.run(build_app(settings), name="retroiva", route_prefix="/")
     body = httpx.get(f"http://127.0.0.1:{settings.port}{path}", headers=headers).content
-    print(f"{args.connections} keep-alive connections, {args.seconds:g} s each, "
-          f"{os.cpu_count()} CPU cores; body {len(body)} bytes")
-    latencies, errors = asyncio.run(_load(f"http://127.0.0.1:{settings.port}{path}", headers,
-                                          args.seconds, args.connections))
+    print(
+        f"{args.connections} keep-alive connections, {args.seconds:g} s each, "
+        f"{os.cpu_count()} CPU cores; body {len(body)} bytes"
+    )
+    latencies, errors = asyncio.run(
+        _load(f"http://127.0.0.1:{settings.port}{path}", headers, args.seconds, args.connections)
+    )
     results["serve"] = _report("Ray Serve + Retroiva API", latencies, errors, args.seconds)
     serve.shutdown()
 
@@ -147,27 +162,36 @@ def main() -> None:
     (data / "bare_app.py").write_text(BARE_APP)
     (data / "our_app.py").write_text(OUR_APP)
     env = {**os.environ, **settings_env(settings)}
-    for name, module, extra in [("uvicorn + Retroiva API", "our_app", []),
-                                ("uvicorn + bare Starlette (same JSON)", "bare_app",
-                                 [str(data / "body.json")])]:
+    for name, module, extra in [
+        ("uvicorn + Retroiva API", "our_app", []),
+        ("uvicorn + bare Starlette (same JSON)", "bare_app", [str(data / "body.json")]),
+    ]:
         port = _free_port()
         server = subprocess.Popen(
-            [sys.executable, "-c",
-             f"import sys; sys.argv = ['app'] + {extra!r}; import uvicorn; "
-             f"uvicorn.run('{module}:app', host='127.0.0.1', port={port}, "
-             f"log_level='warning', app_dir={str(data)!r})"], env=env)
+            [
+                sys.executable,
+                "-c",
+                f"import sys; sys.argv = ['app'] + {extra!r}; import uvicorn; "
+                f"uvicorn.run('{module}:app', host='127.0.0.1', port={port}, "
+                f"log_level='warning', app_dir={str(data)!r})",
+            ],
+            env=env,
+        )
         try:
             _wait_ready(f"http://127.0.0.1:{port}{path}")
-            latencies, errors = asyncio.run(_load(f"http://127.0.0.1:{port}{path}", headers,
-                                                  args.seconds, args.connections))
+            latencies, errors = asyncio.run(
+                _load(f"http://127.0.0.1:{port}{path}", headers, args.seconds, args.connections)
+            )
             results[name] = _report(name, latencies, errors, args.seconds)
         finally:
             server.terminate()
             server.wait()
     bare = results["uvicorn + bare Starlette (same JSON)"]
     print(f"  throughput ratio Serve app / bare uvicorn: {results['serve'] / bare:.3f}")
-    print(f"  throughput ratio uvicorn + our app / bare uvicorn: "
-          f"{results['uvicorn + Retroiva API'] / bare:.3f}")
+    print(
+        f"  throughput ratio uvicorn + our app / bare uvicorn: "
+        f"{results['uvicorn + Retroiva API'] / bare:.3f}"
+    )
 
 
 if __name__ == "__main__":

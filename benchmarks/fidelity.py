@@ -54,8 +54,11 @@ class Score:
     detail: float  # high-frequency energy of the output / of the original (1 = as much)
 
     def row(self) -> str:
-        return (f"{self.psnr:6.2f} | {self.ssim:.4f} | "
-                + " / ".join(f"{s:+.2f}" for s in self.shift) + f" | {self.detail:.2f}")
+        return (
+            f"{self.psnr:6.2f} | {self.ssim:.4f} | "
+            + " / ".join(f"{s:+.2f}" for s in self.shift)
+            + f" | {self.detail:.2f}"
+        )
 
 
 def clip_path(name: str) -> Path:
@@ -66,25 +69,64 @@ def decode_rgb(path: Path, frames: int, size: tuple[int, int] | None = None) -> 
     """The first ``frames`` frames as the ffmpeg CLI decodes them to rgb24."""
     ffmpeg = ensure_ffmpeg()
     probe = subprocess.run(
-        [ffmpeg.replace("ffmpeg", "ffprobe"), "-v", "error", "-select_streams", "v:0",
-         "-show_entries", "stream=width,height", "-of", "csv=p=0", str(path)],
-        capture_output=True, text=True, check=True).stdout.split(",")
+        [
+            ffmpeg.replace("ffmpeg", "ffprobe"),
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split(",")
     width, height = int(probe[0]), int(probe[1])
     vf = [] if size is None else ["-vf", f"crop={size[0]}:{size[1]}:0:0"]
-    raw = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), *vf, "-frames:v", str(frames),
-                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-                         capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        [
+            ffmpeg,
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            *vf,
+            "-frames:v",
+            str(frames),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     w, h = size or (width, height)
     return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
 
 
 def _encode_args() -> list[str]:
-    return ["-c:v", "libx264", "-crf", str(CRF), "-preset", "veryfast", "-pix_fmt", "yuv420p",
-            "-an"]
+    return [
+        "-c:v",
+        "libx264",
+        "-crf",
+        str(CRF),
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        "-an",
+    ]
 
 
-def prepare_case(clip: Path, case: str, frames: int, workdir: Path
-                 ) -> tuple[Path, np.ndarray, slice]:
+def prepare_case(
+    clip: Path, case: str, frames: int, workdir: Path
+) -> tuple[Path, np.ndarray, slice]:
     """(degraded input, original frames it is scored against, which output frames count)."""
     ffmpeg = ensure_ffmpeg()
     original = decode_rgb(clip, frames)
@@ -97,18 +139,38 @@ def prepare_case(clip: Path, case: str, frames: int, workdir: Path
         # Even frames at half the rate, timestamps spaced for that rate, so nothing is
         # dropped or duplicated on the way out.
         half_rate = f"{clip_fps(clip)}/2"
-        vf, crf = (f"crop={w4}:{h4}:0:0,select='not(mod(n\\,2))',"
-                   f"setpts=N/(({half_rate})*TB)", CRF)
+        vf, crf = (f"crop={w4}:{h4}:0:0,select='not(mod(n\\,2))',setpts=N/(({half_rate})*TB)", CRF)
         extra = ["-r", half_rate]
     else:
-        vf = {"clean": half, "noisy": f"{half},noise=alls=14:allf=t",
-              "compressed": half}[case]
+        vf = {"clean": half, "noisy": f"{half},noise=alls=14:allf=t", "compressed": half}[case]
         crf = {"clean": 18, "noisy": 26, "compressed": 36}[case]
         extra = []
-    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip), "-frames:v",
-                    str(frames if case != "interpolation" else (frames + 1) // 2), "-vf", vf,
-                    *extra, "-c:v", "libx264", "-crf", str(crf), "-preset", "veryfast",
-                    "-pix_fmt", "yuv420p", "-an", str(out)], check=True)
+    subprocess.run(
+        [
+            ffmpeg,
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(clip),
+            "-frames:v",
+            str(frames if case != "interpolation" else (frames + 1) // 2),
+            "-vf",
+            vf,
+            *extra,
+            "-c:v",
+            "libx264",
+            "-crf",
+            str(crf),
+            "-preset",
+            "veryfast",
+            "-pix_fmt",
+            "yuv420p",
+            "-an",
+            str(out),
+        ],
+        check=True,
+    )
     scored = slice(1, None, 2) if case == "interpolation" else slice(None)
     return out, original, scored
 
@@ -116,9 +178,22 @@ def prepare_case(clip: Path, case: str, frames: int, workdir: Path
 def clip_fps(clip: Path) -> str:
     """The clip's frame rate as ffprobe writes it (e.g. 30000/1001)."""
     return subprocess.run(
-        [ensure_ffmpeg().replace("ffmpeg", "ffprobe"), "-v", "error", "-select_streams", "v:0",
-         "-show_entries", "stream=r_frame_rate", "-of", "csv=p=0", str(clip)],
-        capture_output=True, text=True, check=True).stdout.strip()
+        [
+            ensure_ffmpeg().replace("ffmpeg", "ffprobe"),
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=r_frame_rate",
+            "-of",
+            "csv=p=0",
+            str(clip),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def ffmpeg_recipes(case: str, fps: str) -> dict[str, str]:
@@ -128,8 +203,11 @@ def ffmpeg_recipes(case: str, fps: str) -> dict[str, str]:
         return {"ffmpeg minterpolate mci": f"minterpolate=fps={fps}:mi_mode=mci"}
     if case == "clean":
         return {"ffmpeg lanczos": up}
-    return {"ffmpeg lanczos": up, "ffmpeg hqdn3d+lanczos": f"hqdn3d,{up}",
-            "ffmpeg nlmeans+lanczos": f"nlmeans,{up}"}
+    return {
+        "ffmpeg lanczos": up,
+        "ffmpeg hqdn3d+lanczos": f"hqdn3d,{up}",
+        "ffmpeg nlmeans+lanczos": f"nlmeans,{up}",
+    }
 
 
 def score_output(output: Path, original: np.ndarray, scored: slice) -> Score:
@@ -142,8 +220,14 @@ def score_output(output: Path, original: np.ndarray, scored: slice) -> Score:
     b = original[:n][scored].astype(np.float64)
     mse = float(np.mean((a - b) ** 2))
     psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-    ssim = float(np.mean([structural_similarity(x, y, channel_axis=2, data_range=255)
-                          for x, y in zip(a[::3], b[::3], strict=True)]))
+    ssim = float(
+        np.mean(
+            [
+                structural_similarity(x, y, channel_axis=2, data_range=255)
+                for x, y in zip(a[::3], b[::3], strict=True)
+            ]
+        )
+    )
     shift = tuple(round(float(v), 2) for v in (a - b).mean(axis=(0, 1, 2)))
     return Score(psnr, ssim, shift, _high_frequency(a) / _high_frequency(b))  # type: ignore[arg-type]
 
@@ -156,8 +240,21 @@ def _high_frequency(frames: np.ndarray) -> float:
 
 
 def run_ffmpeg(source: Path, vf: str, output: Path) -> Path:
-    subprocess.run([ensure_ffmpeg(), "-v", "error", "-y", "-i", str(source), "-vf", vf,
-                    *_encode_args(), str(output)], check=True)
+    subprocess.run(
+        [
+            ensure_ffmpeg(),
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(source),
+            "-vf",
+            vf,
+            *_encode_args(),
+            str(output),
+        ],
+        check=True,
+    )
     return output
 
 
@@ -166,14 +263,23 @@ def run_ours(source: Path, output: Path, case: str, preset: str, engine: str) ->
     from pipelines.job_plan import EnhanceRequest
 
     interp = case == "interpolation"
-    request = EnhanceRequest(preset=preset, engine=engine, crf=CRF,
-                             upscale_factor=1 if interp else 2, interpolate=2 if interp else 1)
+    request = EnhanceRequest(
+        preset=preset,
+        engine=engine,
+        crf=CRF,
+        upscale_factor=1 if interp else 2,
+        interpolate=2 if interp else 1,
+    )
     return enhance_video(source, output, request).output
 
 
-def run(clips: Iterable[str], cases: Iterable[str], frames: int,
-        presets: Iterable[str] | None = None, engines: Iterable[str] | None = None
-        ) -> dict[tuple[str, str], dict[str, Score]]:
+def run(
+    clips: Iterable[str],
+    cases: Iterable[str],
+    frames: int,
+    presets: Iterable[str] | None = None,
+    engines: Iterable[str] | None = None,
+) -> dict[tuple[str, str], dict[str, Score]]:
     """Scores per (clip, case): every ffmpeg recipe and every preset/engine."""
     from pipelines.enhance import ensure_ray
     from pipelines.presets import ENGINES, PRESETS
@@ -192,8 +298,7 @@ def run(clips: Iterable[str], cases: Iterable[str], frames: int,
                     scores[name] = score_output(out, original, scored)
                 for preset in presets or PRESETS:
                     for engine in engines or ENGINES:
-                        out = run_ours(source, workdir / f"ours_{case}.mp4", case, preset,
-                                       engine)
+                        out = run_ours(source, workdir / f"ours_{case}.mp4", case, preset, engine)
                         scores[f"{preset}/{engine}"] = score_output(out, original, scored)
                 results[(clip.stem, case)] = scores
                 print_case(clip.stem, case, scores)
@@ -213,15 +318,19 @@ def print_case(clip: str, case: str, scores: dict[str, Score]) -> None:
         print(f"| {name} | {score.row()} |")
     ours_name, ours = best(scores, True)
     ff_name, ff = best(scores, False)
-    print(f"best ours {ours_name} {ours.psnr:.2f} vs best ffmpeg {ff_name} {ff.psnr:.2f}: "
-          f"{ours.psnr - ff.psnr:+.2f} dB", flush=True)
+    print(
+        f"best ours {ours_name} {ours.psnr:.2f} vs best ffmpeg {ff_name} {ff.psnr:.2f}: "
+        f"{ours.psnr - ff.psnr:+.2f} dB",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=50)
-    parser.add_argument("--quick", action="store_true",
-                        help="carphone only, clean, 4 frames, the general preset")
+    parser.add_argument(
+        "--quick", action="store_true", help="carphone only, clean, 4 frames, the general preset"
+    )
     parser.add_argument("--clips", nargs="*", default=list(CLIPS))
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     args = parser.parse_args()

@@ -36,9 +36,11 @@ from models.neural_upscale import NeuralUpscale
 from models.rife import RifeInterpolator
 
 # One wheel per part: the device tool carries at most 64 MiB per call.
-UPSCALERS = {"span": ("span-x2", "clearreality-x4"),
-             "waifu2x": ("waifu2x-photo-noise3-x2",),
-             "realesrgan": ("realesr-animevideov3-x2", "realesrgan-x4plus")}
+UPSCALERS = {
+    "span": ("span-x2", "clearreality-x4"),
+    "waifu2x": ("waifu2x-photo-noise3-x2",),
+    "realesrgan": ("realesr-animevideov3-x2", "realesrgan-x4plus"),
+}
 
 
 def _pair(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -47,8 +49,9 @@ def _pair(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return image, np.roll(image, 6, axis=1)
 
 
-def _fps(rife: RifeInterpolator, a: np.ndarray, b: np.ndarray, batch: int,
-         seconds: float = 5.0) -> float:
+def _fps(
+    rife: RifeInterpolator, a: np.ndarray, b: np.ndarray, batch: int, seconds: float = 5.0
+) -> float:
     ts = [(i + 1) / (batch + 1) for i in range(batch)]
     for _ in range(3):
         rife.interpolate(a, b, ts)  # warm-up (and compilation)
@@ -82,8 +85,7 @@ def upscalers(names: tuple[str, ...]) -> None:
         diff = np.abs(cpu.astype(np.int16) - gpu)
         line = f"{name}: fp16 vs fp32 max |Δ| {diff.max()}, mean {diff.mean():.3f};"
         for runtime in ("torch", "compile", "tensorrt"):
-            op = NeuralUpscale(name, factor=2, tile=512, device="cuda",
-                               runtime=runtime)  # type: ignore[arg-type]
+            op = NeuralUpscale(name, factor=2, tile=512, device="cuda", runtime=runtime)  # type: ignore[arg-type]
             line += f" {runtime} {_upscale_fps(op, full):.1f} fps"
         print(line + " (1080p → ×2)", flush=True)
 
@@ -118,35 +120,51 @@ def end_to_end(work: Path, *, small: bool = False) -> None:
     cache = work / "model-cache"
     for line in runtime_report(ModelOptions("auto", cache)):
         print(line, flush=True)
-    spec = SampleSpec(width=64, height=48, seconds=0.5) if small else \
-        SampleSpec(width=640, height=360, seconds=4.0, grain=4.0)
+    spec = (
+        SampleSpec(width=64, height=48, seconds=0.5)
+        if small
+        else SampleSpec(width=640, height=360, seconds=4.0, grain=4.0)
+    )
     source = write_sample_video(work / "source.mp4", spec)
     # log_to_driver: each stage's "span-x2: runtime … (why)" line is printed here.
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING, include_dashboard=False, log_to_driver=True)
     print(f"Ray {ray.__version__}: {ray.cluster_resources()}", flush=True)
     request = EnhanceRequest(preset="general", upscale_factor=2)
-    classical = enhance_video(source, work / "classical.mp4",
-                              EnhanceRequest(preset="general", upscale_factor=2,
-                                             engine="classical"), PipelineConfig())
-    print(f"e2e classical: {classical.width}×{classical.height}, {classical.frame_count} "
-          f"frames in {classical.seconds:.1f} s", flush=True)
+    classical = enhance_video(
+        source,
+        work / "classical.mp4",
+        EnhanceRequest(preset="general", upscale_factor=2, engine="classical"),
+        PipelineConfig(),
+    )
+    print(
+        f"e2e classical: {classical.width}×{classical.height}, {classical.frame_count} "
+        f"frames in {classical.seconds:.1f} s",
+        flush=True,
+    )
     reference = _decoded(work / "classical.mp4")
     for runtime in ("auto", "compile"):
         # Twice: the first run pays for conversion, compilation or an engine build.
         for attempt in ("cold", "warm"):
             out = work / f"{runtime}-{attempt}.mp4"
-            result = enhance_video(source, out, request,
-                                   PipelineConfig(model_runtime=runtime, model_cache=cache))
+            result = enhance_video(
+                source, out, request, PipelineConfig(model_runtime=runtime, model_cache=cache)
+            )
             frames = _decoded(out)
-            print(f"e2e {runtime} ({attempt}): {result.width}×{result.height}, "
-                  f"{result.frame_count} frames ({len(frames)} decoded) in "
-                  f"{result.seconds:.1f} s = {result.frame_count / result.seconds:.1f} fps; "
-                  f"PSNR vs classical {_psnr(frames, reference):.1f} dB", flush=True)
+            print(
+                f"e2e {runtime} ({attempt}): {result.width}×{result.height}, "
+                f"{result.frame_count} frames ({len(frames)} decoded) in "
+                f"{result.seconds:.1f} s = {result.frame_count / result.seconds:.1f} fps; "
+                f"PSNR vs classical {_psnr(frames, reference):.1f} dB",
+                flush=True,
+            )
             assert (result.width, result.height) == (2 * spec.width, 2 * spec.height)
             assert len(frames) == result.frame_count == spec.frame_count
-    engines = sorted(p.name for p in (cache / "tensorrt").glob("*.engine")) \
-        if (cache / "tensorrt").is_dir() else []
+    engines = (
+        sorted(p.name for p in (cache / "tensorrt").glob("*.engine"))
+        if (cache / "tensorrt").is_dir()
+        else []
+    )
     print(f"TensorRT engines in the cache: {engines or 'none'}")
     ray.shutdown()
 
@@ -160,8 +178,10 @@ def main() -> None:
             end_to_end(Path(work), small=True)
         return
     if not torch.cuda.is_available():
-        print(f"no CUDA: nothing measured; the GPU part {part!r} is skipped "
-              f"(torch {torch.__version__})")
+        print(
+            f"no CUDA: nothing measured; the GPU part {part!r} is skipped "
+            f"(torch {torch.__version__})"
+        )
         return
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     if part == "e2e":
@@ -176,15 +196,18 @@ def main() -> None:
     gpu_rife = RifeInterpolator(device="cuda", runtime="torch")
     gpu = gpu_rife.interpolate(a, b, [0.5])[0].astype(np.int16)
     diff = np.abs(cpu - gpu)
-    print(f"RIFE fp16 CUDA vs fp32 CPU, 960×544: max |Δ| {diff.max()}, mean |Δ| "
-          f"{diff.mean():.3f} (0–255)")
+    print(
+        f"RIFE fp16 CUDA vs fp32 CPU, 960×544: max |Δ| {diff.max()}, mean |Δ| "
+        f"{diff.mean():.3f} (0–255)"
+    )
     a, b = _pair((1920, 1080))
     for batch in (1, 4):
         print(f"RIFE 1080p fp16 eager, batch {batch}: {_fps(gpu_rife, a, b, batch):.1f} fps")
     gpu_rife = RifeInterpolator(device="cuda", runtime="compile")
     for batch in (1, 4):
-        print(f"RIFE 1080p fp16 torch.compile, batch {batch}: "
-              f"{_fps(gpu_rife, a, b, batch):.1f} fps")
+        print(
+            f"RIFE 1080p fp16 torch.compile, batch {batch}: {_fps(gpu_rife, a, b, batch):.1f} fps"
+        )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from tests.hostile_media import CORPUS, write_corpus
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="the first input only: proves it runs (CI)")
+    parser.add_argument(
+        "--quick", action="store_true", help="the first input only: proves it runs (CI)"
+    )
     args = parser.parse_args()
     entries = CORPUS[:1] if args.quick else CORPUS
     work = Path(tempfile.mkdtemp(prefix="retroiva-hostile-"))
@@ -35,13 +36,19 @@ def main() -> None:
         message = ""
         with MemorySampler() as memory:
             try:
-                enhance_video(corpus[entry.name], work / f"{entry.name}.mp4",
-                              EnhanceRequest(), PipelineConfig(scratch_dir=work))
+                enhance_video(
+                    corpus[entry.name],
+                    work / f"{entry.name}.mp4",
+                    EnhanceRequest(),
+                    PipelineConfig(scratch_dir=work),
+                )
                 outcome = "completed"
             except PipelineError as exc:
                 outcome, message = exc.type, str(exc)
-        print(f"{entry.name:20s} {outcome:16s} {time.monotonic() - started:7.1f} "
-              f"{memory.peak_bytes / 2**20:9.0f}  {message[:70]}")
+        print(
+            f"{entry.name:20s} {outcome:16s} {time.monotonic() - started:7.1f} "
+            f"{memory.peak_bytes / 2**20:9.0f}  {message[:70]}"
+        )
 
 
 if __name__ == "__main__":

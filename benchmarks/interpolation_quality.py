@@ -48,24 +48,48 @@ def _frames(name: str, limit: int) -> tuple[np.ndarray, float]:
 def _minterpolate(ffmpeg: str, kept: np.ndarray, fps: float) -> np.ndarray:
     """ffmpeg's motion-compensated interpolation of the kept frames back to ``fps``."""
     _, h, w, _ = kept.shape
-    command = [ffmpeg, "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s",
-               f"{w}x{h}", "-r", f"{fps / 2}", "-i", "-", "-vf",
-               f"minterpolate=fps={fps}:mi_mode=mci", "-f", "rawvideo", "-pix_fmt",
-               "rgb24", "-"]
+    command = [
+        ffmpeg,
+        "-v",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        f"{fps / 2}",
+        "-i",
+        "-",
+        "-vf",
+        f"minterpolate=fps={fps}:mi_mode=mci",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+    ]
     out = subprocess.run(command, input=kept.tobytes(), capture_output=True, check=True).stdout
     return np.frombuffer(out, np.uint8).reshape(-1, h, w, 3)
 
 
 def _score(rebuilt: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    psnr = np.mean([peak_signal_noise_ratio(t, r, data_range=255)
-                    for r, t in zip(rebuilt, truth, strict=True)])
-    ssim = np.mean([structural_similarity(t, r, channel_axis=2, data_range=255)
-                    for r, t in zip(rebuilt, truth, strict=True)])
+    psnr = np.mean(
+        [peak_signal_noise_ratio(t, r, data_range=255) for r, t in zip(rebuilt, truth, strict=True)]
+    )
+    ssim = np.mean(
+        [
+            structural_similarity(t, r, channel_axis=2, data_range=255)
+            for r, t in zip(rebuilt, truth, strict=True)
+        ]
+    )
     return float(psnr), float(ssim)
 
 
-def quality(name: str, limit: int, rife: RifeInterpolator, ffmpeg: str
-            ) -> dict[str, tuple[float, float]]:
+def quality(
+    name: str, limit: int, rife: RifeInterpolator, ffmpeg: str
+) -> dict[str, tuple[float, float]]:
     frames, fps = _frames(name, limit)
     if len(frames) % 2 == 0:
         frames = frames[:-1]
@@ -81,7 +105,7 @@ def quality(name: str, limit: int, rife: RifeInterpolator, ffmpeg: str
         rebuilt = np.stack([interpolate(a, b) for a, b in itertools.pairwise(kept)])
         scores[method] = _score(rebuilt, truth)
     ff = _minterpolate(ffmpeg, kept, fps)
-    scores["ffmpeg minterpolate mci"] = _score(ff[1::2][:len(truth)], truth[:len(ff[1::2])])
+    scores["ffmpeg minterpolate mci"] = _score(ff[1::2][: len(truth)], truth[: len(ff[1::2])])
     h, w = frames.shape[1:3]
     print(f"\n{name}: {w}×{h}, {len(truth)} dropped frames rebuilt")
     print(f"  {'method':26s} {'PSNR dB':>8s} {'SSIM':>7s}")
@@ -94,20 +118,20 @@ def quality(name: str, limit: int, rife: RifeInterpolator, ffmpeg: str
 
 def speed(rife: RifeInterpolator, pairs: int = 4) -> None:
     frames, _ = _frames("bigbuckbunny.mp4", pairs + 1)
-    frames = np.stack([cv2.resize(f, (854, 480), interpolation=cv2.INTER_AREA)
-                       for f in frames])
+    frames = np.stack([cv2.resize(f, (854, 480), interpolation=cv2.INTER_AREA) for f in frames])
     classical = FlowInterpolator()
     rates = {}
-    for method, interpolate in (("rife", rife.interpolate),
-                                ("classical", classical.interpolate)):
+    for method, interpolate in (("rife", rife.interpolate), ("classical", classical.interpolate)):
         interpolate(frames[0], frames[1], [0.5])  # warm-up
         started = time.perf_counter()
         for a, b in itertools.pairwise(frames):
             interpolate(a, b, [0.5])
         rates[method] = pairs / (time.perf_counter() - started)
-    print(f"\nCPU, 854×480, one in-between frame per pair: RIFE {rates['rife']:.2f} fps, "
-          f"classical {rates['classical']:.2f} fps, RIFE/classical "
-          f"{rates['rife'] / rates['classical']:.2f}")
+    print(
+        f"\nCPU, 854×480, one in-between frame per pair: RIFE {rates['rife']:.2f} fps, "
+        f"classical {rates['classical']:.2f} fps, RIFE/classical "
+        f"{rates['rife'] / rates['classical']:.2f}"
+    )
 
 
 _PEAK_4K = """
@@ -126,26 +150,33 @@ print(base // 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 def peak_memory_4k() -> None:
     for scale, refine in ((1.0, True), (1.0, False), (None, None)):
         script = _PEAK_4K.format(scale=scale, refine=refine)
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout.split()
         loaded, peak = int(out[0]), int(out[1])
-        label = "automatic (0.5, no refine)" if scale is None else \
-            f"scale {scale}, refine {refine}"
-        print(f"4K pair on CPU, {label}: peak RSS {peak} MiB "
-              f"({peak - loaded} MiB above the loaded model)")
+        label = "automatic (0.5, no refine)" if scale is None else f"scale {scale}, refine {refine}"
+        print(
+            f"4K pair on CPU, {label}: peak RSS {peak} MiB "
+            f"({peak - loaded} MiB above the loaded model)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=61,
-                        help="Frames of each clip to use (odd: both ends kept).")
-    parser.add_argument("--quick", action="store_true",
-                        help="5 frames of one clip, 1 speed pair, no 4K memory run (CI)")
+    parser.add_argument(
+        "--frames", type=int, default=61, help="Frames of each clip to use (odd: both ends kept)."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="5 frames of one clip, 1 speed pair, no 4K memory run (CI)",
+    )
     args = parser.parse_args()
     ffmpeg = ensure_ffmpeg()
     rife = RifeInterpolator(device="cpu")
-    clips = ("carphone_pristine.mp4",) if args.quick else \
-        ("carphone_pristine.mp4", "bigbuckbunny.mp4")
+    clips = (
+        ("carphone_pristine.mp4",) if args.quick else ("carphone_pristine.mp4", "bigbuckbunny.mp4")
+    )
     for name in clips:
         quality(name, 5 if args.quick else args.frames, rife, ffmpeg)
     speed(rife, pairs=1 if args.quick else 4)

@@ -49,9 +49,15 @@ def _serve_clip(root: Path) -> str:
     return f"{base}/clip.mp4"
 
 
-async def _client(http: httpx.AsyncClient, video: str, jobs: int, deadline: float,
-                  latencies: dict[str, list[float]], errors: dict[str, int],
-                  outcomes: dict[str, str]) -> None:
+async def _client(
+    http: httpx.AsyncClient,
+    video: str,
+    jobs: int,
+    deadline: float,
+    latencies: dict[str, list[float]],
+    errors: dict[str, int],
+    outcomes: dict[str, str],
+) -> None:
     async def call(kind: str, method: str, url: str, **kwargs: object) -> httpx.Response:
         # A well-behaved client: transport errors (a keep-alive connection the server
         # closed as we reused it) are counted and retried; POSTs carry an
@@ -74,9 +80,13 @@ async def _client(http: httpx.AsyncClient, video: str, jobs: int, deadline: floa
 
     mine = []
     for _ in range(jobs):
-        response = await call("POST /v2/enhance", "POST", "/v2/enhance",
-                              json={"video_url": video, "engine": "classical"},
-                              headers={"Idempotency-Key": uuid.uuid4().hex})
+        response = await call(
+            "POST /v2/enhance",
+            "POST",
+            "/v2/enhance",
+            json={"video_url": video, "engine": "classical"},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
         if response.status_code == 200:
             mine.append(response.json()["id"])
             outcomes[mine[-1]] = "queued"
@@ -101,8 +111,11 @@ def _quantile(values: list[float], q: int) -> float:
 async def _submit(http: httpx.AsyncClient, key: str, body: dict[str, object]) -> str:
     for attempt in range(4):
         try:
-            response = await http.post("/v2/enhance", json=body, headers={
-                "Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex})
+            response = await http.post(
+                "/v2/enhance",
+                json=body,
+                headers={"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex},
+            )
         except httpx.TransportError:
             await asyncio.sleep(0.2 * (attempt + 1))
             continue
@@ -111,17 +124,21 @@ async def _submit(http: httpx.AsyncClient, key: str, body: dict[str, object]) ->
     raise RuntimeError("four transport errors in a row")
 
 
-async def _tenants_run(http: httpx.AsyncClient, store: SqliteStore, video: str, hook: str,
-                       tenants: list[str], jobs: int, deadline: float
-                       ) -> dict[str, list[float]]:
+async def _tenants_run(
+    http: httpx.AsyncClient,
+    store: SqliteStore,
+    video: str,
+    hook: str,
+    tenants: list[str],
+    jobs: int,
+    deadline: float,
+) -> dict[str, list[float]]:
     """Submit ``jobs`` per tenant key at once; once all end, their delays in seconds."""
     body = {"video_url": video, "engine": "classical", "webhook_url": hook}
-    ids = await asyncio.gather(*(_submit(http, key, body)
-                                 for key in tenants for _ in range(jobs)))
+    ids = await asyncio.gather(*(_submit(http, key, body) for key in tenants for _ in range(jobs)))
     while True:
         records = [await store.get_job(job_id) for job_id in ids]
-        if all(r is not None and r.webhook_status in ("delivered", "failed")
-               for r in records):
+        if all(r is not None and r.webhook_status in ("delivered", "failed") for r in records):
             break
         if time.monotonic() > deadline:
             raise RuntimeError("well-behaved jobs did not all end by the deadline")
@@ -129,8 +146,7 @@ async def _tenants_run(http: httpx.AsyncClient, store: SqliteStore, video: str, 
     delays: dict[str, list[float]] = defaultdict(list)
     for record in records:
         assert record is not None and record.completed_at is not None
-        delays["start"].append((record.started_at or record.completed_at)
-                               - record.created_at)
+        delays["start"].append((record.started_at or record.completed_at) - record.created_at)
         delays["completion"].append(record.completed_at - record.created_at)
         attempts = await store.webhook_attempts(record.id)
         if attempts:
@@ -158,14 +174,15 @@ def _isolation(base: str, store: SqliteStore, video: str, args: argparse.Namespa
         results = {}
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             deadline = time.monotonic() + args.deadline
-            results["alone"] = await _tenants_run(http, store, video, healthy, tenants,
-                                                  args.tenant_jobs, deadline)
+            results["alone"] = await _tenants_run(
+                http, store, video, healthy, tenants, args.tenant_jobs, deadline
+            )
             flood = {"video_url": video, "engine": "classical", "webhook_url": dripping}
-            await asyncio.gather(*(_submit(http, abuser, flood)
-                                   for _ in range(args.abuse_jobs)))
+            await asyncio.gather(*(_submit(http, abuser, flood) for _ in range(args.abuse_jobs)))
             deadline = time.monotonic() + args.deadline
             results["beside the abuser"] = await _tenants_run(
-                http, store, video, healthy, tenants, args.tenant_jobs, deadline)
+                http, store, video, healthy, tenants, args.tenant_jobs, deadline
+            )
         return results
 
     try:
@@ -173,13 +190,17 @@ def _isolation(base: str, store: SqliteStore, video: str, args: argparse.Namespa
     finally:
         healthy_server.shutdown()
         dripping_server.shutdown()
-    print(f"isolation: {args.tenants} well-behaved keys × {args.tenant_jobs} jobs, alone and "
-          f"after one key queued {args.abuse_jobs} jobs whose webhooks drip")
+    print(
+        f"isolation: {args.tenants} well-behaved keys × {args.tenant_jobs} jobs, alone and "
+        f"after one key queued {args.abuse_jobs} jobs whose webhooks drip"
+    )
     for label, delays in results.items():
-        print(f"  {label:18s} start delay p50 {_quantile(delays['start'], 50):6.2f} s  "
-              f"p99 {_quantile(delays['start'], 99):6.2f} s   completion p99 "
-              f"{_quantile(delays['completion'], 99):6.2f} s   webhook delay p99 "
-              f"{_quantile(delays['webhook'], 99):6.2f} s")
+        print(
+            f"  {label:18s} start delay p50 {_quantile(delays['start'], 50):6.2f} s  "
+            f"p99 {_quantile(delays['start'], 99):6.2f} s   completion p99 "
+            f"{_quantile(delays['completion'], 99):6.2f} s   webhook delay p99 "
+            f"{_quantile(delays['webhook'], 99):6.2f} s"
+        )
     alone, beside = (_quantile(results[k]["start"], 99) for k in results)
     print(f"  p99 start delay beside the abuser / alone: {beside / max(alone, 1e-3):.1f}×")
 
@@ -189,22 +210,31 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--jobs-per-client", type=int, default=2)
     parser.add_argument("--deadline", type=float, default=300.0)
-    parser.add_argument("--skip-abuse", action="store_true",
-                        help="skip the isolation run beside an abusive key")
+    parser.add_argument(
+        "--skip-abuse", action="store_true", help="skip the isolation run beside an abusive key"
+    )
     parser.add_argument("--tenants", type=int, default=4)
     parser.add_argument("--tenant-jobs", type=int, default=2)
     parser.add_argument("--abuse-jobs", type=int, default=30)
-    parser.add_argument("--quick", action="store_true",
-                        help="2 clients × 1 job, no isolation run: proves it runs (CI)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 clients × 1 job, no isolation run: proves it runs (CI)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.clients, args.jobs_per_client, args.skip_abuse = 2, 1, True
         args.deadline = min(args.deadline, 120.0)
     data = Path(tempfile.mkdtemp(prefix="retroiva-load-"))
     video = _serve_clip(data / "www")
-    settings = Settings(data_dir=data / "service", port=_free_port(), api_replicas=2,
-                        runner_concurrency=2, allow_private_urls=True,
-                        default_rate_limit=10**6)
+    settings = Settings(
+        data_dir=data / "service",
+        port=_free_port(),
+        api_replicas=2,
+        runner_concurrency=2,
+        allow_private_urls=True,
+        default_rate_limit=10**6,
+    )
     key, record = new_api_key("load", 10**6)
     store = SqliteStore(settings.sqlite_path)
 
@@ -230,13 +260,19 @@ def main() -> None:
 
     async def run() -> float:
         limits = httpx.Limits(max_connections=args.clients)
-        async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits,
-                                     headers={"Authorization": f"Bearer {key}"}) as http:
+        async with httpx.AsyncClient(
+            base_url=base, timeout=30, limits=limits, headers={"Authorization": f"Bearer {key}"}
+        ) as http:
             started = time.monotonic()
             deadline = started + args.deadline
-            await asyncio.gather(*(_client(http, video, args.jobs_per_client, deadline,
-                                           latencies, errors, outcomes)
-                                   for _ in range(args.clients)))
+            await asyncio.gather(
+                *(
+                    _client(
+                        http, video, args.jobs_per_client, deadline, latencies, errors, outcomes
+                    )
+                    for _ in range(args.clients)
+                )
+            )
             return time.monotonic() - started
 
     elapsed = asyncio.run(run()) if args.clients else 0.0
@@ -246,12 +282,16 @@ def main() -> None:
     if not args.clients:
         return
     requests = sum(len(v) for v in latencies.values())
-    print(f"{args.clients} clients × {args.jobs_per_client} jobs, {elapsed:.1f} s: "
-          f"{requests} requests, {requests / elapsed:.1f} req/s")
+    print(
+        f"{args.clients} clients × {args.jobs_per_client} jobs, {elapsed:.1f} s: "
+        f"{requests} requests, {requests / elapsed:.1f} req/s"
+    )
     for kind, values in sorted(latencies.items()):
         cuts = statistics.quantiles(values, n=100) if len(values) > 1 else values * 99
-        print(f"  {kind:22s} {len(values):6d} requests  p50 {cuts[49] * 1e3:7.1f} ms  "
-              f"p99 {cuts[98] * 1e3:7.1f} ms")
+        print(
+            f"  {kind:22s} {len(values):6d} requests  p50 {cuts[49] * 1e3:7.1f} ms  "
+            f"p99 {cuts[98] * 1e3:7.1f} ms"
+        )
     print(f"  errors: {dict(errors) or 0}")
     statuses: dict[str, int] = defaultdict(int)
     for status in outcomes.values():

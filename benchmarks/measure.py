@@ -19,8 +19,9 @@ def ensure_ffmpeg() -> str:
     if found:
         return found
     print("ffmpeg not found; installing Debian's ffmpeg with apt-get …", flush=True)
-    subprocess.run(["apt-get", "install", "-y", "-q", "ffmpeg"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "ffmpeg"], check=True, stdout=subprocess.DEVNULL
+    )
     found = shutil.which("ffmpeg")
     if not found:
         raise SystemExit("ffmpeg is still missing after apt-get install")

@@ -30,8 +30,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", type=float, default=10.0)
     parser.add_argument("--long", type=float, default=40.0)
-    parser.add_argument("--quick", action="store_true",
-                        help="0.5 s and 1 s clips: proves it runs (CI), the ratio means little")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="0.5 s and 1 s clips: proves it runs (CI), the ratio means little",
+    )
     args = parser.parse_args()
     if args.quick:
         args.short, args.long = 0.5, 1.0
@@ -42,21 +45,27 @@ def main() -> None:
 
     peaks = {}
     for seconds in (args.short, args.long):
-        source = write_sample_video(work / f"in_{seconds:g}s.mp4", SampleSpec(
-            width=426, height=240, seconds=seconds, fps=Fraction(24), grain=6.0, gop=24))
+        source = write_sample_video(
+            work / f"in_{seconds:g}s.mp4",
+            SampleSpec(width=426, height=240, seconds=seconds, fps=Fraction(24), grain=6.0, gop=24),
+        )
         with MemorySampler() as sampler:
             started = time.perf_counter()
-            result = enhance_video(source, work / f"out_{seconds:g}s.mp4",
-                                   CLASSICAL_GENERAL,
-                                   PipelineConfig())
+            result = enhance_video(
+                source, work / f"out_{seconds:g}s.mp4", CLASSICAL_GENERAL, PipelineConfig()
+            )
             elapsed = time.perf_counter() - started
         peaks[seconds] = sampler.peak_bytes
-        print(f"{seconds:>5g} s input: {result.frame_count} frames in {result.chunks} chunks, "
-              f"{elapsed:.1f} s, peak PSS {sampler.peak_bytes / MIB:.0f} MiB "
-              f"({sampler.samples} samples)")
+        print(
+            f"{seconds:>5g} s input: {result.frame_count} frames in {result.chunks} chunks, "
+            f"{elapsed:.1f} s, peak PSS {sampler.peak_bytes / MIB:.0f} MiB "
+            f"({sampler.samples} samples)"
+        )
     ratio = peaks[args.long] / peaks[args.short]
-    print(f"peak memory ratio {args.long:g} s / {args.short:g} s = {ratio:.2f} "
-          f"(input length ratio {args.long / args.short:g})")
+    print(
+        f"peak memory ratio {args.long:g} s / {args.short:g} s = {ratio:.2f} "
+        f"(input length ratio {args.long / args.short:g})"
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,10 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def _store_bytes(stats: str) -> int:
     """Bytes that left tasks as blocks, summed over Ray Data's operators."""
-    return sum(int(total) for total in
-               re.findall(r"Output size bytes per block: [^\n]*?(\d+) total", stats))
+    return sum(
+        int(total)
+        for total in re.findall(r"Output size bytes per block: [^\n]*?(\d+) total", stats)
+    )
 
 
 def _pipeline(source: Path, output: Path) -> tuple[float, int, int, str]:
@@ -74,8 +76,9 @@ def _pipeline(source: Path, output: Path) -> tuple[float, int, int, str]:
     enhance_module.build_dataset = keep  # type: ignore[assignment]
     try:
         with MemorySampler() as memory:
-            _, seconds = _timed(lambda: enhance_video(source, output, RESIZE_ONLY,
-                                                      PipelineConfig()))
+            _, seconds = _timed(
+                lambda: enhance_video(source, output, RESIZE_ONLY, PipelineConfig())
+            )
     finally:
         enhance_module.build_dataset = build  # type: ignore[assignment]
     stats = captured[-1].stats() if captured else ""
@@ -86,22 +89,30 @@ def _breakdown(source: Path, frames_wanted: int, work: Path) -> dict[str, float]
     """Seconds per frame of each step, one at a time, single process."""
     info = probe(source)
     plan_chain = build_operator("upscale", "classical", {"factor": 2})
-    plan = plan_job(info, RESIZE_ONLY, chunk_budget_bytes=PipelineConfig().chunk_budget_bytes,
-                    noise=measure_noise(info))
+    plan = plan_job(
+        info,
+        RESIZE_ONLY,
+        chunk_budget_bytes=PipelineConfig().chunk_budget_bytes,
+        noise=measure_noise(info),
+    )
     colour = info.colour
     steps: dict[str, float] = {}
     with av.open(str(source)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         decoded, steps["decode"] = _timed(
-            lambda: [f for _, f in zip(range(frames_wanted), container.decode(stream),
-                                       strict=False)])
+            lambda: [
+                f for _, f in zip(range(frames_wanted), container.decode(stream), strict=False)
+            ]
+        )
     n = len(decoded)
     rgb, steps["colour in (YUV → RGB)"] = _timed(
-        lambda: np.stack([frame_to_rgb(f, colour) for f in decoded]))
+        lambda: np.stack([frame_to_rgb(f, colour) for f in decoded])
+    )
     big, steps["resize (Lanczos ×2)"] = _timed(lambda: plan_chain(rgb))
     out_frames, steps["colour out (RGB → YUV 4:2:0)"] = _timed(
-        lambda: [rgb_to_frame(np.ascontiguousarray(f), colour) for f in big])
+        lambda: [rgb_to_frame(np.ascontiguousarray(f), colour) for f in big]
+    )
 
     def encode_only() -> bytes:
         buffer = io.BytesIO()
@@ -130,8 +141,9 @@ def _breakdown(source: Path, frames_wanted: int, work: Path) -> dict[str, float]
             path = work / f"part{i}.mp4"
             path.write_bytes(encode_segment(part, plan.fps, plan.encoder, colour))
             segments.append(Segment(path, 0 if i == 0 else half))
-    _, steps["assembly"] = _timed(lambda: assemble(segments, plan.fps, info,
-                                                   work / "assembled.mp4"))
+    _, steps["assembly"] = _timed(
+        lambda: assemble(segments, plan.fps, info, work / "assembled.mp4")
+    )
     return {name: seconds / n for name, seconds in steps.items()}
 
 
@@ -139,8 +151,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--breakdown-frames", type=int, default=12)
-    parser.add_argument("--quick", action="store_true",
-                        help="0.5 s of 240p → 480p: proves it runs (CI), not a measurement")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="0.5 s of 240p → 480p: proves it runs (CI), not a measurement",
+    )
     args = parser.parse_args()
     width, height = (1920, 1080) if not args.quick else (426, 240)
     if args.quick:
@@ -148,8 +163,10 @@ def main() -> None:
     ffmpeg = ensure_ffmpeg()
     ensure_ray()
     work = Path(tempfile.mkdtemp(prefix="retroiva-ceiling-"))
-    source = write_sample_video(work / "in.mp4", SampleSpec(
-        width=width, height=height, seconds=args.seconds, fps=Fraction(24), gop=24))
+    source = write_sample_video(
+        work / "in.mp4",
+        SampleSpec(width=width, height=height, seconds=args.seconds, fps=Fraction(24), gop=24),
+    )
     frames = probe(source).frame_count
     warm = write_sample_video(work / "warm.mp4", SampleSpec(seconds=0.5))
     enhance_video(warm, work / "warm_out.mp4", RESIZE_ONLY)  # warm workers, as a service
@@ -157,22 +174,51 @@ def main() -> None:
     seconds, peak, store, _ = _pipeline(source, work / "ours.mp4")
     ours = frames / seconds
     crf, speed = PRESETS["general"].encoder.crf, PRESETS["general"].encoder.speed
-    _, ff_seconds = _timed(lambda: subprocess.run(
-        [ffmpeg, "-v", "error", "-y", "-i", str(source), "-vf",
-         "scale=iw*2:ih*2:flags=lanczos", "-c:v", "libx264", "-preset", speed, "-crf",
-         str(crf), "-pix_fmt", "yuv420p", "-c:a", "copy", "-movflags", "+faststart",
-         str(work / "ff.mp4")], check=True))
+    _, ff_seconds = _timed(
+        lambda: subprocess.run(
+            [
+                ffmpeg,
+                "-v",
+                "error",
+                "-y",
+                "-i",
+                str(source),
+                "-vf",
+                "scale=iw*2:ih*2:flags=lanczos",
+                "-c:v",
+                "libx264",
+                "-preset",
+                speed,
+                "-crf",
+                str(crf),
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "copy",
+                "-movflags",
+                "+faststart",
+                str(work / "ff.mp4"),
+            ],
+            check=True,
+        )
+    )
     theirs = frames / ff_seconds
-    print(f"\n{frames} frames {width}x{height} → {2 * width}x{2 * height}, resize only, "
-          f"libx264 {speed} CRF {crf}, {os.cpu_count()} CPU cores")
-    print(f"  retroiva (Ray Data)  {ours:7.2f} fps   peak PSS {peak / MIB:6.0f} MiB   "
-          f"object store {store / frames / MIB:7.2f} MiB per output frame")
+    print(
+        f"\n{frames} frames {width}x{height} → {2 * width}x{2 * height}, resize only, "
+        f"libx264 {speed} CRF {crf}, {os.cpu_count()} CPU cores"
+    )
+    print(
+        f"  retroiva (Ray Data)  {ours:7.2f} fps   peak PSS {peak / MIB:6.0f} MiB   "
+        f"object store {store / frames / MIB:7.2f} MiB per output frame"
+    )
     print(f"  ffmpeg               {theirs:7.2f} fps")
     print(f"  ratio retroiva / ffmpeg {ours / theirs:.2f}")
     steps = _breakdown(source, args.breakdown_frames, work)
     total = sum(steps.values())
-    print(f"\nwhere the time goes, {args.breakdown_frames} frames one step at a time "
-          "(ms per frame, share):")
+    print(
+        f"\nwhere the time goes, {args.breakdown_frames} frames one step at a time "
+        "(ms per frame, share):"
+    )
     for name, per_frame in sorted(steps.items(), key=lambda kv: -kv[1]):
         print(f"  {name:42s} {per_frame * 1e3:8.1f} ms  {per_frame / total:6.1%}")
 

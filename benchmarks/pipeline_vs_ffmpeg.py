@@ -31,8 +31,9 @@ CLASSICAL_GENERAL = EnhanceRequest(preset="general", upscale_factor=2, engine="c
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--quick", action="store_true",
-                        help="0.5 s of 240p: proves it runs (CI), not a measurement")
+    parser.add_argument(
+        "--quick", action="store_true", help="0.5 s of 240p: proves it runs (CI), not a measurement"
+    )
     args = parser.parse_args()
     width, height = (854, 480) if not args.quick else (426, 240)
     if args.quick:
@@ -40,8 +41,9 @@ def main() -> None:
     ffmpeg = ensure_ffmpeg()
     ensure_ray()
     work = Path(tempfile.mkdtemp(prefix="retroiva-bench-"))
-    spec = SampleSpec(width=width, height=height, seconds=args.seconds, fps=Fraction(30),
-                      grain=8.0, gop=30)
+    spec = SampleSpec(
+        width=width, height=height, seconds=args.seconds, fps=Fraction(30), grain=8.0, gop=30
+    )
     source = write_sample_video(work / "in_480p.mp4", spec)
     frames = probe(source).frame_count
     preset = PRESETS["general"]
@@ -56,23 +58,47 @@ def main() -> None:
     enhance_video(warm, work / "warm_out.mp4", CLASSICAL_GENERAL)
 
     started = time.perf_counter()
-    enhance_video(source, work / "ours.mp4", CLASSICAL_GENERAL,
-                  PipelineConfig())
+    enhance_video(source, work / "ours.mp4", CLASSICAL_GENERAL, PipelineConfig())
     ours = frames / (time.perf_counter() - started)
 
     results = {"retroiva (Ray Data, classical)": ours}
-    for name, denoise in [("ffmpeg nlmeans", f"nlmeans=s={strength / 2:g}"),
-                          ("ffmpeg hqdn3d", "hqdn3d")]:
+    for name, denoise in [
+        ("ffmpeg nlmeans", f"nlmeans=s={strength / 2:g}"),
+        ("ffmpeg hqdn3d", "hqdn3d"),
+    ]:
         started = time.perf_counter()
-        subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(source), "-vf",
-                        f"{denoise},scale=iw*2:ih*2:flags=lanczos", "-c:v", "libx264",
-                        "-preset", speed, "-crf", str(crf), "-pix_fmt", "yuv420p",
-                        "-c:a", "copy", "-movflags", "+faststart", str(work / "ff.mp4")],
-                       check=True)
+        subprocess.run(
+            [
+                ffmpeg,
+                "-v",
+                "error",
+                "-y",
+                "-i",
+                str(source),
+                "-vf",
+                f"{denoise},scale=iw*2:ih*2:flags=lanczos",
+                "-c:v",
+                "libx264",
+                "-preset",
+                speed,
+                "-crf",
+                str(crf),
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "copy",
+                "-movflags",
+                "+faststart",
+                str(work / "ff.mp4"),
+            ],
+            check=True,
+        )
         results[name] = frames / (time.perf_counter() - started)
 
-    print(f"\n{frames} frames of {width}x{height} → {2 * width}x{2 * height}, general preset, "
-          f"{psutil_cores()} CPU cores")
+    print(
+        f"\n{frames} frames of {width}x{height} → {2 * width}x{2 * height}, general preset, "
+        f"{psutil_cores()} CPU cores"
+    )
     for name, fps in results.items():
         print(f"  {name:<32} {fps:7.2f} fps")
     for name, fps in list(results.items())[1:]:

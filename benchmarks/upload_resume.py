@@ -36,16 +36,17 @@ def _kill_midway(url: str, auth: dict[str, str], offset: int, body: bytes) -> in
     """PATCH ``body`` at ``offset`` but drop the connection halfway; bytes sent."""
     parts = urlsplit(url)
     sent = len(body) // 2
-    head = (f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
-            f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with socket.create_connection((parts.hostname, parts.port)) as sock:
         sock.sendall(head + body[:sent])
         time.sleep(0.5)  # the server reads what arrived before the reset
         # SO_LINGER 0: close sends a reset, as a dropped link or a killed client does.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                        b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     return sent
 
 
@@ -55,24 +56,25 @@ def _offset(url: str, auth: dict[str, str]) -> int:
     return int(response.headers["upload-offset"])
 
 
-def run(base: str, settings: Settings, auth: dict[str, str], source: Path,
-        chunk: int) -> None:
+def run(base: str, settings: Settings, auth: dict[str, str], source: Path, chunk: int) -> None:
     size = source.stat().st_size
     data = source.read_bytes()
     started = time.perf_counter()
     uploader = TusClient(f"{base}/v2/uploads", headers=auth).uploader(
-        file_path=str(source), chunk_size=chunk, metadata={"filename": source.name})
+        file_path=str(source), chunk_size=chunk, metadata={"filename": source.name}
+    )
     half = size // 2 // chunk * chunk or chunk
     while uploader.offset < half:
         uploader.upload_chunk()
     url = uploader.url
     before_kill = time.perf_counter()
-    sent = _kill_midway(url, auth, uploader.offset, data[uploader.offset:uploader.offset + chunk])
+    sent = _kill_midway(url, auth, uploader.offset, data[uploader.offset : uploader.offset + chunk])
     killed_at = time.perf_counter()
     time.sleep(1.0)  # a client reconnects after a pause; the server finishes the cut PATCH
     offset = _offset(url, auth)
     resumed = TusClient(f"{base}/v2/uploads", headers=auth).uploader(
-        file_path=str(source), url=url, chunk_size=chunk, retries=3, retry_delay=1)
+        file_path=str(source), url=url, chunk_size=chunk, retries=3, retry_delay=1
+    )
     resumed.upload()
     finished = time.perf_counter()
     upload_id = urlsplit(url).path.rsplit("/", 1)[-1]
@@ -80,14 +82,19 @@ def run(base: str, settings: Settings, auth: dict[str, str], source: Path,
     identical = hashlib.sha256(stored).hexdigest() == hashlib.sha256(data).hexdigest()
     kept = offset - uploader.offset
     print(f"  file: {size / 2**20:.1f} MiB in {chunk / 2**20:.0f} MiB chunks")
-    print(f"  before the kill: {uploader.offset / 2**20:.1f} MiB in "
-          f"{before_kill - started:.2f} s")
-    print(f"  killed mid-chunk after sending {sent / 2**20:.1f} MiB; the server kept "
-          f"{kept / 2**20:.2f} MiB of them (resume offset {offset})")
-    print(f"  resume (HEAD + the rest, after a 1 s reconnect pause): "
-          f"{finished - killed_at - 1.0:.2f} s")
-    print(f"  total wall time: {finished - started:.2f} s "
-          f"(pauses included: 0.5 s at the kill, 1 s before the resume)")
+    print(f"  before the kill: {uploader.offset / 2**20:.1f} MiB in {before_kill - started:.2f} s")
+    print(
+        f"  killed mid-chunk after sending {sent / 2**20:.1f} MiB; the server kept "
+        f"{kept / 2**20:.2f} MiB of them (resume offset {offset})"
+    )
+    print(
+        f"  resume (HEAD + the rest, after a 1 s reconnect pause): "
+        f"{finished - killed_at - 1.0:.2f} s"
+    )
+    print(
+        f"  total wall time: {finished - started:.2f} s "
+        f"(pauses included: 0.5 s at the kill, 1 s before the resume)"
+    )
     print(f"  byte-identical: {identical}")
     if not identical:
         raise SystemExit(1)
@@ -133,13 +140,30 @@ def main() -> None:
         finally:
             serve.shutdown()
         return
-    env = {**os.environ, "RETROIVA_DATA_DIR": str(data), "PYTHONPATH": os.getcwd(),
-           "RETROIVA_DEFAULT_RATE_LIMIT": str(10**6)}
+    env = {
+        **os.environ,
+        "RETROIVA_DATA_DIR": str(data),
+        "PYTHONPATH": os.getcwd(),
+        "RETROIVA_DEFAULT_RATE_LIMIT": str(10**6),
+    }
     (data / "bench_app.py").write_text(OUR_APP)
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", str(data), "bench_app:app",
-         "--host", "127.0.0.1", "--port", str(settings.port), "--log-level", "warning"],
-        env=env)
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(data),
+            "bench_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(settings.port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
     try:
         _wait_ready(f"{base}/healthz")
         run(base, settings, auth, source, chunk)

@@ -34,8 +34,13 @@ from models.sr_models import sr_model
 
 IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
 MODELS = {
-    2: ("span-x2", "waifu2x-photo-x2", "waifu2x-photo-noise1-x2", "waifu2x-photo-noise3-x2",
-        "realesr-animevideov3-x2"),
+    2: (
+        "span-x2",
+        "waifu2x-photo-x2",
+        "waifu2x-photo-noise1-x2",
+        "waifu2x-photo-noise3-x2",
+        "realesr-animevideov3-x2",
+    ),
     4: ("span-x4", "clearreality-x4", "realesrgan-x4plus", "realesr-animevideov3-x4"),
 }
 CONDITIONS = ("bicubic", "bicubic + σ10", "bicubic + σ25 + JPEG50")
@@ -54,21 +59,23 @@ def _originals(images: tuple[str, ...] = IMAGES) -> list[np.ndarray]:
         image = getattr(data, name)()
         h, w = image.shape[:2]
         side = min(h, w)
-        crop = image[(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2]
+        crop = image[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2]
         out.append(_bicubic(np.ascontiguousarray(crop), 256))
     return out
 
 
-def _degrade(image: np.ndarray, factor: int, condition: str, rng: np.random.Generator
-             ) -> np.ndarray:
+def _degrade(
+    image: np.ndarray, factor: int, condition: str, rng: np.random.Generator
+) -> np.ndarray:
     small = _bicubic(image, 256 // factor)
     if condition == "bicubic":
         return small
     sigma = 10 if "σ10" in condition else 25
     noisy = np.clip(small + rng.normal(0, sigma, small.shape), 0, 255).astype(np.uint8)
     if "JPEG" in condition:
-        _, encoded = cv2.imencode(".jpg", cv2.cvtColor(noisy, cv2.COLOR_RGB2BGR),
-                                  [cv2.IMWRITE_JPEG_QUALITY, 50])
+        _, encoded = cv2.imencode(
+            ".jpg", cv2.cvtColor(noisy, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 50]
+        )
         noisy = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     return noisy
 
@@ -79,36 +86,44 @@ def _lanczos(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _nlmeans_lanczos(image: np.ndarray, factor: int, strength: float) -> np.ndarray:
-    return _lanczos(cv2.fastNlMeansDenoisingColored(image, None, strength, strength, 7, 21),
-                    factor)
+    return _lanczos(cv2.fastNlMeansDenoisingColored(image, None, strength, strength, 7, 21), factor)
 
 
 def _score(restored: list[np.ndarray], originals: list[np.ndarray]) -> tuple[float, float]:
-    psnr = np.mean([peak_signal_noise_ratio(o, r) for o, r in
-                    zip(originals, restored, strict=True)])
-    ssim = np.mean([structural_similarity(o, r, channel_axis=2) for o, r in
-                    zip(originals, restored, strict=True)])
+    psnr = np.mean(
+        [peak_signal_noise_ratio(o, r) for o, r in zip(originals, restored, strict=True)]
+    )
+    ssim = np.mean(
+        [
+            structural_similarity(o, r, channel_axis=2)
+            for o, r in zip(originals, restored, strict=True)
+        ]
+    )
     return float(psnr), float(ssim)
 
 
 def quality(quick: bool = False) -> None:
     originals = _originals(IMAGES[:1] if quick else IMAGES)
     models = {2: ("span-x2",)} if quick else MODELS
-    operators = {name: NeuralUpscale(name, factor=factor, tile=0)
-                 for factor, names in models.items() for name in names}
+    operators = {
+        name: NeuralUpscale(name, factor=factor, tile=0)
+        for factor, names in models.items()
+        for name in names
+    }
     for factor, names in models.items():
         for condition in CONDITIONS[:1] if quick else CONDITIONS:
             rng = np.random.default_rng(0)
             degraded = [_degrade(o, factor, condition, rng) for o in originals]
             strength = 0 if condition == "bicubic" else (6 if "σ10" in condition else 14)
             rows: dict[str, tuple[float, float]] = {
-                "lanczos": _score([_lanczos(d, factor) for d in degraded], originals)}
+                "lanczos": _score([_lanczos(d, factor) for d in degraded], originals)
+            }
             if strength:
                 rows[f"fastNlMeans(h={strength}) + lanczos"] = _score(
-                    [_nlmeans_lanczos(d, factor, strength) for d in degraded], originals)
+                    [_nlmeans_lanczos(d, factor, strength) for d in degraded], originals
+                )
             for name in names:
-                rows[name] = _score([operators[name](d[None])[0] for d in degraded],
-                                    originals)
+                rows[name] = _score([operators[name](d[None])[0] for d in degraded], originals)
             print(f"\n×{factor}, {condition} ({len(originals)} images, 256×256)")
             print(f"  {'method':34s} {'PSNR dB':>8s} {'SSIM':>7s}")
             for method, (psnr, ssim) in rows.items():
@@ -135,8 +150,9 @@ def _ncnn_once(name: str, frame: np.ndarray) -> Callable[[], None]:
     return once
 
 
-def _module_once(module: Callable[[torch.Tensor], torch.Tensor], frame: np.ndarray
-                 ) -> Callable[[], None]:
+def _module_once(
+    module: Callable[[torch.Tensor], torch.Tensor], frame: np.ndarray
+) -> Callable[[], None]:
     x = torch.from_numpy(frame.transpose(2, 0, 1).astype(np.float32)[None] / 255)
 
     def once() -> None:
@@ -149,15 +165,23 @@ def _module_once(module: Callable[[torch.Tensor], torch.Tensor], frame: np.ndarr
 def speed(quick: bool = False) -> None:
     size = (64, 36) if quick else (320, 180)
     frame = cv2.resize(data.astronaut(), size, interpolation=cv2.INTER_AREA)
-    print(f"\nCPU speed, {size[0]}×{size[1]} input, {torch.get_num_threads()} threads each "
-          "(frames/s of the raw network; each method run in turn, best of the rounds, so "
-          "load from other processes hits them alike)")
-    print("  torch: our torch executor; auto: the network as the operator runs it with the "
-          "runtime auto chooses here; ncnn: the ncnn runtime called directly; operator: "
-          "the whole auto operator, tile 0 (padding, anchoring, conversions)")
+    print(
+        f"\nCPU speed, {size[0]}×{size[1]} input, {torch.get_num_threads()} threads each "
+        "(frames/s of the raw network; each method run in turn, best of the rounds, so "
+        "load from other processes hits them alike)"
+    )
+    print(
+        "  torch: our torch executor; auto: the network as the operator runs it with the "
+        "runtime auto chooses here; ncnn: the ncnn runtime called directly; operator: "
+        "the whole auto operator, tile 0 (padding, anchoring, conversions)"
+    )
     # Real-ESRGAN x4plus (RRDB, ~0.07 fps at 320×180 here) on a quarter of the pixels.
-    runs = (("span-x2", 5, 1), ("realesr-animevideov3-x2", 5, 1),
-            ("waifu2x-photo-noise3-x2", 5, 1), ("realesrgan-x4plus", 2, 2))
+    runs = (
+        ("span-x2", 5, 1),
+        ("realesr-animevideov3-x2", 5, 1),
+        ("waifu2x-photo-noise3-x2", 5, 1),
+        ("realesrgan-x4plus", 2, 2),
+    )
     everything = frame
     for name, rounds, shrink in runs[:1] if quick else runs:
         frame = everything[::shrink, ::shrink].copy()
@@ -186,16 +210,21 @@ def speed(quick: bool = False) -> None:
                 best[method] = min(best[method], time.perf_counter() - started)
         fps = {method: 1 / seconds for method, seconds in best.items()}
         name = name if shrink == 1 else f"{name} (½ side)"
-        print(f"  {name:26s} torch {fps['torch']:6.2f}  auto ({op.runtime_choice.runtime}) "
-              f"{fps['auto']:6.2f}  ncnn {fps['ncnn']:6.2f}  operator {fps['operator']:6.2f}"
-              f"  torch/ncnn {fps['torch'] / fps['ncnn']:.2f}  auto/ncnn "
-              f"{fps['auto'] / fps['ncnn']:.2f}")
+        print(
+            f"  {name:26s} torch {fps['torch']:6.2f}  auto ({op.runtime_choice.runtime}) "
+            f"{fps['auto']:6.2f}  ncnn {fps['ncnn']:6.2f}  operator {fps['operator']:6.2f}"
+            f"  torch/ncnn {fps['torch'] / fps['ncnn']:.2f}  auto/ncnn "
+            f"{fps['auto'] / fps['ncnn']:.2f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="one image, one model, one condition, a tiny frame (CI)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one image, one model, one condition, a tiny frame (CI)",
+    )
     args = parser.parse_args()
     quality(args.quick)
     speed(args.quick)

@@ -28,8 +28,9 @@ _EPS = 1e-3
 
 def _warp(image: np.ndarray, flow: np.ndarray, grid: np.ndarray) -> np.ndarray:
     coords = grid + flow
-    return cv2.remap(image, coords[..., 0], coords[..., 1], cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(
+        image, coords[..., 0], coords[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 def _consistency(forward: np.ndarray, backward: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -63,16 +64,16 @@ class FlowInterpolator:
     def is_scene_cut(self, first: np.ndarray, second: np.ndarray) -> bool:
         return _is_scene_cut(first, second, self.cut_threshold)
 
-    def interpolate(self, first: np.ndarray, second: np.ndarray,
-                    ts: Sequence[float]) -> np.ndarray:
+    def interpolate(self, first: np.ndarray, second: np.ndarray, ts: Sequence[float]) -> np.ndarray:
         check_pair(first, second, ts)
         h, w = first.shape[:2]
         gray_a = cv2.cvtColor(first, cv2.COLOR_RGB2GRAY)
         gray_b = cv2.cvtColor(second, cv2.COLOR_RGB2GRAY)
         flow_ab = self._dis.calc(gray_a, gray_b, None)
         flow_ba = self._dis.calc(gray_b, gray_a, None)
-        grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32),
-                                     np.arange(h, dtype=np.float32)))
+        grid = np.dstack(
+            np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        )
         reliable_a = _consistency(flow_ab, flow_ba, grid)
         reliable_b = _consistency(flow_ba, flow_ab, grid)
         a = first.astype(np.float32)

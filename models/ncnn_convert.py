@@ -37,8 +37,11 @@ def source_digest(param: Path, weights: Path) -> str:
 
 
 def _tensors(graph: NcnnGraph) -> dict[str, np.ndarray]:
-    return {f"{i}.{name}": array for i, layer in enumerate(graph.layers)
-            for name, array in layer.weights.items()}
+    return {
+        f"{i}.{name}": array
+        for i, layer in enumerate(graph.layers)
+        for name, array in layer.weights.items()
+    }
 
 
 def _cached_graph(param: Path, entry: Path) -> NcnnGraph:

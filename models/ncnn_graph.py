@@ -68,7 +68,7 @@ def _parse_params(tokens: list[str]) -> dict[int, Param]:
         key = int(key_text)
         if key <= _ARRAY_BASE:
             count, *items = value.split(",")
-            params[_ARRAY_BASE - key] = [_number(v) for v in items[:int(count)]]
+            params[_ARRAY_BASE - key] = [_number(v) for v in items[: int(count)]]
         else:
             params[key] = _number(value)
     return params
@@ -81,9 +81,9 @@ def parse_param(text: str) -> list[NcnnLayer]:
     layers = []
     for fields in lines[2:]:
         kind, name, n_bottom, n_top = fields[0], fields[1], int(fields[2]), int(fields[3])
-        bottoms = fields[4:4 + n_bottom]
-        tops = fields[4 + n_bottom:4 + n_bottom + n_top]
-        params = _parse_params(fields[4 + n_bottom + n_top:])
+        bottoms = fields[4 : 4 + n_bottom]
+        tops = fields[4 + n_bottom : 4 + n_bottom + n_top]
+        params = _parse_params(fields[4 + n_bottom + n_top :])
         layers.append(NcnnLayer(kind, name, bottoms, tops, params))
     return layers
 
@@ -136,5 +136,6 @@ def read_ncnn(param: Path, weights: Path) -> NcnnGraph:
     if blob.offset != len(blob.data):
         raise UnsupportedModelError(
             f"{len(blob.data) - blob.offset} bytes of {weights.name} were not used: "
-            "a layer type stores weights this reader does not know")
+            "a layer type stores weights this reader does not know"
+        )
     return NcnnGraph(layers)

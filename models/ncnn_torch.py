@@ -75,11 +75,11 @@ class NcnnModule(nn.Module):
         for index, layer in enumerate(graph.layers):
             self._steps.append((layer, self._build(index, layer)))
 
-    def _param(self, index: int, name: str, array: np.ndarray, shape: tuple[int, ...]
-               ) -> str:
+    def _param(self, index: int, name: str, array: np.ndarray, shape: tuple[int, ...]) -> str:
         key = f"l{index}_{name}"
-        self.weights[key] = nn.Parameter(torch.from_numpy(array.reshape(shape)),
-                                         requires_grad=False)
+        self.weights[key] = nn.Parameter(
+            torch.from_numpy(array.reshape(shape)), requires_grad=False
+        )
         return key
 
     def _build(self, index: int, layer: NcnnLayer) -> Callable[..., torch.Tensor]:
@@ -130,21 +130,33 @@ class NcnnModule(nn.Module):
         groups = int(layer.get(7, 1)) if layer.type == "ConvolutionDepthWise" else 1  # type: ignore[arg-type]
         weight = layer.weights["weight"]
         per_group_in = weight.size // (out * kh * kw)
-        activation = _activation(int(layer.get(9, 0)),  # type: ignore[arg-type]
-                                 list(layer.get(10, [])))  # type: ignore[arg-type]
+        activation = _activation(
+            int(layer.get(9, 0)),  # type: ignore[arg-type]
+            list(layer.get(10, [])),
+        )  # type: ignore[arg-type]
         left, right, top, bottom = _padding(layer)
         if layer.type == "Deconvolution":
-            if groups != 1 or (left, top) != (right, bottom) or int(layer.get(18, 0)) \
-                    or int(layer.get(20, 0)):  # type: ignore[arg-type]
+            if (
+                groups != 1
+                or (left, top) != (right, bottom)
+                or int(layer.get(18, 0))
+                or int(layer.get(20, 0))
+            ):  # type: ignore[arg-type]
                 raise UnsupportedModelError(f"{layer.name}: deconvolution options")
             # ncnn stores deconvolution weights output-major; torch wants input-major.
-            w_key = self._param(index, "weight",
-                                weight.reshape(out, per_group_in, kh, kw).transpose(1, 0, 2, 3)
-                                .copy(), (per_group_in, out, kh, kw))
+            w_key = self._param(
+                index,
+                "weight",
+                weight.reshape(out, per_group_in, kh, kw).transpose(1, 0, 2, 3).copy(),
+                (per_group_in, out, kh, kw),
+            )
         else:
             w_key = self._param(index, "weight", weight, (out, per_group_in, kh, kw))
-        b_key = self._param(index, "bias", layer.weights["bias"], (out,)) \
-            if "bias" in layer.weights else None
+        b_key = (
+            self._param(index, "bias", layer.weights["bias"], (out,))
+            if "bias" in layer.weights
+            else None
+        )
 
         def run(x: torch.Tensor) -> torch.Tensor:
             w = self.weights[w_key].to(x.dtype)
@@ -174,18 +186,23 @@ class NcnnModule(nn.Module):
         def run(x: torch.Tensor) -> torch.Tensor:
             if size[0] and size[1]:
                 return F.interpolate(x, size=size, mode=mode, align_corners=align)
-            return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=align,
-                                 recompute_scale_factor=False)
+            return F.interpolate(
+                x, scale_factor=scale, mode=mode, align_corners=align, recompute_scale_factor=False
+            )
 
         return run
 
     @staticmethod
     def _binary(layer: NcnnLayer) -> Callable[..., torch.Tensor]:
         ops: dict[int, Callable[[torch.Tensor, torch.Tensor | float], torch.Tensor]] = {
-            0: lambda a, b: a + b, 1: lambda a, b: a - b, 2: lambda a, b: a * b,
-            3: lambda a, b: a / b, 4: lambda a, b: torch.maximum(a, torch.as_tensor(b)),
+            0: lambda a, b: a + b,
+            1: lambda a, b: a - b,
+            2: lambda a, b: a * b,
+            3: lambda a, b: a / b,
+            4: lambda a, b: torch.maximum(a, torch.as_tensor(b)),
             5: lambda a, b: torch.minimum(a, torch.as_tensor(b)),
-            7: lambda a, b: b - a, 8: lambda a, b: b / a,
+            7: lambda a, b: b - a,
+            8: lambda a, b: b / a,
         }
         op = ops.get(int(layer.get(0, 0)))  # type: ignore[arg-type]
         if op is None:
@@ -232,4 +249,3 @@ class NcnnModule(nn.Module):
             for top in layer.tops:
                 blobs[top] = result
         return blobs[self.output_blob]
-

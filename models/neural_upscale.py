@@ -62,9 +62,18 @@ class NeuralUpscale:
     name: ClassVar[str] = "neural_upscale"
     needs_gpu = True
 
-    def __init__(self, model: str, factor: int = 2, tile: int = 256, overlap: int = 16,
-                 batch: int = 4, device: str | None = None, runtime: ModelRuntime = "auto",
-                 cache_dir: Path | None = None, anchor: bool = True) -> None:
+    def __init__(
+        self,
+        model: str,
+        factor: int = 2,
+        tile: int = 256,
+        overlap: int = 16,
+        batch: int = 4,
+        device: str | None = None,
+        runtime: ModelRuntime = "auto",
+        cache_dir: Path | None = None,
+        anchor: bool = True,
+    ) -> None:
         if factor not in (1, 2, 3, 4):
             raise ValueError(f"factor must be 1–4, got {factor}")
         if tile and tile < 2 * overlap:
@@ -83,37 +92,51 @@ class NeuralUpscale:
         self._run, self.runtime_choice = self._runtime(options)
 
     def __repr__(self) -> str:
-        return (f"NeuralUpscale({self.model.name!r}, factor={self.scale}, device={self.device}, "
-                f"runtime={self.runtime_choice.runtime})")
+        return (
+            f"NeuralUpscale({self.model.name!r}, factor={self.scale}, device={self.device}, "
+            f"runtime={self.runtime_choice.runtime})"
+        )
 
-    def _runtime(self, options: ModelOptions
-                 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], RuntimeChoice]:
+    def _runtime(
+        self, options: ModelOptions
+    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], RuntimeChoice]:
         cuda = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
-        choice = choose_runtime(options.runtime, cuda=cuda,
-                                tensorrt=tensorrt_version() if cuda else None,
-                                ncnn=None if cuda else ncnn_version(), has_ncnn_path=True)
+        choice = choose_runtime(
+            options.runtime,
+            cuda=cuda,
+            tensorrt=tensorrt_version() if cuda else None,
+            ncnn=None if cuda else ncnn_version(),
+            has_ncnn_path=True,
+        )
         run: Callable[[torch.Tensor], torch.Tensor] = self.net
         if choice.runtime == "ncnn":
             try:
                 run = NcnnRunner(self.model)
             except Exception as exc:  # a build of ncnn that can't load these files
-                choice = RuntimeChoice("torch", f"{choice.reason}, but ncnn could not load "
-                                       f"the model ({exc})", True)
+                choice = RuntimeChoice(
+                    "torch", f"{choice.reason}, but ncnn could not load the model ({exc})", True
+                )
         elif choice.runtime == "compile":
             run = torch.compile(self.net)  # type: ignore[assignment]
         elif choice.runtime == "tensorrt":
             from models.tensorrt_runtime import tensorrt_or_torch
 
             # Tiles arrive with their overlap and the model's own padding on each side.
-            side = (self.tile + 2 * self.overlap if self.tile else 2160) \
-                + 2 * self.model.prepadding
-            run = tensorrt_or_torch(self.net, self.model, max_side=side,
-                                    max_batch=self.batch, cache=options.cache)
+            side = (self.tile + 2 * self.overlap if self.tile else 2160) + 2 * self.model.prepadding
+            run = tensorrt_or_torch(
+                self.net, self.model, max_side=side, max_batch=self.batch, cache=options.cache
+            )
             if run is self.net:  # the engine could not be built or loaded: logged there
-                choice = RuntimeChoice("torch", f"{choice.reason}, but no engine could be "
-                                       "built or loaded", True)
-        log.log(logging.WARNING if choice.fallback else logging.INFO, "%s: runtime %s (%s)",
-                self.model.name, choice.runtime, choice.reason)
+                choice = RuntimeChoice(
+                    "torch", f"{choice.reason}, but no engine could be built or loaded", True
+                )
+        log.log(
+            logging.WARNING if choice.fallback else logging.INFO,
+            "%s: runtime %s (%s)",
+            self.model.name,
+            choice.runtime,
+            choice.reason,
+        )
         return run, choice
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,20 +152,25 @@ class NeuralUpscale:
         out = np.empty((n, h * self.scale, w * self.scale, 3), dtype=np.uint8)
         for start in range(0, n, self.batch):
             # A copy: frames from Ray's object store are read-only, which torch warns of.
-            part = torch.from_numpy(frames[start:start + self.batch].copy()).to(self.device)
+            part = torch.from_numpy(frames[start : start + self.batch].copy()).to(self.device)
             x = part.permute(0, 3, 1, 2).to(self.dtype) / 255.0
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = run_tiled(self._network, x, scale=self.model.scale, tile=self.tile,
-                          overlap=self.overlap)
+            y = run_tiled(
+                self._network, x, scale=self.model.scale, tile=self.tile, overlap=self.overlap
+            )
             if self.model.scale != self.scale:
-                y = F.interpolate(y.float(), size=(h * self.scale, w * self.scale),
-                                  mode="bicubic", align_corners=False,
-                                  antialias=self.scale < self.model.scale)
+                y = F.interpolate(
+                    y.float(),
+                    size=(h * self.scale, w * self.scale),
+                    mode="bicubic",
+                    align_corners=False,
+                    antialias=self.scale < self.model.scale,
+                )
             if self.anchor:
                 y = _anchored(y.float(), x.float())
             pixels = (y.float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
-            out[start:start + len(part)] = pixels.permute(0, 2, 3, 1).cpu().numpy()
+            out[start : start + len(part)] = pixels.permute(0, 2, 3, 1).cpu().numpy()
         return out
 
 

@@ -24,21 +24,34 @@ __all__ = ["OPSET", "export_onnx", "max_onnx_error"]
 OPSET = 18  # GridSample (RIFE's warp) needs 16+; TensorRT 10 parses 18
 
 
-def export_onnx(module: torch.nn.Module, example: Sequence[torch.Tensor], path: Path, *,
-                input_names: Sequence[str], output_names: Sequence[str],
-                dynamic_axes: Mapping[str, Mapping[int, str]]) -> Path:
+def export_onnx(
+    module: torch.nn.Module,
+    example: Sequence[torch.Tensor],
+    path: Path,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]],
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module.eval(), tuple(example), str(path),
-                          input_names=list(input_names), output_names=list(output_names),
-                          dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
-                          opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            module.eval(),
+            tuple(example),
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+            opset_version=OPSET,
+            dynamo=False,
+        )
     return path
 
 
-def max_onnx_error(path: Path, module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]
-                   ) -> float:
+def max_onnx_error(
+    path: Path, module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]
+) -> float:
     """Largest absolute difference between onnxruntime (CPU) and torch on ``inputs``."""
     import onnxruntime
 

@@ -63,8 +63,7 @@ def check_frames(frames: np.ndarray, *, wide: bool = False) -> None:
     if not isinstance(frames, np.ndarray):
         raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
     if frames.dtype != np.uint8 and not (wide and frames.dtype == np.uint16):
-        raise ValueError(f"frames must be uint8{' or uint16' if wide else ''}, "
-                         f"got {frames.dtype}")
+        raise ValueError(f"frames must be uint8{' or uint16' if wide else ''}, got {frames.dtype}")
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must have shape (N, H, W, 3), got {frames.shape}")
 

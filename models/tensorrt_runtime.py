@@ -43,10 +43,18 @@ _MIN_SIDE = 8
 _PRECISION = "fp16-strongly-typed"
 
 
-def engine_key(model: SrModel, digest: str, max_side: int, max_batch: int, gpu: str,
-               trt_version: str) -> str:
-    parts = [model.name, digest, _PRECISION, f"b1-{max_batch}", f"s{_MIN_SIDE}-{max_side}",
-             gpu, trt_version]
+def engine_key(
+    model: SrModel, digest: str, max_side: int, max_batch: int, gpu: str, trt_version: str
+) -> str:
+    parts = [
+        model.name,
+        digest,
+        _PRECISION,
+        f"b1-{max_batch}",
+        f"s{_MIN_SIDE}-{max_side}",
+        gpu,
+        trt_version,
+    ]
     return f"{model.name}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:24]}"
 
 
@@ -56,17 +64,29 @@ def export_model_onnx(net: torch.nn.Module, path: Path, channels: int = 3) -> Pa
     frames = {0: "n", 2: "height", 3: "width"}
     param = next(net.parameters())
     example = torch.rand(1, channels, 32, 32, device=param.device).to(param.dtype)
-    return export_onnx(net, (example,), path, input_names=["input"],
-                       output_names=["output"],
-                       dynamic_axes={"input": frames, "output": frames})
+    return export_onnx(
+        net,
+        (example,),
+        path,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": frames, "output": frames},
+    )
 
 
 class _Engine:
     """Runs a deserialised engine on CUDA tensors, as the torch module would; inputs
     outside the engine's shape profile go to the torch module instead of failing."""
 
-    def __init__(self, trt: Any, engine: Any, dtype: torch.dtype, fallback: torch.nn.Module,
-                 max_side: int, max_batch: int) -> None:
+    def __init__(
+        self,
+        trt: Any,
+        engine: Any,
+        dtype: torch.dtype,
+        fallback: torch.nn.Module,
+        max_side: int,
+        max_batch: int,
+    ) -> None:
         self._trt = trt
         self._engine = engine
         self._fallback = fallback
@@ -83,8 +103,9 @@ class _Engine:
             return self._fallback(x)
         x = x.to(self._in).contiguous()
         self._context.set_input_shape("input", tuple(x.shape))
-        out = torch.empty(tuple(self._context.get_tensor_shape("output")),
-                          dtype=self._out, device=x.device)
+        out = torch.empty(
+            tuple(self._context.get_tensor_shape("output")), dtype=self._out, device=x.device
+        )
         self._context.set_tensor_address("input", x.data_ptr())
         self._context.set_tensor_address("output", out.data_ptr())
         stream = torch.cuda.current_stream()
@@ -117,8 +138,12 @@ def _build(trt: Any, onnx_path: Path, max_side: int, max_batch: int) -> bytes:
         raise RuntimeError(f"ONNX parse failed: {errors}")
     config = builder.create_builder_config()  # no precision flags: the types are the ONNX's
     profile = builder.create_optimization_profile()
-    profile.set_shape("input", (1, 3, _MIN_SIDE, _MIN_SIDE),
-                      (max_batch, 3, max_side, max_side), (max_batch, 3, max_side, max_side))
+    profile.set_shape(
+        "input",
+        (1, 3, _MIN_SIDE, _MIN_SIDE),
+        (max_batch, 3, max_side, max_side),
+        (max_batch, 3, max_side, max_side),
+    )
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -126,9 +151,9 @@ def _build(trt: Any, onnx_path: Path, max_side: int, max_batch: int) -> bytes:
     return bytes(serialized)
 
 
-def tensorrt_or_torch(net: torch.nn.Module, model: SrModel, *, max_side: int,
-                      max_batch: int, cache: Path
-                      ) -> Callable[[torch.Tensor], torch.Tensor]:
+def tensorrt_or_torch(
+    net: torch.nn.Module, model: SrModel, *, max_side: int, max_batch: int, cache: Path
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """An engine for ``net`` (fp16, on CUDA) or, failing that, ``net`` itself; engines
     and ONNX files are kept under ``cache``."""
     try:
@@ -143,8 +168,9 @@ def tensorrt_or_torch(net: torch.nn.Module, model: SrModel, *, max_side: int,
     try:
         param, weights = model.files()
         digest = source_digest(param, weights)
-        key = engine_key(model, digest, max_side, max_batch, torch.cuda.get_device_name(),
-                         trt.__version__)
+        key = engine_key(
+            model, digest, max_side, max_batch, torch.cuda.get_device_name(), trt.__version__
+        )
         engine_path = cache / "tensorrt" / f"{key}.engine"
         if not engine_path.is_file():
             onnx_path = cache / "onnx" / f"{model.name}-{digest[:24]}-fp16.onnx"

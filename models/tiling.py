@@ -20,8 +20,14 @@ def _starts(length: int, tile: int) -> list[int]:
     return list(range(0, length, tile)) if length > tile else [0]
 
 
-def run_tiled(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
-              scale: int, tile: int, overlap: int) -> torch.Tensor:
+def run_tiled(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    scale: int,
+    tile: int,
+    overlap: int,
+) -> torch.Tensor:
     """``network(x)`` for ``x`` of shape (N, C, H, W), ``tile``×``tile`` at a time.
 
     ``network`` must map (N, C, h, w) to (N, C', h·scale, w·scale).  ``tile <= 0``
@@ -39,8 +45,12 @@ def run_tiled(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
             result = network(x[:, :, y0:y1, x0:x1])
             if out is None:
                 out = result.new_empty((n, result.shape[1], h * scale, w * scale))
-            core = result[:, :, (top - y0) * scale:(bottom - y0) * scale,
-                          (left - x0) * scale:(right - x0) * scale]
-            out[:, :, top * scale:bottom * scale, left * scale:right * scale] = core
+            core = result[
+                :,
+                :,
+                (top - y0) * scale : (bottom - y0) * scale,
+                (left - x0) * scale : (right - x0) * scale,
+            ]
+            out[:, :, top * scale : bottom * scale, left * scale : right * scale] = core
     assert out is not None
     return out

@@ -31,20 +31,39 @@ log = logging.getLogger(__name__)
 
 # suffix → (FFmpeg muxer, audio codecs it takes as-is, subtitle codecs it takes as-is)
 OUTPUT_FORMATS: dict[str, tuple[str, frozenset[str], frozenset[str]]] = {
-    ".mp4": ("mp4", frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}),
-             frozenset({"mov_text"})),
-    ".mov": ("mov", frozenset({"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le",
-                               "pcm_s24le"}), frozenset({"mov_text"})),
-    ".mkv": ("matroska", frozenset({"aac", "mp3", "opus", "vorbis", "flac", "ac3", "eac3",
-                                    "pcm_s16le", "pcm_s24le", "alac"}),
-             frozenset({"subrip", "srt", "ass", "ssa", "webvtt", "dvd_subtitle",
-                        "hdmv_pgs_subtitle"})),
+    ".mp4": (
+        "mp4",
+        frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}),
+        frozenset({"mov_text"}),
+    ),
+    ".mov": (
+        "mov",
+        frozenset({"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le"}),
+        frozenset({"mov_text"}),
+    ),
+    ".mkv": (
+        "matroska",
+        frozenset(
+            {
+                "aac",
+                "mp3",
+                "opus",
+                "vorbis",
+                "flac",
+                "ac3",
+                "eac3",
+                "pcm_s16le",
+                "pcm_s24le",
+                "alac",
+            }
+        ),
+        frozenset({"subrip", "srt", "ass", "ssa", "webvtt", "dvd_subtitle", "hdmv_pgs_subtitle"}),
+    ),
 }
 
 
 # FFmpeg's default layout per channel count, which the AAC encoder accepts.
-_AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1",
-                7: "6.1", 8: "7.1"}
+_AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 
 
 def _aac_layout(channels: int) -> str:
@@ -53,7 +72,9 @@ def _aac_layout(channels: int) -> str:
     except KeyError:
         raise InvalidInputError(
             f"audio with {channels} channels cannot be transcoded to AAC; "
-            "choose .mkv output to keep it as-is", reason="unsupported_audio") from None
+            "choose .mkv output to keep it as-is",
+            reason="unsupported_audio",
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -67,7 +88,8 @@ def output_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise InvalidOptionsError(
-            f"output must end in one of {', '.join(OUTPUT_FORMATS)}, got {suffix or 'nothing'!r}")
+            f"output must end in one of {', '.join(OUTPUT_FORMATS)}, got {suffix or 'nothing'!r}"
+        )
     return OUTPUT_FORMATS[suffix][0]
 
 
@@ -81,8 +103,9 @@ def _reorder_delay(path: Path) -> Fraction:
     return Fraction(0)
 
 
-def _video_packets(segments: Sequence[Segment], fps: Fraction, out_stream: av.stream.Stream,
-                   stack: ExitStack) -> Iterator[tuple[float, int, av.Packet]]:
+def _video_packets(
+    segments: Sequence[Segment], fps: Fraction, out_stream: av.stream.Stream, stack: ExitStack
+) -> Iterator[tuple[float, int, av.Packet]]:
     """Segment packets with pts shifted into place and dts rewritten for the whole file.
 
     Each segment's encoder chose its own B-frame delay (a two-frame segment has none),
@@ -109,9 +132,13 @@ def _video_packets(segments: Sequence[Segment], fps: Fraction, out_stream: av.st
         container.close()
 
 
-def _copied_packets(source: av.container.InputContainer, in_stream: av.stream.Stream,
-                    out_stream: av.stream.Stream, start: Fraction, order: int
-                    ) -> Iterator[tuple[float, int, av.Packet]]:
+def _copied_packets(
+    source: av.container.InputContainer,
+    in_stream: av.stream.Stream,
+    out_stream: av.stream.Stream,
+    start: Fraction,
+    order: int,
+) -> Iterator[tuple[float, int, av.Packet]]:
     tb = Fraction(in_stream.time_base)
     shift = round(start / tb)
     for packet in source.demux(in_stream):
@@ -127,9 +154,13 @@ def _copied_packets(source: av.container.InputContainer, in_stream: av.stream.St
         yield float((packet.dts if packet.dts is not None else packet.pts) * tb), order, packet
 
 
-def _transcoded_audio(source: av.container.InputContainer, in_stream: av.audio.AudioStream,
-                      out_stream: av.audio.AudioStream, start: Fraction, order: int
-                      ) -> Iterator[tuple[float, int, av.Packet]]:
+def _transcoded_audio(
+    source: av.container.InputContainer,
+    in_stream: av.audio.AudioStream,
+    out_stream: av.audio.AudioStream,
+    start: Fraction,
+    order: int,
+) -> Iterator[tuple[float, int, av.Packet]]:
     def encoded() -> Iterator[av.Packet]:
         for frame in source.decode(in_stream):
             if frame.pts is None:
@@ -146,8 +177,14 @@ def _transcoded_audio(source: av.container.InputContainer, in_stream: av.audio.A
         yield float((ts or 0) * tb), order, packet
 
 
-def assemble(segments: Sequence[Segment], fps: Fraction, source: VideoInfo,
-             output: str | Path, *, faststart: bool = True) -> None:
+def assemble(
+    segments: Sequence[Segment],
+    fps: Fraction,
+    source: VideoInfo,
+    output: str | Path,
+    *,
+    faststart: bool = True,
+) -> None:
     """Write ``output``: the segments' video joined in order plus the source's other streams."""
     if not segments:
         raise ValueError("no segments to assemble")
@@ -180,15 +217,20 @@ def assemble(segments: Sequence[Segment], fps: Fraction, source: VideoInfo,
                 # The default layout for the channel count: AAC refuses the unordered
                 # layouts that PCM in Matroska often declares.
                 context = in_stream.codec_context
-                out_stream = out.add_stream("aac", rate=context.sample_rate,
-                                            layout=_aac_layout(context.channels))
+                out_stream = out.add_stream(
+                    "aac", rate=context.sample_rate, layout=_aac_layout(context.channels)
+                )
                 feeds.append(_transcoded_audio(reader, reader_stream, out_stream, start, order))
             order += 1
         for in_stream in src.streams.subtitles:
             codec = in_stream.codec_context.name
             if codec not in subtitles_ok:
-                log.warning("dropping %s subtitle stream #%d: %s cannot hold it as-is",
-                            codec, in_stream.index, fmt)
+                log.warning(
+                    "dropping %s subtitle stream #%d: %s cannot hold it as-is",
+                    codec,
+                    in_stream.index,
+                    fmt,
+                )
                 continue
             reader = stack.enter_context(av.open(source.path))
             reader_stream = reader.streams[in_stream.index]

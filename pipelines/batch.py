@@ -54,9 +54,21 @@ from urllib.parse import urlsplit
 
 from pipelines.presets import ENGINES, PRESETS
 
-__all__ = ["BatchResult", "JobQueue", "JobState", "ManifestError", "ManifestRow",
-           "QueueRefused", "RowRejected", "batch_id", "main", "read_manifest", "row_problem",
-           "run_batch", "write_results"]
+__all__ = [
+    "BatchResult",
+    "JobQueue",
+    "JobState",
+    "ManifestError",
+    "ManifestRow",
+    "QueueRefused",
+    "RowRejected",
+    "batch_id",
+    "main",
+    "read_manifest",
+    "row_problem",
+    "run_batch",
+    "write_results",
+]
 
 ENTRY_POINT_GROUP = "retroiva.job_queues"
 TERMINAL = frozenset({"completed", "failed", "canceled", "rejected"})
@@ -87,8 +99,9 @@ class ManifestRow:
 
     def with_defaults(self, preset: str | None, upscale_factor: int | None) -> ManifestRow:
         """The row as it is submitted: the command line's options fill its blanks."""
-        return replace(self, preset=self.preset or preset,
-                       upscale_factor=self.upscale_factor or upscale_factor)
+        return replace(
+            self, preset=self.preset or preset, upscale_factor=self.upscale_factor or upscale_factor
+        )
 
     @property
     def idempotency_key(self) -> str:
@@ -124,12 +137,14 @@ class JobQueue(Protocol):
     async def open(self) -> None:
         """Raises :class:`QueueRefused` when the batch can't go on at all."""
 
-    async def record(self, batch: str, manifest: str, results: list[BatchResult], *,
-                     finished: bool) -> None:
+    async def record(
+        self, batch: str, manifest: str, results: list[BatchResult], *, finished: bool
+    ) -> None:
         """Keep which jobs the batch made, so an operator can list or cancel them."""
 
-    async def submit(self, row: ManifestRow, preset: str | None,
-                     upscale_factor: int | None) -> JobState:
+    async def submit(
+        self, row: ManifestRow, preset: str | None, upscale_factor: int | None
+    ) -> JobState:
         """Create (or find, by ``row.idempotency_key``) the row's job.
 
         Raises :class:`RowRejected` when the service refuses the row.
@@ -173,9 +188,15 @@ def _row(line: int, raw: dict[str, Any]) -> ManifestRow:
     if not isinstance(metadata, dict):
         raise fail("metadata must be a JSON object")
     extra = {k: v for k, v in raw.items() if k not in _ROW_FIELDS and v not in (None, "")}
-    return ManifestRow(line=line, video_url=url.strip(), preset=preset,
-                       upscale_factor=factor, webhook_url=raw.get("webhook_url") or None,
-                       engine=engine, metadata={**extra, **metadata})
+    return ManifestRow(
+        line=line,
+        video_url=url.strip(),
+        preset=preset,
+        upscale_factor=factor,
+        webhook_url=raw.get("webhook_url") or None,
+        engine=engine,
+        metadata={**extra, **metadata},
+    )
 
 
 def row_problem(row: ManifestRow) -> str | None:
@@ -238,12 +259,19 @@ def read_manifest(path: Path) -> list[ManifestRow]:
     return rows
 
 
-async def run_batch(rows: Sequence[ManifestRow], queue: JobQueue, *,
-                    preset: str | None = None, upscale_factor: int | None = None,
-                    poll_seconds: float = 2.0, report_seconds: float = 10.0,
-                    say: Callable[[str], None] = print, batch: str | None = None,
-                    manifest: str = "", sink: list[BatchResult] | None = None
-                    ) -> list[BatchResult]:
+async def run_batch(
+    rows: Sequence[ManifestRow],
+    queue: JobQueue,
+    *,
+    preset: str | None = None,
+    upscale_factor: int | None = None,
+    poll_seconds: float = 2.0,
+    report_seconds: float = 10.0,
+    say: Callable[[str], None] = print,
+    batch: str | None = None,
+    manifest: str = "",
+    sink: list[BatchResult] | None = None,
+) -> list[BatchResult]:
     """Submit every row, then follow the jobs until all have ended.
 
     ``sink``, when given, always holds the results as they stand, so a batch that
@@ -252,9 +280,14 @@ async def run_batch(rows: Sequence[ManifestRow], queue: JobQueue, *,
     batch = batch or batch_id()
     rows = [row.with_defaults(preset, upscale_factor) for row in rows]
     # Rows the service would refuse anyway are settled before anything is submitted.
-    states = [JobState(id="", status="rejected", error_type="invalid_request_error",
-                       error_message=problem) if (problem := row_problem(row))
-              else JobState(id="", status="pending") for row in rows]
+    states = [
+        JobState(
+            id="", status="rejected", error_type="invalid_request_error", error_message=problem
+        )
+        if (problem := row_problem(row))
+        else JobState(id="", status="pending")
+        for row in rows
+    ]
     results = sink if sink is not None else []
     results[:] = [BatchResult(row, state) for row, state in zip(rows, states, strict=True)]
     record = getattr(queue, "record", None)
@@ -270,11 +303,16 @@ async def run_batch(rows: Sequence[ManifestRow], queue: JobQueue, *,
             try:
                 states[i] = await queue.submit(row, row.preset, row.upscale_factor)
             except RowRejected as exc:
-                states[i] = JobState(id="", status="rejected",
-                                     error_type="invalid_request_error",
-                                     error_message=str(exc))
-        say(f"line {row.line}: {states[i].id or '-'} {states[i].status}"
-            + (f" ({states[i].error_message})" if states[i].status == "rejected" else ""))
+                states[i] = JobState(
+                    id="",
+                    status="rejected",
+                    error_type="invalid_request_error",
+                    error_message=str(exc),
+                )
+        say(
+            f"line {row.line}: {states[i].id or '-'} {states[i].status}"
+            + (f" ({states[i].error_message})" if states[i].status == "rejected" else "")
+        )
     await keep(finished=False)
     next_report = time.monotonic() + report_seconds
     while any(s.status not in TERMINAL for s in states):
@@ -284,8 +322,10 @@ async def run_batch(rows: Sequence[ManifestRow], queue: JobQueue, *,
                 continue
             states[i] = await queue.state(state.id)
             if states[i].status != state.status:
-                say(f"line {rows[i].line}: {state.id} {states[i].status}"
-                    + (f" ({states[i].error_message})" if states[i].error_message else ""))
+                say(
+                    f"line {rows[i].line}: {state.id} {states[i].status}"
+                    + (f" ({states[i].error_message})" if states[i].error_message else "")
+                )
         if time.monotonic() >= next_report:
             next_report = time.monotonic() + report_seconds
             say(_summary(states))
@@ -303,16 +343,30 @@ def _summary(states: Sequence[JobState]) -> str:
     return f"progress {100 * done / len(states):.0f}%: {parts}"
 
 
-RESULT_COLUMNS = ("line", "video_url", "id", "status", "output_url", "error_type",
-                  "error_message", "metadata")
+RESULT_COLUMNS = (
+    "line",
+    "video_url",
+    "id",
+    "status",
+    "output_url",
+    "error_type",
+    "error_message",
+    "metadata",
+)
 
 
 def _result_record(result: BatchResult) -> dict[str, Any]:
     state = result.state
-    return {"line": result.row.line, "video_url": result.row.video_url, "id": state.id,
-            "status": state.status, "output_url": state.output_url,
-            "error_type": state.error_type, "error_message": state.error_message,
-            "metadata": result.row.metadata}
+    return {
+        "line": result.row.line,
+        "video_url": result.row.video_url,
+        "id": state.id,
+        "status": state.status,
+        "output_url": state.output_url,
+        "error_type": state.error_type,
+        "error_message": state.error_message,
+        "metadata": result.row.metadata,
+    }
 
 
 def write_results(results: Sequence[BatchResult], path: Path) -> None:
@@ -338,8 +392,10 @@ def _default_results(manifest: Path) -> Path:
 def _load_queue(api_key: str) -> JobQueue:
     found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     if "store" not in found:
-        raise SystemExit("no job queue is installed: install retroiva itself "
-                         "(pip install -e .), which registers one")
+        raise SystemExit(
+            "no job queue is installed: install retroiva itself "
+            "(pip install -e .), which registers one"
+        )
     factory = found["store"].load()
     return factory(api_key)  # type: ignore[no-any-return]
 
@@ -347,21 +403,35 @@ def _load_queue(api_key: str) -> JobQueue:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retroiva batch",
-        description="Create one Retroiva job per manifest row and follow them to the end.")
+        description="Create one Retroiva job per manifest row and follow them to the end.",
+    )
     parser.add_argument("manifest", type=Path, help="CSV or JSONL manifest of video URLs.")
-    parser.add_argument("--preset", choices=list(PRESETS),
-                        help="Preset for rows that name none (default: the service's).")
-    parser.add_argument("--upscale-factor", type=int, choices=range(1, 5),
-                        help="Factor for rows that name none (default: the preset's).")
-    parser.add_argument("--api-key-file", type=Path,
-                        help="File holding the key that owns the jobs (default: "
-                             "$RETROIVA_API_KEY).  Never the key itself on the command "
-                             "line: Ray shows a job's command to everyone who can see Ray.")
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="Preset for rows that name none (default: the service's).",
+    )
+    parser.add_argument(
+        "--upscale-factor",
+        type=int,
+        choices=range(1, 5),
+        help="Factor for rows that name none (default: the preset's).",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="File holding the key that owns the jobs (default: "
+        "$RETROIVA_API_KEY).  Never the key itself on the command "
+        "line: Ray shows a job's command to everyone who can see Ray.",
+    )
     # Only to refuse it with a reason: argparse would otherwise take a prefix of it.
     parser.add_argument("--api-key", help=argparse.SUPPRESS)
-    parser.add_argument("--results", type=Path,
-                        help="Results manifest (default: MANIFEST.results.csv/.jsonl "
-                             "beside the manifest); also printed at the end.")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="Results manifest (default: MANIFEST.results.csv/.jsonl "
+        "beside the manifest); also printed at the end.",
+    )
     parser.add_argument("--poll-seconds", type=float, default=2.0)
     return parser
 
@@ -369,15 +439,18 @@ def _parser() -> argparse.ArgumentParser:
 def _api_key(args: argparse.Namespace) -> str:
     """The key from --api-key-file or $RETROIVA_API_KEY; raises ``ValueError`` why not."""
     if args.api_key is not None:
-        raise ValueError("--api-key would show the key to everyone who can see Ray's job "
-                         "list and logs; put it in a file (--api-key-file) or in "
-                         "RETROIVA_API_KEY in the service's environment")
+        raise ValueError(
+            "--api-key would show the key to everyone who can see Ray's job "
+            "list and logs; put it in a file (--api-key-file) or in "
+            "RETROIVA_API_KEY in the service's environment"
+        )
     if args.api_key_file is not None:
         try:
             key = args.api_key_file.expanduser().read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ValueError(f"cannot read --api-key-file {args.api_key_file}: "
-                             f"{exc.strerror}") from None
+            raise ValueError(
+                f"cannot read --api-key-file {args.api_key_file}: {exc.strerror}"
+            ) from None
         if not key:
             raise ValueError(f"--api-key-file {args.api_key_file} is empty")
         return key
@@ -392,8 +465,10 @@ def _check_results(path: Path) -> None:
     if path.is_dir():
         raise ValueError(f"--results {path} is a directory")
     if not path.parent.is_dir():
-        raise ValueError(f"cannot write results to {path}: no directory {path.parent} "
-                         "(on the node running the batch)")
+        raise ValueError(
+            f"cannot write results to {path}: no directory {path.parent} "
+            "(on the node running the batch)"
+        )
     probe = path.with_name(path.name + ".partial")
     try:
         probe.open("a").close()
@@ -402,15 +477,22 @@ def _check_results(path: Path) -> None:
         raise ValueError(f"cannot write results to {path}: {exc.strerror}") from None
 
 
-async def _run(args: argparse.Namespace, key: str, rows: list[ManifestRow],
-               sink: list[BatchResult]) -> list[BatchResult]:
+async def _run(
+    args: argparse.Namespace, key: str, rows: list[ManifestRow], sink: list[BatchResult]
+) -> list[BatchResult]:
     queue = _load_queue(key)
     await queue.open()
     try:
-        return await run_batch(rows, queue, preset=args.preset,
-                               upscale_factor=args.upscale_factor,
-                               poll_seconds=args.poll_seconds, batch=batch_id(),
-                               manifest=str(args.manifest), sink=sink)
+        return await run_batch(
+            rows,
+            queue,
+            preset=args.preset,
+            upscale_factor=args.upscale_factor,
+            poll_seconds=args.poll_seconds,
+            batch=batch_id(),
+            manifest=str(args.manifest),
+            sink=sink,
+        )
     finally:
         await queue.close()
 
@@ -434,8 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as exc:  # the batch broke off: keep what it had
         if sink:
             write_results(sink, path)
-        print(f"error: the batch broke off ({type(exc).__name__}: {exc}); the jobs it "
-              f"created go on in the service; results so far in {path}", file=sys.stderr)
+        print(
+            f"error: the batch broke off ({type(exc).__name__}: {exc}); the jobs it "
+            f"created go on in the service; results so far in {path}",
+            file=sys.stderr,
+        )
         return 3
     write_results(results, path)
     for result in results:
@@ -443,8 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = sum(r.state.status != "completed" for r in results)
     if failed:
         counts = _summary([r.state for r in results]).partition(": ")[2]
-        print(f"partial: {len(results) - failed} of {len(results)} completed ({counts}); "
-              f"results in {path}")
+        print(
+            f"partial: {len(results) - failed} of {len(results)} completed ({counts}); "
+            f"results in {path}"
+        )
     else:
         print(f"{len(results)} of {len(results)} completed; results in {path}")
     return 1 if failed else 0

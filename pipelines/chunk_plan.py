@@ -49,23 +49,34 @@ class Chunk:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Chunk:
-        values = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()
-                  if k in cls.__dataclass_fields__}
+        values = {
+            k: (v.item() if hasattr(v, "item") else v)
+            for k, v in row.items()
+            if k in cls.__dataclass_fields__
+        }
         if values["end_pts"] == -1:
             values["end_pts"] = None
         values["lookahead"] = bool(values["lookahead"])
         return cls(**values)
 
 
-def max_chunk_frames(out_width: int, out_height: int, ratio: Fraction,
-                     budget_bytes: int, *, floor: int = 4, ceiling: int = 300) -> int:
+def max_chunk_frames(
+    out_width: int,
+    out_height: int,
+    ratio: Fraction,
+    budget_bytes: int,
+    *,
+    floor: int = 4,
+    ceiling: int = 300,
+) -> int:
     """Largest input-frame count whose processed output fits ``budget_bytes``."""
     per_input_frame = out_width * out_height * 3 * max(Fraction(1), ratio)
     return max(floor, min(ceiling, int(budget_bytes // per_input_frame)))
 
 
-def chunk_plan(info: VideoInfo, *, max_frames: int, ratio: Fraction = Fraction(1),
-               lookahead: bool = False) -> list[Chunk]:
+def chunk_plan(
+    info: VideoInfo, *, max_frames: int, ratio: Fraction = Fraction(1), lookahead: bool = False
+) -> list[Chunk]:
     """Chunks covering every frame of ``info`` once, in order, each ≤ ``max_frames``."""
     if max_frames < 1:
         raise ValueError(f"max_frames must be ≥ 1, got {max_frames}")
@@ -86,15 +97,17 @@ def chunk_plan(info: VideoInfo, *, max_frames: int, ratio: Fraction = Fraction(1
     chunks = []
     for i, (start, end) in enumerate(itertools.pairwise(bounds)):
         seek_key = key_index[bisect.bisect_right(key_index, start) - 1]
-        chunks.append(Chunk(
-            index=i,
-            start_frame=start,
-            end_frame=end,
-            start_pts=pts[start],
-            end_pts=pts[end] if end < n else None,
-            seek_pts=pts[seek_key],
-            out_start=math.ceil(start * ratio),
-            out_end=math.ceil(end * ratio),
-            lookahead=lookahead and end < n,
-        ))
+        chunks.append(
+            Chunk(
+                index=i,
+                start_frame=start,
+                end_frame=end,
+                start_pts=pts[start],
+                end_pts=pts[end] if end < n else None,
+                seek_pts=pts[seek_key],
+                out_start=math.ceil(start * ratio),
+                out_end=math.ceil(end * ratio),
+                lookahead=lookahead and end < n,
+            )
+        )
     return chunks

@@ -42,9 +42,14 @@ _MATRICES: dict[str, tuple[float, float]] = {
     "bt709": (0.2126, 0.0722),
     "bt2020": (0.2627, 0.0593),
 }
-_MATRIX_OF_SPACE = {SPC_BT709: "bt709", SPC_BT470BG: "bt601", SPC_SMPTE170M: "bt601",
-                    # Constant-luminance BT.2020 is all but unused; decoded as NCL.
-                    SPC_BT2020_NCL: "bt2020", SPC_BT2020_CL: "bt2020"}
+_MATRIX_OF_SPACE = {
+    SPC_BT709: "bt709",
+    SPC_BT470BG: "bt601",
+    SPC_SMPTE170M: "bt601",
+    # Constant-luminance BT.2020 is all but unused; decoded as NCL.
+    SPC_BT2020_NCL: "bt2020",
+    SPC_BT2020_CL: "bt2020",
+}
 
 # Up-then-down chroma blurs by [1/8, 3/4, 1/8]; this is (I - aL + a²L²) with a = 1/8,
 # L = [1, -2, 1]: its inverse to second order.
@@ -71,7 +76,6 @@ class ColourSpec:
     @property
     def hdr(self) -> bool:
         return self.transfer in (TRC_PQ, TRC_HLG)
-
 
     @property
     def pixel_format(self) -> str:
@@ -100,12 +104,16 @@ def _mastering_display(raw: bytes) -> str | None:
     ints = struct.unpack_from("<22i", raw)
     if not (ints[20] and ints[21]):
         return None
-    value = [Fraction(ints[2 * i], ints[2 * i + 1]) if ints[2 * i + 1] else Fraction(0)
-             for i in range(10)]
+    value = [
+        Fraction(ints[2 * i], ints[2 * i + 1]) if ints[2 * i + 1] else Fraction(0)
+        for i in range(10)
+    ]
     xy = [round(v * 50000) for v in value[:8]]
     lum_min, lum_max = (round(v * 10000) for v in value[8:])
-    return (f"G({xy[2]},{xy[3]})B({xy[4]},{xy[5]})R({xy[0]},{xy[1]})"
-            f"WP({xy[6]},{xy[7]})L({lum_max},{lum_min})")
+    return (
+        f"G({xy[2]},{xy[3]})B({xy[4]},{xy[5]})R({xy[0]},{xy[1]})"
+        f"WP({xy[6]},{xy[7]})L({lum_max},{lum_min})"
+    )
 
 
 def colour_spec(frame: av.VideoFrame, bit_depth: int) -> ColourSpec:
@@ -123,11 +131,17 @@ def colour_spec(frame: av.VideoFrame, bit_depth: int) -> ColourSpec:
         elif name == "CONTENT_LIGHT_LEVEL":
             max_cll, max_fall = struct.unpack_from("<2I", bytes(side))
             light = f"{max_cll},{max_fall}"
-    return ColourSpec(matrix=matrix, full_range=full, bit_depth=10 if bit_depth > 8 else 8,
-                      space_tag=space if space in _MATRIX_OF_SPACE else SPC_UNSPECIFIED,
-                      range_tag=range_tag, primaries=frame.color_primaries,
-                      transfer=frame.color_trc,
-                      mastering_display=mastering, content_light=light)
+    return ColourSpec(
+        matrix=matrix,
+        full_range=full,
+        bit_depth=10 if bit_depth > 8 else 8,
+        space_tag=space if space in _MATRIX_OF_SPACE else SPC_UNSPECIFIED,
+        range_tag=range_tag,
+        primaries=frame.color_primaries,
+        transfer=frame.color_trc,
+        mastering_display=mastering,
+        content_light=light,
+    )
 
 
 def _yuv_scale(spec: ColourSpec, depth: int) -> tuple[float, float, float, float]:
@@ -151,7 +165,7 @@ def _planes(frame: av.VideoFrame) -> tuple[list[np.ndarray], int] | None:
     for plane in frame.planes:
         row = plane.line_size // dtype.itemsize
         pixels = np.frombuffer(plane, dtype, count=row * plane.height)
-        planes.append(pixels.reshape(plane.height, row)[:, :plane.width])
+        planes.append(pixels.reshape(plane.height, row)[:, : plane.width])
     return planes, depth
 
 
@@ -173,8 +187,11 @@ def frame_to_rgb(frame: av.VideoFrame, spec: ColourSpec) -> np.ndarray:
             # No matrix involved: swscale only repacks (or replicates grey).
             return frame.to_ndarray(format="rgb48le" if spec.bit_depth > 8 else "rgb24")
         # Semi-planar and packed YUV (nv12, p010, yuyv422): repacked without conversion.
-        frame = frame.reformat(format="yuv420p10le" if spec.bit_depth > 8 else
-                               ("yuvj420p" if spec.full_range else "yuv420p"))
+        frame = frame.reformat(
+            format="yuv420p10le"
+            if spec.bit_depth > 8
+            else ("yuvj420p" if spec.full_range else "yuv420p")
+        )
         found = _planes(frame)
         assert found is not None
     (y_plane, u_plane, v_plane), depth = found
@@ -205,8 +222,9 @@ def _downsample(chroma: np.ndarray) -> np.ndarray:
     """4:2:0 chroma from full-resolution chroma (even size): box, then compensated."""
     height, width = chroma.shape
     box = cv2.resize(chroma, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
-    return cv2.sepFilter2D(box, -1, _CHROMA_COMPENSATION, _CHROMA_COMPENSATION,
-                           borderType=cv2.BORDER_REPLICATE)
+    return cv2.sepFilter2D(
+        box, -1, _CHROMA_COMPENSATION, _CHROMA_COMPENSATION, borderType=cv2.BORDER_REPLICATE
+    )
 
 
 def rgb_to_frame(rgb: np.ndarray, spec: ColourSpec) -> av.VideoFrame:
@@ -221,9 +239,13 @@ def rgb_to_frame(rgb: np.ndarray, spec: ColourSpec) -> av.VideoFrame:
     # (cv2.transform: one threaded pass instead of ~10 numpy passes over 4K planes).
     # Chroma is coded before it is downsampled: box and compensation filters have
     # weights summing to 1, so they commute with the affine map.
-    rows = np.array([[kr, kg, kb],
-                     [-kr / (2 - 2 * kb), -kg / (2 - 2 * kb), 0.5],
-                     [0.5, -kg / (2 - 2 * kr), -kb / (2 - 2 * kr)]])
+    rows = np.array(
+        [
+            [kr, kg, kb],
+            [-kr / (2 - 2 * kb), -kg / (2 - 2 * kb), 0.5],
+            [0.5, -kg / (2 - 2 * kr), -kb / (2 - 2 * kr)],
+        ]
+    )
     spans = np.array([y_span, c_span, c_span])[:, None]
     offsets = np.array([y_off, c_off, c_off]) + 0.5
     matrix = rows * spans / float(np.iinfo(rgb.dtype).max)
@@ -236,8 +258,9 @@ def rgb_to_frame(rgb: np.ndarray, spec: ColourSpec) -> av.VideoFrame:
         return values.astype(dtype).ravel()
 
     flat = np.concatenate([code(y), code(_downsample(pb)), code(_downsample(pr))])
-    frame = av.VideoFrame.from_ndarray(flat.reshape(height * 3 // 2, width),
-                                       format=spec.pixel_format)
+    frame = av.VideoFrame.from_ndarray(
+        flat.reshape(height * 3 // 2, width), format=spec.pixel_format
+    )
     frame.colorspace = spec.space_tag
     frame.color_range = spec.range_tag
     frame.color_primaries = spec.primaries

@@ -26,8 +26,13 @@ def to_display_rgb(frame: av.VideoFrame, rotation: int, colour: ColourSpec) -> n
     return rgb
 
 
-def decode_chunk(path: str, chunk: Chunk, rotation: int, colour: ColourSpec,
-                 check_canceled: Callable[[], None] = lambda: None) -> DecodedChunk:
+def decode_chunk(
+    path: str,
+    chunk: Chunk,
+    rotation: int,
+    colour: ColourSpec,
+    check_canceled: Callable[[], None] = lambda: None,
+) -> DecodedChunk:
     """Decode the frames ``chunk`` owns, plus the next chunk's first frame if asked.
 
     Frames are selected by pts, so leading frames of an open GOP and frames decoded only
@@ -58,11 +63,13 @@ def decode_chunk(path: str, chunk: Chunk, rotation: int, colour: ColourSpec,
             if not own:
                 raise InvalidInputError(
                     f"frames {chunk.start_frame}–{chunk.end_frame - 1} do not decode "
-                    f"({exc.strerror})", reason="undecodable") from None
+                    f"({exc.strerror})",
+                    reason="undecodable",
+                ) from None
     if not own:
         raise InvalidInputError(
-            f"frames {chunk.start_frame}–{chunk.end_frame - 1} do not decode",
-            reason="undecodable")
+            f"frames {chunk.start_frame}–{chunk.end_frame - 1} do not decode", reason="undecodable"
+        )
     own = own[: chunk.frame_count]
     own.extend([own[-1]] * (chunk.frame_count - len(own)))
     return np.stack(own + extra), len(extra)

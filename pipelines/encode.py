@@ -68,8 +68,9 @@ def _private_options(settings: EncoderSettings, colour: ColourSpec) -> str | Non
     return ":".join(params)
 
 
-def encode_segment(frames: np.ndarray, fps: Fraction, settings: EncoderSettings,
-                   colour: ColourSpec) -> bytes:
+def encode_segment(
+    frames: np.ndarray, fps: Fraction, settings: EncoderSettings, colour: ColourSpec
+) -> bytes:
     """MP4 bytes of ``frames`` (N, H, W, 3) RGB at ``fps``, cropped to even size."""
     height, width = frames.shape[1:3]
     width, height = even_size(width, height)

@@ -46,8 +46,14 @@ from pipelines.stages import (
     operator_stage,
 )
 
-__all__ = ["EnhanceResult", "PipelineConfig", "build_dataset", "decode_placement",
-           "enhance_video", "ensure_ray"]
+__all__ = [
+    "EnhanceResult",
+    "PipelineConfig",
+    "build_dataset",
+    "decode_placement",
+    "enhance_video",
+    "ensure_ray",
+]
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +112,7 @@ class EnhanceResult:
 def ensure_ray() -> None:
     """Start a local Ray instance unless this process is already connected to one."""
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level=logging.WARNING,
-                 configure_logging=True)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
 
 
 def _in_actors(spec: OperatorSpec, config: PipelineConfig, use_gpu: bool) -> bool:
@@ -128,8 +133,12 @@ def decode_placement(config: PipelineConfig) -> dict[str, object]:
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
 
 
-def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
-                  config: PipelineConfig, skip: frozenset[int] = frozenset()) -> Dataset:
+def build_dataset(
+    plan: JobPlan,
+    signal: ray.actor.ActorHandle | None,
+    config: PipelineConfig,
+    skip: frozenset[int] = frozenset(),
+) -> Dataset:
     """The job's Ray Data pipeline; it reads like its stage list.  Chunks whose index
     is in ``skip`` (already encoded by an earlier run) are left out."""
     resources = ray.cluster_resources()
@@ -143,32 +152,69 @@ def build_dataset(plan: JobPlan, signal: ray.actor.ActorHandle | None,
 
     rows = [chunk.as_row() for chunk in plan.chunks if chunk.index not in skip]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map_batches(decode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
-                        fn_kwargs={"path": plan.info.path, "rotation": plan.info.rotation,
-                                   "colour": plan.info.colour, "signal": signal, "stage": 0},
-                        **decode_placement(config))
+    ds = ds.map_batches(
+        decode_stage,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=stage_cpus,
+        fn_kwargs={
+            "path": plan.info.path,
+            "rotation": plan.info.rotation,
+            "colour": plan.info.colour,
+            "signal": signal,
+            "stage": 0,
+        },
+        **decode_placement(config),
+    )
     for stage, spec in enumerate(plan.chain, start=1):
-        args = {"spec": spec, "ratio": plan.ratio, "signal": signal, "models": config.models,
-                "stage": stage}
+        args = {
+            "spec": spec,
+            "ratio": plan.ratio,
+            "signal": signal,
+            "models": config.models,
+            "stage": stage,
+        }
         if spec.engine != "classical":
             # The choice itself is made (and logged, with its reason) where the model
             # loads: only that node knows whether TensorRT imports and CUDA is there.
-            log.info("stage %s/%s: model runtime %s requested, %s", spec.kind, spec.engine,
-                     config.model_runtime,
-                     "1 GPU per actor" if use_gpu else "no GPU in the cluster")
+            log.info(
+                "stage %s/%s: model runtime %s requested, %s",
+                spec.kind,
+                spec.engine,
+                config.model_runtime,
+                "1 GPU per actor" if use_gpu else "no GPU in the cluster",
+            )
         if _in_actors(spec, config, use_gpu):
-            ds = ds.map_batches(OperatorStage, batch_size=1, batch_format="numpy",
-                                fn_constructor_kwargs=args,
-                                compute=ActorPoolStrategy(size=config.stage_concurrency),
-                                num_cpus=stage_cpus,
-                                num_gpus=1 if use_gpu and spec.engine != "classical" else 0)
+            ds = ds.map_batches(
+                OperatorStage,
+                batch_size=1,
+                batch_format="numpy",
+                fn_constructor_kwargs=args,
+                compute=ActorPoolStrategy(size=config.stage_concurrency),
+                num_cpus=stage_cpus,
+                num_gpus=1 if use_gpu and spec.engine != "classical" else 0,
+            )
         else:
-            ds = ds.map_batches(operator_stage, batch_size=1, batch_format="numpy",
-                                fn_kwargs=args, num_cpus=stage_cpus)
-    ds = ds.map_batches(encode_stage, batch_size=1, batch_format="numpy", num_cpus=stage_cpus,
-                        fn_kwargs={"fps": plan.fps, "settings": plan.encoder,
-                                   "colour": plan.info.colour, "signal": signal,
-                                   "stage": len(plan.chain) + 1})
+            ds = ds.map_batches(
+                operator_stage,
+                batch_size=1,
+                batch_format="numpy",
+                fn_kwargs=args,
+                num_cpus=stage_cpus,
+            )
+    ds = ds.map_batches(
+        encode_stage,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=stage_cpus,
+        fn_kwargs={
+            "fps": plan.fps,
+            "settings": plan.encoder,
+            "colour": plan.info.colour,
+            "signal": signal,
+            "stage": len(plan.chain) + 1,
+        },
+    )
     ds.set_name(config.dataset_name)
     return ds
 
@@ -178,8 +224,13 @@ def stage_count(plan: JobPlan) -> int:
     return len(plan.chain) + 2
 
 
-def _segments(ds: Dataset, scratch: Path, cancel: CancelToken,
-              store: SegmentStore | None = None, digest: str = "") -> Iterator[Segment]:
+def _segments(
+    ds: Dataset,
+    scratch: Path,
+    cancel: CancelToken,
+    store: SegmentStore | None = None,
+    digest: str = "",
+) -> Iterator[Segment]:
     for row in ds.iter_rows():
         cancel.raise_if_canceled()
         index, out_start = int(row["index"]), int(row["out_start"])
@@ -192,8 +243,12 @@ def _segments(ds: Dataset, scratch: Path, cancel: CancelToken,
         yield Segment(path, out_start)
 
 
-def _watch_progress(signal: ray.actor.ActorHandle, meter: ProgressMeter,
-                    finished: threading.Event, interval: float = 0.5) -> None:
+def _watch_progress(
+    signal: ray.actor.ActorHandle,
+    meter: ProgressMeter,
+    finished: threading.Event,
+    interval: float = 0.5,
+) -> None:
     """Turns the stages' work reports into progress reports while the pipeline runs."""
     while not finished.wait(interval):
         try:
@@ -215,19 +270,24 @@ def _as_pipeline_error(exc: BaseException, cancel: CancelToken) -> PipelineError
     return ProcessingError(f"processing failed ({type(exc).__name__})")
 
 
-def _relay_cancel(cancel: CancelToken, signal: ray.actor.ActorHandle,
-                  finished: threading.Event) -> None:
+def _relay_cancel(
+    cancel: CancelToken, signal: ray.actor.ActorHandle, finished: threading.Event
+) -> None:
     while not finished.is_set():
         if cancel.wait(0.1):
             signal.set.remote()
             return
 
 
-def enhance_video(source: str | Path, output: str | Path,
-                  request: EnhanceRequest = EnhanceRequest(),
-                  config: PipelineConfig = PipelineConfig(), *,
-                  on_progress: ProgressCallback | None = None,
-                  cancel: CancelToken | None = None) -> EnhanceResult:
+def enhance_video(
+    source: str | Path,
+    output: str | Path,
+    request: EnhanceRequest = EnhanceRequest(),
+    config: PipelineConfig = PipelineConfig(),
+    *,
+    on_progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> EnhanceResult:
     """Enhance ``source`` into ``output`` (MP4/MOV/MKV by suffix).
 
     Raises :class:`~pipelines.errors.InvalidInputError` for inputs that cannot be
@@ -244,9 +304,14 @@ def enhance_video(source: str | Path, output: str | Path,
     ensure_ray()
     # Denoising and model choice are decided once for the whole job, so chunk seams
     # never show a change of strength or model.
-    plan = plan_job(info, request, chunk_budget_bytes=config.chunk_budget_bytes,
-                    max_frames=config.max_chunk_frames, noise=measure_noise(info),
-                    parallelism=int(ray.cluster_resources().get("CPU", 1)))
+    plan = plan_job(
+        info,
+        request,
+        chunk_budget_bytes=config.chunk_budget_bytes,
+        max_frames=config.max_chunk_frames,
+        noise=measure_noise(info),
+        parallelism=int(ray.cluster_resources().get("CPU", 1)),
+    )
     context = DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
@@ -262,22 +327,34 @@ def enhance_video(source: str | Path, output: str | Path,
     saved = saved_segments(config.segments, digest) if config.segments is not None else {}
     resumed_frames = sum(plan.chunks[i].frame_count for i in saved)
     if saved:
-        log.info("resuming: %d of %d chunks already encoded (plan %s)", len(saved),
-                 len(plan.chunks), digest)
-    meter = ProgressMeter(plan.info.frame_count, on_progress, stage_count(plan),
-                          resumed=resumed_frames)
+        log.info(
+            "resuming: %d of %d chunks already encoded (plan %s)",
+            len(saved),
+            len(plan.chunks),
+            digest,
+        )
+    meter = ProgressMeter(
+        plan.info.frame_count, on_progress, stage_count(plan), resumed=resumed_frames
+    )
     processed = threading.Event()
-    watcher = threading.Thread(target=_watch_progress, args=(signal, meter, processed),
-                               daemon=True)
+    watcher = threading.Thread(target=_watch_progress, args=(signal, meter, processed), daemon=True)
     try:
         cancel.raise_if_canceled()
         meter.phase("processing")  # the input is here; Ray Data is starting
         watcher.start()
-        segments = [Segment(config.segments.fetch(s.name, scratch), s.out_start)
-                    for s in saved.values()] if config.segments is not None else []
+        segments = (
+            [Segment(config.segments.fetch(s.name, scratch), s.out_start) for s in saved.values()]
+            if config.segments is not None
+            else []
+        )
         if len(saved) < len(plan.chunks):
-            segments += _segments(build_dataset(plan, signal, config, frozenset(saved)),
-                                  scratch, cancel, config.segments, digest)
+            segments += _segments(
+                build_dataset(plan, signal, config, frozenset(saved)),
+                scratch,
+                cancel,
+                config.segments,
+                digest,
+            )
         segments.sort(key=lambda s: s.first_frame)
         processed.set()
         watcher.join()
@@ -301,6 +378,13 @@ def enhance_video(source: str | Path, output: str | Path,
         # outside the except block, without a traceback, and collect the cycles now.
         gc.collect()
         raise failure.with_traceback(None)
-    return EnhanceResult(output=output, width=plan.width, height=plan.height, fps=plan.fps,
-                         frame_count=plan.frame_count, chunks=len(plan.chunks),
-                         seconds=time.monotonic() - started, resumed_chunks=len(saved))
+    return EnhanceResult(
+        output=output,
+        width=plan.width,
+        height=plan.height,
+        fps=plan.fps,
+        frame_count=plan.frame_count,
+        chunks=len(plan.chunks),
+        seconds=time.monotonic() - started,
+        resumed_chunks=len(saved),
+    )

@@ -1,11 +1,11 @@
 """Typed pipeline errors; the API maps each to an HTTP status or a job error once.
 
-    PipelineError                 anything the pipeline raises on purpose
-    ├── InvalidInputError         the input is not a processable video (job error type
-    │                             ``invalid_input``); ``reason`` is a short code
-    ├── InvalidOptionsError       the requested options are impossible (bad factor, fps)
-    ├── PipelineCanceled          the caller's cancellation token fired
-    └── ProcessingError           an operator or the encoder failed on a valid input
+PipelineError                 anything the pipeline raises on purpose
+├── InvalidInputError         the input is not a processable video (job error type
+│                             ``invalid_input``); ``reason`` is a short code
+├── InvalidOptionsError       the requested options are impossible (bad factor, fps)
+├── PipelineCanceled          the caller's cancellation token fired
+└── ProcessingError           an operator or the encoder failed on a valid input
 """
 
 from __future__ import annotations

@@ -54,8 +54,7 @@ class JobPlan:
     chunks: tuple[Chunk, ...]
 
 
-def _output_fps(info: VideoInfo, request: EnhanceRequest, preset_fps: Fraction | None
-                ) -> Fraction:
+def _output_fps(info: VideoInfo, request: EnhanceRequest, preset_fps: Fraction | None) -> Fraction:
     if request.interpolate is not None and request.target_fps is not None:
         raise InvalidOptionsError("give either interpolate or target fps, not both")
     if request.interpolate is not None:
@@ -79,13 +78,20 @@ def _codec(info: VideoInfo, request: EnhanceRequest, preset_codec: str) -> str:
         return request.codec if request.codec is not None else preset_codec
     if request.codec not in (None, "hevc"):
         raise InvalidOptionsError(
-            f"HDR input needs codec hevc to keep its HDR metadata, got {request.codec!r}")
+            f"HDR input needs codec hevc to keep its HDR metadata, got {request.codec!r}"
+        )
     return "hevc"
 
 
-def plan_job(info: VideoInfo, request: EnhanceRequest, *, noise: NoiseLevel,
-             chunk_budget_bytes: int, max_frames: int | None = None,
-             parallelism: int = 1) -> JobPlan:
+def plan_job(
+    info: VideoInfo,
+    request: EnhanceRequest,
+    *,
+    noise: NoiseLevel,
+    chunk_budget_bytes: int,
+    max_frames: int | None = None,
+    parallelism: int = 1,
+) -> JobPlan:
     """Validate ``request`` against ``info`` and fix geometry, timing and chunks.
 
     Chunks are capped by ``chunk_budget_bytes`` of processed pixels and, for short
@@ -95,9 +101,9 @@ def plan_job(info: VideoInfo, request: EnhanceRequest, *, noise: NoiseLevel,
     preset = PRESETS.get(request.preset)
     if preset is None:
         raise InvalidOptionsError(
-            f"preset must be one of {', '.join(PRESETS)}, got {request.preset!r}")
-    factor = request.upscale_factor if request.upscale_factor is not None \
-        else preset.upscale_factor
+            f"preset must be one of {', '.join(PRESETS)}, got {request.preset!r}"
+        )
+    factor = request.upscale_factor if request.upscale_factor is not None else preset.upscale_factor
     if factor not in (1, 2, 3, 4):
         raise InvalidOptionsError(f"upscale factor must be 1, 2, 3 or 4, got {factor}")
     fps = _output_fps(info, request, preset.target_fps)
@@ -109,16 +115,33 @@ def plan_job(info: VideoInfo, request: EnhanceRequest, *, noise: NoiseLevel,
     if max(width, height) > MAX_OUTPUT_SIDE:
         raise InvalidOptionsError(
             f"output {width}×{height} exceeds {MAX_OUTPUT_SIDE} pixels on a side; "
-            "choose a smaller upscale factor")
+            "choose a smaller upscale factor"
+        )
     encoder = dataclasses.replace(
-        preset.encoder, codec=_codec(info, request, preset.encoder.codec),
-        crf=request.crf if request.crf is not None else preset.encoder.crf)
+        preset.encoder,
+        codec=_codec(info, request, preset.encoder.codec),
+        crf=request.crf if request.crf is not None else preset.encoder.crf,
+    )
     chain = tuple(resolve_chain(preset, factor, ratio, request.engine, noise=noise))
     limit = max_frames or min(
         max_chunk_frames(width, height, ratio, chunk_budget_bytes),
-        max(MIN_PARALLEL_CHUNK_FRAMES, math.ceil(info.frame_count / (2 * parallelism))))
-    chunks = chunk_plan(info, max_frames=limit, ratio=ratio,
-                        lookahead=any(spec.kind == "interpolate" for spec in chain))
-    return JobPlan(info=info, chain=chain, upscale_factor=factor, width=width, height=height,
-                   fps=fps, ratio=ratio, frame_count=chunks[-1].out_end, encoder=encoder,
-                   chunks=tuple(chunks))
+        max(MIN_PARALLEL_CHUNK_FRAMES, math.ceil(info.frame_count / (2 * parallelism))),
+    )
+    chunks = chunk_plan(
+        info,
+        max_frames=limit,
+        ratio=ratio,
+        lookahead=any(spec.kind == "interpolate" for spec in chain),
+    )
+    return JobPlan(
+        info=info,
+        chain=chain,
+        upscale_factor=factor,
+        width=width,
+        height=height,
+        fps=fps,
+        ratio=ratio,
+        frame_count=chunks[-1].out_end,
+        encoder=encoder,
+        chunks=tuple(chunks),
+    )

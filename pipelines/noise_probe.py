@@ -33,9 +33,14 @@ class NoiseLevel:
 
 def measure_noise(info: VideoInfo) -> NoiseLevel:
     keyframes = info.keyframe_pts
-    picks = sorted({keyframes[i] for i in
-                    np.linspace(0, len(keyframes) - 1, min(_SAMPLES, len(keyframes)))
-                    .round().astype(int)})
+    picks = sorted(
+        {
+            keyframes[i]
+            for i in np.linspace(0, len(keyframes) - 1, min(_SAMPLES, len(keyframes)))
+            .round()
+            .astype(int)
+        }
+    )
     frames: list[np.ndarray] = []
     with av.open(info.path) as container:
         stream = container.streams.video[0]

@@ -89,8 +89,9 @@ _SPAN_MODELS = {1: "span-x2", 2: "span-x2", 3: "span-x4", 4: "span-x4"}
 _SPAN = _spec("upscale", engine="ncnn", models=_SPAN_MODELS)
 # SPAN on clean jobs, waifu2x at noise level 3 on noisy ones (thresholds measured in
 # models.neural_upscale); decided once per job by _for_noise.
-_SPAN_OR_DENOISER = _spec("upscale", engine="ncnn", models=_SPAN_MODELS,
-                          noisy_model="waifu2x-photo-noise3-x2")
+_SPAN_OR_DENOISER = _spec(
+    "upscale", engine="ncnn", models=_SPAN_MODELS, noisy_model="waifu2x-photo-noise3-x2"
+)
 
 
 def _denoise(gain: float) -> OperatorSpec:
@@ -102,20 +103,39 @@ def _classical(gain: float) -> tuple[OperatorSpec, ...]:
     return (_denoise(gain), _spec("interpolate"), _spec("upscale"))
 
 
-PRESETS: Mapping[str, Preset] = MappingProxyType({
-    "general": Preset("general", (_RIFE, _SPAN_OR_DENOISER),
-                      _classical(1.0), 2, EncoderSettings(crf=20, speed="veryfast")),
-    "cinematic": Preset("cinematic",
-                        (_denoise(0.6), _RIFE_ENSEMBLE, _SPAN),
-                        _classical(0.6), 2, EncoderSettings(crf=17, speed="slow")),
-    "social": Preset("social", (_RIFE, _SPAN_OR_DENOISER),
-                     _classical(1.2), 2, EncoderSettings(crf=23, speed="veryfast"),
-                     target_fps=Fraction(60)),
-    "archive": Preset("archive",
-                      (_spec("upscale", engine="ncnn", model="waifu2x-photo-noise3-x2"),
-                       _RIFE_ENSEMBLE),
-                      _classical(1.2), 2, EncoderSettings(crf=16, speed="medium")),
-})
+PRESETS: Mapping[str, Preset] = MappingProxyType(
+    {
+        "general": Preset(
+            "general",
+            (_RIFE, _SPAN_OR_DENOISER),
+            _classical(1.0),
+            2,
+            EncoderSettings(crf=20, speed="veryfast"),
+        ),
+        "cinematic": Preset(
+            "cinematic",
+            (_denoise(0.6), _RIFE_ENSEMBLE, _SPAN),
+            _classical(0.6),
+            2,
+            EncoderSettings(crf=17, speed="slow"),
+        ),
+        "social": Preset(
+            "social",
+            (_RIFE, _SPAN_OR_DENOISER),
+            _classical(1.2),
+            2,
+            EncoderSettings(crf=23, speed="veryfast"),
+            target_fps=Fraction(60),
+        ),
+        "archive": Preset(
+            "archive",
+            (_spec("upscale", engine="ncnn", model="waifu2x-photo-noise3-x2"), _RIFE_ENSEMBLE),
+            _classical(1.2),
+            2,
+            EncoderSettings(crf=16, speed="medium"),
+        ),
+    }
+)
 
 
 def _for_noise(spec: OperatorSpec, noise: NoiseLevel) -> OperatorSpec | None:
@@ -127,15 +147,17 @@ def _for_noise(spec: OperatorSpec, noise: NoiseLevel) -> OperatorSpec | None:
             return None
         params["strength"] = min(30.0, params.pop("gain") * noise.luma)
     noisy_model = params.pop("noisy_model", None)
-    if noisy_model is not None and (noise.luma >= NOISY_SIGMA
-                                    or noise.chroma >= NOISY_CHROMA_SIGMA):
+    if noisy_model is not None and (
+        noise.luma >= NOISY_SIGMA or noise.chroma >= NOISY_CHROMA_SIGMA
+    ):
         params.pop("models", None)
         params["model"] = noisy_model
     return OperatorSpec(spec.kind, spec.engine, MappingProxyType(params))
 
 
-def _concrete(spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction,
-              noise: NoiseLevel) -> OperatorSpec | None:
+def _concrete(
+    spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction, noise: NoiseLevel
+) -> OperatorSpec | None:
     """``spec`` with the request's parameters, or None where it would be a no-op."""
     if spec.kind == "interpolate" and frame_ratio == 1:
         return None
@@ -155,8 +177,14 @@ def _concrete(spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction,
     return OperatorSpec(spec.kind, spec.engine, MappingProxyType(params))
 
 
-def resolve_chain(preset: Preset, upscale_factor: int, frame_ratio: Fraction,
-                  engine: str = "neural", *, noise: NoiseLevel) -> list[OperatorSpec]:
+def resolve_chain(
+    preset: Preset,
+    upscale_factor: int,
+    frame_ratio: Fraction,
+    engine: str = "neural",
+    *,
+    noise: NoiseLevel,
+) -> list[OperatorSpec]:
     """The chain ``engine`` selects, with per-request parameters, the job's measured
     ``noise`` deciding denoise and model (:func:`_for_noise`), and no no-op stages.
 
@@ -164,8 +192,7 @@ def resolve_chain(preset: Preset, upscale_factor: int, frame_ratio: Fraction,
     models can't run here.
     """
     if engine not in ENGINES:
-        raise InvalidOptionsError(f"engine must be one of {', '.join(ENGINES)}, "
-                                  f"got {engine!r}")
+        raise InvalidOptionsError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
 
     def concrete(chain: tuple[OperatorSpec, ...]) -> list[OperatorSpec]:
         specs = (_concrete(spec, upscale_factor, frame_ratio, noise) for spec in chain)
@@ -177,7 +204,12 @@ def resolve_chain(preset: Preset, upscale_factor: int, frame_ratio: Fraction,
     for spec in chain:
         reason = unavailable_reason(spec.kind, spec.engine, spec.params)
         if reason is not None:
-            log.warning("preset %s: using the classical operators, because %s/%s "
-                        "can't run here: %s", preset.name, spec.kind, spec.engine, reason)
+            log.warning(
+                "preset %s: using the classical operators, because %s/%s can't run here: %s",
+                preset.name,
+                spec.kind,
+                spec.engine,
+                reason,
+            )
             return concrete(preset.classical)
     return chain

@@ -92,8 +92,9 @@ def _clockwise_rotation(frame: av.VideoFrame) -> int:
     return round(-frame.rotation) % 360
 
 
-def _fps_and_vfr(pts: list[int], time_base: Fraction, nominal: Fraction | None
-                 ) -> tuple[Fraction, bool, float]:
+def _fps_and_vfr(
+    pts: list[int], time_base: Fraction, nominal: Fraction | None
+) -> tuple[Fraction, bool, float]:
     if len(pts) < 2:
         fps = nominal or Fraction(25)
         return fps, False, float(1 / fps)
@@ -189,7 +190,9 @@ def probe(path: str | Path) -> VideoInfo:
         if declared_seconds is not None and duration < declared_seconds - 1.5 / float(fps):
             raise InvalidInputError(
                 f"input is truncated: header declares {declared_seconds:.3f} s of video, "
-                f"found {duration:.3f} s", reason="truncated")
+                f"found {duration:.3f} s",
+                reason="truncated",
+            )
         pixel_format = first.format.name
         bit_depth = max(c.bits for c in first.format.components)
         audio = tuple(
@@ -199,7 +202,8 @@ def probe(path: str | Path) -> VideoInfo:
                 sample_rate=a.codec_context.sample_rate,
                 channels=a.codec_context.channels,
                 start_time=float(a.start_time * a.time_base)
-                if a.start_time is not None and a.time_base else None,
+                if a.start_time is not None and a.time_base
+                else None,
             )
             for a in container.streams.audio
         )
@@ -230,13 +234,15 @@ def probe(path: str | Path) -> VideoInfo:
         )
 
 
-def _first_frame(container: av.container.InputContainer,
-                 stream: av.video.stream.VideoStream) -> av.VideoFrame:
+def _first_frame(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> av.VideoFrame:
     try:
         container.seek(0, stream=stream, backward=True)
         for frame in container.decode(stream):
             return frame
     except av.error.FFmpegError as exc:
-        raise InvalidInputError(f"first video frame does not decode ({exc.strerror})",
-                                reason="undecodable") from None
+        raise InvalidInputError(
+            f"first video frame does not decode ({exc.strerror})", reason="undecodable"
+        ) from None
     raise InvalidInputError("no video frame decodes", reason="undecodable")

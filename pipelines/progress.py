@@ -18,8 +18,15 @@ from typing import Literal
 
 from pipelines.errors import PipelineCanceled
 
-__all__ = ["PHASES", "CancelToken", "Phase", "Progress", "ProgressCallback", "ProgressMeter",
-           "StageTally"]
+__all__ = [
+    "PHASES",
+    "CancelToken",
+    "Phase",
+    "Progress",
+    "ProgressCallback",
+    "ProgressMeter",
+    "StageTally",
+]
 
 Phase = Literal["fetching", "processing", "assembling", "uploading"]
 PHASES: tuple[Phase, ...] = ("fetching", "processing", "assembling", "uploading")
@@ -81,8 +88,14 @@ class ProgressMeter:
     and the meter then holds the previous value until the work catches up.
     """
 
-    def __init__(self, total: int, callback: ProgressCallback | None, stages: int = 1,
-                 clock: Callable[[], float] = time.monotonic, resumed: int = 0) -> None:
+    def __init__(
+        self,
+        total: int,
+        callback: ProgressCallback | None,
+        stages: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        resumed: int = 0,
+    ) -> None:
         self.total = total
         self.stages = stages
         # Frames an earlier run finished (a resumed job): done from the start, and
@@ -103,16 +116,20 @@ class ProgressMeter:
 
     def update(self, tally: StageTally) -> Progress:
         """Report the work in ``tally`` (cumulative per stage since the job started)."""
-        known = {stage: seconds / frames for stage, (frames, seconds) in tally.items()
-                 if frames > 0 and seconds > 0}
+        known = {
+            stage: seconds / frames
+            for stage, (frames, seconds) in tally.items()
+            if frames > 0 and seconds > 0
+        }
         # A stage that has not reported yet is priced like the dearest one that has:
         # later stages (models) tend to cost more than decoding, and an estimate that
         # is too low would make progress stall once the real cost is known.
         guess = max(known.values(), default=0.0)
         remaining = self.total - self.resumed
         total_work = sum(known.get(stage, guess) for stage in range(self.stages)) * remaining
-        done_work = sum(min(frames, remaining) * known.get(stage, guess)
-                        for stage, (frames, _) in tally.items())
+        done_work = sum(
+            min(frames, remaining) * known.get(stage, guess) for stage, (frames, _) in tally.items()
+        )
         now = self._clock()
         elapsed = now - self._started
         if self._working_since is None and done_work > 0:
@@ -120,8 +137,11 @@ class ProgressMeter:
             # work itself on a small job; throughput counts from when work began.
             self._working_since = max(self._started, now - done_work)
             self._history.append((self._working_since, self.resumed / self.total))
-        fraction = (self.resumed + remaining * done_work / total_work) / self.total \
-            if total_work > 0 else 0.0
+        fraction = (
+            (self.resumed + remaining * done_work / total_work) / self.total
+            if total_work > 0
+            else 0.0
+        )
         if fraction > self._fraction:
             self._fraction = min(1.0, fraction)
             self._history.append((now, self._fraction))
@@ -131,8 +151,7 @@ class ProgressMeter:
                 self._eta_at = self._estimate(now)
         self.done = min(self.total, int(self._fraction * self.total))
         # Between two pieces of finished work the estimate counts down with the clock.
-        eta = None if self._eta_at is None else \
-            max(0.0, self._eta_at[1] - (now - self._eta_at[0]))
+        eta = None if self._eta_at is None else max(0.0, self._eta_at[1] - (now - self._eta_at[0]))
         fps = (self._fraction * self.total - self.resumed) / elapsed if elapsed > 0 else 0.0
         return self._report(Progress(self.done, self.total, fps, eta))
 

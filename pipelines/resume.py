@@ -93,12 +93,26 @@ def plan_digest(plan: JobPlan) -> str:
     """16 hex digits naming everything that decides a segment's bytes: the input (its
     fingerprint and geometry), the chain, the encoder and the chunking."""
     info = plan.info
-    described = repr((_input_fingerprint(str(info.path)),
-        [asdict(chunk) for chunk in plan.chunks], plan.chain, plan.encoder,
-        plan.upscale_factor, plan.width, plan.height, str(plan.fps), str(plan.ratio),
-        plan.frame_count, info.width, info.height, str(info.fps), info.frame_count,
-        info.rotation, info.colour,
-    ))
+    described = repr(
+        (
+            _input_fingerprint(str(info.path)),
+            [asdict(chunk) for chunk in plan.chunks],
+            plan.chain,
+            plan.encoder,
+            plan.upscale_factor,
+            plan.width,
+            plan.height,
+            str(plan.fps),
+            str(plan.ratio),
+            plan.frame_count,
+            info.width,
+            info.height,
+            str(info.fps),
+            info.frame_count,
+            info.rotation,
+            info.colour,
+        )
+    )
     return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
@@ -121,6 +135,7 @@ def saved_segments(store: SegmentStore, digest: str) -> dict[int, SavedSegment]:
         if match is None or match["digest"] != digest:
             store.delete(name)  # another plan's (or a stray file): never reused
             continue
-        saved[int(match["index"])] = SavedSegment(name, int(match["index"]),
-                                                  int(match["out_start"]))
+        saved[int(match["index"])] = SavedSegment(
+            name, int(match["index"]), int(match["out_start"])
+        )
     return saved

@@ -20,8 +20,9 @@ from models.operator import FrameInterpolator
 __all__ = ["output_positions", "retime_chunk"]
 
 
-def output_positions(start_frame: int, out_start: int, out_end: int,
-                     ratio: Fraction) -> list[tuple[int, Fraction]]:
+def output_positions(
+    start_frame: int, out_start: int, out_end: int, ratio: Fraction
+) -> list[tuple[int, Fraction]]:
     """``(local index i, fraction t)`` for each output frame ``out_start..out_end-1``."""
     positions = []
     for j in range(out_start, out_end):
@@ -31,13 +32,21 @@ def output_positions(start_frame: int, out_start: int, out_end: int,
     return positions
 
 
-def retime_chunk(frames: np.ndarray, n_own: int, start_frame: int, out_start: int,
-                 out_end: int, ratio: Fraction, interpolator: FrameInterpolator,
-                 check_canceled: Callable[[], None] = lambda: None) -> np.ndarray:
+def retime_chunk(
+    frames: np.ndarray,
+    n_own: int,
+    start_frame: int,
+    out_start: int,
+    out_end: int,
+    ratio: Fraction,
+    interpolator: FrameInterpolator,
+    check_canceled: Callable[[], None] = lambda: None,
+) -> np.ndarray:
     """Output frames of one chunk; ``frames[n_own:]`` is look-ahead (0 or 1 frame)."""
     out: list[np.ndarray] = []
-    for i, group in groupby(output_positions(start_frame, out_start, out_end, ratio),
-                            key=lambda pos: pos[0]):
+    for i, group in groupby(
+        output_positions(start_frame, out_start, out_end, ratio), key=lambda pos: pos[0]
+    ):
         check_canceled()
         times = [t for _, t in group]
         current = frames[min(i, n_own - 1)]
@@ -49,8 +58,9 @@ def retime_chunk(frames: np.ndarray, n_own: int, start_frame: int, out_start: in
         if interpolator.is_scene_cut(current, following):
             out.extend(current if t < Fraction(1, 2) else following for t in times)
             continue
-        synthesised = iter(interpolator.interpolate(current, following,
-                                                    [float(t) for t in needs_synthesis]))
+        synthesised = iter(
+            interpolator.interpolate(current, following, [float(t) for t in needs_synthesis])
+        )
         out.extend(next(synthesised) if t else current for t in times)
     if not out:
         return np.empty((0, *frames.shape[1:]), dtype=np.uint8)

@@ -15,8 +15,13 @@ from pathlib import Path
 import av
 import numpy as np
 
-__all__ = ["SampleSpec", "sample_frame", "write_audio_only", "write_sample_video",
-           "write_zero_frame_video"]
+__all__ = [
+    "SampleSpec",
+    "sample_frame",
+    "write_audio_only",
+    "write_sample_video",
+    "write_zero_frame_video",
+]
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,13 @@ def sample_frame(spec: SampleSpec, position: float, *, scene: int = 0) -> np.nda
     cx = w / 4 + spec.speed * position
     cy, radius = h / 2, h / 5
     disc = (xx - cx) ** 2 + (yy - cy) ** 2 < radius**2
-    texture = np.dstack([200 + 50 * np.sin((xx - cx) / 3.0),
-                         60 + 40 * np.cos((yy - cy) / 3.0),
-                         np.full_like(xx, 30.0)])
+    texture = np.dstack(
+        [
+            200 + 50 * np.sin((xx - cx) / 3.0),
+            60 + 40 * np.cos((yy - cy) / 3.0),
+            np.full_like(xx, 30.0),
+        ]
+    )
     img[disc] = texture[disc]
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
@@ -78,8 +87,11 @@ def write_sample_video(path: str | Path, spec: SampleSpec = SampleSpec()) -> Pat
         video.pix_fmt = spec.pixel_format
         if spec.codec in ("libx264", "libx265"):
             params = f"keyint={spec.gop}:min-keyint={spec.gop}:scenecut=0"
-            video.options = {"preset": "ultrafast", "crf": str(spec.crf),
-                             f"{spec.codec[3:]}-params": params}
+            video.options = {
+                "preset": "ultrafast",
+                "crf": str(spec.crf),
+                f"{spec.codec[3:]}-params": params,
+            }
         if spec.rotation:
             # FFmpeg's display matrix angle is counter-clockwise.
             video.set_display_rotation(-spec.rotation)
@@ -103,8 +115,9 @@ def write_sample_video(path: str | Path, spec: SampleSpec = SampleSpec()) -> Pat
     return path
 
 
-def _write_tone(container: av.container.OutputContainer, stream: av.audio.AudioStream,
-                spec: SampleSpec) -> None:
+def _write_tone(
+    container: av.container.OutputContainer, stream: av.audio.AudioStream, spec: SampleSpec
+) -> None:
     total = round(spec.seconds * spec.audio_rate)
     block = 1024
     for start in range(0, total, block):

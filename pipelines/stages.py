@@ -33,8 +33,15 @@ from pipelines.errors import PipelineCanceled
 from pipelines.presets import OperatorSpec
 from pipelines.retime import retime_chunk
 
-__all__ = ["CancelCheck", "CancelSignal", "OperatorStage", "WorkReport", "decode_stage",
-           "encode_stage", "operator_stage"]
+__all__ = [
+    "CancelCheck",
+    "CancelSignal",
+    "OperatorStage",
+    "WorkReport",
+    "decode_stage",
+    "encode_stage",
+    "operator_stage",
+]
 
 Batch = dict[str, Any]
 
@@ -75,8 +82,9 @@ class WorkReport:
     seconds, and whatever is left at :meth:`flush`.
     """
 
-    def __init__(self, signal: ray.actor.ActorHandle | None, stage: int,
-                 interval: float = 0.25) -> None:
+    def __init__(
+        self, signal: ray.actor.ActorHandle | None, stage: int, interval: float = 0.25
+    ) -> None:
         self._signal = signal
         self._stage = stage
         self._interval = interval
@@ -142,8 +150,15 @@ def _own_frames(batch: Batch) -> int:
     return int(_one(batch, "end_frame")) - int(_one(batch, "start_frame"))
 
 
-def decode_stage(batch: Batch, *, path: str, rotation: int, colour: ColourSpec,
-                 signal: ray.actor.ActorHandle | None, stage: int = 0) -> Batch:
+def decode_stage(
+    batch: Batch,
+    *,
+    path: str,
+    rotation: int,
+    colour: ColourSpec,
+    signal: ray.actor.ActorHandle | None,
+    stage: int = 0,
+) -> Batch:
     report = WorkReport(signal, stage)
     chunk = Chunk.from_row({k: _one(batch, k) for k in batch})
     frames, n_lookahead = decode_chunk(path, chunk, rotation, colour, CancelCheck(signal))
@@ -165,8 +180,9 @@ def _log_models_here() -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_operator(kind: str, engine: str, params: tuple[tuple[str, Any], ...],
-                     models: ModelOptions) -> FrameFilter | FrameInterpolator:
+def _cached_operator(
+    kind: str, engine: str, params: tuple[tuple[str, Any], ...], models: ModelOptions
+) -> FrameFilter | FrameInterpolator:
     return build_operator(kind, engine, dict(params), models)
 
 
@@ -178,14 +194,23 @@ class OperatorStage:
     worker process's cache).
     """
 
-    def __init__(self, spec: OperatorSpec, ratio: Fraction,
-                 signal: ray.actor.ActorHandle | None, models: ModelOptions | None = None, *,
-                 cached: bool = False, stage: int = 1) -> None:
+    def __init__(
+        self,
+        spec: OperatorSpec,
+        ratio: Fraction,
+        signal: ray.actor.ActorHandle | None,
+        models: ModelOptions | None = None,
+        *,
+        cached: bool = False,
+        stage: int = 1,
+    ) -> None:
         models = models or ModelOptions()
         _log_models_here()
-        self._operator = _cached_operator(spec.kind, spec.engine,
-                                          tuple(sorted(spec.params.items())), models) \
-            if cached else build_operator(spec.kind, spec.engine, spec.params, models)
+        self._operator = (
+            _cached_operator(spec.kind, spec.engine, tuple(sorted(spec.params.items())), models)
+            if cached
+            else build_operator(spec.kind, spec.engine, spec.params, models)
+        )
         self._ratio = ratio
         self._check = CancelCheck(signal)
         self._signal = signal
@@ -206,13 +231,25 @@ class OperatorStage:
             return _with(batch, frames=out, n_lookahead=0)
         return _with(batch, frames=out)
 
-    def _apply(self, operator: FrameFilter | FrameInterpolator, frames: np.ndarray,
-               batch: Batch, report: WorkReport) -> np.ndarray:
+    def _apply(
+        self,
+        operator: FrameFilter | FrameInterpolator,
+        frames: np.ndarray,
+        batch: Batch,
+        report: WorkReport,
+    ) -> np.ndarray:
         if isinstance(operator, FrameInterpolator):
             n_own = len(frames) - int(_one(batch, "n_lookahead"))
-            out = retime_chunk(frames, n_own, _one(batch, "start_frame"),
-                               _one(batch, "out_start"), _one(batch, "out_end"), self._ratio,
-                               operator, self._check)
+            out = retime_chunk(
+                frames,
+                n_own,
+                _one(batch, "start_frame"),
+                _one(batch, "out_start"),
+                _one(batch, "out_end"),
+                self._ratio,
+                operator,
+                self._check,
+            )
             report(_own_frames(batch))
             return out
         if not isinstance(operator, FrameFilter):
@@ -223,7 +260,7 @@ class OperatorStage:
         parts = []
         for i in range(0, len(frames), _FRAMES_PER_CHECK):
             self._check()
-            group = frames[i:i + _FRAMES_PER_CHECK]
+            group = frames[i : i + _FRAMES_PER_CHECK]
             parts.append(operator(group))
             report(len(group) * share)
         return np.concatenate(parts)
@@ -233,18 +270,30 @@ def _to_uint8(frames: np.ndarray) -> np.ndarray:
     return ((frames.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def operator_stage(batch: Batch, *, spec: OperatorSpec, ratio: Fraction,
-                   signal: ray.actor.ActorHandle | None,
-                   models: ModelOptions | None = None, stage: int = 1) -> Batch:
+def operator_stage(
+    batch: Batch,
+    *,
+    spec: OperatorSpec,
+    ratio: Fraction,
+    signal: ray.actor.ActorHandle | None,
+    models: ModelOptions | None = None,
+    stage: int = 1,
+) -> Batch:
     """An operator as a plain task.  Ray reuses worker processes, and each keeps the
     operators it built (weights included), so a model loads once per worker, not per
     chunk."""
     return OperatorStage(spec, ratio, signal, models, cached=True, stage=stage)(batch)
 
 
-def encode_stage(batch: Batch, *, fps: Fraction, settings: EncoderSettings,
-                 colour: ColourSpec, signal: ray.actor.ActorHandle | None,
-                 stage: int = 2) -> Batch:
+def encode_stage(
+    batch: Batch,
+    *,
+    fps: Fraction,
+    settings: EncoderSettings,
+    colour: ColourSpec,
+    signal: ray.actor.ActorHandle | None,
+    stage: int = 2,
+) -> Batch:
     CancelCheck(signal)()
     report = WorkReport(signal, stage)
     frames = _one(batch, "frames")

@@ -35,20 +35,27 @@ class RetryPolicy:
     """How often and how long to retry: exponential backoff with jitter, or the
     server's ``Retry-After`` when it sends one (waited in full, up to ``max_wait``)."""
 
-    def __init__(self, max_retries: int = 3, base_delay: float = 0.5, max_delay: float = 8.0,
-                 max_wait: float = 60.0) -> None:
+    def __init__(
+        self,
+        max_retries: int = 3,
+        base_delay: float = 0.5,
+        max_delay: float = 8.0,
+        max_wait: float = 60.0,
+    ) -> None:
         self.max_retries = max_retries
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_wait = max_wait
 
     def __repr__(self) -> str:
-        return (f"RetryPolicy(max_retries={self.max_retries}, base_delay={self.base_delay}, "
-                f"max_delay={self.max_delay}, max_wait={self.max_wait})")
+        return (
+            f"RetryPolicy(max_retries={self.max_retries}, base_delay={self.base_delay}, "
+            f"max_delay={self.max_delay}, max_wait={self.max_wait})"
+        )
 
     def backoff(self, attempt: int) -> float:
         """Delay before retry ``attempt`` (0-based): base × 2^attempt, jittered to 50–100 %."""
-        return min(self.max_delay, self.base_delay * 2 ** attempt) * random.uniform(0.5, 1.0)
+        return min(self.max_delay, self.base_delay * 2**attempt) * random.uniform(0.5, 1.0)
 
     @staticmethod
     def retryable(response: httpx.Response, error: APIError) -> bool:
@@ -67,17 +74,26 @@ def _origin(url: str) -> str:
 class Transport:
     """An ``httpx.Client`` bound to the service, with the retry policy applied."""
 
-    def __init__(self, api_key: str, base_url: str, *, timeout: float,
-                 retry: RetryPolicy, http: httpx.Client | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str,
+        *,
+        timeout: float,
+        retry: RetryPolicy,
+        http: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         from retroiva_client import __version__
 
         self.base_url = base_url.rstrip("/")
         self.retry = retry
         self.sleep = sleep
         self.http = http or httpx.Client(timeout=timeout)
-        self.headers = {"Authorization": f"Bearer {api_key}",
-                        "User-Agent": f"retroiva-python/{__version__}"}
+        self.headers = {
+            "Authorization": f"Bearer {api_key}",
+            "User-Agent": f"retroiva-python/{__version__}",
+        }
 
     def url(self, path_or_url: str) -> str:
         """``base_url`` + a path, or an absolute URL (an upload's ``Location``, a
@@ -90,13 +106,21 @@ class Transport:
                     f"refusing to send the API key to {_origin(path_or_url)}: not the "
                     f"service's origin ({_origin(self.base_url)}); if the service sits "
                     "behind that address, use it as base_url (or fix the service's "
-                    "RETROIVA_PUBLIC_URL)")
+                    "RETROIVA_PUBLIC_URL)"
+                )
             return path_or_url
         return self.base_url + path_or_url
 
-    def request(self, method: str, path: str, *, json: Any = None,
-                params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
-                content: bytes | None = None) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
         """Send, retrying as the module docstring says; an error answer raises APIError."""
         all_headers = {**self.headers, **(headers or {})}
         # A PATCH is never repeated here: its caller asks the server where to resume.
@@ -104,12 +128,19 @@ class Transport:
         attempt = 0
         while True:
             try:
-                response = self.http.request(method, self.url(path), json=json, params=params,
-                                             headers=all_headers, content=content)
+                response = self.http.request(
+                    method,
+                    self.url(path),
+                    json=json,
+                    params=params,
+                    headers=all_headers,
+                    content=content,
+                )
             except httpx.TransportError as exc:
                 if attempt >= retries:
-                    raise APIConnectionError(f"{method} {path}: {type(exc).__name__}: "
-                                             f"{exc}") from exc
+                    raise APIConnectionError(
+                        f"{method} {path}: {type(exc).__name__}: {exc}"
+                    ) from exc
                 delay = self.retry.backoff(attempt)
             else:
                 if response.status_code < 400:

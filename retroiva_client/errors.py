@@ -78,9 +78,16 @@ class APIError(RetroivaError):
     status: int | None = None
     type = "api_error"
 
-    def __init__(self, message: str, *, status: int | None = None, type: str | None = None,
-                 param: str | None = None, request_id: str | None = None,
-                 headers: httpx.Headers | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        param: str | None = None,
+        request_id: str | None = None,
+        headers: httpx.Headers | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
@@ -97,9 +104,11 @@ class APIError(RetroivaError):
         return f"{self.status} {self.type}: {self.message}{param}{request}"
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(status={self.status}, type={self.type!r}, "
-                f"message={self.message!r}, param={self.param!r}, "
-                f"request_id={self.request_id!r})")
+        return (
+            f"{type(self).__name__}(status={self.status}, type={self.type!r}, "
+            f"message={self.message!r}, param={self.param!r}, "
+            f"request_id={self.request_id!r})"
+        )
 
 
 class InvalidRequestError(APIError):
@@ -194,14 +203,33 @@ class ServiceUnavailableError(APIError):
 
 
 _BY_TYPE: dict[str, type[APIError]] = {
-    cls.type: cls for cls in (InvalidRequestError, AuthenticationError, ForbiddenError,
-                              NotFoundError, ConflictError, GoneError, RateLimitError,
-                              QueueLimitError, InternalError, ServiceUnavailableError)
+    cls.type: cls
+    for cls in (
+        InvalidRequestError,
+        AuthenticationError,
+        ForbiddenError,
+        NotFoundError,
+        ConflictError,
+        GoneError,
+        RateLimitError,
+        QueueLimitError,
+        InternalError,
+        ServiceUnavailableError,
+    )
 }
 _BY_STATUS: dict[int, type[APIError]] = {
-    cls.status: cls for cls in (InvalidRequestError, AuthenticationError, ForbiddenError,
-                                NotFoundError, ConflictError, GoneError, RateLimitError,
-                                InternalError, ServiceUnavailableError)  # type: ignore[misc]
+    cls.status: cls
+    for cls in (
+        InvalidRequestError,
+        AuthenticationError,
+        ForbiddenError,
+        NotFoundError,
+        ConflictError,
+        GoneError,
+        RateLimitError,
+        InternalError,
+        ServiceUnavailableError,
+    )  # type: ignore[misc]
 }
 _BY_STATUS.update({413: PayloadTooLargeError, 416: RangeNotSatisfiableError})
 
@@ -216,6 +244,7 @@ def retry_after_seconds(headers: httpx.Headers) -> float | None:
         return float(value)
     from email.utils import parsedate_to_datetime
     from time import time
+
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time())
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -242,5 +271,11 @@ def error_from_response(response: httpx.Response) -> APIError:
         text = response.text.strip()[:200] if response.content else ""
         message = text or response.reason_phrase or f"HTTP {response.status_code}"
     param = detail.get("param") if isinstance(detail.get("param"), str) else None
-    return cls(message, status=response.status_code, type=error_type, param=param,
-               request_id=response.headers.get("x-request-id"), headers=response.headers)
+    return cls(
+        message,
+        status=response.status_code,
+        type=error_type,
+        param=param,
+        request_id=response.headers.get("x-request-id"),
+        headers=response.headers,
+    )

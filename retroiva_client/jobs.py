@@ -57,15 +57,25 @@ class Job:
     def from_api(cls, data: dict[str, Any], transport: Transport | None = None) -> Job:
         error = data.get("error")
         return cls(
-            id=data["id"], status=data["status"], progress=float(data.get("progress") or 0),
-            phase=data.get("phase"), eta_seconds=data.get("eta_seconds"),
-            input_url=data.get("input_url"), output_url=data.get("output_url"),
-            created_at=data.get("created_at"), started_at=data.get("started_at"),
+            id=data["id"],
+            status=data["status"],
+            progress=float(data.get("progress") or 0),
+            phase=data.get("phase"),
+            eta_seconds=data.get("eta_seconds"),
+            input_url=data.get("input_url"),
+            output_url=data.get("output_url"),
+            created_at=data.get("created_at"),
+            started_at=data.get("started_at"),
             completed_at=data.get("completed_at"),
             error=JobError(error.get("type", ""), error.get("message", ""))
-            if isinstance(error, dict) else None,
-            preset=data.get("preset"), upscale_factor=data.get("upscale_factor"),
-            engine=data.get("engine"), raw=data, _transport=transport)
+            if isinstance(error, dict)
+            else None,
+            preset=data.get("preset"),
+            upscale_factor=data.get("upscale_factor"),
+            engine=data.get("engine"),
+            raw=data,
+            _transport=transport,
+        )
 
     def __repr__(self) -> str:
         extra = f", error={self.error.type!r}" if self.error else ""
@@ -95,12 +105,16 @@ class Job:
     def cancel(self) -> Job:
         """``POST /v2/jobs/{id}/cancel``; a job that has ended is returned unchanged."""
         transport = self._client()
-        self._update(Job.from_api(transport.request("POST", f"/v2/jobs/{self.id}/cancel")
-                                  .json()))
+        self._update(Job.from_api(transport.request("POST", f"/v2/jobs/{self.id}/cancel").json()))
         return self
 
-    def wait(self, timeout: float | None = None, *, poll_interval: float = 1.0,
-             on_progress: Callable[[Job], None] | None = None) -> Job:
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        poll_interval: float = 1.0,
+        on_progress: Callable[[Job], None] | None = None,
+    ) -> Job:
         """Poll until the job ends and return it (in whichever terminal status).
 
         ``on_progress(job)`` is called with the first state seen and again whenever
@@ -118,8 +132,9 @@ class Job:
             if self.is_terminal:
                 return self
             if deadline is not None and time.monotonic() >= deadline:
-                raise JobTimeoutError(f"job {self.id} is still {self.status} after "
-                                      f"{timeout:g} s", job=self)
+                raise JobTimeoutError(
+                    f"job {self.id} is still {self.status} after {timeout:g} s", job=self
+                )
             pause = poll_interval
             if deadline is not None:
                 pause = max(0.0, min(pause, deadline - time.monotonic()))
@@ -127,8 +142,7 @@ class Job:
 
     def download_url(self) -> str:
         """A fresh signed link to the output (``GET /v2/jobs/{id}/download``)."""
-        return str(self._client().request("GET", f"/v2/jobs/{self.id}/download")
-                   .json()["url"])
+        return str(self._client().request("GET", f"/v2/jobs/{self.id}/download").json()["url"])
 
     def download(self, path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> Path:
         """Write the completed job's output to ``path`` and return it.
@@ -149,8 +163,9 @@ class Job:
                 # (an object store would refuse a request carrying both).
                 headers = {"Range": f"bytes={written}-"} if written else {}
                 try:
-                    with transport.http.stream("GET", url, headers=headers,
-                                               follow_redirects=True) as response:
+                    with transport.http.stream(
+                        "GET", url, headers=headers, follow_redirects=True
+                    ) as response:
                         if response.status_code >= 400:
                             response.read()
                             raise error_from_response(response)
@@ -184,12 +199,14 @@ class Jobs:
         return f"Jobs(base_url={self._transport.base_url!r})"
 
     def get(self, job_id: str) -> Job:
-        return Job.from_api(self._transport.request("GET", f"/v2/jobs/{job_id}").json(),
-                            self._transport)
+        return Job.from_api(
+            self._transport.request("GET", f"/v2/jobs/{job_id}").json(), self._transport
+        )
 
     def cancel(self, job_id: str) -> Job:
-        return Job.from_api(self._transport.request("POST", f"/v2/jobs/{job_id}/cancel")
-                            .json(), self._transport)
+        return Job.from_api(
+            self._transport.request("POST", f"/v2/jobs/{job_id}/cancel").json(), self._transport
+        )
 
     def list(self, *, page_size: int = 100, limit: int | None = None) -> Iterator[Job]:
         """The key's jobs, newest first, following ``next_cursor`` through every page.

@@ -54,14 +54,20 @@ class Upload:
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> Upload:
-        return cls(id=data["id"], status=data["status"], size=int(data["size"]),
-                   offset=int(data["offset"]), filename=data.get("filename"),
-                   upload_url=data.get("upload_url"), created_at=data.get("created_at"),
-                   expires_at=data.get("expires_at"), raw=data)
+        return cls(
+            id=data["id"],
+            status=data["status"],
+            size=int(data["size"]),
+            offset=int(data["offset"]),
+            filename=data.get("filename"),
+            upload_url=data.get("upload_url"),
+            created_at=data.get("created_at"),
+            expires_at=data.get("expires_at"),
+            raw=data,
+        )
 
     def __repr__(self) -> str:
-        return (f"Upload(id={self.id!r}, status={self.status!r}, "
-                f"offset={self.offset}/{self.size})")
+        return f"Upload(id={self.id!r}, status={self.status!r}, offset={self.offset}/{self.size})"
 
 
 def _tus(**headers: str) -> dict[str, str]:
@@ -83,10 +89,17 @@ def create_upload(transport: Transport, path: str | os.PathLike[str]) -> Upload:
     """
     source = Path(path)
     encoded = base64.b64encode(source.name.encode()).decode()
-    response = transport.request("POST", "/v2/uploads", headers=_tus(
-        **{"Upload-Length": str(source.stat().st_size),
-           "Upload-Metadata": f"filename {encoded}",
-           "Idempotency-Key": new_idempotency_key()}))
+    response = transport.request(
+        "POST",
+        "/v2/uploads",
+        headers=_tus(
+            **{
+                "Upload-Length": str(source.stat().st_size),
+                "Upload-Metadata": f"filename {encoded}",
+                "Idempotency-Key": new_idempotency_key(),
+            }
+        ),
+    )
     location = response.headers.get("location")
     if not location:
         raise RetroivaError("POST /v2/uploads answered without a Location header")
@@ -99,9 +112,14 @@ def _server_offset(transport: Transport, url: str) -> int:
     return _offset(transport.request("HEAD", url, headers=_tus()))
 
 
-def upload_file(transport: Transport, path: str | os.PathLike[str], *,
-                chunk_size: int = DEFAULT_CHUNK_SIZE, upload_url: str | None = None,
-                on_progress: Callable[[int, int], None] | None = None) -> Upload:
+def upload_file(
+    transport: Transport,
+    path: str | os.PathLike[str],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    upload_url: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Upload:
     """Upload ``path`` and return the completed upload object.
 
     ``upload_url`` resumes an earlier upload of the same file.  ``on_progress(sent,
@@ -124,9 +142,17 @@ def upload_file(transport: Transport, path: str | os.PathLike[str], *,
             chunk = data.read(chunk_size)
             delay: float | None = None
             try:
-                response = transport.request("PATCH", url, content=chunk, headers=_tus(**{
-                    "Content-Type": "application/offset+octet-stream",
-                    "Upload-Offset": str(offset)}))
+                response = transport.request(
+                    "PATCH",
+                    url,
+                    content=chunk,
+                    headers=_tus(
+                        **{
+                            "Content-Type": "application/offset+octet-stream",
+                            "Upload-Offset": str(offset),
+                        }
+                    ),
+                )
             except (APIConnectionError, APIError) as exc:
                 status = getattr(exc, "status", None)
                 # 4xx other than 409 (offset mismatch), 423 (locked) and 429 will not
@@ -138,8 +164,9 @@ def upload_file(transport: Transport, path: str | os.PathLike[str], *,
                 if isinstance(exc, APIError):
                     delay = retry_after_seconds(exc.headers)
                 failures += 1
-                transport.sleep(delay if delay is not None
-                                else transport.retry.backoff(failures - 1))
+                transport.sleep(
+                    delay if delay is not None else transport.retry.backoff(failures - 1)
+                )
                 offset = _server_offset(transport, url)  # what the server really kept
                 continue
             offset = _offset(response)

@@ -58,42 +58,46 @@ def _standard_key(secret: str) -> bytes:
     return secret.encode()
 
 
-def _verify_standard(body: bytes, headers: Mapping[str, str], secret: str,
-                     tolerance: float, now: float) -> None:
+def _verify_standard(
+    body: bytes, headers: Mapping[str, str], secret: str, tolerance: float, now: float
+) -> None:
     event_id = headers.get("webhook-id")
     timestamp = headers.get("webhook-timestamp", "")
     signatures = headers.get("webhook-signature", "")
     if not event_id or not timestamp or not signatures:
-        raise WebhookVerificationError("missing webhook-id, webhook-timestamp or "
-                                       "webhook-signature")
+        raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature")
     # Bounded before int(): Python refuses to parse over ~4300 digits with a ValueError
     # that would escape as a 500 in the receiver instead of a clean rejection.
     if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
         raise WebhookVerificationError("webhook-timestamp is not Unix seconds")
     if abs(now - int(timestamp)) > tolerance:
-        raise WebhookVerificationError(f"webhook-timestamp is more than {tolerance:g} s "
-                                       "from now")
+        raise WebhookVerificationError(f"webhook-timestamp is more than {tolerance:g} s from now")
     signed = f"{event_id}.{timestamp}.".encode() + body
-    expected = base64.b64encode(hmac.new(_standard_key(secret), signed,
-                                         hashlib.sha256).digest())
+    expected = base64.b64encode(hmac.new(_standard_key(secret), signed, hashlib.sha256).digest())
     for entry in signatures.split(" "):
         version, _, signature = entry.partition(",")
-        if version == "v1" and hmac.compare_digest(expected,
-                                                   signature.encode("utf-8", "replace")):
+        if version == "v1" and hmac.compare_digest(expected, signature.encode("utf-8", "replace")):
             return
     raise WebhookVerificationError("no webhook-signature entry matches the secret")
 
 
 def _verify_retroiva(body: bytes, signature: str, secret: str) -> None:
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected.encode(), signature.strip().lower()
-                               .encode("utf-8", "replace")):
+    if not hmac.compare_digest(
+        expected.encode(), signature.strip().lower().encode("utf-8", "replace")
+    ):
         raise WebhookVerificationError("X-Retroiva-Signature does not match the secret")
 
 
-def verify_webhook(body: bytes | str, headers: Mapping[str, str], secret: str, *,
-                   tolerance: float = DEFAULT_TOLERANCE_SECONDS,
-                   now: float | None = None, allow_legacy: bool = False) -> dict[str, Any]:
+def verify_webhook(
+    body: bytes | str,
+    headers: Mapping[str, str],
+    secret: str,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE_SECONDS,
+    now: float | None = None,
+    allow_legacy: bool = False,
+) -> dict[str, Any]:
     """Check a delivery's signature and return its event (the parsed JSON body).
 
     ``body`` must be the raw request body, exactly as received; ``headers`` any
@@ -108,16 +112,15 @@ def verify_webhook(body: bytes | str, headers: Mapping[str, str], secret: str, *
     """
     raw = body.encode() if isinstance(body, str) else bytes(body)
     lowered = {str(name).lower(): str(value) for name, value in headers.items()}
-    if any(name in lowered for name in ("webhook-id", "webhook-timestamp",
-                                        "webhook-signature")):
-        _verify_standard(raw, lowered, secret, tolerance,
-                         time.time() if now is None else now)
+    if any(name in lowered for name in ("webhook-id", "webhook-timestamp", "webhook-signature")):
+        _verify_standard(raw, lowered, secret, tolerance, time.time() if now is None else now)
     elif "x-retroiva-signature" in lowered and allow_legacy:
         _verify_retroiva(raw, lowered["x-retroiva-signature"], secret)
     elif "x-retroiva-signature" in lowered:
         raise WebhookVerificationError(
             "only X-Retroiva-Signature is present: it has no timestamp, so a replayed "
-            "delivery would verify; pass allow_legacy=True to accept it")
+            "delivery would verify; pass allow_legacy=True to accept it"
+        )
     else:
         raise WebhookVerificationError("no webhook-signature or X-Retroiva-Signature header")
     try:

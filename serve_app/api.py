@@ -87,6 +87,7 @@ log = logging.getLogger(__name__)
 # One line per request: method, path, status, duration, request id.
 access_log = logging.getLogger("retroiva.access")
 
+
 def _serve_request_id() -> str | None:
     """The id Ray Serve's proxy gave this request (it returns it as X-Request-Id)."""
     try:
@@ -122,16 +123,21 @@ class _RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 if serve_id is None:
-                    message.setdefault("headers", []).append(
-                        (b"x-request-id", request_id.encode()))
+                    message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             # The path only, never the query string: download links carry signatures.
-            access_log.info("%s %s %d %.1fms %s", scope["method"], scope["path"], status,
-                            (time.perf_counter() - started) * 1000, request_id)
+            access_log.info(
+                "%s %s %d %.1fms %s",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+                request_id,
+            )
 
 
 def _small_int(text: str, digits: int) -> int | None:
@@ -150,11 +156,13 @@ def _check_range(header: str, size: int) -> None:
     try:
         FileResponse._parse_range_header(header, size)
     except MalformedRangeHeader as exc:
-        raise InvalidRequestError(f"invalid Range header: {exc.content or 'malformed'}",
-                                  param="Range") from None
+        raise InvalidRequestError(
+            f"invalid Range header: {exc.content or 'malformed'}", param="Range"
+        ) from None
     except RangeNotSatisfiable:
-        raise RangeNotSatisfiableError(f"Range starts past the end of the {size}-byte file",
-                                       size=size) from None
+        raise RangeNotSatisfiableError(
+            f"Range starts past the end of the {size}-byte file", size=size
+        ) from None
 
 
 def _rate_headers(request: Request) -> dict[str, str]:
@@ -181,8 +189,13 @@ def _error_response(request: Request, error: ApiError) -> JSONResponse:
 class Api:
     """Route handlers over a job store; one instance per process (per Serve replica)."""
 
-    def __init__(self, settings: Settings, store: JobStore, storage: OutputStorage,
-                 uploads: UploadStorage | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        storage: OutputStorage,
+        uploads: UploadStorage | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -202,8 +215,9 @@ class Api:
         async with self._init_lock:
             if not self._ready:
                 if time.monotonic() < self._init_retry_at:
-                    raise StoreUnavailable("the job store could not be initialised; "
-                                           "retrying shortly")
+                    raise StoreUnavailable(
+                        "the job store could not be initialised; retrying shortly"
+                    )
                 try:
                     await self.store.init()
                 except StoreUnavailable:
@@ -221,8 +235,7 @@ class Api:
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise AuthenticationError("missing API key: send "
-                                          "'Authorization: Bearer sk_live_…'")
+                raise AuthenticationError("missing API key: send 'Authorization: Bearer sk_live_…'")
             key = await active_key(await self._store(), token)
         await self._count(request, key)
         return key
@@ -240,20 +253,30 @@ class Api:
         }
         if used > key.rate_limit:
             count_rate_limited()
-            raise RateLimitError(f"rate limit of {key.rate_limit} requests per "
-                                 f"{window_length} s exceeded",
-                                 retry_after=max(1, math.ceil(reset - now)))
+            raise RateLimitError(
+                f"rate limit of {key.rate_limit} requests per {window_length} s exceeded",
+                retry_after=max(1, math.ceil(reset - now)),
+            )
 
-    def _json(self, request: Request, model: BaseModel, status: int = 200,
-              extra: dict[str, str] | None = None) -> Response:
-        return Response(model.model_dump_json(), status_code=status,
-                        media_type="application/json",
-                        headers={**_rate_headers(request), **(extra or {})})
+    def _json(
+        self,
+        request: Request,
+        model: BaseModel,
+        status: int = 200,
+        extra: dict[str, str] | None = None,
+    ) -> Response:
+        return Response(
+            model.model_dump_json(),
+            status_code=status,
+            media_type="application/json",
+            headers={**_rate_headers(request), **(extra or {})},
+        )
 
     async def _link(self, request: Request, job: JobRecord) -> DownloadLink | None:
         base_url = self.settings.public_url or str(request.base_url)
-        return await asyncio.to_thread(download_link, job, self.storage,
-                                       self.settings.retention_seconds, base_url)
+        return await asyncio.to_thread(
+            download_link, job, self.storage, self.settings.retention_seconds, base_url
+        )
 
     async def _job_object(self, request: Request, job: JobRecord) -> Job:
         link = await self._link(request, job)
@@ -270,8 +293,11 @@ class Api:
         if content_type.split(";")[0].strip().lower() != "application/json":
             raise InvalidRequestError("Content-Type must be application/json")
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() \
-                and int(declared) > self.settings.max_body_bytes:
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.settings.max_body_bytes
+        ):
             raise PayloadTooLargeError(f"body exceeds {self.settings.max_body_bytes} bytes")
         body = bytearray()
         async for chunk in request.stream():
@@ -296,18 +322,25 @@ class Api:
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
-            raise InvalidRequestError(first["msg"].removeprefix("Value error, "),
-                                      param=param) from None
+            raise InvalidRequestError(
+                first["msg"].removeprefix("Value error, "), param=param
+            ) from None
         stored, created = await submit_job(
-            await self._store(), key, body, request.headers.get("idempotency-key"),
-            self.settings.url_policy, self.settings.max_queued_per_key)
+            await self._store(),
+            key,
+            body,
+            request.headers.get("idempotency-key"),
+            self.settings.url_policy,
+            self.settings.max_queued_per_key,
+        )
         extra = {} if created else {"Idempotent-Replayed": "true"}
         return self._json(request, await self._job_object(request, stored), extra=extra)
 
     async def get_job(self, request: Request) -> Response:
         key = await self.authenticate(request)
-        return self._json(request, await self._job_object(request,
-                                                          await self._own_job(request, key)))
+        return self._json(
+            request, await self._job_object(request, await self._own_job(request, key))
+        )
 
     async def list_jobs(self, request: Request) -> Response:
         key = await self.authenticate(request)
@@ -321,9 +354,14 @@ class Api:
             if anchor is None or anchor.key_id != key.id:
                 raise InvalidRequestError(f"no such job: {cursor}", param="starting_after")
         jobs, has_more = await store.list_jobs(key.id, limit, cursor)
-        return self._json(request, JobList(
-            data=[await self._job_object(request, j) for j in jobs], has_more=has_more,
-            next_cursor=jobs[-1].id if has_more else None))
+        return self._json(
+            request,
+            JobList(
+                data=[await self._job_object(request, j) for j in jobs],
+                has_more=has_more,
+                next_cursor=jobs[-1].id if has_more else None,
+            ),
+        )
 
     async def cancel_job(self, request: Request) -> Response:
         key = await self.authenticate(request)
@@ -352,7 +390,8 @@ class Api:
         expires = _small_int(request.query_params.get("expires", ""), 12)
         signature = request.query_params.get("signature", "")
         if expires is None or not signature_valid(
-                self.storage.secret, request.url.path, expires, signature):
+            self.storage.secret, request.url.path, expires, signature
+        ):
             raise ForbiddenError("invalid download signature")
         if expires <= time.time():
             raise ForbiddenError("this download link has expired")
@@ -364,8 +403,9 @@ class Api:
             raise GoneError("the output was deleted when its retention period ended")
         if "range" in request.headers and "if-range" not in request.headers:
             _check_range(request.headers["range"], path.stat().st_size)
-        return FileResponse(path, media_type="video/mp4",
-                            headers={"Cache-Control": "private, max-age=0"})
+        return FileResponse(
+            path, media_type="video/mp4", headers={"Cache-Control": "private, max-age=0"}
+        )
 
     async def events(self, request: Request) -> Response:
         """The job's webhook event (one, once the job has ended) with its attempts."""
@@ -382,14 +422,20 @@ class Api:
         key = await self.authenticate(request)
         job = await self._own_job(request, key)
         event_id = request.path_params["event_id"]
-        if job.webhook_status is None or not job.webhook_url or not job.event_type \
-                or event_id != job.event_id:
+        if (
+            job.webhook_status is None
+            or not job.webhook_url
+            or not job.event_type
+            or event_id != job.event_id
+        ):
             raise NotFoundError(f"no such event: {event_id}", param="event_id")
         store = await self._store()
         updated = await store.redeliver_webhook(job.id, time.time())
         if updated is None:
-            raise ConflictError(f"event {event_id} is still being delivered; redeliver it "
-                                "once it is delivered or failed")
+            raise ConflictError(
+                f"event {event_id} is still being delivered; redeliver it "
+                "once it is delivered or failed"
+            )
         event = event_from_record(updated, await store.webhook_attempts(job.id))
         return self._json(request, event, status=202)
 
@@ -401,34 +447,43 @@ class Api:
             raise InvalidRequestError("limit must be an integer from 1 to 100", param="limit")
         status = request.query_params.get("status", DeliveryStatus.FAILED)
         if status not in set(DeliveryStatus):
-            raise InvalidRequestError("status must be one of pending, delivered, failed",
-                                      param="status")
+            raise InvalidRequestError(
+                "status must be one of pending, delivered, failed", param="status"
+            )
         cursor = request.query_params.get("starting_after")
         store = await self._store()
         if cursor is not None:
             cursor = job_id_for_event(cursor) if cursor.startswith("evt_") else cursor
             anchor = await store.get_job(cursor)
             if anchor is None or anchor.key_id != key.id or anchor.webhook_status is None:
-                raise InvalidRequestError(f"no such event: "
-                                          f"{request.query_params['starting_after']}",
-                                          param="starting_after")
+                raise InvalidRequestError(
+                    f"no such event: {request.query_params['starting_after']}",
+                    param="starting_after",
+                )
         jobs, has_more = await store.list_webhook_events(key.id, status, limit, cursor)
         events = [event_from_record(j, await store.webhook_attempts(j.id)) for j in jobs]
-        return self._json(request, DeliveryPage(
-            data=events, has_more=has_more, next_cursor=events[-1].id if has_more else None))
+        return self._json(
+            request,
+            DeliveryPage(
+                data=events, has_more=has_more, next_cursor=events[-1].id if has_more else None
+            ),
+        )
 
     async def rotate_secret(self, request: Request) -> Response:
         """A new webhook secret for the calling key, shown once; the old one keeps
         signing (webhook-signature) for the overlap."""
         key = await self.authenticate(request)
-        rotated = await rotate_webhook_secret(await self._store(), key.id, time.time(),
-                                              self.settings.webhook_secret_overlap_seconds)
+        rotated = await rotate_webhook_secret(
+            await self._store(), key.id, time.time(), self.settings.webhook_secret_overlap_seconds
+        )
         if rotated is None:  # the key was deleted between authentication and now
             raise NotFoundError("no such API key")
         secret, until = rotated
-        return self._json(request, RotatedSecret(webhook_secret=secret,
-                                                 previous_valid_until=iso_time(until)),
-                          extra={"Cache-Control": "no-store"})
+        return self._json(
+            request,
+            RotatedSecret(webhook_secret=secret, previous_valid_until=iso_time(until)),
+            extra={"Cache-Control": "no-store"},
+        )
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -443,13 +498,15 @@ class Api:
         return JSONResponse({"status": "ready"})
 
 
-def create_api(settings: Settings, store: JobStore | None = None,
-               storage: OutputStorage | None = None,
-               uploads: UploadStorage | None = None) -> ASGIApp:
+def create_api(
+    settings: Settings,
+    store: JobStore | None = None,
+    storage: OutputStorage | None = None,
+    uploads: UploadStorage | None = None,
+) -> ASGIApp:
     """The ASGI app; ``store``, ``storage`` and ``uploads`` default to the ones the
     settings name."""
-    api = Api(settings, store or open_store(settings), storage or open_storage(settings),
-              uploads)
+    api = Api(settings, store or open_store(settings), storage or open_storage(settings), uploads)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -466,15 +523,20 @@ def create_api(settings: Settings, store: JobStore | None = None,
     async def store_unavailable(request: Request, exc: Exception) -> Response:
         # Expected during an outage: one line, no traceback, and the client retries.
         log.warning("request %s: %s", getattr(request.state, "request_id", "?"), exc)
-        return _error_response(request, ServiceUnavailableError(
-            "the job store is unavailable; retry after the Retry-After delay",
-            retry_after=_STORE_RETRY_AFTER_SECONDS))
+        return _error_response(
+            request,
+            ServiceUnavailableError(
+                "the job store is unavailable; retry after the Retry-After delay",
+                retry_after=_STORE_RETRY_AFTER_SECONDS,
+            ),
+        )
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        log.error("request %s failed", getattr(request.state, "request_id", "?"),
-                  exc_info=exc)
-        return _error_response(request, InternalError(
-            "internal error; quote the X-Request-Id header when reporting it"))
+        log.error("request %s failed", getattr(request.state, "request_id", "?"), exc_info=exc)
+        return _error_response(
+            request,
+            InternalError("internal error; quote the X-Request-Id header when reporting it"),
+        )
 
     app = Starlette(
         routes=[
@@ -484,8 +546,7 @@ def create_api(settings: Settings, store: JobStore | None = None,
             Route("/v2/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"]),
             Route("/v2/jobs/{job_id}/download", api.download, methods=["GET"]),
             Route("/v2/jobs/{job_id}/events", api.events, methods=["GET"]),
-            Route("/v2/jobs/{job_id}/events/{event_id}/redeliver", api.redeliver,
-                  methods=["POST"]),
+            Route("/v2/jobs/{job_id}/events/{event_id}/redeliver", api.redeliver, methods=["POST"]),
             Route("/v2/webhook_deliveries", api.webhook_deliveries, methods=["GET"]),
             Route("/v2/webhook_secret/rotate", api.rotate_secret, methods=["POST"]),
             Route("/v2/files/{key}", api.file, methods=["GET", "HEAD"]),
@@ -501,8 +562,12 @@ def create_api(settings: Settings, store: JobStore | None = None,
             # The web dashboard: pages over these same handlers and store.
             Mount("/dashboard", app=create_dashboard(api)),
         ],
-        exception_handlers={ApiError: api_error, HTTPException: http_error,
-                            StoreUnavailable: store_unavailable, Exception: unexpected},
+        exception_handlers={
+            ApiError: api_error,
+            HTTPException: http_error,
+            StoreUnavailable: store_unavailable,
+            Exception: unexpected,
+        },
     )
     # Outermost, so even a 500 from Starlette's error middleware carries the id.
     return _RequestIdMiddleware(app)

@@ -48,8 +48,11 @@ def batch_ledger(settings: Settings, batch: str) -> dict[str, Any] | None:
 def list_batches(settings: Settings) -> list[dict[str, Any]]:
     """Every ledger on this node, newest first."""
     folder = batches_dir(settings)
-    ledgers = [json.loads(p.read_text(encoding="utf-8"))
-               for p in folder.glob("*.json")] if folder.is_dir() else []
+    ledgers = (
+        [json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")]
+        if folder.is_dir()
+        else []
+    )
     return sorted(ledgers, key=lambda ledger: ledger.get("created_at", 0), reverse=True)
 
 
@@ -63,11 +66,14 @@ def missing_store(settings: Settings) -> str | None:
     if settings.mongodb_uri or settings.sqlite_path.exists():
         return None
     given = os.environ.get("RETROIVA_DATA_DIR")
-    hint = (f" RETROIVA_DATA_DIR={given!r} is relative, so it depends on the working "
-            "directory (Ray runs a job's entrypoint in its own copy of --working-dir):"
-            " make it absolute in the env file" if given and not Path(given).is_absolute()
-            else " set RETROIVA_DATA_DIR (absolute) to the service's data directory in "
-                 "the environment of `ray start`, or run the batch where the service runs")
+    hint = (
+        f" RETROIVA_DATA_DIR={given!r} is relative, so it depends on the working "
+        "directory (Ray runs a job's entrypoint in its own copy of --working-dir):"
+        " make it absolute in the env file"
+        if given and not Path(given).is_absolute()
+        else " set RETROIVA_DATA_DIR (absolute) to the service's data directory in "
+        "the environment of `ray start`, or run the batch where the service runs"
+    )
     return f"no job store at {settings.sqlite_path} (cwd {Path.cwd()}).{hint}"
 
 
@@ -90,32 +96,49 @@ class StoreJobQueue:
         except AuthenticationError as exc:
             raise QueueRefused(str(exc)) from None
 
-    async def submit(self, row: ManifestRow, preset: str | None,
-                     upscale_factor: int | None) -> JobState:
+    async def submit(
+        self, row: ManifestRow, preset: str | None, upscale_factor: int | None
+    ) -> JobState:
         assert self._key is not None, "open() first"
-        fields = {"video_url": row.video_url, "preset": row.preset or preset,
-                  "upscale_factor": row.upscale_factor or upscale_factor,
-                  "webhook_url": row.webhook_url, "engine": row.engine}
+        fields = {
+            "video_url": row.video_url,
+            "preset": row.preset or preset,
+            "upscale_factor": row.upscale_factor or upscale_factor,
+            "webhook_url": row.webhook_url,
+            "engine": row.engine,
+        }
         try:
-            body = EnhanceBody.model_validate({k: v for k, v in fields.items()
-                                               if v is not None})
-            job, _ = await submit_job(self._store, self._key, body, row.idempotency_key,
-                                      self._settings.url_policy)
+            body = EnhanceBody.model_validate({k: v for k, v in fields.items() if v is not None})
+            job, _ = await submit_job(
+                self._store, self._key, body, row.idempotency_key, self._settings.url_policy
+            )
         except ValidationError as exc:
             raise RowRejected(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         except ApiError as exc:
             raise RowRejected(str(exc)) from None
         return await self._job_state(job)
 
-    async def record(self, batch: str, manifest: str, results: list[BatchResult], *,
-                     finished: bool) -> None:
+    async def record(
+        self, batch: str, manifest: str, results: list[BatchResult], *, finished: bool
+    ) -> None:
         assert self._key is not None, "open() first"
-        ledger = {"id": batch, "object": "batch", "manifest": manifest,
-                  "key_id": self._key.id, "created_at": self._created_at,
-                  "finished_at": time.time() if finished else None,
-                  "rows": [{"line": r.row.line, "video_url": r.row.video_url,
-                            "job_id": r.state.id or None, "status": r.state.status}
-                           for r in results]}
+        ledger = {
+            "id": batch,
+            "object": "batch",
+            "manifest": manifest,
+            "key_id": self._key.id,
+            "created_at": self._created_at,
+            "finished_at": time.time() if finished else None,
+            "rows": [
+                {
+                    "line": r.row.line,
+                    "video_url": r.row.video_url,
+                    "job_id": r.state.id or None,
+                    "status": r.state.status,
+                }
+                for r in results
+            ],
+        }
         folder = private_dir(batches_dir(self._settings))
         partial = folder / f".{batch}.json.{os.getpid()}"
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -130,13 +153,20 @@ class StoreJobQueue:
         return await self._job_state(job)
 
     async def _job_state(self, job: JobRecord) -> JobState:
-        base_url = self._settings.public_url or \
-            f"http://{self._settings.host}:{self._settings.port}"
-        link = await asyncio.to_thread(download_link, job, self._storage,
-                                       self._settings.retention_seconds, base_url)
-        return JobState(id=job.id, status=str(job.status), progress=job.progress,
-                        output_url=link.url if link else None, error_type=job.error_type,
-                        error_message=job.error_message)
+        base_url = (
+            self._settings.public_url or f"http://{self._settings.host}:{self._settings.port}"
+        )
+        link = await asyncio.to_thread(
+            download_link, job, self._storage, self._settings.retention_seconds, base_url
+        )
+        return JobState(
+            id=job.id,
+            status=str(job.status),
+            progress=job.progress,
+            output_url=link.url if link else None,
+            error_type=job.error_type,
+            error_message=job.error_message,
+        )
 
     async def close(self) -> None:
         await self._store.close()

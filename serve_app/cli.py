@@ -31,8 +31,11 @@ T = TypeVar("T")
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Retroiva: denoise, upscale and interpolate videos on Ray.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Retroiva: denoise, upscale and interpolate videos on Ray.",
+)
 
 
 def _quiet_ray_logs() -> None:
@@ -42,21 +45,27 @@ def _quiet_ray_logs() -> None:
 
 @app.command()
 def enhance(
-    source: Annotated[Path, typer.Argument(help="Input video file.", exists=True,
-                                           dir_okay=False, readable=True)],
+    source: Annotated[
+        Path, typer.Argument(help="Input video file.", exists=True, dir_okay=False, readable=True)
+    ],
     output: Annotated[Path, typer.Argument(help="Output file: .mp4 (default), .mov or .mkv.")],
     preset: Annotated[str, typer.Option(help=f"One of: {', '.join(PRESETS)}.")] = "general",
-    upscale_factor: Annotated[int | None, typer.Option(
-        "--upscale-factor", min=1, max=4, help="1–4; default per preset.")] = None,
-    fps: Annotated[float | None, typer.Option(
-        help="Output frame rate, e.g. 60 (interpolates).")] = None,
-    interpolate: Annotated[int | None, typer.Option(
-        help="Multiply the frame rate by 2 or 4.")] = None,
+    upscale_factor: Annotated[
+        int | None, typer.Option("--upscale-factor", min=1, max=4, help="1–4; default per preset.")
+    ] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Output frame rate, e.g. 60 (interpolates).")
+    ] = None,
+    interpolate: Annotated[
+        int | None, typer.Option(help="Multiply the frame rate by 2 or 4.")
+    ] = None,
     codec: Annotated[str | None, typer.Option(help="h264 (default) or hevc.")] = None,
-    chunk_frames: Annotated[int | None, typer.Option(
-        help="Maximum frames per chunk (default: from the memory budget).")] = None,
-    engine: Annotated[str, typer.Option(
-        help="neural (pretrained models where installed) or classical.")] = "neural",
+    chunk_frames: Annotated[
+        int | None, typer.Option(help="Maximum frames per chunk (default: from the memory budget).")
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(help="neural (pretrained models where installed) or classical.")
+    ] = "neural",
 ) -> None:
     """Enhance SOURCE into OUTPUT, showing progress with fps and ETA."""
     # Every argument is checked before Ray starts (seconds on a small machine):
@@ -65,8 +74,9 @@ def enhance(
     from pipelines.enhance import PipelineConfig, enhance_video
 
     if preset not in PRESETS:
-        raise typer.BadParameter(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}",
-                                 param_hint="--preset")
+        raise typer.BadParameter(
+            f"preset must be one of {', '.join(PRESETS)}, got {preset!r}", param_hint="--preset"
+        )
     if engine not in ENGINES:
         raise typer.BadParameter(f"one of {', '.join(ENGINES)}", param_hint="--engine")
     if codec not in (None, "h264", "hevc"):
@@ -92,14 +102,19 @@ def enhance(
         bar.total = progress.frames_total
         bar.n = progress.frames_done
         bar.set_description(progress.phase)
-        bar.set_postfix(fps=f"{progress.fps:.1f}",
-                        eta=f"{progress.eta_seconds:.0f}s" if progress.eta_seconds else "-")
+        bar.set_postfix(
+            fps=f"{progress.fps:.1f}",
+            eta=f"{progress.eta_seconds:.0f}s" if progress.eta_seconds else "-",
+        )
         bar.refresh()
 
     # The same model runtime and cache as the service (RETROIVA_MODEL_RUNTIME, …).
     settings = Settings()
-    config = PipelineConfig(max_chunk_frames=chunk_frames, model_runtime=settings.model_runtime,
-                            model_cache=settings.model_cache)
+    config = PipelineConfig(
+        max_chunk_frames=chunk_frames,
+        model_runtime=settings.model_runtime,
+        model_cache=settings.model_cache,
+    )
     try:
         result = enhance_video(source, output, request, config, on_progress=show)
     except PipelineError as exc:
@@ -107,9 +122,11 @@ def enhance(
         typer.echo(f"error ({exc.type}): {exc}", err=True)
         raise typer.Exit(code=2) from None
     bar.close()
-    typer.echo(f"wrote {result.output}: {result.width}x{result.height} "
-               f"@ {float(result.fps):.3f} fps, {result.frame_count} frames "
-               f"in {result.seconds:.1f}s ({result.chunks} chunks)")
+    typer.echo(
+        f"wrote {result.output}: {result.width}x{result.height} "
+        f"@ {float(result.fps):.3f} fps, {result.frame_count} frames "
+        f"in {result.seconds:.1f}s ({result.chunks} chunks)"
+    )
 
 
 @app.command()
@@ -123,47 +140,68 @@ def sample(
     from pipelines.sample_video import SampleSpec, write_sample_video
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_sample_video(output, SampleSpec(width=width, height=height, seconds=seconds,
-                                          grain=6.0))
+    write_sample_video(output, SampleSpec(width=width, height=height, seconds=seconds, grain=6.0))
     typer.echo(f"wrote {output}")
 
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Option(help="Where to write the sample and result.")]
-    = Path("out"),
+    directory: Annotated[Path, typer.Option(help="Where to write the sample and result.")] = Path(
+        "out"
+    ),
 ) -> None:
     """Generate a sample clip and enhance it: a smoke test of the whole pipeline."""
     from pipelines.sample_video import SampleSpec, write_sample_video
 
     directory.mkdir(parents=True, exist_ok=True)
-    sample = write_sample_video(directory / "sample.mp4",
-                                SampleSpec(width=320, height=240, seconds=2, grain=8.0))
+    sample = write_sample_video(
+        directory / "sample.mp4", SampleSpec(width=320, height=240, seconds=2, grain=8.0)
+    )
     typer.echo(f"generated {sample}")
-    enhance(sample, directory / "sample_enhanced.mp4", preset="general",
-            upscale_factor=2, fps=None, interpolate=2, codec=None, chunk_frames=None)
+    enhance(
+        sample,
+        directory / "sample_enhanced.mp4",
+        preset="general",
+        upscale_factor=2,
+        fps=None,
+        interpolate=2,
+        codec=None,
+        chunk_frames=None,
+    )
 
 
 @app.command()
 def submit(
-    source: Annotated[str, typer.Argument(
-        metavar="FILE_OR_URL", help="A local video file (uploaded, resumably) or an "
-        "http(s) URL the service can fetch.")],
-    wait: Annotated[bool, typer.Option(
-        "--wait", help="Wait for the job to end, showing its progress.")] = False,
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Download the result here (implies --wait).")] = None,
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE_OR_URL",
+            help="A local video file (uploaded, resumably) or an "
+            "http(s) URL the service can fetch.",
+        ),
+    ],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the job to end, showing its progress.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Download the result here (implies --wait)."),
+    ] = None,
     preset: Annotated[str | None, typer.Option(help=f"One of: {', '.join(PRESETS)}.")] = None,
-    upscale_factor: Annotated[int | None, typer.Option(
-        "--upscale-factor", min=1, max=4, help="1–4; default per preset.")] = None,
+    upscale_factor: Annotated[
+        int | None, typer.Option("--upscale-factor", min=1, max=4, help="1–4; default per preset.")
+    ] = None,
     engine: Annotated[str | None, typer.Option(help="neural or classical.")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Receives job.* events.")] = None,
-    cancel_after: Annotated[int | None, typer.Option(
-        min=1, help="The service cancels the job after this many seconds.")] = None,
-    timeout: Annotated[float | None, typer.Option(
-        help="With --wait: give up waiting after this many seconds.")] = None,
-    base_url: Annotated[str, typer.Option(
-        envvar="RETROIVA_BASE_URL", help="The service.")] = "http://127.0.0.1:8000",
+    cancel_after: Annotated[
+        int | None, typer.Option(min=1, help="The service cancels the job after this many seconds.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --wait: give up waiting after this many seconds.")
+    ] = None,
+    base_url: Annotated[
+        str, typer.Option(envvar="RETROIVA_BASE_URL", help="The service.")
+    ] = "http://127.0.0.1:8000",
 ) -> None:
     """Enhance FILE_OR_URL on a (remote) service through the Python client.
 
@@ -179,26 +217,40 @@ def submit(
         raise typer.Exit(code=2)
     is_url = source.startswith(("http://", "https://"))
     if not is_url and not Path(source).is_file():
-        raise typer.BadParameter(f"{source} is neither an http(s) URL nor a file",
-                                 param_hint="FILE_OR_URL")
-    options = {"preset": preset, "upscale_factor": upscale_factor, "engine": engine,
-               "webhook_url": webhook_url, "cancel_after": cancel_after}
+        raise typer.BadParameter(
+            f"{source} is neither an http(s) URL nor a file", param_hint="FILE_OR_URL"
+        )
+    options = {
+        "preset": preset,
+        "upscale_factor": upscale_factor,
+        "engine": engine,
+        "webhook_url": webhook_url,
+        "cancel_after": cancel_after,
+    }
     try:
         with Client(api_key, base_url) as client:
             if is_url:
                 job = client.enhance(source, **options)
             else:
                 size = Path(source).stat().st_size
-                with tqdm(total=size, unit="B", unit_scale=True, desc="uploading",
-                          dynamic_ncols=True) as bar:
+                with tqdm(
+                    total=size, unit="B", unit_scale=True, desc="uploading", dynamic_ncols=True
+                ) as bar:
                     upload = client.upload_file(
-                        source, on_progress=lambda sent, total: bar.update(sent - bar.n))
+                        source, on_progress=lambda sent, total: bar.update(sent - bar.n)
+                    )
                 job = client.enhance(upload_id=upload.id, **options)
             typer.echo(f"{job.id}: {job.status}")
             if not (wait or output):
                 return
-            with tqdm(total=100, unit="%", desc=job.status, dynamic_ncols=True,
-                      bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
+            with tqdm(
+                total=100,
+                unit="%",
+                desc=job.status,
+                dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+            ) as bar:
+
                 def show(current: object) -> None:
                     bar.n = round(job.progress * 100)
                     bar.set_description(job.phase or job.status)
@@ -222,12 +274,14 @@ def submit(
 
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (reads the store directly).")
 app.add_typer(keys_app, name="keys")
-jobs_app = typer.Typer(no_args_is_help=True,
-                       help="Inspect and cancel any key's jobs (reads the store directly).")
+jobs_app = typer.Typer(
+    no_args_is_help=True, help="Inspect and cancel any key's jobs (reads the store directly)."
+)
 app.add_typer(jobs_app, name="jobs")
 models_app = typer.Typer(no_args_is_help=True, help="Pretrained models this install knows.")
-batches_app = typer.Typer(no_args_is_help=True,
-                          help="Archive batches run on this node: list, show, cancel.")
+batches_app = typer.Typer(
+    no_args_is_help=True, help="Archive batches run on this node: list, show, cancel."
+)
 app.add_typer(batches_app, name="batches")
 app.add_typer(models_app, name="models")
 
@@ -238,8 +292,13 @@ def _describe_store(settings: Settings) -> str:
     return f"SQLite {settings.sqlite_path.resolve()}"
 
 
-def _store_call(fn: Callable[[JobStore], Awaitable[T]], *, create: bool = False,
-                settings: Settings | None = None, quiet: bool = False) -> T:
+def _store_call(
+    fn: Callable[[JobStore], Awaitable[T]],
+    *,
+    create: bool = False,
+    settings: Settings | None = None,
+    quiet: bool = False,
+) -> T:
     """Run ``fn`` on the store the service uses with these settings.
 
     Operator commands read the store where the service keeps it (the same settings,
@@ -252,9 +311,12 @@ def _store_call(fn: Callable[[JobStore], Awaitable[T]], *, create: bool = False,
     if not quiet:
         typer.echo(f"store: {_describe_store(settings)}", err=True)
     if not create and not settings.mongodb_uri and not settings.sqlite_path.exists():
-        typer.echo(f"error: no store at {settings.sqlite_path.resolve()}: start the service "
-                   "with `retroiva serve` first, or set RETROIVA_DATA_DIR to the service's "
-                   "data directory", err=True)
+        typer.echo(
+            f"error: no store at {settings.sqlite_path.resolve()}: start the service "
+            "with `retroiva serve` first, or set RETROIVA_DATA_DIR to the service's "
+            "data directory",
+            err=True,
+        )
         raise typer.Exit(code=1)
 
     async def run() -> T:
@@ -277,9 +339,13 @@ def _parse_rate(rate: str | None) -> int | None:
     return int(count)
 
 
-async def _create_key(store: JobStore, name: str, rate_limit: int,
-                      max_queued: int | None = None, max_running: int | None = None
-                      ) -> tuple[str, ApiKeyRecord]:
+async def _create_key(
+    store: JobStore,
+    name: str,
+    rate_limit: int,
+    max_queued: int | None = None,
+    max_running: int | None = None,
+) -> tuple[str, ApiKeyRecord]:
     key, record = new_api_key(name, rate_limit)
     record = dataclasses.replace(record, max_queued=max_queued, max_running=max_running)
     await store.add_key(record)
@@ -293,23 +359,24 @@ def _limits(record: ApiKeyRecord) -> str:
 
 
 def _announce_key(key: str, record: ApiKeyRecord) -> None:
-    typer.echo(f"API key ({record.name}, {record.rate_limit} requests/min, "
-               f"{_limits(record)}): {key}")
+    typer.echo(
+        f"API key ({record.name}, {record.rate_limit} requests/min, {_limits(record)}): {key}"
+    )
     typer.echo(f"webhook secret: {record.webhook_secret}")
     typer.echo("Both are shown once; only a digest of the key is stored.")
 
 
 _MAX_QUEUED_HELP = "Queued jobs this key may have (default: RETROIVA_MAX_QUEUED_PER_KEY)."
-_MAX_RUNNING_HELP = ("Jobs of this key processing at once (default: "
-                     "RETROIVA_MAX_RUNNING_PER_KEY).")
+_MAX_RUNNING_HELP = "Jobs of this key processing at once (default: RETROIVA_MAX_RUNNING_PER_KEY)."
 _KEY_REF_HELP = "Key id, or a prefix of the id or of the key that matches one key only."
 
 
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")],
-    rate_limit: Annotated[str | None, typer.Option(
-        "--rate-limit", help="Requests per minute, e.g. 60/min.")] = None,
+    rate_limit: Annotated[
+        str | None, typer.Option("--rate-limit", help="Requests per minute, e.g. 60/min.")
+    ] = None,
     max_queued: Annotated[int | None, typer.Option(min=1, help=_MAX_QUEUED_HELP)] = None,
     max_running: Annotated[int | None, typer.Option(min=1, help=_MAX_RUNNING_HELP)] = None,
 ) -> None:
@@ -318,7 +385,8 @@ def keys_create(
 
     limit = _parse_rate(rate_limit) or Settings().default_rate_limit
     key, record = _store_call(
-        lambda store: _create_key(store, name, limit, max_queued, max_running), create=True)
+        lambda store: _create_key(store, name, limit, max_queued, max_running), create=True
+    )
     _announce_key(key, record)
 
 
@@ -332,13 +400,18 @@ def keys_list() -> None:
     typer.echo(f"{'ID':<24}  {'PREFIX':<16}  {'NAME':<16}  {'RATE':>9}  {'LIMITS':<24}  STATE")
     for key in keys:
         state = "revoked" if key.revoked_at else "active"
-        typer.echo(f"{key.id:<24}  {key.prefix + '…':<16}  {key.name:<16}  "
-                   f"{str(key.rate_limit) + '/min':>9}  {_limits(key):<24}  {state}")
+        typer.echo(
+            f"{key.id:<24}  {key.prefix + '…':<16}  {key.name:<16}  "
+            f"{str(key.rate_limit) + '/min':>9}  {_limits(key):<24}  {state}"
+        )
 
 
 def _refuse_ambiguous(exc: AmbiguousKey) -> typer.Exit:
-    typer.echo(f"{exc.reference!r} matches {len(exc.candidates)} keys; nothing changed. "
-               "Give one of these ids:", err=True)
+    typer.echo(
+        f"{exc.reference!r} matches {len(exc.candidates)} keys; nothing changed. "
+        "Give one of these ids:",
+        err=True,
+    )
     for key in exc.candidates:
         state = "revoked" if key.revoked_at else "active"
         typer.echo(f"  {key.id}  {key.prefix}…  {key.name}  {state}", err=True)
@@ -359,15 +432,17 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help=_KEY_REF_HELP)]) -> N
 
 
 @keys_app.command("rotate-webhook-secret")
-def keys_rotate_webhook_secret(
-    key_id: Annotated[str, typer.Argument(help=_KEY_REF_HELP)]) -> None:
+def keys_rotate_webhook_secret(key_id: Annotated[str, typer.Argument(help=_KEY_REF_HELP)]) -> None:
     """Give a key a new webhook secret and print it once; the previous one keeps
     signing for RETROIVA_WEBHOOK_SECRET_OVERLAP_SECONDS (the API's rotation, same code)."""
     settings = Settings()
     try:
-        rotated = _store_call(lambda store: rotate_webhook_secret(
-            store, key_id, time.time(), settings.webhook_secret_overlap_seconds),
-            settings=settings)
+        rotated = _store_call(
+            lambda store: rotate_webhook_secret(
+                store, key_id, time.time(), settings.webhook_secret_overlap_seconds
+            ),
+            settings=settings,
+        )
     except AmbiguousKey as exc:
         raise _refuse_ambiguous(exc) from None
     if rotated is None:
@@ -375,8 +450,10 @@ def keys_rotate_webhook_secret(
         raise typer.Exit(code=1)
     secret, until = rotated
     typer.echo(f"new webhook secret for {key_id}: {secret}")
-    typer.echo(f"the previous secret also signs deliveries (webhook-signature) until "
-               f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))}")
+    typer.echo(
+        f"the previous secret also signs deliveries (webhook-signature) until "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))}"
+    )
 
 
 @keys_app.command("set-limits")
@@ -406,14 +483,17 @@ def keys_set_limits(
     typer.echo(f"{record.id}: {_limits(record)}")
 
 
-_JOB_HEADER = (f"{'ID':<28}  {'STATUS':<10}  {'PROGRESS':>8}  {'PRESET':<9}  {'FACTOR':<6}  "
-               f"{'KEY':<24}  INPUT")
+_JOB_HEADER = (
+    f"{'ID':<28}  {'STATUS':<10}  {'PROGRESS':>8}  {'PRESET':<9}  {'FACTOR':<6}  {'KEY':<24}  INPUT"
+)
 
 
 def _job_line(job: JobRecord) -> str:
     error = f"  {job.error_type}: {job.error_message}" if job.error_type else ""
-    return (f"{job.id:<28}  {job.status:<10}  {job.progress:8.1%}  {job.preset:<9}  "
-            f"{'x' + str(job.upscale_factor):<6}  {job.key_id:<24}  {job.input_url}{error}")
+    return (
+        f"{job.id:<28}  {job.status:<10}  {job.progress:8.1%}  {job.preset:<9}  "
+        f"{'x' + str(job.upscale_factor):<6}  {job.key_id:<24}  {job.input_url}{error}"
+    )
 
 
 def _iso(seconds: float) -> str:
@@ -464,8 +544,10 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument()]) -> None:
     typer.echo(f"{job.id}: {state}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             add_help_option=False)
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
 def batch(ctx: typer.Context) -> None:
     """Run an archive batch: MANIFEST [--preset P] [--upscale-factor N]
     [--api-key-file FILE] [--results FILE] (`retroiva batch --help` for more).
@@ -497,8 +579,11 @@ def _ledger(batch_id: str) -> dict[str, object]:
     settings = Settings()
     ledger = batch_ledger(settings, batch_id)
     if ledger is None:
-        typer.echo(f"no batch {batch_id!r} in {settings.data_dir / 'batches'} (ledgers "
-                   "are kept on the node that ran the batch: the head node)", err=True)
+        typer.echo(
+            f"no batch {batch_id!r} in {settings.data_dir / 'batches'} (ledgers "
+            "are kept on the node that ran the batch: the head node)",
+            err=True,
+        )
         raise typer.Exit(code=1)
     return ledger
 
@@ -557,8 +642,7 @@ def batches_cancel(batch_id: Annotated[str, typer.Argument()]) -> None:
         if job is None:
             typer.echo(f"{job_id}: not found")
         else:
-            state = "cancel requested" if job.status == JobStatus.PROCESSING \
-                else str(job.status)
+            state = "cancel requested" if job.status == JobStatus.PROCESSING else str(job.status)
             typer.echo(f"{job.id}: {state}")
 
 
@@ -578,19 +662,27 @@ def models_list() -> None:
     def presets(name: str) -> str:
         return ",".join(used_by.get(name, [])) or "-"
 
-    typer.echo(f"{'name':26s} {'family':32s} {'scale':5s} {'noise':5s} {'use':11s} "
-               f"{'installed':9s} {'presets':26s} source / license")
+    typer.echo(
+        f"{'name':26s} {'family':32s} {'scale':5s} {'noise':5s} {'use':11s} "
+        f"{'installed':9s} {'presets':26s} source / license"
+    )
     for m in SR_MODELS.values():
-        typer.echo(f"{m.name:26s} {m.family:32s} x{m.scale:<4d} "
-                   f"{'-' if m.noise is None else m.noise:<5} {m.use:11s} "
-                   f"{installed('upscale', 'ncnn', model=m.name):9s} {presets(m.name):26s} "
-                   f"{m.package} {m.version}: {m.param} / {m.license}")
-    typer.echo(f"{rife.name:26s} {rife.architecture:32s} {'-':5s} {'-':5s} "
-               f"{'any':11s} {installed('interpolate', 'rife'):9s} "
-               f"{presets(_RIFE_ROW):26s} {rife.package} {rife.version}: {rife.file} / "
-               f"{rife.license} (frame interpolation)")
-    typer.echo("presets: the neural chains that use the model (for an upscale factor, or "
-               "when interpolating); --engine classical uses none.")
+        typer.echo(
+            f"{m.name:26s} {m.family:32s} x{m.scale:<4d} "
+            f"{'-' if m.noise is None else m.noise:<5} {m.use:11s} "
+            f"{installed('upscale', 'ncnn', model=m.name):9s} {presets(m.name):26s} "
+            f"{m.package} {m.version}: {m.param} / {m.license}"
+        )
+    typer.echo(
+        f"{rife.name:26s} {rife.architecture:32s} {'-':5s} {'-':5s} "
+        f"{'any':11s} {installed('interpolate', 'rife'):9s} "
+        f"{presets(_RIFE_ROW):26s} {rife.package} {rife.version}: {rife.file} / "
+        f"{rife.license} (frame interpolation)"
+    )
+    typer.echo(
+        "presets: the neural chains that use the model (for an upscale factor, or "
+        "when interpolating); --engine classical uses none."
+    )
     from models.runtime import ModelOptions, runtime_report
 
     settings = Settings()
@@ -607,9 +699,13 @@ def _models_by_preset() -> dict[str, list[str]]:
     used: dict[str, list[str]] = {}
     for preset in PRESETS.values():
         for spec in preset.neural:
-            names = [_RIFE_ROW] if spec.engine == "rife" else \
-                [spec.params["model"]] if "model" in spec.params else \
-                list(dict.fromkeys(spec.params.get("models", {}).values()))
+            names = (
+                [_RIFE_ROW]
+                if spec.engine == "rife"
+                else [spec.params["model"]]
+                if "model" in spec.params
+                else list(dict.fromkeys(spec.params.get("models", {}).values()))
+            )
             if "noisy_model" in spec.params:
                 names.append(spec.params["noisy_model"])
             for name in names:
@@ -652,9 +748,11 @@ def serve() -> None:
     _quiet_ray_logs()
     settings = Settings()
     if _port_in_use(settings.host, settings.port):
-        typer.echo(f"error: {settings.host}:{settings.port} is already in use (another "
-                   "`retroiva serve`?); stop it or choose another port with RETROIVA_PORT",
-                   err=True)
+        typer.echo(
+            f"error: {settings.host}:{settings.port} is already in use (another "
+            "`retroiva serve`?); stop it or choose another port with RETROIVA_PORT",
+            err=True,
+        )
         raise typer.Exit(code=1)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -668,20 +766,28 @@ def serve() -> None:
 
     admin_token, admin_created = load_admin_token(settings.admin_token, settings.data_dir)
     try:
-        context = ray.init(include_dashboard=settings.dashboard,
-                           dashboard_host=settings.host,
-                           dashboard_port=settings.dashboard_port,
-                           logging_level=logging.WARNING, configure_logging=True)
+        context = ray.init(
+            include_dashboard=settings.dashboard,
+            dashboard_host=settings.host,
+            dashboard_port=settings.dashboard_port,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
     except Exception as exc:  # Ray's start-up errors are plain Exceptions
         typer.echo(f"error: Ray could not start: {exc}", err=True)
         raise typer.Exit(code=1) from None
     # Replicas log one access line per request themselves (serve_app.api); Serve's own
     # request lines and INFO chatter go to its log files only.
-    ray_serve.start(http_options={"host": settings.host, "port": settings.port},
-                    logging_config=LoggingConfig(log_level="WARNING",
-                                                 enable_access_log=False))
-    ray_serve.run(build_app(settings), name="retroiva", route_prefix="/",
-                  logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False))
+    ray_serve.start(
+        http_options={"host": settings.host, "port": settings.port},
+        logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False),
+    )
+    ray_serve.run(
+        build_app(settings),
+        name="retroiva",
+        route_prefix="/",
+        logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False),
+    )
     base = f"http://{settings.host}:{settings.port}"
     typer.echo(f"Retroiva API listening on {base}")
     typer.echo(f"store: {_describe_store(settings)}; data in {settings.data_dir.resolve()}")
@@ -690,11 +796,12 @@ def serve() -> None:
         typer.echo(f"Ray dashboard: http://{dashboard_url}")
     typer.echo(f"Web dashboard: {base}/dashboard/")
     if admin_created:
-        typer.echo(f"Dashboard admin token (operator sign-in; kept in "
-                   f"{admin_token_path(settings.data_dir).resolve()}): {admin_token}")
+        typer.echo(
+            f"Dashboard admin token (operator sign-in; kept in "
+            f"{admin_token_path(settings.data_dir).resolve()}): {admin_token}"
+        )
     elif not settings.admin_token:
-        typer.echo("Dashboard admin token: in "
-                   f"{admin_token_path(settings.data_dir).resolve()}")
+        typer.echo(f"Dashboard admin token: in {admin_token_path(settings.data_dir).resolve()}")
     if created is not None:
         _announce_key(*created)
         typer.echo(f"Try: curl {base}/v2/jobs -H 'Authorization: Bearer {created[0]}'")

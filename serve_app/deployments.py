@@ -32,8 +32,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {}
     for name, value in settings.model_dump(mode="json", exclude_none=True).items():
         # pydantic-settings reads complex values (lists) from the environment as JSON.
-        env[f"RETROIVA_{name.upper()}"] = value if isinstance(value, str) \
-            else json.dumps(value)
+        env[f"RETROIVA_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
 
 
@@ -88,9 +87,11 @@ class RunnerDeployment:
         if settings.public_url is None:
             # serve_config.yaml's http_options say where Serve listens, which a replica
             # can't see; RETROIVA_HOST:PORT would put 127.0.0.1:8000 in every link.
-            raise ValueError("RETROIVA_PUBLIC_URL is required (where clients reach this "
-                             "service; webhook bodies and batch results link to it): set "
-                             "it in the environment of `ray start` (~/retroiva.env)")
+            raise ValueError(
+                "RETROIVA_PUBLIC_URL is required (where clients reach this "
+                "service; webhook bodies and batch results link to it): set "
+                "it in the environment of `ray start` (~/retroiva.env)"
+            )
         _log_runner_to_stderr()
         self._runner = JobRunner(open_store(settings), settings)
         self._stop = asyncio.Event()
@@ -120,12 +121,13 @@ def build_app(settings: Settings) -> Application:
         # Serve listens on HOST:PORT, so that stands in (the API keeps the request's).
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         runner_settings = settings.model_copy(
-            update={"public_url": f"http://{host}:{settings.port}"})
+            update={"public_url": f"http://{host}:{settings.port}"}
+        )
     runner_env = {"env_vars": settings_env(runner_settings)}
-    runner = RunnerDeployment.options(ray_actor_options={"num_cpus": 0,
-                                                         "runtime_env": runner_env})
-    api = ApiDeployment.options(num_replicas=settings.api_replicas,
-                                ray_actor_options={"num_cpus": 0, "runtime_env": env})
+    runner = RunnerDeployment.options(ray_actor_options={"num_cpus": 0, "runtime_env": runner_env})
+    api = ApiDeployment.options(
+        num_replicas=settings.api_replicas, ray_actor_options={"num_cpus": 0, "runtime_env": env}
+    )
     # The runner is bound as an argument only so it is deployed with the API; they talk
     # through the job store, never directly.
     return api.bind(runner.bind())

@@ -1,18 +1,18 @@
 """Typed API errors, mapped to HTTP in one place (:mod:`serve_app.api`).
 
-    ApiError                       status  error.type
-    ├── InvalidRequestError         400    invalid_request_error  (``param`` names the field)
-    ├── AuthenticationError         401    authentication_error
-    ├── NotFoundError               404    not_found_error
-    ├── ConflictError               409    conflict_error
-    ├── GoneError                   410    gone_error             (output past retention)
-    ├── ForbiddenError              403    forbidden_error        (bad or expired signature)
-    ├── PayloadTooLargeError        413    invalid_request_error
-    ├── RangeNotSatisfiableError    416    invalid_request_error  (``size`` of the file)
-    ├── RateLimitError              429    rate_limit_error       (``retry_after`` seconds)
-    ├── QueueLimitError             429    queue_limit_error      (the key's queued-job limit)
-    ├── InternalError               500    api_error              (never carries details)
-    └── ServiceUnavailableError     503    service_unavailable_error  (store down; ``retry_after``)
+ApiError                       status  error.type
+├── InvalidRequestError         400    invalid_request_error  (``param`` names the field)
+├── AuthenticationError         401    authentication_error
+├── NotFoundError               404    not_found_error
+├── ConflictError               409    conflict_error
+├── GoneError                   410    gone_error             (output past retention)
+├── ForbiddenError              403    forbidden_error        (bad or expired signature)
+├── PayloadTooLargeError        413    invalid_request_error
+├── RangeNotSatisfiableError    416    invalid_request_error  (``size`` of the file)
+├── RateLimitError              429    rate_limit_error       (``retry_after`` seconds)
+├── QueueLimitError             429    queue_limit_error      (the key's queued-job limit)
+├── InternalError               500    api_error              (never carries details)
+└── ServiceUnavailableError     503    service_unavailable_error  (store down; ``retry_after``)
 """
 
 from __future__ import annotations
@@ -115,8 +115,7 @@ class QueueLimitError(ApiError):
     status = 429
     type = "queue_limit_error"
 
-    def __init__(self, message: str, *, limit: int,
-                 param: str = "max_queued_per_key") -> None:
+    def __init__(self, message: str, *, limit: int, param: str = "max_queued_per_key") -> None:
         super().__init__(message, param=param)
         self.limit = limit
 

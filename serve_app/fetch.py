@@ -28,8 +28,14 @@ import httpx
 
 from pipelines.progress import CancelToken
 
-__all__ = ["FetchError", "FetchLimits", "UrlPolicy", "fetch_to_file", "pinned_target",
-           "resolve_checked"]
+__all__ = [
+    "FetchError",
+    "FetchLimits",
+    "UrlPolicy",
+    "fetch_to_file",
+    "pinned_target",
+    "resolve_checked",
+]
 
 MAX_REDIRECTS = 5
 
@@ -59,8 +65,10 @@ _EMBEDDING_V4 = (ipaddress.IPv6Network("64:ff9b::/96"),)  # NAT64 well-known pre
 # Refused outright: local-use NAT64, IPv4-compatible (deprecated), IPv4-translated
 # (SIIT), Teredo (a tunnel whose far end we cannot check), site-local (deprecated but
 # still routed inside some networks).
-_REFUSED_V6 = tuple(ipaddress.IPv6Network(n) for n in (
-    "64:ff9b:1::/48", "::/96", "::ffff:0:0:0/96", "2001::/32", "fec0::/10"))
+_REFUSED_V6 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in ("64:ff9b:1::/48", "::/96", "::ffff:0:0:0/96", "2001::/32", "fec0::/10")
+)
 
 
 def _is_public(address: Address) -> bool:
@@ -88,9 +96,11 @@ def resolve_checked(url: str, policy: UrlPolicy) -> Address:
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     exempt = policy.allow_private or f"{parts.hostname}:{port}" in policy.allowlist
     if not exempt and not all(_is_public(a) for a in addresses):
-        raise FetchError(f"{parts.hostname} resolves to a non-public address; refusing "
-                         "to fetch it (the operator can allow such addresses with "
-                         "RETROIVA_ALLOW_PRIVATE_URLS=true, or RETROIVA_PRIVATE_URL_ALLOWLIST)")
+        raise FetchError(
+            f"{parts.hostname} resolves to a non-public address; refusing "
+            "to fetch it (the operator can allow such addresses with "
+            "RETROIVA_ALLOW_PRIVATE_URLS=true, or RETROIVA_PRIVATE_URL_ALLOWLIST)"
+        )
     return addresses[0]
 
 
@@ -98,8 +108,9 @@ def pinned_target(url: str, address: Address) -> tuple[str, dict[str, str], dict
     """``url`` rewritten to connect to ``address``, with Host and SNI for the name."""
     parts = urlsplit(url)
     host = f"[{address}]" if address.version == 6 else str(address)
-    target = urlunsplit((parts.scheme, f"{host}:{_port(parts)}", parts.path or "/",
-                         parts.query, ""))
+    target = urlunsplit(
+        (parts.scheme, f"{host}:{_port(parts)}", parts.path or "/", parts.query, "")
+    )
     headers = {"Host": parts.netloc.rpartition("@")[2]}
     extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
     return target, headers, extensions  # type: ignore[return-value]
@@ -134,16 +145,24 @@ class _Transfer:
         if elapsed > limits.deadline:
             return f"fetching video_url took longer than its {limits.deadline:g} s deadline"
         if elapsed > limits.rate_grace and self.received < limits.min_rate * elapsed:
-            return (f"fetching video_url averaged {self.received / elapsed:.0f} bytes/s, "
-                    f"below the minimum of {limits.min_rate:.0f}")
+            return (
+                f"fetching video_url averaged {self.received / elapsed:.0f} bytes/s, "
+                f"below the minimum of {limits.min_rate:.0f}"
+            )
         return None
 
 
 _WATCH_INTERVAL = 0.25  # how often deadlines and cancellation are checked
 
 
-async def fetch_to_file(url: str, destination: Path, *, limits: FetchLimits,
-                        policy: UrlPolicy, cancel: CancelToken | None = None) -> int:
+async def fetch_to_file(
+    url: str,
+    destination: Path,
+    *,
+    limits: FetchLimits,
+    policy: UrlPolicy,
+    cancel: CancelToken | None = None,
+) -> int:
     """Stream ``url`` into ``destination``; returns the byte count.
 
     Raises :class:`FetchError` for refused or unreachable URLs, HTTP errors, too many
@@ -183,31 +202,31 @@ async def _stop(task: asyncio.Task[int]) -> None:
         await task
 
 
-async def _download(url: str, destination: Path, limits: FetchLimits, policy: UrlPolicy,
-                    transfer: _Transfer) -> int:
+async def _download(
+    url: str, destination: Path, limits: FetchLimits, policy: UrlPolicy, transfer: _Transfer
+) -> int:
     max_bytes = limits.max_bytes
     try:
-        async with httpx.AsyncClient(follow_redirects=False,
-                                     timeout=limits.read_timeout) as client:
+        async with httpx.AsyncClient(follow_redirects=False, timeout=limits.read_timeout) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 address = await asyncio.to_thread(resolve_checked, url, policy)
                 target, headers, extensions = pinned_target(url, address)
                 headers["Accept-Encoding"] = "identity"
-                async with client.stream("GET", target, headers=headers,
-                                         extensions=extensions) as response:
+                async with client.stream(
+                    "GET", target, headers=headers, extensions=extensions
+                ) as response:
                     if response.is_redirect:
                         location = response.headers.get("location")
                         if not location:
-                            raise FetchError(f"HTTP {response.status_code} redirect "
-                                             "without a Location header")
+                            raise FetchError(
+                                f"HTTP {response.status_code} redirect without a Location header"
+                            )
                         url = urljoin(url, location)
                         continue
                     if response.status_code != 200:
-                        raise FetchError(f"fetching video_url returned HTTP "
-                                         f"{response.status_code}")
+                        raise FetchError(f"fetching video_url returned HTTP {response.status_code}")
                     declared = response.headers.get("content-length", "")
-                    if declared.isascii() and declared.isdigit() \
-                            and int(declared) > max_bytes:
+                    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
                         raise FetchError(f"video is {declared} bytes; the limit is {max_bytes}")
                     with destination.open("wb") as out:
                         # Raw: exactly the bytes sent, whatever Content-Encoding says.
@@ -219,7 +238,8 @@ async def _download(url: str, destination: Path, limits: FetchLimits, policy: Ur
                     return transfer.received
             raise FetchError(f"more than {MAX_REDIRECTS} redirects")
     except httpx.TimeoutException:
-        raise FetchError(f"fetching video_url timed out after {limits.read_timeout:g} s "
-                         "without data") from None
+        raise FetchError(
+            f"fetching video_url timed out after {limits.read_timeout:g} s without data"
+        ) from None
     except httpx.HTTPError as exc:
         raise FetchError(f"fetching video_url failed ({type(exc).__name__})") from None

@@ -40,9 +40,14 @@ async def active_key(store: JobStore, token: str) -> ApiKeyRecord:
     return key
 
 
-async def submit_job(store: JobStore, key: ApiKeyRecord, body: EnhanceBody,
-                     idempotency_key: str | None, policy: UrlPolicy,
-                     max_queued: int | None = None) -> tuple[JobRecord, bool]:
+async def submit_job(
+    store: JobStore,
+    key: ApiKeyRecord,
+    body: EnhanceBody,
+    idempotency_key: str | None,
+    policy: UrlPolicy,
+    max_queued: int | None = None,
+) -> tuple[JobRecord, bool]:
     """Queue ``body`` for ``key``; returns ``(job, created)``.
 
     A repeated idempotency key returns the first job (``created`` False) when the body
@@ -57,28 +62,38 @@ async def submit_job(store: JobStore, key: ApiKeyRecord, body: EnhanceBody,
             except FetchError as exc:
                 raise InvalidRequestError(str(exc), param=field) from None
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-        raise InvalidRequestError("Idempotency-Key must be 1–255 characters",
-                                  param="Idempotency-Key")
+        raise InvalidRequestError(
+            "Idempotency-Key must be 1–255 characters", param="Idempotency-Key"
+        )
     factor = body.upscale_factor or PRESETS[body.preset].upscale_factor
     # Fields added later count only when given: bodies without them hash as they did.
-    unset_new = {name for name in ("upload_id", "cancel_after")
-                 if getattr(body, name) is None}
-    request_hash = hashlib.sha256(json.dumps(body.model_dump(exclude=unset_new),
-                                             sort_keys=True).encode()).hexdigest()
+    unset_new = {name for name in ("upload_id", "cancel_after") if getattr(body, name) is None}
+    request_hash = hashlib.sha256(
+        json.dumps(body.model_dump(exclude=unset_new), sort_keys=True).encode()
+    ).hexdigest()
     now = time.time()
     job_id = new_id("job")
     claimed = body.upload_id is not None and await claim_upload(
-        store, key, body.upload_id, job_id, idempotency_key)
+        store, key, body.upload_id, job_id, idempotency_key
+    )
     input_url = body.video_url if body.upload_id is None else input_of_upload(body.upload_id)
     assert input_url is not None  # EnhanceBody requires one of the two
-    job = JobRecord(id=job_id, key_id=key.id, status=JobStatus.QUEUED,
-                    input_url=input_url, preset=body.preset, upscale_factor=factor,
-                    created_at=now, created_seq=time.time_ns(),
-                    webhook_url=body.webhook_url, idempotency_key=idempotency_key,
-                    request_hash=request_hash, engine=body.engine,
-                    upload_id=body.upload_id,
-                    deadline_at=None if body.cancel_after is None
-                    else now + body.cancel_after)
+    job = JobRecord(
+        id=job_id,
+        key_id=key.id,
+        status=JobStatus.QUEUED,
+        input_url=input_url,
+        preset=body.preset,
+        upscale_factor=factor,
+        created_at=now,
+        created_seq=time.time_ns(),
+        webhook_url=body.webhook_url,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        engine=body.engine,
+        upload_id=body.upload_id,
+        deadline_at=None if body.cancel_after is None else now + body.cancel_after,
+    )
     limit = key.max_queued or max_queued
     try:
         stored, created = await store.insert_job(job, now, limit)
@@ -89,6 +104,7 @@ async def submit_job(store: JobStore, key: ApiKeyRecord, body: EnhanceBody,
     if claimed and not created:  # raced with the first request of this idempotency key
         await store.release_upload(job.upload_id or "", job.id)
     if not created and stored.request_hash != request_hash:
-        raise ConflictError("Idempotency-Key was already used with a different body",
-                            param="Idempotency-Key")
+        raise ConflictError(
+            "Idempotency-Key was already used with a different body", param="Idempotency-Key"
+        )
     return stored, created

@@ -25,8 +25,17 @@ from serve_app.records import ApiKeyRecord
 if TYPE_CHECKING:
     from serve_app.store import JobStore
 
-__all__ = ["KEY_PREFIX", "SECRET_PREFIX", "digest_key", "keys_match", "new_api_key", "new_id",
-           "new_webhook_secret", "rotate_webhook_secret", "webhook_signing_key"]
+__all__ = [
+    "KEY_PREFIX",
+    "SECRET_PREFIX",
+    "digest_key",
+    "keys_match",
+    "new_api_key",
+    "new_id",
+    "new_webhook_secret",
+    "rotate_webhook_secret",
+    "webhook_signing_key",
+]
 
 KEY_PREFIX = "sk_live_"
 _DISPLAY_CHARS = len(KEY_PREFIX) + 4
@@ -75,8 +84,9 @@ def webhook_signing_key(secret: str) -> bytes:
     return secret.encode()
 
 
-async def rotate_webhook_secret(store: JobStore, key_ref: str, now: float,
-                                overlap_seconds: float) -> tuple[str, float] | None:
+async def rotate_webhook_secret(
+    store: JobStore, key_ref: str, now: float, overlap_seconds: float
+) -> tuple[str, float] | None:
     """Give a key (id or unambiguous prefix) a new webhook secret; the old one keeps
     signing for ``overlap_seconds``.  Returns ``(secret, previous_valid_until)``, or
     None when there is no such key; raises AmbiguousKey like the store.
@@ -99,7 +109,13 @@ async def rotate_webhook_secret(store: JobStore, key_ref: str, now: float,
 def new_api_key(name: str, rate_limit: int) -> tuple[str, ApiKeyRecord]:
     """A fresh key (32 random bytes) and the record that stores only its digest."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    record = ApiKeyRecord(id=new_id("key"), name=name, prefix=key[:_DISPLAY_CHARS],
-                          digest=digest_key(key), webhook_secret=new_webhook_secret(),
-                          rate_limit=rate_limit, created_at=time.time())
+    record = ApiKeyRecord(
+        id=new_id("key"),
+        name=name,
+        prefix=key[:_DISPLAY_CHARS],
+        digest=digest_key(key),
+        webhook_secret=new_webhook_secret(),
+        rate_limit=rate_limit,
+        created_at=time.time(),
+    )
     return key, record

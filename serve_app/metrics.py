@@ -10,29 +10,35 @@ from typing import Any
 
 import ray
 
-__all__ = ["count_rate_limited", "count_webhook_delivery", "record_job_counts",
-           "record_progress"]
+__all__ = ["count_rate_limited", "count_webhook_delivery", "record_job_counts", "record_progress"]
 
 
 class _Metrics:
     def __init__(self) -> None:
         from ray.util.metrics import Counter, Gauge
 
-        self.jobs = Gauge("retroiva_jobs", description="Jobs in the store by status.",
-                          tag_keys=("status",))
+        self.jobs = Gauge(
+            "retroiva_jobs", description="Jobs in the store by status.", tag_keys=("status",)
+        )
         self.queue_depth = Gauge("retroiva_queue_depth", description="Queued jobs.")
-        self.oldest_queued = Gauge("retroiva_oldest_queued_job_age_seconds",
-                                   description="Age of the oldest queued job (0: none "
-                                               "queued).")
-        self.frames = Counter("retroiva_frames_processed_total",
-                              description="Input frames processed by the pipeline.")
-        self.fps = Gauge("retroiva_pipeline_fps",
-                         description="Input frames per second of the latest job update.")
-        self.webhooks = Counter("retroiva_webhook_deliveries_total",
-                                description="Webhook delivery attempts by outcome.",
-                                tag_keys=("outcome",))
-        self.rate_limited = Counter("retroiva_rate_limit_rejections_total",
-                                    description="Requests rejected with 429.")
+        self.oldest_queued = Gauge(
+            "retroiva_oldest_queued_job_age_seconds",
+            description="Age of the oldest queued job (0: none queued).",
+        )
+        self.frames = Counter(
+            "retroiva_frames_processed_total", description="Input frames processed by the pipeline."
+        )
+        self.fps = Gauge(
+            "retroiva_pipeline_fps", description="Input frames per second of the latest job update."
+        )
+        self.webhooks = Counter(
+            "retroiva_webhook_deliveries_total",
+            description="Webhook delivery attempts by outcome.",
+            tag_keys=("outcome",),
+        )
+        self.rate_limited = Counter(
+            "retroiva_rate_limit_rejections_total", description="Requests rejected with 429."
+        )
 
 
 _created: list[_Metrics] = []  # at most one per process, made once Ray is up

@@ -29,6 +29,7 @@ SERVER_NOW: Doc = {"$divide": [{"$toLong": "$$NOW"}, 1000]}
 def _at(now: float | None) -> Any:
     return SERVER_NOW if now is None else now
 
+
 __all__ = [
     "CLAIM_SORT",
     "INDEXES",
@@ -75,8 +76,11 @@ INDEXES: list[tuple[str, Sort, Doc]] = [
     # Expired leases; expired outputs (status completed, oldest first).
     ("jobs", [("status", 1), ("lease_expires_at", 1)], {}),
     ("jobs", [("status", 1), ("completed_at", 1)], {}),
-    ("jobs", [("key_id", 1), ("idempotency_key", 1)],
-     {"unique": True, "partialFilterExpression": {"idempotency_key": {"$type": "string"}}}),
+    (
+        "jobs",
+        [("key_id", 1), ("idempotency_key", 1)],
+        {"unique": True, "partialFilterExpression": {"idempotency_key": {"$type": "string"}}},
+    ),
     ("jobs", [("webhook_status", 1), ("webhook_next_at", 1)], {}),
     ("api_keys", [("digest", 1)], {"unique": True}),
     ("api_keys", [("prefix", 1)], {}),
@@ -94,17 +98,19 @@ PAGE_SORT: Sort = [("created_seq", -1), ("_id", -1)]
 OUTPUTS_SORT: Sort = [("completed_at", 1)]
 
 
-
-
 def queued_keys_pipeline() -> list[Doc]:
     """Each key with queued jobs, and its oldest queued job's ``created_seq``."""
-    return [{"$match": {"status": "queued"}},
-            {"$group": {"_id": "$key_id", "oldest": {"$min": "$created_seq"}}}]
+    return [
+        {"$match": {"status": "queued"}},
+        {"$group": {"_id": "$key_id", "oldest": {"$min": "$created_seq"}}},
+    ]
 
 
 def running_counts_pipeline(key_ids: list[str]) -> list[Doc]:
-    return [{"$match": {"status": "processing", "key_id": {"$in": key_ids}}},
-            {"$group": {"_id": "$key_id", "n": {"$sum": 1}}}]
+    return [
+        {"$match": {"status": "processing", "key_id": {"$in": key_ids}}},
+        {"$group": {"_id": "$key_id", "n": {"$sum": 1}}},
+    ]
 
 
 def queued_of_key_filter(key_id: str) -> Doc:
@@ -122,21 +128,35 @@ def _lease_end(now: float | None, lease_seconds: float) -> Any:
 
 def claim_update(owner: str, now: float | None, lease_seconds: float) -> list[Doc]:
     """Pipeline update, so ``started_at`` is set only on the first claim."""
-    return [{"$set": {
-        "status": "processing",
-        "lease_owner": owner,
-        "lease_expires_at": _lease_end(now, lease_seconds),
-        "attempts": {"$add": ["$attempts", 1]},
-        "started_at": {"$ifNull": ["$started_at", _at(now)]},
-    }}]
+    return [
+        {
+            "$set": {
+                "status": "processing",
+                "lease_owner": owner,
+                "lease_expires_at": _lease_end(now, lease_seconds),
+                "attempts": {"$add": ["$attempts", 1]},
+                "started_at": {"$ifNull": ["$started_at", _at(now)]},
+            }
+        }
+    ]
 
 
-def renew_update(now: float | None, lease_seconds: float, progress: float,
-                 eta_seconds: float | None, phase: str | None) -> list[Doc]:
+def renew_update(
+    now: float | None,
+    lease_seconds: float,
+    progress: float,
+    eta_seconds: float | None,
+    phase: str | None,
+) -> list[Doc]:
     """Pipeline update, so the new lease end can be the server's clock plus the lease."""
-    return [{"$set": {"lease_expires_at": _lease_end(now, lease_seconds),
-                      **_literal({"progress": progress, "eta_seconds": eta_seconds,
-                                  "phase": phase})}}]
+    return [
+        {
+            "$set": {
+                "lease_expires_at": _lease_end(now, lease_seconds),
+                **_literal({"progress": progress, "eta_seconds": eta_seconds, "phase": phase}),
+            }
+        }
+    ]
 
 
 def lease_filter(job_id: str, owner: str) -> Doc:
@@ -158,28 +178,36 @@ def outbox(now: float) -> Doc:
     Set in the same update that ends the job, so the event cannot be lost.
     """
     has_webhook = {"$ne": [{"$ifNull": ["$webhook_url", None]}, None]}
-    return {"webhook_status": {"$cond": [has_webhook, "pending", None]},
-            "webhook_next_at": {"$cond": [has_webhook, now, None]}}
+    return {
+        "webhook_status": {"$cond": [has_webhook, "pending", None]},
+        "webhook_next_at": {"$cond": [has_webhook, now, None]},
+    }
 
 
-def finish_update(status: str, now: float, output_path: str | None, error_type: str | None,
-                  error_message: str | None) -> list[Doc]:
-    update: Doc = {"status": status, "completed_at": now, "output_path": output_path,
-                   "error_type": error_type, "error_message": error_message,
-                   "lease_owner": None, "lease_expires_at": None, "eta_seconds": None}
+def finish_update(
+    status: str,
+    now: float,
+    output_path: str | None,
+    error_type: str | None,
+    error_message: str | None,
+) -> list[Doc]:
+    update: Doc = {
+        "status": status,
+        "completed_at": now,
+        "output_path": output_path,
+        "error_type": error_type,
+        "error_message": error_message,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "eta_seconds": None,
+    }
     if status == "completed":
         update["progress"] = 1.0
     return [{"$set": {**_literal(update), **outbox(now)}}]
 
 
-
-
-
-
 def due_webhooks_filter(now: float) -> Doc:
     return {"webhook_status": "pending", "webhook_next_at": {"$lte": now}}
-
-
 
 
 def cancel_filter(job_id: str) -> Doc:
@@ -195,13 +223,17 @@ def cancel_update(now: float) -> list[Doc]:
     queued = {"$eq": ["$status", "queued"]}
     processing = {"$eq": ["$status", "processing"]}
     box = outbox(now)
-    return [{"$set": {
-        "status": {"$cond": [queued, "canceled", "$status"]},
-        "completed_at": {"$cond": [queued, {"$literal": now}, "$completed_at"]},
-        "cancel_requested": {"$cond": [processing, True, "$cancel_requested"]},
-        "webhook_status": {"$cond": [queued, box["webhook_status"], "$webhook_status"]},
-        "webhook_next_at": {"$cond": [queued, box["webhook_next_at"], "$webhook_next_at"]},
-    }}]
+    return [
+        {
+            "$set": {
+                "status": {"$cond": [queued, "canceled", "$status"]},
+                "completed_at": {"$cond": [queued, {"$literal": now}, "$completed_at"]},
+                "cancel_requested": {"$cond": [processing, True, "$cancel_requested"]},
+                "webhook_status": {"$cond": [queued, box["webhook_status"], "$webhook_status"]},
+                "webhook_next_at": {"$cond": [queued, box["webhook_next_at"], "$webhook_next_at"]},
+            }
+        }
+    ]
 
 
 def requeue_update(now: float, max_attempts: int) -> list[Doc]:
@@ -211,26 +243,36 @@ def requeue_update(now: float, max_attempts: int) -> list[Doc]:
     canceled = {"$eq": ["$cancel_requested", True]}
     exhausted = {"$gte": ["$attempts", max_attempts]}
     ending = {"$or": [canceled, exhausted]}
-    message = (f"the job's runner stopped responding {max_attempts} times; giving up")
+    message = f"the job's runner stopped responding {max_attempts} times; giving up"
     box = outbox(now)
 
     def when(then_canceled: Any, then_failed: Any, otherwise: Any) -> Doc:
-        return {"$switch": {"branches": [{"case": canceled, "then": then_canceled},
-                                         {"case": exhausted, "then": then_failed}],
-                            "default": otherwise}}
+        return {
+            "$switch": {
+                "branches": [
+                    {"case": canceled, "then": then_canceled},
+                    {"case": exhausted, "then": then_failed},
+                ],
+                "default": otherwise,
+            }
+        }
 
-    return [{"$set": {
-        "status": when("canceled", "failed", "queued"),
-        "completed_at": {"$cond": [ending, {"$literal": now}, "$completed_at"]},
-        "error_type": when("$error_type", "runner_lost", "$error_type"),
-        "error_message": when("$error_message", {"$literal": message}, "$error_message"),
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "progress": {"$cond": [ending, "$progress", 0.0]},
-        "eta_seconds": {"$cond": [ending, "$eta_seconds", None]},
-        "webhook_status": {"$cond": [ending, box["webhook_status"], "$webhook_status"]},
-        "webhook_next_at": {"$cond": [ending, box["webhook_next_at"], "$webhook_next_at"]},
-    }}]
+    return [
+        {
+            "$set": {
+                "status": when("canceled", "failed", "queued"),
+                "completed_at": {"$cond": [ending, {"$literal": now}, "$completed_at"]},
+                "error_type": when("$error_type", "runner_lost", "$error_type"),
+                "error_message": when("$error_message", {"$literal": message}, "$error_message"),
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "progress": {"$cond": [ending, "$progress", 0.0]},
+                "eta_seconds": {"$cond": [ending, "$eta_seconds", None]},
+                "webhook_status": {"$cond": [ending, box["webhook_status"], "$webhook_status"]},
+                "webhook_next_at": {"$cond": [ending, box["webhook_next_at"], "$webhook_next_at"]},
+            }
+        }
+    ]
 
 
 def webhook_attempt_filter(job_id: str, number: int) -> Doc:
@@ -239,13 +281,18 @@ def webhook_attempt_filter(job_id: str, number: int) -> Doc:
     return {"_id": job_id, "webhook_status": "pending", "webhook_attempts": number - 1}
 
 
-def webhook_attempt_update(status: str, number: int, next_at: float | None,
-                           body: str) -> list[Doc]:
+def webhook_attempt_update(status: str, number: int, next_at: float | None, body: str) -> list[Doc]:
     """The event's new state; the body is frozen by the first attempt that records it."""
-    return [{"$set": {"webhook_status": {"$literal": status},
-                      "webhook_attempts": {"$literal": number},
-                      "webhook_next_at": {"$literal": next_at},
-                      "webhook_body": {"$ifNull": ["$webhook_body", {"$literal": body}]}}}]
+    return [
+        {
+            "$set": {
+                "webhook_status": {"$literal": status},
+                "webhook_attempts": {"$literal": number},
+                "webhook_next_at": {"$literal": next_at},
+                "webhook_body": {"$ifNull": ["$webhook_body", {"$literal": body}]},
+            }
+        }
+    ]
 
 
 def freeze_body_update(body: str) -> list[Doc]:
@@ -269,8 +316,11 @@ def expired_filter(now: float | None) -> Doc:
         return {"status": "processing", "lease_expires_at": {"$lt": now}}
     # $expr compares with the server's clock; the $type range keeps the index scan on
     # (status, lease_expires_at) and excludes null, which $lt in $expr would count as less.
-    return {"status": "processing", "lease_expires_at": {"$type": "number"},
-            "$expr": {"$lt": ["$lease_expires_at", SERVER_NOW]}}
+    return {
+        "status": "processing",
+        "lease_expires_at": {"$type": "number"},
+        "$expr": {"$lt": ["$lease_expires_at", SERVER_NOW]},
+    }
 
 
 def idempotency_filter(key_id: str, idempotency_key: str) -> Doc:
@@ -282,8 +332,10 @@ def jobs_page_filter(key_id: str, cursor: tuple[int, str] | None) -> Doc:
     if cursor is None:
         return {"key_id": key_id}
     seq, job_id = cursor
-    return {"key_id": key_id, "$or": [{"created_seq": {"$lt": seq}},
-                                      {"created_seq": seq, "_id": {"$lt": job_id}}]}
+    return {
+        "key_id": key_id,
+        "$or": [{"created_seq": {"$lt": seq}}, {"created_seq": seq, "_id": {"$lt": job_id}}],
+    }
 
 
 def events_page_filter(key_id: str, status: str, cursor: tuple[int, str] | None) -> Doc:
@@ -291,18 +343,30 @@ def events_page_filter(key_id: str, status: str, cursor: tuple[int, str] | None)
     return {**jobs_page_filter(key_id, cursor), "webhook_status": status}
 
 
-def rotate_secret_update(secret: str, previous_valid_until: float,
-                         now: float | None = None) -> list[Doc]:
+def rotate_secret_update(
+    secret: str, previous_valid_until: float, now: float | None = None
+) -> list[Doc]:
     """The current secret becomes the previous one, unless a previous one is still
     valid at ``now`` (kept with its expiry); one ``$set`` stage reads the document as
     it was, so ``$webhook_secret`` is the old value.  (null > x is false in $gt.)"""
     keep = False if now is None else {"$gt": ["$previous_secret_expires_at", now]}
-    return [{"$set": {
-        "previous_webhook_secret": {"$cond": [keep, "$previous_webhook_secret",
-                                              "$webhook_secret"]},
-        "previous_secret_expires_at": {"$cond": [keep, "$previous_secret_expires_at",
-                                                 {"$literal": previous_valid_until}]},
-        "webhook_secret": {"$literal": secret}}}]
+    return [
+        {
+            "$set": {
+                "previous_webhook_secret": {
+                    "$cond": [keep, "$previous_webhook_secret", "$webhook_secret"]
+                },
+                "previous_secret_expires_at": {
+                    "$cond": [
+                        keep,
+                        "$previous_secret_expires_at",
+                        {"$literal": previous_valid_until},
+                    ]
+                },
+                "webhook_secret": {"$literal": secret},
+            }
+        }
+    ]
 
 
 def redeliver_filter(job_id: str) -> Doc:
@@ -311,20 +375,27 @@ def redeliver_filter(job_id: str) -> Doc:
 
 def redeliver_update(now: float) -> list[Doc]:
     """Pending again, due now, retries counted from the attempts made so far."""
-    return [{"$set": {"webhook_status": {"$literal": "pending"},
-                      "webhook_next_at": {"$literal": now},
-                      "webhook_round_start": "$webhook_attempts"}}]
+    return [
+        {
+            "$set": {
+                "webhook_status": {"$literal": "pending"},
+                "webhook_next_at": {"$literal": now},
+                "webhook_round_start": "$webhook_attempts",
+            }
+        }
+    ]
 
 
 def rate_counter_update() -> Doc:
     return {"$inc": {"count": 1}}
 
 
-
-
 def expired_outputs_filter(completed_before: float) -> Doc:
-    return {"status": "completed", "output_path": {"$ne": None},
-            "completed_at": {"$lt": completed_before}}
+    return {
+        "status": "completed",
+        "output_path": {"$ne": None},
+        "completed_at": {"$lt": completed_before},
+    }
 
 
 def overdue_filter(now: float) -> Doc:
@@ -335,9 +406,21 @@ def overdue_update(now: float) -> list[Doc]:
     """Queued past its cancel_after deadline → canceled (deadline_exceeded), with its
     webhook event."""
     message = "the job's cancel_after deadline passed before it started"
-    return [{"$set": {**_literal({"status": "canceled", "completed_at": now,
-                                  "error_type": "deadline_exceeded",
-                                  "error_message": message}), **outbox(now)}}]
+    return [
+        {
+            "$set": {
+                **_literal(
+                    {
+                        "status": "canceled",
+                        "completed_at": now,
+                        "error_type": "deadline_exceeded",
+                        "error_message": message,
+                    }
+                ),
+                **outbox(now),
+            }
+        }
+    ]
 
 
 def open_uploads_filter(key_id: str, now: float) -> Doc:
@@ -346,23 +429,38 @@ def open_uploads_filter(key_id: str, now: float) -> Doc:
 
 def advance_upload_filter(upload_id: str, expected_offset: int, new_offset: int) -> Doc:
     """The upload at ``expected_offset``, untaken, with room for ``new_offset``."""
-    return {"_id": upload_id, "offset": expected_offset, "job_id": None,
-            "size": {"$gte": new_offset}}
+    return {
+        "_id": upload_id,
+        "offset": expected_offset,
+        "job_id": None,
+        "size": {"$gte": new_offset},
+    }
 
 
 def claim_upload_filter(upload_id: str, now: float) -> Doc:
     """A complete, unexpired upload no job has taken."""
-    return {"_id": upload_id, "job_id": None, "expires_at": {"$gt": now},
-            "$expr": {"$eq": ["$offset", "$size"]}}
+    return {
+        "_id": upload_id,
+        "job_id": None,
+        "expires_at": {"$gt": now},
+        "$expr": {"$eq": ["$offset", "$size"]},
+    }
 
 
 def ended_job_uploads_pipeline(now: float, limit: int) -> list[Doc]:
     """Uploads whose job has ended, or is missing past the upload's expiry (a claim
     comes just before its job's insert)."""
-    return [{"$match": {"job_id": {"$ne": None}}},
-            {"$lookup": {"from": "jobs", "localField": "job_id", "foreignField": "_id",
-                         "as": "job"}},
-            {"$match": {"$or": [{"job": {"$size": 0}, "expires_at": {"$lt": now}},
-                                {"job.status": {"$in": ["completed", "failed",
-                                                        "canceled"]}}]}},
-            {"$project": {"job": 0}}, {"$limit": limit}]
+    return [
+        {"$match": {"job_id": {"$ne": None}}},
+        {"$lookup": {"from": "jobs", "localField": "job_id", "foreignField": "_id", "as": "job"}},
+        {
+            "$match": {
+                "$or": [
+                    {"job": {"$size": 0}, "expires_at": {"$lt": now}},
+                    {"job.status": {"$in": ["completed", "failed", "canceled"]}},
+                ]
+            }
+        },
+        {"$project": {"job": 0}},
+        {"$limit": limit},
+    ]

@@ -50,9 +50,11 @@ _INIT_TIMEOUT_SECONDS = 120.0
 def _unavailable(exc: PyMongoError) -> StoreUnavailable:
     # The driver's own message names hosts and errno, never the URI's credentials, but
     # it is long; the type says enough for the log, the hint says what to check.
-    return StoreUnavailable(f"MongoDB is unavailable ({type(exc).__name__}): no answer "
-                            "in time; check RETROIVA_MONGODB_URI and that the server "
-                            "(or the replica set's primary) is up")
+    return StoreUnavailable(
+        f"MongoDB is unavailable ({type(exc).__name__}): no answer "
+        "in time; check RETROIVA_MONGODB_URI and that the server "
+        "(or the replica set's primary) is up"
+    )
 
 
 def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -106,8 +108,9 @@ def _doc(record: JobRecord | ApiKeyRecord | UploadRecord) -> dict[str, Any]:
 class MongoStore:
     """:class:`~serve_app.store.JobStore` on MongoDB."""
 
-    def __init__(self, uri: str, database: str, timeout: float = 1.5, *,
-                 server_clock: bool = True) -> None:
+    def __init__(
+        self, uri: str, database: str, timeout: float = 1.5, *, server_clock: bool = True
+    ) -> None:
         millis = round(timeout * 1000)
         # Leases on the server's clock (see mongo_queries.SERVER_NOW); False makes the
         # store honour the callers' ``now``, for tests that replay time.
@@ -115,9 +118,14 @@ class MongoStore:
         # connect=False: the client connects on first use, so building the store (in
         # every Serve replica) never waits on, or fails for, an unreachable server.
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            uri, tz_aware=True, connect=False, timeoutMS=millis,
-            serverSelectionTimeoutMS=millis, connectTimeoutMS=millis,
-            readPreference="primary")
+            uri,
+            tz_aware=True,
+            connect=False,
+            timeoutMS=millis,
+            serverSelectionTimeoutMS=millis,
+            connectTimeoutMS=millis,
+            readPreference="primary",
+        )
         # Pinned to the primary whatever the URI says: the store reads its own writes
         # (the idempotent insert reads the job a concurrent insert just wrote).
         self._db = self._client.get_database(database, read_preference=ReadPreference.PRIMARY)
@@ -149,8 +157,9 @@ class MongoStore:
     async def ping(self) -> None:
         await self._db.command("ping")
         # A write too: a primary must be there (during a failover reads may still work).
-        await self._db["readiness"].update_one({"_id": "ping"}, {"$set": {"at": time.time()}},
-                                               upsert=True)
+        await self._db["readiness"].update_one(
+            {"_id": "ping"}, {"$set": {"at": time.time()}}, upsert=True
+        )
 
     async def drop(self) -> None:
         """Drop the whole database (tests)."""
@@ -191,8 +200,9 @@ class MongoStore:
         key = await self._resolve(key_id)
         if key is None:
             return False
-        result = await self._keys.update_one({"_id": key.id, "revoked_at": None},
-                                             {"$set": {"revoked_at": now}})
+        result = await self._keys.update_one(
+            {"_id": key.id, "revoked_at": None}, {"$set": {"revoked_at": now}}
+        )
         return result.modified_count > 0
 
     @_translated
@@ -200,26 +210,28 @@ class MongoStore:
         key = await self._resolve(key_id)
         if key is None:
             return False
-        result = await self._keys.update_one({"_id": key.id},
-                                             {"$set": {"webhook_secret": secret}})
+        result = await self._keys.update_one({"_id": key.id}, {"$set": {"webhook_secret": secret}})
         return result.matched_count > 0
 
     @_translated
-    async def rotate_webhook_secret(self, key_id: str, secret: str,
-                                    previous_valid_until: float,
-                                    now: float | None = None) -> bool:
+    async def rotate_webhook_secret(
+        self, key_id: str, secret: str, previous_valid_until: float, now: float | None = None
+    ) -> bool:
         key = await self._resolve(key_id)
         if key is None:
             return False
         result = await self._keys.update_one(
-            {"_id": key.id}, q.rotate_secret_update(secret, previous_valid_until, now))
+            {"_id": key.id}, q.rotate_secret_update(secret, previous_valid_until, now)
+        )
         return result.matched_count > 0
 
     @_translated
-    async def set_key_limits(self, key_id: str, max_queued: int | None,
-                             max_running: int | None) -> bool:
+    async def set_key_limits(
+        self, key_id: str, max_queued: int | None, max_running: int | None
+    ) -> bool:
         result = await self._keys.update_one(
-            {"_id": key_id}, {"$set": {"max_queued": max_queued, "max_running": max_running}})
+            {"_id": key_id}, {"$set": {"max_queued": max_queued, "max_running": max_running}}
+        )
         return result.matched_count > 0
 
     @_translated
@@ -228,9 +240,13 @@ class MongoStore:
             try:
                 doc = await self._counters.find_one_and_update(
                     {"_id": f"{key_id}:{window}"},
-                    {**q.rate_counter_update(),
-                     "$setOnInsert": {"expires_at": q.counter_expiry(window, window_seconds)}},
-                    upsert=True, return_document=ReturnDocument.AFTER)
+                    {
+                        **q.rate_counter_update(),
+                        "$setOnInsert": {"expires_at": q.counter_expiry(window, window_seconds)},
+                    },
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
                 return int(doc["count"])
             except DuplicateKeyError:
                 # Two first requests of a window upserted at once and one lost the
@@ -240,20 +256,28 @@ class MongoStore:
         raise AssertionError("unreachable")
 
     @_translated
-    async def insert_job(self, job: JobRecord, now: float, max_queued: int | None = None
-                         ) -> tuple[JobRecord, bool]:
+    async def insert_job(
+        self, job: JobRecord, now: float, max_queued: int | None = None
+    ) -> tuple[JobRecord, bool]:
         if job.idempotency_key is not None:
-            existing = _job(await self._jobs.find_one(
-                q.idempotency_filter(job.key_id, job.idempotency_key)))
+            existing = _job(
+                await self._jobs.find_one(q.idempotency_filter(job.key_id, job.idempotency_key))
+            )
             if existing is not None:
                 if existing.created_at > now - IDEMPOTENCY_WINDOW_SECONDS:
                     return existing, False
-                await self._jobs.update_one({"_id": existing.id},
-                                            {"$set": {"idempotency_key": None}})
+                await self._jobs.update_one(
+                    {"_id": existing.id}, {"$set": {"idempotency_key": None}}
+                )
         # Checked, then inserted: concurrent submissions of one key may overshoot the
         # limit by a few (SQLite checks inside its write transaction).
-        if max_queued is not None and await self._jobs.count_documents(
-                q.queued_of_key_filter(job.key_id), limit=max_queued) >= max_queued:
+        if (
+            max_queued is not None
+            and await self._jobs.count_documents(
+                q.queued_of_key_filter(job.key_id), limit=max_queued
+            )
+            >= max_queued
+        ):
             raise QueueFull(max_queued)
         try:
             await self._jobs.insert_one(_doc(job))
@@ -262,8 +286,9 @@ class MongoStore:
                 raise  # a duplicate job id: not a race this method resolves
             # A concurrent request with the same idempotency key won the race; its job
             # is on the primary, where this store reads.
-            winner = _job(await self._jobs.find_one(
-                q.idempotency_filter(job.key_id, job.idempotency_key)))
+            winner = _job(
+                await self._jobs.find_one(q.idempotency_filter(job.key_id, job.idempotency_key))
+            )
             if winner is None:  # released in between (window expiry): insert again
                 await self._jobs.insert_one(_doc(job))
                 return job, True
@@ -277,50 +302,64 @@ class MongoStore:
     @_translated
     async def count_jobs_by_status(self) -> dict[str, int]:
         # One indexed count per status (a $group would scan the whole collection).
-        return {str(status): await self._jobs.count_documents(
-            q.count_by_status_filter(str(status))) for status in JobStatus}
+        return {
+            str(status): await self._jobs.count_documents(q.count_by_status_filter(str(status)))
+            for status in JobStatus
+        }
 
     @_translated
     async def oldest_queued_at(self) -> float | None:
-        doc = await self._jobs.find_one(q.count_by_status_filter("queued"),
-                                        projection={"created_at": 1},
-                                        sort=[("created_at", 1)])
+        doc = await self._jobs.find_one(
+            q.count_by_status_filter("queued"),
+            projection={"created_at": 1},
+            sort=[("created_at", 1)],
+        )
         return None if doc is None else float(doc["created_at"])
 
     @_translated
-    async def recent_jobs(self, limit: int, key_id: str | None = None,
-                          status: str | None = None) -> list[JobRecord]:
+    async def recent_jobs(
+        self, limit: int, key_id: str | None = None, status: str | None = None
+    ) -> list[JobRecord]:
         query = {k: v for k, v in (("key_id", key_id), ("status", status)) if v is not None}
         docs = self._jobs.find(query).sort(q.PAGE_SORT).limit(limit)
         return [j for j in [_job(d) async for d in docs] if j is not None]
 
     @_translated
-    async def list_jobs(self, key_id: str, limit: int, starting_after: str | None
-                        ) -> tuple[list[JobRecord], bool]:
+    async def list_jobs(
+        self, key_id: str, limit: int, starting_after: str | None
+    ) -> tuple[list[JobRecord], bool]:
         cursor = None
         if starting_after is not None:
             anchor = await self._jobs.find_one({"_id": starting_after, "key_id": key_id})
             if anchor is None:
                 return [], False
             cursor = (anchor["created_seq"], anchor["_id"])
-        docs = self._jobs.find(q.jobs_page_filter(key_id, cursor)).sort(
-            q.PAGE_SORT).limit(limit + 1)
+        docs = (
+            self._jobs.find(q.jobs_page_filter(key_id, cursor)).sort(q.PAGE_SORT).limit(limit + 1)
+        )
         jobs = [j for j in [_job(d) async for d in docs] if j is not None]
         return jobs[:limit], len(jobs) > limit
 
     @_translated
-    async def claim_next(self, owner: str, now: float, lease_seconds: float,
-                         max_running: int | None = None) -> JobRecord | None:
-        queued = {d["_id"]: d["oldest"] async for d in
-                  await self._jobs.aggregate(q.queued_keys_pipeline())}
+    async def claim_next(
+        self, owner: str, now: float, lease_seconds: float, max_running: int | None = None
+    ) -> JobRecord | None:
+        queued = {
+            d["_id"]: d["oldest"]
+            async for d in await self._jobs.aggregate(q.queued_keys_pipeline())
+        }
         if not queued:
             return None
         keys = list(queued)
         turns = {d["_id"]: d["turn"] async for d in self._turns.find({"_id": {"$in": keys}})}
-        limits = {d["_id"]: d.get("max_running") async for d in
-                  self._keys.find({"_id": {"$in": keys}}, {"max_running": 1})}
-        running = {d["_id"]: d["n"] async for d in
-                   await self._jobs.aggregate(q.running_counts_pipeline(keys))}
+        limits = {
+            d["_id"]: d.get("max_running")
+            async for d in self._keys.find({"_id": {"$in": keys}}, {"max_running": 1})
+        }
+        running = {
+            d["_id"]: d["n"]
+            async for d in await self._jobs.aggregate(q.running_counts_pipeline(keys))
+        }
         order = sorted(keys, key=lambda k: (k in turns, turns.get(k, 0), queued[k]))
         for key_id in order:
             limit = limits.get(key_id) or max_running
@@ -329,59 +368,98 @@ class MongoStore:
             doc = await self._jobs.find_one_and_update(
                 q.queued_of_key_filter(key_id),
                 q.claim_update(owner, self._lease_now(now), lease_seconds),
-                sort=q.CLAIM_SORT, return_document=ReturnDocument.AFTER)
+                sort=q.CLAIM_SORT,
+                return_document=ReturnDocument.AFTER,
+            )
             if doc is None:  # another runner took that key's last queued job
                 continue
-            await self._turns.update_one({"_id": key_id}, {"$max": {"turn": time.time_ns()}},
-                                         upsert=True)
+            await self._turns.update_one(
+                {"_id": key_id}, {"$max": {"turn": time.time_ns()}}, upsert=True
+            )
             return _job(doc)
         return None
 
     @_translated
-    async def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
-                          progress: float, eta_seconds: float | None,
-                          phase: str | None = None) -> JobRecord | None:
-        return _job(await self._jobs.find_one_and_update(
-            q.lease_filter(job_id, owner),
-            q.renew_update(self._lease_now(now), lease_seconds, progress, eta_seconds, phase),
-            return_document=ReturnDocument.AFTER))
+    async def renew_lease(
+        self,
+        job_id: str,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        progress: float,
+        eta_seconds: float | None,
+        phase: str | None = None,
+    ) -> JobRecord | None:
+        return _job(
+            await self._jobs.find_one_and_update(
+                q.lease_filter(job_id, owner),
+                q.renew_update(self._lease_now(now), lease_seconds, progress, eta_seconds, phase),
+                return_document=ReturnDocument.AFTER,
+            )
+        )
 
     @_translated
-    async def finish(self, job_id: str, owner: str, status: JobStatus, now: float, *,
-                     output_path: str | None = None, error_type: str | None = None,
-                     error_message: str | None = None) -> bool:
+    async def finish(
+        self,
+        job_id: str,
+        owner: str,
+        status: JobStatus,
+        now: float,
+        *,
+        output_path: str | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+    ) -> bool:
         result = await self._jobs.update_one(
             q.finish_filter(job_id, owner),
-            q.finish_update(str(status), now, output_path, error_type, error_message))
+            q.finish_update(str(status), now, output_path, error_type, error_message),
+        )
         return result.modified_count > 0
 
     @_translated
     async def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
         doc = await self._jobs.find_one_and_update(
-            q.cancel_filter(job_id), q.cancel_update(now),
-            return_document=ReturnDocument.AFTER)
+            q.cancel_filter(job_id), q.cancel_update(now), return_document=ReturnDocument.AFTER
+        )
         return _job(doc) if doc is not None else await self.get_job(job_id)
 
     @_translated
     async def requeue_expired(self, now: float, max_attempts: int) -> int:
-        result = await self._jobs.update_many(q.expired_filter(self._lease_now(now)),
-                                              q.requeue_update(now, max_attempts))
+        result = await self._jobs.update_many(
+            q.expired_filter(self._lease_now(now)), q.requeue_update(now, max_attempts)
+        )
         return result.modified_count
 
     @_translated
     async def release_lease(self, job_id: str, owner: str) -> bool:
         result = await self._jobs.update_one(
-            {"_id": job_id, "lease_owner": owner, "status": "processing",
-             "cancel_requested": {"$ne": True}},
-            {"$set": {"status": "queued", "lease_owner": None, "lease_expires_at": None,
-                      "progress": 0.0, "eta_seconds": None, "phase": None},
-             "$inc": {"attempts": -1}})
+            {
+                "_id": job_id,
+                "lease_owner": owner,
+                "status": "processing",
+                "cancel_requested": {"$ne": True},
+            },
+            {
+                "$set": {
+                    "status": "queued",
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "progress": 0.0,
+                    "eta_seconds": None,
+                    "phase": None,
+                },
+                "$inc": {"attempts": -1},
+            },
+        )
         return result.modified_count > 0
 
     @_translated
     async def expired_outputs(self, completed_before: float, limit: int) -> list[JobRecord]:
-        docs = self._jobs.find(q.expired_outputs_filter(completed_before)).sort(
-            q.OUTPUTS_SORT).limit(limit)
+        docs = (
+            self._jobs.find(q.expired_outputs_filter(completed_before))
+            .sort(q.OUTPUTS_SORT)
+            .limit(limit)
+        )
         return [j for j in [_job(d) async for d in docs] if j is not None]
 
     @_translated
@@ -389,16 +467,20 @@ class MongoStore:
         await self._jobs.update_one({"_id": job_id}, {"$set": {"output_path": None}})
 
     @_translated
-    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int,
-                                 exclude_keys: Collection[str] = ()) -> list[JobRecord]:
+    async def claim_due_webhooks(
+        self, now: float, lease_seconds: float, limit: int, exclude_keys: Collection[str] = ()
+    ) -> list[JobRecord]:
         claimed = []
         due = q.due_webhooks_filter(now)
         if exclude_keys:
             due["key_id"] = {"$nin": list(exclude_keys)}
         for _ in range(limit):
             doc = await self._jobs.find_one_and_update(
-                due, {"$set": {"webhook_next_at": now + lease_seconds}},
-                sort=[("webhook_next_at", 1)], return_document=ReturnDocument.AFTER)
+                due,
+                {"$set": {"webhook_next_at": now + lease_seconds}},
+                sort=[("webhook_next_at", 1)],
+                return_document=ReturnDocument.AFTER,
+            )
             if doc is None:
                 break
             claimed.append(_job(doc))
@@ -407,47 +489,60 @@ class MongoStore:
     @_translated
     async def freeze_webhook_body(self, job_id: str, body: str) -> str:
         doc = await self._jobs.find_one_and_update(
-            {"_id": job_id}, q.freeze_body_update(body), projection={"webhook_body": 1},
-            return_document=ReturnDocument.AFTER)
+            {"_id": job_id},
+            q.freeze_body_update(body),
+            projection={"webhook_body": 1},
+            return_document=ReturnDocument.AFTER,
+        )
         return body if doc is None else str(doc["webhook_body"])
 
     @_translated
-    async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
-                                     next_at: float | None, body: str) -> None:
+    async def record_webhook_attempt(
+        self, attempt: WebhookAttempt, *, status: str, next_at: float | None, body: str
+    ) -> None:
         # The event first, conditionally: a lapsed dispatcher records nothing.  A crash
         # between the two writes loses one attempt's log line, never the event's state.
         result = await self._jobs.update_one(
             q.webhook_attempt_filter(attempt.job_id, attempt.number),
-            q.webhook_attempt_update(status, attempt.number, next_at, body))
+            q.webhook_attempt_update(status, attempt.number, next_at, body),
+        )
         if result.matched_count:
             await self._attempts.replace_one(
                 {"_id": f"{attempt.job_id}:{attempt.number}"},
-                dataclasses.asdict(attempt), upsert=True)
+                dataclasses.asdict(attempt),
+                upsert=True,
+            )
 
     @_translated
     async def webhook_attempts(self, job_id: str) -> list[WebhookAttempt]:
         docs = self._attempts.find({"job_id": job_id}).sort("number", 1)
-        return [WebhookAttempt(**{k: v for k, v in d.items() if k != "_id"})
-                async for d in docs]
+        return [WebhookAttempt(**{k: v for k, v in d.items() if k != "_id"}) async for d in docs]
 
     @_translated
     async def redeliver_webhook(self, job_id: str, now: float) -> JobRecord | None:
-        return _job(await self._jobs.find_one_and_update(
-            q.redeliver_filter(job_id), q.redeliver_update(now),
-            return_document=ReturnDocument.AFTER))
+        return _job(
+            await self._jobs.find_one_and_update(
+                q.redeliver_filter(job_id),
+                q.redeliver_update(now),
+                return_document=ReturnDocument.AFTER,
+            )
+        )
 
     @_translated
-    async def list_webhook_events(self, key_id: str, status: str, limit: int,
-                                  starting_after: str | None
-                                  ) -> tuple[list[JobRecord], bool]:
+    async def list_webhook_events(
+        self, key_id: str, status: str, limit: int, starting_after: str | None
+    ) -> tuple[list[JobRecord], bool]:
         cursor = None
         if starting_after is not None:
             anchor = await self._jobs.find_one({"_id": starting_after, "key_id": key_id})
             if anchor is None:
                 return [], False
             cursor = (anchor["created_seq"], anchor["_id"])
-        docs = self._jobs.find(q.events_page_filter(key_id, status, cursor)).sort(
-            q.PAGE_SORT).limit(limit + 1)
+        docs = (
+            self._jobs.find(q.events_page_filter(key_id, status, cursor))
+            .sort(q.PAGE_SORT)
+            .limit(limit + 1)
+        )
         jobs = [j for j in [_job(d) async for d in docs] if j is not None]
         return jobs[:limit], len(jobs) > limit
 
@@ -471,24 +566,31 @@ class MongoStore:
         return _upload(await self._uploads.find_one({"_id": upload_id}))
 
     @_translated
-    async def advance_upload(self, upload_id: str, expected_offset: int, new_offset: int
-                             ) -> UploadRecord | None:
+    async def advance_upload(
+        self, upload_id: str, expected_offset: int, new_offset: int
+    ) -> UploadRecord | None:
         if new_offset < expected_offset:
             return None
-        return _upload(await self._uploads.find_one_and_update(
-            q.advance_upload_filter(upload_id, expected_offset, new_offset),
-            {"$set": {"offset": new_offset}}, return_document=ReturnDocument.AFTER))
+        return _upload(
+            await self._uploads.find_one_and_update(
+                q.advance_upload_filter(upload_id, expected_offset, new_offset),
+                {"$set": {"offset": new_offset}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
 
     @_translated
     async def claim_upload(self, upload_id: str, job_id: str, now: float) -> bool:
-        result = await self._uploads.update_one(q.claim_upload_filter(upload_id, now),
-                                                {"$set": {"job_id": job_id}})
+        result = await self._uploads.update_one(
+            q.claim_upload_filter(upload_id, now), {"$set": {"job_id": job_id}}
+        )
         return result.modified_count > 0
 
     @_translated
     async def release_upload(self, upload_id: str, job_id: str) -> None:
-        await self._uploads.update_one({"_id": upload_id, "job_id": job_id},
-                                       {"$set": {"job_id": None}})
+        await self._uploads.update_one(
+            {"_id": upload_id, "job_id": job_id}, {"$set": {"job_id": None}}
+        )
 
     @_translated
     async def delete_upload(self, upload_id: str) -> None:
@@ -496,8 +598,11 @@ class MongoStore:
 
     @_translated
     async def expired_uploads(self, now: float, limit: int) -> list[UploadRecord]:
-        docs = self._uploads.find({"job_id": None, "expires_at": {"$lte": now}}).sort(
-            "expires_at", 1).limit(limit)
+        docs = (
+            self._uploads.find({"job_id": None, "expires_at": {"$lte": now}})
+            .sort("expires_at", 1)
+            .limit(limit)
+        )
         return [u for u in [_upload(d) async for d in docs] if u is not None]
 
     @_translated

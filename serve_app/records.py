@@ -5,9 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["EVENT_TYPES", "ApiKeyRecord", "DeliveryStatus", "JobRecord", "JobStatus",
-           "UploadRecord", "UploadStatus", "WebhookAttempt", "event_id_for",
-           "job_id_for_event"]
+__all__ = [
+    "EVENT_TYPES",
+    "ApiKeyRecord",
+    "DeliveryStatus",
+    "JobRecord",
+    "JobStatus",
+    "UploadRecord",
+    "UploadStatus",
+    "WebhookAttempt",
+    "event_id_for",
+    "job_id_for_event",
+]
 
 
 class JobStatus(StrEnum):
@@ -94,8 +103,11 @@ class JobRecord:
         return EVENT_TYPES.get(self.status)
 
 
-EVENT_TYPES = {JobStatus.COMPLETED: "job.completed", JobStatus.FAILED: "job.failed",
-               JobStatus.CANCELED: "job.canceled"}
+EVENT_TYPES = {
+    JobStatus.COMPLETED: "job.completed",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELED: "job.canceled",
+}
 
 
 def event_id_for(job_id: str) -> str:

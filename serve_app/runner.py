@@ -78,13 +78,16 @@ ProcessJob = Callable[[JobRecord, Settings, Callable[[Progress], None], CancelTo
 FetchInput = Callable[[JobRecord, Settings, CancelToken], Awaitable[None]]
 
 
-def pipeline_config(settings: Settings, scratch: Path, job_id: str | None = None
-                    ) -> PipelineConfig:
+def pipeline_config(settings: Settings, scratch: Path, job_id: str | None = None) -> PipelineConfig:
     """How the service runs a job's pipeline: the settings' part of it, passed down,
     with the Ray Data dataset named by the job id."""
-    return PipelineConfig(scratch_dir=scratch, max_chunk_frames=settings.chunk_frames,
-                          model_runtime=settings.model_runtime,
-                          model_cache=settings.model_cache, dataset_name=job_id)
+    return PipelineConfig(
+        scratch_dir=scratch,
+        max_chunk_frames=settings.chunk_frames,
+        model_runtime=settings.model_runtime,
+        model_cache=settings.model_cache,
+        dataset_name=job_id,
+    )
 
 
 async def fetch_input(job: JobRecord, settings: Settings, cancel: CancelToken) -> None:
@@ -92,12 +95,18 @@ async def fetch_input(job: JobRecord, settings: Settings, cancel: CancelToken) -
     :func:`process_job` reads it; bounded by the settings' fetch limits."""
     scratch = settings.scratch_dir / job.id
     await asyncio.to_thread(private_dir, scratch)
-    await fetch_to_file(job.input_url, scratch / "input", limits=settings.fetch_limits,
-                        policy=settings.url_policy, cancel=cancel)
+    await fetch_to_file(
+        job.input_url,
+        scratch / "input",
+        limits=settings.fetch_limits,
+        policy=settings.url_policy,
+        cancel=cancel,
+    )
 
 
-def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progress], None],
-                cancel: CancelToken) -> Path:
+def process_job(
+    job: JobRecord, settings: Settings, on_progress: Callable[[Progress], None], cancel: CancelToken
+) -> Path:
     """Enhance the input :func:`fetch_input` left in the job's scratch; returns the output
     there.
 
@@ -108,12 +117,16 @@ def process_job(job: JobRecord, settings: Settings, on_progress: Callable[[Progr
     source = scratch / "input"
     cancel.raise_if_canceled()
     output = scratch / "output.mp4"
-    enhance_video(source, output,
-                  EnhanceRequest(preset=job.preset, upscale_factor=job.upscale_factor,
-                                 engine=job.engine),
-                  replace(pipeline_config(settings, scratch, job.id),
-                          segments=open_segments(settings, job.id)),
-                  on_progress=on_progress, cancel=cancel)
+    enhance_video(
+        source,
+        output,
+        EnhanceRequest(preset=job.preset, upscale_factor=job.upscale_factor, engine=job.engine),
+        replace(
+            pipeline_config(settings, scratch, job.id), segments=open_segments(settings, job.id)
+        ),
+        on_progress=on_progress,
+        cancel=cancel,
+    )
     source.unlink()  # zero retention: the input goes as soon as it is not needed
     return output
 
@@ -145,10 +158,17 @@ class JobRunner:
     no fetch stage with a stand-in ``process`` (tests).
     """
 
-    def __init__(self, store: JobStore, settings: Settings, *,
-                 process: ProcessJob = process_job, fetch: FetchInput | None = None,
-                 owner: str | None = None, storage: OutputStorage | None = None,
-                 uploads: UploadStorage | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        *,
+        process: ProcessJob = process_job,
+        fetch: FetchInput | None = None,
+        owner: str | None = None,
+        storage: OutputStorage | None = None,
+        uploads: UploadStorage | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.storage = storage or open_storage(settings)
@@ -158,8 +178,7 @@ class JobRunner:
         self._next_gauges = 0.0
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id('runner')}"
         self._process = process
-        self._fetch = fetch if fetch is not None or process is not process_job \
-            else fetch_input
+        self._fetch = fetch if fetch is not None or process is not process_job else fetch_input
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, _Running] = {}
         self._slots = asyncio.Semaphore(settings.runner_concurrency)
@@ -186,8 +205,9 @@ class JobRunner:
                     outage = False
             except StoreUnavailable as exc:
                 if not outage:  # one line per outage, not one per poll
-                    log.warning("job store unavailable (%s); running jobs keep going, "
-                                "claims wait", exc)
+                    log.warning(
+                        "job store unavailable (%s); running jobs keep going, claims wait", exc
+                    )
                     outage = True
             except Exception:
                 log.exception("runner tick failed; retrying")
@@ -207,12 +227,19 @@ class JobRunner:
             try:
                 released = await self.store.release_lease(job_id, self.owner)
             except Exception as exc:  # the lease's expiry re-queues it (as an attempt)
-                log.warning("job %s: could not release its lease on shutdown (%s); it is "
-                            "re-queued when the lease expires", job_id, exc)
+                log.warning(
+                    "job %s: could not release its lease on shutdown (%s); it is "
+                    "re-queued when the lease expires",
+                    job_id,
+                    exc,
+                )
                 continue
             if released:
-                log.info("job %s: runner stopping; lease released, job re-queued "
-                         "(this attempt is not counted)", job_id)
+                log.info(
+                    "job %s: runner stopping; lease released, job re-queued "
+                    "(this attempt is not counted)",
+                    job_id,
+                )
         for job_id, task in tasks.items():
             if (state := self._running.get(job_id)) is not None:
                 state.lease_lost = True
@@ -236,17 +263,30 @@ class JobRunner:
         if time.monotonic() >= self._next_gauges:
             self._next_gauges = time.monotonic() + GAUGE_SECONDS
             oldest = await self.store.oldest_queued_at()
-            record_job_counts(await self.store.count_jobs_by_status(),
-                              0.0 if oldest is None else time.time() - oldest)
+            record_job_counts(
+                await self.store.count_jobs_by_status(),
+                0.0 if oldest is None else time.time() - oldest,
+            )
         while self._room():
-            job = await self.store.claim_next(self.owner, time.time(),
-                                              self.settings.lease_seconds,
-                                              self.settings.max_running_per_key)
+            job = await self.store.claim_next(
+                self.owner,
+                time.time(),
+                self.settings.lease_seconds,
+                self.settings.max_running_per_key,
+            )
             if job is None:
                 return
-            log.info("job %s: claimed by %s, attempt %d of %d (key %s, preset %s, x%d, %s)",
-                     job.id, self.owner, job.attempts, self.settings.max_attempts,
-                     job.key_id, job.preset, job.upscale_factor, job.engine)
+            log.info(
+                "job %s: claimed by %s, attempt %d of %d (key %s, preset %s, x%d, %s)",
+                job.id,
+                self.owner,
+                job.attempts,
+                self.settings.max_attempts,
+                job.key_id,
+                job.preset,
+                job.upscale_factor,
+                job.engine,
+            )
             task = asyncio.create_task(self._execute(job))
             self._tasks[job.id] = task
             task.add_done_callback(lambda _, job_id=job.id: self._forget(job_id))
@@ -267,10 +307,10 @@ class JobRunner:
 
     async def _job_object(self, job: JobRecord) -> Job:
         """The job object for webhook events, with a download link while one exists."""
-        base_url = self.settings.public_url or \
-            f"http://{self.settings.host}:{self.settings.port}"
-        link = await asyncio.to_thread(download_link, job, self.storage,
-                                       self.settings.retention_seconds, base_url)
+        base_url = self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
+        link = await asyncio.to_thread(
+            download_link, job, self.storage, self.settings.retention_seconds, base_url
+        )
         return job_from_record(job, link.url if link else None)
 
     async def reap(self) -> int:
@@ -328,24 +368,32 @@ class JobRunner:
             await asyncio.sleep(interval if not failures else min(interval, 0.1 * 2**failures))
             now = time.time()
             try:
-                record = await self.store.renew_lease(job.id, self.owner, now,
-                                                      self.settings.lease_seconds,
-                                                      state.progress, state.eta_seconds,
-                                                      phase=state.phase)
+                record = await self.store.renew_lease(
+                    job.id,
+                    self.owner,
+                    now,
+                    self.settings.lease_seconds,
+                    state.progress,
+                    state.eta_seconds,
+                    phase=state.phase,
+                )
             except Exception as exc:  # any failure: the heartbeat must outlive it
                 failures += 1
                 if failures == 1:
                     log.warning("could not renew the lease on %s (%s); retrying", job.id, exc)
                 if time.time() + margin < state.lease_until:
                     continue
-                log.error("lease on %s ends in under %.1f s and the store has not answered "
-                          "for %d tries; stopping the job so another runner can take it",
-                          job.id, margin, failures)
+                log.error(
+                    "lease on %s ends in under %.1f s and the store has not answered "
+                    "for %d tries; stopping the job so another runner can take it",
+                    job.id,
+                    margin,
+                    failures,
+                )
                 record = None
             else:
                 if failures:
-                    log.warning("renewed the lease on %s after %d failed tries", job.id,
-                                failures)
+                    log.warning("renewed the lease on %s after %d failed tries", job.id, failures)
                 failures = 0
             if record is None:
                 state.lease_lost = True
@@ -395,8 +443,9 @@ class JobRunner:
             acquire.cancel()
             cancel.raise_if_canceled()
 
-    async def _finish(self, job: JobRecord, state: _Running, status: JobStatus,
-                      outcome: dict[str, str | None]) -> bool:
+    async def _finish(
+        self, job: JobRecord, state: _Running, status: JobStatus, outcome: dict[str, str | None]
+    ) -> bool:
         """Record the end of the job, retrying store failures while the lease holds.
 
         ``finish`` only succeeds for the lease's owner, so trying again is always safe.
@@ -404,13 +453,13 @@ class JobRunner:
         failures = 0
         while True:
             try:
-                return await self.store.finish(job.id, self.owner, status, time.time(),
-                                               **outcome)
+                return await self.store.finish(job.id, self.owner, status, time.time(), **outcome)
             except Exception as exc:
                 failures += 1
                 if state.lease_lost:
-                    log.error("could not record the end of %s (%s) and the lease is gone",
-                              job.id, exc)
+                    log.error(
+                        "could not record the end of %s (%s) and the lease is gone", job.id, exc
+                    )
                     return False
                 if failures == 1:
                     log.warning("could not record the end of %s (%s); retrying", job.id, exc)
@@ -432,14 +481,16 @@ class JobRunner:
 
         heartbeat = asyncio.create_task(self._heartbeat(job, state))
         key_watch = asyncio.create_task(self._watch_key(job, state))
-        deadline = None if job.deadline_at is None else \
-            asyncio.create_task(self._watch_deadline(job, state))
+        deadline = (
+            None
+            if job.deadline_at is None
+            else asyncio.create_task(self._watch_deadline(job, state))
+        )
         try:
             status, outcome = await self._run_pipeline(job, state, on_progress)
             # The heartbeat goes on while the end is recorded: a store outage right now
             # must not let the lease lapse under a finished job.
-            finished = not state.lease_lost and await self._finish(job, state, status,
-                                                                   outcome)
+            finished = not state.lease_lost and await self._finish(job, state, status, outcome)
         finally:
             heartbeat.cancel()  # however this ends, even cancelled by a stopping runner
             key_watch.cancel()
@@ -463,15 +514,24 @@ class JobRunner:
         if status == JobStatus.COMPLETED:
             log.info("job %s: completed in %.1f s", job.id, took)
         elif status == JobStatus.CANCELED:
-            log.info("job %s: canceled after %.1f s%s", job.id, took,
-                     f" ({outcome['error_type']})" if outcome.get("error_type") else "")
+            log.info(
+                "job %s: canceled after %.1f s%s",
+                job.id,
+                took,
+                f" ({outcome['error_type']})" if outcome.get("error_type") else "",
+            )
         else:
-            log.info("job %s: failed after %.1f s: %s: %s", job.id, took,
-                     outcome.get("error_type"), outcome.get("error_message"))
+            log.info(
+                "job %s: failed after %.1f s: %s: %s",
+                job.id,
+                took,
+                outcome.get("error_type"),
+                outcome.get("error_message"),
+            )
 
-    async def _run_pipeline(self, job: JobRecord, state: _Running,
-                            on_progress: Callable[[Progress], None]
-                            ) -> tuple[JobStatus, dict[str, str | None]]:
+    async def _run_pipeline(
+        self, job: JobRecord, state: _Running, on_progress: Callable[[Progress], None]
+    ) -> tuple[JobStatus, dict[str, str | None]]:
         """Process the job and store its output; the status and fields to record."""
         outcome: dict[str, str | None] = {}
         try:
@@ -481,8 +541,7 @@ class JobRunner:
             if job.upload_id is not None:  # the input is already here: no fetch
                 scratch = self.settings.scratch_dir / job.id
                 await asyncio.to_thread(private_dir, scratch)
-                await asyncio.to_thread(self.uploads.materialize, job.upload_id,
-                                        scratch / "input")
+                await asyncio.to_thread(self.uploads.materialize, job.upload_id, scratch / "input")
             elif self._fetch is not None:
                 self._fetching[job.id] = time.monotonic()
                 try:
@@ -494,8 +553,9 @@ class JobRunner:
             await self._take_slot(state.cancel)
             log.info("job %s: pipeline started (Ray Data dataset %s)", job.id, job.id)
             try:
-                output = await asyncio.to_thread(self._process, job, self.settings,
-                                                 on_progress, state.cancel)
+                output = await asyncio.to_thread(
+                    self._process, job, self.settings, on_progress, state.cancel
+                )
             finally:
                 self._slots.release()
             state.phase, state.eta_seconds = "uploading", None
@@ -504,22 +564,27 @@ class JobRunner:
         except PipelineCanceled:
             status = JobStatus.CANCELED
             if state.key_revoked:
-                outcome.update(error_type="key_revoked",
-                               error_message="the job's API key was revoked")
+                outcome.update(
+                    error_type="key_revoked", error_message="the job's API key was revoked"
+                )
             elif state.deadline_exceeded:
                 seconds = (job.deadline_at or job.created_at) - job.created_at
-                outcome.update(error_type="deadline_exceeded",
-                               error_message=f"the job ran past its cancel_after "
-                               f"deadline ({seconds:.0f} s after creation)")
+                outcome.update(
+                    error_type="deadline_exceeded",
+                    error_message=f"the job ran past its cancel_after "
+                    f"deadline ({seconds:.0f} s after creation)",
+                )
         except (PipelineError, FetchError) as exc:
             status = JobStatus.FAILED
             outcome.update(error_type=exc.type, error_message=str(exc))
         except Exception:
             log.exception("job %s failed unexpectedly", job.id)
             status = JobStatus.FAILED
-            outcome.update(error_type="processing_error",
-                           error_message="processing failed unexpectedly; the operator "
-                                         "has the details in the runner log")
+            outcome.update(
+                error_type="processing_error",
+                error_message="processing failed unexpectedly; the operator "
+                "has the details in the runner log",
+            )
         finally:
             await asyncio.to_thread(shutil.rmtree, self.settings.scratch_dir / job.id, True)
         return status, outcome

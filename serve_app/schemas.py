@@ -23,10 +23,28 @@ from serve_app.records import (
     WebhookAttempt,
 )
 
-__all__ = ["MAX_CANCEL_AFTER_SECONDS", "Delivery", "DeliveryAttempt", "DeliveryPage",
-           "Download", "EnhanceBody", "ErrorBody", "ErrorDetail", "EventList", "Job",
-           "JobError", "JobList", "RotatedSecret", "Upload", "UploadBody", "WebhookEvent",
-           "event_from_record", "iso_time", "job_from_record", "upload_from_record"]
+__all__ = [
+    "MAX_CANCEL_AFTER_SECONDS",
+    "Delivery",
+    "DeliveryAttempt",
+    "DeliveryPage",
+    "Download",
+    "EnhanceBody",
+    "ErrorBody",
+    "ErrorDetail",
+    "EventList",
+    "Job",
+    "JobError",
+    "JobList",
+    "RotatedSecret",
+    "Upload",
+    "UploadBody",
+    "WebhookEvent",
+    "event_from_record",
+    "iso_time",
+    "job_from_record",
+    "upload_from_record",
+]
 
 # The longest cancel_after: a week, well past any job's run time.
 MAX_CANCEL_AFTER_SECONDS = 7 * 24 * 3600
@@ -37,8 +55,11 @@ Phase = Literal["fetching", "processing", "assembling", "uploading"]
 
 
 # Documented in the schema only: the validator below gives the clearer error message.
-_URL_SCHEMA: dict[str, object] = {"format": "uri", "pattern": "^https?://[^/?#]+",
-                                  "maxLength": 2048}
+_URL_SCHEMA: dict[str, object] = {
+    "format": "uri",
+    "pattern": "^https?://[^/?#]+",
+    "maxLength": 2048,
+}
 
 
 def _http_url(value: str, field: str) -> str:
@@ -57,30 +78,49 @@ class EnhanceBody(BaseModel):
     ``2.0`` and ``"2"`` are refused), as the OpenAPI document says.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
-        "oneOf": [{"required": ["video_url"]}, {"required": ["upload_id"]}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"oneOf": [{"required": ["video_url"]}, {"required": ["upload_id"]}]},
+    )
 
     # Before video_url: its validator reads this one to require exactly one of the two.
-    upload_id: str | None = Field(None, max_length=64, description="A complete upload "
-                                  "(POST /v2/uploads) of this key, instead of video_url; "
-                                  "its bytes are deleted when the job ends.")
-    video_url: str | None = Field(None, validate_default=True,
-                                  description="Public http(s) URL of the source video; "
-                                  "exactly one of video_url and upload_id.",
-                                  json_schema_extra=_URL_SCHEMA)
+    upload_id: str | None = Field(
+        None,
+        max_length=64,
+        description="A complete upload "
+        "(POST /v2/uploads) of this key, instead of video_url; "
+        "its bytes are deleted when the job ends.",
+    )
+    video_url: str | None = Field(
+        None,
+        validate_default=True,
+        description="Public http(s) URL of the source video; "
+        "exactly one of video_url and upload_id.",
+        json_schema_extra=_URL_SCHEMA,
+    )
     preset: Preset = Field("general", description="Restoration preset.")
-    webhook_url: str | None = Field(None, description="Receives job.* events.",
-                                    json_schema_extra=_URL_SCHEMA)
+    webhook_url: str | None = Field(
+        None, description="Receives job.* events.", json_schema_extra=_URL_SCHEMA
+    )
     upscale_factor: int | None = Field(
-        None, ge=1, le=4, description="1–4; default per preset (2 for every preset).")
-    engine: Engine = Field("neural", description="neural: the preset's pretrained "
-                           "models (classical where they are not installed); classical: "
-                           "Lanczos, NL-means and optical flow only.")
+        None, ge=1, le=4, description="1–4; default per preset (2 for every preset)."
+    )
+    engine: Engine = Field(
+        "neural",
+        description="neural: the preset's pretrained "
+        "models (classical where they are not installed); classical: "
+        "Lanczos, NL-means and optical flow only.",
+    )
 
     cancel_after: int | None = Field(
-        None, ge=1, le=MAX_CANCEL_AFTER_SECONDS, description="Seconds from creation "
+        None,
+        ge=1,
+        le=MAX_CANCEL_AFTER_SECONDS,
+        description="Seconds from creation "
         "after which the job is canceled (status canceled, error.type "
-        "deadline_exceeded) if it has not ended.")
+        "deadline_exceeded) if it has not ended.",
+    )
 
     @field_validator("video_url")
     @classmethod
@@ -118,16 +158,24 @@ class Job(BaseModel):
     error: JobError | None
     progress: float = Field(ge=0, le=1)
     eta_seconds: int | None
-    phase: Phase | None = Field(None, description="While processing: fetching, "
-                                "processing, assembling or uploading; null otherwise.")
+    phase: Phase | None = Field(
+        None,
+        description="While processing: fetching, "
+        "processing, assembling or uploading; null otherwise.",
+    )
     preset: Preset
     upscale_factor: int
     engine: Engine
-    upload_id: str | None = Field(None, description="The upload the input came from "
-                                  "(input_url is then upload:<id>).")
-    attempts: int = Field(0, ge=0, description="Times a runner has taken the job: more "
-                          "than 1 after a runner died mid-job; an operator's restart or "
-                          "redeploy does not count.")
+    upload_id: str | None = Field(
+        None, description="The upload the input came from (input_url is then upload:<id>)."
+    )
+    attempts: int = Field(
+        0,
+        ge=0,
+        description="Times a runner has taken the job: more "
+        "than 1 after a runner died mid-job; an operator's restart or "
+        "redeploy does not count.",
+    )
 
 
 class JobList(BaseModel):
@@ -140,8 +188,9 @@ class Download(BaseModel):
     """A time-limited download link for a completed job's output."""
 
     url: str
-    expires_at: int = Field(description="Unix seconds; never later than 24 h after "
-                            "completion (the retention period).")
+    expires_at: int = Field(
+        description="Unix seconds; never later than 24 h after completion (the retention period)."
+    )
 
 
 class DeliveryAttempt(BaseModel):
@@ -157,8 +206,10 @@ class Delivery(BaseModel):
 
     attempt: int = Field(description="1-based, counting every attempt of the event.")
     attempted_at: str = Field(description="ISO 8601, UTC.")
-    status_code: int | None = Field(description="The receiver's status; null when no "
-                                    "response came (refused address, timeout, error).")
+    status_code: int | None = Field(
+        description="The receiver's status; null when no "
+        "response came (refused address, timeout, error)."
+    )
     duration_ms: int
     error: str | None
     redelivery: bool = Field(description="Made for a redelivery asked through the API.")
@@ -201,12 +252,16 @@ class Upload(BaseModel):
     size: int
     offset: int = Field(description="Bytes received so far.")
     filename: str | None
-    upload_url: str = Field(description="Where the bytes go (tus PATCH) and where "
-                            "HEAD tells the offset to resume from.")
-    created_at: str = Field(description="ISO 8601, UTC (as CONTRACTS.md and the "
-                            "delivery history's attempted_at).")
-    expires_at: str = Field(description="ISO 8601, UTC; an upload no job has taken is "
-                            "refused and deleted then (Upload-Expires says the same).")
+    upload_url: str = Field(
+        description="Where the bytes go (tus PATCH) and where HEAD tells the offset to resume from."
+    )
+    created_at: str = Field(
+        description="ISO 8601, UTC (as CONTRACTS.md and the delivery history's attempted_at)."
+    )
+    expires_at: str = Field(
+        description="ISO 8601, UTC; an upload no job has taken is "
+        "refused and deleted then (Upload-Expires says the same)."
+    )
     job_id: str | None = Field(None, description="The job that took the upload.")
 
 
@@ -215,17 +270,20 @@ class DeliveryPage(BaseModel):
 
     data: list[WebhookEvent]
     has_more: bool
-    next_cursor: str | None = Field(description="Give it as starting_after for the next "
-                                    "page (an event id).")
+    next_cursor: str | None = Field(
+        description="Give it as starting_after for the next page (an event id)."
+    )
 
 
 class RotatedSecret(BaseModel):
     """``POST /v2/webhook_secret/rotate``: the new secret, shown once."""
 
     webhook_secret: str = Field(description="whsec_ + standard base64 of 32 random bytes.")
-    previous_valid_until: str = Field(description="ISO 8601, UTC: until then deliveries "
-                                      "also carry a webhook-signature entry under the "
-                                      "previous secret.")
+    previous_valid_until: str = Field(
+        description="ISO 8601, UTC: until then deliveries "
+        "also carry a webhook-signature entry under the "
+        "previous secret."
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -277,22 +335,49 @@ def event_from_record(job: JobRecord, attempts: list[WebhookAttempt]) -> Webhook
     assert job.webhook_url is not None and job.event_type is not None
     status = DeliveryStatus(job.webhook_status or DeliveryStatus.PENDING)
     return WebhookEvent(
-        id=job.event_id, type=job.event_type,
+        id=job.event_id,
+        type=job.event_type,
         created_at=math.floor(job.completed_at or job.created_at),
-        url=job.webhook_url, status=status.value,
-        next_attempt_at=None if job.webhook_next_at is None or status != "pending"
+        url=job.webhook_url,
+        status=status.value,
+        next_attempt_at=None
+        if job.webhook_next_at is None or status != "pending"
         else math.ceil(job.webhook_next_at),
-        attempts=[DeliveryAttempt(number=a.number, at=math.floor(a.at),
-                                  status_code=a.status_code, error=a.error,
-                                  duration_ms=a.duration_ms) for a in attempts],
-        job_id=job.id, delivery_status=status,
-        deliveries=[Delivery(attempt=a.number, attempted_at=iso_time(a.at),
-                             status_code=a.status_code, duration_ms=a.duration_ms,
-                             error=a.error, redelivery=a.redelivery) for a in attempts])
+        attempts=[
+            DeliveryAttempt(
+                number=a.number,
+                at=math.floor(a.at),
+                status_code=a.status_code,
+                error=a.error,
+                duration_ms=a.duration_ms,
+            )
+            for a in attempts
+        ],
+        job_id=job.id,
+        delivery_status=status,
+        deliveries=[
+            Delivery(
+                attempt=a.number,
+                attempted_at=iso_time(a.at),
+                status_code=a.status_code,
+                duration_ms=a.duration_ms,
+                error=a.error,
+                redelivery=a.redelivery,
+            )
+            for a in attempts
+        ],
+    )
 
 
 def upload_from_record(upload: UploadRecord, upload_url: str) -> Upload:
-    return Upload(id=upload.id, status=upload.status, size=upload.size,
-                  offset=upload.offset, filename=upload.filename, upload_url=upload_url,
-                  created_at=iso_time(upload.created_at),
-                  expires_at=iso_time(upload.expires_at), job_id=upload.job_id)
+    return Upload(
+        id=upload.id,
+        status=upload.status,
+        size=upload.size,
+        offset=upload.offset,
+        filename=upload.filename,
+        upload_url=upload_url,
+        created_at=iso_time(upload.created_at),
+        expires_at=iso_time(upload.expires_at),
+        job_id=upload.job_id,
+    )

@@ -55,8 +55,10 @@ class SecretBox:
         try:
             return self._fernet.decrypt(stored.removeprefix(_PREFIX).encode()).decode()
         except InvalidToken:
-            raise ValueError("a webhook secret does not open with any configured secrets "
-                             "key (RETROIVA_SECRETS_KEY or data_dir/secrets.key)") from None
+            raise ValueError(
+                "a webhook secret does not open with any configured secrets "
+                "key (RETROIVA_SECRETS_KEY or data_dir/secrets.key)"
+            ) from None
 
     @staticmethod
     def is_sealed(stored: str) -> bool:
@@ -97,8 +99,9 @@ class SealedSecrets:
                 previous = self.box.open(previous)
             except ValueError:
                 previous = None
-        return dataclasses.replace(key, webhook_secret=self.box.open(key.webhook_secret),
-                                   previous_webhook_secret=previous)
+        return dataclasses.replace(
+            key, webhook_secret=self.box.open(key.webhook_secret), previous_webhook_secret=previous
+        )
 
     async def init(self) -> None:
         await self.store.init()
@@ -108,7 +111,8 @@ class SealedSecrets:
 
     async def add_key(self, key: ApiKeyRecord) -> None:
         await self.store.add_key(
-            dataclasses.replace(key, webhook_secret=self.box.seal(key.webhook_secret)))
+            dataclasses.replace(key, webhook_secret=self.box.seal(key.webhook_secret))
+        )
 
     async def key_by_digest(self, digest: str) -> ApiKeyRecord | None:
         return self._open(await self.store.key_by_digest(digest))
@@ -120,18 +124,18 @@ class SealedSecrets:
         return [k for k in map(self._open, await self.store.list_keys()) if k is not None]
 
     async def find_keys(self, reference: str) -> list[ApiKeyRecord]:
-        return [k for k in map(self._open, await self.store.find_keys(reference))
-                if k is not None]
+        return [k for k in map(self._open, await self.store.find_keys(reference)) if k is not None]
 
     async def set_webhook_secret(self, key_id: str, secret: str) -> bool:
         return await self.store.set_webhook_secret(key_id, self.box.seal(secret))
 
-    async def rotate_webhook_secret(self, key_id: str, secret: str,
-                                    previous_valid_until: float,
-                                    now: float | None = None) -> bool:
+    async def rotate_webhook_secret(
+        self, key_id: str, secret: str, previous_valid_until: float, now: float | None = None
+    ) -> bool:
         # The current secret moves to previous as stored: already sealed.
-        return await self.store.rotate_webhook_secret(key_id, self.box.seal(secret),
-                                                      previous_valid_until, now)
+        return await self.store.rotate_webhook_secret(
+            key_id, self.box.seal(secret), previous_valid_until, now
+        )
 
 
 def sealed(store: JobStore, box: SecretBox) -> JobStore:

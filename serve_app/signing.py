@@ -30,5 +30,6 @@ def sign_path(secret: bytes, path: str, expires: int) -> str:
 def signature_valid(secret: bytes, path: str, expires: int, signature: str) -> bool:
     # Bytes, not str: compare_digest raises TypeError on non-ASCII text (found by the
     # schema fuzzer: ?signature=%C2%80 was a 500).
-    return hmac.compare_digest(sign_path(secret, path, expires).encode(),
-                               signature.encode("utf-8", "surrogateescape"))
+    return hmac.compare_digest(
+        sign_path(secret, path, expires).encode(), signature.encode("utf-8", "surrogateescape")
+    )

@@ -21,8 +21,17 @@ from serve_app.records import JobRecord, JobStatus
 from serve_app.settings import Settings
 from serve_app.signing import load_signing_secret, sign_path
 
-__all__ = ["DownloadLink", "LocalStorage", "OutputStorage", "S3Segments", "S3Storage",
-           "download_link", "open_segments", "open_storage", "segment_job_ids"]
+__all__ = [
+    "DownloadLink",
+    "LocalStorage",
+    "OutputStorage",
+    "S3Segments",
+    "S3Storage",
+    "download_link",
+    "open_segments",
+    "open_storage",
+    "segment_job_ids",
+]
 
 
 @dataclass(frozen=True)
@@ -31,14 +40,14 @@ class DownloadLink:
     expires_at: int  # Unix seconds: the end of the output's retention
 
 
-def download_link(job: JobRecord, storage: OutputStorage, retention_seconds: int,
-                  base_url: str) -> DownloadLink | None:
+def download_link(
+    job: JobRecord, storage: OutputStorage, retention_seconds: int, base_url: str
+) -> DownloadLink | None:
     """A link to ``job``'s output, valid until retention ends; None if there is none now.
 
     Blocking (S3 presigns through boto3): async callers run it in a thread.
     """
-    if job.status != JobStatus.COMPLETED or job.output_path is None \
-            or job.completed_at is None:
+    if job.status != JobStatus.COMPLETED or job.output_path is None or job.completed_at is None:
         return None
     expires_at = math.floor(job.completed_at + retention_seconds)
     if expires_at <= time.time():
@@ -90,16 +99,18 @@ class LocalStorage:
 
     def signed_url(self, key: str, expires_at: int, base_url: str) -> str:
         path = f"/v2/files/{quote(key)}"
-        query = urlencode({"expires": expires_at,
-                           "signature": sign_path(self.secret, path, expires_at)})
+        query = urlencode(
+            {"expires": expires_at, "signature": sign_path(self.secret, path, expires_at)}
+        )
         return f"{base_url.rstrip('/')}{path}?{query}"
 
 
 class S3Storage:
     """Outputs in an S3-compatible bucket, downloaded with presigned GET URLs."""
 
-    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None,
-                 region: str | None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str, *, endpoint_url: str | None, region: str | None
+    ) -> None:
         import boto3
 
         self.bucket = bucket
@@ -111,8 +122,7 @@ class S3Storage:
 
     def put(self, job_id: str, source: Path) -> str:
         key = f"{self.prefix}/{job_id}.mp4" if self.prefix else f"{job_id}.mp4"
-        self._s3.upload_file(str(source), self.bucket, key,
-                             ExtraArgs={"ContentType": "video/mp4"})
+        self._s3.upload_file(str(source), self.bucket, key, ExtraArgs={"ContentType": "video/mp4"})
         source.unlink(missing_ok=True)
         return key
 
@@ -132,8 +142,11 @@ class S3Storage:
 
     def signed_url(self, key: str, expires_at: int, base_url: str) -> str:
         lifetime = max(1, expires_at - int(time.time()))
-        return str(self._s3.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=lifetime))
+        return str(
+            self._s3.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=lifetime
+            )
+        )
 
 
 class S3Segments:
@@ -149,7 +162,8 @@ class S3Segments:
     def _keys(self) -> list[str]:
         keys: list[str] = []
         for page in self._s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self.prefix):
+            Bucket=self.bucket, Prefix=self.prefix
+        ):
             keys += [item["Key"] for item in page.get("Contents", [])]
         return keys
 
@@ -179,8 +193,9 @@ def open_segments(settings: Settings, job_id: str) -> SegmentStore:
     if settings.s3_bucket:
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url,
-                          region_name=settings.s3_region)
+        s3 = boto3.client(
+            "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region
+        )
         prefix = "/".join(p for p in (settings.s3_prefix.strip("/"), "segments", job_id) if p)
         return S3Segments(s3, settings.s3_bucket, prefix)
     return LocalSegments(settings.segments_dir / job_id)
@@ -195,7 +210,12 @@ def segment_job_ids(settings: Settings) -> list[str]:
 def open_storage(settings: Settings) -> OutputStorage:
     """S3 when ``s3_bucket`` is set, else the local outputs directory."""
     if settings.s3_bucket:
-        return S3Storage(settings.s3_bucket, settings.s3_prefix,
-                         endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
-    return LocalStorage(settings.outputs_dir,
-                        load_signing_secret(settings.signing_secret, settings.data_dir))
+        return S3Storage(
+            settings.s3_bucket,
+            settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+        )
+    return LocalStorage(
+        settings.outputs_dir, load_signing_secret(settings.signing_secret, settings.data_dir)
+    )

@@ -21,8 +21,15 @@ from typing import Protocol
 from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
 from serve_app.settings import Settings
 
-__all__ = ["IDEMPOTENCY_WINDOW_SECONDS", "AmbiguousKey", "JobStore", "QueueFull", "StoreError",
-           "StoreUnavailable", "open_store"]
+__all__ = [
+    "IDEMPOTENCY_WINDOW_SECONDS",
+    "AmbiguousKey",
+    "JobStore",
+    "QueueFull",
+    "StoreError",
+    "StoreUnavailable",
+    "open_store",
+]
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
 
@@ -44,8 +51,7 @@ class AmbiguousKey(StoreError):
 
     def __init__(self, reference: str, candidates: list[ApiKeyRecord]) -> None:
         listed = ", ".join(f"{k.id} ({k.prefix}…, {k.name})" for k in candidates)
-        super().__init__(f"{reference!r} matches {len(candidates)} keys: {listed}; "
-                         "give the key id")
+        super().__init__(f"{reference!r} matches {len(candidates)} keys: {listed}; give the key id")
         self.reference = reference
         self.candidates = candidates
 
@@ -54,8 +60,10 @@ class QueueFull(StoreError):
     """The key already has ``limit`` queued jobs; the new one was not inserted."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"this key already has {limit} queued jobs, its limit "
-                         "(max_queued_per_key); submit more when some have started")
+        super().__init__(
+            f"this key already has {limit} queued jobs, its limit "
+            "(max_queued_per_key); submit more when some have started"
+        )
         self.limit = limit
 
 
@@ -92,9 +100,9 @@ class JobStore(Protocol):
     async def set_webhook_secret(self, key_id: str, secret: str) -> bool:
         """Like :meth:`revoke_key`: by id or unambiguous prefix, else AmbiguousKey."""
 
-    async def rotate_webhook_secret(self, key_id: str, secret: str,
-                                    previous_valid_until: float,
-                                    now: float | None = None) -> bool:
+    async def rotate_webhook_secret(
+        self, key_id: str, secret: str, previous_valid_until: float, now: float | None = None
+    ) -> bool:
         """In one update: the current secret becomes the previous one (valid until
         ``previous_valid_until``) and ``secret`` the current.  By id or unambiguous
         prefix like :meth:`revoke_key`; False if no such key.
@@ -104,8 +112,9 @@ class JobStore(Protocol):
         secret the first one issued, so receivers still on the original keep verifying.
         """
 
-    async def set_key_limits(self, key_id: str, max_queued: int | None,
-                             max_running: int | None) -> bool:
+    async def set_key_limits(
+        self, key_id: str, max_queued: int | None, max_running: int | None
+    ) -> bool:
         """Per-key overrides of the queued/running limits (None: the setting's)."""
 
     # Rate limits
@@ -116,8 +125,9 @@ class JobStore(Protocol):
         """
 
     # Jobs
-    async def insert_job(self, job: JobRecord, now: float, max_queued: int | None = None
-                         ) -> tuple[JobRecord, bool]:
+    async def insert_job(
+        self, job: JobRecord, now: float, max_queued: int | None = None
+    ) -> tuple[JobRecord, bool]:
         """Insert ``job``, or return the key's live job with the same idempotency key.
 
         Returns ``(job, created)``.  An idempotency key older than
@@ -133,16 +143,19 @@ class JobStore(Protocol):
     async def oldest_queued_at(self) -> float | None:
         """``created_at`` of the oldest queued job; None when none is queued."""
 
-    async def recent_jobs(self, limit: int, key_id: str | None = None,
-                          status: str | None = None) -> list[JobRecord]:
+    async def recent_jobs(
+        self, limit: int, key_id: str | None = None, status: str | None = None
+    ) -> list[JobRecord]:
         """Newest first across all keys (operators), optionally filtered."""
 
-    async def list_jobs(self, key_id: str, limit: int, starting_after: str | None
-                        ) -> tuple[list[JobRecord], bool]:
+    async def list_jobs(
+        self, key_id: str, limit: int, starting_after: str | None
+    ) -> tuple[list[JobRecord], bool]:
         """Newest first, after the cursor job; returns ``(page, has_more)``."""
 
-    async def claim_next(self, owner: str, now: float, lease_seconds: float,
-                         max_running: int | None = None) -> JobRecord | None:
+    async def claim_next(
+        self, owner: str, now: float, lease_seconds: float, max_running: int | None = None
+    ) -> JobRecord | None:
         """Atomically move a queued job to processing under ``owner``'s lease.
 
         Fair across keys: the job is the oldest queued one of the key served least
@@ -152,15 +165,30 @@ class JobStore(Protocol):
         None: unlimited) are skipped.
         """
 
-    async def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
-                          progress: float, eta_seconds: float | None,
-                          phase: str | None = None) -> JobRecord | None:
+    async def renew_lease(
+        self,
+        job_id: str,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        progress: float,
+        eta_seconds: float | None,
+        phase: str | None = None,
+    ) -> JobRecord | None:
         """Extend the lease and record progress (and the job's phase); None if
         ``owner`` no longer holds it."""
 
-    async def finish(self, job_id: str, owner: str, status: JobStatus, now: float, *,
-                     output_path: str | None = None, error_type: str | None = None,
-                     error_message: str | None = None) -> bool:
+    async def finish(
+        self,
+        job_id: str,
+        owner: str,
+        status: JobStatus,
+        now: float,
+        *,
+        output_path: str | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+    ) -> bool:
         """Record the end of a job this owner holds; False if the lease was lost."""
 
     async def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
@@ -182,8 +210,9 @@ class JobStore(Protocol):
 
     # Webhook outbox: every status change that ends a job with a webhook_url sets
     # webhook_status = 'pending' and webhook_next_at = now in the same update.
-    async def claim_due_webhooks(self, now: float, lease_seconds: float, limit: int,
-                                 exclude_keys: Collection[str] = ()) -> list[JobRecord]:
+    async def claim_due_webhooks(
+        self, now: float, lease_seconds: float, limit: int, exclude_keys: Collection[str] = ()
+    ) -> list[JobRecord]:
         """Pending events due now, oldest first, none of ``exclude_keys``' jobs; each is
         hidden from other dispatchers for the lease."""
 
@@ -194,8 +223,9 @@ class JobStore(Protocol):
         recording leaves the next one the very body it sent (same signature input).
         """
 
-    async def record_webhook_attempt(self, attempt: WebhookAttempt, *, status: str,
-                                     next_at: float | None, body: str) -> None:
+    async def record_webhook_attempt(
+        self, attempt: WebhookAttempt, *, status: str, next_at: float | None, body: str
+    ) -> None:
         """Log an attempt and set the event's status, retry time and frozen body."""
 
     async def webhook_attempts(self, job_id: str) -> list[WebhookAttempt]: ...
@@ -205,9 +235,9 @@ class JobStore(Protocol):
         counted afresh (``webhook_round_start`` = attempts so far); the updated job, or
         None (changing nothing) if the event is not delivered or failed."""
 
-    async def list_webhook_events(self, key_id: str, status: str, limit: int,
-                                  starting_after: str | None
-                                  ) -> tuple[list[JobRecord], bool]:
+    async def list_webhook_events(
+        self, key_id: str, status: str, limit: int, starting_after: str | None
+    ) -> tuple[list[JobRecord], bool]:
         """The key's jobs whose event has ``status``, newest first after the cursor job
         (like :meth:`list_jobs`); returns ``(page, has_more)``."""
 
@@ -224,8 +254,9 @@ class JobStore(Protocol):
     async def open_uploads(self, key_id: str, now: float) -> int:
         """How many of the key's uploads are unexpired and not yet taken by a job."""
 
-    async def advance_upload(self, upload_id: str, expected_offset: int, new_offset: int
-                             ) -> UploadRecord | None:
+    async def advance_upload(
+        self, upload_id: str, expected_offset: int, new_offset: int
+    ) -> UploadRecord | None:
         """Move the offset from ``expected_offset`` to ``new_offset`` (never backwards)
         of an upload no job has taken; None (nothing changed) if it is not there now."""
 
@@ -256,8 +287,14 @@ def open_store(settings: Settings) -> JobStore:
     if settings.mongodb_uri:
         from serve_app.mongo_store import MongoStore
 
-        return sealed(MongoStore(settings.mongodb_uri, settings.mongodb_database,
-                                 timeout=settings.store_timeout_seconds), box)
+        return sealed(
+            MongoStore(
+                settings.mongodb_uri,
+                settings.mongodb_database,
+                timeout=settings.store_timeout_seconds,
+            ),
+            box,
+        )
     from serve_app.sqlite_store import SqliteStore
 
     return sealed(SqliteStore(settings.sqlite_path, timeout=settings.store_timeout_seconds), box)

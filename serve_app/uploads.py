@@ -47,8 +47,16 @@ from serve_app.uploads_storage import UploadOutOfStep, UploadStorage
 if TYPE_CHECKING:
     from serve_app.api import Api
 
-__all__ = ["TUS_VERSION", "UploadRoutes", "claim_upload", "delete_upload", "drop_job_upload",
-           "input_of_upload", "sweep_uploads", "tus_error_headers"]
+__all__ = [
+    "TUS_VERSION",
+    "UploadRoutes",
+    "claim_upload",
+    "delete_upload",
+    "drop_job_upload",
+    "input_of_upload",
+    "sweep_uploads",
+    "tus_error_headers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +107,9 @@ def _filename(metadata: str) -> str | None:
             try:
                 decoded = base64.b64decode(value, validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
-                raise InvalidRequestError("Upload-Metadata filename must be base64 "
-                                          "UTF-8", param="Upload-Metadata") from None
+                raise InvalidRequestError(
+                    "Upload-Metadata filename must be base64 UTF-8", param="Upload-Metadata"
+                ) from None
             return decoded[:255]
     return None
 
@@ -111,8 +120,9 @@ async def delete_upload(store: JobStore, storage: UploadStorage, upload: UploadR
     await store.delete_upload(upload.id)
 
 
-async def claim_upload(store: JobStore, key: ApiKeyRecord, upload_id: str, job_id: str,
-                       idempotency_key: str | None) -> bool:
+async def claim_upload(
+    store: JobStore, key: ApiKeyRecord, upload_id: str, job_id: str, idempotency_key: str | None
+) -> bool:
     """Give the key's complete upload to the new job ``job_id``.
 
     Returns False when the upload already belongs to this key's job with the same
@@ -127,29 +137,38 @@ async def claim_upload(store: JobStore, key: ApiKeyRecord, upload_id: str, job_i
         raise NotFoundError(f"no such upload: {upload_id}", param="upload_id")
     if upload.job_id is not None:
         taken_by = await store.get_job(upload.job_id)
-        if idempotency_key is not None and taken_by is not None \
-                and taken_by.idempotency_key == idempotency_key \
-                and taken_by.created_at > now - IDEMPOTENCY_WINDOW_SECONDS:
+        if (
+            idempotency_key is not None
+            and taken_by is not None
+            and taken_by.idempotency_key == idempotency_key
+            and taken_by.created_at > now - IDEMPOTENCY_WINDOW_SECONDS
+        ):
             return False
-        raise InvalidRequestError(f"upload {upload_id} was already used by job "
-                                  f"{upload.job_id}; an upload feeds one job",
-                                  param="upload_id")
+        raise InvalidRequestError(
+            f"upload {upload_id} was already used by job {upload.job_id}; an upload feeds one job",
+            param="upload_id",
+        )
     if upload.expires_at <= now:
         raise GoneError(f"upload {upload_id} expired unfinished or unused and was deleted")
     if upload.offset < upload.size:
-        raise InvalidRequestError(f"upload {upload_id} is not complete: {upload.offset} of "
-                                  f"{upload.size} bytes received", param="upload_id")
+        raise InvalidRequestError(
+            f"upload {upload_id} is not complete: {upload.offset} of {upload.size} bytes received",
+            param="upload_id",
+        )
     if not await store.claim_upload(upload_id, job_id, now):
-        raise InvalidRequestError(f"upload {upload_id} was taken by another job or expired "
-                                  "just now", param="upload_id")
+        raise InvalidRequestError(
+            f"upload {upload_id} was taken by another job or expired just now", param="upload_id"
+        )
     return True
 
 
 async def sweep_uploads(store: JobStore, storage: UploadStorage, now: float) -> int:
     """Delete uploads that expired unused and those whose job has ended."""
     swept = 0
-    for batch in (await store.expired_uploads(now, 100),
-                  await store.uploads_of_ended_jobs(now, 100)):
+    for batch in (
+        await store.expired_uploads(now, 100),
+        await store.uploads_of_ended_jobs(now, 100),
+    ):
         for upload in batch:
             await delete_upload(store, storage, upload)
             swept += 1
@@ -191,8 +210,9 @@ async def _body_pieces(request: Request) -> AsyncIterator[bytes]:
     except ClientDisconnect:
         raise
     except Exception as broken:
-        log.info("a PATCH body broke off (%s: %s); keeping what arrived",
-                 type(broken).__name__, broken)
+        log.info(
+            "a PATCH body broke off (%s: %s); keeping what arrived", type(broken).__name__, broken
+        )
         raise ClientDisconnect() from broken
 
 
@@ -212,13 +232,18 @@ class UploadRoutes:
     def _check_version(request: Request) -> None:
         version = request.headers.get("tus-resumable")
         if version is not None and version != TUS_VERSION:
-            raise TusVersionError(f"Tus-Resumable {version!r} is not supported; this "
-                                  f"server speaks {TUS_VERSION}", param="Tus-Resumable")
+            raise TusVersionError(
+                f"Tus-Resumable {version!r} is not supported; this server speaks {TUS_VERSION}",
+                param="Tus-Resumable",
+            )
 
     def _headers(self, upload: UploadRecord) -> dict[str, str]:
-        return {"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(upload.offset),
-                "Upload-Length": str(upload.size),
-                "Upload-Expires": _http_date(upload.expires_at)}
+        return {
+            "Tus-Resumable": TUS_VERSION,
+            "Upload-Offset": str(upload.offset),
+            "Upload-Length": str(upload.size),
+            "Upload-Expires": _http_date(upload.expires_at),
+        }
 
     async def _own(self, request: Request, key: ApiKeyRecord) -> UploadRecord:
         """The key's upload named in the path; 404 for others', 410 once expired."""
@@ -232,18 +257,32 @@ class UploadRoutes:
             raise GoneError(f"upload {upload_id} expired and was deleted")
         return upload
 
-    def _object(self, request: Request, upload: UploadRecord, status: int = 200,
-                extra: dict[str, str] | None = None) -> Response:
-        return self.api._json(request, upload_from_record(upload, self._url(request, upload.id)),
-                              status, {"Tus-Resumable": TUS_VERSION, **(extra or {})})
+    def _object(
+        self,
+        request: Request,
+        upload: UploadRecord,
+        status: int = 200,
+        extra: dict[str, str] | None = None,
+    ) -> Response:
+        return self.api._json(
+            request,
+            upload_from_record(upload, self._url(request, upload.id)),
+            status,
+            {"Tus-Resumable": TUS_VERSION, **(extra or {})},
+        )
 
     # Routes
     async def options(self, request: Request) -> Response:
         """tus discovery; no key needed (browsers send it as a CORS preflight)."""
-        return Response(status_code=204, headers={
-            "Tus-Resumable": TUS_VERSION, "Tus-Version": TUS_VERSION,
-            "Tus-Extension": TUS_EXTENSIONS,
-            "Tus-Max-Size": str(self.api.settings.max_input_bytes)})
+        return Response(
+            status_code=204,
+            headers={
+                "Tus-Resumable": TUS_VERSION,
+                "Tus-Version": TUS_VERSION,
+                "Tus-Extension": TUS_EXTENSIONS,
+                "Tus-Max-Size": str(self.api.settings.max_input_bytes),
+            },
+        )
 
     async def create(self, request: Request) -> Response:
         key = await self.api.authenticate(request)
@@ -255,13 +294,16 @@ class UploadRoutes:
                 body = UploadBody.model_validate(data)
             except ValidationError as exc:
                 first = exc.errors()[0]
-                raise InvalidRequestError(first["msg"], param=".".join(
-                    str(p) for p in first["loc"]) or None) from None
+                raise InvalidRequestError(
+                    first["msg"], param=".".join(str(p) for p in first["loc"]) or None
+                ) from None
             size, filename, param = body.size, body.filename, "size"
         else:
             if "upload-defer-length" in request.headers:
-                raise InvalidRequestError("Upload-Defer-Length is not supported; send "
-                                          "Upload-Length", param="Upload-Defer-Length")
+                raise InvalidRequestError(
+                    "Upload-Defer-Length is not supported; send Upload-Length",
+                    param="Upload-Defer-Length",
+                )
             size = _header_int(request, "Upload-Length")
             filename = _filename(request.headers.get("upload-metadata", ""))
             param = "Upload-Length"
@@ -269,8 +311,9 @@ class UploadRoutes:
                 raise InvalidRequestError("Upload-Length must be at least 1", param=param)
         limit = self.api.settings.max_input_bytes
         if size > limit:
-            raise PayloadTooLargeError(f"the upload is {size} bytes; the limit "
-                                       f"(MAX_INPUT_BYTES) is {limit}", param=param)
+            raise PayloadTooLargeError(
+                f"the upload is {size} bytes; the limit (MAX_INPUT_BYTES) is {limit}", param=param
+            )
         now = time.time()
         store = await self.api._store()
         # Each open upload may hold MAX_INPUT_BYTES for a day: bound how many one key
@@ -278,27 +321,46 @@ class UploadRoutes:
         # Counted, then inserted: two racing creates may pass one over, never more.
         cap = self.api.settings.max_open_uploads
         if await store.open_uploads(key.id, now) >= cap:
-            raise QueueLimitError(f"this key already holds {cap} unfinished or unused "
-                                  "uploads (MAX_OPEN_UPLOADS); finish one and use it in "
-                                  "a job, or DELETE it, first", limit=cap,
-                                  param="max_open_uploads")
-        upload = UploadRecord(id=new_id("upl"), key_id=key.id, size=size, offset=0,
-                              created_at=now,
-                              expires_at=now + self.api.settings.upload_expiry_seconds,
-                              filename=filename)
+            raise QueueLimitError(
+                f"this key already holds {cap} unfinished or unused "
+                "uploads (MAX_OPEN_UPLOADS); finish one and use it in "
+                "a job, or DELETE it, first",
+                limit=cap,
+                param="max_open_uploads",
+            )
+        upload = UploadRecord(
+            id=new_id("upl"),
+            key_id=key.id,
+            size=size,
+            offset=0,
+            created_at=now,
+            expires_at=now + self.api.settings.upload_expiry_seconds,
+            filename=filename,
+        )
         # The record first: bytes without one could never be found and deleted.
         await store.insert_upload(upload)
         await asyncio.to_thread(self.storage.create, upload.id, size)
-        return self._object(request, upload, 201, {
-            "Location": self._url(request, upload.id),
-            "Upload-Expires": _http_date(upload.expires_at)})
+        return self._object(
+            request,
+            upload,
+            201,
+            {
+                "Location": self._url(request, upload.id),
+                "Upload-Expires": _http_date(upload.expires_at),
+            },
+        )
 
     async def head(self, request: Request) -> Response:
         key = await self.api.authenticate(request)
         upload = await self._own(request, key)
-        return Response(status_code=200, headers={
-            **_rate_headers(request), **self._headers(upload),
-            "Cache-Control": "no-store"})
+        return Response(
+            status_code=200,
+            headers={
+                **_rate_headers(request),
+                **self._headers(upload),
+                "Cache-Control": "no-store",
+            },
+        )
 
     async def get(self, request: Request) -> Response:
         key = await self.api.authenticate(request)
@@ -309,20 +371,23 @@ class UploadRoutes:
         self._check_version(request)
         upload = await self._own(request, key)
         if upload.job_id is not None:
-            raise ConflictError(f"upload {upload.id} is the input of job {upload.job_id}; "
-                                "it is deleted when the job ends (cancel the job)")
+            raise ConflictError(
+                f"upload {upload.id} is the input of job {upload.job_id}; "
+                "it is deleted when the job ends (cancel the job)"
+            )
         await delete_upload(await self.api._store(), self.storage, upload)
-        return Response(status_code=204, headers={**_rate_headers(request),
-                                                  "Tus-Resumable": TUS_VERSION})
+        return Response(
+            status_code=204, headers={**_rate_headers(request), "Tus-Resumable": TUS_VERSION}
+        )
 
     async def patch(self, request: Request) -> Response:
         key = await self.api.authenticate(request)
         self._check_version(request)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/offset+octet-stream":
-            raise UnsupportedMediaTypeError("Content-Type must be "
-                                            "application/offset+octet-stream",
-                                            param="Content-Type")
+            raise UnsupportedMediaTypeError(
+                "Content-Type must be application/offset+octet-stream", param="Content-Type"
+            )
         offset = _header_int(request, "Upload-Offset")
         upload = await self._own(request, key)
         lock = self._locks.setdefault(upload.id, asyncio.Lock())
@@ -332,25 +397,28 @@ class UploadRoutes:
         finally:
             if not lock.locked():
                 self._locks.pop(upload.id, None)
-        return Response(status_code=204, headers={**_rate_headers(request),
-                                                  **self._headers(upload)})
+        return Response(
+            status_code=204, headers={**_rate_headers(request), **self._headers(upload)}
+        )
 
-    async def _write(self, request: Request, upload: UploadRecord, offset: int
-                     ) -> UploadRecord:
+    async def _write(self, request: Request, upload: UploadRecord, offset: int) -> UploadRecord:
         """Write the body at ``offset``, counting each flushed piece; keep what arrived
         if the client goes away."""
         if upload.job_id is not None:
             raise ConflictError(f"upload {upload.id} is complete and in use by a job")
         if offset != upload.offset:
-            raise ConflictError(f"Upload-Offset is {offset} but the upload is at "
-                                f"{upload.offset}; resume from HEAD's Upload-Offset",
-                                param="Upload-Offset")
+            raise ConflictError(
+                f"Upload-Offset is {offset} but the upload is at "
+                f"{upload.offset}; resume from HEAD's Upload-Offset",
+                param="Upload-Offset",
+            )
         room = upload.size - upload.offset
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > room:
-            raise PayloadTooLargeError(f"the body ({declared} bytes) goes past "
-                                       f"Upload-Length ({upload.size})",
-                                       param="Upload-Length")
+            raise PayloadTooLargeError(
+                f"the body ({declared} bytes) goes past Upload-Length ({upload.size})",
+                param="Upload-Length",
+            )
         store = await self.api._store()
         buffer = bytearray()
 
@@ -360,18 +428,22 @@ class UploadRoutes:
                 return
             data, buffer = bytes(buffer), bytearray()
             try:
-                await asyncio.to_thread(self.storage.write, upload.id, upload.size,
-                                        upload.offset, data)
+                await asyncio.to_thread(
+                    self.storage.write, upload.id, upload.size, upload.offset, data
+                )
             except UploadOutOfStep:
-                raise ConflictError(f"upload {upload.id} moved on while this request "
-                                    "waited; resume from HEAD's Upload-Offset",
-                                    param="Upload-Offset") from None
-            moved = await store.advance_upload(upload.id, upload.offset,
-                                               upload.offset + len(data))
+                raise ConflictError(
+                    f"upload {upload.id} moved on while this request "
+                    "waited; resume from HEAD's Upload-Offset",
+                    param="Upload-Offset",
+                ) from None
+            moved = await store.advance_upload(upload.id, upload.offset, upload.offset + len(data))
             if moved is None:
-                raise ConflictError(f"upload {upload.id} was written by another request "
-                                    "at the same time; resume from HEAD's Upload-Offset",
-                                    param="Upload-Offset")
+                raise ConflictError(
+                    f"upload {upload.id} was written by another request "
+                    "at the same time; resume from HEAD's Upload-Offset",
+                    param="Upload-Offset",
+                )
             upload = moved
 
         too_long = False
@@ -395,9 +467,11 @@ class UploadRoutes:
             return upload  # the response goes nowhere: there is no one left to tell
         await flush()
         if too_long:
-            raise PayloadTooLargeError(f"the body goes past Upload-Length ({upload.size}); "
-                                       f"kept the first {upload.offset} bytes",
-                                       param="Upload-Length")
+            raise PayloadTooLargeError(
+                f"the body goes past Upload-Length ({upload.size}); "
+                f"kept the first {upload.offset} bytes",
+                param="Upload-Length",
+            )
         return upload
 
 

@@ -24,8 +24,14 @@ from typing import Any, Protocol
 from serve_app.private_files import private_dir
 from serve_app.settings import Settings
 
-__all__ = ["S3_PART_BYTES", "LocalUploadStorage", "S3UploadStorage", "UploadOutOfStep",
-           "UploadStorage", "open_upload_storage"]
+__all__ = [
+    "S3_PART_BYTES",
+    "LocalUploadStorage",
+    "S3UploadStorage",
+    "UploadOutOfStep",
+    "UploadStorage",
+    "open_upload_storage",
+]
 
 S3_PART_BYTES = 8 * 1024 * 1024  # over S3's 5 MiB minimum; 10,000 parts make 80 GiB
 
@@ -107,8 +113,15 @@ class LocalUploadStorage:
 class S3UploadStorage:
     """Uploads as S3 multipart uploads, one part per :data:`S3_PART_BYTES` of the file."""
 
-    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None,
-                 region: str | None, part_bytes: int = S3_PART_BYTES) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        endpoint_url: str | None,
+        region: str | None,
+        part_bytes: int = S3_PART_BYTES,
+    ) -> None:
         import boto3
 
         self.bucket = bucket
@@ -125,8 +138,7 @@ class S3UploadStorage:
     def _multipart_id(self, upload_id: str) -> str | None:
         """The open multipart upload of ``upload_id``, found by its key (so no replica
         needs to be told it)."""
-        listing = self._s3.list_multipart_uploads(Bucket=self.bucket,
-                                                  Prefix=self.key(upload_id))
+        listing = self._s3.list_multipart_uploads(Bucket=self.bucket, Prefix=self.key(upload_id))
         for entry in listing.get("Uploads", []):
             if entry["Key"] == self.key(upload_id):
                 return str(entry["UploadId"])
@@ -145,8 +157,7 @@ class S3UploadStorage:
         from botocore.exceptions import ClientError
 
         try:
-            response = self._s3.get_object(Bucket=self.bucket,
-                                           Key=self._tail_key(upload_id, end))
+            response = self._s3.get_object(Bucket=self.bucket, Key=self._tail_key(upload_id, end))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 return b""
@@ -164,39 +175,50 @@ class S3UploadStorage:
         pending = tail + data
         end = offset + len(data)
         while pending and (len(pending) >= self.part_bytes or start + len(pending) == size):
-            body, pending = pending[:self.part_bytes], pending[self.part_bytes:]
-            self._s3.upload_part(Bucket=self.bucket, Key=self.key(upload_id),
-                                 UploadId=multipart, PartNumber=start // self.part_bytes + 1,
-                                 Body=body)
+            body, pending = pending[: self.part_bytes], pending[self.part_bytes :]
+            self._s3.upload_part(
+                Bucket=self.bucket,
+                Key=self.key(upload_id),
+                UploadId=multipart,
+                PartNumber=start // self.part_bytes + 1,
+                Body=body,
+            )
             start += len(body)
         if pending:
-            self._s3.put_object(Bucket=self.bucket, Key=self._tail_key(upload_id, end),
-                                Body=pending)
+            self._s3.put_object(
+                Bucket=self.bucket, Key=self._tail_key(upload_id, end), Body=pending
+            )
         if tail:
             self._s3.delete_object(Bucket=self.bucket, Key=self._tail_key(upload_id, offset))
         if end == size:
-            parts = self._s3.list_parts(Bucket=self.bucket, Key=self.key(upload_id),
-                                        UploadId=multipart).get("Parts", [])
+            parts = self._s3.list_parts(
+                Bucket=self.bucket, Key=self.key(upload_id), UploadId=multipart
+            ).get("Parts", [])
             self._s3.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key(upload_id), UploadId=multipart,
-                MultipartUpload={"Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]}
-                                           for p in parts]})
+                Bucket=self.bucket,
+                Key=self.key(upload_id),
+                UploadId=multipart,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]
+                },
+            )
 
     def materialize(self, upload_id: str, target: Path) -> None:
         self._s3.download_file(self.bucket, self.key(upload_id), str(target))
 
     def read(self, upload_id: str) -> bytes:
-        return bytes(self._s3.get_object(Bucket=self.bucket,
-                                         Key=self.key(upload_id))["Body"].read())
+        return bytes(
+            self._s3.get_object(Bucket=self.bucket, Key=self.key(upload_id))["Body"].read()
+        )
 
     def delete(self, upload_id: str) -> None:
         multipart = self._multipart_id(upload_id)
         if multipart is not None:
-            self._s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key(upload_id),
-                                            UploadId=multipart)
+            self._s3.abort_multipart_upload(
+                Bucket=self.bucket, Key=self.key(upload_id), UploadId=multipart
+            )
         self._s3.delete_object(Bucket=self.bucket, Key=self.key(upload_id))
-        tails = self._s3.list_objects_v2(Bucket=self.bucket,
-                                         Prefix=self.key(upload_id) + ".tail.")
+        tails = self._s3.list_objects_v2(Bucket=self.bucket, Prefix=self.key(upload_id) + ".tail.")
         for entry in tails.get("Contents", []):
             self._s3.delete_object(Bucket=self.bucket, Key=entry["Key"])
 
@@ -210,7 +232,10 @@ class S3UploadStorage:
 def open_upload_storage(settings: Settings) -> UploadStorage:
     """S3 when ``s3_bucket`` is set, else ``<data_dir>/uploads``."""
     if settings.s3_bucket:
-        return S3UploadStorage(settings.s3_bucket, settings.s3_uploads_prefix,
-                               endpoint_url=settings.s3_endpoint_url,
-                               region=settings.s3_region)
+        return S3UploadStorage(
+            settings.s3_bucket,
+            settings.s3_uploads_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+        )
     return LocalUploadStorage(settings.uploads_dir)

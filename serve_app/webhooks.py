@@ -55,8 +55,16 @@ from serve_app.schemas import Job
 from serve_app.settings import Settings
 from serve_app.store import JobStore
 
-__all__ = ["WebhookDispatcher", "event_body", "js_json", "retry_delay", "schedule_delay",
-           "sign", "standard_headers", "standard_signature"]
+__all__ = [
+    "WebhookDispatcher",
+    "event_body",
+    "js_json",
+    "retry_delay",
+    "schedule_delay",
+    "sign",
+    "standard_headers",
+    "standard_signature",
+]
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +125,24 @@ class _JsEncoder(json.JSONEncoder):
         # The pure-Python encoder formats floats with float.__repr__, which _JsNumber
         # overrides; the C encoder would bypass it.
         return json.encoder._make_iterencode(  # type: ignore[attr-defined]
-            {} if self.check_circular else None, self.default,
-            json.encoder.py_encode_basestring, self.indent, lambda f: repr(f),
-            self.key_separator, self.item_separator, self.sort_keys, self.skipkeys,
-            _one_shot)(o, 0)
+            {} if self.check_circular else None,
+            self.default,
+            json.encoder.py_encode_basestring,
+            self.indent,
+            lambda f: repr(f),
+            self.key_separator,
+            self.item_separator,
+            self.sort_keys,
+            self.skipkeys,
+            _one_shot,
+        )(o, 0)
 
 
 def js_json(value: Any) -> str:
     """``value`` serialised exactly as ``JSON.stringify`` would serialise it."""
-    text = json.dumps(_js_ready(value), cls=_JsEncoder, ensure_ascii=False,
-                      separators=(",", ":"), allow_nan=False)
+    text = json.dumps(
+        _js_ready(value), cls=_JsEncoder, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
     return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
@@ -141,27 +157,32 @@ def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) ->
     return "v1," + base64.b64encode(digest).decode()
 
 
-def standard_headers(key: ApiKeyRecord, msg_id: str, now: float, body: bytes
-                     ) -> dict[str, str]:
+def standard_headers(key: ApiKeyRecord, msg_id: str, now: float, body: bytes) -> dict[str, str]:
     """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` for a send at
     ``now``: one entry per secret valid at ``now`` (current first)."""
     secrets = [key.webhook_secret]
     if key.previous_webhook_secret and (key.previous_secret_expires_at or 0) > now:
         secrets.append(key.previous_webhook_secret)
     timestamp = math.floor(now)
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": " ".join(standard_signature(s, msg_id, timestamp, body)
-                                          for s in secrets)}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(
+            standard_signature(s, msg_id, timestamp, body) for s in secrets
+        ),
+    }
 
 
 def event_body(job: JobRecord, job_object: Job) -> str:
     """The event for ``job``'s terminal transition, as the exact text to send."""
-    return js_json({
-        "id": job.event_id,
-        "type": job.event_type,
-        "created_at": math.floor(job.completed_at or time.time()),
-        "data": job_object.model_dump(mode="json"),
-    })
+    return js_json(
+        {
+            "id": job.event_id,
+            "type": job.event_type,
+            "created_at": math.floor(job.completed_at or time.time()),
+            "data": job_object.model_dump(mode="json"),
+        }
+    )
 
 
 def retry_delay(attempt: int, base: float, rng: random.Random) -> float:
@@ -172,8 +193,7 @@ def retry_delay(attempt: int, base: float, rng: random.Random) -> float:
     return base * 2 ** (attempt - 1) * rng.uniform(0.8, 1.2)
 
 
-def schedule_delay(retry: int, schedule: tuple[float, ...], rng: random.Random
-                   ) -> float | None:
+def schedule_delay(retry: int, schedule: tuple[float, ...], rng: random.Random) -> float | None:
     """Delay before retry ``retry`` (1-based) of ``schedule``, jitter ±20 %; None once
     the schedule is spent."""
     if not 1 <= retry <= len(schedule):
@@ -184,8 +204,9 @@ def schedule_delay(retry: int, schedule: tuple[float, ...], rng: random.Random
 class WebhookDispatcher:
     """Delivers due events from the store's outbox; safe to run in several processes."""
 
-    def __init__(self, store: JobStore, settings: Settings,
-                 job_object: Any, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, store: JobStore, settings: Settings, job_object: Any, rng: random.Random | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
         self._job_object = job_object  # JobRecord -> Job, with the output URL filled in
@@ -204,8 +225,7 @@ class WebhookDispatcher:
         # claimed when it can start now: none waits, claimed, behind a slow key.
         while len(self._inflight) < self.settings.webhook_concurrency:
             full = [key for key, count in self._per_key.items() if count >= per_key]
-            claimed = await self.store.claim_due_webhooks(time.time(), lease, 1,
-                                                          exclude_keys=full)
+            claimed = await self.store.claim_due_webhooks(time.time(), lease, 1, exclude_keys=full)
             if not claimed:
                 return
             job = claimed[0]
@@ -227,7 +247,8 @@ class WebhookDispatcher:
     async def deliver(self, job: JobRecord) -> None:
         assert job.webhook_url is not None
         body = job.webhook_body or await self.store.freeze_webhook_body(
-            job.id, event_body(job, await self._job_object(job)))  # kept before it is sent
+            job.id, event_body(job, await self._job_object(job))
+        )  # kept before it is sent
         key = await self.store.get_key(job.key_id)
         number = job.webhook_attempts + 1
         started = time.monotonic()
@@ -239,24 +260,30 @@ class WebhookDispatcher:
                 raise FetchError("the job's API key no longer exists")
             if key.revoked_at is not None:
                 raise FetchError("the job's API key was revoked")
-            address = await asyncio.to_thread(resolve_checked, job.webhook_url,
-                                              self.settings.url_policy)
+            address = await asyncio.to_thread(
+                resolve_checked, job.webhook_url, self.settings.url_policy
+            )
             target, headers, extensions = pinned_target(job.webhook_url, address)
             payload = body.encode()
-            headers.update({
-                "Content-Type": "application/json",
-                "User-Agent": "Retroiva-Webhooks/2",
-                "X-Retroiva-Signature": sign(key.webhook_secret, payload),
-                "X-Retroiva-Event-Id": job.event_id,
-                "X-Retroiva-Timestamp": str(math.floor(job.completed_at or time.time())),
-                # Signed at send time: Standard Webhooks receivers refuse stale timestamps.
-                **standard_headers(key, job.event_id, time.time(), payload),
-            })
+            headers.update(
+                {
+                    "Content-Type": "application/json",
+                    "User-Agent": "Retroiva-Webhooks/2",
+                    "X-Retroiva-Signature": sign(key.webhook_secret, payload),
+                    "X-Retroiva-Event-Id": job.event_id,
+                    "X-Retroiva-Timestamp": str(math.floor(job.completed_at or time.time())),
+                    # Signed at send time: Standard Webhooks receivers refuse stale timestamps.
+                    **standard_headers(key, job.event_id, time.time(), payload),
+                }
+            )
             deadline = self.settings.webhook_timeout_seconds
-            async with asyncio.timeout(deadline), \
-                    httpx.AsyncClient(timeout=deadline, follow_redirects=False) as client, \
-                    client.stream("POST", target, content=payload, headers=headers,
-                                  extensions=extensions) as response:
+            async with (
+                asyncio.timeout(deadline),
+                httpx.AsyncClient(timeout=deadline, follow_redirects=False) as client,
+                client.stream(
+                    "POST", target, content=payload, headers=headers, extensions=extensions
+                ) as response,
+            ):
                 # Leaving the block without reading the body closes the connection.
                 status_code = response.status_code
             if not 200 <= status_code < 300:
@@ -264,25 +291,36 @@ class WebhookDispatcher:
         except FetchError as exc:
             error = f"refused: {exc}"
         except TimeoutError:
-            error = f"no response within the {self.settings.webhook_timeout_seconds:g} s " \
-                    "deadline"
+            error = f"no response within the {self.settings.webhook_timeout_seconds:g} s deadline"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
-        attempt = WebhookAttempt(job.id, number, time.time(), status_code, error,
-                                 round((time.monotonic() - started) * 1000),
-                                 redelivery=job.webhook_round_start > 0)
+        attempt = WebhookAttempt(
+            job.id,
+            number,
+            time.time(),
+            status_code,
+            error,
+            round((time.monotonic() - started) * 1000),
+            redelivery=job.webhook_round_start > 0,
+        )
         # Retries count within the current round (a redelivery starts a new one).
-        delay = schedule_delay(number - job.webhook_round_start,
-                               self.settings.retry_schedule, self._rng)
+        delay = schedule_delay(
+            number - job.webhook_round_start, self.settings.retry_schedule, self._rng
+        )
         if error is None:
             status, next_at = "delivered", None
         elif delay is None or revoked:
             status, next_at = "failed", None
-            log.warning("webhook %s for %s failed after %d attempts: %s", job.event_id,
-                        job.id, number, error)
+            log.warning(
+                "webhook %s for %s failed after %d attempts: %s",
+                job.event_id,
+                job.id,
+                number,
+                error,
+            )
         else:
             status, next_at = "pending", time.time() + delay
-        await self.store.record_webhook_attempt(attempt, status=status, next_at=next_at,
-                                                body=body)
-        count_webhook_delivery("delivered" if error is None else
-                               "failed" if status == "failed" else "retrying")
+        await self.store.record_webhook_attempt(attempt, status=status, next_at=next_at, body=body)
+        count_webhook_delivery(
+            "delivered" if error is None else "failed" if status == "failed" else "retrying"
+        )

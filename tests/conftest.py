@@ -35,8 +35,13 @@ def ray_session() -> Iterator[None]:
     # to start at all.  Subprocess clusters inherit the same allowance.
     os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-                 configure_logging=True, _metrics_export_port=METRICS_PORT)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+            _metrics_export_port=METRICS_PORT,
+        )
     yield
     ray.shutdown()
 
@@ -56,8 +61,7 @@ def make_video(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     def make(name: str = "clip.mp4", **fields: object) -> Path:
         key = (name, tuple(sorted(fields.items())))
         if key not in made:
-            made[key] = write_sample_video(directory / f"{len(made)}_{name}",
-                                           SampleSpec(**fields))  # type: ignore[arg-type]
+            made[key] = write_sample_video(directory / f"{len(made)}_{name}", SampleSpec(**fields))  # type: ignore[arg-type]
         return made[key]
 
     return make

@@ -24,8 +24,9 @@ def dashboard_store(tmp_path: Path) -> SqliteStore:
 def dashboard_client(tmp_path: Path, store: SqliteStore) -> Iterator[TestClient]:
     """The body of a ``client`` fixture: the API app (dashboard mounted) in process."""
     settings = Settings(data_dir=tmp_path, default_rate_limit=1000, admin_token=ADMIN)
-    with TestClient(create_api(settings, store), raise_server_exceptions=False,
-                    follow_redirects=False) as client:
+    with TestClient(
+        create_api(settings, store), raise_server_exceptions=False, follow_redirects=False
+    ) as client:
         yield client
 
 
@@ -38,7 +39,14 @@ def csrf_of(html: str) -> str:
 def signed_in(client: TestClient, token: str) -> str:
     """Sign in; returns the CSRF token of the signed-in pages."""
     page = client.get("/dashboard/login")
-    assert client.post("/dashboard/login", data={
-        "token": token, "csrf": csrf_of(page.text)}).status_code == 303
-    return csrf_of(client.get("/dashboard/account" if token.startswith("sk_")
-                              else "/dashboard/operator/keys").text)
+    assert (
+        client.post(
+            "/dashboard/login", data={"token": token, "csrf": csrf_of(page.text)}
+        ).status_code
+        == 303
+    )
+    return csrf_of(
+        client.get(
+            "/dashboard/account" if token.startswith("sk_") else "/dashboard/operator/keys"
+        ).text
+    )

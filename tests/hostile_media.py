@@ -66,8 +66,9 @@ def _absurd_header(d: Path) -> Path:
     return path
 
 
-def _encode(path: Path, frames: list[np.ndarray], x264_params: str = "",
-            pts_ms: list[int] | None = None) -> Path:
+def _encode(
+    path: Path, frames: list[np.ndarray], x264_params: str = "", pts_ms: list[int] | None = None
+) -> Path:
     """x264 in ``path``'s container; 25 fps unless ``pts_ms`` times each frame (VFR)."""
     h, w = frames[0].shape[:2]
     time_base = Fraction(1, 1000) if pts_ms else Fraction(1, 25)
@@ -100,7 +101,7 @@ def _interlaced(d: Path) -> Path:
     frames = []
     for i in range(24):
         pixels = np.zeros((64, 96, 3), np.uint8)
-        pixels[i % 2::2] = 200  # the two fields differ, as in real interlaced video
+        pixels[i % 2 :: 2] = 200  # the two fields differ, as in real interlaced video
         frames.append(pixels)
     return _encode(d / "interlaced.mp4", frames, "interlaced=1:tff=1")
 
@@ -113,29 +114,49 @@ CORPUS: tuple[HostileInput, ...] = (
     HostileInput("truncated", _truncated, "invalid_input", "first third of an MP4"),
     HostileInput("text-named-mp4", _text_as_mp4, "invalid_input", "text with a .mp4 name"),
     HostileInput("mkv-named-mp4", _mkv_named_mp4, "completed", "Matroska named .mp4"),
-    HostileInput("zero-frames", lambda d: write_zero_frame_video(d / "zero.mp4"),
-                 "invalid_input", "video track with no frames, audio present"),
-    HostileInput("audio-only", lambda d: write_audio_only(d / "audio.m4a"),
-                 "invalid_input", "no video track"),
-    HostileInput("huge-audio-only", _huge_audio_only, "invalid_input",
-                 "10 minutes of audio, no video"),
-    HostileInput("absurd-dimensions", _absurd_header, "invalid_input",
-                 "header claims 65535×65535"),
-    HostileInput("decompression-bomb", _bomb, "invalid_options",
-                 "8192×8192 frames in 200 KB; ×2 would exceed 8192 px"),
-    HostileInput("one-frame", _sample("one.mp4", seconds=1 / 24), "completed",
-                 "a single frame"),
-    HostileInput("high-fps", _sample("fast.mp4", seconds=0.25, fps=Fraction(240)),
-                 "completed", "240 fps"),
+    HostileInput(
+        "zero-frames",
+        lambda d: write_zero_frame_video(d / "zero.mp4"),
+        "invalid_input",
+        "video track with no frames, audio present",
+    ),
+    HostileInput(
+        "audio-only", lambda d: write_audio_only(d / "audio.m4a"), "invalid_input", "no video track"
+    ),
+    HostileInput(
+        "huge-audio-only", _huge_audio_only, "invalid_input", "10 minutes of audio, no video"
+    ),
+    HostileInput("absurd-dimensions", _absurd_header, "invalid_input", "header claims 65535×65535"),
+    HostileInput(
+        "decompression-bomb",
+        _bomb,
+        "invalid_options",
+        "8192×8192 frames in 200 KB; ×2 would exceed 8192 px",
+    ),
+    HostileInput("one-frame", _sample("one.mp4", seconds=1 / 24), "completed", "a single frame"),
+    HostileInput(
+        "high-fps", _sample("fast.mp4", seconds=0.25, fps=Fraction(240)), "completed", "240 fps"
+    ),
     HostileInput("vfr", _vfr, "completed", "variable frame rate, 1 ms timebase"),
-    HostileInput("odd-size", _sample("odd.mp4", width=33, height=17, seconds=0.5,
-                                     pixel_format="yuv444p"),
-                 "completed", "33×17 (4:4:4: x264 refuses odd 4:2:0)"),
-    HostileInput("rotated", _sample("rotated.mp4", rotation=90, seconds=0.5), "completed",
-                 "90° display matrix"),
+    HostileInput(
+        "odd-size",
+        _sample("odd.mp4", width=33, height=17, seconds=0.5, pixel_format="yuv444p"),
+        "completed",
+        "33×17 (4:4:4: x264 refuses odd 4:2:0)",
+    ),
+    HostileInput(
+        "rotated",
+        _sample("rotated.mp4", rotation=90, seconds=0.5),
+        "completed",
+        "90° display matrix",
+    ),
     HostileInput("interlaced", _interlaced, "completed", "x264 interlaced, top field first"),
-    HostileInput("ten-bit", _sample("ten.mkv", pixel_format="yuv420p10le", seconds=0.5),
-                 "completed", "yuv420p10le"),
+    HostileInput(
+        "ten-bit",
+        _sample("ten.mkv", pixel_format="yuv420p10le", seconds=0.5),
+        "completed",
+        "yuv420p10le",
+    ),
 )
 
 

@@ -47,6 +47,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def luma_psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR of the Y channel: what 4:2:0 encoding keeps at full resolution."""
+
     def luma(image: np.ndarray) -> np.ndarray:
         return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2YUV)[..., 0]
 

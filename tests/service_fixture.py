@@ -50,20 +50,27 @@ def service(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     www = tmp_path_factory.mktemp("www")
     write_sample_video(www / "clip.mp4", SampleSpec(seconds=1))
     (www / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"garbage" * 500)
-    write_sample_video(www / "long.mp4", SampleSpec(width=320, height=240, seconds=8,
-                                                    audio=False))
+    write_sample_video(www / "long.mp4", SampleSpec(width=320, height=240, seconds=8, audio=False))
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
 
-    media = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(Quiet, directory=str(www)))
+    media = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(www))
+    )
     threading.Thread(target=media.serve_forever, daemon=True).start()
 
-    settings = Settings(data_dir=data, port=free_port(), api_replicas=2,
-                        allow_private_urls=True, lease_seconds=5, poll_seconds=0.2,
-                        chunk_frames=12, rate_window_seconds=60)
+    settings = Settings(
+        data_dir=data,
+        port=free_port(),
+        api_replicas=2,
+        allow_private_urls=True,
+        lease_seconds=5,
+        poll_seconds=0.2,
+        chunk_frames=12,
+        rate_window_seconds=60,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": settings.port})
     serve.run(build_app(settings), name="retroiva", route_prefix="/")
     store = SqliteStore(settings.sqlite_path)
@@ -71,7 +78,11 @@ def service(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     def new_key(rate_limit: int = 1000) -> dict[str, str]:
         return bearer(add_key(store, rate_limit)[0])
 
-    yield Service(f"http://127.0.0.1:{settings.port}", settings,
-                  f"http://127.0.0.1:{media.server_address[1]}", new_key)
+    yield Service(
+        f"http://127.0.0.1:{settings.port}",
+        settings,
+        f"http://127.0.0.1:{media.server_address[1]}",
+        new_key,
+    )
     serve.shutdown()
     media.shutdown()

@@ -58,10 +58,14 @@ def test_health_and_openapi_need_no_key(client: TestClient):
     assert client.get("/healthz").json() == {"status": "ok"}
     document = client.get("/v2/openapi.json").json()
     assert document["openapi"].startswith("3.1")
-    assert {"/v2/enhance", "/v2/jobs", "/v2/jobs/{job_id}", "/v2/jobs/{job_id}/cancel",
-            "/v2/jobs/{job_id}/download"} <= set(document["paths"])
-    assert {"EnhanceBody", "Job", "JobList", "ErrorBody"} <= set(
-        document["components"]["schemas"])
+    assert {
+        "/v2/enhance",
+        "/v2/jobs",
+        "/v2/jobs/{job_id}",
+        "/v2/jobs/{job_id}/cancel",
+        "/v2/jobs/{job_id}/download",
+    } <= set(document["paths"])
+    assert {"EnhanceBody", "Job", "JobList", "ErrorBody"} <= set(document["components"]["schemas"])
 
 
 @pytest.mark.parametrize("header", [None, "Basic abc", "Bearer ", "Bearer sk_live_wrong"])
@@ -80,8 +84,9 @@ def test_revoked_key_is_401(client: TestClient, make_key, store: SqliteStore):
 
 
 def test_create_job_returns_the_job_object(client: TestClient, make_key):
-    response = _enhance(client, make_key(), preset="cinematic",
-                        webhook_url="https://93.184.215.14/hook")
+    response = _enhance(
+        client, make_key(), preset="cinematic", webhook_url="https://93.184.215.14/hook"
+    )
     assert response.status_code == 200
     job = response.json()
     assert job["id"].startswith("job_") and len(job["id"]) > 20
@@ -96,22 +101,25 @@ def test_create_job_returns_the_job_object(client: TestClient, make_key):
         assert response.headers[header].isdigit()
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"video_url": None}, "video_url"),
-    ({"video_url": "ftp://example.com/a.mp4"}, "video_url"),
-    ({"video_url": "not a url"}, "video_url"),
-    ({"preset": "vivid"}, "preset"),
-    ({"upscale_factor": 5}, "upscale_factor"),
-    ({"upscale_factor": "two"}, "upscale_factor"),
-    ({"engine": "tensorrt"}, "engine"),
-    ({"webhook_url": "javascript:alert(1)"}, "webhook_url"),
-    ({"colour": "red"}, "colour"),
-    ({"video_url": "http://127.0.0.1/a.mp4"}, "video_url"),
-    ({"video_url": "http://10.1.2.3/a.mp4"}, "video_url"),
-    ({"video_url": "http://169.254.169.254/latest/meta-data"}, "video_url"),
-    ({"video_url": "http://[::1]/a.mp4"}, "video_url"),
-    ({"webhook_url": "http://192.168.0.5/hook"}, "webhook_url"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"video_url": None}, "video_url"),
+        ({"video_url": "ftp://example.com/a.mp4"}, "video_url"),
+        ({"video_url": "not a url"}, "video_url"),
+        ({"preset": "vivid"}, "preset"),
+        ({"upscale_factor": 5}, "upscale_factor"),
+        ({"upscale_factor": "two"}, "upscale_factor"),
+        ({"engine": "tensorrt"}, "engine"),
+        ({"webhook_url": "javascript:alert(1)"}, "webhook_url"),
+        ({"colour": "red"}, "colour"),
+        ({"video_url": "http://127.0.0.1/a.mp4"}, "video_url"),
+        ({"video_url": "http://10.1.2.3/a.mp4"}, "video_url"),
+        ({"video_url": "http://169.254.169.254/latest/meta-data"}, "video_url"),
+        ({"video_url": "http://[::1]/a.mp4"}, "video_url"),
+        ({"webhook_url": "http://192.168.0.5/hook"}, "webhook_url"),
+    ],
+)
 def test_invalid_bodies_name_the_parameter(client: TestClient, make_key, body, param):
     payload = {"video_url": VIDEO, **body}
     payload = {k: v for k, v in payload.items() if v is not None}
@@ -122,16 +130,17 @@ def test_invalid_bodies_name_the_parameter(client: TestClient, make_key, body, p
 
 def test_malformed_requests_are_4xx_not_500(client: TestClient, make_key):
     auth = make_key()
-    bad_json = client.post("/v2/enhance", content=b"{nope",
-                           headers={**auth, "Content-Type": "application/json"})
+    bad_json = client.post(
+        "/v2/enhance", content=b"{nope", headers={**auth, "Content-Type": "application/json"}
+    )
     _assert_error(bad_json, 400, "invalid_request_error")
-    wrong_type = client.post("/v2/enhance", content=b"video_url=x",
-                             headers={**auth, "Content-Type": "text/plain"})
+    wrong_type = client.post(
+        "/v2/enhance", content=b"video_url=x", headers={**auth, "Content-Type": "text/plain"}
+    )
     _assert_error(wrong_type, 400, "invalid_request_error")
     not_object = client.post("/v2/enhance", json=[1, 2], headers=auth)
     _assert_error(not_object, 400, "invalid_request_error")
-    huge = client.post("/v2/enhance", json={"video_url": VIDEO, "pad": "x" * 70_000},
-                       headers=auth)
+    huge = client.post("/v2/enhance", json={"video_url": VIDEO, "pad": "x" * 70_000}, headers=auth)
     _assert_error(huge, 413, "invalid_request_error")
 
 
@@ -141,8 +150,7 @@ def test_idempotency_key_replays_or_conflicts(client: TestClient, make_key):
     again = _enhance(client, auth, preset="archive")
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
-    _assert_error(_enhance(client, auth, preset="social"), 409, "conflict_error",
-                  "Idempotency-Key")
+    _assert_error(_enhance(client, auth, preset="social"), 409, "conflict_error", "Idempotency-Key")
     other_key = {**make_key(), "Idempotency-Key": "order-42"}
     assert _enhance(client, other_key, preset="archive").json()["id"] != first.json()["id"]
 
@@ -153,10 +161,10 @@ def test_jobs_of_another_key_are_404(client: TestClient, make_key):
     assert client.get(f"/v2/jobs/{job_id}", headers=mine).json()["id"] == job_id
     for path in (f"/v2/jobs/{job_id}", f"/v2/jobs/{job_id}/download"):
         _assert_error(client.get(path, headers=theirs), 404, "not_found_error", "job_id")
-    _assert_error(client.post(f"/v2/jobs/{job_id}/cancel", headers=theirs), 404,
-                  "not_found_error", "job_id")
-    _assert_error(client.get("/v2/jobs/job_nope", headers=mine), 404, "not_found_error",
-                  "job_id")
+    _assert_error(
+        client.post(f"/v2/jobs/{job_id}/cancel", headers=theirs), 404, "not_found_error", "job_id"
+    )
+    _assert_error(client.get("/v2/jobs/job_nope", headers=mine), 404, "not_found_error", "job_id")
     assert client.get("/v2/jobs", headers=theirs).json()["data"] == []
 
 
@@ -176,19 +184,28 @@ def test_pagination_has_no_duplicates_or_gaps(client: TestClient, make_key):
     assert len(client.get("/v2/jobs", headers=auth).json()["data"]) == 20  # default limit
 
 
-@pytest.mark.parametrize(("params", "param"), [
-    ({"limit": "0"}, "limit"), ({"limit": "101"}, "limit"), ({"limit": "ten"}, "limit"),
-    ({"starting_after": "job_unknown"}, "starting_after")])
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "101"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"starting_after": "job_unknown"}, "starting_after"),
+    ],
+)
 def test_bad_list_parameters(client: TestClient, make_key, params, param):
-    _assert_error(client.get("/v2/jobs", params=params, headers=make_key()), 400,
-                  "invalid_request_error", param)
+    _assert_error(
+        client.get("/v2/jobs", params=params, headers=make_key()),
+        400,
+        "invalid_request_error",
+        param,
+    )
 
 
 def test_cancel_queued_job_and_download_rules(client: TestClient, make_key, store):
     auth = make_key()
     job_id = _enhance(client, auth).json()["id"]
-    _assert_error(client.get(f"/v2/jobs/{job_id}/download", headers=auth), 409,
-                  "conflict_error")
+    _assert_error(client.get(f"/v2/jobs/{job_id}/download", headers=auth), 409, "conflict_error")
     canceled = client.post(f"/v2/jobs/{job_id}/cancel", headers=auth).json()
     assert canceled["status"] == "canceled" and canceled["completed_at"] is not None
     assert client.post(f"/v2/jobs/{job_id}/cancel", headers=auth).json() == canceled
@@ -197,20 +214,36 @@ def test_cancel_queued_job_and_download_rules(client: TestClient, make_key, stor
     done_id = _enhance(client, auth).json()["id"]
     job = asyncio.run(store.claim_next("runner", time.time(), 30))
     assert job.id == done_id
-    asyncio.run(store.finish(done_id, "runner", JobStatus.COMPLETED, time.time(),
-                             output_path=f"{done_id}.mp4"))
+    asyncio.run(
+        store.finish(
+            done_id, "runner", JobStatus.COMPLETED, time.time(), output_path=f"{done_id}.mp4"
+        )
+    )
     completed = client.post(f"/v2/jobs/{done_id}/cancel", headers=auth).json()
     assert completed["status"] == "completed" and completed["progress"] == 1.0
 
 
-def _completed_job(client: TestClient, store: SqliteStore, auth: dict[str, str],
-                   tmp_path: Path, content: bytes, finished: float | None = None) -> str:
+def _completed_job(
+    client: TestClient,
+    store: SqliteStore,
+    auth: dict[str, str],
+    tmp_path: Path,
+    content: bytes,
+    finished: float | None = None,
+) -> str:
     job_id = _enhance(client, auth).json()["id"]
     assert asyncio.run(store.claim_next("runner", time.time(), 30)).id == job_id
     (tmp_path / "outputs").mkdir(exist_ok=True)
     (tmp_path / "outputs" / f"{job_id}.mp4").write_bytes(content)
-    asyncio.run(store.finish(job_id, "runner", JobStatus.COMPLETED, finished or time.time(),
-                             output_path=f"{job_id}.mp4"))
+    asyncio.run(
+        store.finish(
+            job_id,
+            "runner",
+            JobStatus.COMPLETED,
+            finished or time.time(),
+            output_path=f"{job_id}.mp4",
+        )
+    )
     return job_id
 
 
@@ -232,8 +265,7 @@ def test_signed_download_with_ranges(client: TestClient, make_key, store, tmp_pa
     assert part.headers["content-range"] == f"bytes 100-199/{len(content)}"
 
 
-def test_tampered_and_expired_links_are_403(client: TestClient, make_key, store,
-                                            tmp_path: Path):
+def test_tampered_and_expired_links_are_403(client: TestClient, make_key, store, tmp_path: Path):
     from serve_app.signing import load_signing_secret, sign_path
 
     auth = make_key()
@@ -242,11 +274,13 @@ def test_tampered_and_expired_links_are_403(client: TestClient, make_key, store,
     base, _, query = url.partition("?")
     params = dict(p.split("=") for p in query.split("&"))
     tampered_sig = params["signature"][:-1] + ("0" if params["signature"][-1] != "0" else "1")
-    for bad in (f"{base}?expires={params['expires']}&signature={tampered_sig}",
-                f"{base}?expires={int(params['expires']) + 60}&signature={params['signature']}",
-                f"{base.replace(job_id, 'job_other')}?{query}",
-                f"{base}?expires={params['expires']}",
-                f"{base}?expires={params['expires']}&signature=%C2%80"):  # was a 500
+    for bad in (
+        f"{base}?expires={params['expires']}&signature={tampered_sig}",
+        f"{base}?expires={int(params['expires']) + 60}&signature={params['signature']}",
+        f"{base.replace(job_id, 'job_other')}?{query}",
+        f"{base}?expires={params['expires']}",
+        f"{base}?expires={params['expires']}&signature=%C2%80",
+    ):  # was a 500
         _assert_error(client.get(bad), 403, "forbidden_error")
     secret = load_signing_secret(None, tmp_path)
     path = f"/v2/files/{job_id}.mp4"
@@ -264,7 +298,8 @@ def test_after_retention_download_is_410(client: TestClient, make_key, store, tm
 
 
 def test_after_the_reaper_runs_links_are_410_and_the_file_is_gone(
-        client: TestClient, make_key, store, tmp_path: Path):
+    client: TestClient, make_key, store, tmp_path: Path
+):
     from serve_app.runner import JobRunner
     from serve_app.signing import load_signing_secret
     from serve_app.storage import LocalStorage
@@ -273,9 +308,11 @@ def test_after_the_reaper_runs_links_are_410_and_the_file_is_gone(
     job_id = _completed_job(client, store, auth, tmp_path, b"video", time.time() - 7200)
     url = client.get(f"/v2/jobs/{job_id}/download", headers=auth).json()["url"]
     assert client.get(url).status_code == 200
-    reaper = JobRunner(store, Settings(data_dir=tmp_path, retention_seconds=3600),
-                       storage=LocalStorage(tmp_path / "outputs",
-                                            load_signing_secret(None, tmp_path)))
+    reaper = JobRunner(
+        store,
+        Settings(data_dir=tmp_path, retention_seconds=3600),
+        storage=LocalStorage(tmp_path / "outputs", load_signing_secret(None, tmp_path)),
+    )
     assert asyncio.run(reaper.reap()) == 1
     assert not (tmp_path / "outputs" / f"{job_id}.mp4").exists()
     _assert_error(client.get(url), 410, "gone_error")
@@ -286,8 +323,9 @@ def test_after_the_reaper_runs_links_are_410_and_the_file_is_gone(
 
 def test_rate_limit_is_429_with_retry_after(client: TestClient, make_key):
     auth = make_key(rate_limit=3)
-    remaining = [client.get("/v2/jobs", headers=auth).headers["x-ratelimit-remaining"]
-                 for _ in range(3)]
+    remaining = [
+        client.get("/v2/jobs", headers=auth).headers["x-ratelimit-remaining"] for _ in range(3)
+    ]
     assert remaining == ["2", "1", "0"]
     limited = client.get("/v2/jobs", headers=auth)
     _assert_error(limited, 429, "rate_limit_error")
@@ -305,8 +343,12 @@ def test_unknown_routes_and_methods_use_the_error_body(client: TestClient, make_
 def test_settings_survive_the_trip_through_replica_environments(monkeypatch):
     from serve_app.deployments import settings_env
 
-    settings = Settings(private_url_allowlist=("videos.test:8080",), allow_private_urls=True,
-                        chunk_frames=12, data_dir=Path("/srv/retroiva"))
+    settings = Settings(
+        private_url_allowlist=("videos.test:8080",),
+        allow_private_urls=True,
+        chunk_frames=12,
+        data_dir=Path("/srv/retroiva"),
+    )
     for name, value in settings_env(settings).items():
         monkeypatch.setenv(name, value)
     assert Settings() == settings
@@ -317,8 +359,9 @@ class _BrokenStore(SqliteStore):
         raise RuntimeError("disk on fire: sk_live_secret-in-message")
 
 
-def test_unexpected_errors_are_500_without_details(tmp_path: Path,
-                                                   caplog: pytest.LogCaptureFixture):
+def test_unexpected_errors_are_500_without_details(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     app = create_api(Settings(data_dir=tmp_path), _BrokenStore(tmp_path / "s.db"))
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.get("/v2/jobs", headers={"Authorization": "Bearer sk_live_x"})
@@ -328,8 +371,9 @@ def test_unexpected_errors_are_500_without_details(tmp_path: Path,
     assert any(request_id in r.getMessage() for r in caplog.records)
 
 
-def test_range_errors_use_the_json_error_format(client: TestClient, make_key, store,
-                                                tmp_path: Path):
+def test_range_errors_use_the_json_error_format(
+    client: TestClient, make_key, store, tmp_path: Path
+):
     auth = make_key()
     job_id = _completed_job(client, store, auth, tmp_path, b"x" * 1000)
     url = client.get(f"/v2/jobs/{job_id}/download", headers=auth).json()["url"]
@@ -337,27 +381,40 @@ def test_range_errors_use_the_json_error_format(client: TestClient, make_key, st
     _assert_error(past_the_end, 416, "invalid_request_error", "Range")
     assert past_the_end.headers["content-range"] == "bytes */1000"
     for malformed in ("bytes=5-1", "pages=1-2", "bytes", "bytes=x-y"):
-        _assert_error(client.get(url, headers={"Range": malformed}), 400,
-                      "invalid_request_error", "Range")
+        _assert_error(
+            client.get(url, headers={"Range": malformed}), 400, "invalid_request_error", "Range"
+        )
     assert client.get(url, headers={"Range": "bytes=10-19"}).content == b"x" * 10
 
 
 @pytest.mark.parametrize("value", [True, 2.0, "2", 2.5, "two"])
 def test_upscale_factor_is_a_json_integer(client: TestClient, make_key, value: object):
-    _assert_error(_enhance(client, make_key(), upscale_factor=value), 400,
-                  "invalid_request_error", "upscale_factor")
+    _assert_error(
+        _enhance(client, make_key(), upscale_factor=value),
+        400,
+        "invalid_request_error",
+        "upscale_factor",
+    )
 
 
 # Every IPv6 form the attack got through, in both URL fields (refused at submission).
-_EMBEDDED_PRIVATE = ["::127.0.0.1", "::7f00:1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",
-                     "2002:7f00:1::", "::ffff:0:7f00:1", "fec0::1",
-                     "2001:0:4136:e378:8000:63bf:3fff:fdd2"]
+_EMBEDDED_PRIVATE = [
+    "::127.0.0.1",
+    "::7f00:1",
+    "64:ff9b::7f00:1",
+    "64:ff9b::a9fe:a9fe",
+    "2002:7f00:1::",
+    "::ffff:0:7f00:1",
+    "fec0::1",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+]
 
 
 @pytest.mark.parametrize("field", ["video_url", "webhook_url"])
 @pytest.mark.parametrize("address", _EMBEDDED_PRIVATE)
-def test_ipv6_forms_embedding_private_ipv4_are_refused(client: TestClient, make_key,
-                                                       field: str, address: str):
+def test_ipv6_forms_embedding_private_ipv4_are_refused(
+    client: TestClient, make_key, field: str, address: str
+):
     response = _enhance(client, make_key(), **{field: f"http://[{address}]:8080/x"})
     _assert_error(response, 400, "invalid_request_error", field)
     assert "non-public" in response.json()["error"]["message"]

@@ -39,22 +39,30 @@ NEEDS_FFMPEG = {"fidelity", "interpolation_quality", "pipeline_vs_ffmpeg", "pipe
 # runner does the same) instead of paying for, and on a loaded machine timing out in,
 # a Ray start-up each.  The Serve ones start their own, so their Serve instance can't
 # meet another test's.
-SESSION_RAY = {"fidelity", "hostile_media", "memory_bounded", "pipeline_ceiling",
-               "pipeline_vs_ffmpeg"}
+SESSION_RAY = {
+    "fidelity",
+    "hostile_media",
+    "memory_bounded",
+    "pipeline_ceiling",
+    "pipeline_vs_ffmpeg",
+}
 
 
 def _run(args: list[str], timeout: float, ray_address: str | None = None) -> str:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           # gpu.sh calls python3: make it this interpreter.
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        # gpu.sh calls python3: make it this interpreter.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     # A benchmark given no address starts its own local Ray where it needs one.
     env.pop("RAY_ADDRESS", None)
     if ray_address is not None:
         env["RAY_ADDRESS"] = ray_address
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout[-3000:]}" \
-        f"\n{done.stderr[-3000:]}"
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (
+        f"{args} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     return done.stdout
 
 
@@ -71,8 +79,9 @@ def test_quick_run_prints_its_figures(module: str, request: pytest.FixtureReques
     if module in SESSION_RAY:
         request.getfixturevalue("ray_session")
         address = ray.get_runtime_context().gcs_address
-    out = _run([sys.executable, "-m", f"benchmarks.{module}", "--quick"], timeout=240,
-               ray_address=address)
+    out = _run(
+        [sys.executable, "-m", f"benchmarks.{module}", "--quick"], timeout=240, ray_address=address
+    )
     assert QUICK[module] in out, out[-3000:]
     if module == "gpu_check":
         assert "no CUDA" in out or "RIFE" in out, out

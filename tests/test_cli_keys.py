@@ -54,8 +54,10 @@ def test_bad_rate_limit_is_a_usage_error(data_dir: Path):
 
 
 def test_sample_writes_a_playable_clip(tmp_path: Path):
-    result = CliRunner().invoke(app, ["sample", str(tmp_path / "s.mp4"), "--seconds", "0.5",
-                                      "--width", "64", "--height", "48"])
+    result = CliRunner().invoke(
+        app,
+        ["sample", str(tmp_path / "s.mp4"), "--seconds", "0.5", "--width", "64", "--height", "48"],
+    )
     assert result.exit_code == 0, result.output
     info = probe(tmp_path / "s.mp4")
     assert (info.width, info.height, info.frame_count) == (64, 48, 12)
@@ -69,9 +71,16 @@ def test_jobs_list_show_and_cancel(data_dir: Path):
     from serve_app.records import JobRecord, JobStatus
 
     store = SqliteStore(data_dir / "retroiva.sqlite3")
-    job = JobRecord(id=new_id("job"), key_id="key_ops", status=JobStatus.QUEUED,
-                    input_url="https://example.com/v.mp4", preset="archive",
-                    upscale_factor=3, created_at=time.time(), created_seq=time.time_ns())
+    job = JobRecord(
+        id=new_id("job"),
+        key_id="key_ops",
+        status=JobStatus.QUEUED,
+        input_url="https://example.com/v.mp4",
+        preset="archive",
+        upscale_factor=3,
+        created_at=time.time(),
+        created_seq=time.time_ns(),
+    )
 
     async def seed() -> None:
         await store.init()
@@ -119,9 +128,11 @@ def test_revoke_and_rotate_refuse_an_ambiguous_prefix(data_dir: Path):
 
     asyncio.run(seed())
     runner = CliRunner()
-    for command in (["keys", "revoke", first.prefix],
-                    ["keys", "rotate-webhook-secret", first.prefix],
-                    ["keys", "set-limits", first.prefix, "--max-queued", "5"]):
+    for command in (
+        ["keys", "revoke", first.prefix],
+        ["keys", "rotate-webhook-secret", first.prefix],
+        ["keys", "set-limits", first.prefix, "--max-queued", "5"],
+    ):
         refused = runner.invoke(app, command)
         assert refused.exit_code == 1, refused.output
         assert "matches 2 keys" in refused.output and "nothing changed" in refused.output
@@ -138,11 +149,15 @@ def test_queue_limits_per_key(data_dir: Path):
     runner = CliRunner()
     created = runner.invoke(app, ["keys", "create", "--name", "batchy", "--max-queued", "20"])
     assert created.exit_code == 0 and "max queued 20, max running default" in created.output
-    record = asyncio.run(SqliteStore(data_dir / "retroiva.sqlite3").key_by_digest(
-        digest_key(_key_from(created.output))))
+    record = asyncio.run(
+        SqliteStore(data_dir / "retroiva.sqlite3").key_by_digest(
+            digest_key(_key_from(created.output))
+        )
+    )
     assert record is not None and record.max_queued == 20
-    changed = runner.invoke(app, ["keys", "set-limits", record.id[:10], "--max-queued", "5",
-                                  "--max-running", "2"])
+    changed = runner.invoke(
+        app, ["keys", "set-limits", record.id[:10], "--max-queued", "5", "--max-running", "2"]
+    )
     assert changed.exit_code == 0 and "max queued 5, max running 2" in changed.output
     assert "max queued 5, max running 2" in runner.invoke(app, ["keys", "list"]).output
     cleared = runner.invoke(app, ["keys", "set-limits", record.id])

@@ -39,8 +39,10 @@ def test_cpu_head_and_autoscaling_gpu_workers():
     head = types[config["head_node_type"]]
     assert head["resources"].get("GPU", 0) == 0
     workers = [t for name, t in types.items() if name != config["head_node_type"]]
-    assert any(t["resources"].get("GPU", 0) >= 1 and t["min_workers"] == 0
-               and t["max_workers"] >= 1 for t in workers)
+    assert any(
+        t["resources"].get("GPU", 0) >= 1 and t["min_workers"] == 0 and t["max_workers"] >= 1
+        for t in workers
+    )
     assert any("make install" in command for command in config["setup_commands"])
 
 
@@ -57,16 +59,20 @@ def test_serve_config_places_service_on_the_head_only():
     assert set(placed) == {"api", "runner"}
     assert all(r.get("retroiva_head", 0) > 0 for r in placed.values())
     # Secrets come from the node's environment, never from the config file.
-    assert not any("SECRET" in k or "MONGODB" in k or "AWS" in k
-                   for k in app.get("runtime_env", {}).get("env_vars", {}))
+    assert not any(
+        "SECRET" in k or "MONGODB" in k or "AWS" in k
+        for k in app.get("runtime_env", {}).get("env_vars", {})
+    )
 
 
 # --- The cluster agrees with the project: images, GPU install, start commands. ---
 
 ROOT = CLUSTER_YAML.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-IMAGE = re.compile(r"^rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-py3(?P<minor>\d+)"
-                   r"-(?P<platform>cpu|gpu|cu\d+)$")
+IMAGE = re.compile(
+    r"^rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-py3(?P<minor>\d+)"
+    r"-(?P<platform>cpu|gpu|cu\d+)$"
+)
 
 
 def _config() -> dict:
@@ -74,8 +80,9 @@ def _config() -> dict:
 
 
 def _ray_pin() -> str:
-    [pin] = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]
-             if Requirement(r).name == "ray"]
+    [pin] = [
+        Requirement(r) for r in PYPROJECT["project"]["dependencies"] if Requirement(r).name == "ray"
+    ]
     [spec] = pin.specifier
     assert spec.operator == "=="
     return spec.version
@@ -90,7 +97,8 @@ def _images(config: dict) -> dict[str, str]:
             images[name] = docker.get("head_image", docker.get("image"))
         else:
             images[name] = node.get("docker", {}).get(
-                "worker_image", docker.get("worker_image", docker.get("image")))
+                "worker_image", docker.get("worker_image", docker.get("image"))
+            )
     return images
 
 
@@ -105,8 +113,11 @@ def _commands(config: dict, name: str) -> list[str]:
 
 
 def _gpu_types(config: dict) -> list[str]:
-    return [n for n, t in config["available_node_types"].items()
-            if t.get("resources", {}).get("GPU", 0) >= 1]
+    return [
+        n
+        for n, t in config["available_node_types"].items()
+        if t.get("resources", {}).get("GPU", 0) >= 1
+    ]
 
 
 def test_images_run_the_pinned_ray_on_a_python_the_project_accepts():
@@ -134,7 +145,8 @@ def test_gpu_workers_install_the_gpu_extra_and_request_gpus_and_the_head_never_d
         assert "make install" in commands, name
         assert ("make install-gpu" in commands) == (name in gpu_types), name
         options = config["docker"].get("run_options", []) + config["available_node_types"][
-            name].get("docker", {}).get("worker_run_options", [])
+            name
+        ].get("docker", {}).get("worker_run_options", [])
         assert ("--gpus all" in options) == (name in gpu_types), name
     # `make install-gpu` installs the extra; `make test` (CI) never reaches it.
     makefile = (ROOT / "Makefile").read_text()
@@ -145,8 +157,9 @@ def test_gpu_workers_install_the_gpu_extra_and_request_gpus_and_the_head_never_d
     assert "retroiva[gpu]" not in str(PYPROJECT["project"]["optional-dependencies"]["dev"])
 
 
-def _run_start_commands(config: dict, key: str, home: Path, hard_limit: int
-                        ) -> subprocess.CompletedProcess[str]:
+def _run_start_commands(
+    config: dict, key: str, home: Path, hard_limit: int
+) -> subprocess.CompletedProcess[str]:
     commands = config[key]
     for command in commands:
         # Only the venv's ray (a stub under the temporary HOME here) may be invoked:
@@ -155,13 +168,13 @@ def _run_start_commands(config: dict, key: str, home: Path, hard_limit: int
     # `ulimit -n` sets the soft and the hard limit: a node whose hard limit is below 65536.
     script = f"ulimit -n {hard_limit} && set -e; " + "; ".join(commands)
     env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "RAY_HEAD_IP": "10.0.0.1"}
-    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
-                          timeout=30, check=False)
+    return subprocess.run(
+        ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
 
 
 @pytest.mark.parametrize("key", ["head_start_ray_commands", "worker_start_ray_commands"])
-def test_start_commands_put_the_venv_on_path_and_survive_a_low_file_limit(
-        key: str, tmp_path: Path):
+def test_start_commands_put_the_venv_on_path_and_survive_a_low_file_limit(key: str, tmp_path: Path):
     """Run as written, with `ray` and `python` stubbed in the venv: the job entrypoint
     `python -m pipelines.batch` must find the venv's python, and a hard limit below
     65536 must lower the request, not stop Ray from starting."""
@@ -169,8 +182,9 @@ def test_start_commands_put_the_venv_on_path_and_survive_a_low_file_limit(
     venv_bin.mkdir(parents=True)
     log = tmp_path / "ray.log"
     (venv_bin / "ray").write_text(
-        "#!/bin/sh\necho \"$1 python=$(command -v python) nofile=$(ulimit -n)"
-        f" token=${{RAY_AUTH_MODE:-}}\" >> {log}\n")
+        '#!/bin/sh\necho "$1 python=$(command -v python) nofile=$(ulimit -n)'
+        f' token=${{RAY_AUTH_MODE:-}}" >> {log}\n'
+    )
     (venv_bin / "python").write_text("#!/bin/sh\n")
     for stub in ("ray", "python"):
         (venv_bin / stub).chmod(0o755)
@@ -205,8 +219,9 @@ needs_pypi = pytest.mark.skipif(not _pypi_reachable(), reason="pypi.org is not r
 
 
 def _files(project: str) -> list[dict]:
-    request = urllib.request.Request(f"{PYPI}/{project}/",
-                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    request = urllib.request.Request(
+        f"{PYPI}/{project}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)["files"]
 
@@ -224,7 +239,7 @@ def _installable(requirement: Requirement) -> list[dict]:
             if not tags & set(file_tags):
                 continue
         elif name.endswith(".tar.gz"):
-            version = Version(name[:-len(".tar.gz")].rsplit("-", 1)[1])
+            version = Version(name[: -len(".tar.gz")].rsplit("-", 1)[1])
         else:
             continue
         if requirement.specifier.contains(version, prereleases=True):
@@ -238,9 +253,12 @@ def sys_tags_for(python: str, platform: str) -> list[Tag]:
     platforms = [f"manylinux_2_{n}_x86_64" for n in range(glibc, 16, -1)]
     platforms += ["manylinux2014_x86_64", "linux_x86_64"]
     interpreters = [f"cp{major}{minor}"]
-    return [Tag(i, abi, p) for i in interpreters for p in platforms
-            for abi in (f"cp{major}{minor}", "abi3", "none")] + \
-        [Tag(f"py{major}", "none", "any"), Tag(f"py{major}{minor}", "none", "any")]
+    return [
+        Tag(i, abi, p)
+        for i in interpreters
+        for p in platforms
+        for abi in (f"cp{major}{minor}", "abi3", "none")
+    ] + [Tag(f"py{major}", "none", "any"), Tag(f"py{major}{minor}", "none", "any")]
 
 
 def _range(url: str, start: int, end: int) -> bytes:
@@ -255,13 +273,14 @@ def _wheel_metadata(url: str, size: int) -> str:
     that one member, so a 500 MB wheel costs about 100 kB."""
     tail = _range(url, max(0, size - 65536), size - 1)
     end = tail.rfind(b"PK\x05\x06")
-    count, cd_size, cd_offset = struct.unpack("<HII", tail[end + 10:end + 20])
+    count, cd_size, cd_offset = struct.unpack("<HII", tail[end + 10 : end + 20])
     directory = _range(url, cd_offset, cd_offset + cd_size - 1)
     at = 0
     for _ in range(count):
         (method, csize, nlen, xlen, clen, local) = struct.unpack(
-            "<H8xI4xHHH8xI", directory[at + 10:at + 46])
-        name = directory[at + 46:at + 46 + nlen].decode()
+            "<H8xI4xHHH8xI", directory[at + 10 : at + 46]
+        )
+        name = directory[at + 46 : at + 46 + nlen].decode()
         at += 46 + nlen + xlen + clen
         if name.endswith(".dist-info/METADATA"):
             header = _range(url, local, local + 29)
@@ -296,20 +315,31 @@ def test_gpu_extra_resolves_for_the_gpu_image_and_matches_torchs_cuda():
         assert int(response.headers.get("Content-Length", 0)) < 1 << 20
         data = response.read()
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-        pkg_info = next(m for m in archive.getmembers() if m.name.endswith("/PKG-INFO")
-                        and m.name.count("/") == 1)
+        pkg_info = next(
+            m
+            for m in archive.getmembers()
+            if m.name.endswith("/PKG-INFO") and m.name.count("/") == 1
+        )
         lines = archive.extractfile(pkg_info).read().decode().splitlines()  # type: ignore[union-attr]
-    depends = [Requirement(line.split(":", 1)[1].strip()) for line in lines
-               if line.startswith("Requires-Dist:") and "extra ==" not in line]
-    assert {d.name for d in depends} == {f"{trt.name.replace('-', '_')}_libs",
-                                         f"{trt.name.replace('-', '_')}_bindings"}
+    depends = [
+        Requirement(line.split(":", 1)[1].strip())
+        for line in lines
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
+    assert {d.name for d in depends} == {
+        f"{trt.name.replace('-', '_')}_libs",
+        f"{trt.name.replace('-', '_')}_bindings",
+    }
     for dependency in depends:
         assert _installable(dependency), f"{dependency}: nothing for cp311 x86-64 Linux"
     assert "--extra-index-url https://pypi.nvidia.com" in (ROOT / "Makefile").read_text()
     # The CUDA major of TensorRT's build is the one torch's Linux wheel was built for.
     torch_pin = re.search(r"torch==([\d.]+)", (ROOT / "Makefile").read_text())[1]
-    [wheel] = [f for f in _installable(Requirement(f"torch=={torch_pin}"))
-               if f["filename"].endswith(".whl")]
+    [wheel] = [
+        f
+        for f in _installable(Requirement(f"torch=={torch_pin}"))
+        if f["filename"].endswith(".whl")
+    ]
     metadata = _wheel_metadata(wheel["url"], wheel["size"])
     cuda = re.search(r"^Requires-Dist: cuda-toolkit\[[^]]*\]==(\d+)\.", metadata, re.M)
     assert cuda, "torch's Linux wheel no longer names its CUDA toolkit"

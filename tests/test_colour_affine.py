@@ -64,15 +64,16 @@ def _planes(frame, depth: int) -> list[np.ndarray]:
     for plane in frame.planes:
         row = plane.line_size // dtype.itemsize
         pixels = np.frombuffer(plane, dtype, count=row * plane.height)
-        out.append(pixels.reshape(plane.height, row)[:, :plane.width])
+        out.append(pixels.reshape(plane.height, row)[:, : plane.width])
     return out
 
 
 @pytest.mark.parametrize("depth", [8, 10])
 @pytest.mark.parametrize("full_range", [False, True])
 @pytest.mark.parametrize("matrix", sorted(_MATRICES))
-def test_one_pass_conversions_match_the_plane_formulas(matrix: str, full_range: bool,
-                                                       depth: int) -> None:
+def test_one_pass_conversions_match_the_plane_formulas(
+    matrix: str, full_range: bool, depth: int
+) -> None:
     spec = ColourSpec(matrix=matrix, full_range=full_range, bit_depth=depth)
     photo = cv2.resize(data.astronaut(), (320, 180), interpolation=cv2.INTER_AREA)
     noise = np.random.default_rng(3).integers(0, 256, (180, 320, 3), dtype=np.uint8)

@@ -38,8 +38,9 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings, store: SqliteStore) -> Iterator[TestClient]:
-    with TestClient(create_api(settings, store), raise_server_exceptions=False,
-                    follow_redirects=False) as client:
+    with TestClient(
+        create_api(settings, store), raise_server_exceptions=False, follow_redirects=False
+    ) as client:
         yield client
 
 
@@ -56,13 +57,15 @@ def _sign_in(client: TestClient, token: str):
 
 
 def test_key_holder_signs_in_with_a_strict_httponly_cookie_that_is_not_the_key(
-        client: TestClient, store: SqliteStore):
+    client: TestClient, store: SqliteStore
+):
     key, record = add_key(store)
     response = _sign_in(client, key)
     assert response.status_code == 303
     assert response.headers["location"] == "/dashboard/jobs"
-    cookie = next(c for c in response.headers.get_list("set-cookie")
-                  if c.startswith("retroiva_session="))
+    cookie = next(
+        c for c in response.headers.get_list("set-cookie") if c.startswith("retroiva_session=")
+    )
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie
     assert "Path=/dashboard/" in cookie and "Max-Age=" in cookie
     assert key not in cookie and key[8:20] not in cookie
@@ -82,7 +85,8 @@ def test_bad_key_and_missing_csrf_are_refused(client: TestClient, store: SqliteS
     # No CSRF token (a login-CSRF attempt): refused even with a valid key.
     response = client.post("/dashboard/login", data={"token": key})
     assert response.status_code == 403 and "retroiva_session" not in response.headers.get(
-        "set-cookie", "")
+        "set-cookie", ""
+    )
     asyncio.run(store.revoke_key(_sign_in_record(store, key), time.time()))
     assert _sign_in(client, key).status_code == 401
 
@@ -95,17 +99,30 @@ def _sign_in_record(store: SqliteStore, key: str) -> str:
     return record.id
 
 
-def test_submit_goes_through_job_intake_with_csrf_and_idempotency(client: TestClient,
-                                                                   store: SqliteStore):
+def test_submit_goes_through_job_intake_with_csrf_and_idempotency(
+    client: TestClient, store: SqliteStore
+):
     key, _ = add_key(store)
     _sign_in(client, key)
     page = client.get("/dashboard/jobs").text
-    form = {"video_url": VIDEO, "preset": "archive", "upscale_factor": "3",
-            "engine": "classical", "webhook_url": "", "idempotency": "form-1"}
+    form = {
+        "video_url": VIDEO,
+        "preset": "archive",
+        "upscale_factor": "3",
+        "engine": "classical",
+        "webhook_url": "",
+        "idempotency": "form-1",
+    }
     assert client.post("/dashboard/jobs", data=form).status_code == 403  # no CSRF token
     assert client.post("/dashboard/jobs", data={**form, "csrf": "0" * 64}).status_code == 403
-    assert client.post("/dashboard/jobs", data={**form, "csrf": _csrf(page)},
-                       headers={"Origin": "https://evil.example"}).status_code == 403
+    assert (
+        client.post(
+            "/dashboard/jobs",
+            data={**form, "csrf": _csrf(page)},
+            headers={"Origin": "https://evil.example"},
+        ).status_code
+        == 403
+    )
     assert client.get("/v2/jobs", headers=bearer(key)).json()["data"] == []
 
     created = client.post("/dashboard/jobs", data={**form, "csrf": _csrf(page)})
@@ -113,13 +130,19 @@ def test_submit_goes_through_job_intake_with_csrf_and_idempotency(client: TestCl
     job_id = created.headers["location"].rsplit("/", 1)[1]
     job = client.get(f"/v2/jobs/{job_id}", headers=bearer(key)).json()
     assert (job["status"], job["preset"], job["upscale_factor"], job["engine"]) == (
-        "queued", "archive", 3, "classical")
+        "queued",
+        "archive",
+        3,
+        "classical",
+    )
     again = client.post("/dashboard/jobs", data={**form, "csrf": _csrf(page)})
     assert again.headers["location"] == created.headers["location"]  # resubmitted form
     assert len(client.get("/v2/jobs", headers=bearer(key)).json()["data"]) == 1
     # The API's own validation and message, shown on the page.
-    bad = client.post("/dashboard/jobs", data={**form, "idempotency": "form-2",
-                                               "video_url": "ftp://x", "csrf": _csrf(page)})
+    bad = client.post(
+        "/dashboard/jobs",
+        data={**form, "idempotency": "form-2", "video_url": "ftp://x", "csrf": _csrf(page)},
+    )
     assert bad.status_code == 400 and "video_url must be an http or https URL" in bad.text
 
     page = client.get(f"/dashboard/jobs/{job_id}")
@@ -133,15 +156,18 @@ def test_submit_goes_through_job_intake_with_csrf_and_idempotency(client: TestCl
 def test_another_keys_job_is_404(client: TestClient, store: SqliteStore):
     mine, _ = add_key(store)
     theirs, _ = add_key(store)
-    job_id = client.post("/v2/enhance", json={"video_url": VIDEO},
-                         headers=bearer(theirs)).json()["id"]
+    job_id = client.post("/v2/enhance", json={"video_url": VIDEO}, headers=bearer(theirs)).json()[
+        "id"
+    ]
     _sign_in(client, mine)
     page = client.get("/dashboard/jobs")
     assert client.get(f"/dashboard/jobs/{job_id}").status_code == 404
     assert client.get(f"/dashboard/api/jobs/{job_id}").status_code == 404
     assert client.get("/dashboard/jobs/job_nope").status_code == 404
-    assert client.post(f"/dashboard/jobs/{job_id}/cancel",
-                       data={"csrf": _csrf(page.text)}).status_code == 404
+    assert (
+        client.post(f"/dashboard/jobs/{job_id}/cancel", data={"csrf": _csrf(page.text)}).status_code
+        == 404
+    )
     assert client.get(f"/dashboard/jobs?starting_after={job_id}").status_code == 400
     assert job_id not in client.get("/dashboard/api/jobs").text
     assert client.get(f"/v2/jobs/{job_id}", headers=bearer(theirs)).json()["status"] == "queued"
@@ -191,10 +217,16 @@ def test_operator_creates_rotates_and_revokes_keys(client: TestClient, store: Sq
     assert client.get("/dashboard/jobs").status_code == 404  # the operator has no jobs page
     page = client.get("/dashboard/operator/keys")
     assert page.status_code == 200
-    assert client.post("/dashboard/operator/keys",
-                       data={"name": "partner", "rate_limit": "7"}).status_code == 403
-    created = client.post("/dashboard/operator/keys", data={
-        "name": "partner", "rate_limit": "7", "csrf": _csrf(page.text)})
+    assert (
+        client.post(
+            "/dashboard/operator/keys", data={"name": "partner", "rate_limit": "7"}
+        ).status_code
+        == 403
+    )
+    created = client.post(
+        "/dashboard/operator/keys",
+        data={"name": "partner", "rate_limit": "7", "csrf": _csrf(page.text)},
+    )
     assert created.status_code == 201
     new_key = re.search(r'id="new-key">(sk_live_[^<]+)<', created.text).group(1)
     secret = re.search(r'id="new-webhook-secret">(whsec_[^<]+)<', created.text).group(1)
@@ -204,19 +236,25 @@ def test_operator_creates_rotates_and_revokes_keys(client: TestClient, store: Sq
     assert new_key not in keys_page and secret not in keys_page  # shown once
 
     new_id = _sign_in_record(store, new_key)
-    rotated = client.post(f"/dashboard/operator/keys/{new_id}/rotate-webhook-secret",
-                          data={"csrf": _csrf(page.text)})
+    rotated = client.post(
+        f"/dashboard/operator/keys/{new_id}/rotate-webhook-secret", data={"csrf": _csrf(page.text)}
+    )
     assert rotated.status_code == 200
     rotated_secret = re.search(r'id="new-secret">(whsec_[^<]+)<', rotated.text).group(1)
     assert asyncio.run(store.get_key(new_id)).webhook_secret == rotated_secret
 
-    revoked = client.post(f"/dashboard/operator/keys/{new_id}/revoke",
-                          data={"csrf": _csrf(page.text)})
+    revoked = client.post(
+        f"/dashboard/operator/keys/{new_id}/revoke", data={"csrf": _csrf(page.text)}
+    )
     assert revoked.status_code == 303
     refused = client.get("/v2/jobs", headers=bearer(new_key))
     assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"]
-    assert client.post("/dashboard/operator/keys/key_nope/revoke",
-                       data={"csrf": _csrf(page.text)}).status_code == 404
+    assert (
+        client.post(
+            "/dashboard/operator/keys/key_nope/revoke", data={"csrf": _csrf(page.text)}
+        ).status_code
+        == 404
+    )
 
     client.post("/v2/enhance", json={"video_url": VIDEO}, headers=bearer(holder))
     jobs = client.get("/dashboard/operator/jobs?status=queued")
@@ -237,18 +275,29 @@ def test_operator_creates_rotates_and_revokes_keys(client: TestClient, store: Sq
 
 def test_behind_a_tls_proxy_the_public_origin_is_ours(tmp_path: Path, store: SqliteStore):
     """The browser's Origin is the proxy's (public_url), not the address we listen on."""
-    settings = Settings(data_dir=tmp_path, default_rate_limit=1000, admin_token=ADMIN,
-                        public_url="https://retroiva.example")
+    settings = Settings(
+        data_dir=tmp_path,
+        default_rate_limit=1000,
+        admin_token=ADMIN,
+        public_url="https://retroiva.example",
+    )
     # The proxy speaks HTTPS to browsers, so the cookies are Secure: the test client
     # talks HTTPS too, to the address the server sees (testserver), not the public one.
-    with TestClient(create_api(settings, store), raise_server_exceptions=False,
-                    follow_redirects=False, base_url="https://testserver") as client:
+    with TestClient(
+        create_api(settings, store),
+        raise_server_exceptions=False,
+        follow_redirects=False,
+        base_url="https://testserver",
+    ) as client:
         key, _ = add_key(store)
         page = client.get("/dashboard/login")
         form = {"token": key, "csrf": _csrf(page.text)}
         for other in ("https://evil.example", "http://retroiva.example"):
-            assert client.post("/dashboard/login", data=form,
-                               headers={"Origin": other}).status_code == 403
-        signed_in = client.post("/dashboard/login", data=form,
-                                headers={"Origin": "https://retroiva.example"})
+            assert (
+                client.post("/dashboard/login", data=form, headers={"Origin": other}).status_code
+                == 403
+            )
+        signed_in = client.post(
+            "/dashboard/login", data=form, headers={"Origin": "https://retroiva.example"}
+        )
         assert signed_in.status_code == 303, signed_in.text

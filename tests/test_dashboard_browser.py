@@ -32,10 +32,14 @@ from serve_app.sqlite_store import SqliteStore
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 if not (CHROMIUM and CHROMEDRIVER):
-    pytest.skip("no Chromium: install Debian's chromium and chromium-driver "
-                "(`make test` does, with apt-get, where it can)", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver",
-                                reason="selenium is missing: pip install -e '.[dev]'")
+    pytest.skip(
+        "no Chromium: install Debian's chromium and chromium-driver "
+        "(`make test` does, with apt-get, where it can)",
+        allow_module_level=True,
+    )
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is missing: pip install -e '.[dev]'"
+)
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,
     StaleElementReferenceException,
@@ -63,14 +67,26 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     www = tmp_path_factory.mktemp("dashboard-www")
     write_sample_video(www / "clip.mp4", SampleSpec(seconds=1))
     media, media_server = serve_directory(www)
-    settings = Settings(data_dir=data, port=free_port(), api_replicas=1,
-                        allow_private_urls=True, lease_seconds=5, poll_seconds=0.2,
-                        chunk_frames=12, admin_token=ADMIN, dashboard=False)
+    settings = Settings(
+        data_dir=data,
+        port=free_port(),
+        api_replicas=1,
+        allow_private_urls=True,
+        lease_seconds=5,
+        poll_seconds=0.2,
+        chunk_frames=12,
+        admin_token=ADMIN,
+        dashboard=False,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": settings.port})
     serve.run(build_app(settings), name="retroiva", route_prefix="/")
     try:
-        yield Service(f"http://127.0.0.1:{settings.port}", media,
-                      SqliteStore(settings.sqlite_path), www / "clip.mp4")
+        yield Service(
+            f"http://127.0.0.1:{settings.port}",
+            media,
+            SqliteStore(settings.sqlite_path),
+            www / "clip.mp4",
+        )
     finally:
         serve.shutdown()
         media_server.shutdown()
@@ -80,14 +96,24 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--disable-gpu", "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+    ):
         options.add_argument(flag)
-    options.add_experimental_option("prefs", {
-        "download.default_directory": str(tmp_path / "downloads"),
-        "download.prompt_for_download": False})
-    driver = webdriver.Chrome(options=options,
-                              service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    options.add_experimental_option(
+        "prefs",
+        {
+            "download.default_directory": str(tmp_path / "downloads"),
+            "download.prompt_for_download": False,
+        },
+    )
+    driver = webdriver.Chrome(
+        options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    )
     driver.set_page_load_timeout(60)
     try:
         yield driver
@@ -165,8 +191,9 @@ def _reload_until(driver: webdriver.Chrome, css: str, text: str, timeout: float 
         driver.refresh()
 
 
-def test_key_holder_and_operator_in_chromium(service: Service, browser: webdriver.Chrome,
-                                             tmp_path: Path):
+def test_key_holder_and_operator_in_chromium(
+    service: Service, browser: webdriver.Chrome, tmp_path: Path
+):
     key, record = add_key(service.store)
     base = service.base
     source = probe(service.clip)
@@ -211,8 +238,7 @@ def test_key_holder_and_operator_in_chromium(service: Service, browser: webdrive
     browser.get(f"{base}/dashboard/jobs")
     Select(browser.find_element(By.ID, "upscale_factor")).select_by_value("2")
     Select(browser.find_element(By.ID, "engine")).select_by_value("classical")
-    _navigate(browser, lambda: browser.find_element(By.ID, "file").send_keys(
-        str(service.clip)))
+    _navigate(browser, lambda: browser.find_element(By.ID, "file").send_keys(str(service.clip)))
     assert "/dashboard/jobs/job_" in browser.current_url, browser.page_source
     uploaded_id = browser.current_url.rsplit("/", 1)[1]
     assert "upload:upl_" in browser.find_element(By.ID, "job").text
@@ -263,8 +289,11 @@ def test_key_holder_and_operator_in_chromium(service: Service, browser: webdrive
         assert allowed.status_code == 200 and allowed.headers["x-ratelimit-limit"] == "5"
 
         browser.get(f"{base}/dashboard/operator/keys")
-        row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#keys tbody tr")
-                   if "made-in-browser" in r.text)
+        row = next(
+            r
+            for r in browser.find_elements(By.CSS_SELECTOR, "#keys tbody tr")
+            if "made-in-browser" in r.text
+        )
         new_id = row.get_attribute("data-key")
         revoke = row.find_element(By.CSS_SELECTOR, '[data-action="revoke"]')
 
@@ -273,8 +302,9 @@ def test_key_holder_and_operator_in_chromium(service: Service, browser: webdrive
             browser.switch_to.alert.accept()  # "Revoke made-in-browser? …"
 
         _navigate(browser, revoke_and_confirm)
-        WebDriverWait(browser, 30).until(lambda d: "revoked" in _text(
-            d, f'tr[data-key="{new_id}"] [data-field="state"]'))
+        WebDriverWait(browser, 30).until(
+            lambda d: "revoked" in _text(d, f'tr[data-key="{new_id}"] [data-field="state"]')
+        )
         _shot(browser, tmp_path, "10-operator-key-revoked")
 
         refused = client.get("/v2/jobs", headers=bearer(new_key))

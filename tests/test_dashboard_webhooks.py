@@ -32,19 +32,27 @@ def client(tmp_path: Path, store: SqliteStore) -> Iterator[TestClient]:
 
 def test_deliveries_redeliver_and_rotation(client: TestClient, store: SqliteStore):
     key, _ = add_key(store)
-    job_id = client.post("/v2/enhance", headers=bearer(key), json={
-        "video_url": "https://93.184.215.14/raw.mp4", "webhook_url": WEBHOOK}).json()["id"]
+    job_id = client.post(
+        "/v2/enhance",
+        headers=bearer(key),
+        json={"video_url": "https://93.184.215.14/raw.mp4", "webhook_url": WEBHOOK},
+    ).json()["id"]
     assert client.post(f"/v2/jobs/{job_id}/cancel", headers=bearer(key)).status_code == 200
     job = asyncio.run(store.get_job(job_id))
     assert job is not None and job.webhook_status == "pending"
-    asyncio.run(store.record_webhook_attempt(
-        WebhookAttempt(job_id, 1, time.time(), 503, "HTTP 503", 42),
-        status="failed", next_at=None, body="{}"))
+    asyncio.run(
+        store.record_webhook_attempt(
+            WebhookAttempt(job_id, 1, time.time(), 503, "HTTP 503", 42),
+            status="failed",
+            next_at=None,
+            body="{}",
+        )
+    )
 
     csrf = _signed_in(client, key)
     page = client.get(f"/dashboard/jobs/{job_id}")
     assert page.status_code == 200
-    deliveries = page.text[page.text.index('id="deliveries"'):]
+    deliveries = page.text[page.text.index('id="deliveries"') :]
     assert ">503<" in deliveries and "42 ms" in deliveries
     assert 'id="delivery-status">failed<' in page.text
     redeliver = f"/dashboard/jobs/{job_id}/events/{job.event_id}/redeliver"
@@ -63,12 +71,14 @@ def test_deliveries_redeliver_and_rotation(client: TestClient, store: SqliteStor
     assert secret not in client.get("/dashboard/account").text  # shown once
 
 
-def test_operator_rotation_keeps_the_previous_secret_for_the_overlap(client: TestClient,
-                                                                      store: SqliteStore):
+def test_operator_rotation_keeps_the_previous_secret_for_the_overlap(
+    client: TestClient, store: SqliteStore
+):
     _, record = add_key(store)
     csrf = _signed_in(client, ADMIN)
-    rotated = client.post(f"/dashboard/operator/keys/{record.id}/rotate-webhook-secret",
-                          data={"csrf": csrf})
+    rotated = client.post(
+        f"/dashboard/operator/keys/{record.id}/rotate-webhook-secret", data={"csrf": csrf}
+    )
     assert rotated.status_code == 200
     secret = re.search(r'id="new-secret">(whsec_[^<]+)<', rotated.text).group(1)
     stored = asyncio.run(store.get_key(record.id))

@@ -30,8 +30,10 @@ def test_readme_links_stay_inside_the_repository():
 
 def test_the_node_snippet_is_the_references_verbatim():
     assert _reference_snippet() in (REPO / "docs" / "verify_webhook.js").read_text()
-    assert "require('../docs/verify_webhook.js')" in (
-        REPO / "tests" / "webhook_receiver.js").read_text()
+    assert (
+        "require('../docs/verify_webhook.js')"
+        in (REPO / "tests" / "webhook_receiver.js").read_text()
+    )
 
 
 def test_readme_says_the_hmac_key_is_the_whole_secret():
@@ -43,14 +45,20 @@ def test_the_snippet_accepts_a_signature_made_with_the_whole_secret():
     secret = "whsec_" + "A1b2" * 8
     body = json.dumps({"id": "evt_1", "type": "job.completed"}, separators=(",", ":"))
     signature = hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
-    script = ("const {verifySignature} = require(process.argv[1]);"
-              "const req = {headers: {'x-retroiva-signature': process.argv[2]},"
-              " body: JSON.parse(process.argv[3])};"
-              "process.stdout.write(String(verifySignature(req)));")
+    script = (
+        "const {verifySignature} = require(process.argv[1]);"
+        "const req = {headers: {'x-retroiva-signature': process.argv[2]},"
+        " body: JSON.parse(process.argv[3])};"
+        "process.stdout.write(String(verifySignature(req)));"
+    )
     for key, expected in ((secret, "true"), (secret.removeprefix("whsec_"), "false")):
-        result = subprocess.run(["node", "-e", script, str(REPO / "docs" / "verify_webhook.js"),
-                                 signature, body], env={"WEBHOOK_SECRET": key},
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            ["node", "-e", script, str(REPO / "docs" / "verify_webhook.js"), signature, body],
+            env={"WEBHOOK_SECRET": key},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert result.stdout == expected, result
 
 

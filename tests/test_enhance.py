@@ -67,10 +67,12 @@ def test_chunk_boundaries_are_invisible(make_video, tmp_path: Path, interpolate:
     source = make_video(seconds=2)
     request = EnhanceRequest(upscale_factor=2, interpolate=interpolate, crf=0)
     count = 96 if interpolate else 48
-    one = enhance_video(source, tmp_path / "one.mp4", request,
-                        PipelineConfig(max_chunk_frames=1000))
-    many = enhance_video(source, tmp_path / "many.mp4", request,
-                         PipelineConfig(max_chunk_frames=5))  # also splits mid-GOP
+    one = enhance_video(
+        source, tmp_path / "one.mp4", request, PipelineConfig(max_chunk_frames=1000)
+    )
+    many = enhance_video(
+        source, tmp_path / "many.mp4", request, PipelineConfig(max_chunk_frames=5)
+    )  # also splits mid-GOP
     assert one.chunks == 1
     assert many.chunks == 12  # 5, 5, then up to the keyframe at 12, per GOP
     a, b = decode_frames(one.output), decode_frames(many.output)
@@ -81,8 +83,9 @@ def test_chunk_boundaries_are_invisible(make_video, tmp_path: Path, interpolate:
 
 def test_interpolation_to_a_target_fps(make_video, tmp_path: Path):
     source = make_video(seconds=1)
-    result = enhance_video(source, tmp_path / "out.mp4",
-                           EnhanceRequest(upscale_factor=1, target_fps=Fraction(60)))
+    result = enhance_video(
+        source, tmp_path / "out.mp4", EnhanceRequest(upscale_factor=1, target_fps=Fraction(60))
+    )
     info = probe(result.output)
     assert (info.fps, info.frame_count) == (60, 60)
     assert info.duration == pytest.approx(1.0)
@@ -93,16 +96,26 @@ def test_interpolated_frames_track_the_motion(tmp_path: Path):
     loss would otherwise dominate), and come close to the real frames' own quality."""
     spec = SampleSpec(seconds=1, speed=3.0, audio=False, crf=2)
     source = write_sample_video(tmp_path / "in.mp4", spec)
-    result = enhance_video(source, tmp_path / "out.mp4", EnhanceRequest(
-        preset="cinematic", upscale_factor=1, interpolate=2, crf=8))
+    result = enhance_video(
+        source,
+        tmp_path / "out.mp4",
+        EnhanceRequest(preset="cinematic", upscale_factor=1, interpolate=2, crf=8),
+    )
     frames = decode_frames(result.output)
     assert len(frames) == 48
     real = np.mean([luma_psnr(frames[2 * i], sample_frame(spec, i)) for i in range(24)])
-    synthesised = np.mean([luma_psnr(frames[2 * i + 1], sample_frame(spec, i + 0.5))
-                           for i in range(23)])
-    blended = np.mean([
-        luma_psnr(((frames[2 * i].astype(np.float64) + frames[2 * i + 2]) / 2).astype(np.uint8),
-                  sample_frame(spec, i + 0.5)) for i in range(23)])
+    synthesised = np.mean(
+        [luma_psnr(frames[2 * i + 1], sample_frame(spec, i + 0.5)) for i in range(23)]
+    )
+    blended = np.mean(
+        [
+            luma_psnr(
+                ((frames[2 * i].astype(np.float64) + frames[2 * i + 2]) / 2).astype(np.uint8),
+                sample_frame(spec, i + 0.5),
+            )
+            for i in range(23)
+        ]
+    )
     assert synthesised > blended + 1.5, (synthesised, blended)
     # The real frames of this clean clip no longer pass a fixed-strength denoiser (the
     # adaptive one leaves them alone), so they measure 43.9 dB against 39.1 for the
@@ -112,8 +125,9 @@ def test_interpolated_frames_track_the_motion(tmp_path: Path):
 
 def test_no_blending_across_a_scene_cut(make_video, tmp_path: Path):
     source = make_video("cut.mp4", seconds=1, cut_at_frame=12, audio=False)
-    result = enhance_video(source, tmp_path / "out.mp4",
-                           EnhanceRequest(upscale_factor=1, interpolate=2))
+    result = enhance_video(
+        source, tmp_path / "out.mp4", EnhanceRequest(upscale_factor=1, interpolate=2)
+    )
     frames = decode_frames(result.output)
     before, mid, after = frames[22], frames[23], frames[24]
     # The frame between the last of shot 1 and the first of shot 2 repeats one of them
@@ -126,8 +140,9 @@ def test_no_blending_across_a_scene_cut(make_video, tmp_path: Path):
 
 def test_rotation_is_applied_to_the_pixels(make_video, tmp_path: Path):
     source = make_video("rot.mp4", rotation=90, seconds=0.5, audio=False)
-    result = enhance_video(source, tmp_path / "out.mp4",
-                           EnhanceRequest(preset="cinematic", upscale_factor=2))
+    result = enhance_video(
+        source, tmp_path / "out.mp4", EnhanceRequest(preset="cinematic", upscale_factor=2)
+    )
     info = probe(result.output)
     assert (info.width, info.height, info.rotation) == (128, 192, 0)
     upright = decode_frames(make_video("upright.mp4", seconds=0.5, audio=False))
@@ -151,8 +166,9 @@ def test_pcm_audio_is_transcoded_to_aac_for_mp4(make_video, tmp_path: Path):
 
 def test_hevc_in_matroska_copies_audio(make_video, tmp_path: Path):
     source = make_video(seconds=1)
-    output = enhance_video(source, tmp_path / "out.mkv",
-                           EnhanceRequest(upscale_factor=2, codec="hevc")).output
+    output = enhance_video(
+        source, tmp_path / "out.mkv", EnhanceRequest(upscale_factor=2, codec="hevc")
+    ).output
     info = probe(output)
     assert (info.codec, info.width, info.frame_count) == ("hevc", 192, 24)
     _check_audio_in_sync(source, output, info.duration, 24)
@@ -160,9 +176,13 @@ def test_hevc_in_matroska_copies_audio(make_video, tmp_path: Path):
 
 def test_progress_reports_reach_the_total(make_video, tmp_path: Path):
     reports: list[Progress] = []
-    enhance_video(make_video(seconds=2), tmp_path / "out.mp4",
-                  EnhanceRequest(upscale_factor=1), PipelineConfig(max_chunk_frames=12),
-                  on_progress=reports.append)
+    enhance_video(
+        make_video(seconds=2),
+        tmp_path / "out.mp4",
+        EnhanceRequest(upscale_factor=1),
+        PipelineConfig(max_chunk_frames=12),
+        on_progress=reports.append,
+    )
     done = [r.frames_done for r in reports]
     assert done == sorted(done) and done[-1] == 48
     assert all(r.frames_total == 48 for r in reports)
@@ -192,17 +212,21 @@ def test_bad_input_is_a_typed_error_and_leaves_nothing(make_video, tmp_path: Pat
     assert list(scratch.iterdir()) == []
 
 
-@pytest.mark.parametrize(("request_", "message"), [
-    (EnhanceRequest(upscale_factor=5), "upscale factor"),
-    (EnhanceRequest(preset="vivid"), "preset must be one of"),
-    (EnhanceRequest(interpolate=3), "interpolate must be 2 or 4"),
-    (EnhanceRequest(interpolate=2, target_fps=Fraction(60)), "not both"),
-    (EnhanceRequest(target_fps=Fraction(1000)), "fps must be in"),
-    (EnhanceRequest(codec="vp8"), "codec must be one of"),
-    (EnhanceRequest(crf=60), "crf must be in"),
-])
-def test_impossible_requests_fail_before_any_work(make_video, tmp_path: Path,
-                                                  request_: EnhanceRequest, message: str):
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (EnhanceRequest(upscale_factor=5), "upscale factor"),
+        (EnhanceRequest(preset="vivid"), "preset must be one of"),
+        (EnhanceRequest(interpolate=3), "interpolate must be 2 or 4"),
+        (EnhanceRequest(interpolate=2, target_fps=Fraction(60)), "not both"),
+        (EnhanceRequest(target_fps=Fraction(1000)), "fps must be in"),
+        (EnhanceRequest(codec="vp8"), "codec must be one of"),
+        (EnhanceRequest(crf=60), "crf must be in"),
+    ],
+)
+def test_impossible_requests_fail_before_any_work(
+    make_video, tmp_path: Path, request_: EnhanceRequest, message: str
+):
     with pytest.raises(InvalidOptionsError, match=message):
         enhance_video(make_video(), tmp_path / "out.mp4", request_)
     assert not (tmp_path / "out.mp4").exists()
@@ -216,8 +240,11 @@ def test_unsupported_output_container(make_video, tmp_path: Path):
 def _alive_stage_actors() -> list[str]:
     import ray._private.state as state
 
-    return [a["ActorClassName"] for a in state.actors().values()
-            if a["State"] == "ALIVE" and "MapWorker" in a["ActorClassName"]]
+    return [
+        a["ActorClassName"]
+        for a in state.actors().values()
+        if a["State"] == "ALIVE" and "MapWorker" in a["ActorClassName"]
+    ]
 
 
 def test_cancel_stops_work_releases_actors_and_leaves_nothing(make_video, tmp_path: Path):
@@ -242,10 +269,13 @@ def test_cancel_stops_work_releases_actors_and_leaves_nothing(make_video, tmp_pa
     threading.Thread(target=cancel_after_the_first_segment, daemon=True).start()
     started = time.monotonic()
     with pytest.raises(PipelineCanceled):
-        enhance_video(source, output, EnhanceRequest(upscale_factor=2, interpolate=2),
-                      PipelineConfig(scratch_dir=scratch, max_chunk_frames=6,
-                                     operator_compute="actors"),
-                      cancel=cancel)
+        enhance_video(
+            source,
+            output,
+            EnhanceRequest(upscale_factor=2, interpolate=2),
+            PipelineConfig(scratch_dir=scratch, max_chunk_frames=6, operator_compute="actors"),
+            cancel=cancel,
+        )
     assert first_chunk.is_set()
     assert time.monotonic() - started < 60  # the whole job would take minutes
     assert not output.exists()
@@ -265,15 +295,18 @@ def test_cancel_before_start(make_video, tmp_path: Path):
 
 
 def test_mp4_output_is_faststart(make_video, tmp_path: Path):
-    data = enhance_video(make_video(), tmp_path / "out.mp4",
-                         EnhanceRequest(upscale_factor=1)).output.read_bytes()
+    data = enhance_video(
+        make_video(), tmp_path / "out.mp4", EnhanceRequest(upscale_factor=1)
+    ).output.read_bytes()
     assert 0 < data.find(b"moov") < data.find(b"mdat")  # index before the media data
 
 
 def _zero_frame_and_audio_only(tmp_path: Path) -> dict[str, Path]:
     spec = SampleSpec(width=64, height=48, seconds=0.5)
-    return {"no_frames": write_zero_frame_video(tmp_path / "zero.mkv", spec),
-            "no_video": write_audio_only(tmp_path / "tone.m4a", spec)}
+    return {
+        "no_frames": write_zero_frame_video(tmp_path / "zero.mkv", spec),
+        "no_video": write_audio_only(tmp_path / "tone.m4a", spec),
+    }
 
 
 @pytest.mark.parametrize("reason", ["no_frames", "no_video"])
@@ -299,9 +332,27 @@ def test_subtitles_are_copied_where_the_container_takes_them(make_video, tmp_pat
     srt = tmp_path / "subs.srt"
     srt.write_text("1\n00:00:00,000 --> 00:00:00,900\nhéllo\n", encoding="utf-8")
     source = tmp_path / "subbed.mkv"
-    subprocess.run([ffmpeg, "-v", "error", "-i", str(make_video(seconds=1)), "-i", str(srt),
-                    "-map", "0", "-map", "1", "-c", "copy", "-c:s", "srt", str(source)],
-                   check=True)
+    subprocess.run(
+        [
+            ffmpeg,
+            "-v",
+            "error",
+            "-i",
+            str(make_video(seconds=1)),
+            "-i",
+            str(srt),
+            "-map",
+            "0",
+            "-map",
+            "1",
+            "-c",
+            "copy",
+            "-c:s",
+            "srt",
+            str(source),
+        ],
+        check=True,
+    )
     mkv = enhance_video(source, tmp_path / "out.mkv", EnhanceRequest(upscale_factor=1)).output
     with av.open(str(mkv)) as container:
         [subtitle] = container.streams.subtitles

@@ -21,9 +21,17 @@ VIDEO = "https://93.184.215.14/raw.mp4"  # a public literal address: no DNS need
 
 
 def _job(key_id: str) -> JobRecord:
-    return JobRecord(id=new_id("job"), key_id=key_id, status=JobStatus.QUEUED,
-                     input_url=VIDEO, preset="general", upscale_factor=2,
-                     created_at=time.time(), created_seq=time.time_ns(), engine="classical")
+    return JobRecord(
+        id=new_id("job"),
+        key_id=key_id,
+        status=JobStatus.QUEUED,
+        input_url=VIDEO,
+        preset="general",
+        upscale_factor=2,
+        created_at=time.time(),
+        created_seq=time.time_ns(),
+        engine="classical",
+    )
 
 
 def _quick(job, settings, on_progress, cancel) -> Path:
@@ -41,8 +49,7 @@ def test_key_b_starts_before_key_a_s_third_job(tmp_path: Path):
         await store.init()
         a_jobs = [(await store.insert_job(_job("key_a"), time.time()))[0] for _ in range(50)]
         b_job, _ = await store.insert_job(_job("key_b"), time.time())
-        runner = JobRunner(store, Settings(data_dir=tmp_path, poll_seconds=0.01),
-                           process=_quick)
+        runner = JobRunner(store, Settings(data_dir=tmp_path, poll_seconds=0.01), process=_quick)
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop))
         deadline = time.monotonic() + 60
@@ -51,8 +58,7 @@ def test_key_b_starts_before_key_a_s_third_job(tmp_path: Path):
             await asyncio.sleep(0.05)
         stop.set()
         await task
-        return [await store.get_job(j.id) for j in a_jobs], \
-            await store.get_job(b_job.id)  # type: ignore[return-value]
+        return [await store.get_job(j.id) for j in a_jobs], await store.get_job(b_job.id)  # type: ignore[return-value]
 
     a_jobs, b_job = asyncio.run(scenario())
     assert b_job.status == JobStatus.COMPLETED
@@ -64,8 +70,9 @@ def test_key_b_starts_before_key_a_s_third_job(tmp_path: Path):
 @pytest.fixture
 def client(tmp_path: Path) -> TestClient:
     settings = Settings(data_dir=tmp_path, max_queued_per_key=3, signing_secret="fair")
-    return TestClient(create_api(settings, SqliteStore(settings.sqlite_path)),
-                      raise_server_exceptions=False)
+    return TestClient(
+        create_api(settings, SqliteStore(settings.sqlite_path)), raise_server_exceptions=False
+    )
 
 
 def test_a_key_past_its_queue_limit_gets_429_naming_it(tmp_path: Path, client: TestClient):
@@ -73,22 +80,30 @@ def test_a_key_past_its_queue_limit_gets_429_naming_it(tmp_path: Path, client: T
     flooder, _ = add_key(store)
     other, _ = add_key(store)
     for _ in range(3):
-        assert client.post("/v2/enhance", json={"video_url": VIDEO},
-                           headers=bearer(flooder)).status_code == 200
+        assert (
+            client.post(
+                "/v2/enhance", json={"video_url": VIDEO}, headers=bearer(flooder)
+            ).status_code
+            == 200
+        )
     refused = client.post("/v2/enhance", json={"video_url": VIDEO}, headers=bearer(flooder))
     assert refused.status_code == 429, refused.text
     error = refused.json()["error"]
     assert error["type"] == "queue_limit_error"
     assert error["param"] == "max_queued_per_key" and "3 queued jobs" in error["message"]
     assert refused.headers["x-ratelimit-remaining"]  # still an authenticated answer
-    assert client.post("/v2/enhance", json={"video_url": VIDEO},
-                       headers=bearer(other)).status_code == 200  # others unaffected
+    assert (
+        client.post("/v2/enhance", json={"video_url": VIDEO}, headers=bearer(other)).status_code
+        == 200
+    )  # others unaffected
 
 
 def test_a_key_s_own_queue_limit_overrides_the_setting(tmp_path: Path, client: TestClient):
     store = SqliteStore(tmp_path / "retroiva.sqlite3")
     key, record = add_key(store)
     asyncio.run(store.set_key_limits(record.id, 5, None))
-    codes = [client.post("/v2/enhance", json={"video_url": VIDEO},
-                         headers=bearer(key)).status_code for _ in range(6)]
+    codes = [
+        client.post("/v2/enhance", json={"video_url": VIDEO}, headers=bearer(key)).status_code
+        for _ in range(6)
+    ]
     assert codes == [200] * 5 + [429]

@@ -71,7 +71,8 @@ def site(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
     Hooks.seen = []
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Site, directory=str(root)))
+        ("127.0.0.1", 0), functools.partial(Site, directory=str(root))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     yield f"{base}/clip.mp4", f"{base}/hooks"
@@ -79,22 +80,36 @@ def site(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 
 def _env(data: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "RETROIVA_DATA_DIR": str(data), "RETROIVA_LEASE_SECONDS": "3",
-            "RETROIVA_ALLOW_PRIVATE_URLS": "true", "RETROIVA_POLL_SECONDS": "0.2",
-            "RETROIVA_SIGNING_SECRET": "faults", "RETROIVA_WEBHOOK_RETRY_BASE_SECONDS": "1",
-            "RAY_ADDRESS": ray.get_runtime_context().gcs_address, **extra}
+    return {
+        **os.environ,
+        "RETROIVA_DATA_DIR": str(data),
+        "RETROIVA_LEASE_SECONDS": "3",
+        "RETROIVA_ALLOW_PRIVATE_URLS": "true",
+        "RETROIVA_POLL_SECONDS": "0.2",
+        "RETROIVA_SIGNING_SECRET": "faults",
+        "RETROIVA_WEBHOOK_RETRY_BASE_SECONDS": "1",
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        **extra,
+    }
 
 
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _start_api(data: Path, port: int, **extra: str) -> subprocess.Popen[bytes]:
-    code = ("import uvicorn; from serve_app.api import create_api; "
-            "from serve_app.settings import Settings; "
-            f"uvicorn.run(create_api(Settings()), host='127.0.0.1', port={port}, "
-            "log_level='warning')")
+    code = (
+        "import uvicorn; from serve_app.api import create_api; "
+        "from serve_app.settings import Settings; "
+        f"uvicorn.run(create_api(Settings()), host='127.0.0.1', port={port}, "
+        "log_level='warning')"
+    )
     return _start(["-c", code], _env(data, **extra))
 
 
@@ -107,9 +122,13 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _request(url: str, key: str, body: dict[str, object] | None = None,
-             timeout: float = 60, unavailable: list[float] | None = None
-             ) -> dict[str, object]:
+def _request(
+    url: str,
+    key: str,
+    body: dict[str, object] | None = None,
+    timeout: float = 60,
+    unavailable: list[float] | None = None,
+) -> dict[str, object]:
     """One API call, retried as a client should: while the API is down (connection
     refused), and after a 503 once its Retry-After has passed.  Each 503's response time
     goes to ``unavailable``.  A POST carries an Idempotency-Key, so a retry of a request
@@ -120,7 +139,8 @@ def _request(url: str, key: str, body: dict[str, object] | None = None,
         headers["Idempotency-Key"] = os.urandom(8).hex()
     while True:
         request = urllib.request.Request(
-            url, data=None if body is None else json.dumps(body).encode(), headers=headers)
+            url, data=None if body is None else json.dumps(body).encode(), headers=headers
+        )
         started = time.monotonic()
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -142,8 +162,9 @@ def _wait_all_ended(store_path: Path, timeout: float = 120) -> list[object]:
     while True:
         with sqlite3.connect(store_path) as db:
             rows = db.execute("SELECT status, webhook_status FROM jobs").fetchall()
-        if rows and all(JobStatus(s).is_terminal and w in (None, "delivered", "failed")
-                        for s, w in rows):
+        if rows and all(
+            JobStatus(s).is_terminal and w in (None, "delivered", "failed") for s, w in rows
+        ):
             return rows
         assert time.monotonic() < deadline, f"not settled: {rows}"
         time.sleep(0.3)
@@ -156,14 +177,22 @@ def test_api_and_runner_killed_mid_job_lose_nothing(tmp_path: Path, site: tuple[
     base = f"http://127.0.0.1:{port}"
     api, runner = _start_api(tmp_path, port), _start_runner(tmp_path)
     try:
-        ids = [str(_request(f"{base}/v2/enhance", key,
-                            {"video_url": video, "webhook_url": hooks,
-                             "engine": "classical"})["id"]) for _ in range(4)]
+        ids = [
+            str(
+                _request(
+                    f"{base}/v2/enhance",
+                    key,
+                    {"video_url": video, "webhook_url": hooks, "engine": "classical"},
+                )["id"]
+            )
+            for _ in range(4)
+        ]
         _kill(api)  # in the middle of everything
         deadline = time.monotonic() + 60
         with sqlite3.connect(tmp_path / "retroiva.sqlite3") as db:
-            while db.execute("SELECT count(*) FROM jobs WHERE status='processing'"
-                             ).fetchone()[0] == 0:
+            while (
+                db.execute("SELECT count(*) FROM jobs WHERE status='processing'").fetchone()[0] == 0
+            ):
                 assert time.monotonic() < deadline, "no job ever started"
                 time.sleep(0.1)
         _kill(runner)  # holding a lease, mid-pipeline
@@ -178,16 +207,20 @@ def test_api_and_runner_killed_mid_job_lose_nothing(tmp_path: Path, site: tuple[
     assert sorted(set(Hooks.seen)) == sorted("evt_" + i.removeprefix("job_") for i in ids)
 
 
-def test_api_and_runner_killed_during_webhook_retries_still_deliver(tmp_path: Path,
-                                                             site: tuple[str, str]):
+def test_api_and_runner_killed_during_webhook_retries_still_deliver(
+    tmp_path: Path, site: tuple[str, str]
+):
     video, hooks = site
     Hooks.fail_first = 3  # 503, 503, 503, then 200: retries at ~1, 2, 4 s
     key, _ = add_key(SqliteStore(tmp_path / "retroiva.sqlite3"))
     port = _free_port()
     api, runner = _start_api(tmp_path, port), _start_runner(tmp_path)
     try:
-        job = _request(f"http://127.0.0.1:{port}/v2/enhance", key,
-                       {"video_url": video, "webhook_url": hooks, "engine": "classical"})
+        job = _request(
+            f"http://127.0.0.1:{port}/v2/enhance",
+            key,
+            {"video_url": video, "webhook_url": hooks, "engine": "classical"},
+        )
         deadline = time.monotonic() + 60
         while len(Hooks.seen) < 2:  # mid-retry
             assert time.monotonic() < deadline, "the webhook was never attempted"
@@ -206,8 +239,7 @@ def test_api_and_runner_killed_during_webhook_retries_still_deliver(tmp_path: Pa
     assert set(Hooks.seen) == {"evt_" + str(job["id"]).removeprefix("job_")}
 
 
-def test_store_locked_10s_mid_job_then_everything_recovers(tmp_path: Path,
-                                                            site: tuple[str, str]):
+def test_store_locked_10s_mid_job_then_everything_recovers(tmp_path: Path, site: tuple[str, str]):
     """Issue 21's done criterion, through real processes: another process holds the
     store exclusively for 10 s while the runner is mid-job.  The API answers 503 with
     Retry-After within 2 s meanwhile and recovers by itself; the job runs once."""
@@ -219,8 +251,11 @@ def test_store_locked_10s_mid_job_then_everything_recovers(tmp_path: Path,
     lease = {"RETROIVA_LEASE_SECONDS": "15"}  # the outage fits in a lease
     api, runner = _start_api(tmp_path, port, **lease), _start_runner(tmp_path, **lease)
     try:
-        first = _request(f"{base}/v2/enhance", key,
-                         {"video_url": video, "webhook_url": hooks, "engine": "classical"})
+        first = _request(
+            f"{base}/v2/enhance",
+            key,
+            {"video_url": video, "webhook_url": hooks, "engine": "classical"},
+        )
         deadline = time.monotonic() + 60
         with sqlite3.connect(store_path) as db:
             while (status := db.execute("SELECT status FROM jobs").fetchone()[0]) == "queued":
@@ -234,10 +269,16 @@ def test_store_locked_10s_mid_job_then_everything_recovers(tmp_path: Path,
         started = time.monotonic()
         unavailable: list[float] = []
         results: list[object] = []
-        submit = threading.Thread(target=lambda: results.append(_request(
-            f"{base}/v2/enhance", key,
-            {"video_url": video, "webhook_url": hooks, "engine": "classical"},
-            unavailable=unavailable)))
+        submit = threading.Thread(
+            target=lambda: results.append(
+                _request(
+                    f"{base}/v2/enhance",
+                    key,
+                    {"video_url": video, "webhook_url": hooks, "engine": "classical"},
+                    unavailable=unavailable,
+                )
+            )
+        )
         submit.start()
         time.sleep(10)
         blocker.execute("ROLLBACK")
@@ -248,8 +289,9 @@ def test_store_locked_10s_mid_job_then_everything_recovers(tmp_path: Path,
         assert unavailable and max(unavailable) < 2.0, unavailable  # 503s, each fast
         rows = _wait_all_ended(store_path)
         with sqlite3.connect(store_path) as db:
-            attempts = db.execute("SELECT attempts FROM jobs WHERE id = ?",
-                                  (first["id"],)).fetchone()[0]
+            attempts = db.execute(
+                "SELECT attempts FROM jobs WHERE id = ?", (first["id"],)
+            ).fetchone()[0]
     finally:
         _kill(api)
         _kill(runner)

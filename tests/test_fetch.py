@@ -45,7 +45,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             for i in range(0, len(body), 65536):
-                part = body[i:i + 65536]
+                part = body[i : i + 65536]
                 self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
 
@@ -113,26 +113,44 @@ def server() -> Iterator[str]:
 
 def _fetch(url: str, tmp_path: Path, policy: UrlPolicy, **limits: float) -> Path:
     destination = tmp_path / "input"
-    asyncio.run(fetch_to_file(url, destination, policy=policy, limits=FetchLimits(
-        max_bytes=int(limits.pop("max_bytes", 10**7)),
-        read_timeout=limits.pop("timeout", 5), **limits)))
+    asyncio.run(
+        fetch_to_file(
+            url,
+            destination,
+            policy=policy,
+            limits=FetchLimits(
+                max_bytes=int(limits.pop("max_bytes", 10**7)),
+                read_timeout=limits.pop("timeout", 5),
+                **limits,
+            ),
+        )
+    )
     return destination
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/v.mp4", "http://10.0.0.1/v.mp4", "http://172.16.5.4/v.mp4",
-    "http://192.168.1.1/v.mp4", "http://169.254.169.254/latest/meta-data/",
-    "http://[::1]/v.mp4", "http://[fd00::1]/v.mp4", "http://[::ffff:127.0.0.1]/v.mp4",
-    "http://localhost/v.mp4", "http://224.0.0.1/v.mp4", "http://0.0.0.0/v.mp4",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/v.mp4",
+        "http://10.0.0.1/v.mp4",
+        "http://172.16.5.4/v.mp4",
+        "http://192.168.1.1/v.mp4",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/v.mp4",
+        "http://[fd00::1]/v.mp4",
+        "http://[::ffff:127.0.0.1]/v.mp4",
+        "http://localhost/v.mp4",
+        "http://224.0.0.1/v.mp4",
+        "http://0.0.0.0/v.mp4",
+    ],
+)
 def test_private_and_special_addresses_are_refused(url: str, tmp_path: Path):
     with pytest.raises(FetchError, match=r"non-public.*RETROIVA_ALLOW_PRIVATE_URLS=true"):
         _fetch(url, tmp_path, UrlPolicy())
     assert not (tmp_path / "input").exists()
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/v.mp4", "file:///etc/passwd",
-                                 "http:///nohost"])
+@pytest.mark.parametrize("url", ["ftp://example.com/v.mp4", "file:///etc/passwd", "http:///nohost"])
 def test_only_http_urls(url: str, tmp_path: Path):
     with pytest.raises(FetchError, match="only http and https"):
         _fetch(url, tmp_path, UrlPolicy(allow_private=True))
@@ -146,8 +164,11 @@ def test_allowed_server_fetches(server: str, tmp_path: Path):
 def test_redirect_to_a_private_address_is_refused(server: str, tmp_path: Path):
     policy = UrlPolicy(allowlist=frozenset({server}))
     port = server.split(":")[1]
-    for target in (f"http://127.0.0.2:{port}/video", "http://10.0.0.7/video",
-                   "http://169.254.169.254/latest"):
+    for target in (
+        f"http://127.0.0.2:{port}/video",
+        "http://10.0.0.7/video",
+        "http://169.254.169.254/latest",
+    ):
         with pytest.raises(FetchError, match="non-public"):
             _fetch(f"http://{server}/redirect?to={target}", tmp_path, policy)
         assert not (tmp_path / "input").exists()
@@ -169,8 +190,9 @@ def test_redirect_loops_stop(server: str, tmp_path: Path):
 @pytest.mark.parametrize("path", ["/big", "/big-chunked"])
 def test_size_limit_aborts_and_leaves_nothing(server: str, tmp_path: Path, path: str):
     with pytest.raises(FetchError, match="limit"):
-        _fetch(f"http://{server}{path}", tmp_path, UrlPolicy(allow_private=True),
-               max_bytes=1_000_000)
+        _fetch(
+            f"http://{server}{path}", tmp_path, UrlPolicy(allow_private=True), max_bytes=1_000_000
+        )
     assert not (tmp_path / "input").exists()
 
 
@@ -187,8 +209,9 @@ def test_http_errors_are_reported(server: str, tmp_path: Path):
         _fetch(f"http://{server}/missing", tmp_path, UrlPolicy(allow_private=True))
 
 
-def test_connection_goes_to_the_checked_address(server: str, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch):
+def test_connection_goes_to_the_checked_address(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """A name resolved once and pinned: the client never resolves it again."""
     port = int(server.split(":")[1])
     real = socket.getaddrinfo
@@ -214,10 +237,20 @@ def test_resolve_checked_returns_the_address():
 
 
 # The issue's forms (all accepted before), then Teredo and local-use NAT64.
-_EMBEDDED_PRIVATE = ["::127.0.0.1", "::7f00:1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",
-                     "2002:7f00:1::", "::ffff:0:7f00:1", "fec0::1", "2002:a00:1::1",
-                     "2001:0:4136:e378:8000:63bf:3fff:fdd2", "64:ff9b:1::a00:1",
-                     "::ffff:169.254.169.254", "2002:a9fe:a9fe::"]
+_EMBEDDED_PRIVATE = [
+    "::127.0.0.1",
+    "::7f00:1",
+    "64:ff9b::7f00:1",
+    "64:ff9b::a9fe:a9fe",
+    "2002:7f00:1::",
+    "::ffff:0:7f00:1",
+    "fec0::1",
+    "2002:a00:1::1",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    "64:ff9b:1::a00:1",
+    "::ffff:169.254.169.254",
+    "2002:a9fe:a9fe::",
+]
 
 
 @pytest.mark.parametrize("address", _EMBEDDED_PRIVATE)
@@ -235,8 +268,14 @@ def test_ipv6_forms_embedding_a_public_ipv4_pass(address: str):
 def test_total_deadline_stops_a_trickling_server(server: str, tmp_path: Path):
     started = time.monotonic()
     with pytest.raises(FetchError, match=r"1\.5 s deadline"):
-        _fetch(f"http://{server}/drip", tmp_path, UrlPolicy(allow_private=True),
-               max_bytes=10**9, deadline=1.5, min_rate=0)
+        _fetch(
+            f"http://{server}/drip",
+            tmp_path,
+            UrlPolicy(allow_private=True),
+            max_bytes=10**9,
+            deadline=1.5,
+            min_rate=0,
+        )
     assert time.monotonic() - started < 3
     assert not (tmp_path / "input").exists()
 
@@ -244,8 +283,14 @@ def test_total_deadline_stops_a_trickling_server(server: str, tmp_path: Path):
 def test_minimum_average_rate_stops_a_trickling_server(server: str, tmp_path: Path):
     started = time.monotonic()
     with pytest.raises(FetchError, match="below the minimum of 1000"):
-        _fetch(f"http://{server}/drip", tmp_path, UrlPolicy(allow_private=True),
-               max_bytes=10**9, min_rate=1000, rate_grace=1.0)
+        _fetch(
+            f"http://{server}/drip",
+            tmp_path,
+            UrlPolicy(allow_private=True),
+            max_bytes=10**9,
+            min_rate=1000,
+            rate_grace=1.0,
+        )
     assert time.monotonic() - started < 2.5
     assert not (tmp_path / "input").exists()
 
@@ -255,9 +300,15 @@ def test_cancel_interrupts_a_fetch_within_a_second(server: str, tmp_path: Path):
     destination = tmp_path / "input"
 
     async def fetch_then_cancel() -> float:
-        task = asyncio.create_task(fetch_to_file(
-            f"http://{server}/drip", destination, policy=UrlPolicy(allow_private=True),
-            limits=FetchLimits(max_bytes=10**9, min_rate=0), cancel=cancel))
+        task = asyncio.create_task(
+            fetch_to_file(
+                f"http://{server}/drip",
+                destination,
+                policy=UrlPolicy(allow_private=True),
+                limits=FetchLimits(max_bytes=10**9, min_rate=0),
+                cancel=cancel,
+            )
+        )
         await asyncio.sleep(1.0)
         assert not task.done()
         canceled_at = time.monotonic()
@@ -272,15 +323,17 @@ def test_cancel_interrupts_a_fetch_within_a_second(server: str, tmp_path: Path):
 
 def test_compressed_bodies_are_stored_as_sent(server: str, tmp_path: Path):
     _Handler.seen_encodings.clear()
-    path = _fetch(f"http://{server}/gzip", tmp_path, UrlPolicy(allow_private=True),
-                  max_bytes=1_000_000)
+    path = _fetch(
+        f"http://{server}/gzip", tmp_path, UrlPolicy(allow_private=True), max_bytes=1_000_000
+    )
     assert _Handler.seen_encodings == ["identity"]
     assert path.read_bytes() == _GZIPPED  # not the 5 MB it would inflate to
 
 
 # The runner's fetch stage: outside the processing slots, and cancelable.
-def _copy_input(job: JobRecord, settings: Settings, on_progress: object,
-                cancel: CancelToken) -> Path:
+def _copy_input(
+    job: JobRecord, settings: Settings, on_progress: object, cancel: CancelToken
+) -> Path:
     scratch = settings.scratch_dir / job.id
     output = scratch / "output.mp4"
     output.write_bytes((scratch / "input").read_bytes())
@@ -288,16 +341,29 @@ def _copy_input(job: JobRecord, settings: Settings, on_progress: object,
 
 
 def _queued(url: str) -> JobRecord:
-    return JobRecord(id=new_id("job"), key_id="key_t", status=JobStatus.QUEUED,
-                     input_url=url, preset="general", upscale_factor=2,
-                     created_at=time.time(), created_seq=time.time_ns())
+    return JobRecord(
+        id=new_id("job"),
+        key_id="key_t",
+        status=JobStatus.QUEUED,
+        input_url=url,
+        preset="general",
+        upscale_factor=2,
+        created_at=time.time(),
+        created_seq=time.time_ns(),
+    )
 
 
 def test_a_trickling_input_neither_blocks_other_jobs_nor_ignores_cancel(
-        server: str, tmp_path: Path):
+    server: str, tmp_path: Path
+):
     # One processing slot, and no minimum rate: only the cancel can end the slow fetch.
-    settings = Settings(data_dir=tmp_path, runner_concurrency=1, poll_seconds=0.05,
-                        allow_private_urls=True, fetch_min_bytes_per_second=0)
+    settings = Settings(
+        data_dir=tmp_path,
+        runner_concurrency=1,
+        poll_seconds=0.05,
+        allow_private_urls=True,
+        fetch_min_bytes_per_second=0,
+    )
     store = SqliteStore(settings.sqlite_path)
 
     async def scenario() -> tuple[float, JobRecord, JobRecord, float]:
@@ -319,8 +385,12 @@ def test_a_trickling_input_neither_blocks_other_jobs_nor_ignores_cancel(
             while not (await store.get_job(slow.id)).status.is_terminal:
                 assert time.monotonic() - asked < 5, "cancel did not reach the fetch"
                 await asyncio.sleep(0.05)
-            return (fast_done, await store.get_job(slow.id), await store.get_job(fast.id),
-                    time.monotonic() - asked)
+            return (
+                fast_done,
+                await store.get_job(slow.id),
+                await store.get_job(fast.id),
+                time.monotonic() - asked,
+            )
         finally:
             stop.set()
             await task

@@ -14,8 +14,9 @@ import pytest
 
 from benchmarks.fidelity import run
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None,
-                                reason="needs Debian's ffmpeg (make test installs it)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (make test installs it)"
+)
 
 
 @pytest.fixture(scope="module")

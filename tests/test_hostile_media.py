@@ -28,8 +28,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("entry", CORPUS, ids=[e.name for e in CORPUS])
-def test_hostile_input_ends_cleanly(entry: HostileInput, corpus: dict[str, Path],
-                                    tmp_path: Path):
+def test_hostile_input_ends_cleanly(entry: HostileInput, corpus: dict[str, Path], tmp_path: Path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     output = tmp_path / "out.mp4"
@@ -37,8 +36,9 @@ def test_hostile_input_ends_cleanly(entry: HostileInput, corpus: dict[str, Path]
     outcome = "completed"
     with MemorySampler() as memory:
         try:
-            result = enhance_video(corpus[entry.name], output, EnhanceRequest(),
-                                   PipelineConfig(scratch_dir=scratch))
+            result = enhance_video(
+                corpus[entry.name], output, EnhanceRequest(), PipelineConfig(scratch_dir=scratch)
+            )
         except PipelineError as exc:
             outcome = exc.type
             message = str(exc)

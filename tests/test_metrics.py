@@ -18,10 +18,15 @@ from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 from serve_app.sqlite_store import SqliteStore
 
-NAMES = ["ray_retroiva_jobs", "ray_retroiva_queue_depth",
-         "ray_retroiva_oldest_queued_job_age_seconds", "ray_retroiva_frames_processed_total",
-         "ray_retroiva_pipeline_fps", "ray_retroiva_webhook_deliveries_total",
-         "ray_retroiva_rate_limit_rejections_total"]
+NAMES = [
+    "ray_retroiva_jobs",
+    "ray_retroiva_queue_depth",
+    "ray_retroiva_oldest_queued_job_age_seconds",
+    "ray_retroiva_frames_processed_total",
+    "ray_retroiva_pipeline_fps",
+    "ray_retroiva_webhook_deliveries_total",
+    "ray_retroiva_rate_limit_rejections_total",
+]
 
 
 def _process(job, settings, on_progress, cancel) -> Path:
@@ -34,8 +39,9 @@ def _process(job, settings, on_progress, cancel) -> Path:
 
 
 def test_metrics_are_scrapable(tmp_path: Path, metrics_port: int):
-    settings = Settings(data_dir=tmp_path, poll_seconds=0.05, allow_private_urls=True,
-                        webhook_max_retries=0)
+    settings = Settings(
+        data_dir=tmp_path, poll_seconds=0.05, allow_private_urls=True, webhook_max_retries=0
+    )
     store = SqliteStore(settings.sqlite_path)
     key, record = add_key(store, rate_limit=1)
     with TestClient(create_api(settings, store)) as client:
@@ -43,10 +49,17 @@ def test_metrics_are_scrapable(tmp_path: Path, metrics_port: int):
         assert client.get("/v2/jobs", headers=bearer(key)).status_code == 429
 
     async def run_one_job() -> None:
-        job = JobRecord(id=new_id("job"), key_id=record.id, status=JobStatus.QUEUED,
-                        input_url="http://127.0.0.1:9/v.mp4", preset="general",
-                        upscale_factor=2, created_at=time.time(), created_seq=time.time_ns(),
-                        webhook_url="http://127.0.0.1:9/hook")  # nothing listens: a failure
+        job = JobRecord(
+            id=new_id("job"),
+            key_id=record.id,
+            status=JobStatus.QUEUED,
+            input_url="http://127.0.0.1:9/v.mp4",
+            preset="general",
+            upscale_factor=2,
+            created_at=time.time(),
+            created_seq=time.time_ns(),
+            webhook_url="http://127.0.0.1:9/hook",
+        )  # nothing listens: a failure
         await store.insert_job(job, time.time())
         stop = asyncio.Event()
         runner = JobRunner(store, settings, process=_process)
@@ -79,10 +92,16 @@ def test_store_gauges_stay_in_every_scrape(tmp_path: Path, metrics_port: int):
     async def watch() -> list[list[str]]:
         await store.init()
         # A job that stays queued: this runner is told it has no room to claim it.
-        queued = JobRecord(id=new_id("job"), key_id=record.id, status=JobStatus.QUEUED,
-                           input_url="http://127.0.0.1:9/v.mp4", preset="general",
-                           upscale_factor=2, created_at=time.time() - 120,
-                           created_seq=time.time_ns())
+        queued = JobRecord(
+            id=new_id("job"),
+            key_id=record.id,
+            status=JobStatus.QUEUED,
+            input_url="http://127.0.0.1:9/v.mp4",
+            preset="general",
+            upscale_factor=2,
+            created_at=time.time() - 120,
+            created_seq=time.time_ns(),
+        )
         await store.insert_job(queued, time.time())
         runner = JobRunner(store, settings, process=_process)
         runner._room = lambda: False  # type: ignore[method-assign]  # claims nothing
@@ -93,8 +112,11 @@ def test_store_gauges_stay_in_every_scrape(tmp_path: Path, metrics_port: int):
             deadline = time.monotonic() + 40
             while time.monotonic() < deadline:
                 await asyncio.sleep(2)
-                text = (await asyncio.to_thread(
-                    httpx.get, f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)).text
+                text = (
+                    await asyncio.to_thread(
+                        httpx.get, f"http://127.0.0.1:{metrics_port}/metrics", timeout=5
+                    )
+                ).text
                 scrapes.append([name for name in names if name not in text])
         finally:
             stop.set()

@@ -88,11 +88,13 @@ def _matches(filter_: dict[str, Any], doc: dict[str, Any]) -> bool:
         value = doc.get(field)
         if isinstance(cond, dict) and any(k.startswith("$") for k in cond):
             for op, arg in cond.items():
-                ok = {"$in": value in arg if op == "$in" else None,
-                      "$lt": op == "$lt" and value < arg, "$lte": op == "$lte" and value <= arg,
-                      "$type": op == "$type" and arg == "number"
-                      and isinstance(value, int | float),
-                      "$ne": value != arg}[op]
+                ok = {
+                    "$in": value in arg if op == "$in" else None,
+                    "$lt": op == "$lt" and value < arg,
+                    "$lte": op == "$lte" and value <= arg,
+                    "$type": op == "$type" and arg == "number" and isinstance(value, int | float),
+                    "$ne": value != arg,
+                }[op]
                 if not ok:
                     return False
         elif value != cond:
@@ -101,12 +103,25 @@ def _matches(filter_: dict[str, Any], doc: dict[str, Any]) -> bool:
 
 
 def _job(**fields: Any) -> dict[str, Any]:
-    base = {"_id": "job_1", "key_id": "key_a", "status": "queued", "attempts": 0,
-            "cancel_requested": False, "webhook_url": "https://hooks.example.com/x",
-            "webhook_status": None, "webhook_next_at": None, "completed_at": None,
-            "error_type": None, "error_message": None, "lease_owner": None,
-            "lease_expires_at": None, "progress": 0.0, "eta_seconds": None,
-            "webhook_body": None, "webhook_attempts": 0}
+    base = {
+        "_id": "job_1",
+        "key_id": "key_a",
+        "status": "queued",
+        "attempts": 0,
+        "cancel_requested": False,
+        "webhook_url": "https://hooks.example.com/x",
+        "webhook_status": None,
+        "webhook_next_at": None,
+        "completed_at": None,
+        "error_type": None,
+        "error_message": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "progress": 0.0,
+        "eta_seconds": None,
+        "webhook_body": None,
+        "webhook_attempts": 0,
+    }
     return {**base, **fields}
 
 
@@ -117,7 +132,10 @@ def test_claim_sets_started_at_only_once():
     assert stage["$set"]["attempts"] == {"$add": ["$attempts", 1]}
     claimed = _apply(q.claim_update("r1", 100.0, 30.0), _job())
     assert (claimed["status"], claimed["attempts"], claimed["started_at"]) == (
-        "processing", 1, 100.0)
+        "processing",
+        1,
+        100.0,
+    )
     again = _apply(q.claim_update("r2", 200.0, 30.0), {**claimed, "status": "queued"})
     assert (again["attempts"], again["started_at"]) == (2, 100.0)
 
@@ -125,13 +143,13 @@ def test_claim_sets_started_at_only_once():
 def test_page_filter_breaks_ties_by_id():
     assert q.jobs_page_filter("k", None) == {"key_id": "k"}
     assert q.jobs_page_filter("k", (5, "job_b")) == {
-        "key_id": "k", "$or": [{"created_seq": {"$lt": 5}},
-                               {"created_seq": 5, "_id": {"$lt": "job_b"}}]}
+        "key_id": "k",
+        "$or": [{"created_seq": {"$lt": 5}}, {"created_seq": 5, "_id": {"$lt": "job_b"}}],
+    }
 
 
 def test_only_the_lease_owner_may_finish():
-    assert q.finish_filter("j", "r1") == {"_id": "j", "lease_owner": "r1",
-                                         "status": "processing"}
+    assert q.finish_filter("j", "r1") == {"_id": "j", "lease_owner": "r1", "status": "processing"}
     [stage] = q.finish_update("completed", 1.0, "/o", None, None)
     assert stage["$set"]["progress"] == {"$literal": 1.0}
     assert stage["$set"]["webhook_status"]["$cond"][1] == "pending"  # same update
@@ -146,11 +164,17 @@ def test_cancel_is_one_update_for_both_states():
     assert len(q.cancel_update(5.0)) == 1  # one stage: each branch sees the old status
     queued = _apply(q.cancel_update(5.0), _job())
     assert (queued["status"], queued["completed_at"], queued["cancel_requested"]) == (
-        "canceled", 5.0, False)
+        "canceled",
+        5.0,
+        False,
+    )
     assert (queued["webhook_status"], queued["webhook_next_at"]) == ("pending", 5.0)
     running = _apply(q.cancel_update(5.0), _job(status="processing", lease_owner="r"))
     assert (running["status"], running["cancel_requested"], running["completed_at"]) == (
-        "processing", True, None)
+        "processing",
+        True,
+        None,
+    )
     assert running["webhook_status"] is None  # its event comes when the runner ends it
     silent = _apply(q.cancel_update(5.0), _job(webhook_url=None))
     assert (silent["status"], silent["webhook_status"]) == ("canceled", None)
@@ -159,25 +183,42 @@ def test_cancel_is_one_update_for_both_states():
 
 
 def test_requeue_of_expired_leases_is_one_update_with_sqlites_rules():
-    expired = _job(status="processing", lease_owner="r", lease_expires_at=1.0,
-                   attempts=1, progress=0.4, eta_seconds=3.0)
+    expired = _job(
+        status="processing",
+        lease_owner="r",
+        lease_expires_at=1.0,
+        attempts=1,
+        progress=0.4,
+        eta_seconds=3.0,
+    )
     assert _matches(q.expired_filter(2.0), expired)
     assert not _matches(q.expired_filter(0.5), expired)
     update = q.requeue_update(2.0, max_attempts=2)
     assert len(update) == 1  # a single update_many: no window between the three rules
     requeued = _apply(update, expired)
-    assert (requeued["status"], requeued["lease_owner"], requeued["lease_expires_at"],
-            requeued["progress"], requeued["eta_seconds"], requeued["webhook_status"]) == (
-        "queued", None, None, 0.0, None, None)
+    assert (
+        requeued["status"],
+        requeued["lease_owner"],
+        requeued["lease_expires_at"],
+        requeued["progress"],
+        requeued["eta_seconds"],
+        requeued["webhook_status"],
+    ) == ("queued", None, None, 0.0, None, None)
     failed = _apply(update, {**expired, "attempts": 2})
     assert (failed["status"], failed["error_type"], failed["completed_at"]) == (
-        "failed", "runner_lost", 2.0)
+        "failed",
+        "runner_lost",
+        2.0,
+    )
     assert "2 times" in failed["error_message"]
     assert (failed["webhook_status"], failed["webhook_next_at"]) == ("pending", 2.0)
     # A cancel flag wins over both, even on the last attempt: the job ends canceled.
     canceled = _apply(update, {**expired, "attempts": 2, "cancel_requested": True})
     assert (canceled["status"], canceled["error_type"], canceled["webhook_status"]) == (
-        "canceled", None, "pending")
+        "canceled",
+        None,
+        "pending",
+    )
     assert canceled["lease_owner"] is None
 
 
@@ -188,8 +229,10 @@ def test_webhook_attempt_is_recorded_only_by_the_next_attempt():
     # dispatcher recorded attempt 2 as delivered: nothing matches, nothing is undone.
     delivered = {**pending, "webhook_status": "delivered", "webhook_attempts": 2}
     assert not _matches(q.webhook_attempt_filter("job_1", 2), delivered)
-    recorded = _apply(q.webhook_attempt_update("pending", 2, 9.0, '{"b":2}'),
-                      {**pending, "webhook_body": '{"b":1}'})
+    recorded = _apply(
+        q.webhook_attempt_update("pending", 2, 9.0, '{"b":2}'),
+        {**pending, "webhook_body": '{"b":1}'},
+    )
     assert recorded["webhook_body"] == '{"b":1}'  # frozen: retries send the same body
     first = _apply(q.webhook_attempt_update("pending", 1, 9.0, '{"b":1}'), _job())
     assert first["webhook_body"] == '{"b":1}'
@@ -199,17 +242,26 @@ def test_rotation_moves_the_current_secret_to_previous():
     """Issue 17 item 2: one $set stage reads the document as it was."""
     key = {"_id": "key_a", "webhook_secret": "whsec_old"}
     rotated = _apply(q.rotate_secret_update("whsec_new", 99.0), key)
-    assert (rotated["webhook_secret"], rotated["previous_webhook_secret"],
-            rotated["previous_secret_expires_at"]) == ("whsec_new", "whsec_old", 99.0)
+    assert (
+        rotated["webhook_secret"],
+        rotated["previous_webhook_secret"],
+        rotated["previous_secret_expires_at"],
+    ) == ("whsec_new", "whsec_old", 99.0)
     # Within that overlap, a second rotation keeps the original as previous.
     again = _apply(q.rotate_secret_update("whsec_newer", 199.0, now=50.0), rotated)
-    assert (again["webhook_secret"], again["previous_webhook_secret"],
-            again["previous_secret_expires_at"]) == ("whsec_newer", "whsec_old", 99.0)
+    assert (
+        again["webhook_secret"],
+        again["previous_webhook_secret"],
+        again["previous_secret_expires_at"],
+    ) == ("whsec_newer", "whsec_old", 99.0)
     later = _apply(q.rotate_secret_update("whsec_last", 299.0, now=150.0), again)
     assert (later["previous_webhook_secret"], later["previous_secret_expires_at"]) == (
-        "whsec_newer", 299.0)
-    first = _apply(q.rotate_secret_update("whsec_1", 9.0, now=1.0),
-                   {**key, "previous_secret_expires_at": None})
+        "whsec_newer",
+        299.0,
+    )
+    first = _apply(
+        q.rotate_secret_update("whsec_1", 9.0, now=1.0), {**key, "previous_secret_expires_at": None}
+    )
     assert first["previous_webhook_secret"] == "whsec_old"  # none kept: null is not > now
 
 
@@ -220,8 +272,11 @@ def test_redelivery_only_of_ended_deliveries():
         done = _job(status="completed", webhook_status=status, webhook_attempts=3)
         assert _matches(q.redeliver_filter("job_1"), done)
         again = _apply(q.redeliver_update(7.0), done)
-        assert (again["webhook_status"], again["webhook_next_at"],
-                again["webhook_round_start"]) == ("pending", 7.0, 3)
+        assert (
+            again["webhook_status"],
+            again["webhook_next_at"],
+            again["webhook_round_start"],
+        ) == ("pending", 7.0, 3)
 
 
 def test_event_body_is_frozen_once():
@@ -247,8 +302,10 @@ def test_key_reference_matches_prefixes_literally():
 
 
 def test_due_webhooks_and_expiry_filters():
-    assert q.due_webhooks_filter(5.0) == {"webhook_status": "pending",
-                                          "webhook_next_at": {"$lte": 5.0}}
+    assert q.due_webhooks_filter(5.0) == {
+        "webhook_status": "pending",
+        "webhook_next_at": {"$lte": 5.0},
+    }
     assert q.expired_filter(9.0) == {"status": "processing", "lease_expires_at": {"$lt": 9.0}}
 
 
@@ -261,16 +318,26 @@ def test_overdue_jobs_are_canceled_with_deadline_exceeded():
     [stage] = q.overdue_update(5.0)
     ended = _apply([stage], _job(deadline_at=4.0))
     assert (ended["status"], ended["error_type"], ended["completed_at"]) == (
-        "canceled", "deadline_exceeded", 5.0)
+        "canceled",
+        "deadline_exceeded",
+        5.0,
+    )
     assert (ended["webhook_status"], ended["webhook_next_at"]) == ("pending", 5.0)
 
 
 def test_upload_filters_guard_offset_owner_and_expiry():
     assert q.advance_upload_filter("upl_1", 4, 10) == {
-        "_id": "upl_1", "offset": 4, "job_id": None, "size": {"$gte": 10}}
+        "_id": "upl_1",
+        "offset": 4,
+        "job_id": None,
+        "size": {"$gte": 10},
+    }
     assert q.claim_upload_filter("upl_1", 5.0) == {
-        "_id": "upl_1", "job_id": None, "expires_at": {"$gt": 5.0},
-        "$expr": {"$eq": ["$offset", "$size"]}}
+        "_id": "upl_1",
+        "job_id": None,
+        "expires_at": {"$gt": 5.0},
+        "$expr": {"$eq": ["$offset", "$size"]},
+    }
     lookup = q.ended_job_uploads_pipeline(7.0, 3)
     # A claimed upload whose job is missing goes only after its expiry.
     assert {"job": {"$size": 0}, "expires_at": {"$lt": 7.0}} in lookup[2]["$match"]["$or"]
@@ -287,7 +354,10 @@ def test_leases_on_the_servers_clock():
     renewed = _apply(q.renew_update(None, 60.0, 0.5, 9.0, "$upscale"), claimed)
     assert renewed["lease_expires_at"] == server_now + 60.0
     assert (renewed["progress"], renewed["eta_seconds"], renewed["phase"]) == (
-        0.5, 9.0, "$upscale")  # literal, never a field path
+        0.5,
+        9.0,
+        "$upscale",
+    )  # literal, never a field path
     expired = q.expired_filter(None)
     assert "$$NOW" in repr(expired) and "now" not in repr(expired).replace("$$NOW", "")
     assert not _matches(expired, renewed)  # the server's clock: still leased
@@ -295,8 +365,7 @@ def test_leases_on_the_servers_clock():
     assert not _matches(expired, {**renewed, "lease_expires_at": None})
     # An explicit now (tests replaying time) is honoured as before.
     assert _apply(q.claim_update("r1", 100.0, 30.0), _job())["lease_expires_at"] == 130.0
-    assert _apply(q.renew_update(100.0, 5.0, 0.1, None, None), claimed)[
-        "lease_expires_at"] == 105.0
+    assert _apply(q.renew_update(100.0, 5.0, 0.1, None, None), claimed)["lease_expires_at"] == 105.0
 
 
 def test_store_uses_the_servers_clock_unless_told_to_replay_time():
@@ -307,46 +376,54 @@ def test_store_uses_the_servers_clock_unless_told_to_replay_time():
 
 
 # Issue 21 item 5: every query has an index that serves it without an in-memory sort.
-def _served(collection: str, equality: list[str], sort: list[str], ranges: list[str]
-            ) -> bool:
+def _served(collection: str, equality: list[str], sort: list[str], ranges: list[str]) -> bool:
     """Some index starts with the equality fields (any order), then the sort fields in
     order, then the range fields: the equality-sort-range rule for an index scan."""
     for name, keys, _ in q.INDEXES:
         fields = [k for k, _ in keys]
         if name != collection:
             continue
-        head = fields[:len(equality)]
-        rest = fields[len(equality):]
-        if sorted(head) == sorted(equality) and rest[:len(sort)] == sort and \
-                set(ranges) <= set(rest[len(sort):len(sort) + len(ranges)]) | set(sort):
+        head = fields[: len(equality)]
+        rest = fields[len(equality) :]
+        if (
+            sorted(head) == sorted(equality)
+            and rest[: len(sort)] == sort
+            and set(ranges) <= set(rest[len(sort) : len(sort) + len(ranges)]) | set(sort)
+        ):
             return True
     return False
 
 
 def _fields(filter_: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Equality and range fields; ``$ne`` is a residual filter on fetched documents."""
-    equality = [f for f, v in filter_.items()
-                if not f.startswith("$") and not isinstance(v, dict)]
-    ranges = [f for f, v in filter_.items()
-              if not f.startswith("$") and isinstance(v, dict) and "$ne" not in v]
+    equality = [f for f, v in filter_.items() if not f.startswith("$") and not isinstance(v, dict)]
+    ranges = [
+        f
+        for f, v in filter_.items()
+        if not f.startswith("$") and isinstance(v, dict) and "$ne" not in v
+    ]
     return equality, ranges
 
 
-@pytest.mark.parametrize("name, filter_, sort", [
-    ("claim", q.queued_of_key_filter("key_a"), q.CLAIM_SORT),
-    ("running count", {"status": "processing", "key_id": "key_a"}, []),
-    ("count by status", q.count_by_status_filter("queued"), []),
-    ("expired outputs", q.expired_outputs_filter(5.0), q.OUTPUTS_SORT),
-    ("expired leases", q.expired_filter(5.0), []),
-    ("expired leases, server clock", q.expired_filter(None), []),
-    ("due webhooks", q.due_webhooks_filter(5.0), [("webhook_next_at", 1)]),
-    ("idempotency", q.idempotency_filter("key_a", "k1"), []),
-    ("page", q.jobs_page_filter("key_a", None), q.PAGE_SORT),
-    ("overdue", {"status": "queued", "deadline_at": {"$lte": 5.0}}, []),
-    ("webhook deliveries", q.events_page_filter("key_a", "failed", None), q.PAGE_SORT),
-])
-def test_each_jobs_query_has_an_index(name: str, filter_: dict[str, Any],
-                                      sort: list[tuple[str, int]]):
+@pytest.mark.parametrize(
+    "name, filter_, sort",
+    [
+        ("claim", q.queued_of_key_filter("key_a"), q.CLAIM_SORT),
+        ("running count", {"status": "processing", "key_id": "key_a"}, []),
+        ("count by status", q.count_by_status_filter("queued"), []),
+        ("expired outputs", q.expired_outputs_filter(5.0), q.OUTPUTS_SORT),
+        ("expired leases", q.expired_filter(5.0), []),
+        ("expired leases, server clock", q.expired_filter(None), []),
+        ("due webhooks", q.due_webhooks_filter(5.0), [("webhook_next_at", 1)]),
+        ("idempotency", q.idempotency_filter("key_a", "k1"), []),
+        ("page", q.jobs_page_filter("key_a", None), q.PAGE_SORT),
+        ("overdue", {"status": "queued", "deadline_at": {"$lte": 5.0}}, []),
+        ("webhook deliveries", q.events_page_filter("key_a", "failed", None), q.PAGE_SORT),
+    ],
+)
+def test_each_jobs_query_has_an_index(
+    name: str, filter_: dict[str, Any], sort: list[tuple[str, int]]
+):
     equality, ranges = _fields(filter_)
     assert _served("jobs", equality, [f for f, _ in sort], ranges), name
 
@@ -382,12 +459,15 @@ def test_unreachable_server_is_store_unavailable_within_the_timeout():
     from serve_app.store import StoreUnavailable
 
     async def attempts() -> list[float]:
-        store = MongoStore(f"mongodb://127.0.0.1:{_closed_port()}", "retroiva_none",
-                           timeout=0.5)
+        store = MongoStore(f"mongodb://127.0.0.1:{_closed_port()}", "retroiva_none", timeout=0.5)
         took = []
         try:
-            for call in (store.init, store.ping, lambda: store.get_job("job_x"),
-                         lambda: store.count_request("key_a", 1, 60)):
+            for call in (
+                store.init,
+                store.ping,
+                lambda: store.get_job("job_x"),
+                lambda: store.count_request("key_a", 1, 60),
+            ):
                 started = time.monotonic()
                 with pytest.raises(StoreUnavailable, match="MongoDB"):
                     await call()
@@ -408,8 +488,9 @@ def test_store_reads_pin_to_the_primary_whatever_the_uri_says():
 
     from serve_app.mongo_store import MongoStore
 
-    store = MongoStore(f"mongodb://127.0.0.1:{_closed_port()}/?readPreference="
-                       "secondaryPreferred", "retroiva_none")
+    store = MongoStore(
+        f"mongodb://127.0.0.1:{_closed_port()}/?readPreference=secondaryPreferred", "retroiva_none"
+    )
     try:
         assert store._db.read_preference == ReadPreference.PRIMARY
         assert store._jobs.read_preference == ReadPreference.PRIMARY

@@ -58,18 +58,32 @@ class Cluster:
     home: Path
 
     def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VENV_BIN / args[0]), *args[1:]], env=self.env, cwd=REPO,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(VENV_BIN / args[0]), *args[1:]],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
-    def shell(self, script: str, cwd: Path, timeout: float = 300
-              ) -> subprocess.CompletedProcess[str]:
+    def shell(
+        self, script: str, cwd: Path, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         """``script`` in an operator's login shell on the head node."""
-        return subprocess.run(["bash", "-c", script], env=self.env, cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["bash", "-c", script],
+            env=self.env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 def _kill_session(sid: int) -> None:
     """Every process `ray start` spawned, workers included, shares its session."""
+
     def members() -> list[psutil.Process]:
         found = []
         for proc in psutil.process_iter():
@@ -91,8 +105,9 @@ def _wait_for(url: str, timeout: float, headers: dict[str, str] | None = None) -
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
-                                        timeout=3) as response:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers or {}), timeout=3
+            ) as response:
                 return bytes(response.read())
         except urllib.error.HTTPError as exc:
             # 404 and 5xx: Serve's proxy is up but the app isn't deployed yet.
@@ -111,20 +126,22 @@ def _wait_for_answer(url: str, timeout: float) -> None:
         _wait_for(url, timeout)
 
 
-def _head_start_command(home: Path, gcs: int, dashboard: int, agent: int,
-                        temp_dir: str) -> str:
+def _head_start_command(home: Path, gcs: int, dashboard: int, agent: int, temp_dir: str) -> str:
     """cluster.yaml's own head start command; only ports and local paths changed."""
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     [stop, start] = config["head_start_ray_commands"]
     assert stop.endswith("ray stop")  # never run here: it would stop every Ray on the machine
     start = start.replace("--port=6379", f"--port={gcs}")
-    start = start.replace("--dashboard-host=0.0.0.0",
-                          f"--dashboard-host=127.0.0.1 --dashboard-port={dashboard}")
+    start = start.replace(
+        "--dashboard-host=0.0.0.0", f"--dashboard-host=127.0.0.1 --dashboard-port={dashboard}"
+    )
     start = start.replace("--autoscaling-config=~/ray_bootstrap_config.yaml", "")
     # What the launcher's own head has, plus what a shared test machine needs: a short
     # temp dir of ours, free ports, and --block so the test owns every process.
-    return (f"{start} --block --temp-dir={temp_dir} --dashboard-agent-listen-port={agent} "
-            "--include-dashboard=true --num-cpus=2 --resources='{\"retroiva_head\": 1}'")
+    return (
+        f"{start} --block --temp-dir={temp_dir} --dashboard-agent-listen-port={agent} "
+        "--include-dashboard=true --num-cpus=2 --resources='{\"retroiva_head\": 1}'"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +154,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     (home / "retroiva").symlink_to(REPO)
     data_dir = home / "retroiva-data"
     gcs, dashboard, agent, serve_port = (_free_port() for _ in range(4))
-    model_cache = Path(os.environ.get("RETROIVA_MODEL_CACHE")
-                       or Path.home() / ".cache" / "retroiva" / "models")
+    model_cache = Path(
+        os.environ.get("RETROIVA_MODEL_CACHE") or Path.home() / ".cache" / "retroiva" / "models"
+    )
     (home / "retroiva.env").write_text(
         "RAY_AUTH_MODE=token\n"
         f"RETROIVA_DATA_DIR={data_dir}\n"
@@ -146,27 +164,46 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "RETROIVA_SIGNING_SECRET=cluster-test-secret\n"
         "RETROIVA_ALLOW_PRIVATE_URLS=true\n"
         "RETROIVA_POLL_SECONDS=0.2\n"
-        f"RETROIVA_MODEL_CACHE={model_cache}\n")
+        f"RETROIVA_MODEL_CACHE={model_cache}\n"
+    )
     (home / "retroiva.env").chmod(0o600)
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                           if Path(p).resolve() != VENV_BIN.resolve())
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RETROIVA_", "RAY_", "VIRTUAL_ENV"))}
-    env.update(HOME=str(home), PATH=path, RAY_USAGE_STATS_ENABLED="0",
-               RAY_ADDRESS=f"http://127.0.0.1:{dashboard}",
-               # The venv's console scripts import this checkout rather than the one
-               # the venv was installed from.
-               PYTHONPATH=str(REPO))
+    path = os.pathsep.join(
+        p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != VENV_BIN.resolve()
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RETROIVA_", "RAY_", "VIRTUAL_ENV"))
+    }
+    env.update(
+        HOME=str(home),
+        PATH=path,
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_ADDRESS=f"http://127.0.0.1:{dashboard}",
+        # The venv's console scripts import this checkout rather than the one
+        # the venv was installed from.
+        PYTHONPATH=str(REPO),
+    )
     key, _ = add_key(SqliteStore(data_dir / "retroiva.sqlite3"))
     (home / "batch.key").write_text(key + "\n")
     (home / "batch.key").chmod(0o600)
     # The README's one-time step: a token for Ray's token auth, in ~/.ray/auth_token.
-    subprocess.run(["bash", "-c", "~/retroiva/.venv/bin/ray get-auth-token --generate"],
-                   env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        ["bash", "-c", "~/retroiva/.venv/bin/ray get-auth-token --generate"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     log = (home / "ray-start.log").open("w")
     head = subprocess.Popen(
         ["bash", "-c", _head_start_command(home, gcs, dashboard, agent, temp_dir)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home)
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=home,
+    )
     # Every operator command below runs with the env file's settings, as the README says.
     env.update(RAY_AUTH_MODE="token")
     try:
@@ -208,8 +245,7 @@ def _status(cluster: Cluster) -> dict[str, object]:
     return yaml.safe_load(result.stdout)  # type: ignore[no-any-return]
 
 
-def test_serve_deploy_places_api_and_runner_on_the_head_resource(deployed: Cluster,
-                                                                  videos: str):
+def test_serve_deploy_places_api_and_runner_on_the_head_resource(deployed: Cluster, videos: str):
     app = _status(deployed)["applications"]["retroiva"]  # type: ignore[index]
     assert app["status"] == "RUNNING"
     replicas = {name: d["replica_states"] for name, d in app["deployments"].items()}
@@ -217,17 +253,18 @@ def test_serve_deploy_places_api_and_runner_on_the_head_resource(deployed: Clust
 
     base = f"http://127.0.0.1:{deployed.serve_port}"
     request = urllib.request.Request(
-        f"{base}/v2/enhance", method="POST",
+        f"{base}/v2/enhance",
+        method="POST",
         data=json.dumps({"video_url": f"{videos}/clip.mp4"}).encode(),
-        headers={**bearer(deployed.api_key), "Content-Type": "application/json"})
+        headers={**bearer(deployed.api_key), "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         job = json.load(response)
     deadline = time.monotonic() + 120
     while job["status"] not in ("completed", "failed", "canceled"):
         assert time.monotonic() < deadline, job
         time.sleep(0.5)
-        job = json.loads(_wait_for(f"{base}/v2/jobs/{job['id']}", 10,
-                                   bearer(deployed.api_key)))
+        job = json.loads(_wait_for(f"{base}/v2/jobs/{job['id']}", 10, bearer(deployed.api_key)))
     assert job["status"] == "completed", job["error"]
     output = deployed.data_dir / "served-output.mp4"
     output.write_bytes(_wait_for(job["output_url"], 10))
@@ -262,7 +299,8 @@ def test_readme_batch_command_verbatim(deployed: Cluster, videos: str, tmp_path:
     assert "ray job submit" in command and "--api-key " not in command
     (tmp_path / "reels.csv").write_text(
         "video_url,catalog_id\n"
-        f"{videos}/clip.mp4,R1\n{videos}/missing.mp4,R2\nftp://127.0.0.1/reel.mp4,R3\n")
+        f"{videos}/clip.mp4,R1\n{videos}/missing.mp4,R2\nftp://127.0.0.1/reel.mp4,R3\n"
+    )
     before = set(_store_jobs(deployed))
     first = deployed.shell(command, cwd=tmp_path, timeout=300)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
@@ -272,8 +310,7 @@ def test_readme_batch_command_verbatim(deployed: Cluster, videos: str, tmp_path:
     with results.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["completed", "failed", "rejected"]
-    assert [json.loads(r["metadata"]) for r in rows] == [{"catalog_id": f"R{i}"}
-                                                         for i in (1, 2, 3)]
+    assert [json.loads(r["metadata"]) for r in rows] == [{"catalog_id": f"R{i}"} for i in (1, 2, 3)]
     assert rows[1]["error_type"] == "invalid_input"
     assert "http or https" in rows[2]["error_message"]
     assert rows[0]["output_url"].startswith(f"http://127.0.0.1:{deployed.serve_port}/")
@@ -288,13 +325,18 @@ def test_readme_batch_command_verbatim(deployed: Cluster, videos: str, tmp_path:
     found = re.search(r"^batch (raysubmit_\w+): 3 rows$", first.stdout, re.MULTILINE)
     assert found, first.stdout[-3000:]
     batch = found.group(1)
-    status = deployed.shell(f"~/retroiva/.venv/bin/ray job status {batch}", cwd=tmp_path,
-                            timeout=60)
-    assert "exit code 1" in status.stdout and "partial: 1 of 3 completed" in status.stdout, \
+    status = deployed.shell(
+        f"~/retroiva/.venv/bin/ray job status {batch}", cwd=tmp_path, timeout=60
+    )
+    assert "exit code 1" in status.stdout and "partial: 1 of 3 completed" in status.stdout, (
         status.stdout
-    shown = deployed.shell(f"set -a && . ~/retroiva.env && set +a && "
-                           f"~/retroiva/.venv/bin/retroiva batches show {batch}",
-                           cwd=tmp_path, timeout=60)
+    )
+    shown = deployed.shell(
+        f"set -a && . ~/retroiva.env && set +a && "
+        f"~/retroiva/.venv/bin/retroiva batches show {batch}",
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     assert rows[0]["id"] in shown.stdout and rows[1]["id"] in shown.stdout
 
@@ -307,8 +349,9 @@ def test_readme_batch_command_verbatim(deployed: Cluster, videos: str, tmp_path:
 
 def _dashboard_json(cluster: Cluster, path: str) -> object:
     token = (cluster.home / ".ray" / "auth_token").read_text().strip()
-    return json.loads(_wait_for(f"{cluster.dashboard}{path}", 30,
-                                {"Authorization": f"Bearer {token}"}))
+    return json.loads(
+        _wait_for(f"{cluster.dashboard}{path}", 30, {"Authorization": f"Bearer {token}"})
+    )
 
 
 def test_enhancement_datasets_are_named_by_job_id(deployed: Cluster, videos: str):
@@ -330,20 +373,30 @@ def test_enhancement_datasets_are_named_by_job_id(deployed: Cluster, videos: str
 
 def _enhance(cluster: Cluster, url: str) -> dict[str, object]:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{cluster.serve_port}/v2/enhance", method="POST",
+        f"http://127.0.0.1:{cluster.serve_port}/v2/enhance",
+        method="POST",
         data=json.dumps({"video_url": url}).encode(),
-        headers={**bearer(cluster.api_key), "Content-Type": "application/json"})
+        headers={**bearer(cluster.api_key), "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)  # type: ignore[no-any-return]
 
 
-def _until_ended(cluster: Cluster, job_id: str, timeout: float,
-                 until: tuple[str, ...] = ("completed", "failed", "canceled")
-                 ) -> dict[str, object]:
+def _until_ended(
+    cluster: Cluster,
+    job_id: str,
+    timeout: float,
+    until: tuple[str, ...] = ("completed", "failed", "canceled"),
+) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while True:
-        job = json.loads(_wait_for(f"http://127.0.0.1:{cluster.serve_port}/v2/jobs/{job_id}",
-                                   10, bearer(cluster.api_key)))
+        job = json.loads(
+            _wait_for(
+                f"http://127.0.0.1:{cluster.serve_port}/v2/jobs/{job_id}",
+                10,
+                bearer(cluster.api_key),
+            )
+        )
         if job["status"] in until:
             return job  # type: ignore[no-any-return]
         assert time.monotonic() < deadline, job

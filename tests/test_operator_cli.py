@@ -22,8 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 def _retroiva(*args: str, cwd: Path, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RETROIVA_")}
     environ.update(XDG_DATA_HOME=str(home), PYTHONPATH=str(REPO), **env)
-    return subprocess.run([sys.executable, "-m", "serve_app.cli", *args], cwd=cwd,
-                          env=environ, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _seed(path: Path) -> tuple[str, str]:
@@ -33,10 +39,19 @@ def _seed(path: Path) -> tuple[str, str]:
         _, key = new_api_key("ops", 60)
         await store.add_key(key)
         now = time.time()
-        job, _ = await store.insert_job(JobRecord(
-            id="job_ops1", key_id=key.id, status=JobStatus.QUEUED,
-            input_url="https://example.com/v.mp4", preset="general", upscale_factor=2,
-            created_at=now, created_seq=time.time_ns()), now)
+        job, _ = await store.insert_job(
+            JobRecord(
+                id="job_ops1",
+                key_id=key.id,
+                status=JobStatus.QUEUED,
+                input_url="https://example.com/v.mp4",
+                preset="general",
+                upscale_factor=2,
+                created_at=now,
+                created_seq=time.time_ns(),
+            ),
+            now,
+        )
         await store.close()
         return key.id, job.id
 
@@ -64,8 +79,14 @@ def test_operator_commands_find_the_services_store_from_any_directory(tmp_path: 
 
     keys = _retroiva("keys", "list", cwd=elsewhere, home=home)
     assert keys.returncode == 0, keys
-    assert keys.stdout.splitlines()[0].split() == ["ID", "PREFIX", "NAME", "RATE", "LIMITS",
-                                                   "STATE"]
+    assert keys.stdout.splitlines()[0].split() == [
+        "ID",
+        "PREFIX",
+        "NAME",
+        "RATE",
+        "LIMITS",
+        "STATE",
+    ]
     assert key_id in keys.stdout.splitlines()[1]
 
     shown = _retroiva("jobs", "show", job_id, cwd=elsewhere, home=home)
@@ -74,8 +95,9 @@ def test_operator_commands_find_the_services_store_from_any_directory(tmp_path: 
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", created), created
 
     # An explicit RETROIVA_DATA_DIR still wins.
-    other = _retroiva("jobs", "list", cwd=elsewhere, home=home,
-                      RETROIVA_DATA_DIR=str(tmp_path / "other"))
+    other = _retroiva(
+        "jobs", "list", cwd=elsewhere, home=home, RETROIVA_DATA_DIR=str(tmp_path / "other")
+    )
     assert other.returncode == 1 and "no store at" in other.stderr
 
 
@@ -83,27 +105,34 @@ def test_models_list_says_which_preset_uses_which_model(tmp_path: Path):
     result = _retroiva("models", "list", cwd=tmp_path, home=tmp_path)
     assert result.returncode == 0, result
     lines = result.stdout.splitlines()
-    table = lines[1:lines.index(next(x for x in lines if x.startswith("presets:")))]
+    table = lines[1 : lines.index(next(x for x in lines if x.startswith("presets:")))]
     rows = {line.split()[0]: line for line in table}
     assert "presets" in lines[0]
     assert re.search(r"\bgeneral,cinematic,social\b", rows["span-x2"])
     assert not re.search(r"\b(general|cinematic|social|archive)\b", rows["clearreality-x4"])
-    assert re.search(r"\bgeneral,cinematic,social,archive\b", rows["rife-4.6"]
-                     if "rife-4.6" in rows else next(v for k, v in rows.items() if "rife" in k))
+    assert re.search(
+        r"\bgeneral,cinematic,social,archive\b",
+        rows["rife-4.6"] if "rife-4.6" in rows else next(v for k, v in rows.items() if "rife" in k),
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["missing.mp4", "out.mp4"], "does not exist"),
-    (["{video}", "out.mp4", "--preset", "foo"], "preset must be one of"),
-    (["{video}", "out.avi"], "output must end in one of"),
-    (["{video}", "out.mp4", "--engine", "quantum"], "neural, classical"),
-])
-def test_enhance_checks_its_arguments_before_starting_ray(tmp_path: Path, args: list[str],
-                                                         message: str):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.mp4", "out.mp4"], "does not exist"),
+        (["{video}", "out.mp4", "--preset", "foo"], "preset must be one of"),
+        (["{video}", "out.avi"], "output must end in one of"),
+        (["{video}", "out.mp4", "--engine", "quantum"], "neural, classical"),
+    ],
+)
+def test_enhance_checks_its_arguments_before_starting_ray(
+    tmp_path: Path, args: list[str], message: str
+):
     video = tmp_path / "in.mp4"
     video.write_bytes(b"not checked: the arguments fail first")
-    result = _retroiva("enhance", *[a.format(video=video) for a in args], cwd=tmp_path,
-                       home=tmp_path)
+    result = _retroiva(
+        "enhance", *[a.format(video=video) for a in args], cwd=tmp_path, home=tmp_path
+    )
     assert result.returncode == 2, result
     assert message in re.sub(r"[\s│╭╮╰╯─]+", " ", result.stderr)
     assert "ray" not in result.stderr.lower() and not (tmp_path / "out.mp4").exists()

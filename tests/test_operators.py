@@ -106,8 +106,12 @@ def _carphone(n: int = 4) -> np.ndarray:
     path = clip_path("carphone_pristine.mp4")
     colour = probe(path).colour
     with av.open(str(path)) as container:
-        return np.stack([frame_to_rgb(f, colour)
-                         for _, f in zip(range(n), container.decode(video=0), strict=False)])
+        return np.stack(
+            [
+                frame_to_rgb(f, colour)
+                for _, f in zip(range(n), container.decode(video=0), strict=False)
+            ]
+        )
 
 
 @pytest.mark.parametrize("sigma", [4.0, 8.0, 12.0])
@@ -121,6 +125,5 @@ def test_noise_estimate_tracks_added_noise(sigma: float):
     assert 0.75 * sigma < estimate_noise(noisy) < 1.25 * sigma
     # 16-bit frames read the same σ (in 8-bit levels).
     assert estimate_noise(noisy.astype(np.uint16) * 257) == pytest.approx(
-        estimate_noise(noisy), rel=0.05)
-
-
+        estimate_noise(noisy), rel=0.05
+    )

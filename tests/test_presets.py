@@ -20,24 +20,33 @@ from media import psnr
 CLEAN, NOISY = NoiseLevel(0.5, 0.05), NoiseLevel(3.5, 0.4)
 
 
-def _steps(preset: str, factor: int, ratio: Fraction = Fraction(1), engine: str = "neural",
-           noise: NoiseLevel = CLEAN) -> list[tuple[str, str, str | None]]:
-    return [(s.kind, s.engine, s.params.get("model"))
-            for s in resolve_chain(PRESETS[preset], factor, ratio, engine, noise=noise)]
+def _steps(
+    preset: str,
+    factor: int,
+    ratio: Fraction = Fraction(1),
+    engine: str = "neural",
+    noise: NoiseLevel = CLEAN,
+) -> list[tuple[str, str, str | None]]:
+    return [
+        (s.kind, s.engine, s.params.get("model"))
+        for s in resolve_chain(PRESETS[preset], factor, ratio, engine, noise=noise)
+    ]
 
 
-@pytest.mark.parametrize(("factor", "model"), [(2, "span-x2"), (3, "span-x4"),
-                                               (4, "span-x4")])
+@pytest.mark.parametrize(("factor", "model"), [(2, "span-x2"), (3, "span-x4"), (4, "span-x4")])
 def test_general_uses_span_weights_for_the_factor(factor: int, model: str):
     # No NL-means in front: a noisy job goes to a denoising model instead.
     assert _steps("general", factor) == [("upscale", "ncnn", model)]
     assert _steps("general", factor, noise=NOISY) == [
-        ("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
+        ("upscale", "ncnn", "waifu2x-photo-noise3-x2")
+    ]
 
 
 def test_social_interpolates_with_rife():
     assert _steps("social", 2, Fraction(5, 2)) == [
-        ("interpolate", "rife", None), ("upscale", "ncnn", "span-x2")]
+        ("interpolate", "rife", None),
+        ("upscale", "ncnn", "span-x2"),
+    ]
 
 
 def test_cinematic_and_archive_models():
@@ -51,8 +60,7 @@ def test_factor_one_drops_plain_upscalers_but_keeps_a_denoiser():
     assert _steps("general", 1) == []
     assert _steps("general", 1, noise=NOISY) == [("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
     assert _steps("general", 1, engine="classical") == []
-    assert _steps("general", 1, engine="classical", noise=NOISY) == [
-        ("denoise", "classical", None)]
+    assert _steps("general", 1, engine="classical", noise=NOISY) == [("denoise", "classical", None)]
     assert _steps("archive", 1) == [("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
     [spec] = resolve_chain(PRESETS["archive"], 1, Fraction(1), noise=CLEAN)
     assert spec.params["factor"] == 1
@@ -60,8 +68,9 @@ def test_factor_one_drops_plain_upscalers_but_keeps_a_denoiser():
 
 def test_classical_engine_everywhere():
     for name in PRESETS:
-        assert {engine for _, engine, _ in _steps(name, 2, Fraction(2), "classical")} == \
-            {"classical"}
+        assert {engine for _, engine, _ in _steps(name, 2, Fraction(2), "classical")} == {
+            "classical"
+        }
 
 
 def test_unknown_engine_is_refused():
@@ -71,16 +80,17 @@ def test_unknown_engine_is_refused():
 
 @pytest.mark.parametrize("missing", [("interpolate", "rife"), ("upscale", "ncnn")])
 def test_a_missing_model_falls_back_to_the_whole_classical_chain(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        missing: tuple[str, str]):
-    monkeypatch.setitem(registry._MISSING, missing,
-                        lambda **_: "weights need the package X")
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, missing: tuple[str, str]
+):
+    monkeypatch.setitem(registry._MISSING, missing, lambda **_: "weights need the package X")
     with caplog.at_level(logging.WARNING, logger="pipelines.presets"):
         steps = _steps("social", 2, Fraction(5, 2), noise=NOISY)
-    assert steps == [("denoise", "classical", None), ("interpolate", "classical", None),
-                     ("upscale", "classical", None)]
-    assert f"{missing[0]}/{missing[1]} can't run here: weights need the package X" \
-        in caplog.text
+    assert steps == [
+        ("denoise", "classical", None),
+        ("interpolate", "classical", None),
+        ("upscale", "classical", None),
+    ]
+    assert f"{missing[0]}/{missing[1]} can't run here: weights need the package X" in caplog.text
 
 
 def test_measured_noise_decides_the_chain_once_for_the_job():
@@ -88,8 +98,7 @@ def test_measured_noise_decides_the_chain_once_for_the_job():
     general = PRESETS["general"]
     [span] = resolve_chain(general, 2, Fraction(1), noise=clean)
     [waifu] = resolve_chain(general, 2, Fraction(1), noise=noisy)
-    assert (span.params["model"], waifu.params["model"]) == ("span-x2",
-                                                             "waifu2x-photo-noise3-x2")
+    assert (span.params["model"], waifu.params["model"]) == ("span-x2", "waifu2x-photo-noise3-x2")
     assert "noisy_model" not in span.params and "noisy_model" not in waifu.params
     assert resolve_chain(general, 1, Fraction(1), noise=clean) == []  # nothing to do
     assert resolve_chain(general, 1, Fraction(1), noise=noisy)[0].params["factor"] == 1
@@ -119,14 +128,16 @@ def _carphone_and_noisy(n: int) -> tuple[np.ndarray, np.ndarray]:
 def test_planned_nl_means_leaves_clean_footage_alone_and_fits_noisy_footage():
     clean, noisy = _carphone_and_noisy(3)
     general = PRESETS["general"]
-    assert [s.kind for s in resolve_chain(general, 2, Fraction(1), "classical",
-                                          noise=_measured(clean))] == ["upscale"]
+    assert [
+        s.kind for s in resolve_chain(general, 2, Fraction(1), "classical", noise=_measured(clean))
+    ] == ["upscale"]
     denoise, _ = resolve_chain(general, 2, Fraction(1), "classical", noise=_measured(noisy))
     assert denoise.kind == "denoise" and 6 < denoise.params["strength"] < 10
     fitted = build_operator(denoise.kind, denoise.engine, denoise.params)
     assert psnr(fitted(noisy), clean) > psnr(noisy, clean) + 1.5
-    [cinematic, *_] = resolve_chain(PRESETS["cinematic"], 2, Fraction(1), "classical",
-                                    noise=_measured(noisy))
+    [cinematic, *_] = resolve_chain(
+        PRESETS["cinematic"], 2, Fraction(1), "classical", noise=_measured(noisy)
+    )
     assert cinematic.params["strength"] == pytest.approx(0.6 * denoise.params["strength"])
 
 
@@ -137,10 +148,8 @@ def test_planned_denoising_model_beats_span_on_noisy_footage():
     general = PRESETS["general"]
     [span] = resolve_chain(general, 2, Fraction(1), noise=_measured(clean))
     [waifu] = resolve_chain(general, 2, Fraction(1), noise=_measured(noisy))
-    assert (span.params["model"], waifu.params["model"]) == ("span-x2",
-                                                             "waifu2x-photo-noise3-x2")
-    big = np.stack([cv2.resize(f, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
-                    for f in clean])
+    assert (span.params["model"], waifu.params["model"]) == ("span-x2", "waifu2x-photo-noise3-x2")
+    big = np.stack([cv2.resize(f, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC) for f in clean])
     by_span = build_operator(span.kind, span.engine, span.params)(noisy)
     by_waifu = build_operator(waifu.kind, waifu.engine, waifu.params)(noisy)
     assert psnr(by_waifu, big) > psnr(by_span, big) + 1

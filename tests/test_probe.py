@@ -101,8 +101,10 @@ def test_truncated_file(make_video, tmp_path: Path, suffix: str):
 def test_truncated_faststart_mp4(make_video, tmp_path: Path):
     """With the index first, the frame count in the header reveals the truncation."""
     whole = tmp_path / "faststart.mp4"
-    with av.open(str(make_video(seconds=2))) as src, \
-            av.open(str(whole), "w", options={"movflags": "+faststart"}) as dst:
+    with (
+        av.open(str(make_video(seconds=2))) as src,
+        av.open(str(whole), "w", options={"movflags": "+faststart"}) as dst,
+    ):
         out = dst.add_stream_from_template(src.streams.video[0])
         for packet in src.demux(src.streams.video[0]):
             if packet.size:
@@ -116,8 +118,9 @@ def test_truncated_faststart_mp4(make_video, tmp_path: Path):
 
 def test_zero_frame_file(tmp_path: Path):
     """A video track with no frames beside a real audio track."""
-    path = write_zero_frame_video(tmp_path / "zero.mkv", SampleSpec(width=64, height=48,
-                                                                    seconds=0.5))
+    path = write_zero_frame_video(
+        tmp_path / "zero.mkv", SampleSpec(width=64, height=48, seconds=0.5)
+    )
     error = _expect_invalid(path, "no_frames")
     assert "no frames" in str(error)
 
@@ -152,9 +155,23 @@ def test_probe_agrees_with_ffprobe_when_available(make_video):
         pytest.skip("Debian's ffprobe is not installed; PyAV-only checks above still ran")
     path = make_video(seconds=2)
     counted = subprocess.run(
-        [ffprobe, "-v", "error", "-count_packets", "-select_streams", "v:0",
-         "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
-        capture_output=True, text=True, check=True).stdout.strip()
+        [
+            ffprobe,
+            "-v",
+            "error",
+            "-count_packets",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_packets",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert probe(path).frame_count == int(counted)
 
 

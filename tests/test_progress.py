@@ -63,11 +63,13 @@ def test_multi_chunk_job_reports_fine_progress_and_a_fair_eta(make_video, tmp_pa
     reports: list[tuple[float, Progress]] = []
     started = time.monotonic()
     # Interpolation adds a stage: clean input no longer gets an NL-means one.
-    result = enhance_video(source, tmp_path / "out.mp4",
-                           EnhanceRequest(preset="general", upscale_factor=2, interpolate=2,
-                                          engine="classical"),
-                           PipelineConfig(max_chunk_frames=8),
-                           on_progress=lambda p: reports.append((time.monotonic(), p)))
+    result = enhance_video(
+        source,
+        tmp_path / "out.mp4",
+        EnhanceRequest(preset="general", upscale_factor=2, interpolate=2, engine="classical"),
+        PipelineConfig(max_chunk_frames=8),
+        on_progress=lambda p: reports.append((time.monotonic(), p)),
+    )
     ended = time.monotonic()
     assert result.chunks >= 10
     fractions = [p.fraction for _, p in reports]
@@ -75,14 +77,20 @@ def test_multi_chunk_job_reports_fine_progress_and_a_fair_eta(make_video, tmp_pa
     assert len(set(fractions)) >= 10, fractions
     assert reports[-1][1].phase == "assembling" and reports[-1][1].frames_done == 240
     assert {p.phase for _, p in reports} == {"processing", "assembling"}
-    checked = [(at, p) for at, p in reports
-               if p.phase == "processing" and p.fraction >= 0.3 and p.eta_seconds is not None]
+    checked = [
+        (at, p)
+        for at, p in reports
+        if p.phase == "processing" and p.fraction >= 0.3 and p.eta_seconds is not None
+    ]
     assert checked, f"no ETA after 30 % in {ended - started:.1f} s"
     for at, p in checked:
         actual = ended - at
         # 2x either way, with 2 s for the half-second polling and the final assembly.
         assert actual / 2 - 2 <= p.eta_seconds <= actual * 2 + 2, (
-            p.fraction, p.eta_seconds, actual)
+            p.fraction,
+            p.eta_seconds,
+            actual,
+        )
 
 
 @pytest.fixture
@@ -95,14 +103,23 @@ async def test_phase_is_stored_and_shown_only_while_processing(tmp_path: Path):
     store = SqliteStore(tmp_path / "s.sqlite3")
     await store.init()
     now = time.time()
-    job, _ = await store.insert_job(JobRecord(
-        id="job_p", key_id="key_a", status=JobStatus.QUEUED, input_url="https://e.com/v.mp4",
-        preset="general", upscale_factor=2, created_at=now, created_seq=1), now)
+    job, _ = await store.insert_job(
+        JobRecord(
+            id="job_p",
+            key_id="key_a",
+            status=JobStatus.QUEUED,
+            input_url="https://e.com/v.mp4",
+            preset="general",
+            upscale_factor=2,
+            created_at=now,
+            created_seq=1,
+        ),
+        now,
+    )
     assert job_from_record(job).phase is None
     claimed = await store.claim_next("runner", now, 30)
     assert claimed is not None
-    renewed = await store.renew_lease("job_p", "runner", now, 30, 0.4, 9.0,
-                                      phase="assembling")
+    renewed = await store.renew_lease("job_p", "runner", now, 30, 0.4, 9.0, phase="assembling")
     assert renewed is not None and renewed.phase == "assembling"
     shown = job_from_record(renewed).model_dump()
     assert (shown["phase"], shown["progress"], shown["eta_seconds"]) == ("assembling", 0.4, 9)
@@ -151,11 +168,22 @@ async def test_runner_stores_each_phase_and_never_shows_1_before_completion(tmp_
     store = SqliteStore(tmp_path / "s.sqlite3")
     await store.init()
     now = time.time()
-    job, _ = await store.insert_job(JobRecord(
-        id="job_ph", key_id="key_a", status=JobStatus.QUEUED, input_url="https://e.com/v.mp4",
-        preset="general", upscale_factor=2, created_at=now, created_seq=1), now)
-    runner = JobRunner(store, settings, process=_phased_process,
-                       storage=_SlowStorage(open_storage(settings)))
+    job, _ = await store.insert_job(
+        JobRecord(
+            id="job_ph",
+            key_id="key_a",
+            status=JobStatus.QUEUED,
+            input_url="https://e.com/v.mp4",
+            preset="general",
+            upscale_factor=2,
+            created_at=now,
+            created_seq=1,
+        ),
+        now,
+    )
+    runner = JobRunner(
+        store, settings, process=_phased_process, storage=_SlowStorage(open_storage(settings))
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     seen: list[tuple[str | None, float]] = []
@@ -172,8 +200,9 @@ async def test_runner_stores_each_phase_and_never_shows_1_before_completion(tmp_
     stop.set()
     await task
     phases = [phase for phase, _ in seen if phase is not None]
-    assert list(dict.fromkeys(phases)) == ["fetching", "processing", "assembling",
-                                           "uploading"], seen
+    assert list(dict.fromkeys(phases)) == ["fetching", "processing", "assembling", "uploading"], (
+        seen
+    )
     assert (0.5 in [p for _, p in seen]) and seen[-1] == (None, 1.0)
     assert all(p < 1.0 for phase, p in seen if phase is not None)
     await store.close()

@@ -57,8 +57,13 @@ print("resumed", result.resumed_chunks, "of", result.chunks, flush=True)
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
-            "RAY_ADDRESS": ray.get_runtime_context().gcs_address, **extra}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        **extra,
+    }
 
 
 def _frames(path: Path) -> np.ndarray:
@@ -66,8 +71,9 @@ def _frames(path: Path) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
-def _kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool],
-               timeout: float = 180) -> None:
+def _kill_when(
+    proc: subprocess.Popen[str], ready: Callable[[], bool], timeout: float = 180
+) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"finished before it could be killed:\n{proc.stdout.read()}"
@@ -90,10 +96,23 @@ def test_killed_job_resumes_with_only_the_missing_chunks(tmp_path: Path, make_vi
     store = LocalSegments(saved_dir)
 
     def run(output: Path) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-c", JOB, str(source), str(output),
-                                 str(saved_dir), str(CHUNK_FRAMES)], env=_env(), cwd=ROOT,
-                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                JOB,
+                str(source),
+                str(output),
+                str(saved_dir),
+                str(CHUNK_FRAMES),
+            ],
+            env=_env(),
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     # The uninterrupted run, for reference (its segments cleared as the service would).
     whole = run(tmp_path / "whole.mp4")
@@ -117,11 +136,15 @@ def test_killed_job_resumes_with_only_the_missing_chunks(tmp_path: Path, make_vi
     assert f"resumed {len(kept)} of {chunks}" in out, out
     assert len(processed) == chunks - len(kept), out
     assert sorted(processed) == sorted(set(range(chunks)) - saved_indices), out
-    print(f"resume: {chunks} chunks, killed with {len(kept)} saved, "
-          f"second run processed {len(processed)}")
+    print(
+        f"resume: {chunks} chunks, killed with {len(kept)} saved, "
+        f"second run processed {len(processed)}"
+    )
 
-    whole_frames, resumed_frames = _frames(tmp_path / "whole.mp4"), \
-        _frames(tmp_path / "resumed.mp4")
+    whole_frames, resumed_frames = (
+        _frames(tmp_path / "whole.mp4"),
+        _frames(tmp_path / "resumed.mp4"),
+    )
     assert whole_frames.shape == resumed_frames.shape
     assert np.array_equal(whole_frames, resumed_frames)
 
@@ -134,13 +157,30 @@ def test_another_plan_never_reuses_segments(tmp_path: Path, make_video) -> None:
     info = probe(make_video("plan.mp4", seconds=1.0, gop=4))
     noise = measure_noise(info)
     budget = 96 * 2**20
-    plans = [plan_job(info, EnhanceRequest(engine="classical", crf=crf), max_frames=4,
-                      chunk_budget_bytes=budget, noise=noise) for crf in (0, 20)]
+    plans = [
+        plan_job(
+            info,
+            EnhanceRequest(engine="classical", crf=crf),
+            max_frames=4,
+            chunk_budget_bytes=budget,
+            noise=noise,
+        )
+        for crf in (0, 20)
+    ]
     digests = [plan_digest(plan) for plan in plans]
     assert digests[0] != digests[1]
-    assert plan_digest(plan_job(info, EnhanceRequest(engine="classical", crf=0),
-                                max_frames=4, chunk_budget_bytes=budget, noise=noise)
-                       ) == digests[0]
+    assert (
+        plan_digest(
+            plan_job(
+                info,
+                EnhanceRequest(engine="classical", crf=0),
+                max_frames=4,
+                chunk_budget_bytes=budget,
+                noise=noise,
+            )
+        )
+        == digests[0]
+    )
     store = LocalSegments(tmp_path / "job")
     store.put(f"{digests[1]}/00000_0.mp4", b"other plan")
     store.put(f"{digests[0]}/00001_4.mp4", b"this plan")
@@ -150,36 +190,55 @@ def test_another_plan_never_reuses_segments(tmp_path: Path, make_video) -> None:
 
 
 def _runner(data: Path) -> subprocess.Popen[str]:
-    env = _env(RETROIVA_DATA_DIR=str(data), RETROIVA_LEASE_SECONDS="3",
-               RETROIVA_POLL_SECONDS="0.2", RETROIVA_SIGNING_SECRET="resume",
-               RETROIVA_CHUNK_FRAMES=str(CHUNK_FRAMES), RETROIVA_ALLOW_PRIVATE_URLS="true")
-    code = ("import logging, sys, asyncio; "
-            "logging.basicConfig(level=logging.WARNING, stream=sys.stdout, "
-            "format='%(message)s'); "
-            "logging.getLogger('pipelines.enhance').setLevel(logging.INFO); "
-            "from serve_app import runner; asyncio.run(runner._main())")
-    return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    env = _env(
+        RETROIVA_DATA_DIR=str(data),
+        RETROIVA_LEASE_SECONDS="3",
+        RETROIVA_POLL_SECONDS="0.2",
+        RETROIVA_SIGNING_SECRET="resume",
+        RETROIVA_CHUNK_FRAMES=str(CHUNK_FRAMES),
+        RETROIVA_ALLOW_PRIVATE_URLS="true",
+    )
+    code = (
+        "import logging, sys, asyncio; "
+        "logging.basicConfig(level=logging.WARNING, stream=sys.stdout, "
+        "format='%(message)s'); "
+        "logging.getLogger('pipelines.enhance').setLevel(logging.INFO); "
+        "from serve_app import runner; asyncio.run(runner._main())"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.timeout(600)
-def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path,
-                                                              make_video) -> None:
+def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path, make_video) -> None:
     import asyncio
 
     from serve_app.records import JobRecord, JobStatus
 
-    source = make_video("runner_resume.mp4", width=192, height=128, seconds=2.0, gop=4,
-                        grain=6.0)
+    source = make_video("runner_resume.mp4", width=192, height=128, seconds=2.0, gop=4, grain=6.0)
     data = tmp_path / "data"
     data.mkdir()
     store = SqliteStore(data / "retroiva.sqlite3")
     _, key = add_key(store)
     base, site = serve_directory(source.parent)
-    job = JobRecord(id="job_resume", key_id=key.id, status=JobStatus.QUEUED,
-                    input_url=f"{base}/{source.name}", preset="general", upscale_factor=2,
-                    engine="classical", created_at=time.time(), created_seq=time.time_ns())
+    job = JobRecord(
+        id="job_resume",
+        key_id=key.id,
+        status=JobStatus.QUEUED,
+        input_url=f"{base}/{source.name}",
+        preset="general",
+        upscale_factor=2,
+        engine="classical",
+        created_at=time.time(),
+        created_seq=time.time_ns(),
+    )
     asyncio.run(store.insert_job(job, time.time()))
     segments = data / "segments" / job.id
 
@@ -199,8 +258,7 @@ def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path,
         deadline = time.monotonic() + 240
         while True:
             with sqlite3.connect(data / "retroiva.sqlite3") as db:
-                (status,) = db.execute("SELECT status FROM jobs WHERE id = ?",
-                                       (job.id,)).fetchone()
+                (status,) = db.execute("SELECT status FROM jobs WHERE id = ?", (job.id,)).fetchone()
             if JobStatus(status).is_terminal:
                 break
             assert time.monotonic() < deadline, "the job never ended"
@@ -218,8 +276,10 @@ def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path,
     assert resumed is not None, out
     assert int(resumed[1]) == kept and int(resumed[2]) == 12, out
     assert len(_encoded(out)) == 12 - kept, out
-    print(f"runner resume: 12 chunks, killed with {kept} saved, the next runner "
-          f"processed {len(_encoded(out))}")
+    print(
+        f"runner resume: 12 chunks, killed with {kept} saved, the next runner "
+        f"processed {len(_encoded(out))}"
+    )
     assert not segments.exists()  # zero retention
     outputs = list((data / "outputs").glob("*.mp4"))
     assert len(outputs) == 1 and len(_frames(outputs[0])) == 48

@@ -13,13 +13,22 @@ SPEC = SampleSpec(width=96, height=64)
 
 def test_positions_for_doubling():
     assert output_positions(10, 20, 24, Fraction(2)) == [
-        (0, 0), (0, Fraction(1, 2)), (1, 0), (1, Fraction(1, 2))]
+        (0, 0),
+        (0, Fraction(1, 2)),
+        (1, 0),
+        (1, Fraction(1, 2)),
+    ]
 
 
 def test_positions_for_24_to_60():
     positions = output_positions(0, 0, 5, Fraction(5, 2))
-    assert positions == [(0, 0), (0, Fraction(2, 5)), (0, Fraction(4, 5)),
-                         (1, Fraction(1, 5)), (1, Fraction(3, 5))]
+    assert positions == [
+        (0, 0),
+        (0, Fraction(2, 5)),
+        (0, Fraction(4, 5)),
+        (1, Fraction(1, 5)),
+        (1, Fraction(3, 5)),
+    ]
 
 
 def test_retime_duplicates_across_a_scene_cut():

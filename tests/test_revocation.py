@@ -45,8 +45,9 @@ def receiver() -> Iterator[str]:
     server.shutdown()
 
 
-def _until_canceled(job: JobRecord, settings: Settings, on_progress: object,
-                    cancel: CancelToken) -> Path:
+def _until_canceled(
+    job: JobRecord, settings: Settings, on_progress: object, cancel: CancelToken
+) -> Path:
     while not cancel.wait(0.05):
         pass
     cancel.raise_if_canceled()
@@ -54,17 +55,30 @@ def _until_canceled(job: JobRecord, settings: Settings, on_progress: object,
 
 
 def test_revoking_a_key_stops_its_jobs_and_webhooks_but_not_its_links(
-        tmp_path: Path, receiver: str):
-    settings = Settings(data_dir=tmp_path, poll_seconds=0.05, allow_private_urls=True,
-                        runner_concurrency=1, webhook_retry_base_seconds=0.05)
+    tmp_path: Path, receiver: str
+):
+    settings = Settings(
+        data_dir=tmp_path,
+        poll_seconds=0.05,
+        allow_private_urls=True,
+        runner_concurrency=1,
+        webhook_retry_base_seconds=0.05,
+    )
     store = SqliteStore(settings.sqlite_path)
     key, record = add_key(store)
 
     def job(status: JobStatus = JobStatus.QUEUED) -> JobRecord:
-        return JobRecord(id=new_id("job"), key_id=record.id, status=status,
-                         input_url="http://127.0.0.1:9/v.mp4", preset="general",
-                         upscale_factor=2, created_at=time.time(),
-                         created_seq=time.time_ns(), webhook_url=receiver)
+        return JobRecord(
+            id=new_id("job"),
+            key_id=record.id,
+            status=status,
+            input_url="http://127.0.0.1:9/v.mp4",
+            preset="general",
+            upscale_factor=2,
+            created_at=time.time(),
+            created_seq=time.time_ns(),
+            webhook_url=receiver,
+        )
 
     with TestClient(create_api(settings, store)) as client:
         # A finished job with an output, and the link its owner was given.
@@ -73,8 +87,11 @@ def test_revoking_a_key_stops_its_jobs_and_webhooks_but_not_its_links(
         asyncio.run(store.claim_next("runner", time.time(), 30))
         (tmp_path / "outputs").mkdir()
         (tmp_path / "outputs" / f"{done.id}.mp4").write_bytes(b"video" * 100)
-        asyncio.run(store.finish(done.id, "runner", JobStatus.COMPLETED, time.time(),
-                                 output_path=f"{done.id}.mp4"))
+        asyncio.run(
+            store.finish(
+                done.id, "runner", JobStatus.COMPLETED, time.time(), output_path=f"{done.id}.mp4"
+            )
+        )
         link = client.get(f"/v2/jobs/{done.id}/download", headers=bearer(key)).json()["url"]
 
         async def scenario() -> tuple[JobRecord, JobRecord, float]:

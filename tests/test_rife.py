@@ -67,9 +67,12 @@ def test_mapping_errors_name_the_tensor(state: dict[str, torch.Tensor]):
     with pytest.raises(WeightMappingError, match=r"unknown tensors, first 'block4.conv0"):
         map_state_dict(extra, RifeNet())
     reshaped = {**state, "module.block0.lastconv.weight": torch.zeros(192, 4, 4, 4)}
-    with pytest.raises(WeightMappingError, match=r"block0.lastconv.weight: weights have "
-                                                 r"shape \(192, 4, 4, 4\), the network "
-                                                 r"\(192, 5, 4, 4\)"):
+    with pytest.raises(
+        WeightMappingError,
+        match=r"block0.lastconv.weight: weights have "
+        r"shape \(192, 4, 4, 4\), the network "
+        r"\(192, 5, 4, 4\)",
+    ):
         map_state_dict(reshaped, RifeNet())
 
 
@@ -90,12 +93,13 @@ def published_ifnet() -> Iterator[types.ModuleType]:
 
 @pytest.mark.parametrize("refine", [False, True])
 @pytest.mark.parametrize("shift", [6, 80])  # 80 px triggers the large-motion fallback
-def test_same_output_as_the_published_code(published_ifnet: types.ModuleType,
-                                           state: dict[str, torch.Tensor], shift: int,
-                                           refine: bool):
+def test_same_output_as_the_published_code(
+    published_ifnet: types.ModuleType, state: dict[str, torch.Tensor], shift: int, refine: bool
+):
     reference = published_ifnet.IFNet(torch.device("cpu"))
-    reference.load_state_dict({k.removeprefix("module."): v for k, v in state.items()},
-                              strict=False)
+    reference.load_state_dict(
+        {k.removeprefix("module."): v for k, v in state.items()}, strict=False
+    )
     ours = load_rife(refine=refine)
     torch.manual_seed(0)
     a = torch.from_numpy(_demo("I1_0")).permute(2, 0, 1)[None].float() / 255
@@ -103,8 +107,9 @@ def test_same_output_as_the_published_code(published_ifnet: types.ModuleType,
     b = torch.roll(a, shift, dims=3)
     with torch.inference_mode():
         for t in (0.5, 0.2):
-            _, _, merged = reference.eval()(torch.cat((a, b), 1), t, [8, 4, 2, 1],
-                                            fastmode=not refine)
+            _, _, merged = reference.eval()(
+                torch.cat((a, b), 1), t, [8, 4, 2, 1], fastmode=not refine
+            )
             mine = ours(a, b, torch.full((1, 1, 1, 1), t))
             assert (mine - merged[3].clamp(0, 1)).abs().max().item() < 1e-5
 
@@ -128,8 +133,9 @@ def _footage(name: str, count: int, size: tuple[int, int]) -> np.ndarray:
     with av.open(str(path)) as container:
         frames = []
         for frame in container.decode(video=0):
-            frames.append(cv2.resize(frame.to_ndarray(format="rgb24"), size,
-                                     interpolation=cv2.INTER_AREA))
+            frames.append(
+                cv2.resize(frame.to_ndarray(format="rgb24"), size, interpolation=cv2.INTER_AREA)
+            )
             if len(frames) == count:
                 break
     return np.stack(frames)
@@ -189,7 +195,9 @@ def test_onnx_export_matches_torch(tmp_path: Path):
     from models.onnx_export import max_onnx_error
 
     for size in ((128, 256), (256, 384)):  # one file, dynamic height and width
-        inputs = {"img0": torch.nn.functional.interpolate(a, size=size),
-                  "img1": torch.nn.functional.interpolate(b, size=size),
-                  "timestep": torch.full((1, 1, 1, 1), 0.5)}
+        inputs = {
+            "img0": torch.nn.functional.interpolate(a, size=size),
+            "img1": torch.nn.functional.interpolate(b, size=size),
+            "timestep": torch.full((1, 1, 1, 1), 0.5),
+        }
         assert max_onnx_error(path, module, inputs) < 1e-3

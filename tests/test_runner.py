@@ -36,14 +36,26 @@ def anyio_backend() -> str:
 
 def _job(url: str = "http://127.0.0.1:1/v.mp4") -> JobRecord:
     # Classical operators: these tests are about the runner, and CPU time is scarce.
-    return JobRecord(id=new_id("job"), key_id="key_t", status=JobStatus.QUEUED, input_url=url,
-                     preset="general", upscale_factor=2, created_at=time.time(),
-                     created_seq=time.time_ns(), engine="classical")
+    return JobRecord(
+        id=new_id("job"),
+        key_id="key_t",
+        status=JobStatus.QUEUED,
+        input_url=url,
+        preset="general",
+        upscale_factor=2,
+        created_at=time.time(),
+        created_seq=time.time_ns(),
+        engine="classical",
+    )
 
 
-async def _run_until(store: SqliteStore, runner: JobRunner, job_id: str,
-                     *states: Callable[[JobRecord], bool], timeout: float = 20
-                     ) -> list[JobRecord]:
+async def _run_until(
+    store: SqliteStore,
+    runner: JobRunner,
+    job_id: str,
+    *states: Callable[[JobRecord], bool],
+    timeout: float = 20,
+) -> list[JobRecord]:
     """Run ``runner`` until the job has passed through each state in turn."""
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
@@ -98,11 +110,15 @@ async def test_completed_job_records_output_and_progress(tmp_path: Path):
     await store.init()
     job, _ = await store.insert_job(_job(), time.time())
     runner = JobRunner(store, _settings(tmp_path), process=_succeeds)
-    seen, done = await _run_until(store, runner, job.id, lambda j: j.progress == 0.5,
-                                  lambda j: j.status.is_terminal)
+    seen, done = await _run_until(
+        store, runner, job.id, lambda j: j.progress == 0.5, lambda j: j.status.is_terminal
+    )
     assert (seen.status, seen.eta_seconds) == (JobStatus.PROCESSING, 2.5)
     assert (done.status, done.progress, done.output_path) == (
-        JobStatus.COMPLETED, 1.0, f"{job.id}.mp4")
+        JobStatus.COMPLETED,
+        1.0,
+        f"{job.id}.mp4",
+    )
     assert (tmp_path / "outputs" / f"{job.id}.mp4").read_bytes() == b"video"
     assert not (tmp_path / "scratch" / job.id).exists()
 
@@ -111,9 +127,12 @@ async def test_invalid_input_fails_with_its_type(tmp_path: Path):
     store = SqliteStore(tmp_path / "s.db")
     await store.init()
     job, _ = await store.insert_job(_job(), time.time())
-    [done] = await _run_until(store, JobRunner(store, _settings(tmp_path),
-                                               process=_rejects_input),
-                              job.id, lambda j: j.status.is_terminal)
+    [done] = await _run_until(
+        store,
+        JobRunner(store, _settings(tmp_path), process=_rejects_input),
+        job.id,
+        lambda j: j.status.is_terminal,
+    )
     assert (done.status, done.error_type) == (JobStatus.FAILED, "invalid_input")
     assert "audio-only" in done.error_message
 
@@ -122,8 +141,12 @@ async def test_unexpected_errors_fail_without_details(tmp_path: Path):
     store = SqliteStore(tmp_path / "s.db")
     await store.init()
     job, _ = await store.insert_job(_job(), time.time())
-    [done] = await _run_until(store, JobRunner(store, _settings(tmp_path), process=_crashes),
-                              job.id, lambda j: j.status.is_terminal)
+    [done] = await _run_until(
+        store,
+        JobRunner(store, _settings(tmp_path), process=_crashes),
+        job.id,
+        lambda j: j.status.is_terminal,
+    )
     assert (done.status, done.error_type) == (JobStatus.FAILED, "processing_error")
     assert "sk_live" not in done.error_message and "segfault" not in done.error_message
 
@@ -157,13 +180,22 @@ def video_server(tmp_path: Path) -> Iterator[str]:
 
 
 def _start_runner(tmp_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RETROIVA_DATA_DIR": str(tmp_path), "RETROIVA_LEASE_SECONDS": "3",
-           "RETROIVA_ALLOW_PRIVATE_URLS": "true", "RETROIVA_CHUNK_FRAMES": "12",
-           "RETROIVA_POLL_SECONDS": "0.2",
-           "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    return subprocess.Popen([sys.executable, "-m", "serve_app.runner"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = {
+        **os.environ,
+        "RETROIVA_DATA_DIR": str(tmp_path),
+        "RETROIVA_LEASE_SECONDS": "3",
+        "RETROIVA_ALLOW_PRIVATE_URLS": "true",
+        "RETROIVA_CHUNK_FRAMES": "12",
+        "RETROIVA_POLL_SECONDS": "0.2",
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "serve_app.runner"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -247,8 +279,9 @@ def _timed_pipeline(seconds: float, runs: list[tuple[float, float, str]]):
     return process
 
 
-async def _two_runners_until_done(store: SqliteStore, outage: _Outage, settings: Settings,
-                                  process, job_id: str, timeout: float) -> JobRecord:
+async def _two_runners_until_done(
+    store: SqliteStore, outage: _Outage, settings: Settings, process, job_id: str, timeout: float
+) -> JobRecord:
     """Runners A and B on one store, both behind the outage, until the job ends."""
     flaky: Any = _FlakyStore(store, outage)
     runners = [JobRunner(flaky, settings, process=process, owner=name) for name in "AB"]
@@ -276,15 +309,15 @@ async def test_store_down_10s_mid_job_neither_loses_nor_duplicates_it(tmp_path: 
     outage = _Outage()
     outage.schedule(start_in=1.5, seconds=10)
     settings = _settings(tmp_path, lease_seconds=12, store_timeout_seconds=0.2)
-    done = await _two_runners_until_done(store, outage, settings, _timed_pipeline(16, runs),
-                                         job.id, timeout=40)
+    done = await _two_runners_until_done(
+        store, outage, settings, _timed_pipeline(16, runs), job.id, timeout=40
+    )
     assert (done.status, done.attempts) == (JobStatus.COMPLETED, 1)
     assert [how for *_, how in runs] == ["done"]  # one run: no second runner took it
     assert (tmp_path / "outputs" / f"{job.id}.mp4").read_bytes() == b"video"
 
 
-async def test_store_down_past_the_lease_stops_the_pipeline_before_another_runs(
-        tmp_path: Path):
+async def test_store_down_past_the_lease_stops_the_pipeline_before_another_runs(tmp_path: Path):
     """A runner that can't renew stops its pipeline before its lease ends; the job
     runs again once the store is back, and the two runs never overlap."""
     store = SqliteStore(tmp_path / "s.db")
@@ -294,8 +327,9 @@ async def test_store_down_past_the_lease_stops_the_pipeline_before_another_runs(
     outage = _Outage()
     outage.schedule(start_in=1.0, seconds=6)
     settings = _settings(tmp_path, lease_seconds=3, store_timeout_seconds=0.2)
-    done = await _two_runners_until_done(store, outage, settings, _timed_pipeline(4, runs),
-                                         job.id, timeout=40)
+    done = await _two_runners_until_done(
+        store, outage, settings, _timed_pipeline(4, runs), job.id, timeout=40
+    )
     assert (done.status, done.attempts) == (JobStatus.COMPLETED, 2)
     assert [how for *_, how in runs] == ["canceled", "done"]
     (first_start, first_end, _), (second_start, _, _) = runs
@@ -314,8 +348,9 @@ async def test_finish_is_retried_while_the_store_is_down(tmp_path: Path):
     outage = _Outage()
     outage.schedule(start_in=1.9, seconds=3)
     settings = _settings(tmp_path, lease_seconds=8, store_timeout_seconds=0.2)
-    done = await _two_runners_until_done(store, outage, settings, _timed_pipeline(2, runs),
-                                         job.id, timeout=30)
+    done = await _two_runners_until_done(
+        store, outage, settings, _timed_pipeline(2, runs), job.id, timeout=30
+    )
     assert (done.status, done.attempts) == (JobStatus.COMPLETED, 1)
     assert [how for *_, how in runs] == ["done"]
     assert (tmp_path / "outputs" / done.output_path).read_bytes() == b"video"

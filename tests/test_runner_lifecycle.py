@@ -19,14 +19,26 @@ from serve_app.sqlite_store import SqliteStore
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", poll_seconds=0.05, lease_seconds=30,
-                    public_url="http://127.0.0.1:9", signing_secret="s")
+    return Settings(
+        data_dir=tmp_path / "data",
+        poll_seconds=0.05,
+        lease_seconds=30,
+        public_url="http://127.0.0.1:9",
+        signing_secret="s",
+    )
 
 
 def _job(key_id: str = "key_test") -> JobRecord:
-    return JobRecord(id=new_id("job"), key_id=key_id, status=JobStatus.QUEUED,
-                     input_url="http://127.0.0.1:9/v.mp4", preset="general",
-                     upscale_factor=2, created_at=time.time(), created_seq=time.time_ns())
+    return JobRecord(
+        id=new_id("job"),
+        key_id=key_id,
+        status=JobStatus.QUEUED,
+        input_url="http://127.0.0.1:9/v.mp4",
+        preset="general",
+        upscale_factor=2,
+        created_at=time.time(),
+        created_seq=time.time_ns(),
+    )
 
 
 def _pipeline(seconds: float, started: list[str]):
@@ -93,8 +105,9 @@ def test_graceful_stop_requeues_at_once_without_counting_the_attempt(tmp_path: P
     assert took < 10
 
 
-def test_lifecycle_is_logged_at_info_with_the_job_id(tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture):
+def test_lifecycle_is_logged_at_info_with_the_job_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     settings = _settings(tmp_path)
     store = SqliteStore(settings.sqlite_path)
 
@@ -128,8 +141,10 @@ def test_lifecycle_is_logged_at_info_with_the_job_id(tmp_path: Path,
     assert any(line.startswith(f"job {good}: claimed by r, attempt 1 of 3") for line in lines)
     assert f"job {good}: pipeline started (Ray Data dataset {good})" in lines
     assert any(line.startswith(f"job {good}: completed in") for line in lines)
-    assert any(line.startswith(f"job {bad}: failed after") and "invalid_input: not a video"
-               in line for line in lines)
+    assert any(
+        line.startswith(f"job {bad}: failed after") and "invalid_input: not a video" in line
+        for line in lines
+    )
 
 
 def test_pipeline_dataset_is_named_by_the_job_id(tmp_path: Path):

@@ -55,11 +55,16 @@ def test_operation_conforms_to_the_schema(label: str) -> None:
     operation = OPERATIONS[label]
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     def check(case: schemathesis.Case) -> None:
-        case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"},
-                               excluded_checks=[positive_data_acceptance])
+        case.call_and_validate(
+            headers={"Authorization": f"Bearer {KEY}"}, excluded_checks=[positive_data_acceptance]
+        )
 
     check()
 
@@ -70,29 +75,53 @@ _NESTED = b"[" * 30000 + b"]" * 30000  # RecursionError in json.loads
 _ODD = [
     ("GET /v2/jobs", {"query": {"limit": "\u00b2"}}, 400),  # "²".isdigit() is True
     ("GET /v2/jobs", {"query": {"limit": "1" * 5000}}, 400),  # over int()'s digit limit
-    ("GET /v2/files/{key}", {"path_parameters": {"key": "x.mp4"},
-                             "query": {"expires": "\u00b2", "signature": "ab"}}, 403),
-    ("GET /v2/files/{key}", {"path_parameters": {"key": "x.mp4"},
-                             "query": {"expires": "9" * 5000, "signature": "ab"}}, 403),
+    (
+        "GET /v2/files/{key}",
+        {"path_parameters": {"key": "x.mp4"}, "query": {"expires": "\u00b2", "signature": "ab"}},
+        403,
+    ),
+    (
+        "GET /v2/files/{key}",
+        {"path_parameters": {"key": "x.mp4"}, "query": {"expires": "9" * 5000, "signature": "ab"}},
+        403,
+    ),
     ("POST /v2/enhance", {"body": _NESTED, "media_type": "application/json"}, 400),
-    ("POST /v2/enhance", {"body": b'{"video_url": ' + b"[" * 900 + b"]" * 900 + b"}",
-                          "media_type": "application/json"}, 400),
-    ("POST /v2/enhance", {"body": {"video_url": "https://93.184.215.14/v.mp4",
-                                   "upscale_factor": True}}, 400),
-    ("POST /v2/enhance", {"body": {"video_url": "https://93.184.215.14/v.mp4",
-                                   "upscale_factor": 2.0}}, 400),
-    ("POST /v2/enhance", {"body": {"video_url": "https://93.184.215.14/v.mp4",
-                                   "upscale_factor": "2"}}, 400),
+    (
+        "POST /v2/enhance",
+        {
+            "body": b'{"video_url": ' + b"[" * 900 + b"]" * 900 + b"}",
+            "media_type": "application/json",
+        },
+        400,
+    ),
+    (
+        "POST /v2/enhance",
+        {"body": {"video_url": "https://93.184.215.14/v.mp4", "upscale_factor": True}},
+        400,
+    ),
+    (
+        "POST /v2/enhance",
+        {"body": {"video_url": "https://93.184.215.14/v.mp4", "upscale_factor": 2.0}},
+        400,
+    ),
+    (
+        "POST /v2/enhance",
+        {"body": {"video_url": "https://93.184.215.14/v.mp4", "upscale_factor": "2"}},
+        400,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("label", "parts", "status"), _ODD,
-                         ids=[f"{label} #{i}" for i, (label, *_) in enumerate(_ODD)])
-def test_odd_inputs_are_client_errors(label: str, parts: dict, status: int,
-                                      caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("label", "parts", "status"), _ODD, ids=[f"{label} #{i}" for i, (label, *_) in enumerate(_ODD)]
+)
+def test_odd_inputs_are_client_errors(
+    label: str, parts: dict, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
     case = OPERATIONS[label].Case(**parts)
-    response = case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"},
-                                      excluded_checks=[positive_data_acceptance])
+    response = case.call_and_validate(
+        headers={"Authorization": f"Bearer {KEY}"}, excluded_checks=[positive_data_acceptance]
+    )
     assert response.status_code == status, response.text
     assert set(response.json()) == {"error"} and response.json()["error"]["message"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

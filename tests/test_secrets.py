@@ -53,11 +53,17 @@ def failing_receiver() -> Iterator[str]:
 
 
 def test_secrets_stay_out_of_logs_errors_and_job_objects(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, failing_receiver: str):
-    settings = Settings(data_dir=tmp_path, signing_secret=SIGNING_SECRET, poll_seconds=0.05,
-                        secrets_key=SECRETS_KEY,
-                        allow_private_urls=True, webhook_retry_base_seconds=0.05,
-                        webhook_max_retries=1)
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, failing_receiver: str
+):
+    settings = Settings(
+        data_dir=tmp_path,
+        signing_secret=SIGNING_SECRET,
+        poll_seconds=0.05,
+        secrets_key=SECRETS_KEY,
+        allow_private_urls=True,
+        webhook_retry_base_seconds=0.05,
+        webhook_max_retries=1,
+    )
     store = SqliteStore(settings.sqlite_path)
     key, record = new_api_key("secrets", 1000)
     asyncio.run(store.init())
@@ -66,15 +72,19 @@ def test_secrets_stay_out_of_logs_errors_and_job_objects(
     caplog.set_level(logging.DEBUG)
 
     with TestClient(create_api(settings, store)) as client:
+
         def call(method: str, url: str, **kwargs: object) -> None:
             response = client.request(method, url, **kwargs)  # type: ignore[arg-type]
             seen.append(response.text)
             seen.extend(f"{k}: {v}" for k, v in response.headers.items())
 
         for video in ("ok.mp4", "broken.mp4"):
-            call("POST", "/v2/enhance", headers=bearer(key),
-                 json={"video_url": f"http://127.0.0.1:9/{video}",
-                       "webhook_url": failing_receiver})
+            call(
+                "POST",
+                "/v2/enhance",
+                headers=bearer(key),
+                json={"video_url": f"http://127.0.0.1:9/{video}", "webhook_url": failing_receiver},
+            )
         # Wrong, malformed and near-miss keys: the error must not echo what was sent.
         for presented in (key[:-1] + "x", key + key, f"Basic {key}"):
             call("GET", "/v2/jobs", headers={"Authorization": presented})
@@ -101,16 +111,22 @@ def test_secrets_stay_out_of_logs_errors_and_job_objects(
             for path in ("", "/events", "/download"):
                 call("GET", f"/v2/jobs/{job['id']}{path}", headers=bearer(key))
 
-    mongo_settings = Settings(data_dir=tmp_path, mongodb_uri=(
-        f"mongodb://retroiva:{MONGO_PASSWORD}@127.0.0.1:9/"), signing_secret=SIGNING_SECRET)
+    mongo_settings = Settings(
+        data_dir=tmp_path,
+        mongodb_uri=(f"mongodb://retroiva:{MONGO_PASSWORD}@127.0.0.1:9/"),
+        signing_secret=SIGNING_SECRET,
+    )
     seen += [caplog.text, repr(settings), str(settings), repr(mongo_settings), repr(record)]
     assert "webhook" in caplog.text  # the failed deliveries were logged, and checked
     everything = "\n".join(seen)
-    for name, secret in (("API key", key), ("API key digest", record.digest),
-                         ("webhook secret", record.webhook_secret),
-                         ("signing secret", SIGNING_SECRET), ("MongoDB password",
-                                                              MONGO_PASSWORD),
-                         ("secrets key", SECRETS_KEY)):
+    for name, secret in (
+        ("API key", key),
+        ("API key digest", record.digest),
+        ("webhook secret", record.webhook_secret),
+        ("signing secret", SIGNING_SECRET),
+        ("MongoDB password", MONGO_PASSWORD),
+        ("secrets key", SECRETS_KEY),
+    ):
         assert secret not in everything, f"the {name} leaked"
 
 
@@ -128,9 +144,19 @@ def test_data_files_are_private_and_webhook_secrets_sealed(tmp_path: Path):
     async def use() -> ApiKeyRecord | None:
         await store.init()
         await store.add_key(record)
-        await store.insert_job(JobRecord(
-            id="job_1", key_id=record.id, status=JobStatus.QUEUED, input_url="http://x/",
-            preset="general", upscale_factor=2, created_at=0, created_seq=0), 0)
+        await store.insert_job(
+            JobRecord(
+                id="job_1",
+                key_id=record.id,
+                status=JobStatus.QUEUED,
+                input_url="http://x/",
+                preset="general",
+                upscale_factor=2,
+                created_at=0,
+                created_seq=0,
+            ),
+            0,
+        )
         return await store.get_key(record.id)
 
     opened = asyncio.run(use())
@@ -140,9 +166,13 @@ def test_data_files_are_private_and_webhook_secrets_sealed(tmp_path: Path):
     load_signing_secret(None, settings.data_dir)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in settings.data_dir.iterdir()}
     assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
-    assert modes == {"retroiva.sqlite3": 0o600, "retroiva.sqlite3-wal": 0o600,
-                     "retroiva.sqlite3-shm": 0o600, "secrets.key": 0o600,
-                     "signing.key": 0o600}, modes
+    assert modes == {
+        "retroiva.sqlite3": 0o600,
+        "retroiva.sqlite3-wal": 0o600,
+        "retroiva.sqlite3-shm": 0o600,
+        "secrets.key": 0o600,
+        "signing.key": 0o600,
+    }, modes
 
 
 def test_clear_secrets_from_before_are_sealed_and_keys_rotate(tmp_path: Path):

@@ -18,8 +18,13 @@ from media import audio_timing
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
-def _wait(client: httpx.Client, job_id: str, auth: dict[str, str],
-          until: Callable[[dict], bool], timeout: float = 120) -> dict:
+def _wait(
+    client: httpx.Client,
+    job_id: str,
+    auth: dict[str, str],
+    until: Callable[[dict], bool],
+    timeout: float = 120,
+) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         job = client.get(f"/v2/jobs/{job_id}", headers=auth).json()
@@ -33,12 +38,20 @@ def test_happy_path_from_post_to_signed_download(service: Service, tmp_path: Pat
     auth = service.new_key()
     with httpx.Client(base_url=service.base, timeout=30) as client:
         assert client.get("/healthz").status_code == 200
-        created = client.post("/v2/enhance", headers=auth, json={
-            "video_url": f"{service.media}/clip.mp4", "preset": "archive", "upscale_factor": 3})
+        created = client.post(
+            "/v2/enhance",
+            headers=auth,
+            json={
+                "video_url": f"{service.media}/clip.mp4",
+                "preset": "archive",
+                "upscale_factor": 3,
+            },
+        )
         assert created.status_code == 200, created.text
         assert len(created.headers.get_list("x-request-id")) == 1
-        job = _wait(client, created.json()["id"], auth,
-                    lambda j: j["status"] in ("completed", "failed"))
+        job = _wait(
+            client, created.json()["id"], auth, lambda j: j["status"] in ("completed", "failed")
+        )
         assert job["status"] == "completed", job
         assert job["progress"] == 1.0 and job["started_at"] <= job["completed_at"]
         link = client.get(f"/v2/jobs/{job['id']}/download", headers=auth).json()
@@ -60,8 +73,9 @@ def _failed_job(service: Service, name: str) -> tuple[dict, dict[str, str]]:
     """Submit ``name`` from the media server and wait for the job to end."""
     auth = service.new_key()
     with httpx.Client(base_url=service.base, timeout=30) as client:
-        job_id = client.post("/v2/enhance", headers=auth, json={
-            "video_url": f"{service.media}/{name}"}).json()["id"]
+        job_id = client.post(
+            "/v2/enhance", headers=auth, json={"video_url": f"{service.media}/{name}"}
+        ).json()["id"]
         job = _wait(client, job_id, auth, lambda j: j["status"] in ("completed", "failed"))
     return job, auth
 
@@ -69,8 +83,10 @@ def _failed_job(service: Service, name: str) -> tuple[dict, dict[str, str]]:
 def test_unreachable_input_fails_with_a_clear_error(service: Service):
     job, _ = _failed_job(service, "missing.mp4")
     assert job["status"] == "failed"
-    assert job["error"] == {"type": "invalid_input",
-                            "message": "fetching video_url returned HTTP 404"}
+    assert job["error"] == {
+        "type": "invalid_input",
+        "message": "fetching video_url returned HTTP 404",
+    }
 
 
 def test_corrupt_input_fails_as_invalid_input(service: Service):
@@ -122,7 +138,8 @@ def test_rate_limit_holds_across_replicas_under_concurrency(service: Service):
 
 
 def test_a_resumed_upload_becomes_a_job_and_is_deleted_when_it_ends(
-        service: Service, tmp_path: Path):
+    service: Service, tmp_path: Path
+):
     """Issue 17 item 1 through Serve (two API replicas): tuspy uploads in chunks, a PATCH
     is cut off midway, tuspy resumes, the job runs on the upload, the upload goes."""
     import socket as sockets
@@ -140,11 +157,15 @@ def test_a_resumed_upload_becomes_a_job_and_is_deleted_when_it_ends(
     uploader.upload_chunk()
     url = urlsplit(uploader.url)
     with sockets.create_connection((url.hostname, url.port)) as cut:
-        cut.sendall((f"PATCH {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                     f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
-                     "Content-Type: application/offset+octet-stream\r\n"
-                     f"Upload-Offset: {chunk}\r\nContent-Length: {chunk}\r\n\r\n").encode()
-                    + data[chunk:chunk + chunk // 2])
+        cut.sendall(
+            (
+                f"PATCH {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
+                "Content-Type: application/offset+octet-stream\r\n"
+                f"Upload-Offset: {chunk}\r\nContent-Length: {chunk}\r\n\r\n"
+            ).encode()
+            + data[chunk : chunk + chunk // 2]
+        )
         time.sleep(0.5)
     # The cut request's handler keeps what arrived in a flush that outlives its cancel;
     # on a loaded machine that flush (and the proxy noticing the drop) can finish after
@@ -162,8 +183,9 @@ def test_a_resumed_upload_becomes_a_job_and_is_deleted_when_it_ends(
     with httpx.Client(base_url=service.base, timeout=30) as client:
         created = client.post("/v2/enhance", headers=auth, json={"upload_id": upload_id})
         assert created.status_code == 200, created.text
-        job = _wait(client, created.json()["id"], auth,
-                    lambda j: j["status"] in ("completed", "failed"))
+        job = _wait(
+            client, created.json()["id"], auth, lambda j: j["status"] in ("completed", "failed")
+        )
         assert job["status"] == "completed", job
         assert job["input_url"] == f"upload:{upload_id}"
         assert client.get(url.path, headers=auth).status_code == 404

@@ -24,17 +24,27 @@ def _free_port() -> int:
 
 
 def _env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "RETROIVA_DATA_DIR": str(tmp_path / "data"),
-           "RETROIVA_PORT": str(port), "PYTHONUNBUFFERED": "1",
-           "RETROIVA_DASHBOARD_PORT": str(_free_port()), **extra}
+    env = {
+        **os.environ,
+        "RETROIVA_DATA_DIR": str(tmp_path / "data"),
+        "RETROIVA_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+        "RETROIVA_DASHBOARD_PORT": str(_free_port()),
+        **extra,
+    }
     env.pop("RAY_ADDRESS", None)
     return env
 
 
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("w") as out:
-        return subprocess.Popen([sys.executable, "-m", "serve_app.cli", "serve"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "serve_app.cli", "serve"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _wait_for(process: subprocess.Popen[bytes], log: Path, text: str, seconds: float) -> str:
@@ -57,8 +67,7 @@ def _stop(process: subprocess.Popen[bytes], how: int) -> int:
 
 
 @pytest.mark.parametrize("stop_with", [signal.SIGTERM])
-def test_serve_prints_a_working_key_logs_requests_and_stops_cleanly(tmp_path: Path,
-                                                                    stop_with: int):
+def test_serve_prints_a_working_key_logs_requests_and_stops_cleanly(tmp_path: Path, stop_with: int):
     port = _free_port()
     env = _env(tmp_path, port)
     log = tmp_path / "serve.log"
@@ -74,7 +83,10 @@ def test_serve_prints_a_working_key_logs_requests_and_stops_cleanly(tmp_path: Pa
         assert httpx.get(f"{base}/healthz").status_code == 200
         jobs = httpx.get(f"{base}/v2/jobs?limit=3", headers={"Authorization": f"Bearer {key}"})
         assert jobs.status_code == 200 and jobs.json() == {
-            "data": [], "has_more": False, "next_cursor": None}
+            "data": [],
+            "has_more": False,
+            "next_cursor": None,
+        }
         request_id = jobs.headers["x-request-id"]
         missing = httpx.get(f"{base}/v2/jobs/job_nope", headers={"Authorization": "Bearer x"})
         assert missing.status_code == 401
@@ -85,16 +97,20 @@ def test_serve_prints_a_working_key_logs_requests_and_stops_cleanly(tmp_path: Pa
         assert httpx.get(f"{base}/dashboard/login").status_code == 200
 
         # Item 1: a second service on the same port refuses to start.
-        second = subprocess.run([sys.executable, "-m", "serve_app.cli", "serve"],
-                                env=_env(tmp_path / "second", port), capture_output=True,
-                                text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "serve_app.cli", "serve"],
+            env=_env(tmp_path / "second", port),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 1
         assert f"127.0.0.1:{port} is already in use" in second.stderr
         assert "listening" not in second.stdout
 
         # Item 6: one access line per request, with method, path, status, duration, id.
         deadline = time.monotonic() + 30
-        pattern = (rf"access GET /v2/jobs 200 [0-9.]+ms {re.escape(request_id)}")
+        pattern = rf"access GET /v2/jobs 200 [0-9.]+ms {re.escape(request_id)}"
         while not re.search(pattern, log.read_text()):
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)

@@ -38,13 +38,13 @@ from media import psnr
 # saw, SPAN's activations reach ~10³ and the two runtimes' float32 summation orders
 # drift apart by up to ~3 (both are "right"; the network is ill-conditioned there).
 _NATURAL = cv2.resize(data.astronaut(), (48, 40), interpolation=cv2.INTER_AREA)
-_SMOOTH = cv2.GaussianBlur(np.random.default_rng(7).random((40, 48, 3), np.float32),
-                           (5, 5), 1.5)
+_SMOOTH = cv2.GaussianBlur(np.random.default_rng(7).random((40, 48, 3), np.float32), (5, 5), 1.5)
 TOLERANCE = 1e-3
 
 
-def _ncnn_output(param: Path, weights: Path, x: np.ndarray, graph_in: str, graph_out: str
-                 ) -> np.ndarray:
+def _ncnn_output(
+    param: Path, weights: Path, x: np.ndarray, graph_in: str, graph_out: str
+) -> np.ndarray:
     net = ncnn.Net()
     net.opt.use_vulkan_compute = False
     net.load_param(str(param))
@@ -119,8 +119,7 @@ def test_bad_files_are_refused_with_a_reason(tmp_path: Path):
         read_ncnn(tmp_path / "bad.param", weights)
 
 
-@pytest.mark.parametrize("name", ["span-x2", "waifu2x-photo-noise2-x2",
-                                  "realesr-animevideov3-x2"])
+@pytest.mark.parametrize("name", ["span-x2", "waifu2x-photo-noise2-x2", "realesr-animevideov3-x2"])
 def test_tiles_leave_no_seams(name: str):
     frame = cv2.resize(data.chelsea(), (160, 112), interpolation=cv2.INTER_AREA)[None]
     whole = NeuralUpscale(name, factor=2, tile=0)(frame)
@@ -129,14 +128,18 @@ def test_tiles_leave_no_seams(name: str):
     assert psnr(tiled[0], whole[0]) > 45
 
 
-@pytest.mark.parametrize(("name", "factor"), [("span-x4", 3), ("span-x2", 4),
-                                              ("waifu2x-photo-noise3-x2", 1)])
+@pytest.mark.parametrize(
+    ("name", "factor"), [("span-x4", 3), ("span-x2", 4), ("waifu2x-photo-noise3-x2", 1)]
+)
 def test_any_factor_from_any_model(name: str, factor: int):
     frames = np.stack([_NATURAL, _NATURAL[::-1]])
     out = NeuralUpscale(name, factor=factor)(frames)
     assert out.shape == (2, 40 * factor, 48 * factor, 3) and out.dtype == np.uint8
-    reference = cv2.resize(_NATURAL, (48 * factor, 40 * factor),
-                           interpolation=cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA)
+    reference = cv2.resize(
+        _NATURAL,
+        (48 * factor, 40 * factor),
+        interpolation=cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA,
+    )
     assert psnr(out[0], reference) > 22  # the same picture, not a scrambled one
 
 
@@ -159,8 +162,9 @@ def test_onnx_export_matches_torch(name: str, tmp_path: Path):
         assert max_onnx_error(path, module, {"input": torch.from_numpy(x.copy())}) < 1e-3
 
 
-def test_tensorrt_falls_back_to_torch_and_says_why(caplog: pytest.LogCaptureFixture,
-                                                   tmp_path: Path):
+def test_tensorrt_falls_back_to_torch_and_says_why(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+):
     model = sr_model("span-x2")
     module = load_ncnn_module(*model.files())
     with caplog.at_level(logging.WARNING, logger="models.tensorrt_runtime"):
@@ -287,8 +291,9 @@ def test_colour_anchor_removes_a_models_colour_drift():
     for anchor in (False, True):
         out = NeuralUpscale("clearreality-x4", factor=2, anchor=anchor)(frame)[0]
         small = cv2.resize(out, frame.shape[2:0:-1], interpolation=cv2.INTER_AREA)
-        drift[anchor] = np.abs(small.astype(float).mean(axis=(0, 1))
-                               - frame[0].astype(float).mean(axis=(0, 1))).max()
+        drift[anchor] = np.abs(
+            small.astype(float).mean(axis=(0, 1)) - frame[0].astype(float).mean(axis=(0, 1))
+        ).max()
     assert drift[False] > 1.0
     assert drift[True] < 0.3
 
@@ -301,16 +306,21 @@ def test_engine_hands_tiles_outside_its_shape_range_to_torch():
         def get_tensor_dtype(self, name: str) -> str:
             return "half"
 
-    trt = type("trt", (), {"DataType": type("DataType", (), {"HALF": "half",
-                                                            "FLOAT": "float"})})
+    trt = type("trt", (), {"DataType": type("DataType", (), {"HALF": "half", "FLOAT": "float"})})
     seen: list[tuple[int, ...]] = []
 
     def torch_module(x: torch.Tensor) -> torch.Tensor:
         seen.append(tuple(x.shape))
         return x
 
-    engine = _Engine(trt, Engine(), torch.float16, torch_module,  # type: ignore[arg-type]
-                     max_side=64, max_batch=2)
+    engine = _Engine(
+        trt,
+        Engine(),
+        torch.float16,
+        torch_module,  # type: ignore[arg-type]
+        max_side=64,
+        max_batch=2,
+    )
     for shape in ((3, 3, 16, 16), (1, 3, 65, 16), (1, 3, 4, 16)):
         engine(torch.zeros(shape))
     assert seen == [(3, 3, 16, 16), (1, 3, 65, 16), (1, 3, 4, 16)]
@@ -321,8 +331,7 @@ def test_ncnn_and_torch_operators_agree(name: str):
     """The whole operator (padding, tiles, anchoring) on either runtime: the same frame."""
     frame = cv2.resize(data.astronaut(), (96, 64), interpolation=cv2.INTER_AREA)[None]
     on_ncnn = NeuralUpscale(name, factor=2, tile=48, overlap=8, device="cpu", runtime="ncnn")
-    on_torch = NeuralUpscale(name, factor=2, tile=48, overlap=8, device="cpu",
-                             runtime="torch")
+    on_torch = NeuralUpscale(name, factor=2, tile=48, overlap=8, device="cpu", runtime="torch")
     assert on_ncnn.runtime_choice.runtime == "ncnn"
     assert on_torch.runtime_choice.runtime == "torch"
     diff = np.abs(on_ncnn(frame).astype(int) - on_torch(frame).astype(int))

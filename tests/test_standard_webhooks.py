@@ -70,8 +70,9 @@ def receiver() -> Iterator[Receiver]:
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            state.requests.append(Received({k.lower(): v for k, v in self.headers.items()},
-                                           body, time.time()))
+            state.requests.append(
+                Received({k.lower(): v for k, v in self.headers.items()}, body, time.time())
+            )
             self.send_response(state.status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -86,9 +87,12 @@ def receiver() -> Iterator[Receiver]:
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {"data_dir": tmp_path, "allow_private_urls": True,
-                                 "default_rate_limit": 1000,
-                                 "webhook_retry_schedule": (0.05, 0.05)}
+    values: dict[str, object] = {
+        "data_dir": tmp_path,
+        "allow_private_urls": True,
+        "default_rate_limit": 1000,
+        "webhook_retry_schedule": (0.05, 0.05),
+    }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -106,21 +110,30 @@ async def _key(store: JobStore, secret: str | None = None) -> tuple[str, ApiKeyR
     return key, record
 
 
-async def _ended_job(store: JobStore, key: ApiKeyRecord, url: str,
-                     ended_at: float | None = None) -> JobRecord:
+async def _ended_job(
+    store: JobStore, key: ApiKeyRecord, url: str, ended_at: float | None = None
+) -> JobRecord:
     """A job with a webhook that was canceled while queued: its event is due now."""
-    job = JobRecord(id=new_id("job"), key_id=key.id, status=JobStatus.QUEUED,
-                    input_url="https://93.184.215.14/v.mp4", preset="general",
-                    upscale_factor=2, created_at=time.time(), created_seq=time.time_ns(),
-                    webhook_url=url)
+    job = JobRecord(
+        id=new_id("job"),
+        key_id=key.id,
+        status=JobStatus.QUEUED,
+        input_url="https://93.184.215.14/v.mp4",
+        preset="general",
+        upscale_factor=2,
+        created_at=time.time(),
+        created_seq=time.time_ns(),
+        webhook_url=url,
+    )
     await store.insert_job(job, time.time())
     ended = await store.request_cancel(job.id, ended_at or time.time())
     assert ended is not None and ended.webhook_status == "pending"
     return ended
 
 
-async def _settle(store: JobStore, settings: Settings, job_ids: list[str],
-                  timeout: float = 15) -> list[JobRecord]:
+async def _settle(
+    store: JobStore, settings: Settings, job_ids: list[str], timeout: float = 15
+) -> list[JobRecord]:
     """Run a dispatcher until every event is delivered or failed."""
     dispatcher = WebhookDispatcher(store, settings, _job_object)
     deadline = time.monotonic() + timeout
@@ -172,7 +185,8 @@ def test_secrets_from_before_sign_with_their_own_32_bytes():
 
 # Deliveries
 def test_delivery_verifies_with_standardwebhooks_and_keeps_our_signature(
-        tmp_path: Path, receiver: Receiver):
+    tmp_path: Path, receiver: Receiver
+):
     settings = _settings(tmp_path)
 
     async def setup() -> tuple[ApiKeyRecord, JobRecord]:
@@ -188,8 +202,7 @@ def test_delivery_verifies_with_standardwebhooks_and_keeps_our_signature(
     [done] = _deliver(tmp_path, settings, [job.id])
     assert done.webhook_status == "delivered"
     [request] = receiver.requests
-    assert Webhook(key.webhook_secret).verify(request.body, request.headers)["id"] == \
-        job.event_id
+    assert Webhook(key.webhook_secret).verify(request.body, request.headers)["id"] == job.event_id
     assert request.headers["webhook-id"] == job.event_id
     assert abs(int(request.headers["webhook-timestamp"]) - request.at) < 5
     assert request.headers["webhook-signature"].count("v1,") == 1
@@ -274,7 +287,8 @@ def test_rotated_secret_both_verify_during_the_overlap(tmp_path: Path, receiver:
 
 
 def test_cli_rotation_keeps_the_previous_secret_for_the_overlap(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setenv("RETROIVA_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("RETROIVA_WEBHOOK_SECRET_OVERLAP_SECONDS", "3600")
     runner = CliRunner()
@@ -320,8 +334,12 @@ def test_redelivery_sends_the_same_event_id_again(tmp_path: Path, receiver: Rece
         assert accepted.status_code == 202, accepted.text
         assert accepted.json()["id"] == job.event_id
         assert accepted.json()["delivery_status"] == "pending"
-        assert client.post(f"/v2/jobs/{job.id}/events/evt_nope/redeliver",
-                           headers=bearer(api_key)).status_code == 404
+        assert (
+            client.post(
+                f"/v2/jobs/{job.id}/events/evt_nope/redeliver", headers=bearer(api_key)
+            ).status_code
+            == 404
+        )
         assert client.post(redeliver, headers=bearer(other_key)).status_code == 404
         _deliver(tmp_path, settings, [job.id])
         events = client.get(f"/v2/jobs/{job.id}/events", headers=bearer(api_key)).json()
@@ -331,9 +349,13 @@ def test_redelivery_sends_the_same_event_id_again(tmp_path: Path, receiver: Rece
     assert _verifies(key.webhook_secret, second)
     [event] = events["data"]
     assert (event["id"], event["delivery_status"], event["status"]) == (
-        job.event_id, "delivered", "delivered")
-    assert [(d["attempt"], d["status_code"], d["redelivery"], d["error"])
-            for d in event["deliveries"]] == [(1, 200, False, None), (2, 200, True, None)]
+        job.event_id,
+        "delivered",
+        "delivered",
+    )
+    assert [
+        (d["attempt"], d["status_code"], d["redelivery"], d["error"]) for d in event["deliveries"]
+    ] == [(1, 200, False, None), (2, 200, True, None)]
     for delivery in event["deliveries"]:
         at = datetime.fromisoformat(delivery["attempted_at"])
         assert at.tzinfo is not None and abs(at.timestamp() - time.time()) < 60
@@ -342,7 +364,8 @@ def test_redelivery_sends_the_same_event_id_again(tmp_path: Path, receiver: Rece
 
 
 def test_retry_schedule_is_the_setting_and_redelivery_starts_a_new_round(
-        tmp_path: Path, receiver: Receiver):
+    tmp_path: Path, receiver: Receiver
+):
     receiver.status = 500
     settings = _settings(tmp_path, webhook_retry_schedule=(0.05, 0.1))
     store = open_store(settings)
@@ -360,23 +383,28 @@ def test_retry_schedule_is_the_setting_and_redelivery_starts_a_new_round(
     gaps = [b.at - a.at for a, b in itertools.pairwise(receiver.requests)]
     assert gaps[0] >= 0.04 and gaps[1] >= 0.08
     with TestClient(create_api(settings, store), raise_server_exceptions=False) as client:
-        assert client.post(f"/v2/jobs/{job.id}/events/{job.event_id}/redeliver",
-                           headers=bearer(api_key)).status_code == 202
+        assert (
+            client.post(
+                f"/v2/jobs/{job.id}/events/{job.event_id}/redeliver", headers=bearer(api_key)
+            ).status_code
+            == 202
+        )
         [again] = _deliver(tmp_path, settings, [job.id])
-        event = client.get(f"/v2/jobs/{job.id}/events",
-                           headers=bearer(api_key)).json()["data"][0]
+        event = client.get(f"/v2/jobs/{job.id}/events", headers=bearer(api_key)).json()["data"][0]
     assert again.webhook_status == "failed" and again.webhook_attempts == 6
-    assert [(d["attempt"], d["status_code"], d["error"], d["redelivery"])
-            for d in event["deliveries"]] == [
-        (n, 500, "HTTP 500", n > 3) for n in range(1, 7)]
+    assert [
+        (d["attempt"], d["status_code"], d["error"], d["redelivery"]) for d in event["deliveries"]
+    ] == [(n, 500, "HTTP 500", n > 3) for n in range(1, 7)]
     assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1
 
 
 def test_default_retry_schedule_ends_before_the_download_link_expires():
     settings = Settings()
     assert settings.retry_schedule == DEFAULT_WEBHOOK_RETRY_SCHEDULE
-    longest = 1.2 * sum(settings.retry_schedule) + \
-        (len(settings.retry_schedule) + 1) * settings.webhook_timeout_seconds
+    longest = (
+        1.2 * sum(settings.retry_schedule)
+        + (len(settings.retry_schedule) + 1) * settings.webhook_timeout_seconds
+    )
     assert 12 * 3600 < longest < settings.retention_seconds
     # The reference's promise: up to 5 retries, with exponential backoff.
     schedule = settings.retry_schedule
@@ -387,8 +415,7 @@ def test_default_retry_schedule_ends_before_the_download_link_expires():
     assert Settings(webhook_max_retries=0).retry_schedule == ()
 
 
-def test_failed_deliveries_are_listed_per_key_and_paginated(
-        tmp_path: Path, receiver: Receiver):
+def test_failed_deliveries_are_listed_per_key_and_paginated(tmp_path: Path, receiver: Receiver):
     receiver.status = 500
     settings = _settings(tmp_path, webhook_retry_schedule=())
     store = open_store(settings)
@@ -411,23 +438,25 @@ def test_failed_deliveries_are_listed_per_key_and_paginated(
         seen: list[dict] = []
         params: dict[str, object] = {"status": "failed", "limit": 2}
         while True:
-            page = client.get("/v2/webhook_deliveries", params=params,
-                              headers=bearer(api_key))
+            page = client.get("/v2/webhook_deliveries", params=params, headers=bearer(api_key))
             assert page.status_code == 200, page.text
             seen += page.json()["data"]
             if not page.json()["has_more"]:
                 break
             params["starting_after"] = page.json()["next_cursor"]
-        theirs_listed = client.get("/v2/webhook_deliveries?status=failed",
-                                   headers=bearer(other_api_key)).json()["data"]
+        theirs_listed = client.get(
+            "/v2/webhook_deliveries?status=failed", headers=bearer(other_api_key)
+        ).json()["data"]
         default = client.get("/v2/webhook_deliveries", headers=bearer(api_key)).json()
         bad = client.get("/v2/webhook_deliveries?status=lost", headers=bearer(api_key))
         foreign_cursor = client.get(
             f"/v2/webhook_deliveries?starting_after={theirs_listed[0]['id']}",
-            headers=bearer(api_key))
+            headers=bearer(api_key),
+        )
     assert [e["job_id"] for e in seen] == list(reversed(mine))  # newest first, no gaps
-    assert all(e["delivery_status"] == "failed" and e["deliveries"][0]["status_code"] == 500
-               for e in seen)
+    assert all(
+        e["delivery_status"] == "failed" and e["deliveries"][0]["status_code"] == 500 for e in seen
+    )
     assert [e["job_id"] for e in theirs_listed] == theirs
     assert [e["job_id"] for e in default["data"]] == list(reversed(mine))
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "status"
@@ -453,13 +482,17 @@ def test_redelivered_failure_leaves_the_failed_list(tmp_path: Path, receiver: Re
         listed = client.get("/v2/webhook_deliveries", headers=bearer(api_key)).json()
         assert [e["id"] for e in listed["data"]] == [job.event_id]
         receiver.status = 204
-        assert client.post(f"/v2/jobs/{job.id}/events/{job.event_id}/redeliver",
-                           headers=bearer(api_key)).status_code == 202
+        assert (
+            client.post(
+                f"/v2/jobs/{job.id}/events/{job.event_id}/redeliver", headers=bearer(api_key)
+            ).status_code
+            == 202
+        )
         _deliver(tmp_path, settings, [job.id])
-        assert client.get("/v2/webhook_deliveries",
-                          headers=bearer(api_key)).json()["data"] == []
-        delivered = client.get("/v2/webhook_deliveries?status=delivered",
-                               headers=bearer(api_key)).json()["data"]
+        assert client.get("/v2/webhook_deliveries", headers=bearer(api_key)).json()["data"] == []
+        delivered = client.get(
+            "/v2/webhook_deliveries?status=delivered", headers=bearer(api_key)
+        ).json()["data"]
     assert [e["id"] for e in delivered] == [job.event_id]
     assert delivered[0]["deliveries"][-1]["status_code"] == 204
 
@@ -482,7 +515,8 @@ def test_sqlite_store_from_before_gains_the_webhook_columns(tmp_path: Path):
         "PRIMARY KEY (job_id, number));"
         "INSERT INTO api_keys VALUES ('key_old', 'old', 'sk_live_abcd', 'd1', 'whsec_x', "
         "10, 1.0, NULL, NULL, NULL);"
-        "INSERT INTO webhook_attempts VALUES ('job_old', 1, 2.0, 200, NULL, 5);")
+        "INSERT INTO webhook_attempts VALUES ('job_old', 1, 2.0, 200, NULL, 5);"
+    )
     old.commit()
     old.close()
 
@@ -507,8 +541,11 @@ def test_replicas_get_the_same_retry_schedule():
 
     from serve_app.deployments import settings_env
 
-    for settings in (Settings(), Settings(webhook_retry_base_seconds=2),
-                     Settings(webhook_retry_schedule=(1, 5))):
+    for settings in (
+        Settings(),
+        Settings(webhook_retry_base_seconds=2),
+        Settings(webhook_retry_schedule=(1, 5)),
+    ):
         env = settings_env(settings)
         saved = dict(os.environ)
         try:

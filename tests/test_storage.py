@@ -35,12 +35,16 @@ def s3_endpoint() -> Iterator[str]:
 def s3_storage(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Storage:
     import boto3
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     bucket = f"retroiva-{new_id('b').lower().replace('_', '-')[:20]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
-        Bucket=bucket)
+        Bucket=bucket
+    )
     return S3Storage(bucket, "outputs", endpoint_url=s3_endpoint, region="us-east-1")
 
 
@@ -80,9 +84,16 @@ def test_s3_upload_presigned_download_and_delete(s3_storage: S3Storage, tmp_path
 
 
 def _completed(job_id: str, key: str, completed_at: float) -> JobRecord:
-    return JobRecord(id=job_id, key_id="key_r", status=JobStatus.QUEUED,
-                     input_url="https://e.com/v.mp4", preset="general", upscale_factor=2,
-                     created_at=completed_at - 10, created_seq=time.time_ns())
+    return JobRecord(
+        id=job_id,
+        key_id="key_r",
+        status=JobStatus.QUEUED,
+        input_url="https://e.com/v.mp4",
+        preset="general",
+        upscale_factor=2,
+        created_at=completed_at - 10,
+        created_seq=time.time_ns(),
+    )
 
 
 async def _seed(store: SqliteStore, job: JobRecord, key: str, completed_at: float) -> None:
@@ -95,8 +106,11 @@ async def _seed(store: SqliteStore, job: JobRecord, key: str, completed_at: floa
 @pytest.mark.parametrize("backend", ["local", "s3"])
 def test_reaper_deletes_outputs_past_retention(backend: str, tmp_path: Path, request):
     settings = Settings(data_dir=tmp_path, retention_seconds=3600)
-    storage: OutputStorage = (request.getfixturevalue("s3_storage") if backend == "s3"
-                              else LocalStorage(settings.outputs_dir, b"secret"))
+    storage: OutputStorage = (
+        request.getfixturevalue("s3_storage")
+        if backend == "s3"
+        else LocalStorage(settings.outputs_dir, b"secret")
+    )
     store = SqliteStore(settings.sqlite_path)
     old_key = storage.put("job_old", _output(tmp_path, b"old"))
     asyncio.run(_seed(store, _completed("job_old", old_key, 0), old_key, time.time() - 7200))

@@ -34,13 +34,16 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         backend: JobStore = SqliteStore(tmp_path / "store.sqlite3")
     else:
         if not MONGODB_URI:
-            pytest.skip("MongoDB contract run skipped: set RETROIVA_MONGODB_URI "
-                        "(e.g. mongodb://127.0.0.1:27017) to run it against a server")
+            pytest.skip(
+                "MongoDB contract run skipped: set RETROIVA_MONGODB_URI "
+                "(e.g. mongodb://127.0.0.1:27017) to run it against a server"
+            )
         from serve_app.mongo_store import MongoStore
 
         # The suite replays time with explicit ``now``s; the server's clock has its own test.
-        backend = MongoStore(MONGODB_URI, f"retroiva_test_{uuid.uuid4().hex[:8]}",
-                             server_clock=False)
+        backend = MongoStore(
+            MONGODB_URI, f"retroiva_test_{uuid.uuid4().hex[:8]}", server_clock=False
+        )
     await backend.init()
     try:
         yield backend
@@ -53,9 +56,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 def _job(key_id: str = "key_a", seq: int | None = None, **fields: object) -> JobRecord:
     now = time.time()
     values: dict[str, object] = {
-        "id": new_id("job"), "key_id": key_id, "status": JobStatus.QUEUED,
-        "input_url": "https://example.com/v.mp4", "preset": "general", "upscale_factor": 2,
-        "created_at": now, "created_seq": seq if seq is not None else time.time_ns()}
+        "id": new_id("job"),
+        "key_id": key_id,
+        "status": JobStatus.QUEUED,
+        "input_url": "https://example.com/v.mp4",
+        "preset": "general",
+        "upscale_factor": 2,
+        "created_at": now,
+        "created_seq": seq if seq is not None else time.time_ns(),
+    }
     values.update(fields)
     return JobRecord(**values)  # type: ignore[arg-type]
 
@@ -90,8 +99,7 @@ async def test_insert_get_and_idempotency(store: JobStore):
     assert await store.get_job(job.id) == job
     again, created = await store.insert_job(_job(idempotency_key="abc"), time.time())
     assert (again.id, created) == (job.id, False)
-    other_key, created = await store.insert_job(_job("key_b", idempotency_key="abc"),
-                                                time.time())
+    other_key, created = await store.insert_job(_job("key_b", idempotency_key="abc"), time.time())
     assert created and other_key.id != job.id
     later = time.time() + IDEMPOTENCY_WINDOW_SECONDS + 1
     fresh, created = await store.insert_job(_job(idempotency_key="abc"), later)
@@ -100,7 +108,6 @@ async def test_insert_get_and_idempotency(store: JobStore):
     classical = _job(engine="classical")
     await store.insert_job(classical, time.time())
     assert (await store.get_job(classical.id)) == classical
-
 
 
 async def test_pagination_newest_first_without_gaps(store: JobStore):
@@ -128,15 +135,19 @@ async def test_recent_jobs_across_keys_with_filters(store: JobStore):
     assert [j.id for j in await store.recent_jobs(10, status="canceled")] == [a1.id]
     assert [j.id for j in await store.recent_jobs(1)] == [a2.id]
     assert await store.count_jobs_by_status() == {
-        "queued": 2, "processing": 0, "completed": 0, "failed": 0, "canceled": 1}
+        "queued": 2,
+        "processing": 0,
+        "completed": 0,
+        "failed": 0,
+        "canceled": 1,
+    }
 
 
 async def test_claim_is_exclusive_and_fifo(store: JobStore):
     first, second = _job(seq=1), _job(seq=2)
     for job in (second, first):
         await store.insert_job(job, time.time())
-    claims = await asyncio.gather(*(store.claim_next(f"r{i}", time.time(), 30)
-                                    for i in range(4)))
+    claims = await asyncio.gather(*(store.claim_next(f"r{i}", time.time(), 30) for i in range(4)))
     claimed = [c for c in claims if c is not None]
     assert sorted(c.id for c in claimed) == sorted([first.id, second.id])
     assert all(c.status == JobStatus.PROCESSING and c.attempts == 1 for c in claimed)
@@ -150,11 +161,16 @@ async def test_lease_renewal_progress_and_finish(store: JobStore):
     assert (renewed.progress, renewed.eta_seconds) == (0.5, 12.0)
     assert await store.renew_lease(job.id, "intruder", time.time(), 30, 0.9, 1.0) is None
     assert not await store.finish(job.id, "intruder", JobStatus.COMPLETED, time.time())
-    assert await store.finish(job.id, "runner", JobStatus.COMPLETED, time.time(),
-                              output_path="/out.mp4")
+    assert await store.finish(
+        job.id, "runner", JobStatus.COMPLETED, time.time(), output_path="/out.mp4"
+    )
     done = await store.get_job(job.id)
     assert (done.status, done.progress, done.output_path, done.lease_owner) == (
-        JobStatus.COMPLETED, 1.0, "/out.mp4", None)
+        JobStatus.COMPLETED,
+        1.0,
+        "/out.mp4",
+        None,
+    )
 
 
 async def test_cancel_queued_processing_and_terminal(store: JobStore):
@@ -198,9 +214,11 @@ async def test_expired_outputs_and_clearing(store: JobStore):
     old, recent, failed = _job(seq=1), _job(seq=2), _job(seq=3)
     for job in (old, recent, failed):
         await store.insert_job(job, time.time())
-    for job, status, when in ((old, JobStatus.COMPLETED, 100.0),
-                              (recent, JobStatus.COMPLETED, 10_000.0),
-                              (failed, JobStatus.FAILED, 100.0)):
+    for job, status, when in (
+        (old, JobStatus.COMPLETED, 100.0),
+        (recent, JobStatus.COMPLETED, 10_000.0),
+        (failed, JobStatus.FAILED, 100.0),
+    ):
         claimed = await store.claim_next("r", time.time(), 30)
         assert claimed.id == job.id
         await store.finish(job.id, "r", status, when, output_path=f"{job.id}.mp4")
@@ -277,7 +295,9 @@ async def test_key_references_must_be_unambiguous(store: JobStore):
         await store.set_webhook_secret(first.prefix, "whsec_x")
     assert all(k.revoked_at is None for k in await store.list_keys())  # nothing changed
     assert {k.webhook_secret for k in await store.list_keys()} == {
-        first.webhook_secret, second.webhook_secret}
+        first.webhook_secret,
+        second.webhook_secret,
+    }
     assert await store.revoke_key(second.id, time.time())  # the id always works
     assert await store.set_webhook_secret(first.id[:12], "whsec_y")  # unambiguous id prefix
     assert (await store.get_key(first.id)).webhook_secret == "whsec_y"
@@ -293,14 +313,25 @@ async def test_a_lapsed_webhook_dispatcher_changes_nothing(store: JobStore):
     assert len(await store.claim_due_webhooks(time.time(), 1, 10)) == 1
     now = time.time()
     # A second dispatcher, after the first one's lease lapsed, delivers attempt 1.
-    await store.record_webhook_attempt(WebhookAttempt(job.id, 1, now, 200, None, 5),
-                                       status="delivered", next_at=None, body='{"a":1}')
+    await store.record_webhook_attempt(
+        WebhookAttempt(job.id, 1, now, 200, None, 5),
+        status="delivered",
+        next_at=None,
+        body='{"a":1}',
+    )
     # The first dispatcher finally records its own attempt 1, a failure.
-    await store.record_webhook_attempt(WebhookAttempt(job.id, 1, now, 503, "HTTP 503", 9),
-                                       status="pending", next_at=now + 30, body='{"a":2}')
+    await store.record_webhook_attempt(
+        WebhookAttempt(job.id, 1, now, 503, "HTTP 503", 9),
+        status="pending",
+        next_at=now + 30,
+        body='{"a":2}',
+    )
     after = await store.get_job(job.id)
     assert (after.webhook_status, after.webhook_attempts, after.webhook_body) == (
-        "delivered", 1, '{"a":1}')
+        "delivered",
+        1,
+        '{"a":1}',
+    )
     [attempt] = await store.webhook_attempts(job.id)
     assert attempt.status_code == 200
 
@@ -330,19 +361,23 @@ async def test_sqlite_store_from_an_earlier_version_gains_new_columns(tmp_path: 
 
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)
-    old.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, status TEXT "
-                "NOT NULL, input_url TEXT NOT NULL, preset TEXT NOT NULL, upscale_factor "
-                "INTEGER NOT NULL, created_at REAL NOT NULL, created_seq INTEGER NOT NULL, "
-                "webhook_url TEXT, started_at REAL, completed_at REAL, progress REAL NOT "
-                "NULL, eta_seconds REAL, output_path TEXT, error_type TEXT, error_message "
-                "TEXT, attempts INTEGER NOT NULL, lease_owner TEXT, lease_expires_at REAL, "
-                "cancel_requested INTEGER NOT NULL, idempotency_key TEXT, request_hash TEXT, "
-                "webhook_status TEXT, webhook_attempts INTEGER NOT NULL DEFAULT 0, "
-                "webhook_next_at REAL, webhook_body TEXT)")
-    old.execute("INSERT INTO jobs (id, key_id, status, input_url, preset, upscale_factor, "
-                "created_at, created_seq, progress, attempts, cancel_requested) VALUES "
-                "('job_old', 'key_a', 'completed', 'https://e.com/v.mp4', 'general', 2, "
-                "1.0, 1, 1.0, 1, 0)")
+    old.execute(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, status TEXT "
+        "NOT NULL, input_url TEXT NOT NULL, preset TEXT NOT NULL, upscale_factor "
+        "INTEGER NOT NULL, created_at REAL NOT NULL, created_seq INTEGER NOT NULL, "
+        "webhook_url TEXT, started_at REAL, completed_at REAL, progress REAL NOT "
+        "NULL, eta_seconds REAL, output_path TEXT, error_type TEXT, error_message "
+        "TEXT, attempts INTEGER NOT NULL, lease_owner TEXT, lease_expires_at REAL, "
+        "cancel_requested INTEGER NOT NULL, idempotency_key TEXT, request_hash TEXT, "
+        "webhook_status TEXT, webhook_attempts INTEGER NOT NULL DEFAULT 0, "
+        "webhook_next_at REAL, webhook_body TEXT)"
+    )
+    old.execute(
+        "INSERT INTO jobs (id, key_id, status, input_url, preset, upscale_factor, "
+        "created_at, created_seq, progress, attempts, cancel_requested) VALUES "
+        "('job_old', 'key_a', 'completed', 'https://e.com/v.mp4', 'general', 2, "
+        "1.0, 1, 1.0, 1, 0)"
+    )
     old.commit()
     old.close()
     store = SqliteStore(path)
@@ -354,12 +389,19 @@ async def test_sqlite_store_from_an_earlier_version_gains_new_columns(tmp_path: 
     await store.close()
 
 
-def _upload(key_id: str = "key_a", size: int = 10, expires_in: float = 600,
-            **fields: object) -> UploadRecord:
+def _upload(
+    key_id: str = "key_a", size: int = 10, expires_in: float = 600, **fields: object
+) -> UploadRecord:
     now = time.time()
-    values: dict[str, object] = {"id": new_id("upl"), "key_id": key_id, "size": size,
-                                 "offset": 0, "created_at": now,
-                                 "expires_at": now + expires_in, "filename": "a.mp4"}
+    values: dict[str, object] = {
+        "id": new_id("upl"),
+        "key_id": key_id,
+        "size": size,
+        "offset": 0,
+        "created_at": now,
+        "expires_at": now + expires_in,
+        "filename": "a.mp4",
+    }
     values.update(fields)
     return UploadRecord(**values)  # type: ignore[arg-type]
 
@@ -385,8 +427,9 @@ async def test_an_upload_feeds_one_job_and_is_found_when_that_job_ends(store: Jo
     for upload in (unfinished, complete):
         await store.insert_upload(upload)
     assert not await store.claim_upload(unfinished.id, "job_1", now)
-    claims = await asyncio.gather(*(store.claim_upload(complete.id, f"job_{n}", now)
-                                    for n in range(4)))
+    claims = await asyncio.gather(
+        *(store.claim_upload(complete.id, f"job_{n}", now) for n in range(4))
+    )
     assert sorted(claims) == [False, False, False, True]
     winner = (await store.get_upload(complete.id)).job_id
     assert await store.advance_upload(complete.id, 10, 10) is None  # taken: frozen
@@ -429,8 +472,7 @@ async def test_expired_uploads_are_those_no_job_took(store: JobStore):
     assert await store.claim_upload(pending.id, "job_about_to_be_inserted", now)
     assert await store.uploads_of_ended_jobs(now, 10) == []
     # (taken's job_t never existed either: both go once expired)
-    assert {u.id for u in await store.uploads_of_ended_jobs(later, 10)} == {pending.id,
-                                                                           taken.id}
+    assert {u.id for u in await store.uploads_of_ended_jobs(later, 10)} == {pending.id, taken.id}
 
 
 async def test_queued_jobs_past_their_deadline_are_canceled(store: JobStore):
@@ -460,34 +502,52 @@ async def test_rotation_keeps_the_previous_secret_for_the_overlap(store: JobStor
         await store.rotate_webhook_secret(first.prefix, "whsec_x", 5.0)
     assert await store.rotate_webhook_secret(first.id, "whsec_new", 1234.5)
     rotated = await store.get_key(first.id)
-    assert (rotated.webhook_secret, rotated.previous_webhook_secret,
-            rotated.previous_secret_expires_at) == ("whsec_new", first.webhook_secret, 1234.5)
+    assert (
+        rotated.webhook_secret,
+        rotated.previous_webhook_secret,
+        rotated.previous_secret_expires_at,
+    ) == ("whsec_new", first.webhook_secret, 1234.5)
     assert (await store.get_key(second.id)).previous_webhook_secret is None
     assert not await store.rotate_webhook_secret("key_missing", "whsec_y", 1.0)
     # Again within the overlap (at 1000 < 1234.5): the original stays previous, with
     # its own end; only the secret the first rotation issued is replaced.
     assert await store.rotate_webhook_secret(first.id, "whsec_newer", 2000.0, now=1000.0)
     again = await store.get_key(first.id)
-    assert (again.webhook_secret, again.previous_webhook_secret,
-            again.previous_secret_expires_at) == ("whsec_newer", first.webhook_secret, 1234.5)
+    assert (
+        again.webhook_secret,
+        again.previous_webhook_secret,
+        again.previous_secret_expires_at,
+    ) == ("whsec_newer", first.webhook_secret, 1234.5)
     # After the overlap, the current secret becomes previous as usual.
     assert await store.rotate_webhook_secret(first.id, "whsec_last", 3000.0, now=1500.0)
     last = await store.get_key(first.id)
-    assert (last.webhook_secret, last.previous_webhook_secret,
-            last.previous_secret_expires_at) == ("whsec_last", "whsec_newer", 3000.0)
+    assert (last.webhook_secret, last.previous_webhook_secret, last.previous_secret_expires_at) == (
+        "whsec_last",
+        "whsec_newer",
+        3000.0,
+    )
 
 
-async def _delivered(store: JobStore, key_id: str = "key_a", status: str = "delivered"
-                     ) -> JobRecord:
-    await store.insert_job(_job(key_id, webhook_url="https://hooks.example.com/x"),
-                           time.time())
+async def _delivered(
+    store: JobStore, key_id: str = "key_a", status: str = "delivered"
+) -> JobRecord:
+    await store.insert_job(_job(key_id, webhook_url="https://hooks.example.com/x"), time.time())
     job = await store.claim_next("r", time.time(), 30)
     await store.finish(job.id, "r", JobStatus.COMPLETED, time.time())
     await store.claim_due_webhooks(time.time(), 1, 10)
     await store.record_webhook_attempt(
-        WebhookAttempt(job.id, 1, time.time(), 500 if status == "failed" else 200,
-                       "HTTP 500" if status == "failed" else None, 5),
-        status=status, next_at=None, body='{"a":1}')
+        WebhookAttempt(
+            job.id,
+            1,
+            time.time(),
+            500 if status == "failed" else 200,
+            "HTTP 500" if status == "failed" else None,
+            5,
+        ),
+        status=status,
+        next_at=None,
+        body='{"a":1}',
+    )
     return await store.get_job(job.id)
 
 
@@ -500,12 +560,20 @@ async def test_redelivery_only_of_ended_deliveries_with_a_new_round(store: JobSt
     job = await _delivered(store)
     now = time.time()
     again = await store.redeliver_webhook(job.id, now)
-    assert (again.webhook_status, again.webhook_next_at, again.webhook_round_start,
-            again.webhook_attempts, again.webhook_body) == ("pending", now, 1, 1, '{"a":1}')
+    assert (
+        again.webhook_status,
+        again.webhook_next_at,
+        again.webhook_round_start,
+        again.webhook_attempts,
+        again.webhook_body,
+    ) == ("pending", now, 1, 1, '{"a":1}')
     assert job.id in [j.id for j in await store.claim_due_webhooks(now + 1, 1, 10)]
     await store.record_webhook_attempt(
         WebhookAttempt(job.id, 2, now, 200, None, 3, redelivery=True),
-        status="delivered", next_at=None, body='{"a":1}')
+        status="delivered",
+        next_at=None,
+        body='{"a":1}',
+    )
     assert [a.redelivery for a in await store.webhook_attempts(job.id)] == [False, True]
     assert await store.redeliver_webhook("job_missing", now) is None
 
@@ -519,8 +587,9 @@ async def test_webhook_events_listed_by_status_per_key(store: JobStore):
     assert more and [j.id for j in page] == [failed[2].id, failed[1].id]
     rest, more = await store.list_webhook_events("key_a", "failed", 2, page[-1].id)
     assert not more and [j.id for j in rest] == [failed[0].id]
-    assert [j.id for j in (await store.list_webhook_events("key_b", "failed", 10, None))[0]
-            ] == [foreign.id]
+    assert [j.id for j in (await store.list_webhook_events("key_b", "failed", 10, None))[0]] == [
+        foreign.id
+    ]
     assert await store.list_webhook_events("key_a", "failed", 10, foreign.id) == ([], False)
     assert len((await store.list_webhook_events("key_a", "delivered", 10, None))[0]) == 1
 

@@ -80,8 +80,9 @@ def test_calls_queued_behind_a_stuck_one_share_its_deadline(tmp_path: Path):
         await store.init()
         locked = _Locked(path)
         started = time.monotonic()
-        results = await asyncio.gather(*(store.count_request("key_a", 1) for _ in range(20)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(store.count_request("key_a", 1) for _ in range(20)), return_exceptions=True
+        )
         took = time.monotonic() - started
         locked.release()
         assert all(isinstance(r, StoreUnavailable) for r in results), results
@@ -113,8 +114,11 @@ def serve() -> Iterator[object]:
 
     def start(settings: Settings, store: JobStore | None = None) -> str:
         port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(create_api(settings, store), host="127.0.0.1",
-                                               port=port, log_level="error"))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_api(settings, store), host="127.0.0.1", port=port, log_level="error"
+            )
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 10
@@ -250,10 +254,17 @@ def test_a_send_whose_record_failed_is_resent_with_the_same_body(tmp_path: Path)
         await store.init()
         _, key = new_api_key("hooks", 10)
         await store.add_key(key)
-        job = JobRecord(id=new_id("job"), key_id=key.id, status=JobStatus.QUEUED,
-                        input_url="https://example.com/v.mp4", preset="general",
-                        upscale_factor=2, created_at=time.time(), created_seq=time.time_ns(),
-                        webhook_url=hook)
+        job = JobRecord(
+            id=new_id("job"),
+            key_id=key.id,
+            status=JobStatus.QUEUED,
+            input_url="https://example.com/v.mp4",
+            preset="general",
+            upscale_factor=2,
+            created_at=time.time(),
+            created_seq=time.time_ns(),
+            webhook_url=hook,
+        )
         await store.insert_job(job, time.time())
         await store.claim_next("r", time.time(), 30)
         await store.finish(job.id, "r", JobStatus.COMPLETED, time.time(), output_path="o")

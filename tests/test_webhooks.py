@@ -30,23 +30,33 @@ from serve_app.webhooks import js_json, retry_delay, sign
 
 NODE = shutil.which("node")
 RECEIVER = Path(__file__).with_name("webhook_receiver.js")
-needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed "
-                                "(apt-get install nodejs); the JS snippet check needs it")
+needs_node = pytest.mark.skipif(
+    NODE is None,
+    reason="node is not installed (apt-get install nodejs); the JS snippet check needs it",
+)
 
 
 @needs_node
 def test_bodies_are_byte_identical_to_javascripts_reserialisation():
     rng = random.Random(7)
     floats = [0.45, 1.0, 1e-7, 2.5e-8, 1e16, 1e21, 123456789.125, -0.0, 5e-324]
-    floats += [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0]
-               for _ in range(2000)]
+    floats += [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0] for _ in range(2000)]
     floats = [f for f in floats if f == f and abs(f) != float("inf")]
-    ours = js_json({"floats": floats, "text": "vidéo — ファイル 😀 \u2028 \x00 \"\\",
-                    "big": 2**53 - 1, "nested": [{"a": None, "b": True}]})
-    script = ("let s='';process.stdin.on('data',d=>s+=d)"
-              ".on('end',()=>process.stdout.write(JSON.stringify(JSON.parse(s))))")
-    out = subprocess.run([NODE, "-e", script], input=ours.encode(), capture_output=True,
-                         check=True).stdout.decode()
+    ours = js_json(
+        {
+            "floats": floats,
+            "text": 'vidéo — ファイル 😀 \u2028 \x00 "\\',
+            "big": 2**53 - 1,
+            "nested": [{"a": None, "b": True}],
+        }
+    )
+    script = (
+        "let s='';process.stdin.on('data',d=>s+=d)"
+        ".on('end',()=>process.stdout.write(JSON.stringify(JSON.parse(s))))"
+    )
+    out = subprocess.run(
+        [NODE, "-e", script], input=ours.encode(), capture_output=True, check=True
+    ).stdout.decode()
     assert out == ours
 
 
@@ -85,8 +95,12 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
         assert NODE is not None
         log = tmp_path / f"receiver-{len(started)}.log"
         args = [NODE, str(RECEIVER), mode, str(log)] + ([str(port)] if port else [])
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
-                                   env={"WEBHOOK_SECRET": secret, "PATH": "/usr/bin:/bin"})
+        process = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={"WEBHOOK_SECRET": secret, "PATH": "/usr/bin:/bin"},
+        )
         assert process.stdout is not None
         bound = int(process.stdout.readline())
         receiver = Receiver(f"http://127.0.0.1:{bound}/hooks", log, process)
@@ -100,17 +114,21 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {"data_dir": tmp_path, "poll_seconds": 0.05,
-                                 "allow_private_urls": True,
-                                 "webhook_retry_base_seconds": 0.2}
+    values: dict[str, object] = {
+        "data_dir": tmp_path,
+        "poll_seconds": 0.05,
+        "allow_private_urls": True,
+        "webhook_retry_base_seconds": 0.2,
+    }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
 
 def _fake_process(job, settings, on_progress, cancel) -> Path:
     if job.input_url.endswith("broken.mp4"):
-        raise InvalidInputError("ファイルが壊れています — input is not a video",
-                                reason="not_a_video")
+        raise InvalidInputError(
+            "ファイルが壊れています — input is not a video", reason="not_a_video"
+        )
     output = settings.scratch_dir / job.id / "output.mp4"
     output.parent.mkdir(parents=True)
     output.write_bytes(b"video")
@@ -124,17 +142,30 @@ async def _add_key(store: SqliteStore) -> ApiKeyRecord:
     return record
 
 
-async def _add_job(store: SqliteStore, key: ApiKeyRecord, webhook: str,
-                   input_url: str = "http://127.0.0.1:9/vidéo-ñ.mp4") -> JobRecord:
-    job = JobRecord(id=new_id("job"), key_id=key.id, status=JobStatus.QUEUED,
-                    input_url=input_url, preset="general", upscale_factor=2,
-                    created_at=time.time(), created_seq=time.time_ns(), webhook_url=webhook)
+async def _add_job(
+    store: SqliteStore,
+    key: ApiKeyRecord,
+    webhook: str,
+    input_url: str = "http://127.0.0.1:9/vidéo-ñ.mp4",
+) -> JobRecord:
+    job = JobRecord(
+        id=new_id("job"),
+        key_id=key.id,
+        status=JobStatus.QUEUED,
+        input_url=input_url,
+        preset="general",
+        upscale_factor=2,
+        created_at=time.time(),
+        created_seq=time.time_ns(),
+        webhook_url=webhook,
+    )
     await store.insert_job(job, time.time())
     return job
 
 
-async def _run_until_settled(runner: JobRunner, store: SqliteStore, jobs: list[str],
-                             timeout: float = 30) -> list[JobRecord]:
+async def _run_until_settled(
+    runner: JobRunner, store: SqliteStore, jobs: list[str], timeout: float = 30
+) -> list[JobRecord]:
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     deadline = time.monotonic() + timeout
@@ -170,8 +201,7 @@ def test_each_outcome_delivers_one_event_the_snippet_accepts(tmp_path, start_rec
     assert len(events) == 3, events
     assert all(e["valid"] and e["status"] == 200 for e in events)
     by_id = {e["id"]: e for e in events}
-    for record, type_ in zip(records, ["job.completed", "job.failed", "job.canceled"],
-                             strict=True):
+    for record, type_ in zip(records, ["job.completed", "job.failed", "job.canceled"], strict=True):
         event = by_id[record.event_id]
         assert (event["type"], event["eventId"]) == (type_, record.event_id)
         assert event["inputUrl"] == record.input_url
@@ -187,8 +217,7 @@ def test_a_wrong_secret_is_rejected_by_the_snippet(tmp_path, start_receiver):
         key = await _add_key(store)
         receiver = start_receiver("ok", "whsec_not_the_right_one")
         job = await _add_job(store, key, receiver.url)
-        runner = JobRunner(store, _settings(tmp_path, webhook_max_retries=0),
-                           process=_fake_process)
+        runner = JobRunner(store, _settings(tmp_path, webhook_max_retries=0), process=_fake_process)
         await _run_until_settled(runner, store, [job.id])
         return receiver
 
@@ -223,8 +252,9 @@ def test_always_failing_receiver_sees_six_attempts(tmp_path, start_receiver):
         key = await _add_key(store)
         receiver = start_receiver("fail", key.webhook_secret)
         job = await _add_job(store, key, receiver.url)
-        runner = JobRunner(store, _settings(tmp_path, webhook_retry_base_seconds=0.05),
-                           process=_fake_process)
+        runner = JobRunner(
+            store, _settings(tmp_path, webhook_retry_base_seconds=0.05), process=_fake_process
+        )
         [record] = await _run_until_settled(runner, store, [job.id])
         await asyncio.sleep(0.5)
         return record, receiver, await store.webhook_attempts(job.id)
@@ -364,12 +394,14 @@ def test_dripping_receivers_do_not_delay_another_keys_event(tmp_path, hostile, d
     """20 events to a dripping receiver (more than every delivery slot), then one of
     another key's to a healthy one: that one goes out at once, and each dripping
     attempt ends at the deadline."""
+
     async def scenario() -> tuple[JobRecord, list[JobRecord], list]:
         store = SqliteStore(tmp_path / "s.db")
         abuser, tenant = await _add_key(store), await _add_key(store)
         slow = [await _add_job(store, abuser, hostile + drip) for _ in range(20)]
-        settings = _settings(tmp_path, webhook_timeout_seconds=2, webhook_max_retries=0,
-                             runner_concurrency=4)
+        settings = _settings(
+            tmp_path, webhook_timeout_seconds=2, webhook_max_retries=0, runner_concurrency=4
+        )
         runner = JobRunner(store, settings, process=_fake_process)
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop))
@@ -382,14 +414,20 @@ def test_dripping_receivers_do_not_delay_another_keys_event(tmp_path, hostile, d
                 assert time.monotonic() < deadline, "the healthy receiver's event waited"
                 await asyncio.sleep(0.05)
             while True:  # the first dripping attempts end (at their deadline)
-                ended = [r for r in [await store.get_job(j.id) for j in slow]
-                         if r.webhook_status in ("delivered", "failed")]
+                ended = [
+                    r
+                    for r in [await store.get_job(j.id) for j in slow]
+                    if r.webhook_status in ("delivered", "failed")
+                ]
                 if ended:
                     break
                 assert time.monotonic() < deadline + 5, "no dripping attempt ended"
                 await asyncio.sleep(0.05)
-            return (await store.get_job(healthy.id), ended,
-                    await store.webhook_attempts(ended[0].id))
+            return (
+                await store.get_job(healthy.id),
+                ended,
+                await store.webhook_attempts(ended[0].id),
+            )
         finally:
             stop.set()
             task.cancel()  # undelivered drips: no need to wait for them

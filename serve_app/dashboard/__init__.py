@@ -45,9 +45,15 @@ def create_dashboard(api: Api) -> Starlette:
 
     async def sign_in_required(request: Request, exc: Exception) -> Response:
         if wants_json(request):
-            return JSONResponse({"error": {"type": "authentication_error",
-                                           "message": "not signed in to the dashboard"}},
-                                status_code=401)
+            return JSONResponse(
+                {
+                    "error": {
+                        "type": "authentication_error",
+                        "message": "not signed in to the dashboard",
+                    }
+                },
+                status_code=401,
+            )
         response = dashboard.redirect(request, "/login")
         dashboard.clear_cookie(request, response, SESSION_COOKIE)
         return response
@@ -61,8 +67,7 @@ def create_dashboard(api: Api) -> Starlette:
         visitor = None
         with contextlib.suppress(SignInRequired, StoreUnavailable):
             visitor = await dashboard.visitor(request)
-        response = dashboard.render(request, "error.html", visitor, status=exc.status,
-                                    error=exc)
+        response = dashboard.render(request, "error.html", visitor, status=exc.status, error=exc)
         if getattr(exc, "retry_after", None):
             response.headers["Retry-After"] = str(exc.retry_after)  # type: ignore[attr-defined]
         return response
@@ -75,13 +80,19 @@ def create_dashboard(api: Api) -> Starlette:
 
     async def store_unavailable(request: Request, exc: Exception) -> Response:
         log.warning("dashboard %s: %s", request.url.path, exc)
-        return await api_error(request, ServiceUnavailableError(
-            "the job store is unavailable; try again in a moment", retry_after=2))
+        return await api_error(
+            request,
+            ServiceUnavailableError(
+                "the job store is unavailable; try again in a moment", retry_after=2
+            ),
+        )
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("dashboard %s failed", request.url.path, exc_info=exc)
-        return await api_error(request, InternalError(
-            "internal error; quote the X-Request-Id header when reporting it"))
+        return await api_error(
+            request,
+            InternalError("internal error; quote the X-Request-Id header when reporting it"),
+        )
 
     return Starlette(
         routes=[
@@ -93,25 +104,35 @@ def create_dashboard(api: Api) -> Starlette:
             Route("/jobs", holder.submit, methods=["POST"]),
             Route("/jobs/{job_id}", holder.job, methods=["GET"]),
             Route("/jobs/{job_id}/cancel", holder.cancel, methods=["POST"]),
-            Route("/jobs/{job_id}/events/{event_id}/redeliver", holder.redeliver,
-                  methods=["POST"]),
+            Route("/jobs/{job_id}/events/{event_id}/redeliver", holder.redeliver, methods=["POST"]),
             Route("/account", holder.account, methods=["GET"]),
             Route("/account/webhook-secret", holder.rotate_secret, methods=["POST"]),
             Route("/api/uploads", holder.upload, methods=["POST"]),
-            Route("/api/uploads/{upload_id}", holder.upload,
-                  methods=["HEAD", "GET", "PATCH", "DELETE"]),
+            Route(
+                "/api/uploads/{upload_id}",
+                holder.upload,
+                methods=["HEAD", "GET", "PATCH", "DELETE"],
+            ),
             Route("/api/jobs", holder.jobs_json, methods=["GET"]),
             Route("/api/jobs/{job_id}", holder.job_json, methods=["GET"]),
             Route("/operator/keys", operator.keys, methods=["GET"]),
             Route("/operator/keys", operator.create_key, methods=["POST"]),
             Route("/operator/keys/{key_id}/revoke", operator.revoke_key, methods=["POST"]),
-            Route("/operator/keys/{key_id}/rotate-webhook-secret", operator.rotate_secret,
-                  methods=["POST"]),
+            Route(
+                "/operator/keys/{key_id}/rotate-webhook-secret",
+                operator.rotate_secret,
+                methods=["POST"],
+            ),
             Route("/operator/jobs", operator.jobs, methods=["GET"]),
-            Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"),
-                  name="static"),
+            Mount(
+                "/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static"
+            ),
         ],
-        exception_handlers={SignInRequired: sign_in_required, ApiError: api_error,
-                            HTTPException: http_error, StoreUnavailable: store_unavailable,
-                            Exception: unexpected},
+        exception_handlers={
+            SignInRequired: sign_in_required,
+            ApiError: api_error,
+            HTTPException: http_error,
+            StoreUnavailable: store_unavailable,
+            Exception: unexpected,
+        },
     )

@@ -51,14 +51,15 @@ def enhance_body(data: dict[str, Any]) -> EnhanceBody:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequestError(first["msg"].removeprefix("Value error, "),
-                                  param=param) from None
+        raise InvalidRequestError(first["msg"].removeprefix("Value error, "), param=param) from None
 
 
 def _form_body(form: dict[str, str]) -> dict[str, Any]:
     """Form fields to the JSON body the API takes (blank optional fields left out)."""
-    data: dict[str, Any] = {"preset": form.get("preset", "general"),
-                            "engine": form.get("engine", "neural")}
+    data: dict[str, Any] = {
+        "preset": form.get("preset", "general"),
+        "engine": form.get("engine", "neural"),
+    }
     # A dropped file arrives as the upload the page's script made (upload.js).
     if form.get("upload_id", "").strip():
         data["upload_id"] = form["upload_id"].strip()
@@ -69,8 +70,9 @@ def _form_body(form: dict[str, str]) -> dict[str, Any]:
     factor = form.get("upscale_factor", "").strip()
     if factor:
         if not factor.isascii() or not factor.isdigit() or len(factor) > 2:
-            raise InvalidRequestError("upscale_factor must be an integer from 1 to 4",
-                                      param="upscale_factor")
+            raise InvalidRequestError(
+                "upscale_factor must be an integer from 1 to 4", param="upscale_factor"
+            )
         data["upscale_factor"] = int(factor)
     return data
 
@@ -102,14 +104,16 @@ class HolderPages:
                 cookie, _ = self.d.signer.issue("key", key.id)
                 target = "/jobs"
             else:
-                hint = "an API key starts with sk_live_" if not token.startswith(
-                    ADMIN_PREFIX) else "invalid admin token"
+                hint = (
+                    "an API key starts with sk_live_"
+                    if not token.startswith(ADMIN_PREFIX)
+                    else "invalid admin token"
+                )
                 raise AuthenticationError(f"invalid API key or admin token ({hint})")
         except AuthenticationError as exc:
             return self.d.render(request, "login.html", None, status=401, error=exc.message)
         response = self.d.redirect(request, target)
-        self.d.set_cookie(request, response, SESSION_COOKIE, cookie,
-                          self.d.signer.lifetime_seconds)
+        self.d.set_cookie(request, response, SESSION_COOKIE, cookie, self.d.signer.lifetime_seconds)
         self.d.clear_cookie(request, response, PRE_SESSION_COOKIE)
         return response
 
@@ -131,15 +135,23 @@ class HolderPages:
             if anchor is None or anchor.key_id != key.id:
                 raise InvalidRequestError(f"no such job: {cursor}", param="starting_after")
         jobs, has_more = await store.list_jobs(key.id, _PAGE_SIZE, cursor)
-        return {"jobs": [await self.api._job_object(request, j) for j in jobs],
-                "next_cursor": jobs[-1].id if has_more else None, "cursor": cursor}
+        return {
+            "jobs": [await self.api._job_object(request, j) for j in jobs],
+            "next_cursor": jobs[-1].id if has_more else None,
+            "cursor": cursor,
+        }
 
     async def jobs(self, request: Request) -> Response:
         visitor = await self.d.visitor(request, "key")
         key = await self.d.as_key(request, visitor)
-        return self.d.render(request, "jobs.html", visitor,
-                             idempotency=secrets.token_urlsafe(12), form={},
-                             **await self._jobs_context(request, key))
+        return self.d.render(
+            request,
+            "jobs.html",
+            visitor,
+            idempotency=secrets.token_urlsafe(12),
+            form={},
+            **await self._jobs_context(request, key),
+        )
 
     async def submit(self, request: Request) -> Response:
         visitor, form = await self.d.post(request, "key")
@@ -149,14 +161,24 @@ class HolderPages:
             # The form carries its own Idempotency-Key, so a resubmitted form (back
             # button, double click) returns the first job instead of queueing twice.
             job, _ = await submit_job(
-                await self.api._store(), key, body,
-                form.get("idempotency") or None, self.d.settings.url_policy,
-                self.d.settings.max_queued_per_key)
+                await self.api._store(),
+                key,
+                body,
+                form.get("idempotency") or None,
+                self.d.settings.url_policy,
+                self.d.settings.max_queued_per_key,
+            )
         except (InvalidRequestError, QueueLimitError, ConflictError) as exc:
-            return self.d.render(request, "jobs.html", visitor, status=exc.status,
-                                 error=exc, form=form,
-                                 idempotency=secrets.token_urlsafe(12),
-                                 **await self._jobs_context(request, key))
+            return self.d.render(
+                request,
+                "jobs.html",
+                visitor,
+                status=exc.status,
+                error=exc,
+                form=form,
+                idempotency=secrets.token_urlsafe(12),
+                **await self._jobs_context(request, key),
+            )
         return self.d.redirect(request, f"/jobs/{job.id}")
 
     async def job(self, request: Request) -> Response:
@@ -168,9 +190,15 @@ class HolderPages:
         if record.webhook_status is not None and record.webhook_url and record.event_type:
             attempts = await (await self.api._store()).webhook_attempts(record.id)
             event = event_from_record(record, attempts)
-        return self.d.render(request, "job.html", visitor, record=record,
-                             job=await self.api._job_object(request, record), link=link,
-                             event=event)
+        return self.d.render(
+            request,
+            "job.html",
+            visitor,
+            record=record,
+            job=await self.api._job_object(request, record),
+            link=link,
+            event=event,
+        )
 
     async def redeliver(self, request: Request) -> Response:
         visitor, _ = await self.d.post(request, "key")
@@ -191,9 +219,14 @@ class HolderPages:
         return self._account_page(request, visitor)
 
     def _account_page(self, request: Request, visitor: Visitor, **context: Any) -> Response:
-        return self.d.render(request, "account.html", visitor,
-                             window=self.d.settings.rate_window_seconds,
-                             max_queued=self.d.settings.max_queued_per_key, **context)
+        return self.d.render(
+            request,
+            "account.html",
+            visitor,
+            window=self.d.settings.rate_window_seconds,
+            max_queued=self.d.settings.max_queued_per_key,
+            **context,
+        )
 
     async def rotate_secret(self, request: Request) -> Response:
         visitor, _ = await self.d.post(request, "key")
@@ -207,13 +240,19 @@ class HolderPages:
         CSRF header stand in for the API key; the API's upload handlers do the rest."""
         visitor = await self._json_visitor(request)
         self.d.check_origin(request)
-        if not self.d.signer.csrf_valid(visitor.session.nonce,
-                                        request.headers.get("x-csrf-token", "")):
+        if not self.d.signer.csrf_valid(
+            visitor.session.nonce, request.headers.get("x-csrf-token", "")
+        ):
             raise ForbiddenError("missing or stale X-CSRF-Token; reload the page")
         request.state.dashboard_key = visitor.key
         routes = self.api.uploads
-        handler = {"POST": routes.create, "HEAD": routes.head, "GET": routes.get,
-                   "PATCH": routes.patch, "DELETE": routes.delete}[request.method]
+        handler = {
+            "POST": routes.create,
+            "HEAD": routes.head,
+            "GET": routes.get,
+            "PATCH": routes.patch,
+            "DELETE": routes.delete,
+        }[request.method]
         return await handler(request)
 
     # JSON for the pages' live updates (session-authenticated, not rate-counted).
@@ -221,8 +260,10 @@ class HolderPages:
         visitor = await self._json_visitor(request)
         assert visitor.key is not None
         context = await self._jobs_context(request, visitor.key)
-        return JSONResponse({"data": [j.model_dump(mode="json") for j in context["jobs"]]},
-                            headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"data": [j.model_dump(mode="json") for j in context["jobs"]]},
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def job_json(self, request: Request) -> Response:
         visitor = await self._json_visitor(request)

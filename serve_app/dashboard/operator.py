@@ -28,13 +28,20 @@ class OperatorPages:
         self.d = dashboard
         self.api = dashboard.api
 
-    async def _keys_page(self, request: Request, visitor: Visitor, status: int = 200,
-                         **context: object) -> Response:
+    async def _keys_page(
+        self, request: Request, visitor: Visitor, status: int = 200, **context: object
+    ) -> Response:
         keys = await (await self.api._store()).list_keys()
         keys.sort(key=lambda k: k.created_at, reverse=True)
-        return self.d.render(request, "operator_keys.html", visitor, status=status,
-                             keys=keys, default_rate=self.d.settings.default_rate_limit,
-                             **context)
+        return self.d.render(
+            request,
+            "operator_keys.html",
+            visitor,
+            status=status,
+            keys=keys,
+            default_rate=self.d.settings.default_rate_limit,
+            **context,
+        )
 
     async def keys(self, request: Request) -> Response:
         return await self._keys_page(request, await self.d.visitor(request, "operator"))
@@ -45,11 +52,11 @@ class OperatorPages:
         rate = form.get("rate_limit", "").strip() or str(self.d.settings.default_rate_limit)
         try:
             if not 0 < len(name) <= 100:
-                raise InvalidRequestError("a key needs a name of 1–100 characters",
-                                          param="name")
+                raise InvalidRequestError("a key needs a name of 1–100 characters", param="name")
             if not rate.isascii() or not rate.isdigit() or not 0 < int(rate) <= 10**6:
-                raise InvalidRequestError("rate limit: requests per minute, 1 to 1000000",
-                                          param="rate_limit")
+                raise InvalidRequestError(
+                    "rate limit: requests per minute, 1 to 1000000", param="rate_limit"
+                )
         except InvalidRequestError as exc:
             return await self._keys_page(request, visitor, status=400, error=exc)
         key, record = new_api_key(name, int(rate))
@@ -73,8 +80,9 @@ class OperatorPages:
         if await store.get_key(key_id) is None:
             raise NotFoundError(f"no such key: {key_id}", param="key_id")
         # What `retroiva keys rotate-webhook-secret` and the API's rotation call.
-        rotated = await rotate_webhook_secret(store, key_id, time.time(),
-                                              self.d.settings.webhook_secret_overlap_seconds)
+        rotated = await rotate_webhook_secret(
+            store, key_id, time.time(), self.d.settings.webhook_secret_overlap_seconds
+        )
         if rotated is None:
             raise NotFoundError(f"no such key: {key_id}", param="key_id")
         secret, until = rotated
@@ -90,11 +98,19 @@ class OperatorPages:
         jobs = await store.recent_jobs(_JOBS_SHOWN, key_id=key_id, status=status)
         keys = await store.list_keys()
         return self.d.render(
-            request, "operator_jobs.html", visitor, jobs=jobs,
-            counts=await store.count_jobs_by_status(), statuses=list(JobStatus),
-            keys=sorted(keys, key=lambda k: k.name), key_names={k.id: k.name for k in keys},
-            status_filter=status, key_id=key_id, shown=_JOBS_SHOWN,
-            ray_dashboard=self._ray_dashboard(request))
+            request,
+            "operator_jobs.html",
+            visitor,
+            jobs=jobs,
+            counts=await store.count_jobs_by_status(),
+            statuses=list(JobStatus),
+            keys=sorted(keys, key=lambda k: k.name),
+            key_names={k.id: k.name for k in keys},
+            status_filter=status,
+            key_id=key_id,
+            shown=_JOBS_SHOWN,
+            ray_dashboard=self._ray_dashboard(request),
+        )
 
     def _ray_dashboard(self, request: Request) -> str | None:
         """Where Ray's dashboard is, on the host the browser reached us by."""

@@ -23,8 +23,14 @@ from typing import Literal
 
 from serve_app.private_files import write_once
 
-__all__ = ["ADMIN_PREFIX", "Session", "SessionSigner", "admin_token_path", "load_admin_token",
-           "new_admin_token"]
+__all__ = [
+    "ADMIN_PREFIX",
+    "Session",
+    "SessionSigner",
+    "admin_token_path",
+    "load_admin_token",
+    "new_admin_token",
+]
 
 ADMIN_PREFIX = "adm_"
 _ADMIN_FILE = "admin.token"
@@ -75,22 +81,30 @@ class SessionSigner:
     def __init__(self, admin_token: str, lifetime_seconds: int) -> None:
         self._admin_digest = hashlib.sha256(admin_token.encode()).digest()
         # Separate keys per purpose, so a CSRF token can never pass as a session.
-        self._session_key = hmac.new(self._admin_digest, b"dashboard session",
-                                     hashlib.sha256).digest()
-        self._csrf_key = hmac.new(self._admin_digest, b"dashboard csrf",
-                                  hashlib.sha256).digest()
+        self._session_key = hmac.new(
+            self._admin_digest, b"dashboard session", hashlib.sha256
+        ).digest()
+        self._csrf_key = hmac.new(self._admin_digest, b"dashboard csrf", hashlib.sha256).digest()
         self.lifetime_seconds = lifetime_seconds
 
     def is_admin_token(self, presented: str) -> bool:
-        return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(),
-                                   self._admin_digest)
+        return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), self._admin_digest)
 
     def issue(self, role: Role, key_id: str | None) -> tuple[str, Session]:
-        session = Session(role, key_id, int(time.time()) + self.lifetime_seconds,
-                          secrets.token_urlsafe(16))
-        payload = _b64(json.dumps({"r": session.role, "k": session.key_id,
-                                   "e": session.expires_at, "n": session.nonce},
-                                  separators=(",", ":")).encode())
+        session = Session(
+            role, key_id, int(time.time()) + self.lifetime_seconds, secrets.token_urlsafe(16)
+        )
+        payload = _b64(
+            json.dumps(
+                {
+                    "r": session.role,
+                    "k": session.key_id,
+                    "e": session.expires_at,
+                    "n": session.nonce,
+                },
+                separators=(",", ":"),
+            ).encode()
+        )
         return f"{payload}.{self._sign(payload)}", session
 
     def verify(self, cookie: str | None) -> Session | None:
@@ -98,8 +112,9 @@ class SessionSigner:
         if not cookie or len(cookie) > 1024:
             return None
         payload, _, signature = cookie.partition(".")
-        if not hmac.compare_digest(self._sign(payload).encode(),
-                                   signature.encode("utf-8", "surrogateescape")):
+        if not hmac.compare_digest(
+            self._sign(payload).encode(), signature.encode("utf-8", "surrogateescape")
+        ):
             return None
         try:
             data = json.loads(_unb64(payload))
@@ -114,8 +129,9 @@ class SessionSigner:
         return hmac.new(self._csrf_key, nonce.encode(), hashlib.sha256).hexdigest()
 
     def csrf_valid(self, nonce: str, presented: str) -> bool:
-        return hmac.compare_digest(self.csrf_token(nonce).encode(),
-                                   presented.encode("utf-8", "surrogateescape"))
+        return hmac.compare_digest(
+            self.csrf_token(nonce).encode(), presented.encode("utf-8", "surrogateescape")
+        )
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._session_key, payload.encode(), hashlib.sha256).digest())

@@ -36,8 +36,8 @@ _HERE = Path(__file__).parent
 # The pages load only their own CSS and JS; nothing inline, nothing from elsewhere.
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
-                               "img-src 'self' data:; connect-src 'self'; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     # Job pages hold signed download links; they must not leak through a Referer.
@@ -86,19 +86,33 @@ class Dashboard:
         self.api = api
         self.settings = api.settings
         self.signer = signer
-        self.templates = Environment(loader=FileSystemLoader(_HERE / "templates"),
-                                     autoescape=select_autoescape(default=True),
-                                     trim_blocks=True, lstrip_blocks=True)
+        self.templates = Environment(
+            loader=FileSystemLoader(_HERE / "templates"),
+            autoescape=select_autoescape(default=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
         self.templates.filters["when"] = _when
         self.templates.filters["duration"] = _duration
 
     # Responses
-    def render(self, request: Request, template: str, visitor: Visitor | None,
-               status: int = 200, **context: Any) -> Response:
+    def render(
+        self,
+        request: Request,
+        template: str,
+        visitor: Visitor | None,
+        status: int = 200,
+        **context: Any,
+    ) -> Response:
         nonce = visitor.session.nonce if visitor else self.pre_session(request)
         html = self.templates.get_template(template).render(
-            root=self.root(request), visitor=visitor, csrf=self.signer.csrf_token(nonce),
-            rate=getattr(request.state, "rate_headers", None), now=time.time(), **context)
+            root=self.root(request),
+            visitor=visitor,
+            csrf=self.signer.csrf_token(nonce),
+            rate=getattr(request.state, "rate_headers", None),
+            now=time.time(),
+            **context,
+        )
         response = HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
         if visitor is None and request.cookies.get(PRE_SESSION_COOKIE) != nonce:
             self.set_cookie(request, response, PRE_SESSION_COOKIE, nonce, 3600)
@@ -114,8 +128,9 @@ class Dashboard:
 
     def redirect(self, request: Request, path: str) -> Response:
         """303 to ``path`` under the dashboard (Post/Redirect/Get)."""
-        return RedirectResponse(self.root(request) + path, status_code=303,
-                                headers=_SECURITY_HEADERS)
+        return RedirectResponse(
+            self.root(request) + path, status_code=303, headers=_SECURITY_HEADERS
+        )
 
     def root(self, request: Request) -> str:
         return str(request.scope.get("root_path", "")).rstrip("/")
@@ -126,15 +141,27 @@ class Dashboard:
         public = self.settings.public_url or ""
         return request.url.scheme == "https" or public.startswith("https://")
 
-    def set_cookie(self, request: Request, response: Response, name: str, value: str,
-                   max_age: int) -> None:
-        response.set_cookie(name, value, max_age=max_age, path=self.root(request) + "/",
-                            secure=self._secure(request), httponly=True, samesite="strict")
+    def set_cookie(
+        self, request: Request, response: Response, name: str, value: str, max_age: int
+    ) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            path=self.root(request) + "/",
+            secure=self._secure(request),
+            httponly=True,
+            samesite="strict",
+        )
 
     def clear_cookie(self, request: Request, response: Response, name: str) -> None:
-        response.delete_cookie(name, path=self.root(request) + "/",
-                               secure=self._secure(request), httponly=True,
-                               samesite="strict")
+        response.delete_cookie(
+            name,
+            path=self.root(request) + "/",
+            secure=self._secure(request),
+            httponly=True,
+            samesite="strict",
+        )
 
     # Requests
     async def form(self, request: Request) -> dict[str, str]:
@@ -143,14 +170,12 @@ class Dashboard:
         if not content_type and request.headers.get("content-length", "0") == "0":
             return {}  # an empty POST: refused by the CSRF check, as a form would be
         if content_type != "application/x-www-form-urlencoded":
-            raise InvalidRequestError("forms must be sent as "
-                                      "application/x-www-form-urlencoded")
+            raise InvalidRequestError("forms must be sent as application/x-www-form-urlencoded")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > self.settings.max_body_bytes:
-                raise PayloadTooLargeError(f"form exceeds {self.settings.max_body_bytes} "
-                                           "bytes")
+                raise PayloadTooLargeError(f"form exceeds {self.settings.max_body_bytes} bytes")
         try:
             pairs = parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=50)
         except (UnicodeDecodeError, ValueError):
@@ -174,8 +199,9 @@ class Dashboard:
     def check_csrf(self, request: Request, form: dict[str, str], nonce: str) -> None:
         self.check_origin(request)
         if not self.signer.csrf_valid(nonce, form.get("csrf", "")):
-            raise ForbiddenError("the form's CSRF token is missing or stale; reload the "
-                                 "page and try again")
+            raise ForbiddenError(
+                "the form's CSRF token is missing or stale; reload the page and try again"
+            )
 
     async def visitor(self, request: Request, role: str | None = None) -> Visitor:
         """The signed-in person (``role``: only that kind), else :class:`SignInRequired`.
