@@ -26,11 +26,11 @@ from pathlib import Path
 
 import httpx
 
+from serve_app.access.keys import new_api_key
 from serve_app.deployments import settings_env
-from serve_app.keys import new_api_key
-from serve_app.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 
 BARE_APP = """
 import sys
@@ -44,7 +44,7 @@ app = Starlette(routes=[Route("/v2/jobs/{job_id}", job)])
 """
 
 OUR_APP = """
-from serve_app.api import create_api
+from serve_app.api.app import create_api
 from serve_app.settings import Settings
 app = create_api(Settings())
 """

@@ -34,9 +34,9 @@ import httpx
 
 from benchmarks.api_latency import _free_port, _wait_ready
 from pipelines.sample_video import SampleSpec, write_sample_video
-from serve_app.keys import new_api_key
+from serve_app.access.keys import new_api_key
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 from tests.local_http import serve_directory, serve_receiver
 
 TERMINAL = {"completed", "failed", "canceled"}

@@ -27,9 +27,9 @@ import httpx
 from tusclient.client import TusClient
 
 from benchmarks.api_latency import OUR_APP, _free_port, _wait_ready
-from serve_app.keys import new_api_key
+from serve_app.access.keys import new_api_key
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 
 
 def _kill_midway(url: str, auth: dict[str, str], offset: int, body: bytes) -> int:

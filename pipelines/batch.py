@@ -17,7 +17,7 @@ Jobs are created in the service's job store, not run here, so each one is listed
 cancellable and webhooked like a job posted to the API, and the service's runners do
 the work.  This module knows nothing of the store: it talks to a :class:`JobQueue`,
 which the installed service registers under the ``retroiva.job_queues`` entry point
-(``serve_app.batch_queue``), keeping the import arrows one way (serve_app → pipelines).
+(``serve_app.jobs.batch_queue``), keeping the import arrows one way (serve_app → pipelines).
 
 Re-running a manifest creates no duplicate jobs: each row's idempotency key is a hash
 of the row with the options in effect for it (``--preset``/``--upscale-factor`` filling

@@ -22,10 +22,10 @@ from pipelines.errors import PipelineError
 from pipelines.job_plan import EnhanceRequest
 from pipelines.presets import ENGINES, PRESETS
 from pipelines.progress import Progress
-from serve_app.keys import new_api_key, rotate_webhook_secret
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.access.keys import new_api_key, rotate_webhook_secret
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.jobs.store import AmbiguousKey, JobStore
 from serve_app.settings import Settings
-from serve_app.store import AmbiguousKey, JobStore
 
 T = TypeVar("T")
 
@@ -305,7 +305,7 @@ def _store_call(
     so the same default data directory from any working directory), say which one
     on stderr, and refuse to create an empty one unless ``create``.
     """
-    from serve_app.store import open_store
+    from serve_app.jobs.store import open_store
 
     settings = settings or Settings()
     if not quiet:
@@ -574,7 +574,7 @@ def _batch_line(ledger: dict[str, object]) -> str:
 
 
 def _ledger(batch_id: str) -> dict[str, object]:
-    from serve_app.batch_queue import batch_ledger
+    from serve_app.jobs.batch_queue import batch_ledger
 
     settings = Settings()
     ledger = batch_ledger(settings, batch_id)
@@ -591,7 +591,7 @@ def _ledger(batch_id: str) -> dict[str, object]:
 @batches_app.command("list")
 def batches_list() -> None:
     """Batches run on this node, newest first, with their rows' last known statuses."""
-    from serve_app.batch_queue import list_batches
+    from serve_app.jobs.batch_queue import list_batches
 
     ledgers = list_batches(Settings())
     if not ledgers:
@@ -776,7 +776,7 @@ def serve() -> None:
     except Exception as exc:  # Ray's start-up errors are plain Exceptions
         typer.echo(f"error: Ray could not start: {exc}", err=True)
         raise typer.Exit(code=1) from None
-    # Replicas log one access line per request themselves (serve_app.api); Serve's own
+    # Replicas log one access line per request themselves (serve_app.api.app); Serve's own
     # request lines and INFO chatter go to its log files only.
     ray_serve.start(
         http_options={"host": settings.host, "port": settings.port},

@@ -2,7 +2,7 @@
 
 Settings travel as ``RETROIVA_*`` environment variables in each replica's runtime
 environment, so the same variables configure ``retroiva serve``, a Serve config YAML
-and a plain ``python -m serve_app.runner``.
+and a plain ``python -m serve_app.jobs.runner``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
-from serve_app.api import create_api
-from serve_app.runner import JobRunner
+from serve_app.api.app import create_api
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.store import open_store
 from serve_app.settings import Settings
-from serve_app.store import open_store
 
 __all__ = ["ApiDeployment", "RunnerDeployment", "build_app", "service", "settings_env"]
 
@@ -52,7 +52,7 @@ def _log_runner_to_stderr() -> None:
     """The runner's per-job lifecycle lines (INFO) go to the replica's stderr: its log
     file under Ray's logs, the dashboard's log view, and the console of ``retroiva
     serve``; Serve's logger would drop them below WARNING."""
-    runner_log = logging.getLogger("serve_app.runner")
+    runner_log = logging.getLogger("serve_app.jobs.runner")
     if not runner_log.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s runner %(levelname)s %(message)s"))
@@ -72,7 +72,7 @@ def _api_from_environment() -> ASGIApp:
 @serve.deployment(name="api", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
 @serve.ingress(_api_from_environment)
 class ApiDeployment:
-    """HTTP ingress; all logic is in :mod:`serve_app.api`."""
+    """HTTP ingress; all logic is in :mod:`serve_app.api.app`."""
 
     def __init__(self, runner: DeploymentHandle | None = None) -> None:
         self._runner = runner
@@ -80,7 +80,7 @@ class ApiDeployment:
 
 @serve.deployment(name="runner", num_replicas=1, ray_actor_options={"num_cpus": 0})
 class RunnerDeployment:
-    """Hosts one :class:`~serve_app.runner.JobRunner` loop; Serve restarts it if it dies."""
+    """Hosts one :class:`~serve_app.jobs.runner.JobRunner` loop; Serve restarts it if it dies."""
 
     def __init__(self) -> None:
         settings = Settings()

@@ -1,4 +1,4 @@
-"""Typed API errors, mapped to HTTP in one place (:mod:`serve_app.api`).
+"""Typed API errors, mapped to HTTP in one place (:mod:`serve_app.api.app`).
 
 ApiError                       status  error.type
 ├── InvalidRequestError         400    invalid_request_error  (``param`` names the field)

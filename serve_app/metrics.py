@@ -58,7 +58,7 @@ def _call(method: str, name: str, *args: Any, **kwargs: Any) -> None:
 
 def record_job_counts(counts: dict[str, int], oldest_queued_age: float = 0.0) -> None:
     """Set the store gauges.  Called every few seconds (the runner's
-    :data:`~serve_app.runner.GAUGE_SECONDS`), not once per reap: Ray exports a gauge
+    :data:`~serve_app.jobs.runner.GAUGE_SECONDS`), not once per reap: Ray exports a gauge
     only while it keeps being set, so a gauge set once a minute was missing from most
     scrapes."""
     for status, count in counts.items():

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from serve_app.api import create_api
+from serve_app.api.app import create_api
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 
 ADMIN = "adm_test-admin-token-0123456789"
 WEBHOOK = "https://93.184.215.14/hooks"  # a public literal address: no DNS needed

@@ -43,8 +43,8 @@ def service(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     from ray import serve
 
     from serve_app.deployments import build_app
+    from serve_app.jobs.sqlite_store import SqliteStore
     from serve_app.settings import Settings
-    from serve_app.sqlite_store import SqliteStore
 
     data = tmp_path_factory.mktemp("service")
     www = tmp_path_factory.mktemp("www")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from serve_app.keys import new_api_key
-from serve_app.records import ApiKeyRecord
-from serve_app.store import JobStore
+from serve_app.access.keys import new_api_key
+from serve_app.jobs.records import ApiKeyRecord
+from serve_app.jobs.store import JobStore
 
 __all__ = ["add_key", "bearer"]
 

@@ -11,10 +11,10 @@ import pytest
 from starlette.testclient import TestClient
 from stored_keys import add_key, bearer
 
-from serve_app.api import create_api
-from serve_app.records import JobStatus
+from serve_app.api.app import create_api
+from serve_app.jobs.records import JobStatus
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 
 VIDEO = "https://93.184.215.14/raw.mp4"  # a public literal address: no DNS needed
 
@@ -266,7 +266,7 @@ def test_signed_download_with_ranges(client: TestClient, make_key, store, tmp_pa
 
 
 def test_tampered_and_expired_links_are_403(client: TestClient, make_key, store, tmp_path: Path):
-    from serve_app.signing import load_signing_secret, sign_path
+    from serve_app.delivery.signing import load_signing_secret, sign_path
 
     auth = make_key()
     job_id = _completed_job(client, store, auth, tmp_path, b"x" * 100)
@@ -300,9 +300,9 @@ def test_after_retention_download_is_410(client: TestClient, make_key, store, tm
 def test_after_the_reaper_runs_links_are_410_and_the_file_is_gone(
     client: TestClient, make_key, store, tmp_path: Path
 ):
-    from serve_app.runner import JobRunner
-    from serve_app.signing import load_signing_secret
-    from serve_app.storage import LocalStorage
+    from serve_app.delivery.output_storage import LocalStorage
+    from serve_app.delivery.signing import load_signing_secret
+    from serve_app.jobs.runner import JobRunner
 
     auth = make_key()
     job_id = _completed_job(client, store, auth, tmp_path, b"video", time.time() - 7200)

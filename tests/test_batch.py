@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from pipelines.batch import ManifestError, ManifestRow, main, read_manifest
-from serve_app.batch_queue import StoreJobQueue
-from serve_app.records import JobStatus
+from serve_app.jobs.batch_queue import StoreJobQueue
+from serve_app.jobs.records import JobStatus
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 from tests.stored_keys import add_key
 
 REPO = Path(__file__).parents[1]

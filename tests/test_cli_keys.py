@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.probe import probe
+from serve_app.access.keys import digest_key
 from serve_app.cli import app
-from serve_app.keys import digest_key
+from serve_app.jobs.sqlite_store import SqliteStore
+from serve_app.jobs.store import open_store
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
-from serve_app.store import open_store
 
 
 @pytest.fixture
@@ -67,8 +67,8 @@ def test_sample_writes_a_playable_clip(tmp_path: Path):
 def test_jobs_list_show_and_cancel(data_dir: Path):
     import time
 
-    from serve_app.keys import new_id
-    from serve_app.records import JobRecord, JobStatus
+    from serve_app.access.keys import new_id
+    from serve_app.jobs.records import JobRecord, JobStatus
 
     store = SqliteStore(data_dir / "retroiva.sqlite3")
     job = JobRecord(
@@ -114,7 +114,7 @@ def test_revoke_and_rotate_refuse_an_ambiguous_prefix(data_dir: Path):
     ~2000 keys); a revoke by that prefix lists both and changes neither."""
     import dataclasses
 
-    from serve_app.keys import new_api_key
+    from serve_app.access.keys import new_api_key
 
     store = SqliteStore(data_dir / "retroiva.sqlite3")
     _, first = new_api_key("tenant-1", 60)

@@ -43,7 +43,7 @@ from retroiva_client import (
     WebhookVerificationError,
     verify_webhook,
 )
-from serve_app.sqlite_store import SqliteStore
+from serve_app.jobs.sqlite_store import SqliteStore
 
 REPO = Path(__file__).resolve().parents[1]
 

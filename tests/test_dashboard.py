@@ -16,11 +16,11 @@ import pytest
 from starlette.testclient import TestClient
 from stored_keys import add_key, bearer
 
-from serve_app.api import create_api
+from serve_app.api.app import create_api
 from serve_app.dashboard.sessions import SessionSigner, load_admin_token
-from serve_app.records import JobStatus
+from serve_app.jobs.records import JobStatus
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 
 VIDEO = "https://93.184.215.14/raw.mp4"  # a public literal address: no DNS needed
 ADMIN = "adm_test-admin-token-0123456789"
@@ -92,7 +92,7 @@ def test_bad_key_and_missing_csrf_are_refused(client: TestClient, store: SqliteS
 
 
 def _sign_in_record(store: SqliteStore, key: str) -> str:
-    from serve_app.keys import digest_key
+    from serve_app.access.keys import digest_key
 
     record = asyncio.run(store.key_by_digest(digest_key(key)))
     assert record is not None

@@ -26,8 +26,8 @@ from stored_keys import add_key, bearer
 from pipelines.probe import probe
 from pipelines.sample_video import SampleSpec, write_sample_video
 from serve_app.deployments import build_app
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

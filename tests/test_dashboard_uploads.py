@@ -14,7 +14,7 @@ from dashboard_client import signed_in as _signed_in
 from starlette.testclient import TestClient
 from stored_keys import add_key, bearer
 
-from serve_app.sqlite_store import SqliteStore
+from serve_app.jobs.sqlite_store import SqliteStore
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from dashboard_client import signed_in as _signed_in
 from starlette.testclient import TestClient
 from stored_keys import add_key, bearer
 
-from serve_app.keys import digest_key
-from serve_app.records import WebhookAttempt
-from serve_app.sqlite_store import SqliteStore
+from serve_app.access.keys import digest_key
+from serve_app.jobs.records import WebhookAttempt
+from serve_app.jobs.sqlite_store import SqliteStore
 
 
 @pytest.fixture

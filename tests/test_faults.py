@@ -2,7 +2,7 @@
 store locked for 10 s mid-job.  Afterwards no job or event is lost, none ran twice, and
 none stays processing; while the store is locked the API answers 503 with Retry-After.
 
-The API runs under uvicorn and the runner as ``python -m serve_app.runner``, each in
+The API runs under uvicorn and the runner as ``python -m serve_app.jobs.runner``, each in
 its own process on the same SQLite store, as they would on one machine; traffic goes
 to 127.0.0.1 only.
 """
@@ -29,8 +29,8 @@ import pytest
 import ray
 
 from pipelines.sample_video import SampleSpec, write_sample_video
-from serve_app.records import JobStatus
-from serve_app.sqlite_store import SqliteStore
+from serve_app.jobs.records import JobStatus
+from serve_app.jobs.sqlite_store import SqliteStore
 from tests.stored_keys import add_key, bearer
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -105,7 +105,7 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def _start_api(data: Path, port: int, **extra: str) -> subprocess.Popen[bytes]:
     code = (
-        "import uvicorn; from serve_app.api import create_api; "
+        "import uvicorn; from serve_app.api.app import create_api; "
         "from serve_app.settings import Settings; "
         f"uvicorn.run(create_api(Settings()), host='127.0.0.1', port={port}, "
         "log_level='warning')"
@@ -114,7 +114,7 @@ def _start_api(data: Path, port: int, **extra: str) -> subprocess.Popen[bytes]:
 
 
 def _start_runner(data: Path, **extra: str) -> subprocess.Popen[bytes]:
-    return _start(["-m", "serve_app.runner"], _env(data, **extra))
+    return _start(["-m", "serve_app.jobs.runner"], _env(data, **extra))
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

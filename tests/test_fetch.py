@@ -16,12 +16,18 @@ import pytest
 
 from pipelines.errors import PipelineCanceled
 from pipelines.progress import CancelToken
-from serve_app.fetch import FetchError, FetchLimits, UrlPolicy, fetch_to_file, resolve_checked
-from serve_app.keys import new_id
-from serve_app.records import JobRecord, JobStatus
-from serve_app.runner import JobRunner, fetch_input
+from serve_app.access.keys import new_id
+from serve_app.delivery.fetch import (
+    FetchError,
+    FetchLimits,
+    UrlPolicy,
+    fetch_to_file,
+    resolve_checked,
+)
+from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.runner import JobRunner, fetch_input
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 
 _GZIPPED = gzip.compress(b"\0" * 5_000_000)  # 5 MB of zeros in ~5 KB
 

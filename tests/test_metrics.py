@@ -11,12 +11,12 @@ from starlette.testclient import TestClient
 from stored_keys import add_key, bearer
 
 from pipelines.progress import Progress
-from serve_app.api import create_api
-from serve_app.keys import new_id
-from serve_app.records import JobRecord, JobStatus
-from serve_app.runner import JobRunner
+from serve_app.access.keys import new_id
+from serve_app.api.app import create_api
+from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 
 NAMES = [
     "ray_retroiva_jobs",

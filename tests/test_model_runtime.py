@@ -18,7 +18,7 @@ from models.registry import build_operator, unavailable_reason
 from models.runtime import ModelOptions, choose_runtime
 from pipelines.enhance import PipelineConfig, enhance_video
 from pipelines.job_plan import EnhanceRequest
-from serve_app.runner import pipeline_config
+from serve_app.jobs.runner import pipeline_config
 from serve_app.settings import Settings
 
 MODELS_DIR = Path(__file__).parents[1] / "models"

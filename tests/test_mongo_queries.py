@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from serve_app import mongo_queries as q
+from serve_app.jobs import mongo_queries as q
 
 # A tiny evaluator for the aggregation expressions the update pipelines use.
 SERVER_CLOCK_MS = 1_700_000_000_250  # what "$$NOW" evaluates to in these tests
@@ -369,7 +369,7 @@ def test_leases_on_the_servers_clock():
 
 
 def test_store_uses_the_servers_clock_unless_told_to_replay_time():
-    from serve_app.mongo_store import MongoStore
+    from serve_app.jobs.mongo_store import MongoStore
 
     assert MongoStore("mongodb://127.0.0.1:1", "x")._lease_now(5.0) is None
     assert MongoStore("mongodb://127.0.0.1:1", "x", server_clock=False)._lease_now(5.0) == 5.0
@@ -444,7 +444,7 @@ def test_the_review_s_claim_would_have_sorted_in_memory():
 def test_pymongo_is_installed_and_the_backend_imports():
     pymongo = importlib.import_module("pymongo")
     assert tuple(int(p) for p in pymongo.version.split(".")[:2]) >= (4, 13)
-    module = importlib.import_module("serve_app.mongo_store")
+    module = importlib.import_module("serve_app.jobs.mongo_store")
     assert hasattr(module, "MongoStore")
 
 
@@ -455,8 +455,8 @@ def _closed_port() -> int:
 
 
 def test_unreachable_server_is_store_unavailable_within_the_timeout():
-    from serve_app.mongo_store import MongoStore
-    from serve_app.store import StoreUnavailable
+    from serve_app.jobs.mongo_store import MongoStore
+    from serve_app.jobs.store import StoreUnavailable
 
     async def attempts() -> list[float]:
         store = MongoStore(f"mongodb://127.0.0.1:{_closed_port()}", "retroiva_none", timeout=0.5)
@@ -486,7 +486,7 @@ def test_store_reads_pin_to_the_primary_whatever_the_uri_says():
     secondaries.  Building the store needs no server (it connects on first use)."""
     from pymongo import ReadPreference
 
-    from serve_app.mongo_store import MongoStore
+    from serve_app.jobs.mongo_store import MongoStore
 
     store = MongoStore(
         f"mongodb://127.0.0.1:{_closed_port()}/?readPreference=secondaryPreferred", "retroiva_none"
@@ -503,7 +503,7 @@ def test_concurrent_first_requests_of_a_window_are_both_counted():
     DuplicateKeyError is retried (it increments the counter the winner made)."""
     from pymongo.errors import DuplicateKeyError
 
-    from serve_app.mongo_store import MongoStore
+    from serve_app.jobs.mongo_store import MongoStore
 
     class Counters:  # the rate_counters collection as the losing upsert sees it
         calls = 0

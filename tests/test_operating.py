@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from pipelines.sample_video import SampleSpec, write_sample_video
-from serve_app.sqlite_store import SqliteStore
+from serve_app.jobs.sqlite_store import SqliteStore
 from tests.local_http import serve_directory
 from tests.media import decode_frames
 from tests.stored_keys import add_key, bearer

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.keys import new_api_key
-from serve_app.records import JobRecord, JobStatus
-from serve_app.sqlite_store import SqliteStore
+from serve_app.access.keys import new_api_key
+from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.sqlite_store import SqliteStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ import pytest
 from pipelines.enhance import PipelineConfig, enhance_video
 from pipelines.job_plan import EnhanceRequest
 from pipelines.progress import Progress, ProgressMeter
-from serve_app.records import JobRecord, JobStatus
-from serve_app.schemas import job_from_record
-from serve_app.sqlite_store import SqliteStore
+from serve_app.api.schemas import job_from_record
+from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.sqlite_store import SqliteStore
 
 
 class _Clock:
@@ -160,9 +160,9 @@ class _SlowStorage:
 async def test_runner_stores_each_phase_and_never_shows_1_before_completion(tmp_path: Path):
     import asyncio
 
-    from serve_app.runner import JobRunner
+    from serve_app.delivery.output_storage import open_storage
+    from serve_app.jobs.runner import JobRunner
     from serve_app.settings import Settings
-    from serve_app.storage import open_storage
 
     settings = Settings(data_dir=tmp_path, lease_seconds=3, poll_seconds=0.05)
     store = SqliteStore(tmp_path / "s.sqlite3")

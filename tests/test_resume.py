@@ -6,7 +6,7 @@ a runner is), kills it once at least half the chunks are saved, runs the job aga
 counts what the second run processed: exactly the missing chunks.  The encode is
 lossless (CRF 0), so the resumed output's frames must equal an uninterrupted run's,
 bit for bit.  The service test does the same to a real runner process
-(``python -m serve_app.runner``), and checks that the saved segments are gone when the
+(``python -m serve_app.jobs.runner``), and checks that the saved segments are gone when the
 job ends (zero retention).
 """
 
@@ -29,7 +29,7 @@ import ray
 
 from pipelines.job_plan import EnhanceRequest
 from pipelines.resume import LocalSegments, plan_digest, saved_segments
-from serve_app.sqlite_store import SqliteStore
+from serve_app.jobs.sqlite_store import SqliteStore
 from tests.local_http import serve_directory
 from tests.stored_keys import add_key
 
@@ -203,7 +203,7 @@ def _runner(data: Path) -> subprocess.Popen[str]:
         "logging.basicConfig(level=logging.WARNING, stream=sys.stdout, "
         "format='%(message)s'); "
         "logging.getLogger('pipelines.enhance').setLevel(logging.INFO); "
-        "from serve_app import runner; asyncio.run(runner._main())"
+        "from serve_app.jobs import runner; asyncio.run(runner._main())"
     )
     return subprocess.Popen(
         [sys.executable, "-c", code],
@@ -220,7 +220,7 @@ def _runner(data: Path) -> subprocess.Popen[str]:
 def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path, make_video) -> None:
     import asyncio
 
-    from serve_app.records import JobRecord, JobStatus
+    from serve_app.jobs.records import JobRecord, JobStatus
 
     source = make_video("runner_resume.mp4", width=192, height=128, seconds=2.0, gop=4, grain=6.0)
     data = tmp_path / "data"

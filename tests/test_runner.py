@@ -18,12 +18,12 @@ import ray
 from pipelines.errors import InvalidInputError
 from pipelines.progress import CancelToken, Progress
 from pipelines.sample_video import SampleSpec, write_sample_video
-from serve_app.keys import new_id
-from serve_app.records import JobRecord, JobStatus
-from serve_app.runner import JobRunner
+from serve_app.access.keys import new_id
+from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.sqlite_store import SqliteStore
+from serve_app.jobs.store import StoreUnavailable
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
-from serve_app.store import StoreUnavailable
 from tests.local_http import serve_directory
 
 pytestmark = pytest.mark.anyio
@@ -190,7 +190,7 @@ def _start_runner(tmp_path: Path) -> subprocess.Popen[bytes]:
         "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "serve_app.runner"],
+        [sys.executable, "-m", "serve_app.jobs.runner"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from pipelines.progress import CancelToken
-from serve_app.keys import new_id
-from serve_app.records import JobRecord, JobStatus
-from serve_app.runner import JobRunner, pipeline_config
+from serve_app.access.keys import new_id
+from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.runner import JobRunner, pipeline_config
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -135,9 +135,9 @@ def test_lifecycle_is_logged_at_info_with_the_job_id(
             await task
         return good.id, bad.id
 
-    with caplog.at_level(logging.INFO, logger="serve_app.runner"):
+    with caplog.at_level(logging.INFO, logger="serve_app.jobs.runner"):
         good, bad = asyncio.run(scenario())
-    lines = [r.getMessage() for r in caplog.records if r.name == "serve_app.runner"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "serve_app.jobs.runner"]
     assert any(line.startswith(f"job {good}: claimed by r, attempt 1 of 3") for line in lines)
     assert f"job {good}: pipeline started (Ray Data dataset {good})" in lines
     assert any(line.startswith(f"job {good}: completed in") for line in lines)
@@ -154,7 +154,7 @@ def test_pipeline_dataset_is_named_by_the_job_id(tmp_path: Path):
 def test_job_object_shows_attempts(tmp_path: Path):
     from starlette.testclient import TestClient
 
-    from serve_app.api import create_api
+    from serve_app.api.app import create_api
     from tests.stored_keys import add_key, bearer
 
     settings = _settings(tmp_path)

@@ -26,10 +26,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
-from serve_app.api import create_api
-from serve_app.keys import new_api_key
+from serve_app.access.keys import new_api_key
+from serve_app.api.app import create_api
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
 
 EXAMPLES = int(os.environ.get("RETROIVA_FUZZ_EXAMPLES", "30"))
 # tus PATCH bodies are raw bytes under their own media type.

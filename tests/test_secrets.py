@@ -18,15 +18,15 @@ import pytest
 from cryptography.fernet import Fernet
 from starlette.testclient import TestClient
 
-from serve_app.api import create_api
-from serve_app.keys import new_api_key
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
-from serve_app.runner import JobRunner
-from serve_app.secret_box import reseal
+from serve_app.access.keys import new_api_key
+from serve_app.access.secret_box import reseal
+from serve_app.api.app import create_api
+from serve_app.delivery.signing import load_signing_secret
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.sqlite_store import SqliteStore
+from serve_app.jobs.store import open_store
 from serve_app.settings import Settings
-from serve_app.signing import load_signing_secret
-from serve_app.sqlite_store import SqliteStore
-from serve_app.store import open_store
 from tests.stored_keys import bearer
 from tests.test_webhooks import _fake_process
 

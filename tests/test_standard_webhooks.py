@@ -27,19 +27,19 @@ from starlette.testclient import TestClient
 from stored_keys import bearer
 from typer.testing import CliRunner
 
-from serve_app.api import create_api
-from serve_app.keys import (
+from serve_app.access.keys import (
     new_api_key,
     new_id,
     new_webhook_secret,
     rotate_webhook_secret,
     webhook_signing_key,
 )
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
-from serve_app.schemas import job_from_record
+from serve_app.api.app import create_api
+from serve_app.api.schemas import job_from_record
+from serve_app.delivery.webhooks import WebhookDispatcher, sign, standard_headers
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.jobs.store import JobStore, open_store
 from serve_app.settings import DEFAULT_WEBHOOK_RETRY_SCHEDULE, Settings
-from serve_app.store import JobStore, open_store
-from serve_app.webhooks import WebhookDispatcher, sign, standard_headers
 
 
 @dataclass
@@ -501,7 +501,7 @@ def test_sqlite_store_from_before_gains_the_webhook_columns(tmp_path: Path):
     """Keys, jobs and attempts written by the previous version read with defaults."""
     import sqlite3
 
-    from serve_app.sqlite_store import SqliteStore
+    from serve_app.jobs.sqlite_store import SqliteStore
 
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)

@@ -10,13 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_app.keys import new_id
-from serve_app.records import JobRecord, JobStatus
-from serve_app.runner import JobRunner
+from serve_app.access.keys import new_id
+from serve_app.delivery.output_storage import LocalStorage, OutputStorage, S3Storage
+from serve_app.delivery.signing import signature_valid
+from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
-from serve_app.signing import signature_valid
-from serve_app.sqlite_store import SqliteStore
-from serve_app.storage import LocalStorage, OutputStorage, S3Storage
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_stale_scratch_of_dead_runners_is_removed(tmp_path: Path):
 def test_replicas_starting_together_share_one_signing_secret(tmp_path: Path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from serve_app.signing import load_signing_secret
+    from serve_app.delivery.signing import load_signing_secret
 
     with ThreadPoolExecutor(8) as pool:
         secrets = set(pool.map(lambda _: load_signing_secret(None, tmp_path), range(16)))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.keys import new_api_key, new_id
-from serve_app.records import JobRecord, JobStatus, UploadRecord, UploadStatus, WebhookAttempt
-from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS, AmbiguousKey, JobStore, QueueFull
+from serve_app.access.keys import new_api_key, new_id
+from serve_app.jobs.records import JobRecord, JobStatus, UploadRecord, UploadStatus, WebhookAttempt
+from serve_app.jobs.store import IDEMPOTENCY_WINDOW_SECONDS, AmbiguousKey, JobStore, QueueFull
 
 MONGODB_URI = os.environ.get("RETROIVA_MONGODB_URI")
 
@@ -29,7 +29,7 @@ def anyio_backend() -> str:
 @pytest.fixture(params=["sqlite", "mongo"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
     if request.param == "sqlite":
-        from serve_app.sqlite_store import SqliteStore
+        from serve_app.jobs.sqlite_store import SqliteStore
 
         backend: JobStore = SqliteStore(tmp_path / "store.sqlite3")
     else:
@@ -38,7 +38,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
                 "MongoDB contract run skipped: set RETROIVA_MONGODB_URI "
                 "(e.g. mongodb://127.0.0.1:27017) to run it against a server"
             )
-        from serve_app.mongo_store import MongoStore
+        from serve_app.jobs.mongo_store import MongoStore
 
         # The suite replays time with explicit ``now``s; the server's clock has its own test.
         backend = MongoStore(
@@ -357,7 +357,7 @@ async def test_sqlite_store_from_an_earlier_version_gains_new_columns(tmp_path: 
     """A jobs table without the engine column (first release) is migrated on init."""
     import sqlite3
 
-    from serve_app.sqlite_store import SqliteStore
+    from serve_app.jobs.sqlite_store import SqliteStore
 
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)
@@ -597,7 +597,7 @@ async def test_webhook_events_listed_by_status_per_key(store: JobStore):
 # Issue 21 item 9: MongoDB leases are written and compared on the server's clock.
 @pytest.mark.skipif(not MONGODB_URI, reason="needs a MongoDB server: set RETROIVA_MONGODB_URI")
 async def test_mongo_leases_follow_the_servers_clock_not_the_callers():
-    from serve_app.mongo_store import MongoStore
+    from serve_app.jobs.mongo_store import MongoStore
 
     store = MongoStore(MONGODB_URI or "", f"retroiva_test_{uuid.uuid4().hex[:8]}")
     await store.init()

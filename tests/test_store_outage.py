@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from serve_app.api import create_api
+from serve_app.api.app import create_api
+from serve_app.jobs.sqlite_store import SqliteStore
+from serve_app.jobs.store import JobStore, StoreUnavailable
 from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
-from serve_app.store import JobStore, StoreUnavailable
 from tests.stored_keys import add_key, bearer
 
 
@@ -194,7 +194,7 @@ def test_api_answers_503_while_the_data_directory_is_gone(tmp_path: Path, serve)
 
 def test_api_answers_503_without_a_mongodb_server(tmp_path: Path, serve):
     """Issue 21 item 2 with a MongoDB URI on a closed port: no 30 s hang, no 500."""
-    from serve_app.mongo_store import MongoStore
+    from serve_app.jobs.mongo_store import MongoStore
 
     settings = Settings(data_dir=tmp_path, signing_secret="outage", store_timeout_seconds=1.0)
     store = MongoStore(f"mongodb://127.0.0.1:{_free_port()}", "retroiva_none", timeout=1.0)
@@ -213,10 +213,10 @@ def test_a_send_whose_record_failed_is_resent_with_the_same_body(tmp_path: Path)
     with a fresh download link."""
     import http.server
 
-    from serve_app.keys import new_api_key, new_id
-    from serve_app.records import JobRecord, JobStatus
-    from serve_app.schemas import job_from_record
-    from serve_app.webhooks import WebhookDispatcher
+    from serve_app.access.keys import new_api_key, new_id
+    from serve_app.api.schemas import job_from_record
+    from serve_app.delivery.webhooks import WebhookDispatcher
+    from serve_app.jobs.records import JobRecord, JobStatus
 
     bodies: list[bytes] = []
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from serve_app.records import JobStatus
-from serve_app.store import JobStore
+from serve_app.jobs.records import JobStatus
+from serve_app.jobs.store import JobStore
 from tests.test_store_contract import _job, anyio_backend, store  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.anyio

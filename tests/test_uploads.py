@@ -24,17 +24,17 @@ from stored_keys import add_key, bearer
 from tusclient.client import TusClient
 
 from pipelines.progress import CancelToken
-from serve_app.api import create_api
-from serve_app.runner import JobRunner
-from serve_app.settings import Settings
-from serve_app.sqlite_store import SqliteStore
-from serve_app.uploads import sweep_uploads
-from serve_app.uploads_storage import (
+from serve_app.api.app import create_api
+from serve_app.delivery.upload_storage import (
     LocalUploadStorage,
     S3UploadStorage,
     UploadOutOfStep,
     UploadStorage,
 )
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.sqlite_store import SqliteStore
+from serve_app.jobs.upload_lifecycle import sweep_uploads
+from serve_app.settings import Settings
 
 CHUNK = 256 * 1024
 

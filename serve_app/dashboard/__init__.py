@@ -19,10 +19,10 @@ from serve_app.dashboard.operator import OperatorPages
 from serve_app.dashboard.sessions import SessionSigner, load_admin_token
 from serve_app.dashboard.web import SESSION_COOKIE, Dashboard, SignInRequired
 from serve_app.errors import ApiError, InternalError, NotFoundError, ServiceUnavailableError
-from serve_app.store import StoreUnavailable
+from serve_app.jobs.store import StoreUnavailable
 
 if TYPE_CHECKING:
-    from serve_app.api import Api
+    from serve_app.api.app import Api
 
 __all__ = ["create_dashboard"]
 
@@ -61,7 +61,7 @@ def create_dashboard(api: Api) -> Starlette:
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         if wants_json(request):
-            from serve_app.api import _error_response
+            from serve_app.api.app import _error_response
 
             return _error_response(request, exc)
         visitor = None

@@ -3,7 +3,7 @@
 Every action runs the API's own code for the signed-in key: sign-in is the API's key
 check (and counts as a request), actions call the API's handlers themselves with the
 key handed over (:meth:`Dashboard.as_key`), submitting is
-:func:`~serve_app.job_intake.submit_job` (the form is not JSON), and a job is found
+:func:`~serve_app.jobs.intake.submit_job` (the form is not JSON), and a job is found
 with the API's ownership check, so someone else's job is a 404.  Page loads and
 actions count against the key's rate limit like API calls; the pages' background
 polls do not.
@@ -19,6 +19,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serve_app.access.keys import KEY_PREFIX
+from serve_app.api.schemas import EnhanceBody, event_from_record
 from serve_app.dashboard.sessions import ADMIN_PREFIX
 from serve_app.dashboard.web import (
     PRE_SESSION_COOKIE,
@@ -34,10 +36,8 @@ from serve_app.errors import (
     InvalidRequestError,
     QueueLimitError,
 )
-from serve_app.job_intake import active_key, submit_job
-from serve_app.keys import KEY_PREFIX
-from serve_app.records import ApiKeyRecord
-from serve_app.schemas import EnhanceBody, event_from_record
+from serve_app.jobs.intake import active_key, submit_job
+from serve_app.jobs.records import ApiKeyRecord
 
 __all__ = ["HolderPages"]
 

@@ -1,8 +1,8 @@
 """Pages of the operator: every key, every job, the queue, and the Ray dashboard link.
 
 Key changes call what ``retroiva keys`` calls (the store's ``add_key`` on a
-:func:`~serve_app.keys.new_api_key`, ``revoke_key``, and
-:func:`~serve_app.keys.rotate_webhook_secret`, which the API's rotation uses too), so a
+:func:`~serve_app.access.keys.new_api_key`, ``revoke_key``, and
+:func:`~serve_app.access.keys.rotate_webhook_secret`, which the API's rotation uses too), so a
 key made or changed here is the same as one made on the command line.
 """
 
@@ -13,10 +13,10 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
+from serve_app.access.keys import new_api_key, rotate_webhook_secret
 from serve_app.dashboard.web import Dashboard, Visitor
 from serve_app.errors import InvalidRequestError, NotFoundError
-from serve_app.keys import new_api_key, rotate_webhook_secret
-from serve_app.records import JobStatus
+from serve_app.jobs.records import JobStatus
 
 __all__ = ["OperatorPages"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from serve_app.private_files import write_once
+from serve_app.access.private_files import write_once
 
 __all__ = [
     "ADMIN_PREFIX",

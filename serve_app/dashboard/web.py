@@ -21,10 +21,10 @@ from serve_app.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from serve_app.records import ApiKeyRecord
+from serve_app.jobs.records import ApiKeyRecord
 
 if TYPE_CHECKING:
-    from serve_app.api import Api
+    from serve_app.api.app import Api
 
 __all__ = ["SESSION_COOKIE", "Dashboard", "SignInRequired", "Visitor"]
 

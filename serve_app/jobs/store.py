@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
 from serve_app.settings import Settings
 
 __all__ = [
@@ -246,7 +246,7 @@ class JobStore(Protocol):
         """Queued jobs whose ``deadline_at`` has passed end ``canceled`` with error type
         ``deadline_exceeded`` (and their webhook event); returns how many."""
 
-    # Uploads: records here, bytes in upload storage (serve_app.uploads_storage)
+    # Uploads: records here, bytes in upload storage (serve_app.delivery.upload_storage)
     async def insert_upload(self, upload: UploadRecord) -> None: ...
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None: ...
@@ -280,12 +280,12 @@ class JobStore(Protocol):
 
 def open_store(settings: Settings) -> JobStore:
     """The configured backend: MongoDB when ``mongodb_uri`` is set, else SQLite; either
-    with its webhook secrets sealed (:mod:`serve_app.secret_box`)."""
-    from serve_app.secret_box import load_secret_box, sealed
+    with its webhook secrets sealed (:mod:`serve_app.access.secret_box`)."""
+    from serve_app.access.secret_box import load_secret_box, sealed
 
     box = load_secret_box(settings.secrets_key, settings.data_dir)
     if settings.mongodb_uri:
-        from serve_app.mongo_store import MongoStore
+        from serve_app.jobs.mongo_store import MongoStore
 
         return sealed(
             MongoStore(
@@ -295,6 +295,6 @@ def open_store(settings: Settings) -> JobStore:
             ),
             box,
         )
-    from serve_app.sqlite_store import SqliteStore
+    from serve_app.jobs.sqlite_store import SqliteStore
 
     return sealed(SqliteStore(settings.sqlite_path, timeout=settings.store_timeout_seconds), box)

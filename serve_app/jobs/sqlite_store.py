@@ -6,7 +6,7 @@ in a worker thread so the event loop never blocks on disk.
 
 Every call has a deadline (``timeout``, counted from the call, so time spent queued
 behind other calls counts too): a store that is locked by another process, or whose
-file has gone, raises :class:`~serve_app.store.StoreUnavailable` instead of hanging.
+file has gone, raises :class:`~serve_app.jobs.store.StoreUnavailable` instead of hanging.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TypeVar
 
-from serve_app.private_files import private_file
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
-from serve_app.store import (
+from serve_app.access.private_files import private_file
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
+from serve_app.jobs.store import (
     IDEMPOTENCY_WINDOW_SECONDS,
     AmbiguousKey,
     QueueFull,
@@ -162,7 +162,7 @@ def _jobs_page(
 
 
 class SqliteStore:
-    """:class:`~serve_app.store.JobStore` on a local SQLite file."""
+    """:class:`~serve_app.jobs.store.JobStore` on a local SQLite file."""
 
     def __init__(self, path: Path, timeout: float = 1.5) -> None:
         self.path = path

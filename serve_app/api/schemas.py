@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from serve_app.records import (
+from serve_app.jobs.records import (
     DeliveryStatus,
     JobRecord,
     JobStatus,

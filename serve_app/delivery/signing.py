@@ -12,7 +12,7 @@ import hmac
 import secrets
 from pathlib import Path
 
-from serve_app.private_files import write_once
+from serve_app.access.private_files import write_once
 
 __all__ = ["load_signing_secret", "sign_path", "signature_valid"]
 

@@ -30,7 +30,31 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.access.keys import rotate_webhook_secret
+from serve_app.api.openapi import openapi_document
+from serve_app.api.schemas import (
+    DeliveryPage,
+    Download,
+    EnhanceBody,
+    EventList,
+    Job,
+    JobList,
+    RotatedSecret,
+    event_from_record,
+    iso_time,
+    job_from_record,
+)
+from serve_app.api.tus_routes import UploadRoutes, tus_error_headers
 from serve_app.dashboard import create_dashboard
+from serve_app.delivery.output_storage import (
+    DownloadLink,
+    LocalStorage,
+    OutputStorage,
+    download_link,
+    open_storage,
+)
+from serve_app.delivery.signing import signature_valid
+from serve_app.delivery.upload_storage import UploadStorage, open_upload_storage
 from serve_app.errors import (
     ApiError,
     AuthenticationError,
@@ -45,41 +69,18 @@ from serve_app.errors import (
     RateLimitError,
     ServiceUnavailableError,
 )
-from serve_app.job_intake import active_key, submit_job
-from serve_app.keys import rotate_webhook_secret
-from serve_app.metrics import count_rate_limited
-from serve_app.openapi import openapi_document
-from serve_app.records import (
+from serve_app.jobs.intake import active_key, submit_job
+from serve_app.jobs.records import (
     ApiKeyRecord,
     DeliveryStatus,
     JobRecord,
     JobStatus,
     job_id_for_event,
 )
-from serve_app.schemas import (
-    DeliveryPage,
-    Download,
-    EnhanceBody,
-    EventList,
-    Job,
-    JobList,
-    RotatedSecret,
-    event_from_record,
-    iso_time,
-    job_from_record,
-)
+from serve_app.jobs.store import JobStore, StoreUnavailable, open_store
+from serve_app.jobs.upload_lifecycle import drop_job_upload
+from serve_app.metrics import count_rate_limited
 from serve_app.settings import Settings
-from serve_app.signing import signature_valid
-from serve_app.storage import (
-    DownloadLink,
-    LocalStorage,
-    OutputStorage,
-    download_link,
-    open_storage,
-)
-from serve_app.store import JobStore, StoreUnavailable, open_store
-from serve_app.uploads import UploadRoutes, drop_job_upload, tus_error_headers
-from serve_app.uploads_storage import UploadStorage, open_upload_storage
 
 __all__ = ["create_api"]
 

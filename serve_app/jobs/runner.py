@@ -17,11 +17,11 @@ back at once instead of letting their leases run out: they are queued again and 
 claim is not counted as an attempt, so an operator's restart costs a job its progress
 but never one of its ``max_attempts``.
 
-Each job's life is logged at INFO under ``serve_app.runner`` (claimed with its attempt,
+Each job's life is logged at INFO under ``serve_app.jobs.runner`` (claimed with its attempt,
 input fetched, pipeline started, and how it ended, with the error type), the job id
 first on every line, so ``grep job_…`` on the runner's log follows one job.
 
-Run one in the foreground with ``python -m serve_app.runner`` (the Serve deployment
+Run one in the foreground with ``python -m serve_app.jobs.runner`` (the Serve deployment
 does the same inside a replica).
 """
 
@@ -43,24 +43,24 @@ from pipelines.enhance import PipelineConfig, enhance_video
 from pipelines.errors import PipelineCanceled, PipelineError
 from pipelines.job_plan import EnhanceRequest
 from pipelines.progress import CancelToken, Phase, Progress
-from serve_app.fetch import FetchError, fetch_to_file
-from serve_app.keys import new_id
-from serve_app.metrics import record_job_counts, record_progress
-from serve_app.private_files import private_dir
-from serve_app.records import JobRecord, JobStatus
-from serve_app.schemas import Job, job_from_record
-from serve_app.settings import Settings
-from serve_app.storage import (
+from serve_app.access.keys import new_id
+from serve_app.access.private_files import private_dir
+from serve_app.api.schemas import Job, job_from_record
+from serve_app.delivery.fetch import FetchError, fetch_to_file
+from serve_app.delivery.output_storage import (
     OutputStorage,
     download_link,
     open_segments,
     open_storage,
     segment_job_ids,
 )
-from serve_app.store import JobStore, StoreUnavailable, open_store
-from serve_app.uploads import drop_job_upload, sweep_uploads
-from serve_app.uploads_storage import UploadStorage, open_upload_storage
-from serve_app.webhooks import WebhookDispatcher
+from serve_app.delivery.upload_storage import UploadStorage, open_upload_storage
+from serve_app.delivery.webhooks import WebhookDispatcher
+from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.store import JobStore, StoreUnavailable, open_store
+from serve_app.jobs.upload_lifecycle import drop_job_upload, sweep_uploads
+from serve_app.metrics import record_job_counts, record_progress
+from serve_app.settings import Settings
 
 __all__ = ["JobRunner", "fetch_input", "pipeline_config", "process_job"]
 

@@ -22,14 +22,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipelines.batch import BatchResult, JobState, ManifestRow, QueueRefused, RowRejected
+from serve_app.access.private_files import private_dir
+from serve_app.api.schemas import EnhanceBody
+from serve_app.delivery.output_storage import download_link, open_storage
 from serve_app.errors import ApiError, AuthenticationError
-from serve_app.job_intake import active_key, submit_job
-from serve_app.private_files import private_dir
-from serve_app.records import ApiKeyRecord, JobRecord
-from serve_app.schemas import EnhanceBody
+from serve_app.jobs.intake import active_key, submit_job
+from serve_app.jobs.records import ApiKeyRecord, JobRecord
+from serve_app.jobs.store import open_store
 from serve_app.settings import Settings
-from serve_app.storage import download_link, open_storage
-from serve_app.store import open_store
 
 __all__ = ["StoreJobQueue", "batch_ledger", "batches_dir", "list_batches", "missing_store"]
 

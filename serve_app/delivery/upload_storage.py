@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
-from serve_app.private_files import private_dir
+from serve_app.access.private_files import private_dir
 from serve_app.settings import Settings
 
 __all__ = [

@@ -3,11 +3,11 @@
 Atomicity comes from single-document operations: ``find_one_and_update`` claims and
 renews, ``$inc`` with upsert counts requests, a unique partial index guards
 idempotency keys, and every multi-way transition (cancel, lease expiry) is one
-pipeline update.  The queries themselves live in :mod:`serve_app.mongo_queries`.
+pipeline update.  The queries themselves live in :mod:`serve_app.jobs.mongo_queries`.
 
 Every operation has a client-side deadline (``timeoutMS`` and server selection both
 ``timeout``), reads and writes go to the primary, and a server that does not answer in
-time raises :class:`~serve_app.store.StoreUnavailable` instead of hanging for the
+time raises :class:`~serve_app.jobs.store.StoreUnavailable` instead of hanging for the
 driver's default 30 s.
 """
 
@@ -29,9 +29,9 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
-from serve_app import mongo_queries as q
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
-from serve_app.store import (
+from serve_app.jobs import mongo_queries as q
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
+from serve_app.jobs.store import (
     IDEMPOTENCY_WINDOW_SECONDS,
     AmbiguousKey,
     QueueFull,
@@ -106,7 +106,7 @@ def _doc(record: JobRecord | ApiKeyRecord | UploadRecord) -> dict[str, Any]:
 
 
 class MongoStore:
-    """:class:`~serve_app.store.JobStore` on MongoDB."""
+    """:class:`~serve_app.jobs.store.JobStore` on MongoDB."""
 
     def __init__(
         self, uri: str, database: str, timeout: float = 1.5, *, server_clock: bool = True

@@ -3,7 +3,7 @@ termination) under ``/v2/uploads``, and the upload's life around its job.
 
 An upload's record (size, offset, owner, expiry, the job that took it) is in the job
 store, so every Serve replica sees the same offset; its bytes are in upload storage
-(:mod:`serve_app.uploads_storage`).  A chunk is written at the recorded offset first
+(:mod:`serve_app.delivery.upload_storage`).  A chunk is written at the recorded offset first
 and counted second, by a compare-and-set on the offset: a chunk sent twice, or two
 replicas racing, can never move the offset past bytes that are not there.  A dropped
 connection keeps what arrived (counted as it is flushed), so the client resumes from
@@ -29,6 +29,9 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from serve_app.access.keys import new_id
+from serve_app.api.schemas import UploadBody, upload_from_record
+from serve_app.delivery.upload_storage import UploadOutOfStep, UploadStorage
 from serve_app.errors import (
     ApiError,
     ConflictError,
@@ -38,23 +41,15 @@ from serve_app.errors import (
     PayloadTooLargeError,
     QueueLimitError,
 )
-from serve_app.keys import new_id
-from serve_app.records import ApiKeyRecord, JobRecord, UploadRecord
-from serve_app.schemas import UploadBody, upload_from_record
-from serve_app.store import IDEMPOTENCY_WINDOW_SECONDS, JobStore
-from serve_app.uploads_storage import UploadOutOfStep, UploadStorage
+from serve_app.jobs.records import ApiKeyRecord, UploadRecord
+from serve_app.jobs.upload_lifecycle import delete_upload
 
 if TYPE_CHECKING:
-    from serve_app.api import Api
+    from serve_app.api.app import Api
 
 __all__ = [
     "TUS_VERSION",
     "UploadRoutes",
-    "claim_upload",
-    "delete_upload",
-    "drop_job_upload",
-    "input_of_upload",
-    "sweep_uploads",
     "tus_error_headers",
 ]
 
@@ -77,11 +72,6 @@ class UnsupportedMediaTypeError(InvalidRequestError):
     """A PATCH whose body is not ``application/offset+octet-stream``."""
 
     status = 415
-
-
-def input_of_upload(upload_id: str) -> str:
-    """What a job made from an upload shows as its ``input_url``."""
-    return f"upload:{upload_id}"
 
 
 def _rate_headers(request: Request) -> dict[str, str]:
@@ -112,78 +102,6 @@ def _filename(metadata: str) -> str | None:
                 ) from None
             return decoded[:255]
     return None
-
-
-async def delete_upload(store: JobStore, storage: UploadStorage, upload: UploadRecord) -> None:
-    """Delete the upload's bytes, then its record (so a failure leaves it findable)."""
-    await asyncio.to_thread(storage.delete, upload.id)
-    await store.delete_upload(upload.id)
-
-
-async def claim_upload(
-    store: JobStore, key: ApiKeyRecord, upload_id: str, job_id: str, idempotency_key: str | None
-) -> bool:
-    """Give the key's complete upload to the new job ``job_id``.
-
-    Returns False when the upload already belongs to this key's job with the same
-    idempotency key (a replay: the caller returns that job).  Raises
-    :class:`NotFoundError` for an unknown or other key's upload,
-    :class:`GoneError` for an expired one, :class:`InvalidRequestError` for an
-    unfinished one or one another job took.
-    """
-    now = time.time()
-    upload = await store.get_upload(upload_id)
-    if upload is None or upload.key_id != key.id:
-        raise NotFoundError(f"no such upload: {upload_id}", param="upload_id")
-    if upload.job_id is not None:
-        taken_by = await store.get_job(upload.job_id)
-        if (
-            idempotency_key is not None
-            and taken_by is not None
-            and taken_by.idempotency_key == idempotency_key
-            and taken_by.created_at > now - IDEMPOTENCY_WINDOW_SECONDS
-        ):
-            return False
-        raise InvalidRequestError(
-            f"upload {upload_id} was already used by job {upload.job_id}; an upload feeds one job",
-            param="upload_id",
-        )
-    if upload.expires_at <= now:
-        raise GoneError(f"upload {upload_id} expired unfinished or unused and was deleted")
-    if upload.offset < upload.size:
-        raise InvalidRequestError(
-            f"upload {upload_id} is not complete: {upload.offset} of {upload.size} bytes received",
-            param="upload_id",
-        )
-    if not await store.claim_upload(upload_id, job_id, now):
-        raise InvalidRequestError(
-            f"upload {upload_id} was taken by another job or expired just now", param="upload_id"
-        )
-    return True
-
-
-async def sweep_uploads(store: JobStore, storage: UploadStorage, now: float) -> int:
-    """Delete uploads that expired unused and those whose job has ended."""
-    swept = 0
-    for batch in (
-        await store.expired_uploads(now, 100),
-        await store.uploads_of_ended_jobs(now, 100),
-    ):
-        for upload in batch:
-            await delete_upload(store, storage, upload)
-            swept += 1
-    if swept:
-        log.info("deleted %d uploads (expired, or their job ended)", swept)
-    return swept
-
-
-async def drop_job_upload(store: JobStore, storage: UploadStorage, job: JobRecord) -> None:
-    """Zero retention: the upload a job took goes when the job ends."""
-    if job.upload_id is None:
-        return
-    upload = await store.get_upload(job.upload_id)
-    if upload is not None and upload.job_id == job.id:
-        await delete_upload(store, storage, upload)
 
 
 async def _outliving_cancel(work: Coroutine[Any, Any, None]) -> None:

@@ -20,10 +20,10 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from serve_app.records import ApiKeyRecord
+from serve_app.jobs.records import ApiKeyRecord
 
 if TYPE_CHECKING:
-    from serve_app.store import JobStore
+    from serve_app.jobs.store import JobStore
 
 __all__ = [
     "KEY_PREFIX",

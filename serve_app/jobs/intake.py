@@ -11,18 +11,18 @@ import json
 import time
 
 from pipelines.presets import PRESETS
+from serve_app.access.keys import digest_key, keys_match, new_id
+from serve_app.api.schemas import EnhanceBody
+from serve_app.delivery.fetch import FetchError, UrlPolicy, resolve_checked
 from serve_app.errors import (
     AuthenticationError,
     ConflictError,
     InvalidRequestError,
     QueueLimitError,
 )
-from serve_app.fetch import FetchError, UrlPolicy, resolve_checked
-from serve_app.keys import digest_key, keys_match, new_id
-from serve_app.records import ApiKeyRecord, JobRecord, JobStatus
-from serve_app.schemas import EnhanceBody
-from serve_app.store import JobStore, QueueFull
-from serve_app.uploads import claim_upload, input_of_upload
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.jobs.store import JobStore, QueueFull
+from serve_app.jobs.upload_lifecycle import claim_upload, input_of_upload
 
 __all__ = ["MAX_IDEMPOTENCY_KEY", "active_key", "submit_job"]
 

@@ -7,7 +7,7 @@ ever holds a secret in clear and neither backend's code knows about it.
 The key comes from ``RETROIVA_SECRETS_KEY`` (Fernet keys, comma-separated, newest
 first: the first seals, every one opens), or is generated once into
 ``<data_dir>/secrets.key`` (mode 0600) beside ``signing.key``.  Rotation: put the new
-key first and the old one after it, restart, run ``python -m serve_app.secret_box
+key first and the old one after it, restart, run ``python -m serve_app.access.secret_box
 reseal`` (every secret re-sealed under the new key), then drop the old key.  A value
 written before encryption existed (no ``fernet:`` prefix) is read as it is and sealed
 by :meth:`SealedSecrets.init`.  A rotated-out secret (``previous_webhook_secret``, kept
@@ -25,9 +25,9 @@ from typing import Any, cast
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from serve_app.private_files import write_once
-from serve_app.records import ApiKeyRecord
-from serve_app.store import JobStore
+from serve_app.access.private_files import write_once
+from serve_app.jobs.records import ApiKeyRecord
+from serve_app.jobs.store import JobStore
 
 __all__ = ["SealedSecrets", "SecretBox", "load_secret_box", "reseal", "sealed"]
 
@@ -73,7 +73,7 @@ def load_secret_box(configured: str | None, data_dir: Path) -> SecretBox:
 
 
 class SealedSecrets:
-    """A :class:`~serve_app.store.JobStore` whose keys' webhook secrets are sealed.
+    """A :class:`~serve_app.jobs.store.JobStore` whose keys' webhook secrets are sealed.
 
     Every other method is the wrapped store's own.
     """
@@ -155,11 +155,11 @@ async def reseal(store: JobStore) -> int:
 
 
 def _main(argv: list[str]) -> None:
+    from serve_app.jobs.store import open_store
     from serve_app.settings import Settings
-    from serve_app.store import open_store
 
     if argv != ["reseal"]:
-        sys.exit("usage: python -m serve_app.secret_box reseal")
+        sys.exit("usage: python -m serve_app.access.secret_box reseal")
 
     async def run() -> int:
         store = open_store(Settings())  # sealed with the configured keys

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document, assembled from the pydantic models in :mod:`serve_app.schemas`."""
+"""The OpenAPI 3.1 document, assembled from the pydantic models in :mod:`serve_app.api.schemas`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from serve_app.schemas import (
+from serve_app.api.schemas import (
     DeliveryPage,
     Download,
     EnhanceBody,

@@ -1,7 +1,7 @@
 """The MongoDB backend's queries as pure functions: filter and update documents only.
 
 Kept apart from I/O so each query can be read, reviewed and unit-tested on its own.
-Documents use the :class:`~serve_app.records.JobRecord` field names, with ``_id`` = id.
+Documents use the :class:`~serve_app.jobs.records.JobRecord` field names, with ``_id`` = id.
 
 Every state transition is one update document (a pipeline update where the new value
 depends on the old), so it is atomic on its own like the SQLite backend's single

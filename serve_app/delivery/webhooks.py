@@ -11,7 +11,7 @@ secret string, the reference's scheme) and, beside it, Standard Webhooks'
 ``webhook-id`` (the event id, the same on every retry and redelivery),
 ``webhook-timestamp`` (this attempt's send time: receivers refuse stale ones) and
 ``webhook-signature`` (``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` under
-:func:`~serve_app.keys.webhook_signing_key`; after a rotation, a second ``v1,``
+:func:`~serve_app.access.keys.webhook_signing_key`; after a rotation, a second ``v1,``
 entry under the previous secret until its overlap ends).
 
 Delivery: a POST under a 10 s deadline for the whole attempt (connect, send, status
@@ -47,13 +47,13 @@ from typing import Any
 
 import httpx
 
-from serve_app.fetch import FetchError, pinned_target, resolve_checked
-from serve_app.keys import webhook_signing_key
+from serve_app.access.keys import webhook_signing_key
+from serve_app.api.schemas import Job
+from serve_app.delivery.fetch import FetchError, pinned_target, resolve_checked
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, WebhookAttempt
+from serve_app.jobs.store import JobStore
 from serve_app.metrics import count_webhook_delivery
-from serve_app.records import ApiKeyRecord, JobRecord, WebhookAttempt
-from serve_app.schemas import Job
 from serve_app.settings import Settings
-from serve_app.store import JobStore
 
 __all__ = [
     "WebhookDispatcher",

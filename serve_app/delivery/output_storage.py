@@ -16,10 +16,10 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 from pipelines.resume import LocalSegments, SegmentStore
-from serve_app.private_files import private_dir
-from serve_app.records import JobRecord, JobStatus
+from serve_app.access.private_files import private_dir
+from serve_app.delivery.signing import load_signing_secret, sign_path
+from serve_app.jobs.records import JobRecord, JobStatus
 from serve_app.settings import Settings
-from serve_app.signing import load_signing_secret, sign_path
 
 __all__ = [
     "DownloadLink",

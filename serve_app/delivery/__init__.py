@@ -1,0 +1,2 @@
+"""Bytes in and out: fetching inputs, upload and output storage, signed download URLs, and
+webhooks."""
