@@ -28,9 +28,10 @@ import httpx
 
 from serve_app.access.keys import new_api_key
 from serve_app.deployments import settings_env
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
+from vocabulary import JobStatus
 
 BARE_APP = """
 import sys

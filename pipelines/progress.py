@@ -14,22 +14,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 from pipelines.errors import PipelineCanceled
+from vocabulary import Phase
 
 __all__ = [
     "PHASES",
     "CancelToken",
-    "Phase",
     "Progress",
     "ProgressCallback",
     "ProgressMeter",
     "StageTally",
 ]
 
-Phase = Literal["fetching", "processing", "assembling", "uploading"]
-PHASES: tuple[Phase, ...] = ("fetching", "processing", "assembling", "uploading")
+PHASES: tuple[Phase, ...] = tuple(Phase)
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class Progress:
     frames_total: int
     fps: float  # input frames per second, measured since processing started
     eta_seconds: float | None
-    phase: Phase = "processing"
+    phase: Phase = Phase.PROCESSING
 
     @property
     def fraction(self) -> float:

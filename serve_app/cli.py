@@ -23,9 +23,10 @@ from pipelines.job_plan import EnhanceRequest
 from pipelines.presets import ENGINES, PRESETS
 from pipelines.progress import Progress
 from serve_app.access.keys import new_api_key, rotate_webhook_secret
-from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.store import AmbiguousKey, JobStore
 from serve_app.settings import Settings
+from vocabulary import JobStatus
 
 T = TypeVar("T")
 

@@ -12,9 +12,9 @@ from starlette.testclient import TestClient
 from stored_keys import add_key, bearer
 
 from serve_app.api.app import create_api
-from serve_app.jobs.records import JobStatus
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
+from vocabulary import JobStatus
 
 VIDEO = "https://93.184.215.14/raw.mp4"  # a public literal address: no DNS needed
 

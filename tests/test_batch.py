@@ -19,10 +19,10 @@ import pytest
 
 from pipelines.batch import ManifestError, ManifestRow, main, read_manifest
 from serve_app.jobs.batch_queue import StoreJobQueue
-from serve_app.jobs.records import JobStatus
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
 from tests.stored_keys import add_key
+from vocabulary import JobStatus
 
 REPO = Path(__file__).parents[1]
 

@@ -68,7 +68,8 @@ def test_jobs_list_show_and_cancel(data_dir: Path):
     import time
 
     from serve_app.access.keys import new_id
-    from serve_app.jobs.records import JobRecord, JobStatus
+    from serve_app.jobs.records import JobRecord
+    from vocabulary import JobStatus
 
     store = SqliteStore(data_dir / "retroiva.sqlite3")
     job = JobRecord(

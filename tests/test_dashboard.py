@@ -18,9 +18,9 @@ from stored_keys import add_key, bearer
 
 from serve_app.api.app import create_api
 from serve_app.dashboard.sessions import SessionSigner, load_admin_token
-from serve_app.jobs.records import JobStatus
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
+from vocabulary import JobStatus
 
 VIDEO = "https://93.184.215.14/raw.mp4"  # a public literal address: no DNS needed
 ADMIN = "adm_test-admin-token-0123456789"

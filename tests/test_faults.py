@@ -29,9 +29,9 @@ import pytest
 import ray
 
 from pipelines.sample_video import SampleSpec, write_sample_video
-from serve_app.jobs.records import JobStatus
 from serve_app.jobs.sqlite_store import SqliteStore
 from tests.stored_keys import add_key, bearer
+from vocabulary import JobStatus
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

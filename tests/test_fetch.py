@@ -24,10 +24,11 @@ from serve_app.delivery.fetch import (
     fetch_to_file,
     resolve_checked,
 )
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.runner import JobRunner, fetch_input
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
+from vocabulary import JobStatus
 
 _GZIPPED = gzip.compress(b"\0" * 5_000_000)  # 5 MB of zeros in ~5 KB
 

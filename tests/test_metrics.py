@@ -13,10 +13,11 @@ from stored_keys import add_key, bearer
 from pipelines.progress import Progress
 from serve_app.access.keys import new_id
 from serve_app.api.app import create_api
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
+from vocabulary import JobStatus
 
 NAMES = [
     "ray_retroiva_jobs",

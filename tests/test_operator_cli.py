@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from serve_app.access.keys import new_api_key
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.sqlite_store import SqliteStore
+from vocabulary import JobStatus
 
 REPO = Path(__file__).resolve().parents[1]
 

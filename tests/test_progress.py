@@ -11,8 +11,9 @@ from pipelines.enhance import PipelineConfig, enhance_video
 from pipelines.job_plan import EnhanceRequest
 from pipelines.progress import Progress, ProgressMeter
 from serve_app.api.schemas import job_from_record
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.sqlite_store import SqliteStore
+from vocabulary import JobStatus
 
 
 class _Clock:

@@ -220,7 +220,8 @@ def _runner(data: Path) -> subprocess.Popen[str]:
 def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path, make_video) -> None:
     import asyncio
 
-    from serve_app.jobs.records import JobRecord, JobStatus
+    from serve_app.jobs.records import JobRecord
+    from vocabulary import JobStatus
 
     source = make_video("runner_resume.mp4", width=192, height=128, seconds=2.0, gop=4, grain=6.0)
     data = tmp_path / "data"

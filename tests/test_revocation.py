@@ -16,11 +16,12 @@ from starlette.testclient import TestClient
 from pipelines.progress import CancelToken
 from serve_app.access.keys import new_id
 from serve_app.api.app import create_api
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
 from tests.stored_keys import add_key, bearer
+from vocabulary import JobStatus
 
 
 class _Counting(http.server.BaseHTTPRequestHandler):

@@ -19,12 +19,13 @@ from pipelines.errors import InvalidInputError
 from pipelines.progress import CancelToken, Progress
 from pipelines.sample_video import SampleSpec, write_sample_video
 from serve_app.access.keys import new_id
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.jobs.store import StoreUnavailable
 from serve_app.settings import Settings
 from tests.local_http import serve_directory
+from vocabulary import JobStatus
 
 pytestmark = pytest.mark.anyio
 

@@ -12,10 +12,11 @@ import pytest
 
 from pipelines.progress import CancelToken
 from serve_app.access.keys import new_id
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.runner import JobRunner, pipeline_config
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
+from vocabulary import JobStatus
 
 
 def _settings(tmp_path: Path) -> Settings:

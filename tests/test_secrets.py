@@ -22,13 +22,14 @@ from serve_app.access.keys import new_api_key
 from serve_app.access.secret_box import reseal
 from serve_app.api.app import create_api
 from serve_app.delivery.signing import load_signing_secret
-from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.jobs.store import open_store
 from serve_app.settings import Settings
 from tests.stored_keys import bearer
 from tests.test_webhooks import _fake_process
+from vocabulary import JobStatus
 
 SIGNING_SECRET = "signing-secret-4f1d9a7c2e"
 MONGO_PASSWORD = "mongo-password-93b1"

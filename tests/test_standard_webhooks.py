@@ -37,9 +37,10 @@ from serve_app.access.keys import (
 from serve_app.api.app import create_api
 from serve_app.api.schemas import job_from_record
 from serve_app.delivery.webhooks import WebhookDispatcher, sign, standard_headers
-from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.store import JobStore, open_store
 from serve_app.settings import DEFAULT_WEBHOOK_RETRY_SCHEDULE, Settings
+from vocabulary import JobStatus
 
 
 @dataclass

@@ -13,10 +13,11 @@ import pytest
 from serve_app.access.keys import new_id
 from serve_app.delivery.output_storage import LocalStorage, OutputStorage, S3Storage
 from serve_app.delivery.signing import signature_valid
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
+from vocabulary import JobStatus
 
 
 @pytest.fixture(scope="module")

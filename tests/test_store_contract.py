@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from serve_app.access.keys import new_api_key, new_id
-from serve_app.jobs.records import JobRecord, JobStatus, UploadRecord, UploadStatus, WebhookAttempt
+from serve_app.jobs.records import JobRecord, UploadRecord, WebhookAttempt
 from serve_app.jobs.store import IDEMPOTENCY_WINDOW_SECONDS, AmbiguousKey, JobStore, QueueFull
+from vocabulary import JobStatus, UploadStatus
 
 MONGODB_URI = os.environ.get("RETROIVA_MONGODB_URI")
 

@@ -216,7 +216,8 @@ def test_a_send_whose_record_failed_is_resent_with_the_same_body(tmp_path: Path)
     from serve_app.access.keys import new_api_key, new_id
     from serve_app.api.schemas import job_from_record
     from serve_app.delivery.webhooks import WebhookDispatcher
-    from serve_app.jobs.records import JobRecord, JobStatus
+    from serve_app.jobs.records import JobRecord
+    from vocabulary import JobStatus
 
     bodies: list[bytes] = []
 

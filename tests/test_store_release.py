@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from serve_app.jobs.records import JobStatus
 from serve_app.jobs.store import JobStore
 from tests.test_store_contract import _job, anyio_backend, store  # noqa: F401 (fixtures)
+from vocabulary import JobStatus
 
 pytestmark = pytest.mark.anyio
 

@@ -23,10 +23,11 @@ import pytest
 from pipelines.errors import InvalidInputError
 from serve_app.access.keys import new_api_key, new_id
 from serve_app.delivery.webhooks import js_json, retry_delay, sign
-from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
+from vocabulary import JobStatus
 
 NODE = shutil.which("node")
 RECEIVER = Path(__file__).with_name("webhook_receiver.js")

@@ -70,17 +70,12 @@ from serve_app.errors import (
     ServiceUnavailableError,
 )
 from serve_app.jobs.intake import active_key, submit_job
-from serve_app.jobs.records import (
-    ApiKeyRecord,
-    DeliveryStatus,
-    JobRecord,
-    JobStatus,
-    job_id_for_event,
-)
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, job_id_for_event
 from serve_app.jobs.store import JobStore, StoreUnavailable, open_store
 from serve_app.jobs.upload_lifecycle import drop_job_upload
 from serve_app.metrics import count_rate_limited
 from serve_app.settings import Settings
+from vocabulary import DeliveryStatus, JobStatus
 
 __all__ = ["create_api"]
 

@@ -14,14 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from serve_app.jobs.records import (
-    DeliveryStatus,
-    JobRecord,
-    JobStatus,
-    UploadRecord,
-    UploadStatus,
-    WebhookAttempt,
-)
+from serve_app.jobs.records import JobRecord, UploadRecord, WebhookAttempt
+from vocabulary import DeliveryStatus, Engine, JobStatus, Phase, PresetName, UploadStatus
 
 __all__ = [
     "MAX_CANCEL_AFTER_SECONDS",
@@ -48,10 +42,6 @@ __all__ = [
 
 # The longest cancel_after: a week, well past any job's run time.
 MAX_CANCEL_AFTER_SECONDS = 7 * 24 * 3600
-
-Preset = Literal["cinematic", "social", "archive", "general"]
-Engine = Literal["neural", "classical"]
-Phase = Literal["fetching", "processing", "assembling", "uploading"]
 
 
 # Documented in the schema only: the validator below gives the clearer error message.
@@ -99,7 +89,8 @@ class EnhanceBody(BaseModel):
         "exactly one of video_url and upload_id.",
         json_schema_extra=_URL_SCHEMA,
     )
-    preset: Preset = Field("general", description="Restoration preset.")
+    # Enums take their JSON string (strict mode would want the Python member).
+    preset: PresetName = Field(PresetName.GENERAL, strict=False, description="Restoration preset.")
     webhook_url: str | None = Field(
         None, description="Receives job.* events.", json_schema_extra=_URL_SCHEMA
     )
@@ -107,7 +98,8 @@ class EnhanceBody(BaseModel):
         None, ge=1, le=4, description="1–4; default per preset (2 for every preset)."
     )
     engine: Engine = Field(
-        "neural",
+        Engine.NEURAL,
+        strict=False,
         description="neural: the preset's pretrained "
         "models (classical where they are not installed); classical: "
         "Lanczos, NL-means and optical flow only.",
@@ -163,7 +155,7 @@ class Job(BaseModel):
         description="While processing: fetching, "
         "processing, assembling or uploading; null otherwise.",
     )
-    preset: Preset
+    preset: PresetName
     upscale_factor: int
     engine: Engine
     upload_id: str | None = Field(
@@ -222,7 +214,7 @@ class WebhookEvent(BaseModel):
     type: str
     created_at: int
     url: str
-    status: Literal["pending", "delivered", "failed"]
+    status: DeliveryStatus
     next_attempt_at: int | None
     attempts: list[DeliveryAttempt]
     job_id: str
@@ -315,10 +307,10 @@ def job_from_record(job: JobRecord, output_url: str | None = None) -> Job:
         error=error,
         progress=round(min(1.0, max(0.0, job.progress)), 4),
         eta_seconds=None if job.eta_seconds is None else math.ceil(job.eta_seconds),
-        phase=job.phase if job.status == JobStatus.PROCESSING else None,  # type: ignore[arg-type]
-        preset=job.preset,  # type: ignore[arg-type]
+        phase=Phase(job.phase) if job.phase and job.status == JobStatus.PROCESSING else None,
+        preset=PresetName(job.preset),
         upscale_factor=job.upscale_factor,
-        engine=job.engine,  # type: ignore[arg-type]
+        engine=Engine(job.engine),
         upload_id=job.upload_id,
         attempts=job.attempts,
     )

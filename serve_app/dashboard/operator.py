@@ -16,7 +16,7 @@ from starlette.responses import Response
 from serve_app.access.keys import new_api_key, rotate_webhook_secret
 from serve_app.dashboard.web import Dashboard, Visitor
 from serve_app.errors import InvalidRequestError, NotFoundError
-from serve_app.jobs.records import JobStatus
+from vocabulary import JobStatus
 
 __all__ = ["OperatorPages"]
 

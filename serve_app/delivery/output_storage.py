@@ -18,8 +18,9 @@ from urllib.parse import quote, urlencode
 from pipelines.resume import LocalSegments, SegmentStore
 from serve_app.access.private_files import private_dir
 from serve_app.delivery.signing import load_signing_secret, sign_path
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.settings import Settings
+from vocabulary import JobStatus
 
 __all__ = [
     "DownloadLink",

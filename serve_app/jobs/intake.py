@@ -20,9 +20,10 @@ from serve_app.errors import (
     InvalidRequestError,
     QueueLimitError,
 )
-from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus
+from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.store import JobStore, QueueFull
 from serve_app.jobs.upload_lifecycle import claim_upload, input_of_upload
+from vocabulary import JobStatus
 
 __all__ = ["MAX_IDEMPOTENCY_KEY", "active_key", "submit_job"]
 

@@ -30,13 +30,14 @@ from pymongo.errors import (
 )
 
 from serve_app.jobs import mongo_queries as q
-from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, UploadRecord, WebhookAttempt
 from serve_app.jobs.store import (
     IDEMPOTENCY_WINDOW_SECONDS,
     AmbiguousKey,
     QueueFull,
     StoreUnavailable,
 )
+from vocabulary import JobStatus
 
 __all__ = ["MongoStore"]
 

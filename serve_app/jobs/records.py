@@ -3,40 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
+
+from vocabulary import JobStatus, UploadStatus
 
 __all__ = [
     "EVENT_TYPES",
     "ApiKeyRecord",
-    "DeliveryStatus",
     "JobRecord",
-    "JobStatus",
     "UploadRecord",
-    "UploadStatus",
     "WebhookAttempt",
     "event_id_for",
     "job_id_for_event",
 ]
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
-
-
-class DeliveryStatus(StrEnum):
-    """A webhook event's delivery state (``JobRecord.webhook_status``)."""
-
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -129,11 +107,6 @@ class WebhookAttempt:
     error: str | None
     duration_ms: int
     redelivery: bool = False  # made for a redelivery asked through the API
-
-
-class UploadStatus(StrEnum):
-    PENDING = "pending"  # bytes still missing
-    COMPLETE = "complete"  # every byte received; ready for one job
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from pathlib import Path
 from pipelines.enhance import PipelineConfig, enhance_video
 from pipelines.errors import PipelineCanceled, PipelineError
 from pipelines.job_plan import EnhanceRequest
-from pipelines.progress import CancelToken, Phase, Progress
+from pipelines.progress import CancelToken, Progress
 from serve_app.access.keys import new_id
 from serve_app.access.private_files import private_dir
 from serve_app.api.schemas import Job, job_from_record
@@ -56,11 +56,12 @@ from serve_app.delivery.output_storage import (
 )
 from serve_app.delivery.upload_storage import UploadStorage, open_upload_storage
 from serve_app.delivery.webhooks import WebhookDispatcher
-from serve_app.jobs.records import JobRecord, JobStatus
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.store import JobStore, StoreUnavailable, open_store
 from serve_app.jobs.upload_lifecycle import drop_job_upload, sweep_uploads
 from serve_app.metrics import record_job_counts, record_progress
 from serve_app.settings import Settings
+from vocabulary import JobStatus, Phase
 
 __all__ = ["JobRunner", "fetch_input", "pipeline_config", "process_job"]
 

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from serve_app.access.private_files import private_file
-from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, UploadRecord, WebhookAttempt
 from serve_app.jobs.store import (
     IDEMPOTENCY_WINDOW_SECONDS,
     AmbiguousKey,
     QueueFull,
     StoreUnavailable,
 )
+from vocabulary import JobStatus
 
 __all__ = ["SqliteStore"]
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
-from serve_app.jobs.records import ApiKeyRecord, JobRecord, JobStatus, UploadRecord, WebhookAttempt
+from serve_app.jobs.records import ApiKeyRecord, JobRecord, UploadRecord, WebhookAttempt
 from serve_app.settings import Settings
+from vocabulary import JobStatus
 
 __all__ = [
     "IDEMPOTENCY_WINDOW_SECONDS",
