@@ -9,7 +9,6 @@ backend adds the column to an existing file when it opens it).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -160,9 +159,17 @@ class FieldType:
     optional: bool  # None allowed
 
 
-@functools.cache
+_FIELD_TYPES: dict[type, dict[str, FieldType]] = {}
+
+
 def field_types(cls: type) -> dict[str, FieldType]:
     """Each field of the record class ``cls``, in declaration order, with its type."""
+    if cls not in _FIELD_TYPES:
+        _FIELD_TYPES[cls] = _resolve_field_types(cls)
+    return _FIELD_TYPES[cls]
+
+
+def _resolve_field_types(cls: type) -> dict[str, FieldType]:
     hints = typing.get_type_hints(cls)
     kinds = {}
     for f in dataclasses.fields(cls):
