@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import pymongo
@@ -61,7 +61,9 @@ def _unavailable(exc: PyMongoError) -> StoreUnavailable:
     )
 
 
-def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _translated(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turn the driver's "no answer in time / no server" errors into StoreUnavailable."""
 
     @functools.wraps(method)
@@ -247,6 +249,7 @@ class MongoStore:
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
                 )
+                assert doc is not None  # an upsert returning the document after it
                 return int(doc["count"])
             except DuplicateKeyError:
                 # Two first requests of a window upserted at once and one lost the
