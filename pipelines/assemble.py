@@ -22,6 +22,7 @@ from pathlib import Path
 
 import av
 
+from pipelines.av_typed import add_audio_stream, time_base
 from pipelines.errors import InvalidInputError, InvalidOptionsError
 from pipelines.probe import VideoInfo
 
@@ -99,12 +100,12 @@ def _reorder_delay(path: Path) -> Fraction:
         stream = container.streams.video[0]
         for packet in container.demux(stream):
             if packet.size and packet.dts is not None:
-                return max(Fraction(0), -packet.dts * Fraction(stream.time_base))
+                return max(Fraction(0), -packet.dts * time_base(stream))
     return Fraction(0)
 
 
 def _video_packets(
-    segments: Sequence[Segment], fps: Fraction, out_stream: av.stream.Stream, stack: ExitStack
+    segments: Sequence[Segment], fps: Fraction, out_stream: av.video.VideoStream, stack: ExitStack
 ) -> Iterator[tuple[float, int, av.Packet]]:
     """Segment packets with pts shifted into place and dts rewritten for the whole file.
 
@@ -118,7 +119,7 @@ def _video_packets(
     for segment in segments:
         container = stack.enter_context(av.open(str(segment.path)))
         stream = container.streams.video[0]
-        tb = Fraction(stream.time_base)
+        tb = time_base(stream)
         shift = round(Fraction(segment.first_frame) / fps / tb)
         for packet in container.demux(stream):
             if packet.size == 0:
@@ -139,7 +140,7 @@ def _copied_packets(
     start: Fraction,
     order: int,
 ) -> Iterator[tuple[float, int, av.Packet]]:
-    tb = Fraction(in_stream.time_base)
+    tb = time_base(in_stream)
     shift = round(start / tb)
     for packet in source.demux(in_stream):
         if packet.size == 0 or packet.pts is None:
@@ -165,8 +166,8 @@ def _transcoded_audio(
         for frame in source.decode(in_stream):
             if frame.pts is None:
                 continue
-            frame.pts -= round(start / Fraction(frame.time_base))
-            if frame.pts + frame.samples * Fraction(1, frame.sample_rate) / frame.time_base <= 0:
+            frame.pts -= round(start / time_base(frame))
+            if frame.pts + frame.samples * Fraction(1, frame.sample_rate) / time_base(frame) <= 0:
                 continue
             yield from out_stream.encode(frame)
         yield from out_stream.encode(None)
@@ -208,7 +209,7 @@ def assemble(
             # Each copied stream reads the source through its own handle so the
             # demuxers advance independently while packets are interleaved.
             reader = stack.enter_context(av.open(source.path))
-            reader_stream = reader.streams[in_stream.index]
+            reader_stream = reader.streams.audio[src.streams.audio.index(in_stream)]
             if in_stream.codec_context.name in audio_ok:
                 out_stream = out.add_stream_from_template(in_stream)
                 out_stream.time_base = in_stream.time_base
@@ -217,25 +218,26 @@ def assemble(
                 # The default layout for the channel count: AAC refuses the unordered
                 # layouts that PCM in Matroska often declares.
                 context = in_stream.codec_context
-                out_stream = out.add_stream(
-                    "aac", rate=context.sample_rate, layout=_aac_layout(context.channels)
+                out_stream = add_audio_stream(
+                    out, "aac", context.sample_rate, layout=_aac_layout(context.channels)
                 )
                 feeds.append(_transcoded_audio(reader, reader_stream, out_stream, start, order))
             order += 1
-        for in_stream in src.streams.subtitles:
-            codec = in_stream.codec_context.name
+        for subtitle in src.streams.subtitles:
+            codec = subtitle.codec_context.name
             if codec not in subtitles_ok:
                 log.warning(
                     "dropping %s subtitle stream #%d: %s cannot hold it as-is",
                     codec,
-                    in_stream.index,
+                    subtitle.index,
                     fmt,
                 )
                 continue
             reader = stack.enter_context(av.open(source.path))
-            reader_stream = reader.streams[in_stream.index]
-            out_stream = out.add_stream_from_template(in_stream)
-            feeds.append(_copied_packets(reader, reader_stream, out_stream, start, order))
+            copied = out.add_stream_from_template(subtitle)
+            feeds.append(
+                _copied_packets(reader, reader.streams[subtitle.index], copied, start, order)
+            )
             order += 1
 
         feeds.insert(0, _video_packets(segments, fps, video_out, stack))

@@ -20,6 +20,7 @@ from typing import Literal
 import av
 import numpy as np
 
+from pipelines.av_typed import add_video_stream
 from pipelines.colour import TRC_PQ, ColourSpec, rgb_to_frame
 from pipelines.errors import InvalidOptionsError
 
@@ -77,7 +78,7 @@ def encode_segment(
     encoder, params_key = CODECS[settings.codec]
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream(encoder, rate=fps)
+        stream = add_video_stream(container, encoder, fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = colour.pixel_format
         stream.time_base = 1 / fps
@@ -89,7 +90,7 @@ def encode_segment(
         context.color_trc = colour.transfer
         # CRF 0 is lossless only at 8 bits; QP 0 is lossless at any depth.
         quality = ("qp", "0") if settings.crf == 0 else ("crf", str(settings.crf))
-        options = {quality[0]: quality[1], "preset": settings.speed}
+        options: dict[str, object] = {quality[0]: quality[1], "preset": settings.speed}
         private = _private_options(settings, colour)
         if private:
             options[params_key] = private

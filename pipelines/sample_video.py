@@ -15,6 +15,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipelines.av_typed import add_audio_stream, add_video_stream
+
 __all__ = [
     "SampleSpec",
     "sample_frame",
@@ -82,7 +84,7 @@ def write_sample_video(path: str | Path, spec: SampleSpec = SampleSpec()) -> Pat
     path = Path(path)
     rng = np.random.default_rng(spec.seed)
     with av.open(str(path), mode="w") as container:
-        video = container.add_stream(spec.codec, rate=spec.fps)
+        video = add_video_stream(container, spec.codec, spec.fps)
         video.width, video.height = spec.width, spec.height
         video.pix_fmt = spec.pixel_format
         if spec.codec in ("libx264", "libx265"):
@@ -97,7 +99,7 @@ def write_sample_video(path: str | Path, spec: SampleSpec = SampleSpec()) -> Pat
             video.set_display_rotation(-spec.rotation)
         audio = None
         if spec.audio:
-            audio = container.add_stream(spec.audio_codec, rate=spec.audio_rate)
+            audio = add_audio_stream(container, spec.audio_codec, spec.audio_rate)
             audio.layout = "mono"
         for i in range(spec.frame_count):
             scene = 1 if spec.cut_at_frame is not None and i >= spec.cut_at_frame else 0
@@ -136,9 +138,9 @@ def write_zero_frame_video(path: str | Path, spec: SampleSpec = SampleSpec()) ->
     """A container whose video track has no frames, beside a real audio track."""
     path = Path(path)
     with av.open(str(path), mode="w") as container:
-        video = container.add_stream(spec.codec, rate=spec.fps)
+        video = add_video_stream(container, spec.codec, spec.fps)
         video.width, video.height, video.pix_fmt = spec.width, spec.height, spec.pixel_format
-        audio = container.add_stream("aac", rate=spec.audio_rate)
+        audio = add_audio_stream(container, "aac", spec.audio_rate)
         audio.layout = "mono"
         _write_tone(container, audio, spec)
         container.mux(video.encode(None))
@@ -149,5 +151,5 @@ def write_audio_only(path: str | Path, spec: SampleSpec = SampleSpec()) -> Path:
     """An MP4/M4A with only the sine-tone audio track."""
     path = Path(path)
     with av.open(str(path), mode="w", format="mp4") as container:
-        _write_tone(container, container.add_stream("aac", rate=spec.audio_rate), spec)
+        _write_tone(container, add_audio_stream(container, "aac", spec.audio_rate), spec)
     return path
