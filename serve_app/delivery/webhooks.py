@@ -260,9 +260,7 @@ class WebhookDispatcher:
                 raise FetchError("the job's API key no longer exists")
             if key.revoked_at is not None:
                 raise FetchError("the job's API key was revoked")
-            address = await asyncio.to_thread(
-                resolve_checked, job.webhook_url, self.settings.url_policy
-            )
+            address = await resolve_checked(job.webhook_url, self.settings.url_policy)
             target, headers, extensions = pinned_target(job.webhook_url, address)
             payload = body.encode()
             headers.update(
