@@ -9,7 +9,7 @@ from pydantic import Field, PositiveFloat, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.runtime import ModelRuntime
-from serve_app.delivery.fetch import FetchLimits, UrlPolicy
+from serve_app.delivery.fetch_rules import FetchLimits, UrlPolicy
 
 __all__ = ["DEFAULT_WEBHOOK_RETRY_SCHEDULE", "Settings", "default_data_dir"]
 

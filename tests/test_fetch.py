@@ -7,6 +7,8 @@ import asyncio
 import gzip
 import http.server
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -240,7 +242,9 @@ def test_connection_goes_to_the_checked_address(
 
 
 def test_resolve_checked_returns_the_address():
-    assert str(resolve_checked("https://93.184.215.14/x", UrlPolicy())) == "93.184.215.14"
+    assert (
+        str(asyncio.run(resolve_checked("https://93.184.215.14/x", UrlPolicy()))) == "93.184.215.14"
+    )
 
 
 # The issue's forms (all accepted before), then Teredo and local-use NAT64.
@@ -263,13 +267,13 @@ _EMBEDDED_PRIVATE = [
 @pytest.mark.parametrize("address", _EMBEDDED_PRIVATE)
 def test_ipv6_forms_embedding_private_ipv4_are_refused(address: str, tmp_path: Path):
     with pytest.raises(FetchError, match="non-public"):
-        resolve_checked(f"http://[{address}]/v.mp4", UrlPolicy())
+        asyncio.run(resolve_checked(f"http://[{address}]/v.mp4", UrlPolicy()))
 
 
 @pytest.mark.parametrize("address", ["64:ff9b::5db8:d70e", "2002:5db8:d70e::1"])
 def test_ipv6_forms_embedding_a_public_ipv4_pass(address: str):
     """NAT64 and 6to4 reach 93.184.215.14 here: judged by that address, they pass."""
-    assert str(resolve_checked(f"http://[{address}]/v.mp4", UrlPolicy())) == address
+    assert str(asyncio.run(resolve_checked(f"http://[{address}]/v.mp4", UrlPolicy()))) == address
 
 
 def test_total_deadline_stops_a_trickling_server(server: str, tmp_path: Path):
@@ -407,3 +411,16 @@ def test_a_trickling_input_neither_blocks_other_jobs_nor_ignores_cancel(
     assert slow.status == JobStatus.CANCELED
     assert cancel_took < 2.0, cancel_took
     assert not (tmp_path / "scratch" / slow.id).exists()
+
+
+def test_reading_the_settings_does_not_import_the_fetcher():
+    """UrlPolicy and FetchLimits are plain values (fetch_rules): the settings build them
+    without pulling in the HTTP client."""
+    probe = (
+        "import sys, serve_app.settings as s; s.Settings().url_policy;"
+        "print(sorted(m for m in ('serve_app.delivery.fetch', 'httpx') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -460,3 +460,14 @@ def test_a_huge_response_body_is_not_read(tmp_path, hostile):
     time.sleep(0.5)
     # What the socket buffers took before the client hung up: far from 200 MB.
     assert _Hostile.sent.get("/huge", 0) < 32 * 2**20, _Hostile.sent
+
+
+def test_numbers_and_strings_are_written_as_javascript_writes_them():
+    """Without node: the cases where Python's JSON and JSON.stringify differ."""
+    value = {"f": [1.0, 1e-7, 1e21, 123456789.125, -0.0, 5e-324, 0.1], "s": "\ud800\u2028é"}
+    assert js_json(value) == (
+        '{"f":[1,1e-7,1e+21,123456789.125,0,5e-324,0.1],"s":"\\ud800\u2028é"}'
+    )
+    assert js_json({JobStatus.COMPLETED: (True, None, 2**53 - 1)}) == (
+        '{"completed":[true,null,9007199254740991]}'
+    )

@@ -27,11 +27,12 @@ from starlette.responses import (
     RangeNotSatisfiable,
     Response,
 )
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.access.keys import rotate_webhook_secret
-from serve_app.api.openapi import openapi_document
+from serve_app.api import openapi as doc
+from serve_app.api.openapi import Endpoint, openapi_document
 from serve_app.api.schemas import (
     DeliveryPage,
     Download,
@@ -77,7 +78,7 @@ from serve_app.metrics import count_rate_limited
 from serve_app.settings import Settings
 from vocabulary import DeliveryStatus, JobStatus
 
-__all__ = ["create_api"]
+__all__ = ["api_endpoints", "create_api"]
 
 log = logging.getLogger(__name__)
 # One line per request: method, path, status, duration, request id.
@@ -199,6 +200,8 @@ class Api:
         self._ready = False
         self._init_lock = asyncio.Lock()
         self._init_retry_at = 0.0
+        # The OpenAPI document of the route table; create_api sets it.
+        self.document: dict[str, Any] = {}
 
     async def _store(self) -> JobStore:
         """The store, initialised once per process; StoreUnavailable while it can't be.
@@ -482,7 +485,7 @@ class Api:
         )
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document())
+        return JSONResponse(self.document)
 
     async def health(self, request: Request) -> Response:
         """Liveness: the process answers (the store is not consulted)."""
@@ -492,6 +495,42 @@ class Api:
         """Readiness: the store answers a read and a write in time (else 503)."""
         await (await self._store()).ping()
         return JSONResponse({"status": "ready"})
+
+
+def api_endpoints(api: Api) -> list[Endpoint]:
+    """The API's route table, in matching order: each route with its OpenAPI operation
+    (the dashboard's pages, mounted beside it, are not part of the API)."""
+    uploads = api.uploads
+    return [
+        Endpoint("POST", "/v2/enhance", api.enhance, doc.CREATE_ENHANCE_JOB),
+        Endpoint("GET", "/v2/jobs", api.list_jobs, doc.LIST_JOBS),
+        Endpoint("GET", "/v2/jobs/{job_id}", api.get_job, doc.GET_JOB),
+        Endpoint("POST", "/v2/jobs/{job_id}/cancel", api.cancel_job, doc.CANCEL_JOB),
+        Endpoint("GET", "/v2/jobs/{job_id}/download", api.download, doc.GET_DOWNLOAD_URL),
+        Endpoint("GET", "/v2/jobs/{job_id}/events", api.events, doc.LIST_JOB_EVENTS),
+        Endpoint(
+            "POST",
+            "/v2/jobs/{job_id}/events/{event_id}/redeliver",
+            api.redeliver,
+            doc.REDELIVER_JOB_EVENT,
+        ),
+        Endpoint(
+            "GET", "/v2/webhook_deliveries", api.webhook_deliveries, doc.LIST_WEBHOOK_DELIVERIES
+        ),
+        Endpoint("POST", "/v2/webhook_secret/rotate", api.rotate_secret, doc.ROTATE_WEBHOOK_SECRET),
+        # HEAD too: Starlette answers it for every GET route (ranged downloads use it).
+        Endpoint("GET", "/v2/files/{key}", api.file, doc.DOWNLOAD_FILE),
+        Endpoint("OPTIONS", "/v2/uploads", uploads.options, doc.TUS_DISCOVERY),
+        Endpoint("POST", "/v2/uploads", uploads.create, doc.CREATE_UPLOAD),
+        # Before the GET route, whose implied HEAD would otherwise answer tus's HEAD.
+        Endpoint("HEAD", "/v2/uploads/{upload_id}", uploads.head, doc.GET_UPLOAD_OFFSET),
+        Endpoint("GET", "/v2/uploads/{upload_id}", uploads.get, doc.GET_UPLOAD),
+        Endpoint("PATCH", "/v2/uploads/{upload_id}", uploads.patch, doc.APPEND_TO_UPLOAD),
+        Endpoint("DELETE", "/v2/uploads/{upload_id}", uploads.delete, doc.DELETE_UPLOAD),
+        Endpoint("GET", "/v2/openapi.json", api.openapi, doc.GET_OPENAPI),
+        Endpoint("GET", "/healthz", api.health, doc.HEALTH),
+        Endpoint("GET", "/readyz", api.ready, doc.READY),
+    ]
 
 
 def create_api(
@@ -534,27 +573,11 @@ def create_api(
             InternalError("internal error; quote the X-Request-Id header when reporting it"),
         )
 
+    endpoints = api_endpoints(api)
+    api.document = openapi_document(endpoints)
     app = Starlette(
         routes=[
-            Route("/v2/enhance", api.enhance, methods=["POST"]),
-            Route("/v2/jobs", api.list_jobs, methods=["GET"]),
-            Route("/v2/jobs/{job_id}", api.get_job, methods=["GET"]),
-            Route("/v2/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"]),
-            Route("/v2/jobs/{job_id}/download", api.download, methods=["GET"]),
-            Route("/v2/jobs/{job_id}/events", api.events, methods=["GET"]),
-            Route("/v2/jobs/{job_id}/events/{event_id}/redeliver", api.redeliver, methods=["POST"]),
-            Route("/v2/webhook_deliveries", api.webhook_deliveries, methods=["GET"]),
-            Route("/v2/webhook_secret/rotate", api.rotate_secret, methods=["POST"]),
-            Route("/v2/files/{key}", api.file, methods=["GET", "HEAD"]),
-            Route("/v2/uploads", api.uploads.options, methods=["OPTIONS"]),
-            Route("/v2/uploads", api.uploads.create, methods=["POST"]),
-            Route("/v2/uploads/{upload_id}", api.uploads.head, methods=["HEAD"]),
-            Route("/v2/uploads/{upload_id}", api.uploads.get, methods=["GET"]),
-            Route("/v2/uploads/{upload_id}", api.uploads.patch, methods=["PATCH"]),
-            Route("/v2/uploads/{upload_id}", api.uploads.delete, methods=["DELETE"]),
-            Route("/v2/openapi.json", api.openapi, methods=["GET"]),
-            Route("/healthz", api.health, methods=["GET"]),
-            Route("/readyz", api.ready, methods=["GET"]),
+            *(endpoint.route() for endpoint in endpoints),
             # The web dashboard: pages over these same handlers and store.
             Mount("/dashboard", app=create_dashboard(api)),
         ],

@@ -20,13 +20,13 @@ import contextlib
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import httpx
 
 from pipelines.progress import CancelToken
+from serve_app.delivery.fetch_rules import FetchLimits, UrlPolicy
 
 __all__ = [
     "FetchError",
@@ -46,12 +46,6 @@ class FetchError(Exception):
     """The input could not be fetched; the message says why, for the job's error."""
 
     type = "invalid_input"
-
-
-@dataclass(frozen=True)
-class UrlPolicy:
-    allow_private: bool = False
-    allowlist: frozenset[str] = frozenset()  # "host:port" exempt from the address check
 
 
 def _port(parts: SplitResult) -> int:
@@ -83,14 +77,20 @@ def _is_public(address: Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def resolve_checked(url: str, policy: UrlPolicy) -> Address:
-    """The address to connect to for ``url``; :class:`FetchError` if it is refused."""
+async def resolve_checked(url: str, policy: UrlPolicy) -> Address:
+    """The address to connect to for ``url``; :class:`FetchError` if it is refused.
+
+    Resolved off the event loop (the loop's resolver runs ``getaddrinfo`` in a thread):
+    one slow DNS answer must not stall every other request of the process.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError(f"only http and https URLs can be fetched, got {url[:100]!r}")
     try:
         port = _port(parts)
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            parts.hostname, port, type=socket.SOCK_STREAM
+        )
     except (socket.gaierror, ValueError) as exc:
         raise FetchError(f"cannot resolve host {parts.hostname!r} ({exc})") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
@@ -114,23 +114,6 @@ def pinned_target(url: str, address: Address) -> tuple[str, dict[str, str], dict
     headers = {"Host": parts.netloc.rpartition("@")[2]}
     extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
     return target, headers, extensions  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class FetchLimits:
-    """How much and how slowly a fetch may go before it is abandoned.
-
-    ``read_timeout`` bounds each connect and read; ``deadline`` the whole transfer,
-    redirects included; after ``rate_grace`` seconds the average rate since the start
-    must stay at or above ``min_rate`` bytes/s, so a server that trickles a byte now
-    and then cannot hold a job (and its slot) until the deadline.
-    """
-
-    max_bytes: int
-    read_timeout: float = 30.0
-    deadline: float = 3600.0
-    min_rate: float = 64 * 1024
-    rate_grace: float = 10.0
 
 
 class _Transfer:
@@ -209,7 +192,7 @@ async def _download(
     try:
         async with httpx.AsyncClient(follow_redirects=False, timeout=limits.read_timeout) as client:
             for _ in range(MAX_REDIRECTS + 1):
-                address = await asyncio.to_thread(resolve_checked, url, policy)
+                address = await resolve_checked(url, policy)
                 target, headers, extensions = pinned_target(url, address)
                 headers["Accept-Encoding"] = "identity"
                 async with client.stream(

@@ -90,60 +90,39 @@ def _js_float(value: float) -> str:
     return f"{prefix}{mantissa}e{'+' if n - 1 >= 0 else '-'}{abs(n - 1)}"
 
 
-def _js_ready(value: Any) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
+def _js_text(value: Any) -> str:
+    """``value`` as ``JSON.stringify`` writes it, lone surrogates still raw."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, int):
         if abs(value) > _MAX_SAFE_INTEGER:
             raise ValueError(f"{value} cannot round-trip through JavaScript numbers")
-        return value
+        return int.__repr__(value)  # an IntEnum's digits, not its name
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("JSON has no NaN or Infinity")
-        return _JsNumber(_js_float(value))
+        return _js_float(value)
     if isinstance(value, dict):
-        return {str(k): _js_ready(v) for k, v in value.items()}
+        items = (
+            f"{json.dumps(str(k), ensure_ascii=False)}:{_js_text(v)}" for k, v in value.items()
+        )
+        return "{" + ",".join(items) + "}"
     if isinstance(value, list | tuple):
-        return [_js_ready(v) for v in value]
+        return "[" + ",".join(_js_text(v) for v in value) + "]"
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-class _JsNumber(float):
-    """A float that the encoder writes as pre-formatted JavaScript text."""
-
-    def __new__(cls, text: str) -> _JsNumber:
-        number = super().__new__(cls, float(text))
-        number.text = text  # type: ignore[attr-defined]
-        return number
-
-    def __repr__(self) -> str:
-        return self.text  # type: ignore[attr-defined,no-any-return]
-
-
-class _JsEncoder(json.JSONEncoder):
-    def iterencode(self, o: Any, _one_shot: bool = False) -> Any:
-        # The pure-Python encoder formats floats with float.__repr__, which _JsNumber
-        # overrides; the C encoder would bypass it.
-        return json.encoder._make_iterencode(  # type: ignore[attr-defined]
-            {} if self.check_circular else None,
-            self.default,
-            json.encoder.py_encode_basestring,
-            self.indent,
-            lambda f: repr(f),
-            self.key_separator,
-            self.item_separator,
-            self.sort_keys,
-            self.skipkeys,
-            _one_shot,
-        )(o, 0)
-
-
 def js_json(value: Any) -> str:
-    """``value`` serialised exactly as ``JSON.stringify`` would serialise it."""
-    text = json.dumps(
-        _js_ready(value), cls=_JsEncoder, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    )
-    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    """``value`` serialised exactly as ``JSON.stringify`` would serialise it.
+
+    Written out here rather than through ``json.dumps``: only the number format
+    differs from Python's, and the encoder offers no public hook for floats.
+    """
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", _js_text(value))
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -260,9 +239,7 @@ class WebhookDispatcher:
                 raise FetchError("the job's API key no longer exists")
             if key.revoked_at is not None:
                 raise FetchError("the job's API key was revoked")
-            address = await asyncio.to_thread(
-                resolve_checked, job.webhook_url, self.settings.url_policy
-            )
+            address = await resolve_checked(job.webhook_url, self.settings.url_policy)
             target, headers, extensions = pinned_target(job.webhook_url, address)
             payload = body.encode()
             headers.update(

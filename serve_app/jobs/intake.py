@@ -59,7 +59,7 @@ async def submit_job(
     for field, url in (("video_url", body.video_url), ("webhook_url", body.webhook_url)):
         if url is not None:
             try:
-                resolve_checked(url, policy)
+                await resolve_checked(url, policy)
             except FetchError as exc:
                 raise InvalidRequestError(str(exc), param=field) from None
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:

@@ -1,0 +1,78 @@
+"""The one private API the service relies on, pinned by a test that fails loudly.
+
+Ray Serve's proxy picks each request's id (a client's own ``X-Request-Id``, or a fresh
+one) and adds the response header itself; the app must reuse that id rather than add a
+second header.  Serve exposes it only through ``ray.serve.context`` (no public API in
+Ray 2.x), so this file checks exactly what :func:`serve_app.api.app._serve_request_id`
+uses.  (The webhooks' JavaScript-compatible JSON once used ``json.encoder``'s private
+``_make_iterencode``; it is written out with public calls now.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import inspect
+
+from serve_app.api.app import _RequestIdMiddleware, _serve_request_id
+
+FIX = (
+    "Ray Serve's private request context changed; update serve_app.api.app."
+    "_serve_request_id (it must return the id Serve's proxy gives the request, which "
+    "the proxy also returns as X-Request-Id) for this Ray version. Details: "
+)
+
+
+def test_serve_request_context_has_the_shape_we_read():
+    from ray.serve import context
+
+    getter = getattr(context, "_get_serve_request_context", None)
+    assert callable(getter), FIX + "ray.serve.context._get_serve_request_context is gone"
+    assert not inspect.signature(getter).parameters, FIX + "the getter now takes arguments"
+    fields = {f.name for f in dataclasses.fields(context._RequestContext)}
+    assert "request_id" in fields, FIX + f"_RequestContext has no request_id ({fields})"
+    assert isinstance(context._serve_request_context, contextvars.ContextVar), FIX + (
+        "_serve_request_context is no longer a ContextVar"
+    )
+
+
+def test_outside_a_request_there_is_no_serve_id():
+    assert contextvars.copy_context().run(_serve_request_id) is None, FIX + (
+        "outside a Serve request the context's request_id is no longer empty"
+    )
+
+
+def _run_app_in_request(request_id: str) -> tuple[dict, list[tuple[bytes, bytes]]]:
+    """The middleware around a tiny app, inside a Serve request context for ``request_id``
+    (set the way Serve's replica sets it): the scope's id and the response headers."""
+    from ray.serve import context
+
+    seen: dict = {}
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        seen.update(scope["state"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        sent.append(message)
+
+    async def call() -> None:
+        context._set_request_context(request_id=request_id)
+        scope = {"type": "http", "method": "GET", "path": "/healthz", "headers": []}
+        await _RequestIdMiddleware(app)(scope, receive, send)
+
+    contextvars.copy_context().run(asyncio.run, call())
+    return seen, sent[0]["headers"]
+
+
+def test_inside_a_request_the_app_reuses_serves_id():
+    seen, headers = _run_app_in_request("proxy-chose-this")
+    assert seen["request_id"] == "proxy-chose-this", FIX + f"the app saw {seen}"
+    # The proxy adds X-Request-Id itself: a second header would be a duplicate.
+    assert b"x-request-id" not in dict(headers), FIX + f"headers {headers}"
