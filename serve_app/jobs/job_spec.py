@@ -82,10 +82,11 @@ class JobSpec:
         def refuse(message: str, param: str) -> InvalidRequestError:
             return InvalidRequestError(message, param=param)
 
+        # No lower bound: an empty id is an unknown upload, which the intake answers 404.
         if self.upload_id is not None and (
-            not isinstance(self.upload_id, str) or not 0 < len(self.upload_id) <= MAX_UPLOAD_ID
+            not isinstance(self.upload_id, str) or len(self.upload_id) > MAX_UPLOAD_ID
         ):
-            raise refuse(f"upload_id must be 1–{MAX_UPLOAD_ID} characters", "upload_id")
+            raise refuse(f"upload_id must be at most {MAX_UPLOAD_ID} characters", "upload_id")
         if problem := input_problem(self.video_url, self.upload_id):
             raise refuse(problem, "video_url")
         for field in ("video_url", "webhook_url"):
