@@ -51,7 +51,7 @@ class FlowInterpolator:
         self.cut_threshold = cut_threshold
         # Finest scale 0 with variational refinement: measurably better mid-frames than
         # the stock presets on small frames, where a one-pixel error is a large one.
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self._dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self._dis.setFinestScale(0)
         self._dis.setPatchSize(8)
         self._dis.setPatchStride(4)
@@ -69,8 +69,9 @@ class FlowInterpolator:
         h, w = first.shape[:2]
         gray_a = cv2.cvtColor(first, cv2.COLOR_RGB2GRAY)
         gray_b = cv2.cvtColor(second, cv2.COLOR_RGB2GRAY)
-        flow_ab = self._dis.calc(gray_a, gray_b, None)
-        flow_ba = self._dis.calc(gray_b, gray_a, None)
+        # None: OpenCV allocates the flow field (its stubs only know the in-place form).
+        flow_ab = self._dis.calc(gray_a, gray_b, None)  # type: ignore[call-overload]
+        flow_ba = self._dis.calc(gray_b, gray_a, None)  # type: ignore[call-overload]
         grid = np.dstack(
             np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         )

@@ -43,6 +43,24 @@ class NcnnLayer:
     def get(self, key: int, default: Param) -> Param:
         return self.params.get(key, default)
 
+    def int_param(self, key: int, default: int) -> int:
+        """Parameter ``key`` as an integer (ncnn writes flags and sizes as numbers)."""
+        value = self.params.get(key, default)
+        if isinstance(value, list):
+            raise UnsupportedModelError(f"{self.name}: parameter {key} is an array, not a number")
+        return int(value)
+
+    def float_param(self, key: int, default: float) -> float:
+        value = self.params.get(key, default)
+        if isinstance(value, list):
+            raise UnsupportedModelError(f"{self.name}: parameter {key} is an array, not a number")
+        return float(value)
+
+    def float_params(self, key: int) -> list[float]:
+        """Parameter ``key`` as an array (a single number is an array of one)."""
+        value = self.params.get(key, [])
+        return [float(v) for v in value] if isinstance(value, list) else [float(value)]
+
 
 @dataclass
 class NcnnGraph:

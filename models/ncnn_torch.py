@@ -30,8 +30,8 @@ _PASS_THROUGH = {"Input", "Split", "Noop"}
 
 def _pair(layer: NcnnLayer, key: int, default: int) -> tuple[int, int]:
     """(h, w) of a parameter whose height twin is ``key + 10`` in ncnn's numbering."""
-    w = int(layer.get(key, default))  # type: ignore[arg-type]
-    return int(layer.get(key + 10, w)), w  # type: ignore[arg-type]
+    w = layer.int_param(key, default)
+    return layer.int_param(key + 10, w), w
 
 
 def _activation(kind: int, params: list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -53,12 +53,12 @@ def _activation(kind: int, params: list[float]) -> Callable[[torch.Tensor], torc
 
 def _padding(layer: NcnnLayer) -> tuple[int, int, int, int]:
     """(left, right, top, bottom) from ncnn's pad_left=4, right=15, top=14, bottom=16."""
-    left = int(layer.get(4, 0))  # type: ignore[arg-type]
+    left = layer.int_param(4, 0)
     if left < 0:
         raise UnsupportedModelError(f"{layer.name}: automatic 'SAME' padding ({left})")
-    right = int(layer.get(15, left))  # type: ignore[arg-type]
-    top = int(layer.get(14, left))  # type: ignore[arg-type]
-    bottom = int(layer.get(16, top))  # type: ignore[arg-type]
+    right = layer.int_param(15, left)
+    top = layer.int_param(14, left)
+    bottom = layer.int_param(16, top)
     return left, right, top, bottom
 
 
@@ -89,11 +89,11 @@ class NcnnModule(nn.Module):
         if kind in ("Convolution", "ConvolutionDepthWise", "Deconvolution"):
             return self._convolution(index, layer)
         if kind == "PReLU":
-            slope = layer.weights["slope"]
-            key = self._param(index, "slope", slope, (slope.size,))
+            weights = layer.weights["slope"]
+            key = self._param(index, "slope", weights, (weights.size,))
             return lambda x: F.prelu(x, self.weights[key].to(x.dtype))
         if kind == "ReLU":
-            slope = float(layer.get(0, 0.0))  # type: ignore[arg-type]
+            slope = layer.float_param(0, 0.0)
             return (lambda x: F.leaky_relu(x, slope)) if slope else F.relu
         if kind == "Sigmoid":
             return torch.sigmoid
@@ -102,9 +102,9 @@ class NcnnModule(nn.Module):
         if kind == "TanH":
             return torch.tanh
         if kind == "PixelShuffle":
-            if int(layer.get(1, 0)):  # type: ignore[arg-type]
+            if layer.int_param(1, 0):
                 raise UnsupportedModelError(f"{layer.name}: PixelShuffle mode 1")
-            factor = int(layer.get(0, 1))  # type: ignore[arg-type]
+            factor = layer.int_param(0, 1)
             return lambda x: F.pixel_shuffle(x, factor)
         if kind == "Interp":
             return self._interp(layer)
@@ -113,35 +113,35 @@ class NcnnModule(nn.Module):
         if kind == "Eltwise":
             return self._eltwise(layer)
         if kind == "Concat":
-            axis = int(layer.get(0, 0)) + 1  # type: ignore[arg-type]
+            axis = layer.int_param(0, 0) + 1
             return lambda *xs: torch.cat(xs, dim=axis)
         if kind == "MemoryData":
-            w, h, c = (int(layer.get(k, 0)) for k in (0, 1, 2))  # type: ignore[arg-type]
+            w, h, c = (layer.int_param(k, 0) for k in (0, 1, 2))
             shape = (1, c, max(h, 1), max(w, 1)) if c else (1, 1, max(h, 1), max(w, 1))
             key = self._param(index, "data", layer.weights["data"], shape)
             return lambda: self.weights[key]
         raise UnsupportedModelError(f"layer type {kind} ({layer.name})")
 
     def _convolution(self, index: int, layer: NcnnLayer) -> Callable[..., torch.Tensor]:
-        out = int(layer.params[0])  # type: ignore[arg-type]
+        out = layer.int_param(0, 0)
         kh, kw = _pair(layer, 1, 1)
         dilation = _pair(layer, 2, 1)
         stride = _pair(layer, 3, 1)
-        groups = int(layer.get(7, 1)) if layer.type == "ConvolutionDepthWise" else 1  # type: ignore[arg-type]
+        groups = layer.int_param(7, 1) if layer.type == "ConvolutionDepthWise" else 1
         weight = layer.weights["weight"]
         per_group_in = weight.size // (out * kh * kw)
         activation = _activation(
-            int(layer.get(9, 0)),  # type: ignore[arg-type]
-            list(layer.get(10, [])),
-        )  # type: ignore[arg-type]
+            layer.int_param(9, 0),
+            layer.float_params(10),
+        )
         left, right, top, bottom = _padding(layer)
         if layer.type == "Deconvolution":
             if (
                 groups != 1
                 or (left, top) != (right, bottom)
-                or int(layer.get(18, 0))
-                or int(layer.get(20, 0))
-            ):  # type: ignore[arg-type]
+                or layer.int_param(18, 0)
+                or layer.int_param(20, 0)
+            ):
                 raise UnsupportedModelError(f"{layer.name}: deconvolution options")
             # ncnn stores deconvolution weights output-major; torch wants input-major.
             w_key = self._param(
@@ -176,11 +176,11 @@ class NcnnModule(nn.Module):
 
     @staticmethod
     def _interp(layer: NcnnLayer) -> Callable[..., torch.Tensor]:
-        mode = {1: "nearest", 2: "bilinear", 3: "bicubic"}.get(int(layer.get(0, 1)))  # type: ignore[arg-type]
+        mode = {1: "nearest", 2: "bilinear", 3: "bicubic"}.get(layer.int_param(0, 1))
         if mode is None:
             raise UnsupportedModelError(f"{layer.name}: resize type {layer.get(0, 1)}")
-        size = (int(layer.get(3, 0)), int(layer.get(4, 0)))  # type: ignore[arg-type]
-        scale = (float(layer.get(1, 1.0)), float(layer.get(2, 1.0)))  # type: ignore[arg-type]
+        size = (layer.int_param(3, 0), layer.int_param(4, 0))
+        scale = (layer.float_param(1, 1.0), layer.float_param(2, 1.0))
         align = bool(layer.get(6, 0)) if mode != "nearest" else None
 
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -204,18 +204,18 @@ class NcnnModule(nn.Module):
             7: lambda a, b: b - a,
             8: lambda a, b: b / a,
         }
-        op = ops.get(int(layer.get(0, 0)))  # type: ignore[arg-type]
+        op = ops.get(layer.int_param(0, 0))
         if op is None:
             raise UnsupportedModelError(f"{layer.name}: binary op {layer.get(0, 0)}")
-        if int(layer.get(1, 0)):  # type: ignore[arg-type]
-            scalar = float(layer.get(2, 0.0))  # type: ignore[arg-type]
+        if layer.int_param(1, 0):
+            scalar = layer.float_param(2, 0.0)
             return lambda x: op(x, scalar)
         return lambda a, b: op(a, b.to(a.dtype))
 
     @staticmethod
     def _eltwise(layer: NcnnLayer) -> Callable[..., torch.Tensor]:
-        op = int(layer.get(0, 1))  # type: ignore[arg-type]
-        coeffs = [float(c) for c in layer.get(1, [])]  # type: ignore[union-attr]
+        op = layer.int_param(0, 1)
+        coeffs = layer.float_params(1)
 
         def run(*xs: torch.Tensor) -> torch.Tensor:
             if op == 0:

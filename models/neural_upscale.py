@@ -87,7 +87,7 @@ class NeuralUpscale:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         net = load_ncnn_module(*self.model.files(), cache=options.cache)
         if self.device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's stubs omit it
         self.net = net.to(self.device, self.dtype)
         self._run, self.runtime_choice = self._runtime(options)
 
@@ -117,7 +117,7 @@ class NeuralUpscale:
                     "torch", f"{choice.reason}, but ncnn could not load the model ({exc})", True
                 )
         elif choice.runtime == "compile":
-            run = torch.compile(self.net)  # type: ignore[assignment]
+            run = torch.compile(self.net)
         elif choice.runtime == "tensorrt":
             from models.tensorrt_runtime import tensorrt_or_torch
 

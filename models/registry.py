@@ -1,13 +1,13 @@
 """Operator registry: an operator spec (name + parameters) → a ready operator instance.
 
-Presets name operators by ``kind`` and ``engine``; this table is the one place that
-knows which class implements which pair, so adding a neural model is one new row.
+Presets name operators by ``kind`` and ``backend`` (:mod:`vocabulary`); this table is the
+one place that knows which class implements which pair, so adding an operator is one row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from models.flow_interpolation import FlowInterpolator
@@ -15,17 +15,31 @@ from models.lanczos import LanczosUpscale
 from models.nlmeans import NonLocalMeansDenoise
 from models.operator import FrameFilter, FrameInterpolator
 from models.runtime import ModelOptions
+from vocabulary import Backend, OperatorKind
 
-__all__ = ["OPERATORS", "UnknownOperatorError", "build_operator", "unavailable_reason"]
+__all__ = [
+    "OPERATORS",
+    "Registration",
+    "UnknownOperatorError",
+    "build_operator",
+    "needs_gpu",
+    "unavailable_reason",
+]
 
 Operator = FrameFilter | FrameInterpolator
 
 
-def _rife(**params: Any) -> Operator:
+def _rife() -> type[Operator]:
     # Imported on use: torch costs every Ray worker a second or two to import.
     from models.rife import RifeInterpolator
 
-    return RifeInterpolator(**params)
+    return RifeInterpolator
+
+
+def _ncnn_upscale() -> type[Operator]:
+    from models.neural_upscale import NeuralUpscale
+
+    return NeuralUpscale
 
 
 def _missing(locate: Callable[[], object]) -> str | None:
@@ -37,72 +51,80 @@ def _missing(locate: Callable[[], object]) -> str | None:
     return None
 
 
-def _rife_missing() -> str | None:
+def _rife_missing(**_: Any) -> str | None:
     from models.rife import rife_weights_path
 
     return _missing(rife_weights_path)
 
 
-def _ncnn_upscale(**params: Any) -> Operator:
-    from models.neural_upscale import NeuralUpscale
-
-    return NeuralUpscale(**params)
-
-
-def _sr_missing(model: str) -> str | None:
+def _sr_missing(model: str, **_: Any) -> str | None:
     from models.sr_models import sr_model
 
     return _missing(lambda: sr_model(model).files())
 
 
-OPERATORS: dict[tuple[str, str], Callable[..., Operator]] = {
-    ("upscale", "classical"): LanczosUpscale,
-    ("denoise", "classical"): NonLocalMeansDenoise,
-    ("interpolate", "classical"): FlowInterpolator,
-    ("interpolate", "rife"): _rife,
-    ("upscale", "ncnn"): _ncnn_upscale,
+@dataclass(frozen=True)
+class Registration:
+    """One operator: how to get its class (lazily, for the torch-backed ones), whether it
+    takes the deployment's :class:`ModelOptions` (runtime, cache directory), and why its
+    weights are missing here, if they come from an optional package."""
+
+    load: Callable[[], type[Operator]]
+    takes_model_options: bool = False
+    missing: Callable[..., str | None] | None = None
+
+
+OPERATORS: dict[tuple[OperatorKind, Backend], Registration] = {
+    (OperatorKind.UPSCALE, Backend.CLASSICAL): Registration(lambda: LanczosUpscale),
+    (OperatorKind.DENOISE, Backend.CLASSICAL): Registration(lambda: NonLocalMeansDenoise),
+    (OperatorKind.INTERPOLATE, Backend.CLASSICAL): Registration(lambda: FlowInterpolator),
+    (OperatorKind.INTERPOLATE, Backend.RIFE): Registration(_rife, True, _rife_missing),
+    (OperatorKind.UPSCALE, Backend.NCNN): Registration(_ncnn_upscale, True, _sr_missing),
 }
-
-# Neural operators: they take the deployment's ModelOptions (runtime, cache directory).
-_NEURAL = frozenset({("interpolate", "rife"), ("upscale", "ncnn")})
-
-# Operators whose weights come from an optional package: why one can't run here.
-_MISSING: dict[tuple[str, str], Callable[..., str | None]] = {
-    ("interpolate", "rife"): lambda **_: _rife_missing(),
-    ("upscale", "ncnn"): lambda model, **_: _sr_missing(model),
-}
-
-
-def unavailable_reason(
-    kind: str, engine: str, params: Mapping[str, Any] | None = None
-) -> str | None:
-    """None when ``(kind, engine)`` with ``params`` can run here, else why not."""
-    if (kind, engine) not in OPERATORS:
-        return f"no operator for kind={kind!r} engine={engine!r}"
-    check = _MISSING.get((kind, engine))
-    return check(**(params or {})) if check else None
 
 
 class UnknownOperatorError(KeyError):
-    """No operator is registered for the requested (kind, engine) pair."""
+    """No operator is registered for the requested (kind, backend) pair."""
+
+
+def _registration(kind: str, backend: str) -> Registration:
+    try:
+        return OPERATORS[(OperatorKind(kind), Backend(backend))]
+    except (KeyError, ValueError):
+        known = ", ".join(f"{k}/{b}" for k, b in sorted(OPERATORS))
+        raise UnknownOperatorError(
+            f"no operator for kind={kind!r} backend={backend!r}; known: {known}"
+        ) from None
+
+
+def unavailable_reason(
+    kind: str, backend: str, params: Mapping[str, Any] | None = None
+) -> str | None:
+    """None when ``(kind, backend)`` with ``params`` can run here, else why not."""
+    try:
+        registration = _registration(kind, backend)
+    except UnknownOperatorError:
+        return f"no operator for kind={kind!r} backend={backend!r}"
+    return registration.missing(**(params or {})) if registration.missing else None
+
+
+def needs_gpu(kind: str, backend: str) -> bool:
+    """The operator's own ``needs_gpu``: whether its stage should hold a GPU where the
+    cluster has one.  Loads the class (and torch, for the neural ones)."""
+    return _registration(kind, backend).load().needs_gpu
 
 
 def build_operator(
-    kind: str, engine: str, params: Mapping[str, Any], models: ModelOptions | None = None
+    kind: str, backend: str, params: Mapping[str, Any], models: ModelOptions | None = None
 ) -> Operator:
-    """Instantiate the operator registered for ``(kind, engine)`` with ``params``;
+    """Instantiate the operator registered for ``(kind, backend)`` with ``params``;
     a neural one also gets ``models`` (its runtime and cache directory).
 
     Raises :class:`UnknownOperatorError` for an unregistered pair and ``ValueError``
     (from the operator) for out-of-range parameters.
     """
-    try:
-        factory = OPERATORS[(kind, engine)]
-    except KeyError:
-        known = ", ".join(f"{k}/{e}" for k, e in sorted(OPERATORS))
-        raise UnknownOperatorError(
-            f"no operator for kind={kind!r} engine={engine!r}; known: {known}"
-        ) from None
-    if (kind, engine) in _NEURAL:
-        return factory(**params, **asdict(models or ModelOptions()))
-    return factory(**params)
+    registration = _registration(kind, backend)
+    operator = registration.load()
+    if registration.takes_model_options:
+        return operator(**params, **asdict(models or ModelOptions()))
+    return operator(**params)

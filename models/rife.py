@@ -184,7 +184,7 @@ class RifeInterpolator:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         net = load_rife(Path(weights) if weights else None)
         if self.device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's stubs omit it
         self.net = net.to(self.device, self.dtype)
         cuda = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         # Its ONNX export exists (export_rife_onnx), but no engine is built from it yet.
@@ -232,11 +232,11 @@ class RifeInterpolator:
         n = len(ts)
         # All times of a pair in one batch: one pass over the weights per pair.
         timestep = torch.tensor(list(ts), device=self.device, dtype=self.dtype).view(n, 1, 1, 1)
-        first, second = img0.expand(n, -1, -1, -1), img1.expand(n, -1, -1, -1)
+        before, after = img0.expand(n, -1, -1, -1), img1.expand(n, -1, -1, -1)
         if self.ensemble:
-            first, second = torch.cat((first, second)), torch.cat((second, first))
+            before, after = torch.cat((before, after)), torch.cat((after, before))
             timestep = torch.cat((timestep, 1 - timestep))
-        frames = self._forward(first, second, timestep, scale)[:, :, :h, :w]
+        frames = self._forward(before, after, timestep, scale)[:, :, :h, :w]
         if self.ensemble:
             frames = (frames[:n] + frames[n:]) / 2
         out: np.ndarray = (

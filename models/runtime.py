@@ -105,8 +105,10 @@ def choose_runtime(
         if requested in ("torch", "auto"):
             return RuntimeChoice("torch", f"{requested}: no CUDA device, torch on the CPU", False)
         return RuntimeChoice("torch", f"{requested} needs a CUDA device; torch on the CPU", True)
-    if requested in ("torch", "compile"):
-        return RuntimeChoice(requested, f"{requested} requested, on {cuda}", False)
+    if requested == "torch":
+        return RuntimeChoice("torch", f"torch requested, on {cuda}", False)
+    if requested == "compile":
+        return RuntimeChoice("compile", f"compile requested, on {cuda}", False)
     fallback = requested == "tensorrt"
     if not has_engine_path:
         return RuntimeChoice(

@@ -195,4 +195,5 @@ def tensorrt_or_torch(
 
 def _fp16_copy(net: torch.nn.Module) -> torch.nn.Module:
     # Contiguous (not channels_last) weights export to plain ONNX initialisers.
-    return copy.deepcopy(net).half().to(memory_format=torch.contiguous_format)
+    fp16 = copy.deepcopy(net).half()
+    return fp16.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's stubs omit it

@@ -29,6 +29,7 @@ import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from models.registry import needs_gpu
 from models.runtime import ModelOptions, ModelRuntime
 from pipelines.assemble import Segment, assemble, output_format
 from pipelines.errors import PipelineCanceled, PipelineError, ProcessingError
@@ -45,6 +46,7 @@ from pipelines.stages import (
     encode_stage,
     operator_stage,
 )
+from vocabulary import Backend
 
 __all__ = [
     "EnhanceResult",
@@ -115,11 +117,17 @@ def ensure_ray() -> None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
 
 
+def _holds_gpu(spec: OperatorSpec, use_gpu: bool) -> bool:
+    """Whether the stage of ``spec`` takes a GPU: the cluster has one and the operator
+    says it wants one (its own ``needs_gpu``)."""
+    return use_gpu and needs_gpu(spec.kind, spec.backend)
+
+
 def _in_actors(spec: OperatorSpec, config: PipelineConfig, use_gpu: bool) -> bool:
     # Actors pay off where a stage holds a GPU.  On CPU-only clusters an actor pool
     # cost ~3.5 s of start-up per job on 2 cores and bought nothing: tasks reuse worker
     # processes, which keep the models they loaded (stages._cached_operator).
-    return config.operator_compute == "actors" or (use_gpu and spec.engine != "classical")
+    return config.operator_compute == "actors" or _holds_gpu(spec, use_gpu)
 
 
 def decode_placement(config: PipelineConfig) -> dict[str, object]:
@@ -174,13 +182,13 @@ def build_dataset(
             "models": config.models,
             "stage": stage,
         }
-        if spec.engine != "classical":
+        if spec.backend != Backend.CLASSICAL:
             # The choice itself is made (and logged, with its reason) where the model
             # loads: only that node knows whether TensorRT imports and CUDA is there.
             log.info(
                 "stage %s/%s: model runtime %s requested, %s",
                 spec.kind,
-                spec.engine,
+                spec.backend,
                 config.model_runtime,
                 "1 GPU per actor" if use_gpu else "no GPU in the cluster",
             )
@@ -192,7 +200,7 @@ def build_dataset(
                 fn_constructor_kwargs=args,
                 compute=ActorPoolStrategy(size=config.stage_concurrency),
                 num_cpus=stage_cpus,
-                num_gpus=1 if use_gpu and spec.engine != "classical" else 0,
+                num_gpus=1 if _holds_gpu(spec, use_gpu) else 0,
             )
         else:
             ds = ds.map_batches(

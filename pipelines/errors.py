@@ -10,6 +10,8 @@ PipelineError                 anything the pipeline raises on purpose
 
 from __future__ import annotations
 
+from vocabulary import JobErrorType
+
 __all__ = [
     "InvalidInputError",
     "InvalidOptionsError",
@@ -22,13 +24,13 @@ __all__ = [
 class PipelineError(Exception):
     """Base class of every error the pipeline raises deliberately."""
 
-    type: str = "processing_error"
+    type: str = JobErrorType.PROCESSING_ERROR
 
 
 class InvalidInputError(PipelineError):
     """The input cannot be processed: not a video, truncated, no frames, no video stream."""
 
-    type = "invalid_input"
+    type = JobErrorType.INVALID_INPUT
 
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
@@ -46,16 +48,16 @@ def _rebuild_invalid_input(message: str, reason: str) -> InvalidInputError:
 class InvalidOptionsError(PipelineError, ValueError):
     """The requested options cannot be honoured (e.g. upscale factor 5)."""
 
-    type = "invalid_options"
+    type = JobErrorType.INVALID_OPTIONS
 
 
 class PipelineCanceled(PipelineError):
     """Processing stopped because the job was canceled."""
 
-    type = "canceled"
+    type = JobErrorType.CANCELED
 
 
 class ProcessingError(PipelineError):
     """An operator, decoder or encoder failed on an input that probed as valid."""
 
-    type = "processing_error"
+    type = JobErrorType.PROCESSING_ERROR

@@ -17,6 +17,7 @@ from pipelines.errors import InvalidOptionsError
 from pipelines.noise_probe import NoiseLevel
 from pipelines.presets import PRESETS, OperatorSpec, resolve_chain
 from pipelines.probe import VideoInfo
+from vocabulary import Engine, OperatorKind, PresetName
 
 __all__ = ["MAX_OUTPUT_SIDE", "EnhanceRequest", "JobPlan", "plan_job"]
 
@@ -31,13 +32,13 @@ MIN_PARALLEL_CHUNK_FRAMES = 12
 class EnhanceRequest:
     """What a caller asks for; ``None`` means "the preset's default"."""
 
-    preset: str = "general"
+    preset: str = PresetName.GENERAL  # a PresetName; checked by plan_job
     upscale_factor: int | None = None
     interpolate: int | None = None  # frame-rate multiplier: 2 or 4
     target_fps: Fraction | None = None  # or an explicit output frame rate
     codec: str | None = None  # "h264" (default) or "hevc"
     crf: int | None = None  # encoder quality override, 0 (lossless) to 51
-    engine: str = "neural"  # or "classical": see pipelines.presets
+    engine: str = Engine.NEURAL  # an Engine; checked by resolve_chain
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def plan_job(
         info,
         max_frames=limit,
         ratio=ratio,
-        lookahead=any(spec.kind == "interpolate" for spec in chain),
+        lookahead=any(spec.kind == OperatorKind.INTERPOLATE for spec in chain),
     )
     return JobPlan(
         info=info,

@@ -51,6 +51,7 @@ from models.sr_models import sr_model
 from pipelines.encode import EncoderSettings
 from pipelines.errors import InvalidOptionsError
 from pipelines.noise_probe import NoiseLevel
+from vocabulary import Backend, Engine, OperatorKind, PresetName
 
 __all__ = ["ENGINES", "PRESETS", "OperatorSpec", "Preset", "resolve_chain"]
 
@@ -59,14 +60,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class OperatorSpec:
-    kind: str  # "denoise" | "upscale" | "interpolate"
-    engine: str = "classical"
+    kind: OperatorKind
+    backend: Backend = Backend.CLASSICAL
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
 class Preset:
-    name: str
+    name: PresetName
     neural: tuple[OperatorSpec, ...]
     classical: tuple[OperatorSpec, ...]
     upscale_factor: int
@@ -74,62 +75,66 @@ class Preset:
     target_fps: Fraction | None = None  # None keeps the source frame rate
 
 
-ENGINES = ("neural", "classical")
+# Derived from the vocabulary, for membership tests and messages.
+ENGINES: tuple[Engine, ...] = tuple(Engine)
 
 
-def _spec(kind: str, engine: str = "classical", **params: Any) -> OperatorSpec:
-    return OperatorSpec(kind=kind, engine=engine, params=MappingProxyType(params))
+def _spec(kind: OperatorKind, backend: Backend = Backend.CLASSICAL, **params: Any) -> OperatorSpec:
+    return OperatorSpec(kind=kind, backend=backend, params=MappingProxyType(params))
 
 
-_RIFE = _spec("interpolate", engine="rife")
+_RIFE = _spec(OperatorKind.INTERPOLATE, Backend.RIFE)
 # Time-symmetric ensemble: twice RIFE's cost, +0.15 dB on carphone rebuilt at ×2
 # (30.71 vs 30.56), so for the presets that trade speed for quality.
-_RIFE_ENSEMBLE = _spec("interpolate", engine="rife", ensemble=True)
+_RIFE_ENSEMBLE = _spec(OperatorKind.INTERPOLATE, Backend.RIFE, ensemble=True)
 _SPAN_MODELS = {1: "span-x2", 2: "span-x2", 3: "span-x4", 4: "span-x4"}
-_SPAN = _spec("upscale", engine="ncnn", models=_SPAN_MODELS)
+_SPAN = _spec(OperatorKind.UPSCALE, Backend.NCNN, models=_SPAN_MODELS)
 # SPAN on clean jobs, waifu2x at noise level 3 on noisy ones (thresholds measured in
 # models.neural_upscale); decided once per job by _for_noise.
 _SPAN_OR_DENOISER = _spec(
-    "upscale", engine="ncnn", models=_SPAN_MODELS, noisy_model="waifu2x-photo-noise3-x2"
+    OperatorKind.UPSCALE, Backend.NCNN, models=_SPAN_MODELS, noisy_model="waifu2x-photo-noise3-x2"
 )
 
 
 def _denoise(gain: float) -> OperatorSpec:
     """NL-means at ``gain`` × the job's measured noise σ; none on clean jobs."""
-    return _spec("denoise", gain=gain)
+    return _spec(OperatorKind.DENOISE, gain=gain)
 
 
 def _classical(gain: float) -> tuple[OperatorSpec, ...]:
-    return (_denoise(gain), _spec("interpolate"), _spec("upscale"))
+    return (_denoise(gain), _spec(OperatorKind.INTERPOLATE), _spec(OperatorKind.UPSCALE))
 
 
-PRESETS: Mapping[str, Preset] = MappingProxyType(
+PRESETS: Mapping[PresetName, Preset] = MappingProxyType(
     {
-        "general": Preset(
-            "general",
+        PresetName.GENERAL: Preset(
+            PresetName.GENERAL,
             (_RIFE, _SPAN_OR_DENOISER),
             _classical(1.0),
             2,
             EncoderSettings(crf=20, speed="veryfast"),
         ),
-        "cinematic": Preset(
-            "cinematic",
+        PresetName.CINEMATIC: Preset(
+            PresetName.CINEMATIC,
             (_denoise(0.6), _RIFE_ENSEMBLE, _SPAN),
             _classical(0.6),
             2,
             EncoderSettings(crf=17, speed="slow"),
         ),
-        "social": Preset(
-            "social",
+        PresetName.SOCIAL: Preset(
+            PresetName.SOCIAL,
             (_RIFE, _SPAN_OR_DENOISER),
             _classical(1.2),
             2,
             EncoderSettings(crf=23, speed="veryfast"),
             target_fps=Fraction(60),
         ),
-        "archive": Preset(
-            "archive",
-            (_spec("upscale", engine="ncnn", model="waifu2x-photo-noise3-x2"), _RIFE_ENSEMBLE),
+        PresetName.ARCHIVE: Preset(
+            PresetName.ARCHIVE,
+            (
+                _spec(OperatorKind.UPSCALE, Backend.NCNN, model="waifu2x-photo-noise3-x2"),
+                _RIFE_ENSEMBLE,
+            ),
             _classical(1.2),
             2,
             EncoderSettings(crf=16, speed="medium"),
@@ -142,7 +147,7 @@ def _for_noise(spec: OperatorSpec, noise: NoiseLevel) -> OperatorSpec | None:
     """``spec`` decided for the whole job's measured ``noise``: NL-means at its strength
     or dropped, the upscaler's model fixed.  The only place these choices are made."""
     params = dict(spec.params)
-    if spec.kind == "denoise" and "gain" in params:
+    if spec.kind == OperatorKind.DENOISE and "gain" in params:
         if noise.luma < MIN_SIGMA:
             return None
         params["strength"] = min(30.0, params.pop("gain") * noise.luma)
@@ -152,20 +157,20 @@ def _for_noise(spec: OperatorSpec, noise: NoiseLevel) -> OperatorSpec | None:
     ):
         params.pop("models", None)
         params["model"] = noisy_model
-    return OperatorSpec(spec.kind, spec.engine, MappingProxyType(params))
+    return OperatorSpec(spec.kind, spec.backend, MappingProxyType(params))
 
 
 def _concrete(
     spec: OperatorSpec, upscale_factor: int, frame_ratio: Fraction, noise: NoiseLevel
 ) -> OperatorSpec | None:
     """``spec`` with the request's parameters, or None where it would be a no-op."""
-    if spec.kind == "interpolate" and frame_ratio == 1:
+    if spec.kind == OperatorKind.INTERPOLATE and frame_ratio == 1:
         return None
     decided = _for_noise(spec, noise)
     if decided is None:
         return None
     params = dict(decided.params)
-    if spec.kind == "upscale":
+    if spec.kind == OperatorKind.UPSCALE:
         models = params.pop("models", None)
         if models is not None:
             params["model"] = models[upscale_factor]
@@ -174,14 +179,14 @@ def _concrete(
         if upscale_factor == 1 and not denoises:
             return None
         params["factor"] = upscale_factor
-    return OperatorSpec(spec.kind, spec.engine, MappingProxyType(params))
+    return OperatorSpec(spec.kind, spec.backend, MappingProxyType(params))
 
 
 def resolve_chain(
     preset: Preset,
     upscale_factor: int,
     frame_ratio: Fraction,
-    engine: str = "neural",
+    engine: str = Engine.NEURAL,
     *,
     noise: NoiseLevel,
 ) -> list[OperatorSpec]:
@@ -198,17 +203,17 @@ def resolve_chain(
         specs = (_concrete(spec, upscale_factor, frame_ratio, noise) for spec in chain)
         return [spec for spec in specs if spec is not None]
 
-    if engine == "classical":
+    if engine == Engine.CLASSICAL:
         return concrete(preset.classical)
     chain = concrete(preset.neural)
     for spec in chain:
-        reason = unavailable_reason(spec.kind, spec.engine, spec.params)
+        reason = unavailable_reason(spec.kind, spec.backend, spec.params)
         if reason is not None:
             log.warning(
                 "preset %s: using the classical operators, because %s/%s can't run here: %s",
                 preset.name,
                 spec.kind,
-                spec.engine,
+                spec.backend,
                 reason,
             )
             return concrete(preset.classical)

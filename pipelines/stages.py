@@ -207,9 +207,9 @@ class OperatorStage:
         models = models or ModelOptions()
         _log_models_here()
         self._operator = (
-            _cached_operator(spec.kind, spec.engine, tuple(sorted(spec.params.items())), models)
+            _cached_operator(spec.kind, spec.backend, tuple(sorted(spec.params.items())), models)
             if cached
-            else build_operator(spec.kind, spec.engine, spec.params, models)
+            else build_operator(spec.kind, spec.backend, spec.params, models)
         )
         self._ratio = ratio
         self._check = CancelCheck(signal)

@@ -26,7 +26,7 @@ from serve_app.access.keys import new_api_key, rotate_webhook_secret
 from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.store import AmbiguousKey, JobStore
 from serve_app.settings import Settings
-from vocabulary import JobStatus
+from vocabulary import Backend, JobStatus
 
 T = TypeVar("T")
 
@@ -702,7 +702,7 @@ def _models_by_preset() -> dict[str, list[str]]:
         for spec in preset.neural:
             names = (
                 [_RIFE_ROW]
-                if spec.engine == "rife"
+                if spec.backend == Backend.RIFE
                 else [spec.params["model"]]
                 if "model" in spec.params
                 else list(dict.fromkeys(spec.params.get("models", {}).values()))

@@ -17,6 +17,8 @@ ApiError                       status  error.type
 
 from __future__ import annotations
 
+from vocabulary import ApiErrorType
+
 __all__ = [
     "ApiError",
     "AuthenticationError",
@@ -38,7 +40,7 @@ class ApiError(Exception):
     """Base of every error the API answers with; carries its status and error type."""
 
     status = 500
-    type = "api_error"
+    type = ApiErrorType.API_ERROR
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -56,42 +58,42 @@ class InvalidRequestError(ApiError):
     """The request is malformed or a parameter is invalid."""
 
     status = 400
-    type = "invalid_request_error"
+    type = ApiErrorType.INVALID_REQUEST
 
 
 class AuthenticationError(ApiError):
     """The API key is missing, malformed, unknown or revoked."""
 
     status = 401
-    type = "authentication_error"
+    type = ApiErrorType.AUTHENTICATION
 
 
 class NotFoundError(ApiError):
     """No such resource for this key (other keys' jobs are not found either)."""
 
     status = 404
-    type = "not_found_error"
+    type = ApiErrorType.NOT_FOUND
 
 
 class ConflictError(ApiError):
     """The request conflicts with the resource's state (idempotency key reuse, …)."""
 
     status = 409
-    type = "conflict_error"
+    type = ApiErrorType.CONFLICT
 
 
 class PayloadTooLargeError(ApiError):
     """The request body exceeds the configured limit."""
 
     status = 413
-    type = "invalid_request_error"
+    type = ApiErrorType.INVALID_REQUEST
 
 
 class RangeNotSatisfiableError(ApiError):
     """A download's Range starts past the end of the file."""
 
     status = 416
-    type = "invalid_request_error"
+    type = ApiErrorType.INVALID_REQUEST
 
     def __init__(self, message: str, *, size: int) -> None:
         super().__init__(message, param="Range")
@@ -102,7 +104,7 @@ class RateLimitError(ApiError):
     """The key has used up its requests in the current window."""
 
     status = 429
-    type = "rate_limit_error"
+    type = ApiErrorType.RATE_LIMIT
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
@@ -113,7 +115,7 @@ class QueueLimitError(ApiError):
     """The key already has its maximum of queued jobs (``max_queued_per_key`` or its own)."""
 
     status = 429
-    type = "queue_limit_error"
+    type = ApiErrorType.QUEUE_LIMIT
 
     def __init__(self, message: str, *, limit: int, param: str = "max_queued_per_key") -> None:
         super().__init__(message, param=param)
@@ -124,7 +126,7 @@ class ServiceUnavailableError(ApiError):
     """The job store is unreachable or too slow; the request may be retried as it is."""
 
     status = 503
-    type = "service_unavailable_error"
+    type = ApiErrorType.SERVICE_UNAVAILABLE
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
@@ -135,18 +137,18 @@ class InternalError(ApiError):
     """Anything unexpected; details are logged with the request id, never returned."""
 
     status = 500
-    type = "api_error"
+    type = ApiErrorType.API_ERROR
 
 
 class ForbiddenError(ApiError):
     """A signed download URL was tampered with or has expired."""
 
     status = 403
-    type = "forbidden_error"
+    type = ApiErrorType.FORBIDDEN
 
 
 class GoneError(ApiError):
     """The job's output was deleted when its retention ended."""
 
     status = 410
-    type = "gone_error"
+    type = ApiErrorType.GONE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from fractions import Fraction
 
@@ -14,6 +15,7 @@ from models.registry import build_operator
 from pipelines.errors import InvalidOptionsError
 from pipelines.noise_probe import NoiseLevel
 from pipelines.presets import PRESETS, resolve_chain
+from vocabulary import Backend, OperatorKind, PresetName
 
 from media import psnr
 
@@ -28,7 +30,7 @@ def _steps(
     noise: NoiseLevel = CLEAN,
 ) -> list[tuple[str, str, str | None]]:
     return [
-        (s.kind, s.engine, s.params.get("model"))
+        (s.kind, s.backend, s.params.get("model"))
         for s in resolve_chain(PRESETS[preset], factor, ratio, engine, noise=noise)
     ]
 
@@ -82,7 +84,11 @@ def test_unknown_engine_is_refused():
 def test_a_missing_model_falls_back_to_the_whole_classical_chain(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, missing: tuple[str, str]
 ):
-    monkeypatch.setitem(registry._MISSING, missing, lambda **_: "weights need the package X")
+    pair = (OperatorKind(missing[0]), Backend(missing[1]))
+    unavailable = dataclasses.replace(
+        registry.OPERATORS[pair], missing=lambda **_: "weights need the package X"
+    )
+    monkeypatch.setitem(registry.OPERATORS, pair, unavailable)
     with caplog.at_level(logging.WARNING, logger="pipelines.presets"):
         steps = _steps("social", 2, Fraction(5, 2), noise=NOISY)
     assert steps == [
@@ -133,7 +139,7 @@ def test_planned_nl_means_leaves_clean_footage_alone_and_fits_noisy_footage():
     ] == ["upscale"]
     denoise, _ = resolve_chain(general, 2, Fraction(1), "classical", noise=_measured(noisy))
     assert denoise.kind == "denoise" and 6 < denoise.params["strength"] < 10
-    fitted = build_operator(denoise.kind, denoise.engine, denoise.params)
+    fitted = build_operator(denoise.kind, denoise.backend, denoise.params)
     assert psnr(fitted(noisy), clean) > psnr(noisy, clean) + 1.5
     [cinematic, *_] = resolve_chain(
         PRESETS["cinematic"], 2, Fraction(1), "classical", noise=_measured(noisy)
@@ -150,7 +156,24 @@ def test_planned_denoising_model_beats_span_on_noisy_footage():
     [waifu] = resolve_chain(general, 2, Fraction(1), noise=_measured(noisy))
     assert (span.params["model"], waifu.params["model"]) == ("span-x2", "waifu2x-photo-noise3-x2")
     big = np.stack([cv2.resize(f, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC) for f in clean])
-    by_span = build_operator(span.kind, span.engine, span.params)(noisy)
-    by_waifu = build_operator(waifu.kind, waifu.engine, waifu.params)(noisy)
+    by_span = build_operator(span.kind, span.backend, span.params)(noisy)
+    by_waifu = build_operator(waifu.kind, waifu.backend, waifu.params)(noisy)
     assert psnr(by_waifu, big) > psnr(by_span, big) + 1
     assert resolve_chain(general, 1, Fraction(1), noise=_measured(clean)) == []
+
+
+def test_every_preset_name_of_the_vocabulary_has_a_preset_and_no_other():
+    """The API's preset enum and the preset table are one vocabulary (issue 14)."""
+    assert set(PRESETS) == set(PresetName)
+    assert all(PRESETS[name].name == name for name in PresetName)
+
+
+def test_gpu_placement_follows_each_operators_own_needs_gpu():
+    """A stage holds a GPU because its operator says so, not because of its backend's name."""
+    from models.registry import OPERATORS, needs_gpu
+
+    wants = {pair: needs_gpu(*pair) for pair in OPERATORS}
+    assert wants == {pair: reg.load().needs_gpu for pair, reg in OPERATORS.items()}
+    assert not any(wants[(kind, Backend.CLASSICAL)] for kind in OperatorKind)
+    assert wants[(OperatorKind.INTERPOLATE, Backend.RIFE)]
+    assert wants[(OperatorKind.UPSCALE, Backend.NCNN)]

@@ -615,3 +615,179 @@ async def test_mongo_leases_follow_the_servers_clock_not_the_callers():
     finally:
         await store.drop()
         await store.close()
+
+
+# Issue 14: a record's fields are the store's columns and document keys, so adding an
+# optional field with a default to a record needs no edit in either backend.
+def _every_field(cls: type, **fields: object) -> object:
+    """A ``cls`` record with every field set, none to its default."""
+    from enum import Enum
+
+    from serve_app.jobs.records import field_types
+
+    def value(name: str, base: type) -> object:
+        if base is bool:
+            return True
+        if issubclass(base, Enum):
+            return list(base)[-1]
+        return {int: 7, float: 1.5, str: f"{name}-value"}[base]
+
+    values = {name: value(name, kind.base) for name, kind in field_types(cls).items()}
+    return cls(**{**values, **fields})
+
+
+def _full_records() -> list[object]:
+    from serve_app.jobs.records import ApiKeyRecord
+
+    return [
+        _every_field(JobRecord, status=JobStatus.QUEUED),
+        _every_field(ApiKeyRecord),
+        _every_field(UploadRecord),
+        _every_field(WebhookAttempt),
+    ]
+
+
+def test_every_field_has_a_value_other_than_its_default():
+    for record in _full_records():
+        for field in dataclasses.fields(record):  # type: ignore[arg-type]
+            assert getattr(record, field.name) != field.default, field.name
+
+
+async def test_every_record_field_round_trips_through_sqlite(tmp_path: Path):
+    from serve_app.jobs.sqlite_store import SqliteStore
+
+    store = SqliteStore(tmp_path / "full.sqlite3")
+    await store.init()
+    try:
+        job, key, upload, attempt = _full_records()
+        job = dataclasses.replace(job, webhook_status="pending", webhook_attempts=0)
+        assert await store.insert_job(job, job.created_at) == (job, True)
+        assert await store.get_job(job.id) == job
+        await store.add_key(key)
+        assert await store.get_key(key.id) == key
+        await store.insert_upload(upload)
+        assert await store.get_upload(upload.id) == upload
+        attempt = dataclasses.replace(attempt, job_id=job.id, number=1)
+        await store.record_webhook_attempt(attempt, status="delivered", next_at=None, body="{}")
+        assert await store.webhook_attempts(job.id) == [attempt]
+    finally:
+        await store.close()
+
+
+def test_every_record_field_round_trips_through_mongo_documents():
+    """The document mapping, through BSON and back, without a server."""
+    import bson
+
+    from serve_app.jobs.mongo_store import from_document, to_document
+    from serve_app.jobs.records import from_stored
+
+    for record in _full_records():
+        doc = bson.decode(bson.encode(to_document(record)))
+        names = {f.name for f in dataclasses.fields(record)}  # type: ignore[arg-type]
+        assert set(doc) == (names - {"id"} | {"_id"} if "id" in names else names)
+        cls = type(record)
+        back = from_document(cls, doc) if hasattr(record, "id") else from_stored(cls, doc)
+        assert back == record
+        assert all(type(getattr(back, n)) is type(getattr(record, n)) for n in doc if n != "_id")
+
+
+def _job_record_with_new_fields() -> type:
+    """JobRecord as it would be with two fields added (one optional, one with a default)."""
+    return dataclasses.make_dataclass(
+        "JobRecord",
+        [
+            ("note", "str | None", dataclasses.field(default=None)),
+            ("retries_left", "int", dataclasses.field(default=3)),
+        ],
+        bases=(JobRecord,),
+        frozen=True,
+    )
+
+
+async def test_a_new_job_field_needs_no_store_edit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A store file made before the fields existed gains their columns when opened, and
+    a job carrying them round-trips through both backends' mappings."""
+    from serve_app.jobs import records, sqlite_store
+    from serve_app.jobs.mongo_store import from_document, to_document
+
+    path = tmp_path / "before.sqlite3"
+    before = sqlite_store.SqliteStore(path)
+    await before.init()
+    old_job = _job()
+    await before.insert_job(old_job, time.time())
+    await before.close()
+
+    extended = _job_record_with_new_fields()
+    monkeypatch.setattr(records, "JobRecord", extended)  # what editing records.py does
+    monkeypatch.setattr(sqlite_store, "JobRecord", extended)
+    monkeypatch.setattr(
+        sqlite_store,
+        "_TABLES",
+        tuple(
+            dataclasses.replace(t, record=extended) if t.name == "jobs" else t
+            for t in sqlite_store._TABLES
+        ),
+    )
+    store = sqlite_store.SqliteStore(path)
+    await store.init()
+    try:
+        read = await store.get_job(old_job.id)
+        assert (read.note, read.retries_left) == (None, 3)  # the defaults, for old rows
+        new = extended(**{**dataclasses.asdict(_job()), "note": "hi", "retries_left": 1})
+        await store.insert_job(new, time.time())
+        assert await store.get_job(new.id) == new
+    finally:
+        await store.close()
+    assert from_document(extended, to_document(new)) == new
+    old_doc = to_document(old_job)  # a document written before the fields existed
+    assert from_document(extended, old_doc).retries_left == 3
+
+
+def test_a_field_added_without_a_default_is_refused_with_a_message(tmp_path: Path):
+    import sqlite3
+
+    from serve_app.jobs import sqlite_store
+
+    # A record whose table predates its required (no default) field ``must``.
+    required = dataclasses.make_dataclass("Later", [("id", "str"), ("must", "int")])
+    db = sqlite3.connect(tmp_path / "x.sqlite3")
+    db.row_factory = sqlite3.Row
+    db.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY)")
+    table = sqlite_store._Table("jobs", required)
+    with pytest.raises(TypeError, match="needs a default"):
+        sqlite_store._missing_columns(db, table)
+    db.close()
+
+
+# Issue 14: the store is a few protocols; both backends implement every one.
+def test_the_protocols_split_the_store_and_both_backends_implement_them():
+    import inspect
+
+    from serve_app.jobs import store as store_module
+    from serve_app.jobs.mongo_store import MongoStore
+    from serve_app.jobs.sqlite_store import SqliteStore
+
+    def methods(protocol: type) -> set[str]:
+        return {
+            name
+            for name, member in vars(protocol).items()
+            if inspect.iscoroutinefunction(member) and not name.startswith("_")
+        }
+
+    narrow = [
+        store_module.KeyStore,
+        store_module.JobQueue,
+        store_module.WebhookOutbox,
+        store_module.UploadStore,
+    ]
+    parts = [methods(p) for p in narrow]
+    assert sum(map(len, parts)) == len(set().union(*parts))  # no method in two
+    whole = set().union(*parts) | methods(JobStore)
+    assert {"claim_next", "count_request", "claim_due_webhooks", "advance_upload"} <= whole
+    for protocol in [*narrow, JobStore]:
+        assert protocol in JobStore.__mro__
+        for name in methods(protocol):
+            expected = inspect.signature(getattr(protocol, name))
+            for backend in (SqliteStore, MongoStore):
+                actual = inspect.signature(getattr(backend, name))
+                assert list(actual.parameters) == list(expected.parameters), (backend, name)

@@ -122,3 +122,4 @@ class JobErrorType(StrEnum):
     CANCELED = "canceled"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     KEY_REVOKED = "key_revoked"
+    RUNNER_LOST = "runner_lost"  # the lease expired max_attempts times

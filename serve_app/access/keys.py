@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from serve_app.jobs.records import ApiKeyRecord
 
 if TYPE_CHECKING:
-    from serve_app.jobs.store import JobStore
+    from serve_app.jobs.store import KeyStore
 
 __all__ = [
     "KEY_PREFIX",
@@ -85,7 +85,7 @@ def webhook_signing_key(secret: str) -> bytes:
 
 
 async def rotate_webhook_secret(
-    store: JobStore, key_ref: str, now: float, overlap_seconds: float
+    store: KeyStore, key_ref: str, now: float, overlap_seconds: float
 ) -> tuple[str, float] | None:
     """Give a key (id or unambiguous prefix) a new webhook secret; the old one keeps
     signing for ``overlap_seconds``.  Returns ``(secret, previous_valid_until)``, or

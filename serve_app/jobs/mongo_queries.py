@@ -5,8 +5,9 @@ Documents use the :class:`~serve_app.jobs.records.JobRecord` field names, with `
 
 Every state transition is one update document (a pipeline update where the new value
 depends on the old), so it is atomic on its own like the SQLite backend's single
-statements; :data:`INDEXES` lists the indexes, and ``tests/test_mongo_queries.py``
-checks each query against them.
+statements; what each transition sets comes from :mod:`serve_app.jobs.transitions`,
+which the SQLite backend reads too.  :data:`INDEXES` lists the indexes, and
+``tests/test_mongo_queries.py`` checks each query against them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from serve_app.jobs import transitions as rules
+from vocabulary import DeliveryStatus, JobStatus
 
 Doc = dict[str, Any]
 Sort = list[tuple[str, int]]
@@ -57,6 +61,8 @@ __all__ = [
     "rate_counter_update",
     "redeliver_filter",
     "redeliver_update",
+    "release_filter",
+    "release_update",
     "renew_update",
     "requeue_update",
     "rotate_secret_update",
@@ -101,21 +107,21 @@ OUTPUTS_SORT: Sort = [("completed_at", 1)]
 def queued_keys_pipeline() -> list[Doc]:
     """Each key with queued jobs, and its oldest queued job's ``created_seq``."""
     return [
-        {"$match": {"status": "queued"}},
+        {"$match": {"status": JobStatus.QUEUED}},
         {"$group": {"_id": "$key_id", "oldest": {"$min": "$created_seq"}}},
     ]
 
 
 def running_counts_pipeline(key_ids: list[str]) -> list[Doc]:
     return [
-        {"$match": {"status": "processing", "key_id": {"$in": key_ids}}},
+        {"$match": {"status": JobStatus.PROCESSING, "key_id": {"$in": key_ids}}},
         {"$group": {"_id": "$key_id", "n": {"$sum": 1}}},
     ]
 
 
 def queued_of_key_filter(key_id: str) -> Doc:
     """The claim's filter, sorted by :data:`CLAIM_SORT`."""
-    return {"status": "queued", "key_id": key_id}
+    return {"status": JobStatus.QUEUED, "key_id": key_id}
 
 
 def count_by_status_filter(status: str) -> Doc:
@@ -131,9 +137,7 @@ def claim_update(owner: str, now: float | None, lease_seconds: float) -> list[Do
     return [
         {
             "$set": {
-                "status": "processing",
-                "lease_owner": owner,
-                "lease_expires_at": _lease_end(now, lease_seconds),
+                **rules.claimed(owner, _lease_end(now, lease_seconds)),
                 "attempts": {"$add": ["$attempts", 1]},
                 "started_at": {"$ifNull": ["$started_at", _at(now)]},
             }
@@ -160,7 +164,7 @@ def renew_update(
 
 
 def lease_filter(job_id: str, owner: str) -> Doc:
-    return {"_id": job_id, "lease_owner": owner, "status": "processing"}
+    return {"_id": job_id, "lease_owner": owner, "status": JobStatus.PROCESSING}
 
 
 def finish_filter(job_id: str, owner: str) -> Doc:
@@ -173,15 +177,14 @@ def _literal(values: Doc) -> Doc:
 
 
 def outbox(now: float) -> Doc:
-    """Fields that make a job's webhook event pending, when the job has a webhook_url.
+    """Fields that make a job's webhook event pending, when the job has a webhook_url
+    (:func:`~serve_app.jobs.transitions.outbox`, decided by the server per document).
 
     Set in the same update that ends the job, so the event cannot be lost.
     """
     has_webhook = {"$ne": [{"$ifNull": ["$webhook_url", None]}, None]}
-    return {
-        "webhook_status": {"$cond": [has_webhook, "pending", None]},
-        "webhook_next_at": {"$cond": [has_webhook, now, None]},
-    }
+    with_hook, without = rules.outbox(True, now), rules.outbox(False, now)
+    return {name: {"$cond": [has_webhook, with_hook[name], without[name]]} for name in with_hook}
 
 
 def finish_update(
@@ -191,27 +194,16 @@ def finish_update(
     error_type: str | None,
     error_message: str | None,
 ) -> list[Doc]:
-    update: Doc = {
-        "status": status,
-        "completed_at": now,
-        "output_path": output_path,
-        "error_type": error_type,
-        "error_message": error_message,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "eta_seconds": None,
-    }
-    if status == "completed":
-        update["progress"] = 1.0
+    update = rules.finished(JobStatus(status), now, output_path, error_type, error_message)
     return [{"$set": {**_literal(update), **outbox(now)}}]
 
 
 def due_webhooks_filter(now: float) -> Doc:
-    return {"webhook_status": "pending", "webhook_next_at": {"$lte": now}}
+    return {"webhook_status": DeliveryStatus.PENDING, "webhook_next_at": {"$lte": now}}
 
 
 def cancel_filter(job_id: str) -> Doc:
-    return {"_id": job_id, "status": {"$in": ["queued", "processing"]}}
+    return {"_id": job_id, "status": {"$in": list(rules.CANCELABLE)}}
 
 
 def cancel_update(now: float) -> list[Doc]:
@@ -220,17 +212,14 @@ def cancel_update(now: float) -> list[Doc]:
     A single ``$set`` stage sees the document as it was, so both branches test the
     status before the change, and no re-queue can slip between them.
     """
-    queued = {"$eq": ["$status", "queued"]}
-    processing = {"$eq": ["$status", "processing"]}
-    box = outbox(now)
+    queued = {"$eq": ["$status", JobStatus.QUEUED]}
+    processing = {"$eq": ["$status", JobStatus.PROCESSING]}
+    ended = {**_literal(rules.cancel_queued(now)), **outbox(now)}
     return [
         {
             "$set": {
-                "status": {"$cond": [queued, "canceled", "$status"]},
-                "completed_at": {"$cond": [queued, {"$literal": now}, "$completed_at"]},
+                **{name: {"$cond": [queued, value, f"${name}"]} for name, value in ended.items()},
                 "cancel_requested": {"$cond": [processing, True, "$cancel_requested"]},
-                "webhook_status": {"$cond": [queued, box["webhook_status"], "$webhook_status"]},
-                "webhook_next_at": {"$cond": [queued, box["webhook_next_at"], "$webhook_next_at"]},
             }
         }
     ]
@@ -238,47 +227,48 @@ def cancel_update(now: float) -> list[Doc]:
 
 def requeue_update(now: float, max_attempts: int) -> list[Doc]:
     """For :func:`expired_filter` matches, one update: canceled if a cancel was asked,
-    else failed (``runner_lost``) after ``max_attempts`` claims, else queued again.
+    else failed (``runner_lost``) after ``max_attempts`` claims, else queued again
+    (:func:`~serve_app.jobs.transitions.after_lease_expiry`, each field a ``$switch``
+    over its outcomes in the rules' order).
     """
-    canceled = {"$eq": ["$cancel_requested", True]}
-    exhausted = {"$gte": ["$attempts", max_attempts]}
-    ending = {"$or": [canceled, exhausted]}
-    message = f"the job's runner stopped responding {max_attempts} times; giving up"
-    box = outbox(now)
+    conditions = {
+        JobStatus.CANCELED: {"$eq": ["$cancel_requested", True]},
+        JobStatus.FAILED: {"$gte": ["$attempts", max_attempts]},
+    }
+    # What each outcome sets: the rules' fields, and the outbox for an ending one.
+    sets = {
+        outcome: {
+            **_literal(rules.lease_expired(outcome, now, max_attempts)),
+            **(outbox(now) if outcome.is_terminal else {}),
+        }
+        for outcome in rules.LEASE_EXPIRY_ORDER
+    }
+    default = next(o for o in rules.LEASE_EXPIRY_ORDER if o not in conditions)
+    names = list(dict.fromkeys(name for changes in sets.values() for name in changes))
 
-    def when(then_canceled: Any, then_failed: Any, otherwise: Any) -> Doc:
+    def switch(name: str) -> Doc:
         return {
             "$switch": {
                 "branches": [
-                    {"case": canceled, "then": then_canceled},
-                    {"case": exhausted, "then": then_failed},
+                    {"case": conditions[o], "then": sets[o].get(name, f"${name}")}
+                    for o in rules.LEASE_EXPIRY_ORDER
+                    if o in conditions
                 ],
-                "default": otherwise,
+                "default": sets[default].get(name, f"${name}"),
             }
         }
 
-    return [
-        {
-            "$set": {
-                "status": when("canceled", "failed", "queued"),
-                "completed_at": {"$cond": [ending, {"$literal": now}, "$completed_at"]},
-                "error_type": when("$error_type", "runner_lost", "$error_type"),
-                "error_message": when("$error_message", {"$literal": message}, "$error_message"),
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "progress": {"$cond": [ending, "$progress", 0.0]},
-                "eta_seconds": {"$cond": [ending, "$eta_seconds", None]},
-                "webhook_status": {"$cond": [ending, box["webhook_status"], "$webhook_status"]},
-                "webhook_next_at": {"$cond": [ending, box["webhook_next_at"], "$webhook_next_at"]},
-            }
-        }
-    ]
+    return [{"$set": {name: switch(name) for name in names}}]
 
 
 def webhook_attempt_filter(job_id: str, number: int) -> Doc:
     """Only the attempt after the recorded ones, on a pending event: a dispatcher whose
     lease lapsed (another went on) can't overwrite ``delivered`` with ``pending``."""
-    return {"_id": job_id, "webhook_status": "pending", "webhook_attempts": number - 1}
+    return {
+        "_id": job_id,
+        "webhook_status": DeliveryStatus.PENDING,
+        "webhook_attempts": number - 1,
+    }
 
 
 def webhook_attempt_update(status: str, number: int, next_at: float | None, body: str) -> list[Doc]:
@@ -313,11 +303,11 @@ def key_reference_filter(reference: str) -> Doc:
 
 def expired_filter(now: float | None) -> Doc:
     if now is not None:
-        return {"status": "processing", "lease_expires_at": {"$lt": now}}
+        return {"status": JobStatus.PROCESSING, "lease_expires_at": {"$lt": now}}
     # $expr compares with the server's clock; the $type range keeps the index scan on
     # (status, lease_expires_at) and excludes null, which $lt in $expr would count as less.
     return {
-        "status": "processing",
+        "status": JobStatus.PROCESSING,
         "lease_expires_at": {"$type": "number"},
         "$expr": {"$lt": ["$lease_expires_at", SERVER_NOW]},
     }
@@ -370,7 +360,7 @@ def rotate_secret_update(
 
 
 def redeliver_filter(job_id: str) -> Doc:
-    return {"_id": job_id, "webhook_status": {"$in": ["delivered", "failed"]}}
+    return {"_id": job_id, "webhook_status": {"$in": list(rules.REDELIVERABLE)}}
 
 
 def redeliver_update(now: float) -> list[Doc]:
@@ -378,7 +368,7 @@ def redeliver_update(now: float) -> list[Doc]:
     return [
         {
             "$set": {
-                "webhook_status": {"$literal": "pending"},
+                "webhook_status": {"$literal": DeliveryStatus.PENDING},
                 "webhook_next_at": {"$literal": now},
                 "webhook_round_start": "$webhook_attempts",
             }
@@ -392,35 +382,31 @@ def rate_counter_update() -> Doc:
 
 def expired_outputs_filter(completed_before: float) -> Doc:
     return {
-        "status": "completed",
+        "status": JobStatus.COMPLETED,
         "output_path": {"$ne": None},
         "completed_at": {"$lt": completed_before},
     }
 
 
 def overdue_filter(now: float) -> Doc:
-    return {"status": "queued", "deadline_at": {"$ne": None, "$lte": now}}
+    return {"status": JobStatus.QUEUED, "deadline_at": {"$ne": None, "$lte": now}}
 
 
 def overdue_update(now: float) -> list[Doc]:
     """Queued past its cancel_after deadline → canceled (deadline_exceeded), with its
     webhook event."""
-    message = "the job's cancel_after deadline passed before it started"
-    return [
-        {
-            "$set": {
-                **_literal(
-                    {
-                        "status": "canceled",
-                        "completed_at": now,
-                        "error_type": "deadline_exceeded",
-                        "error_message": message,
-                    }
-                ),
-                **outbox(now),
-            }
-        }
-    ]
+    return [{"$set": {**_literal(rules.deadline_passed(now)), **outbox(now)}}]
+
+
+def release_filter(job_id: str, owner: str) -> Doc:
+    """The owner's processing job, unless a cancel was asked (the lease's expiry
+    settles that one)."""
+    return {**lease_filter(job_id, owner), "cancel_requested": {"$ne": True}}
+
+
+def release_update() -> Doc:
+    """Queued again (:func:`~serve_app.jobs.transitions.released`), the claim uncounted."""
+    return {"$set": rules.released(), "$inc": {"attempts": -1}}
 
 
 def open_uploads_filter(key_id: str, now: float) -> Doc:
@@ -457,7 +443,7 @@ def ended_job_uploads_pipeline(now: float, limit: int) -> list[Doc]:
             "$match": {
                 "$or": [
                     {"job": {"$size": 0}, "expires_at": {"$lt": now}},
-                    {"job.status": {"$in": ["completed", "failed", "canceled"]}},
+                    {"job.status": {"$in": list(rules.ENDED)}},
                 ]
             }
         },

@@ -13,10 +13,9 @@ driver's default 30 s.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import pymongo
@@ -30,19 +29,23 @@ from pymongo.errors import (
 )
 
 from serve_app.jobs import mongo_queries as q
-from serve_app.jobs.records import ApiKeyRecord, JobRecord, UploadRecord, WebhookAttempt
-from serve_app.jobs.store import (
-    IDEMPOTENCY_WINDOW_SECONDS,
-    AmbiguousKey,
-    QueueFull,
-    StoreUnavailable,
+from serve_app.jobs import transitions as rules
+from serve_app.jobs.records import (
+    ApiKeyRecord,
+    JobRecord,
+    UploadRecord,
+    WebhookAttempt,
+    from_stored,
+    stored_values,
 )
+from serve_app.jobs.store import AmbiguousKey, QueueFull, StoreUnavailable
 from vocabulary import JobStatus
 
-__all__ = ["MongoStore"]
+__all__ = ["MongoStore", "from_document", "to_document"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Index builds on a big collection may take longer than one request's deadline.
 _INIT_TIMEOUT_SECONDS = 120.0
@@ -58,7 +61,9 @@ def _unavailable(exc: PyMongoError) -> StoreUnavailable:
     )
 
 
-def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _translated(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turn the driver's "no answer in time / no server" errors into StoreUnavailable."""
 
     @functools.wraps(method)
@@ -75,35 +80,31 @@ def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return call
 
 
+def to_document(record: Any) -> dict[str, Any]:
+    """A record as its document: a key per field, under the field's name, ``_id`` for
+    ``id`` (a record without an id, a webhook attempt, gets its own ``_id``)."""
+    values = stored_values(record)
+    if "id" in values:
+        values["_id"] = values.pop("id")
+    return values
+
+
+def from_document(cls: type[R], doc: dict[str, Any]) -> R:
+    """The record ``cls`` from its document (:func:`to_document`'s inverse; fields a
+    document written before they existed lacks take their defaults)."""
+    return from_stored(cls, {**doc, "id": doc["_id"]})
+
+
 def _job(doc: dict[str, Any] | None) -> JobRecord | None:
-    if doc is None:
-        return None
-    values = {k: v for k, v in doc.items() if k != "_id"}
-    values["id"] = doc["_id"]
-    values["status"] = JobStatus(values["status"])
-    return JobRecord(**values)
+    return None if doc is None else from_document(JobRecord, doc)
 
 
 def _key(doc: dict[str, Any] | None) -> ApiKeyRecord | None:
-    if doc is None:
-        return None
-    values = {k: v for k, v in doc.items() if k != "_id"}
-    return ApiKeyRecord(id=doc["_id"], **values)
+    return None if doc is None else from_document(ApiKeyRecord, doc)
 
 
 def _upload(doc: dict[str, Any] | None) -> UploadRecord | None:
-    if doc is None:
-        return None
-    values = {k: v for k, v in doc.items() if k != "_id"}
-    return UploadRecord(id=doc["_id"], **values)
-
-
-def _doc(record: JobRecord | ApiKeyRecord | UploadRecord) -> dict[str, Any]:
-    values = dataclasses.asdict(record)
-    values["_id"] = values.pop("id")
-    if isinstance(record, JobRecord):
-        values["status"] = str(record.status)
-    return values
+    return None if doc is None else from_document(UploadRecord, doc)
 
 
 class MongoStore:
@@ -168,7 +169,7 @@ class MongoStore:
 
     @_translated
     async def add_key(self, key: ApiKeyRecord) -> None:
-        await self._keys.insert_one(_doc(key))
+        await self._keys.insert_one(to_document(key))
 
     @_translated
     async def key_by_digest(self, digest: str) -> ApiKeyRecord | None:
@@ -248,6 +249,7 @@ class MongoStore:
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
                 )
+                assert doc is not None  # an upsert returning the document after it
                 return int(doc["count"])
             except DuplicateKeyError:
                 # Two first requests of a window upserted at once and one lost the
@@ -265,7 +267,7 @@ class MongoStore:
                 await self._jobs.find_one(q.idempotency_filter(job.key_id, job.idempotency_key))
             )
             if existing is not None:
-                if existing.created_at > now - IDEMPOTENCY_WINDOW_SECONDS:
+                if rules.idempotency_key_live(existing.created_at, now):
                     return existing, False
                 await self._jobs.update_one(
                     {"_id": existing.id}, {"$set": {"idempotency_key": None}}
@@ -281,7 +283,7 @@ class MongoStore:
         ):
             raise QueueFull(max_queued)
         try:
-            await self._jobs.insert_one(_doc(job))
+            await self._jobs.insert_one(to_document(job))
         except DuplicateKeyError:
             if job.idempotency_key is None:
                 raise  # a duplicate job id: not a race this method resolves
@@ -291,7 +293,7 @@ class MongoStore:
                 await self._jobs.find_one(q.idempotency_filter(job.key_id, job.idempotency_key))
             )
             if winner is None:  # released in between (window expiry): insert again
-                await self._jobs.insert_one(_doc(job))
+                await self._jobs.insert_one(to_document(job))
                 return job, True
             return winner, False
         return job, True
@@ -311,7 +313,7 @@ class MongoStore:
     @_translated
     async def oldest_queued_at(self) -> float | None:
         doc = await self._jobs.find_one(
-            q.count_by_status_filter("queued"),
+            q.count_by_status_filter(JobStatus.QUEUED),
             projection={"created_at": 1},
             sort=[("created_at", 1)],
         )
@@ -433,25 +435,7 @@ class MongoStore:
 
     @_translated
     async def release_lease(self, job_id: str, owner: str) -> bool:
-        result = await self._jobs.update_one(
-            {
-                "_id": job_id,
-                "lease_owner": owner,
-                "status": "processing",
-                "cancel_requested": {"$ne": True},
-            },
-            {
-                "$set": {
-                    "status": "queued",
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "progress": 0.0,
-                    "eta_seconds": None,
-                    "phase": None,
-                },
-                "$inc": {"attempts": -1},
-            },
-        )
+        result = await self._jobs.update_one(q.release_filter(job_id, owner), q.release_update())
         return result.modified_count > 0
 
     @_translated
@@ -510,14 +494,14 @@ class MongoStore:
         if result.matched_count:
             await self._attempts.replace_one(
                 {"_id": f"{attempt.job_id}:{attempt.number}"},
-                dataclasses.asdict(attempt),
+                to_document(attempt),
                 upsert=True,
             )
 
     @_translated
     async def webhook_attempts(self, job_id: str) -> list[WebhookAttempt]:
         docs = self._attempts.find({"job_id": job_id}).sort("number", 1)
-        return [WebhookAttempt(**{k: v for k, v in d.items() if k != "_id"}) async for d in docs]
+        return [from_stored(WebhookAttempt, d) async for d in docs]
 
     @_translated
     async def redeliver_webhook(self, job_id: str, now: float) -> JobRecord | None:
@@ -556,7 +540,7 @@ class MongoStore:
     # Uploads
     @_translated
     async def insert_upload(self, upload: UploadRecord) -> None:
-        await self._uploads.insert_one(_doc(upload))
+        await self._uploads.insert_one(to_document(upload))
 
     @_translated
     async def open_uploads(self, key_id: str, now: float) -> int:

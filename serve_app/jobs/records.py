@@ -1,20 +1,38 @@
-"""What the job store keeps: API keys, jobs and their status machine."""
+"""What the job store keeps: API keys, jobs, webhook attempts and uploads, as plain data.
+
+Both backends store a record field by field, under the field's own name (a SQLite
+column, a MongoDB document key), and read it back with :func:`from_stored`: adding an
+optional field with a default to a record here is all the store needs (the SQLite
+backend adds the column to an existing file when it opens it).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, TypeVar
 
-from vocabulary import JobStatus, UploadStatus
+from vocabulary import DeliveryStatus, JobStatus, UploadStatus
 
 __all__ = [
     "EVENT_TYPES",
     "ApiKeyRecord",
+    "FieldType",
     "JobRecord",
     "UploadRecord",
     "WebhookAttempt",
     "event_id_for",
+    "field_types",
+    "from_stored",
     "job_id_for_event",
+    "stored_values",
 ]
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -61,7 +79,7 @@ class JobRecord:
     request_hash: str | None = None
     # The job's webhook event (one per job: its terminal transition) is its own outbox
     # entry, set pending by the same update that ends the job, so a crash can't lose it.
-    webhook_status: str | None = None  # pending | delivered | failed
+    webhook_status: DeliveryStatus | None = None
     webhook_attempts: int = 0
     webhook_next_at: float | None = None
     webhook_body: str | None = None  # frozen at the first attempt: retries send the same
@@ -131,3 +149,57 @@ class UploadRecord:
     @property
     def status(self) -> UploadStatus:
         return UploadStatus.COMPLETE if self.offset >= self.size else UploadStatus.PENDING
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """What a record field holds, as the stores need to know it."""
+
+    base: type  # int, float, bool, str or a StrEnum
+    optional: bool  # None allowed
+
+
+_FIELD_TYPES: dict[type, dict[str, FieldType]] = {}
+
+
+def field_types(cls: type) -> dict[str, FieldType]:
+    """Each field of the record class ``cls``, in declaration order, with its type."""
+    if cls not in _FIELD_TYPES:
+        _FIELD_TYPES[cls] = _resolve_field_types(cls)
+    return _FIELD_TYPES[cls]
+
+
+def _resolve_field_types(cls: type) -> dict[str, FieldType]:
+    hints = typing.get_type_hints(cls)
+    kinds = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        optional = isinstance(hint, types.UnionType) and type(None) in args
+        base = next(a for a in args if a is not type(None)) if optional else hint
+        kinds[f.name] = FieldType(base, optional)
+    return kinds
+
+
+def stored_values(record: Any) -> dict[str, Any]:
+    """A record's fields as the stores keep them: plain values (an enum as its value)."""
+    return {
+        name: value.value if isinstance(value, Enum) else value
+        for name, value in ((f.name, getattr(record, f.name)) for f in dataclasses.fields(record))
+    }
+
+
+def from_stored(cls: type[R], values: Mapping[str, Any]) -> R:
+    """The record ``cls`` from stored values: enum and bool fields converted back,
+    names that are no field ignored, missing fields left to their defaults (a document
+    written before the field existed)."""
+    kinds = field_types(cls)
+    args = {}
+    for name, kind in kinds.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if value is not None and (kind.base is bool or issubclass(kind.base, Enum)):
+            value = kind.base(value)
+        args[name] = value
+    return cls(**args)

@@ -61,7 +61,7 @@ from serve_app.jobs.store import JobStore, StoreUnavailable, open_store
 from serve_app.jobs.upload_lifecycle import drop_job_upload, sweep_uploads
 from serve_app.metrics import record_job_counts, record_progress
 from serve_app.settings import Settings
-from vocabulary import JobStatus, Phase
+from vocabulary import JobErrorType, JobStatus, Phase
 
 __all__ = ["JobRunner", "fetch_input", "pipeline_config", "process_job"]
 
@@ -569,12 +569,13 @@ class JobRunner:
             status = JobStatus.CANCELED
             if state.key_revoked:
                 outcome.update(
-                    error_type="key_revoked", error_message="the job's API key was revoked"
+                    error_type=JobErrorType.KEY_REVOKED,
+                    error_message="the job's API key was revoked",
                 )
             elif state.deadline_exceeded:
                 seconds = (job.deadline_at or job.created_at) - job.created_at
                 outcome.update(
-                    error_type="deadline_exceeded",
+                    error_type=JobErrorType.DEADLINE_EXCEEDED,
                     error_message=f"the job ran past its cancel_after "
                     f"deadline ({seconds:.0f} s after creation)",
                 )
@@ -585,7 +586,7 @@ class JobRunner:
             log.exception("job %s failed unexpectedly", job.id)
             status = JobStatus.FAILED
             outcome.update(
-                error_type="processing_error",
+                error_type=JobErrorType.PROCESSING_ERROR,
                 error_message="processing failed unexpectedly; the operator "
                 "has the details in the runner log",
             )

@@ -17,47 +17,115 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TypeVar
 
 from serve_app.access.private_files import private_file
-from serve_app.jobs.records import ApiKeyRecord, JobRecord, UploadRecord, WebhookAttempt
-from serve_app.jobs.store import (
-    IDEMPOTENCY_WINDOW_SECONDS,
-    AmbiguousKey,
-    QueueFull,
-    StoreUnavailable,
+from serve_app.jobs import transitions as rules
+from serve_app.jobs.records import (
+    ApiKeyRecord,
+    JobRecord,
+    UploadRecord,
+    WebhookAttempt,
+    field_types,
+    from_stored,
+    stored_values,
 )
-from vocabulary import JobStatus
+from serve_app.jobs.store import AmbiguousKey, QueueFull, StoreUnavailable
+from serve_app.jobs.transitions import Changes
+from vocabulary import DeliveryStatus, JobStatus
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
+
+@dataclass(frozen=True)
+class _Table:
+    """A table that holds one record class: a column per field, named after it."""
+
+    name: str
+    record: type
+    key: tuple[str, ...] = ("id",)  # the primary key's columns
+    unique: tuple[str, ...] = ()  # columns with a UNIQUE constraint
+
+
+_TABLES = (
+    _Table("api_keys", ApiKeyRecord, unique=("digest",)),
+    _Table("jobs", JobRecord),
+    _Table("webhook_attempts", WebhookAttempt, key=("job_id", "number")),
+    _Table("uploads", UploadRecord),
+)
+
+# A StrEnum field is TEXT (its subclass of str); bool before int, its base class.
+_SQL_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "INTEGER"),
+    (int, "INTEGER"),
+    (float, "REAL"),
+    (str, "TEXT"),
+)
+
+
+def _sql_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"no SQL literal for the default {value!r}")
+
+
+def _column(table: _Table, name: str) -> str:
+    """A column's definition, from its record field: type, NOT NULL unless the field is
+    optional, and the field's default (so ADD COLUMN can fill the rows already there)."""
+    kind = field_types(table.record)[name]
+    sql_type = next(t for base, t in _SQL_TYPES if issubclass(kind.base, base))
+    definition = f'"{name}" {sql_type}'
+    if table.key == (name,):
+        return definition + " PRIMARY KEY"
+    if not kind.optional:
+        definition += " NOT NULL"
+    if name in table.unique:
+        definition += " UNIQUE"
+    default = next(f.default for f in dataclasses.fields(table.record) if f.name == name)
+    if default is not dataclasses.MISSING and default is not None:
+        definition += f" DEFAULT {_sql_literal(default)}"
+    return definition
+
+
+def _create_table(table: _Table) -> str:
+    columns = [_column(table, name) for name in field_types(table.record)]
+    if len(table.key) > 1:
+        columns.append(f"PRIMARY KEY ({', '.join(table.key)})")
+    return f"CREATE TABLE IF NOT EXISTS {table.name} ({', '.join(columns)});"
+
+
+def _missing_columns(db: sqlite3.Connection, table: _Table) -> list[str]:
+    """``ALTER TABLE`` statements adding the columns of fields newer than the table (a
+    store made by an earlier version); none for a table not created yet."""
+    columns = {row["name"] for row in db.execute(f"PRAGMA table_info({table.name})")}
+    statements = []
+    for name in field_types(table.record):
+        if columns and name not in columns:
+            definition = _column(table, name)
+            if "NOT NULL" in definition and "DEFAULT" not in definition:
+                raise TypeError(
+                    f"{table.record.__name__}.{name} is newer than the {table.name} table: "
+                    "a field added to a record needs a default"
+                )
+            statements.append(f"ALTER TABLE {table.name} ADD COLUMN {definition}")
+    return statements
+
+
+# The tables that hold no record, and the indexes (which follow the queries below).
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT NULL, digest TEXT UNIQUE NOT NULL,
-    webhook_secret TEXT NOT NULL, rate_limit INTEGER NOT NULL, created_at REAL NOT NULL,
-    revoked_at REAL, max_queued INTEGER, max_running INTEGER, previous_webhook_secret TEXT,
-    previous_secret_expires_at REAL);
 CREATE TABLE IF NOT EXISTS rate_counters (
     key_id TEXT NOT NULL, window INTEGER NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (key_id, window));
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, key_id TEXT NOT NULL, status TEXT NOT NULL, input_url TEXT NOT NULL,
-    preset TEXT NOT NULL, upscale_factor INTEGER NOT NULL, created_at REAL NOT NULL,
-    created_seq INTEGER NOT NULL, webhook_url TEXT, started_at REAL, completed_at REAL,
-    progress REAL NOT NULL, eta_seconds REAL, output_path TEXT, error_type TEXT,
-    error_message TEXT, attempts INTEGER NOT NULL, lease_owner TEXT, lease_expires_at REAL,
-    cancel_requested INTEGER NOT NULL, idempotency_key TEXT, request_hash TEXT,
-    webhook_status TEXT, webhook_attempts INTEGER NOT NULL DEFAULT 0, webhook_next_at REAL,
-    webhook_body TEXT, engine TEXT NOT NULL DEFAULT 'neural', phase TEXT,
-    webhook_round_start INTEGER NOT NULL DEFAULT 0, upload_id TEXT, deadline_at REAL);
 CREATE INDEX IF NOT EXISTS jobs_webhooks ON jobs (webhook_status, webhook_next_at);
-CREATE TABLE IF NOT EXISTS webhook_attempts (
-    job_id TEXT NOT NULL, number INTEGER NOT NULL, at REAL NOT NULL, status_code INTEGER,
-    error TEXT, duration_ms INTEGER NOT NULL, redelivery INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (job_id, number));
 -- A key's events by delivery status (GET /v2/webhook_deliveries), newest first.
 CREATE INDEX IF NOT EXISTS jobs_events_by_key ON jobs
     (key_id, webhook_status, created_seq DESC, id DESC);
@@ -70,9 +138,6 @@ CREATE INDEX IF NOT EXISTS jobs_outputs ON jobs (status, completed_at);
 CREATE TABLE IF NOT EXISTS key_turns (key_id TEXT PRIMARY KEY, turn INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_deadlines ON jobs (status, deadline_at)
     WHERE deadline_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS uploads (
-    id TEXT PRIMARY KEY, key_id TEXT NOT NULL, size INTEGER NOT NULL, offset INTEGER NOT NULL,
-    created_at REAL NOT NULL, expires_at REAL NOT NULL, filename TEXT, job_id TEXT);
 CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (job_id, expires_at);
 CREATE INDEX IF NOT EXISTS uploads_open_by_key ON uploads (key_id, job_id, expires_at);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (key_id, idempotency_key)
@@ -80,23 +145,23 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (key_id, idempotency_
 """
 
 
-# Columns added after the first release, with how to add them to an existing store.
-_ADDED_COLUMNS = {
-    "jobs": {
-        "engine": "TEXT NOT NULL DEFAULT 'neural'",
-        "phase": "TEXT",
-        "webhook_round_start": "INTEGER NOT NULL DEFAULT 0",
-        "upload_id": "TEXT",
-        "deadline_at": "REAL",
-    },
-    "api_keys": {
-        "max_queued": "INTEGER",
-        "max_running": "INTEGER",
-        "previous_webhook_secret": "TEXT",
-        "previous_secret_expires_at": "REAL",
-    },
-    "webhook_attempts": {"redelivery": "INTEGER NOT NULL DEFAULT 0"},
-}
+def _set(changes: Changes) -> tuple[str, list[object]]:
+    """A transition (:mod:`~serve_app.jobs.transitions`) as ``SET`` assignments and
+    their parameters."""
+    values = [v.value if isinstance(v, Enum) else v for v in changes.values()]
+    return ", ".join(f'"{name}" = ?' for name in changes), values
+
+
+def _insert(db: sqlite3.Connection, table: str, record: object, replace: bool = False) -> None:
+    """One row per record, a column per field."""
+    row = stored_values(record)
+    columns = ", ".join(f'"{name}"' for name in row)
+    db.execute(
+        f"INSERT {'OR REPLACE ' if replace else ''}INTO {table} ({columns}) "
+        f"VALUES ({', '.join('?' * len(row))})",
+        list(row.values()),
+    )
+
 
 # SQLite's primary result codes that mean "not now" rather than "wrong": busy or locked
 # by another connection, I/O error, disk full, can't open, read-only (e.g. the file was
@@ -112,28 +177,30 @@ def _unavailable(exc: sqlite3.Error) -> bool:
 
 
 def _job(row: sqlite3.Row | None) -> JobRecord | None:
-    if row is None:
-        return None
-    values = dict(row)
-    values["status"] = JobStatus(values["status"])
-    values["cancel_requested"] = bool(values["cancel_requested"])
-    return JobRecord(**values)
-
-
-# Appended to every UPDATE that ends a job: the webhook outbox entry, in the same
-# statement.  Takes one parameter, the time the event is due.
-_OUTBOX = (
-    "webhook_status = CASE WHEN webhook_url IS NOT NULL THEN 'pending' END, "
-    "webhook_next_at = CASE WHEN webhook_url IS NOT NULL THEN ? END"
-)
+    return None if row is None else from_stored(JobRecord, dict(row))
 
 
 def _upload(row: sqlite3.Row | None) -> UploadRecord | None:
-    return None if row is None else UploadRecord(**dict(row))
+    return None if row is None else from_stored(UploadRecord, dict(row))
 
 
 def _key(row: sqlite3.Row | None) -> ApiKeyRecord | None:
-    return None if row is None else ApiKeyRecord(**dict(row))
+    return None if row is None else from_stored(ApiKeyRecord, dict(row))
+
+
+# Appended to every UPDATE that ends a job: the webhook outbox entry
+# (:func:`~serve_app.jobs.transitions.outbox`), in the same statement.  Takes one
+# parameter, the time the event is due.
+_OUTBOX = (
+    f"webhook_status = CASE WHEN webhook_url IS NOT NULL THEN '{DeliveryStatus.PENDING}' END, "
+    "webhook_next_at = CASE WHEN webhook_url IS NOT NULL THEN ? END"
+)
+
+# Status tests, spelled from the vocabulary.
+_QUEUED = f"status = '{JobStatus.QUEUED}'"
+_PROCESSING = f"status = '{JobStatus.PROCESSING}'"
+_ENDED = "(" + ", ".join(f"'{status}'" for status in rules.ENDED) + ")"
+_REDELIVERABLE = "(" + ", ".join(f"'{status}'" for status in rules.REDELIVERABLE) + ")"
 
 
 def _jobs_page(
@@ -242,12 +309,10 @@ class SqliteStore:
 
     async def init(self) -> None:
         def create(db: sqlite3.Connection) -> None:
-            for table, added in _ADDED_COLUMNS.items():
-                columns = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
-                for name, definition in added.items():
-                    if columns and name not in columns:  # a store made by an earlier version
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
-            db.executescript(_SCHEMA)
+            for table in _TABLES:
+                for statement in _missing_columns(db, table):
+                    db.execute(statement)
+            db.executescript("\n".join(_create_table(t) for t in _TABLES) + _SCHEMA)
 
         await self._run(create)
 
@@ -269,14 +334,7 @@ class SqliteStore:
 
     # API keys
     async def add_key(self, key: ApiKeyRecord) -> None:
-        row = dataclasses.asdict(key)
-        await self._run(
-            lambda db: db.execute(
-                f"INSERT INTO api_keys ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                list(row.values()),
-            ),
-            write=True,
-        )
+        await self._run(lambda db: _insert(db, "api_keys", key), write=True)
 
     async def key_by_digest(self, digest: str) -> ApiKeyRecord | None:
         return await self._run(
@@ -411,7 +469,7 @@ class SqliteStore:
                     ).fetchone()
                 )
                 if existing is not None:
-                    if existing.created_at > now - IDEMPOTENCY_WINDOW_SECONDS:
+                    if rules.idempotency_key_live(existing.created_at, now):
                         return existing, False
                     db.execute(
                         "UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (existing.id,)
@@ -419,18 +477,13 @@ class SqliteStore:
             if (
                 max_queued is not None
                 and db.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND key_id = ?",
+                    f"SELECT COUNT(*) FROM jobs WHERE {_QUEUED} AND key_id = ?",
                     (job.key_id,),
                 ).fetchone()[0]
                 >= max_queued
             ):
                 raise QueueFull(max_queued)
-            row = dataclasses.asdict(job)
-            row["status"] = str(job.status)
-            db.execute(
-                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                list(row.values()),
-            )
+            _insert(db, "jobs", job)
             return job, True
 
         return await self._run(insert, write=True)
@@ -448,9 +501,7 @@ class SqliteStore:
 
     async def oldest_queued_at(self) -> float | None:
         row = await self._run(
-            lambda db: db.execute(
-                "SELECT MIN(created_at) FROM jobs WHERE status = 'queued'"
-            ).fetchone()
+            lambda db: db.execute(f"SELECT MIN(created_at) FROM jobs WHERE {_QUEUED}").fetchone()
         )
         return None if row is None or row[0] is None else float(row[0])
 
@@ -489,24 +540,25 @@ class SqliteStore:
             # oldest queued job is oldest; keys at their running limit wait their turn.
             row = db.execute(
                 "SELECT q.key_id FROM (SELECT key_id, MIN(created_seq) AS oldest FROM jobs "
-                "WHERE status = 'queued' GROUP BY key_id) AS q "
+                f"WHERE {_QUEUED} GROUP BY key_id) AS q "
                 "LEFT JOIN key_turns AS t ON t.key_id = q.key_id "
                 "LEFT JOIN api_keys AS k ON k.id = q.key_id "
                 "WHERE COALESCE(k.max_running, ?) IS NULL OR (SELECT COUNT(*) FROM jobs AS r "
-                "WHERE r.status = 'processing' AND r.key_id = q.key_id) "
+                f"WHERE r.{_PROCESSING} AND r.key_id = q.key_id) "
                 "< COALESCE(k.max_running, ?) "
                 "ORDER BY t.turn IS NOT NULL, t.turn, q.oldest LIMIT 1",
                 (max_running, max_running),
             ).fetchone()
             if row is None:
                 return None
+            assignments, values = _set(rules.claimed(owner, now + lease_seconds))
             job = _job(
                 db.execute(
-                    "UPDATE jobs SET status = 'processing', lease_owner = ?, lease_expires_at = ?, "
+                    f"UPDATE jobs SET {assignments}, "
                     "attempts = attempts + 1, started_at = COALESCE(started_at, ?) "
-                    "WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND key_id = ? "
+                    f"WHERE id = (SELECT id FROM jobs WHERE {_QUEUED} AND key_id = ? "
                     "ORDER BY created_seq, id LIMIT 1) RETURNING *",
-                    (owner, now + lease_seconds, now, row[0]),
+                    (*values, now, row[0]),
                 ).fetchone()
             )
             db.execute(
@@ -534,7 +586,7 @@ class SqliteStore:
                 db.execute(
                     "UPDATE jobs SET lease_expires_at = ?, progress = ?, eta_seconds = ?, "
                     "phase = ? "
-                    "WHERE id = ? AND lease_owner = ? AND status = 'processing' RETURNING *",
+                    f"WHERE id = ? AND lease_owner = ? AND {_PROCESSING} RETURNING *",
                     (now + lease_seconds, progress, eta_seconds, phase, job_id, owner),
                 ).fetchone()
             ),
@@ -552,16 +604,15 @@ class SqliteStore:
         error_type: str | None = None,
         error_message: str | None = None,
     ) -> bool:
-        progress_sql = "1.0" if status == JobStatus.COMPLETED else "progress"
+        assignments, values = _set(
+            rules.finished(status, now, output_path, error_type, error_message)
+        )
         return await self._run(
             lambda db: (
                 db.execute(
-                    f"UPDATE jobs SET status = ?, completed_at = ?, output_path = ?, "
-                    f"error_type = ?, "
-                    f"error_message = ?, lease_owner = NULL, lease_expires_at = NULL, "
-                    f"progress = {progress_sql}, eta_seconds = NULL, {_OUTBOX} "
-                    "WHERE id = ? AND lease_owner = ? AND status = 'processing'",
-                    (str(status), now, output_path, error_type, error_message, now, job_id, owner),
+                    f"UPDATE jobs SET {assignments}, {_OUTBOX} "
+                    f"WHERE id = ? AND lease_owner = ? AND {_PROCESSING}",
+                    (*values, now, job_id, owner),
                 ).rowcount
                 > 0
             ),
@@ -569,14 +620,15 @@ class SqliteStore:
         )
 
     async def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
+        assignments, values = _set(rules.cancel_queued(now))
+
         def cancel(db: sqlite3.Connection) -> JobRecord | None:
             db.execute(
-                f"UPDATE jobs SET status = 'canceled', completed_at = ?, {_OUTBOX} "
-                "WHERE id = ? AND status = 'queued'",
-                (now, now, job_id),
+                f"UPDATE jobs SET {assignments}, {_OUTBOX} WHERE id = ? AND {_QUEUED}",
+                (*values, now, job_id),
             )
             db.execute(
-                "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'processing'",
+                f"UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND {_PROCESSING}",
                 (job_id,),
             )
             return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
@@ -584,15 +636,15 @@ class SqliteStore:
         return await self._run(cancel, write=True)
 
     async def release_lease(self, job_id: str, owner: str) -> bool:
+        assignments, values = _set(rules.released())
+
         def release(db: sqlite3.Connection) -> bool:
             return (
                 db.execute(
-                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, "
-                    "lease_expires_at = NULL, "
-                    "progress = 0, eta_seconds = NULL, phase = NULL, "
+                    f"UPDATE jobs SET {assignments}, "
                     "attempts = MAX(attempts - 1, 0) WHERE id = ? AND lease_owner = ? "
-                    "AND status = 'processing' AND cancel_requested = 0",
-                    (job_id, owner),
+                    f"AND {_PROCESSING} AND cancel_requested = 0",
+                    (*values, job_id, owner),
                 ).rowcount
                 > 0
             )
@@ -600,38 +652,35 @@ class SqliteStore:
         return await self._run(release, write=True)
 
     async def requeue_expired(self, now: float, max_attempts: int) -> int:
+        # Which expired jobs each outcome of rules.after_lease_expiry takes, tested in
+        # the rules' order: each UPDATE moves its jobs out of processing, so the next
+        # sees only the rest.
+        applies = {
+            JobStatus.CANCELED: ("cancel_requested = 1", []),
+            JobStatus.FAILED: ("attempts >= ?", [max_attempts]),
+            JobStatus.QUEUED: ("1", []),
+        }
+
         def requeue(db: sqlite3.Connection) -> int:
-            expired = "status = 'processing' AND lease_expires_at < ?"
-            canceled = db.execute(
-                "UPDATE jobs SET status = 'canceled', completed_at = ?, lease_owner = NULL, "
-                f"lease_expires_at = NULL, {_OUTBOX} WHERE {expired} AND cancel_requested = 1",
-                (now, now, now),
-            ).rowcount
-            failed = db.execute(
-                "UPDATE jobs SET status = 'failed', completed_at = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL, error_type = 'runner_lost', error_message = ?, "
-                f"{_OUTBOX} WHERE {expired} AND attempts >= ?",
-                (
-                    now,
-                    f"the job's runner stopped responding {max_attempts} times; giving up",
-                    now,
-                    now,
-                    max_attempts,
-                ),
-            ).rowcount
-            queued = db.execute(
-                "UPDATE jobs SET status = 'queued', lease_owner = NULL, "
-                f"lease_expires_at = NULL, progress = 0, eta_seconds = NULL WHERE {expired}",
-                (now,),
-            ).rowcount
-            return canceled + failed + queued
+            changed = 0
+            for outcome in rules.LEASE_EXPIRY_ORDER:
+                assignments, values = _set(rules.lease_expired(outcome, now, max_attempts))
+                outbox, outbox_args = (f", {_OUTBOX}", [now]) if outcome.is_terminal else ("", [])
+                condition, args = applies[outcome]
+                changed += db.execute(
+                    f"UPDATE jobs SET {assignments}{outbox} "
+                    f"WHERE {_PROCESSING} AND lease_expires_at < ? AND {condition}",
+                    [*values, *outbox_args, now, *args],
+                ).rowcount
+            return changed
 
         return await self._run(requeue, write=True)
 
     async def expired_outputs(self, completed_before: float, limit: int) -> list[JobRecord]:
         rows = await self._run(
             lambda db: db.execute(
-                "SELECT * FROM jobs WHERE status = 'completed' AND output_path IS NOT NULL "
+                f"SELECT * FROM jobs WHERE status = '{JobStatus.COMPLETED}' "
+                "AND output_path IS NOT NULL "
                 "AND completed_at < ? ORDER BY completed_at LIMIT ?",
                 (completed_before, limit),
             ).fetchall()
@@ -651,7 +700,7 @@ class SqliteStore:
         rows = await self._run(
             lambda db: db.execute(
                 "UPDATE jobs SET webhook_next_at = ? WHERE id IN (SELECT id FROM jobs "
-                f"WHERE webhook_status = 'pending' AND webhook_next_at <= ? {skip}"
+                f"WHERE webhook_status = '{DeliveryStatus.PENDING}' AND webhook_next_at <= ? {skip}"
                 "ORDER BY webhook_next_at LIMIT ?) RETURNING *",
                 (now + lease_seconds, now, *exclude_keys, limit),
             ).fetchall(),
@@ -679,24 +728,11 @@ class SqliteStore:
             if db.execute(
                 "UPDATE jobs SET webhook_status = ?, webhook_attempts = ?, "
                 "webhook_next_at = ?, webhook_body = COALESCE(webhook_body, ?) "
-                "WHERE id = ? AND webhook_status = 'pending' "
+                f"WHERE id = ? AND webhook_status = '{DeliveryStatus.PENDING}' "
                 "AND webhook_attempts = ?",
                 (status, attempt.number, next_at, body, attempt.job_id, attempt.number - 1),
             ).rowcount:
-                db.execute(
-                    "INSERT OR REPLACE INTO webhook_attempts (job_id, number, at, "
-                    "status_code, error, duration_ms, redelivery) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        attempt.job_id,
-                        attempt.number,
-                        attempt.at,
-                        attempt.status_code,
-                        attempt.error,
-                        attempt.duration_ms,
-                        int(attempt.redelivery),
-                    ),
-                )
+                _insert(db, "webhook_attempts", attempt, replace=True)
 
         await self._run(record, write=True)
 
@@ -706,17 +742,15 @@ class SqliteStore:
                 "SELECT * FROM webhook_attempts WHERE job_id = ? ORDER BY number", (job_id,)
             ).fetchall()
         )
-        return [
-            WebhookAttempt(**{**dict(row), "redelivery": bool(row["redelivery"])}) for row in rows
-        ]
+        return [from_stored(WebhookAttempt, dict(row)) for row in rows]
 
     async def redeliver_webhook(self, job_id: str, now: float) -> JobRecord | None:
         return await self._run(
             lambda db: _job(
                 db.execute(
-                    "UPDATE jobs SET webhook_status = 'pending', webhook_next_at = ?, "
-                    "webhook_round_start = webhook_attempts WHERE id = ? "
-                    "AND webhook_status IN ('delivered', 'failed') RETURNING *",
+                    f"UPDATE jobs SET webhook_status = '{DeliveryStatus.PENDING}', "
+                    "webhook_next_at = ?, webhook_round_start = webhook_attempts WHERE id = ? "
+                    f"AND webhook_status IN {_REDELIVERABLE} RETURNING *",
                     (now, job_id),
                 ).fetchone()
             ),
@@ -739,13 +773,13 @@ class SqliteStore:
 
     # Deadlines
     async def cancel_overdue(self, now: float) -> int:
+        assignments, values = _set(rules.deadline_passed(now))
         return await self._run(
             lambda db: (
                 db.execute(
-                    "UPDATE jobs SET status = 'canceled', completed_at = ?, "
-                    "error_type = 'deadline_exceeded', error_message = ?, "
-                    f"{_OUTBOX} WHERE status = 'queued' AND deadline_at <= ?",
-                    (now, "the job's cancel_after deadline passed before it started", now, now),
+                    f"UPDATE jobs SET {assignments}, {_OUTBOX} "
+                    f"WHERE {_QUEUED} AND deadline_at <= ?",
+                    (*values, now, now),
                 ).rowcount
             ),
             write=True,
@@ -753,14 +787,7 @@ class SqliteStore:
 
     # Uploads
     async def insert_upload(self, upload: UploadRecord) -> None:
-        row = dataclasses.asdict(upload)
-        await self._run(
-            lambda db: db.execute(
-                f"INSERT INTO uploads ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                list(row.values()),
-            ),
-            write=True,
-        )
+        await self._run(lambda db: _insert(db, "uploads", upload), write=True)
 
     async def open_uploads(self, key_id: str, now: float) -> int:
         return await self._run(
@@ -835,7 +862,7 @@ class SqliteStore:
             lambda db: db.execute(
                 "SELECT u.* FROM uploads AS u LEFT JOIN jobs AS j ON j.id = u.job_id "
                 "WHERE u.job_id IS NOT NULL AND ((j.id IS NULL AND u.expires_at < ?) OR "
-                "j.status IN ('completed', 'failed', 'canceled')) LIMIT ?",
+                f"j.status IN {_ENDED}) LIMIT ?",
                 (now, limit),
             ).fetchall()
         )

@@ -1,5 +1,10 @@
 """The job store's async interface, shared by the SQLite and MongoDB backends.
 
+Callers see it as the few protocols they use: :class:`KeyStore` (keys, rate counters),
+:class:`JobQueue` (jobs, claims, leases), :class:`WebhookOutbox` (webhook events) and
+:class:`UploadStore` (uploads); :class:`JobStore` is all of them, which both backends
+implement.  The rules of each transition are in :mod:`serve_app.jobs.transitions`.
+
 Every method that changes state is atomic on its own, across processes and Serve
 replicas: claiming a job, renewing a lease, counting a request against a rate limit.
 The contract is pinned by ``tests/test_store_contract.py``, which both backends pass.
@@ -19,20 +24,23 @@ from collections.abc import Collection
 from typing import Protocol
 
 from serve_app.jobs.records import ApiKeyRecord, JobRecord, UploadRecord, WebhookAttempt
+from serve_app.jobs.transitions import IDEMPOTENCY_WINDOW_SECONDS
 from serve_app.settings import Settings
 from vocabulary import JobStatus
 
 __all__ = [
     "IDEMPOTENCY_WINDOW_SECONDS",
     "AmbiguousKey",
+    "JobQueue",
     "JobStore",
+    "KeyStore",
     "QueueFull",
     "StoreError",
     "StoreUnavailable",
+    "UploadStore",
+    "WebhookOutbox",
     "open_store",
 ]
-
-IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
 
 
 class StoreError(Exception):
@@ -68,16 +76,9 @@ class QueueFull(StoreError):
         self.limit = limit
 
 
-class JobStore(Protocol):
-    async def init(self) -> None:
-        """Create tables/indexes if missing; safe to call from every process."""
+class KeyStore(Protocol):
+    """API keys and their rate counters (authentication, the CLI's key commands)."""
 
-    async def close(self) -> None: ...
-
-    async def ping(self) -> None:
-        """Return once the store answers a read and a write; :class:`StoreUnavailable` if not."""
-
-    # API keys
     async def add_key(self, key: ApiKeyRecord) -> None: ...
 
     async def key_by_digest(self, digest: str) -> ApiKeyRecord | None: ...
@@ -118,14 +119,16 @@ class JobStore(Protocol):
     ) -> bool:
         """Per-key overrides of the queued/running limits (None: the setting's)."""
 
-    # Rate limits
     async def count_request(self, key_id: str, window: int, window_seconds: int = 60) -> int:
         """Add one request to ``key_id``'s counter for ``window``; return the new count.
 
         ``window`` is ``floor(now / window_seconds)``; a counter lives at least two windows.
         """
 
-    # Jobs
+
+class JobQueue(Protocol):
+    """Jobs: submission, the fair queue, leases and their ends (the API and the runner)."""
+
     async def insert_job(
         self, job: JobRecord, now: float, max_queued: int | None = None
     ) -> tuple[JobRecord, bool]:
@@ -209,8 +212,19 @@ class JobStore(Protocol):
     async def clear_output(self, job_id: str) -> None:
         """Forget a job's output (after it was deleted); the job record stays."""
 
-    # Webhook outbox: every status change that ends a job with a webhook_url sets
-    # webhook_status = 'pending' and webhook_next_at = now in the same update.
+    async def cancel_overdue(self, now: float) -> int:
+        """Queued jobs whose ``deadline_at`` has passed end ``canceled`` with error type
+        ``deadline_exceeded`` (and their webhook event); returns how many."""
+
+
+class WebhookOutbox(Protocol):
+    """The webhook outbox (the dispatcher, the events API).
+
+    Every status change that ends a job with a ``webhook_url`` sets ``webhook_status =
+    pending`` and ``webhook_next_at = now`` in the same update
+    (:func:`serve_app.jobs.transitions.outbox`).
+    """
+
     async def claim_due_webhooks(
         self, now: float, lease_seconds: float, limit: int, exclude_keys: Collection[str] = ()
     ) -> list[JobRecord]:
@@ -242,12 +256,11 @@ class JobStore(Protocol):
         """The key's jobs whose event has ``status``, newest first after the cursor job
         (like :meth:`list_jobs`); returns ``(page, has_more)``."""
 
-    # Deadlines (cancel_after)
-    async def cancel_overdue(self, now: float) -> int:
-        """Queued jobs whose ``deadline_at`` has passed end ``canceled`` with error type
-        ``deadline_exceeded`` (and their webhook event); returns how many."""
 
-    # Uploads: records here, bytes in upload storage (serve_app.delivery.upload_storage)
+class UploadStore(Protocol):
+    """Resumable uploads' records; their bytes are in upload storage
+    (:mod:`serve_app.delivery.upload_storage`)."""
+
     async def insert_upload(self, upload: UploadRecord) -> None: ...
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None: ...
@@ -277,6 +290,19 @@ class JobStore(Protocol):
         """Uploads taken by a job that has ended, or by a job that does not exist once
         the upload's ``expires_at`` has passed: a claim is made just before its job is
         inserted, so a missing job may be one about to appear."""
+
+
+class JobStore(KeyStore, JobQueue, WebhookOutbox, UploadStore, Protocol):
+    """The whole store, as :func:`open_store` returns it: every protocol above, and
+    its own life (both backends implement it all)."""
+
+    async def init(self) -> None:
+        """Create tables/indexes if missing; safe to call from every process."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Return once the store answers a read and a write; :class:`StoreUnavailable` if not."""
 
 
 def open_store(settings: Settings) -> JobStore:
