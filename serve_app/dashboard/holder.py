@@ -224,7 +224,7 @@ class HolderPages:
         request.state.dashboard_key = visitor.key
         # POST /v2/webhook_secret/rotate itself; its answer is shown once, right here.
         response = await self.api.rotate_secret(request)
-        return self._account_page(request, visitor, rotated=json.loads(response.body))
+        return self._account_page(request, visitor, rotated=json.loads(bytes(response.body)))
 
     async def upload(self, request: Request) -> Response:
         """The tus endpoints of /v2/uploads for the page's script: the session and a

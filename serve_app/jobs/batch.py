@@ -40,7 +40,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,12 @@ from vocabulary import ApiErrorType, JobStatus, PresetName
 __all__ = ["batch_id", "main", "run_batch", "write_results"]
 
 
-def batch_id(environ: dict[str, str] | None = None) -> str:
+def batch_id(environ: Mapping[str, str] | None = None) -> str:
     """The Ray job's submission id when Ray runs us (what its dashboard and ``ray job``
     show), else a new id."""
-    environ = os.environ if environ is None else environ
+    env = os.environ if environ is None else environ
     try:
-        config = json.loads(environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        config = json.loads(env.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
         submission = config.get("metadata", {}).get("job_submission_id")
     except (ValueError, AttributeError):
         submission = None

@@ -89,7 +89,7 @@ def batch_ledger(settings: Settings, batch: str) -> dict[str, Any] | None:
     path = batches_dir(settings) / f"{batch}.json"
     if "/" in batch or not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def list_batches(settings: Settings) -> list[dict[str, Any]]:

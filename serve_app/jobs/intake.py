@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-from pipelines.presets import PRESETS
 from serve_app.access.keys import digest_key, keys_match, new_id
 from serve_app.delivery.fetch import FetchError, UrlPolicy, resolve_checked
 from serve_app.errors import (
@@ -23,7 +22,6 @@ from serve_app.jobs.job_spec import JobSpec
 from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.store import JobStore, QueueFull
 from serve_app.jobs.upload_lifecycle import claim_upload, input_of_upload
-from vocabulary import JobStatus
 
 __all__ = ["MAX_IDEMPOTENCY_KEY", "active_key", "submit_job"]
 
@@ -66,8 +64,6 @@ async def submit_job(
         raise InvalidRequestError(
             "Idempotency-Key must be 1–255 characters", param="Idempotency-Key"
         )
-    factor = spec.upscale_factor or PRESETS[spec.preset].upscale_factor
-    request_hash = spec.request_hash()
     now = time.time()
     job_id = new_id("job")
     claimed = spec.upload_id is not None and await claim_upload(
@@ -75,22 +71,7 @@ async def submit_job(
     )
     input_url = spec.video_url if spec.upload_id is None else input_of_upload(spec.upload_id)
     assert input_url is not None  # a JobSpec has exactly one of the two
-    job = JobRecord(
-        id=job_id,
-        key_id=key.id,
-        status=JobStatus.QUEUED,
-        input_url=input_url,
-        preset=spec.preset,
-        upscale_factor=factor,
-        created_at=now,
-        created_seq=time.time_ns(),
-        webhook_url=spec.webhook_url,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        engine=spec.engine,
-        upload_id=spec.upload_id,
-        deadline_at=None if spec.cancel_after is None else now + spec.cancel_after,
-    )
+    job = spec.new_job(job_id, key.id, input_url, idempotency_key, now)
     limit = key.max_queued or max_queued
     try:
         stored, created = await store.insert_job(job, now, limit)
@@ -100,7 +81,7 @@ async def submit_job(
         raise QueueLimitError(str(exc), limit=exc.limit) from None
     if claimed and not created:  # raced with the first request of this idempotency key
         await store.release_upload(job.upload_id or "", job.id)
-    if not created and stored.request_hash != request_hash:
+    if not created and stored.request_hash != job.request_hash:
         raise ConflictError(
             "Idempotency-Key was already used with a different body", param="Idempotency-Key"
         )

@@ -6,6 +6,10 @@ first problem, so :func:`~serve_app.jobs.intake.submit_job` never sees an HTTP b
 The API's ``EnhanceBody`` (:mod:`serve_app.api.schemas`) describes the same fields on
 the wire and calls this module's checks, so the rules are written once.
 
+A new field of the job object is a field here, its line in :meth:`JobSpec.new_job`, the
+record's field (:mod:`serve_app.jobs.records`) and the API's shapes; the intake, the
+batch and the stores take it as it is.
+
 The idempotency key is not part of a spec: it names a request, and a request's hash
 (which a repeated key must match) is taken over the spec alone.
 """
@@ -14,11 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
+from pipelines.presets import PRESETS
 from serve_app.errors import InvalidRequestError
-from vocabulary import Engine, PresetName
+from serve_app.jobs.records import JobRecord
+from vocabulary import Engine, JobStatus, PresetName
 
 __all__ = [
     "MAX_CANCEL_AFTER_SECONDS",
@@ -126,3 +133,30 @@ class JobSpec:
             if fields[name] is None:
                 del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+    def new_job(
+        self,
+        job_id: str,
+        key_id: str,
+        input_url: str,
+        idempotency_key: str | None,
+        now: float,
+    ) -> JobRecord:
+        """The queued job this spec makes for ``key_id``; ``input_url`` is the video's,
+        or the upload's (``upload:<id>``)."""
+        return JobRecord(
+            id=job_id,
+            key_id=key_id,
+            status=JobStatus.QUEUED,
+            input_url=input_url,
+            preset=self.preset,
+            upscale_factor=self.upscale_factor or PRESETS[self.preset].upscale_factor,
+            created_at=now,
+            created_seq=time.time_ns(),
+            webhook_url=self.webhook_url,
+            idempotency_key=idempotency_key,
+            request_hash=self.request_hash(),
+            engine=self.engine,
+            upload_id=self.upload_id,
+            deadline_at=None if self.cancel_after is None else now + self.cancel_after,
+        )
