@@ -556,7 +556,7 @@ def batch(ctx: typer.Context) -> None:
     The entrypoint for `ray job submit`: this script names the venv's interpreter
     itself, so it runs the project's Python however Ray was started.
     """
-    from pipelines.batch import main as batch_main
+    from serve_app.jobs.batch import main as batch_main
 
     raise typer.Exit(code=batch_main(ctx.args))
 

@@ -119,10 +119,7 @@ def build_app(settings: Settings) -> Application:
     if settings.public_url is None:
         # The runner makes links without a request to take the address from: here
         # Serve listens on HOST:PORT, so that stands in (the API keeps the request's).
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        runner_settings = settings.model_copy(
-            update={"public_url": f"http://{host}:{settings.port}"}
-        )
+        runner_settings = settings.model_copy(update={"public_url": settings.public_base_url})
     runner_env = {"env_vars": settings_env(runner_settings)}
     runner = RunnerDeployment.options(ray_actor_options={"num_cpus": 0, "runtime_env": runner_env})
     api = ApiDeployment.options(

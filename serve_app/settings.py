@@ -230,6 +230,16 @@ class Settings(BaseSettings):
         return None if path is None else path.expanduser().absolute()
 
     @property
+    def public_base_url(self) -> str:
+        """Where links made without a request point (the runner's webhook bodies, batch
+        results): ``public_url``, else the address the API listens on, with a wildcard
+        host read as this machine (0.0.0.0 is no address a client can use)."""
+        if self.public_url is not None:
+            return self.public_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
     def url_policy(self) -> UrlPolicy:
         return UrlPolicy(self.allow_private_urls, frozenset(self.private_url_allowlist))
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.batch import ManifestError, ManifestRow, main, read_manifest
+from serve_app.jobs.batch import main
+from serve_app.jobs.batch_manifest import ManifestError, ManifestRow, read_manifest
 from serve_app.jobs.batch_queue import StoreJobQueue
 from serve_app.jobs.sqlite_store import SqliteStore
 from serve_app.settings import Settings
@@ -297,7 +298,7 @@ def test_python_m_keeps_going_past_rows_the_queue_rejects(tmp_path: Path):
         [
             sys.executable,
             "-m",
-            "pipelines.batch",
+            "serve_app.jobs.batch",
             str(manifest),
             "--results",
             str(results),
@@ -369,7 +370,7 @@ def test_no_store_where_expected_is_refused_saying_where(tmp_path: Path):
     elsewhere = tmp_path / "ray-working-dir"
     elsewhere.mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.batch", str(manifest)],
+        [sys.executable, "-m", "serve_app.jobs.batch", str(manifest)],
         env=_env(settings, RETROIVA_API_KEY=key, RETROIVA_DATA_DIR="data"),
         cwd=elsewhere,
         capture_output=True,
@@ -400,7 +401,7 @@ def test_batches_are_listed_shown_and_canceled_by_id(
     )
     # No runner: the jobs stay queued, so the batch waits until they are canceled.
     batch = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.batch", str(manifest), "--poll-seconds", "0.1"],
+        [sys.executable, "-m", "serve_app.jobs.batch", str(manifest), "--poll-seconds", "0.1"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,

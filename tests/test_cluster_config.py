@@ -176,7 +176,7 @@ def _run_start_commands(
 @pytest.mark.parametrize("key", ["head_start_ray_commands", "worker_start_ray_commands"])
 def test_start_commands_put_the_venv_on_path_and_survive_a_low_file_limit(key: str, tmp_path: Path):
     """Run as written, with `ray` and `python` stubbed in the venv: the job entrypoint
-    `python -m pipelines.batch` must find the venv's python, and a hard limit below
+    `python -m serve_app.jobs.batch` must find the venv's python, and a hard limit below
     65536 must lower the request, not stop Ray from starting."""
     venv_bin = tmp_path / "retroiva" / ".venv" / "bin"
     venv_bin.mkdir(parents=True)

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -36,7 +36,6 @@ from serve_app.api.openapi import Endpoint, openapi_document
 from serve_app.api.schemas import (
     DeliveryPage,
     Download,
-    EnhanceBody,
     EventList,
     Job,
     JobList,
@@ -44,6 +43,7 @@ from serve_app.api.schemas import (
     event_from_record,
     iso_time,
     job_from_record,
+    job_spec,
 )
 from serve_app.api.tus_routes import UploadRoutes, tus_error_headers
 from serve_app.dashboard import create_dashboard
@@ -316,18 +316,10 @@ class Api:
         data = await self._json_body(request)
         if not isinstance(data, dict):
             raise InvalidRequestError("body must be a JSON object")
-        try:
-            body = EnhanceBody.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            raise InvalidRequestError(
-                first["msg"].removeprefix("Value error, "), param=param
-            ) from None
         stored, created = await submit_job(
             await self._store(),
             key,
-            body,
+            job_spec(data),
             request.headers.get("idempotency-key"),
             self.settings.url_policy,
             self.settings.max_queued_per_key,

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic.json_schema import JsonDict
 
+from serve_app.errors import InvalidRequestError
+from serve_app.jobs.job_spec import (
+    MAX_CANCEL_AFTER_SECONDS,
+    MAX_UPLOAD_ID,
+    MAX_URL_LENGTH,
+    JobSpec,
+    check_http_url,
+    input_problem,
+)
 from serve_app.jobs.records import JobRecord, UploadRecord, WebhookAttempt
 from vocabulary import DeliveryStatus, Engine, JobStatus, Phase, PresetName, UploadStatus
 
@@ -37,35 +46,25 @@ __all__ = [
     "event_from_record",
     "iso_time",
     "job_from_record",
+    "job_spec",
     "upload_from_record",
 ]
 
-# The longest cancel_after: a week, well past any job's run time.
-MAX_CANCEL_AFTER_SECONDS = 7 * 24 * 3600
-
-
 # Documented in the schema only: the validator below gives the clearer error message.
-_URL_SCHEMA: dict[str, object] = {
+_URL_SCHEMA: JsonDict = {
     "format": "uri",
     "pattern": "^https?://[^/?#]+",
-    "maxLength": 2048,
+    "maxLength": MAX_URL_LENGTH,
 }
-
-
-def _http_url(value: str, field: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{field} must be an http or https URL with a host")
-    if len(value) > 2048:
-        raise ValueError(f"{field} must be at most 2048 characters")
-    return value
 
 
 class EnhanceBody(BaseModel):
     """Body of ``POST /v2/enhance``.
 
     Strict: no coercion, so ``upscale_factor`` must be a JSON integer (``true``,
-    ``2.0`` and ``"2"`` are refused), as the OpenAPI document says.
+    ``2.0`` and ``"2"`` are refused), as the OpenAPI document says.  The wire shape of
+    a :class:`~serve_app.jobs.job_spec.JobSpec` (:meth:`to_spec`), whose checks the
+    validators below call.
     """
 
     model_config = ConfigDict(
@@ -77,7 +76,7 @@ class EnhanceBody(BaseModel):
     # Before video_url: its validator reads this one to require exactly one of the two.
     upload_id: str | None = Field(
         None,
-        max_length=64,
+        max_length=MAX_UPLOAD_ID,
         description="A complete upload "
         "(POST /v2/uploads) of this key, instead of video_url; "
         "its bytes are deleted when the job ends.",
@@ -117,19 +116,31 @@ class EnhanceBody(BaseModel):
     @field_validator("video_url")
     @classmethod
     def _video_url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        upload_id = info.data.get("upload_id")
-        if value is None:
-            if upload_id is None and "upload_id" in info.data:
-                raise ValueError("video_url is required (or upload_id, for an uploaded file)")
-            return None
-        if upload_id is not None:
-            raise ValueError("give video_url or upload_id, not both")
-        return _http_url(value, "video_url")
+        # upload_id missing from info.data: it failed its own check, which is reported.
+        if "upload_id" in info.data and (problem := input_problem(value, info.data["upload_id"])):
+            raise ValueError(problem)
+        return None if value is None else check_http_url(value, "video_url")
 
     @field_validator("webhook_url")
     @classmethod
     def _webhook_url(cls, value: str | None) -> str | None:
-        return None if value is None else _http_url(value, "webhook_url")
+        return None if value is None else check_http_url(value, "webhook_url")
+
+    def to_spec(self) -> JobSpec:
+        # Field for field: a body field the spec lacks fails here (and in the tests).
+        return JobSpec(**self.model_dump())
+
+
+def job_spec(data: Any) -> JobSpec:
+    """A JSON body of ``POST /v2/enhance`` as the job it asks for; the API's
+    :class:`InvalidRequestError` naming the first problem otherwise."""
+    try:
+        body = EnhanceBody.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequestError(first["msg"].removeprefix("Value error, "), param=param) from None
+    return body.to_spec()
 
 
 class JobError(BaseModel):

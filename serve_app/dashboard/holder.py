@@ -3,7 +3,8 @@
 Every action runs the API's own code for the signed-in key: sign-in is the API's key
 check (and counts as a request), actions call the API's handlers themselves with the
 key handed over (:meth:`Dashboard.as_key`), submitting is
-:func:`~serve_app.jobs.intake.submit_job` (the form is not JSON), and a job is found
+:func:`~serve_app.jobs.intake.submit_job` with the job the API would make of the form as
+a JSON body (the form is not JSON), and a job is found
 with the API's ownership check, so someone else's job is a 404.  Page loads and
 actions count against the key's rate limit like API calls; the pages' background
 polls do not.
@@ -15,12 +16,11 @@ import json
 import secrets
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serve_app.access.keys import KEY_PREFIX
-from serve_app.api.schemas import EnhanceBody, event_from_record
+from serve_app.api.schemas import event_from_record, job_spec
 from serve_app.dashboard.sessions import ADMIN_PREFIX
 from serve_app.dashboard.web import (
     PRE_SESSION_COOKIE,
@@ -38,27 +38,18 @@ from serve_app.errors import (
 )
 from serve_app.jobs.intake import active_key, submit_job
 from serve_app.jobs.records import ApiKeyRecord
+from vocabulary import Engine, PresetName
 
 __all__ = ["HolderPages"]
 
 _PAGE_SIZE = 20
 
 
-def enhance_body(data: dict[str, Any]) -> EnhanceBody:
-    """The form as the API's request body, with the API's error for the first problem."""
-    try:
-        return EnhanceBody.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequestError(first["msg"].removeprefix("Value error, "), param=param) from None
-
-
 def _form_body(form: dict[str, str]) -> dict[str, Any]:
     """Form fields to the JSON body the API takes (blank optional fields left out)."""
     data: dict[str, Any] = {
-        "preset": form.get("preset", "general"),
-        "engine": form.get("engine", "neural"),
+        "preset": form.get("preset", PresetName.GENERAL),
+        "engine": form.get("engine", Engine.NEURAL),
     }
     # A dropped file arrives as the upload the page's script made (upload.js).
     if form.get("upload_id", "").strip():
@@ -157,13 +148,13 @@ class HolderPages:
         visitor, form = await self.d.post(request, "key")
         key = await self.d.as_key(request, visitor)
         try:
-            body = enhance_body(_form_body(form))
+            spec = job_spec(_form_body(form))  # with the API's error for the first problem
             # The form carries its own Idempotency-Key, so a resubmitted form (back
             # button, double click) returns the first job instead of queueing twice.
             job, _ = await submit_job(
                 await self.api._store(),
                 key,
-                body,
+                spec,
                 form.get("idempotency") or None,
                 self.d.settings.url_policy,
                 self.d.settings.max_queued_per_key,
@@ -233,7 +224,7 @@ class HolderPages:
         request.state.dashboard_key = visitor.key
         # POST /v2/webhook_secret/rotate itself; its answer is shown once, right here.
         response = await self.api.rotate_secret(request)
-        return self._account_page(request, visitor, rotated=json.loads(response.body))
+        return self._account_page(request, visitor, rotated=json.loads(bytes(response.body)))
 
     async def upload(self, request: Request) -> Response:
         """The tus endpoints of /v2/uploads for the page's script: the session and a

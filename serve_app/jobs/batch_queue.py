@@ -1,9 +1,9 @@
-"""The job store as a :class:`pipelines.batch.JobQueue`: manifest rows become API jobs.
+"""What a batch needs from the service: manifest rows become jobs in the job store.
 
-Registered as the ``retroiva.job_queues`` entry point ``store`` in pyproject.toml, so
-``python -m pipelines.batch`` finds it without :mod:`pipelines` importing this package.
-Settings (store, storage, URL policy, public URL) come from ``RETROIVA_*`` variables,
-the same ones the service reads.
+The batch driver (:mod:`serve_app.jobs.batch`) creates jobs through the same intake as
+the API, so each is listed, cancellable and webhooked like a job posted to
+``/v2/enhance``. Settings (store, storage, URL policy, public URL) come from
+``RETROIVA_*`` variables, the same ones the service reads.
 
 Each batch's ledger (which jobs it made, for which rows) is kept as
 ``DATA_DIR/batches/<batch id>.json`` on the node the batch ran on, the head node under
@@ -16,22 +16,69 @@ import asyncio
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from pipelines.batch import BatchResult, JobState, ManifestRow, QueueRefused, RowRejected
 from serve_app.access.private_files import private_dir
-from serve_app.api.schemas import EnhanceBody
 from serve_app.delivery.output_storage import download_link, open_storage
 from serve_app.errors import ApiError, AuthenticationError
+from serve_app.jobs.batch_manifest import ManifestRow
 from serve_app.jobs.intake import active_key, submit_job
 from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.store import open_store
 from serve_app.settings import Settings
+from vocabulary import ApiErrorType, JobStatus
 
-__all__ = ["StoreJobQueue", "batch_ledger", "batches_dir", "list_batches", "missing_store"]
+__all__ = [
+    "PENDING",
+    "REJECTED",
+    "TERMINAL",
+    "BatchResult",
+    "JobState",
+    "QueueRefused",
+    "RowRejected",
+    "StoreJobQueue",
+    "batch_ledger",
+    "batches_dir",
+    "list_batches",
+    "missing_store",
+]
+
+# A row's states besides its job's: not yet submitted, and refused (so no job at all).
+PENDING = "pending"
+REJECTED = "rejected"
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED, REJECTED})
+
+
+class QueueRefused(Exception):
+    """The service refused the whole batch (an invalid or revoked API key, no store)."""
+
+
+class RowRejected(Exception):
+    """The service refused one row (bad URL, key conflict, queue limit); the others go on."""
+
+    def __init__(self, message: str, error_type: ApiErrorType) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A row's job as the store has it (``id`` empty while pending or if rejected)."""
+
+    id: str
+    status: str  # a JobStatus, or PENDING / REJECTED
+    progress: float = 0.0
+    output_url: str | None = None
+    error_type: str | None = None  # a JobErrorType, or for a rejected row an ApiErrorType
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    row: ManifestRow
+    state: JobState
 
 
 def batches_dir(settings: Settings) -> Path:
@@ -42,7 +89,7 @@ def batch_ledger(settings: Settings, batch: str) -> dict[str, Any] | None:
     path = batches_dir(settings) / f"{batch}.json"
     if "/" in batch or not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def list_batches(settings: Settings) -> list[dict[str, Any]]:
@@ -78,6 +125,8 @@ def missing_store(settings: Settings) -> str | None:
 
 
 class StoreJobQueue:
+    """The job store, opened for one batch under one API key."""
+
     def __init__(self, api_key: str, settings: Settings | None = None) -> None:
         self._token = api_key
         self._settings = settings or Settings()
@@ -96,26 +145,20 @@ class StoreJobQueue:
         except AuthenticationError as exc:
             raise QueueRefused(str(exc)) from None
 
-    async def submit(
-        self, row: ManifestRow, preset: str | None, upscale_factor: int | None
-    ) -> JobState:
+    async def submit(self, row: ManifestRow) -> JobState:
+        """Create (or find, by ``row.idempotency_key``) the job of ``row`` (defaults
+        applied); :class:`RowRejected`, with the API's error type, if the service refuses it."""
         assert self._key is not None, "open() first"
-        fields = {
-            "video_url": row.video_url,
-            "preset": row.preset or preset,
-            "upscale_factor": row.upscale_factor or upscale_factor,
-            "webhook_url": row.webhook_url,
-            "engine": row.engine,
-        }
         try:
-            body = EnhanceBody.model_validate({k: v for k, v in fields.items() if v is not None})
             job, _ = await submit_job(
-                self._store, self._key, body, row.idempotency_key, self._settings.url_policy
+                self._store,
+                self._key,
+                row.spec(),
+                row.idempotency_key,
+                self._settings.url_policy,
             )
-        except ValidationError as exc:
-            raise RowRejected(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         except ApiError as exc:
-            raise RowRejected(str(exc)) from None
+            raise RowRejected(exc.message, ApiErrorType(exc.type)) from None
         return await self._job_state(job)
 
     async def record(
@@ -153,11 +196,12 @@ class StoreJobQueue:
         return await self._job_state(job)
 
     async def _job_state(self, job: JobRecord) -> JobState:
-        base_url = (
-            self._settings.public_url or f"http://{self._settings.host}:{self._settings.port}"
-        )
         link = await asyncio.to_thread(
-            download_link, job, self._storage, self._settings.retention_seconds, base_url
+            download_link,
+            job,
+            self._storage,
+            self._settings.retention_seconds,
+            self._settings.public_base_url,
         )
         return JobState(
             id=job.id,

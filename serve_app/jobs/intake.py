@@ -1,18 +1,16 @@
-"""Admitting work: API-key lookup and job creation, shared by the API and batch manifests.
+"""Admitting work: API-key lookup and job creation, shared by the API, batch manifests
+and the dashboard.
 
-Both doors apply the same checks (URL policy, idempotency, body hash), so a job made
-from a manifest row is indistinguishable from one posted to ``/v2/enhance``.
+Every door hands over a :class:`~serve_app.jobs.job_spec.JobSpec` (never an HTTP body)
+and gets the same checks (URL policy, idempotency, request hash), so a job made from a
+manifest row is indistinguishable from one posted to ``/v2/enhance``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 
-from pipelines.presets import PRESETS
 from serve_app.access.keys import digest_key, keys_match, new_id
-from serve_app.api.schemas import EnhanceBody
 from serve_app.delivery.fetch import FetchError, UrlPolicy, resolve_checked
 from serve_app.errors import (
     AuthenticationError,
@@ -20,10 +18,10 @@ from serve_app.errors import (
     InvalidRequestError,
     QueueLimitError,
 )
+from serve_app.jobs.job_spec import JobSpec
 from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.store import JobStore, QueueFull
 from serve_app.jobs.upload_lifecycle import claim_upload, input_of_upload
-from vocabulary import JobStatus
 
 __all__ = ["MAX_IDEMPOTENCY_KEY", "active_key", "submit_job"]
 
@@ -44,19 +42,19 @@ async def active_key(store: JobStore, token: str) -> ApiKeyRecord:
 async def submit_job(
     store: JobStore,
     key: ApiKeyRecord,
-    body: EnhanceBody,
+    spec: JobSpec,
     idempotency_key: str | None,
     policy: UrlPolicy,
     max_queued: int | None = None,
 ) -> tuple[JobRecord, bool]:
-    """Queue ``body`` for ``key``; returns ``(job, created)``.
+    """Queue ``spec`` for ``key``; returns ``(job, created)``.
 
-    A repeated idempotency key returns the first job (``created`` False) when the body
+    A repeated idempotency key returns the first job (``created`` False) when the spec
     is the same and raises :class:`ConflictError` when it is not.  A key with
     ``max_queued`` jobs queued already (its own limit, else this one) gets
     :class:`QueueLimitError`.
     """
-    for field, url in (("video_url", body.video_url), ("webhook_url", body.webhook_url)):
+    for field, url in (("video_url", spec.video_url), ("webhook_url", spec.webhook_url)):
         if url is not None:
             try:
                 await resolve_checked(url, policy)
@@ -66,35 +64,14 @@ async def submit_job(
         raise InvalidRequestError(
             "Idempotency-Key must be 1–255 characters", param="Idempotency-Key"
         )
-    factor = body.upscale_factor or PRESETS[body.preset].upscale_factor
-    # Fields added later count only when given: bodies without them hash as they did.
-    unset_new = {name for name in ("upload_id", "cancel_after") if getattr(body, name) is None}
-    request_hash = hashlib.sha256(
-        json.dumps(body.model_dump(exclude=unset_new), sort_keys=True).encode()
-    ).hexdigest()
     now = time.time()
     job_id = new_id("job")
-    claimed = body.upload_id is not None and await claim_upload(
-        store, key, body.upload_id, job_id, idempotency_key
+    claimed = spec.upload_id is not None and await claim_upload(
+        store, key, spec.upload_id, job_id, idempotency_key
     )
-    input_url = body.video_url if body.upload_id is None else input_of_upload(body.upload_id)
-    assert input_url is not None  # EnhanceBody requires one of the two
-    job = JobRecord(
-        id=job_id,
-        key_id=key.id,
-        status=JobStatus.QUEUED,
-        input_url=input_url,
-        preset=body.preset,
-        upscale_factor=factor,
-        created_at=now,
-        created_seq=time.time_ns(),
-        webhook_url=body.webhook_url,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        engine=body.engine,
-        upload_id=body.upload_id,
-        deadline_at=None if body.cancel_after is None else now + body.cancel_after,
-    )
+    input_url = spec.video_url if spec.upload_id is None else input_of_upload(spec.upload_id)
+    assert input_url is not None  # a JobSpec has exactly one of the two
+    job = spec.new_job(job_id, key.id, input_url, idempotency_key, now)
     limit = key.max_queued or max_queued
     try:
         stored, created = await store.insert_job(job, now, limit)
@@ -104,7 +81,7 @@ async def submit_job(
         raise QueueLimitError(str(exc), limit=exc.limit) from None
     if claimed and not created:  # raced with the first request of this idempotency key
         await store.release_upload(job.upload_id or "", job.id)
-    if not created and stored.request_hash != request_hash:
+    if not created and stored.request_hash != job.request_hash:
         raise ConflictError(
             "Idempotency-Key was already used with a different body", param="Idempotency-Key"
         )

@@ -308,9 +308,12 @@ class JobRunner:
 
     async def _job_object(self, job: JobRecord) -> Job:
         """The job object for webhook events, with a download link while one exists."""
-        base_url = self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
         link = await asyncio.to_thread(
-            download_link, job, self.storage, self.settings.retention_seconds, base_url
+            download_link,
+            job,
+            self.storage,
+            self.settings.retention_seconds,
+            self.settings.public_base_url,
         )
         return job_from_record(job, link.url if link else None)
 

@@ -3,21 +3,17 @@
     ray job submit --working-dir . -- ~/retroiva/.venv/bin/retroiva batch MANIFEST \\
         [--preset archive] [--upscale-factor 2] [--api-key-file FILE] [--results FILE]
 
-(``python -m pipelines.batch`` is the same command where the venv's python is the
+(``python -m serve_app.jobs.batch`` is the same command where the venv's python is the
 one on ``PATH``; the console script names its interpreter itself, so it works from a
 Ray started without the venv on ``PATH``.)
 
-The manifest is CSV (a header row) or JSONL (one object per line) with a
-``video_url`` per row and optional ``preset``, ``upscale_factor``, ``webhook_url``,
-``engine`` and ``metadata`` (a JSON object; in CSV every other column is metadata too).  Metadata is
-not sent to the service: it is copied into the results manifest beside the job's id,
-status, output URL and error.
+The manifest (:mod:`serve_app.jobs.batch_manifest`) names a video per row; its
+metadata is copied into the results manifest beside the job's id, status, output URL
+and error.
 
-Jobs are created in the service's job store, not run here, so each one is listed,
-cancellable and webhooked like a job posted to the API, and the service's runners do
-the work.  This module knows nothing of the store: it talks to a :class:`JobQueue`,
-which the installed service registers under the ``retroiva.job_queues`` entry point
-(``serve_app.jobs.batch_queue``), keeping the import arrows one way (serve_app → pipelines).
+Jobs are created in the service's job store (:mod:`serve_app.jobs.batch_queue`), not
+run here, so each one is listed, cancellable and webhooked like a job posted to the
+API, and the service's runners do the work.
 
 Re-running a manifest creates no duplicate jobs: each row's idempotency key is a hash
 of the row with the options in effect for it (``--preset``/``--upscale-factor`` filling
@@ -39,186 +35,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import hashlib
 import json
 import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from importlib.metadata import entry_points
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any
 
-from pipelines.presets import ENGINES, PRESETS
+from serve_app.jobs.batch_manifest import ManifestError, ManifestRow, read_manifest, row_problem
+from serve_app.jobs.batch_queue import (
+    PENDING,
+    REJECTED,
+    TERMINAL,
+    BatchResult,
+    JobState,
+    QueueRefused,
+    RowRejected,
+    StoreJobQueue,
+)
+from serve_app.settings import Settings
+from vocabulary import ApiErrorType, JobStatus, PresetName
 
-__all__ = [
-    "BatchResult",
-    "JobQueue",
-    "JobState",
-    "ManifestError",
-    "ManifestRow",
-    "QueueRefused",
-    "RowRejected",
-    "batch_id",
-    "main",
-    "read_manifest",
-    "row_problem",
-    "run_batch",
-    "write_results",
-]
-
-ENTRY_POINT_GROUP = "retroiva.job_queues"
-TERMINAL = frozenset({"completed", "failed", "canceled", "rejected"})
-_ROW_FIELDS = ("video_url", "preset", "upscale_factor", "webhook_url", "engine", "metadata")
+__all__ = ["batch_id", "main", "run_batch", "write_results"]
 
 
-class ManifestError(ValueError):
-    """The manifest can't be used; nothing was submitted."""
-
-
-class QueueRefused(Exception):
-    """The service refused the whole batch (an invalid or revoked API key)."""
-
-
-class RowRejected(Exception):
-    """The service refused one row (bad URL, key conflict); the others go on."""
-
-
-@dataclass(frozen=True)
-class ManifestRow:
-    line: int  # 1-based line of the manifest (CSV: counting the header)
-    video_url: str
-    preset: str | None = None
-    upscale_factor: int | None = None
-    webhook_url: str | None = None
-    engine: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def with_defaults(self, preset: str | None, upscale_factor: int | None) -> ManifestRow:
-        """The row as it is submitted: the command line's options fill its blanks."""
-        return replace(
-            self, preset=self.preset or preset, upscale_factor=self.upscale_factor or upscale_factor
-        )
-
-    @property
-    def idempotency_key(self) -> str:
-        """Same row, same key, so a re-run finds its jobs instead of duplicating them.
-
-        Taken from the row :meth:`with_defaults` returns, so a re-run with another
-        ``--preset`` is a new job rather than a conflict with the old one.
-        """
-        content = {k: v for k, v in asdict(self).items() if k != "line"}
-        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-        return f"batch-{digest[:40]}"
-
-
-@dataclass(frozen=True)
-class JobState:
-    id: str
-    status: str
-    progress: float = 0.0
-    output_url: str | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    row: ManifestRow
-    state: JobState
-
-
-class JobQueue(Protocol):
-    """What a batch needs from the service: create jobs and read them back."""
-
-    async def open(self) -> None:
-        """Raises :class:`QueueRefused` when the batch can't go on at all."""
-
-    async def record(
-        self, batch: str, manifest: str, results: list[BatchResult], *, finished: bool
-    ) -> None:
-        """Keep which jobs the batch made, so an operator can list or cancel them."""
-
-    async def submit(
-        self, row: ManifestRow, preset: str | None, upscale_factor: int | None
-    ) -> JobState:
-        """Create (or find, by ``row.idempotency_key``) the row's job.
-
-        Raises :class:`RowRejected` when the service refuses the row.
-        """
-
-    async def state(self, job_id: str) -> JobState: ...
-
-    async def close(self) -> None: ...
-
-
-def _row(line: int, raw: dict[str, Any]) -> ManifestRow:
-    def fail(message: str) -> ManifestError:
-        return ManifestError(f"line {line}: {message}")
-
-    raw = {k.strip(): v for k, v in raw.items() if k is not None}
-    url = raw.get("video_url")
-    if not isinstance(url, str) or not url.strip():
-        raise fail("video_url is required")
-    preset = raw.get("preset") or None
-    if preset is not None and preset not in PRESETS:
-        raise fail(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}")
-    factor = raw.get("upscale_factor")
-    if factor in (None, ""):
-        factor = None
-    else:
-        try:
-            factor = int(factor)
-        except (TypeError, ValueError):
-            raise fail(f"upscale_factor must be an integer, not {factor!r}") from None
-        if not 1 <= factor <= 4:
-            raise fail(f"upscale_factor must be 1–4, not {factor}")
-    engine = raw.get("engine") or None
-    if engine is not None and engine not in ENGINES:
-        raise fail(f"engine must be neural or classical, not {engine!r}")
-    metadata = raw.get("metadata") or {}
-    if isinstance(metadata, str):
-        try:
-            metadata = json.loads(metadata)
-        except ValueError:
-            raise fail("metadata must be a JSON object") from None
-    if not isinstance(metadata, dict):
-        raise fail("metadata must be a JSON object")
-    extra = {k: v for k, v in raw.items() if k not in _ROW_FIELDS and v not in (None, "")}
-    return ManifestRow(
-        line=line,
-        video_url=url.strip(),
-        preset=preset,
-        upscale_factor=factor,
-        webhook_url=raw.get("webhook_url") or None,
-        engine=engine,
-        metadata={**extra, **metadata},
-    )
-
-
-def row_problem(row: ManifestRow) -> str | None:
-    """Why the service would refuse this row whatever its state, or None.
-
-    Checked for every row before anything is submitted; such a row is reported
-    ``rejected`` and the others go on.
-    """
-    parts = urlsplit(row.video_url)
-    if parts.scheme.lower() not in ("http", "https"):
-        return f"video_url must be an http or https URL, not {parts.scheme or 'none'}:"
-    if not parts.hostname:
-        return "video_url has no host"
-    return None
-
-
-def batch_id(environ: dict[str, str] | None = None) -> str:
+def batch_id(environ: Mapping[str, str] | None = None) -> str:
     """The Ray job's submission id when Ray runs us (what its dashboard and ``ray job``
     show), else a new id."""
-    environ = os.environ if environ is None else environ
+    env = os.environ if environ is None else environ
     try:
-        config = json.loads(environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        config = json.loads(env.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
         submission = config.get("metadata", {}).get("job_submission_id")
     except (ValueError, AttributeError):
         submission = None
@@ -227,41 +75,9 @@ def batch_id(environ: dict[str, str] | None = None) -> str:
     return f"batch_{time.strftime('%Y%m%d%H%M%S', time.gmtime())}_{secrets.token_hex(3)}"
 
 
-def read_manifest(path: Path) -> list[ManifestRow]:
-    """Parse and check every row before anything is submitted."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise ManifestError(f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ManifestError(f"{path} is not UTF-8 text") from None
-    rows: list[ManifestRow] = []
-    if path.suffix.lower() == ".jsonl":
-        for line, content in enumerate(text.splitlines(), start=1):
-            if not content.strip():
-                continue
-            try:
-                raw = json.loads(content)
-            except ValueError:
-                raise ManifestError(f"line {line}: not valid JSON") from None
-            if not isinstance(raw, dict):
-                raise ManifestError(f"line {line}: each line must be a JSON object")
-            rows.append(_row(line, raw))
-    elif path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if "video_url" not in [name.strip() for name in reader.fieldnames or ()]:
-            raise ManifestError("the CSV header must name a video_url column")
-        rows = [_row(reader.line_num, raw) for raw in reader]
-    else:
-        raise ManifestError(f"{path.name}: a manifest is .csv or .jsonl")
-    if not rows:
-        raise ManifestError(f"{path.name} has no rows")
-    return rows
-
-
 async def run_batch(
     rows: Sequence[ManifestRow],
-    queue: JobQueue,
+    queue: StoreJobQueue,
     *,
     preset: str | None = None,
     upscale_factor: int | None = None,
@@ -282,36 +98,34 @@ async def run_batch(
     # Rows the service would refuse anyway are settled before anything is submitted.
     states = [
         JobState(
-            id="", status="rejected", error_type="invalid_request_error", error_message=problem
+            id="",
+            status=REJECTED,
+            error_type=ApiErrorType.INVALID_REQUEST,
+            error_message=problem,
         )
         if (problem := row_problem(row))
-        else JobState(id="", status="pending")
+        else JobState(id="", status=PENDING)
         for row in rows
     ]
     results = sink if sink is not None else []
     results[:] = [BatchResult(row, state) for row, state in zip(rows, states, strict=True)]
-    record = getattr(queue, "record", None)
 
     async def keep(finished: bool) -> None:
         results[:] = [BatchResult(row, state) for row, state in zip(rows, states, strict=True)]
-        if record is not None:
-            await record(batch, manifest, results, finished=finished)
+        await queue.record(batch, manifest, results, finished=finished)
 
     say(f"batch {batch}: {len(rows)} rows")
     for i, row in enumerate(rows):
-        if states[i].status == "pending":
+        if states[i].status == PENDING:
             try:
-                states[i] = await queue.submit(row, row.preset, row.upscale_factor)
+                states[i] = await queue.submit(row)
             except RowRejected as exc:
                 states[i] = JobState(
-                    id="",
-                    status="rejected",
-                    error_type="invalid_request_error",
-                    error_message=str(exc),
+                    id="", status=REJECTED, error_type=exc.error_type, error_message=str(exc)
                 )
         say(
             f"line {row.line}: {states[i].id or '-'} {states[i].status}"
-            + (f" ({states[i].error_message})" if states[i].status == "rejected" else "")
+            + (f" ({states[i].error_message})" if states[i].status == REJECTED else "")
         )
     await keep(finished=False)
     next_report = time.monotonic() + report_seconds
@@ -389,17 +203,6 @@ def _default_results(manifest: Path) -> Path:
     return manifest.with_name(f"{manifest.stem}.results{manifest.suffix}")
 
 
-def _load_queue(api_key: str) -> JobQueue:
-    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    if "store" not in found:
-        raise SystemExit(
-            "no job queue is installed: install retroiva itself "
-            "(pip install -e .), which registers one"
-        )
-    factory = found["store"].load()
-    return factory(api_key)  # type: ignore[no-any-return]
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retroiva batch",
@@ -408,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("manifest", type=Path, help="CSV or JSONL manifest of video URLs.")
     parser.add_argument(
         "--preset",
-        choices=list(PRESETS),
+        choices=[str(p) for p in PresetName],
         help="Preset for rows that name none (default: the service's).",
     )
     parser.add_argument(
@@ -480,7 +283,7 @@ def _check_results(path: Path) -> None:
 async def _run(
     args: argparse.Namespace, key: str, rows: list[ManifestRow], sink: list[BatchResult]
 ) -> list[BatchResult]:
-    queue = _load_queue(key)
+    queue = StoreJobQueue(key, Settings())
     await queue.open()
     try:
         return await run_batch(
@@ -525,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_results(results, path)
     for result in results:
         print(json.dumps(_result_record(result), ensure_ascii=False))
-    failed = sum(r.state.status != "completed" for r in results)
+    failed = sum(r.state.status != JobStatus.COMPLETED for r in results)
     if failed:
         counts = _summary([r.state for r in results]).partition(": ")[2]
         print(
@@ -538,9 +341,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as ``python -m``, this file is ``__main__``, and the job queue imports
-    # ``pipelines.batch`` again: a second copy whose RowRejected and QueueRefused are
-    # other classes than this copy's.  Run the imported copy, so there is one.
-    from pipelines.batch import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())
