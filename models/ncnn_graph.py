@@ -133,15 +133,14 @@ class _Blob:
 
 
 def _load_weights(layer: NcnnLayer, blob: _Blob) -> None:
-    p = layer.params
     if layer.type in ("Convolution", "Deconvolution", "ConvolutionDepthWise"):
-        layer.weights["weight"] = blob.flagged(int(p[6]))  # type: ignore[arg-type]
-        if p.get(5, 0):
-            layer.weights["bias"] = blob.raw(int(p[0]))  # type: ignore[arg-type]
+        layer.weights["weight"] = blob.flagged(layer.int_param(6, 0))
+        if layer.int_param(5, 0):
+            layer.weights["bias"] = blob.raw(layer.int_param(0, 0))
     elif layer.type == "PReLU":
-        layer.weights["slope"] = blob.raw(int(p.get(0, 1)))  # type: ignore[arg-type]
+        layer.weights["slope"] = blob.raw(layer.int_param(0, 1))
     elif layer.type == "MemoryData":
-        w, h, c = (int(p.get(k, 0)) for k in (0, 1, 2))  # type: ignore[arg-type]
+        w, h, c = (layer.int_param(k, 0) for k in (0, 1, 2))
         layer.weights["data"] = blob.raw(max(w, 1) * max(h, 1) * max(c, 1))
 
 

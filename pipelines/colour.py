@@ -22,10 +22,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import cast
 
 import av
 import cv2
 import numpy as np
+from av.sidedata.sidedata import SideDataContainer
 
 __all__ = ["ColourSpec", "colour_spec", "frame_to_rgb", "rgb_to_frame"]
 
@@ -124,7 +126,8 @@ def colour_spec(frame: av.VideoFrame, bit_depth: int) -> ColourSpec:
     # yuvj formats say "full range" by their name; our yuv420p output must say it in a tag.
     range_tag = RANGE_FULL if full else frame.color_range
     mastering = light = None
-    for side in frame.side_data:
+    # PyAV's Frame stub types side_data as one item; it is the container of them.
+    for side in cast(SideDataContainer, frame.side_data):
         name = side.type.name
         if name == "MASTERING_DISPLAY_METADATA":
             mastering = _mastering_display(bytes(side))
@@ -164,7 +167,7 @@ def _planes(frame: av.VideoFrame) -> tuple[list[np.ndarray], int] | None:
     planes = []
     for plane in frame.planes:
         row = plane.line_size // dtype.itemsize
-        pixels = np.frombuffer(plane, dtype, count=row * plane.height)
+        pixels = np.frombuffer(memoryview(plane), dtype, count=row * plane.height)
         planes.append(pixels.reshape(plane.height, row)[:, : plane.width])
     return planes, depth
 

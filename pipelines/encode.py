@@ -24,7 +24,7 @@ from pipelines.av_typed import add_video_stream
 from pipelines.colour import TRC_PQ, ColourSpec, rgb_to_frame
 from pipelines.errors import InvalidOptionsError
 
-__all__ = ["CODECS", "EncoderSettings", "encode_segment", "even_size"]
+__all__ = ["CODECS", "Codec", "EncoderSettings", "encode_segment", "even_size"]
 
 Codec = Literal["h264", "hevc"]
 

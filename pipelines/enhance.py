@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset
@@ -37,7 +37,7 @@ from pipelines.job_plan import EnhanceRequest, JobPlan, plan_job
 from pipelines.noise_probe import measure_noise
 from pipelines.presets import OperatorSpec
 from pipelines.probe import probe
-from pipelines.progress import CancelToken, ProgressCallback, ProgressMeter
+from pipelines.progress import CancelToken, ProgressCallback, ProgressMeter, StageTally
 from pipelines.resume import SegmentStore, plan_digest, saved_segments, segment_name
 from pipelines.stages import (
     CancelSignal,
@@ -46,7 +46,7 @@ from pipelines.stages import (
     encode_stage,
     operator_stage,
 )
-from vocabulary import Backend
+from vocabulary import Backend, Phase
 
 __all__ = [
     "EnhanceResult",
@@ -130,7 +130,7 @@ def _in_actors(spec: OperatorSpec, config: PipelineConfig, use_gpu: bool) -> boo
     return config.operator_compute == "actors" or _holds_gpu(spec, use_gpu)
 
 
-def decode_placement(config: PipelineConfig) -> dict[str, object]:
+def decode_placement(config: PipelineConfig) -> dict[str, Any]:
     """Ray remote args that keep decode tasks on the node holding the input file."""
     pin = config.decode_on_driver_node
     if pin is None:
@@ -139,6 +139,13 @@ def decode_placement(config: PipelineConfig) -> dict[str, object]:
         return {}
     node_id = ray.get_runtime_context().get_node_id()
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
+
+
+def _one_chunk_at_a_time(ds: Dataset, stage: Any, **options: Any) -> Dataset:
+    """``ds.map_batches`` with one chunk (one row, as numpy) per call.  ``stage`` is Any
+    because Ray types it as a one-argument callable, not seeing that ``fn_kwargs`` or
+    ``fn_constructor_kwargs`` supply the rest of its parameters."""
+    return ds.map_batches(stage, batch_size=1, batch_format="numpy", **options)
 
 
 def build_dataset(
@@ -159,11 +166,10 @@ def build_dataset(
     stage_cpus = min(1.0, total_cpus / (actor_stages * config.stage_concurrency + 2))
 
     rows = [chunk.as_row() for chunk in plan.chunks if chunk.index not in skip]
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map_batches(
+    ds: Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = _one_chunk_at_a_time(
+        ds,
         decode_stage,
-        batch_size=1,
-        batch_format="numpy",
         num_cpus=stage_cpus,
         fn_kwargs={
             "path": plan.info.path,
@@ -175,7 +181,7 @@ def build_dataset(
         **decode_placement(config),
     )
     for stage, spec in enumerate(plan.chain, start=1):
-        args = {
+        args: dict[str, Any] = {
             "spec": spec,
             "ratio": plan.ratio,
             "signal": signal,
@@ -193,27 +199,19 @@ def build_dataset(
                 "1 GPU per actor" if use_gpu else "no GPU in the cluster",
             )
         if _in_actors(spec, config, use_gpu):
-            ds = ds.map_batches(
+            ds = _one_chunk_at_a_time(
+                ds,
                 OperatorStage,
-                batch_size=1,
-                batch_format="numpy",
                 fn_constructor_kwargs=args,
                 compute=ActorPoolStrategy(size=config.stage_concurrency),
                 num_cpus=stage_cpus,
                 num_gpus=1 if _holds_gpu(spec, use_gpu) else 0,
             )
         else:
-            ds = ds.map_batches(
-                operator_stage,
-                batch_size=1,
-                batch_format="numpy",
-                fn_kwargs=args,
-                num_cpus=stage_cpus,
-            )
-    ds = ds.map_batches(
+            ds = _one_chunk_at_a_time(ds, operator_stage, fn_kwargs=args, num_cpus=stage_cpus)
+    ds = _one_chunk_at_a_time(
+        ds,
         encode_stage,
-        batch_size=1,
-        batch_format="numpy",
         num_cpus=stage_cpus,
         fn_kwargs={
             "fps": plan.fps,
@@ -260,7 +258,8 @@ def _watch_progress(
     """Turns the stages' work reports into progress reports while the pipeline runs."""
     while not finished.wait(interval):
         try:
-            meter.update(ray.get(signal.tally.remote(), timeout=10))
+            tally = cast(StageTally, ray.get(signal.tally.remote(), timeout=10))
+            meter.update(tally)
         except Exception:  # progress is best effort; the pipeline's own errors matter
             log.debug("progress poll failed", exc_info=True)
 
@@ -326,7 +325,8 @@ def enhance_video(
 
     scratch = Path(tempfile.mkdtemp(prefix="retroiva-", dir=config.scratch_dir))
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
-    signal = CancelSignal.remote()
+    # @ray.remote(...) makes CancelSignal an actor class; Ray's annotations keep the class.
+    signal = CancelSignal.remote()  # type: ignore[attr-defined]
     finished = threading.Event()
     relay = threading.Thread(target=_relay_cancel, args=(cancel, signal, finished), daemon=True)
     relay.start()
@@ -348,7 +348,7 @@ def enhance_video(
     watcher = threading.Thread(target=_watch_progress, args=(signal, meter, processed), daemon=True)
     try:
         cancel.raise_if_canceled()
-        meter.phase("processing")  # the input is here; Ray Data is starting
+        meter.phase(Phase.PROCESSING)  # the input is here; Ray Data is starting
         watcher.start()
         segments = (
             [Segment(config.segments.fetch(s.name, scratch), s.out_start) for s in saved.values()]
@@ -367,7 +367,7 @@ def enhance_video(
         processed.set()
         watcher.join()
         cancel.raise_if_canceled()
-        meter.phase("assembling")
+        meter.phase(Phase.ASSEMBLING)
         assemble(segments, plan.fps, plan.info, partial)
         os.replace(partial, output)
     except Exception as exc:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from pipelines.chunk_plan import Chunk, chunk_plan, max_chunk_frames
-from pipelines.encode import EncoderSettings, even_size
+from pipelines.encode import CODECS, Codec, EncoderSettings, even_size
 from pipelines.errors import InvalidOptionsError
 from pipelines.noise_probe import NoiseLevel
 from pipelines.presets import PRESETS, OperatorSpec, resolve_chain
@@ -73,10 +73,15 @@ def _output_fps(info: VideoInfo, request: EnhanceRequest, preset_fps: Fraction |
     return Fraction(fps)
 
 
-def _codec(info: VideoInfo, request: EnhanceRequest, preset_codec: str) -> str:
+def _codec(info: VideoInfo, request: EnhanceRequest, preset_codec: Codec) -> Codec:
     """HDR keeps its mastering metadata only through x265 (x264 has no option for it)."""
     if not info.colour.hdr:
-        return request.codec if request.codec is not None else preset_codec
+        chosen = request.codec if request.codec is not None else preset_codec
+        if chosen == "h264":
+            return "h264"
+        if chosen == "hevc":
+            return "hevc"
+        raise InvalidOptionsError(f"codec must be one of {sorted(CODECS)}, got {chosen!r}")
     if request.codec not in (None, "hevc"):
         raise InvalidOptionsError(
             f"HDR input needs codec hevc to keep its HDR metadata, got {request.codec!r}"
@@ -99,11 +104,11 @@ def plan_job(
     inputs, small enough that ``parallelism`` workers each get about two; an explicit
     ``max_frames`` overrides both.
     """
-    preset = PRESETS.get(request.preset)
-    if preset is None:
+    if request.preset not in set(PresetName):
         raise InvalidOptionsError(
             f"preset must be one of {', '.join(PRESETS)}, got {request.preset!r}"
         )
+    preset = PRESETS[PresetName(request.preset)]
     factor = request.upscale_factor if request.upscale_factor is not None else preset.upscale_factor
     if factor not in (1, 2, 3, 4):
         raise InvalidOptionsError(f"upscale factor must be 1, 2, 3 or 4, got {factor}")

@@ -229,7 +229,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
         RateLimitError,
         InternalError,
         ServiceUnavailableError,
-    )  # type: ignore[misc]
+    )
 }
 _BY_STATUS.update({413: PayloadTooLargeError, 416: RangeNotSatisfiableError})
 

@@ -7,13 +7,12 @@ import dataclasses
 import logging
 import signal
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from tqdm import tqdm
@@ -221,7 +220,7 @@ def submit(
         raise typer.BadParameter(
             f"{source} is neither an http(s) URL nor a file", param_hint="FILE_OR_URL"
         )
-    options = {
+    options: dict[str, Any] = {
         "preset": preset,
         "upscale_factor": upscale_factor,
         "engine": engine,
@@ -832,4 +831,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

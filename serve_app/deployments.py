@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import json
 import logging
+from typing import cast
 
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
@@ -112,6 +113,11 @@ class RunnerDeployment:
             await asyncio.wait_for(asyncio.shield(self._task), 15)
 
 
+# @serve.deployment turns each class into a Deployment; Ray's annotations keep the class.
+_API = cast(Deployment, ApiDeployment)
+_RUNNER = cast(Deployment, RunnerDeployment)
+
+
 def build_app(settings: Settings) -> Application:
     """The whole service: the API (``api_replicas`` replicas) bound to one runner."""
     env = {"env_vars": settings_env(settings)}
@@ -121,8 +127,8 @@ def build_app(settings: Settings) -> Application:
         # Serve listens on HOST:PORT, so that stands in (the API keeps the request's).
         runner_settings = settings.model_copy(update={"public_url": settings.public_base_url})
     runner_env = {"env_vars": settings_env(runner_settings)}
-    runner = RunnerDeployment.options(ray_actor_options={"num_cpus": 0, "runtime_env": runner_env})
-    api = ApiDeployment.options(
+    runner = _RUNNER.options(ray_actor_options={"num_cpus": 0, "runtime_env": runner_env})
+    api = _API.options(
         num_replicas=settings.api_replicas, ray_actor_options={"num_cpus": 0, "runtime_env": env}
     )
     # The runner is bound as an argument only so it is deployed with the API; they talk
@@ -133,4 +139,4 @@ def build_app(settings: Settings) -> Application:
 # What serve_config.yaml deploys: every replica reads its settings from its own
 # environment (the Ray node's, plus the config's runtime_env), and the config sets
 # replica counts and placement, so nothing is fixed here at import time.
-service: Application = ApiDeployment.bind(RunnerDeployment.bind())
+service: Application = _API.bind(_RUNNER.bind())

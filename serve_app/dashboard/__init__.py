@@ -68,8 +68,9 @@ def create_dashboard(api: Api) -> Starlette:
         with contextlib.suppress(SignInRequired, StoreUnavailable):
             visitor = await dashboard.visitor(request)
         response = dashboard.render(request, "error.html", visitor, status=exc.status, error=exc)
-        if getattr(exc, "retry_after", None):
-            response.headers["Retry-After"] = str(exc.retry_after)  # type: ignore[attr-defined]
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            response.headers["Retry-After"] = str(retry_after)
         return response
 
     async def http_error(request: Request, exc: Exception) -> Response:

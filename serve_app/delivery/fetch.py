@@ -93,7 +93,7 @@ async def resolve_checked(url: str, policy: UrlPolicy) -> Address:
         )
     except (socket.gaierror, ValueError) as exc:
         raise FetchError(f"cannot resolve host {parts.hostname!r} ({exc})") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     exempt = policy.allow_private or f"{parts.hostname}:{port}" in policy.allowlist
     if not exempt and not all(_is_public(a) for a in addresses):
         raise FetchError(
@@ -112,8 +112,8 @@ def pinned_target(url: str, address: Address) -> tuple[str, dict[str, str], dict
         (parts.scheme, f"{host}:{_port(parts)}", parts.path or "/", parts.query, "")
     )
     headers = {"Host": parts.netloc.rpartition("@")[2]}
-    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
-    return target, headers, extensions  # type: ignore[return-value]
+    extensions = {"sni_hostname": parts.hostname or ""} if parts.scheme == "https" else {}
+    return target, headers, extensions
 
 
 class _Transfer:

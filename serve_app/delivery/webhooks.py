@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import functools
 import hashlib
 import hmac
 import json
@@ -211,7 +212,7 @@ class WebhookDispatcher:
             self._per_key[job.key_id] += 1
             task = asyncio.create_task(self.deliver(job))
             self._inflight.add(task)
-            task.add_done_callback(lambda t, key_id=job.key_id: self._done(t, key_id))
+            task.add_done_callback(functools.partial(self._done, key_id=job.key_id))
 
     def _done(self, task: asyncio.Task[None], key_id: str) -> None:
         self._inflight.discard(task)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -137,7 +138,7 @@ class _Running:
     cancel: CancelToken = field(default_factory=CancelToken)
     progress: float = 0.0
     eta_seconds: float | None = None
-    phase: Phase = "fetching"
+    phase: Phase = Phase.FETCHING
     frames_done: int = 0
     lease_lost: bool = False
     lease_until: float = 0.0  # when the last renewal's lease ends (this host's clock)
@@ -290,7 +291,7 @@ class JobRunner:
             )
             task = asyncio.create_task(self._execute(job))
             self._tasks[job.id] = task
-            task.add_done_callback(lambda _, job_id=job.id: self._forget(job_id))
+            task.add_done_callback(functools.partial(self._forget_done, job.id))
 
     def _room(self) -> bool:
         """Whether to claim another job now: a slot is free once slow downloads are
@@ -300,6 +301,9 @@ class JobRunner:
         now = time.monotonic()
         slow = sum(now - started > SLOW_FETCH_SECONDS for started in self._fetching.values())
         return len(self._tasks) - slow < self.settings.runner_concurrency
+
+    def _forget_done(self, job_id: str, _task: asyncio.Task[None]) -> None:
+        self._forget(job_id)
 
     def _forget(self, job_id: str) -> None:
         self._tasks.pop(job_id, None)
@@ -511,8 +515,8 @@ class JobRunner:
                 log.warning("could not delete the upload of %s yet: %s", job.id, exc)
         if not finished:
             log.warning("job %s: lost the lease; leaving it to its new owner", job.id)
-            if "output_path" in outcome:
-                await asyncio.to_thread(self.storage.delete, outcome["output_path"])
+            if (output_path := outcome.get("output_path")) is not None:
+                await asyncio.to_thread(self.storage.delete, output_path)
             return
         took = time.monotonic() - started
         if status == JobStatus.COMPLETED:
@@ -553,7 +557,7 @@ class JobRunner:
                 finally:
                     fetched_in = time.monotonic() - self._fetching.pop(job.id)
                 log.info("job %s: input fetched in %.1f s", job.id, fetched_in)
-            state.phase = "processing"
+            state.phase = Phase.PROCESSING
             await self._take_slot(state.cancel)
             log.info("job %s: pipeline started (Ray Data dataset %s)", job.id, job.id)
             try:
@@ -562,7 +566,7 @@ class JobRunner:
                 )
             finally:
                 self._slots.release()
-            state.phase, state.eta_seconds = "uploading", None
+            state.phase, state.eta_seconds = Phase.UPLOADING, None
             key = await asyncio.to_thread(self.storage.put, job.id, output)
             status, outcome["output_path"] = JobStatus.COMPLETED, key
         except PipelineCanceled:
