@@ -25,7 +25,7 @@ from serve_app.access.keys import new_api_key, rotate_webhook_secret
 from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.store import AmbiguousKey, JobStore
 from serve_app.settings import Settings
-from vocabulary import Backend, JobStatus
+from vocabulary import Backend, Engine, JobStatus, PresetName
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ def enhance(
     ] = None,
     engine: Annotated[
         str, typer.Option(help="neural (pretrained models where installed) or classical.")
-    ] = "neural",
+    ] = Engine.NEURAL,
 ) -> None:
     """Enhance SOURCE into OUTPUT, showing progress with fps and ETA."""
     # Every argument is checked before Ray starts (seconds on a small machine):
@@ -161,7 +161,7 @@ def demo(
     enhance(
         sample,
         directory / "sample_enhanced.mp4",
-        preset="general",
+        preset=PresetName.GENERAL,
         upscale_factor=2,
         fps=None,
         interpolate=2,
@@ -258,7 +258,7 @@ def submit(
                     bar.refresh()
 
                 job.wait(timeout=timeout, on_progress=show)
-            if job.status != "completed":
+            if job.status != JobStatus.COMPLETED:
                 error = f" ({job.error.type}: {job.error.message})" if job.error else ""
                 typer.echo(f"{job.id}: {job.status}{error}", err=True)
                 raise typer.Exit(code=1)

@@ -10,6 +10,8 @@ from typing import Any
 
 import ray
 
+from vocabulary import JobStatus
+
 __all__ = ["count_rate_limited", "count_webhook_delivery", "record_job_counts", "record_progress"]
 
 
@@ -63,7 +65,7 @@ def record_job_counts(counts: dict[str, int], oldest_queued_age: float = 0.0) ->
     scrapes."""
     for status, count in counts.items():
         _call("set", "jobs", count, tags={"status": status})
-    _call("set", "queue_depth", counts.get("queued", 0))
+    _call("set", "queue_depth", counts.get(JobStatus.QUEUED, 0))
     _call("set", "oldest_queued", max(0.0, oldest_queued_age))
 
 

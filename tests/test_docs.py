@@ -64,3 +64,67 @@ def test_the_snippet_accepts_a_signature_made_with_the_whole_secret():
 
 def test_make_demo_is_documented():
     assert "make demo" in README
+
+
+def _drawing() -> str:
+    section = README.split("## How it works", 1)[1]
+    return re.search(r"```\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def _first_docstring_line(package: Path) -> str:
+    import ast
+
+    docstring = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+    assert docstring, f"{package.relative_to(REPO)} has no docstring to say what it holds"
+    return docstring.splitlines()[0]
+
+
+ROOTS = ("serve_app", "pipelines", "models", "vocabulary", "retroiva_client")
+
+
+def test_the_structure_drawing_shows_every_rooms_own_docstring():
+    """Issue 14: rooms whose names say what they hold, each with a one-line docstring
+    that README's drawing shows; a new folder fails this until it is drawn."""
+    drawing = _drawing()
+    packages = [
+        init.parent
+        for root in ROOTS
+        for init in sorted((REPO / root).rglob("__init__.py"))
+        if "static" not in init.parts and "templates" not in init.parts
+    ]
+    assert len(packages) >= 10
+    for package in packages:
+        line = _first_docstring_line(package)
+        name = package.name + "/"
+        drawn = [row for row in drawing.splitlines() if row.strip().startswith(name)]
+        assert drawn, f"{name} is missing from README's structure drawing"
+        assert drawn[0].split(None, 1)[1] == line, (
+            f"README draws {name} as {drawn[0].split(None, 1)[1]!r}, its docstring says {line!r}"
+        )
+
+
+def _imports(root: str) -> set[str]:
+    import ast
+
+    found: set[str] = set()
+    for path in (REPO / root).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize(
+    ("root", "never"),
+    [
+        ("vocabulary", {"serve_app", "pipelines", "models", "retroiva_client"}),
+        ("models", {"serve_app", "pipelines", "retroiva_client"}),
+        ("pipelines", {"serve_app", "retroiva_client"}),
+        ("retroiva_client", {"serve_app", "pipelines", "models", "vocabulary"}),
+    ],
+)
+def test_arrows_point_one_way(root: str, never: set[str]):
+    """serve_app → pipelines → models, all → vocabulary; the client stands alone."""
+    assert not _imports(root) & never, f"{root} imports {sorted(_imports(root) & never)}"

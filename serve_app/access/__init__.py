@@ -1,2 +1,1 @@
-"""Who may do what: API keys and their digests, webhook secrets sealed at rest, and files
-only the service's own user can read."""
+"""Who may do what: API keys (kept as digests), webhook secrets sealed at rest, owner-only files."""

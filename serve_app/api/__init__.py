@@ -1,2 +1,1 @@
-"""The v2 HTTP API: the Starlette app and its routes, request and response schemas, the
-OpenAPI document, and the tus upload routes."""
+"""The v2 HTTP API: one route table for the routes and their OpenAPI document, schemas, tus."""

@@ -1,2 +1,1 @@
-"""Bytes in and out: fetching inputs, upload and output storage, signed download URLs, and
-webhooks."""
+"""Bytes in and out: input fetching, upload and output storage, signed URLs, webhooks."""

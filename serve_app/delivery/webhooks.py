@@ -55,6 +55,7 @@ from serve_app.jobs.records import ApiKeyRecord, JobRecord, WebhookAttempt
 from serve_app.jobs.store import JobStore
 from serve_app.metrics import count_webhook_delivery
 from serve_app.settings import Settings
+from vocabulary import DeliveryStatus
 
 __all__ = [
     "WebhookDispatcher",
@@ -286,9 +287,9 @@ class WebhookDispatcher:
             number - job.webhook_round_start, self.settings.retry_schedule, self._rng
         )
         if error is None:
-            status, next_at = "delivered", None
+            status, next_at = DeliveryStatus.DELIVERED, None
         elif delay is None or revoked:
-            status, next_at = "failed", None
+            status, next_at = DeliveryStatus.FAILED, None
             log.warning(
                 "webhook %s for %s failed after %d attempts: %s",
                 job.event_id,
@@ -297,8 +298,12 @@ class WebhookDispatcher:
                 error,
             )
         else:
-            status, next_at = "pending", time.time() + delay
+            status, next_at = DeliveryStatus.PENDING, time.time() + delay
         await self.store.record_webhook_attempt(attempt, status=status, next_at=next_at, body=body)
         count_webhook_delivery(
-            "delivered" if error is None else "failed" if status == "failed" else "retrying"
+            "delivered"
+            if error is None
+            else "failed"
+            if status == DeliveryStatus.FAILED
+            else "retrying"
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
-from vocabulary import DeliveryStatus, JobStatus, UploadStatus
+from vocabulary import DeliveryStatus, Engine, JobStatus, UploadStatus
 
 __all__ = [
     "EVENT_TYPES",
@@ -85,7 +85,7 @@ class JobRecord:
     webhook_body: str | None = None  # frozen at the first attempt: retries send the same
     # Attempts made before the latest redelivery: its retries count from here.
     webhook_round_start: int = 0
-    engine: str = "neural"  # "neural" or "classical": which preset chain runs
+    engine: str = Engine.NEURAL  # which preset chain runs
     phase: str | None = None  # while processing: fetching, processing, assembling, uploading
     upload_id: str | None = None  # the input is this upload's bytes, not input_url's
     deadline_at: float | None = None  # cancel_after: canceled (deadline_exceeded) past it
