@@ -182,7 +182,7 @@ class ProgressMeter:
         """Report that the job moved on to ``phase`` with the work done so far."""
         last = self._last or Progress(self.done, self.total, 0.0, None)
         done, fps = last.frames_done, last.fps
-        if phase in ("assembling", "uploading"):  # every frame has been processed
+        if phase in (Phase.ASSEMBLING, Phase.UPLOADING):  # every frame has been processed
             self._fraction, self.done = 1.0, self.total
             done = self.total
             if fps <= 0:  # every stage finished before a report reached the meter

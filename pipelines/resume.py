@@ -11,10 +11,13 @@ when the job ends, however it ends (zero retention).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, fields, is_dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
@@ -93,7 +96,9 @@ def plan_digest(plan: JobPlan) -> str:
     """16 hex digits naming everything that decides a segment's bytes: the input (its
     fingerprint and geometry), the chain, the encoder and the chunking."""
     info = plan.info
-    described = repr(
+    # Canonical JSON of values, not repr: a renamed enum member or class must not
+    # change the digest of the same plan (a re-claimed job would start from frame 0).
+    described = json.dumps(
         (
             _input_fingerprint(str(info.path)),
             [asdict(chunk) for chunk in plan.chunks],
@@ -111,9 +116,22 @@ def plan_digest(plan: JobPlan) -> str:
             info.frame_count,
             info.rotation,
             info.colour,
-        )
+        ),
+        sort_keys=True,
+        default=_plain,
     )
     return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+def _plain(value: object) -> object:
+    """JSON for what ``plan_digest`` names: dataclasses by field, mappings, fractions."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): v for k, v in value.items()}
+    if isinstance(value, Fraction | Path):
+        return str(value)
+    raise TypeError(f"plan_digest can't describe {type(value).__name__}")
 
 
 class SavedSegment:

@@ -25,7 +25,7 @@ from serve_app.access.keys import new_api_key, rotate_webhook_secret
 from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.store import AmbiguousKey, JobStore
 from serve_app.settings import Settings
-from vocabulary import Backend, Engine, JobStatus, PresetName
+from vocabulary import Backend, Engine, JobStatus, OperatorKind, PresetName
 
 T = TypeVar("T")
 
@@ -653,8 +653,8 @@ def models_list() -> None:
     from models.rife import RIFE_MODEL
     from models.sr_models import SR_MODELS
 
-    def installed(kind: str, engine: str, **params: str) -> str:
-        return "no" if unavailable_reason(kind, engine, params) else "yes"
+    def installed(kind: str, backend: str, **params: str) -> str:
+        return "no" if unavailable_reason(kind, backend, params) else "yes"
 
     used_by = _models_by_preset()
     rife = RIFE_MODEL
@@ -670,12 +670,13 @@ def models_list() -> None:
         typer.echo(
             f"{m.name:26s} {m.family:32s} x{m.scale:<4d} "
             f"{'-' if m.noise is None else m.noise:<5} {m.use:11s} "
-            f"{installed('upscale', 'ncnn', model=m.name):9s} {presets(m.name):26s} "
+            f"{installed(OperatorKind.UPSCALE, Backend.NCNN, model=m.name):9s} "
+            f"{presets(m.name):26s} "
             f"{m.package} {m.version}: {m.param} / {m.license}"
         )
     typer.echo(
         f"{rife.name:26s} {rife.architecture:32s} {'-':5s} {'-':5s} "
-        f"{'any':11s} {installed('interpolate', 'rife'):9s} "
+        f"{'any':11s} {installed(OperatorKind.INTERPOLATE, Backend.RIFE):9s} "
         f"{presets(_RIFE_ROW):26s} {rife.package} {rife.version}: {rife.file} / "
         f"{rife.license} (frame interpolation)"
     )

@@ -77,3 +77,32 @@ def test_a_slow_video_url_does_not_stall_other_requests(tmp_path: Path, order: l
     assert submitted.json()["status"] == "queued"
     assert listed.status_code == 200, listed.text
     assert order == ["other request answered", "slow answered"]
+
+
+def test_a_burst_of_slow_names_leaves_the_stores_threads_free(order: list[str]):
+    """Slow lookups run in the resolver's own threads: the default pool, which runs every
+    job-store call (asyncio.to_thread), stays free however many names hang."""
+
+    async def burst() -> None:
+        slow = [
+            asyncio.create_task(resolve_checked("https://slow.example/v.mp4", UrlPolicy()))
+            for _ in range(12)  # more than the default pool's threads on any small machine
+        ]
+        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(lambda: "store call") == "store call"
+        order.append("store answered")
+        await asyncio.gather(*slow)
+
+    asyncio.run(burst())
+    assert order[0] == "store answered"
+
+
+def test_a_name_with_no_answer_is_refused_in_bounded_time(
+    order: list[str], monkeypatch: pytest.MonkeyPatch
+):
+    from serve_app.delivery import fetch
+
+    monkeypatch.setattr(fetch, "DNS_TIMEOUT_SECONDS", 0.2)
+    with pytest.raises(fetch.FetchError, match=r"cannot resolve host 'slow.example' \(no answer"):
+        asyncio.run(resolve_checked("https://slow.example/v.mp4", UrlPolicy()))
+    assert order == []  # refused while the lookup itself still hangs

@@ -211,3 +211,18 @@ def test_links_made_without_a_request_have_one_base_url(
     tmp_path: Path, fields: dict[str, object], expected: str
 ):
     assert Settings(data_dir=tmp_path, **fields).public_base_url == expected  # type: ignore[arg-type]
+
+
+def test_a_field_added_later_leaves_stored_hashes_alone():
+    """The README's recipe for a new job field must not break idempotent replays of jobs
+    stored before it: unset, the new field is not in the hash; set, it is."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class WithLabel(JobSpec):
+        label: str | None = None
+
+    assert WithLabel(video_url=URL).request_hash() == JobSpec(video_url=URL).request_hash()
+    assert WithLabel(video_url=URL, label="reel 7").request_hash() != (
+        JobSpec(video_url=URL).request_hash()
+    )

@@ -169,6 +169,15 @@ def test_another_plan_never_reuses_segments(tmp_path: Path, make_video) -> None:
     ]
     digests = [plan_digest(plan) for plan in plans]
     assert digests[0] != digests[1]
+    # The digest names values, not Python spellings: the same chain with its kinds and
+    # backends as plain strings (as an older version held them) is the same plan.
+    import dataclasses
+
+    spelled = tuple(
+        dataclasses.replace(spec, kind=str(spec.kind.value), backend=str(spec.backend.value))
+        for spec in plans[0].chain
+    )
+    assert spelled and plan_digest(dataclasses.replace(plans[0], chain=spelled)) == digests[0]
     assert (
         plan_digest(
             plan_job(

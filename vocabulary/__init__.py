@@ -13,6 +13,7 @@ from enum import StrEnum
 __all__ = [
     "ApiErrorType",
     "Backend",
+    "BatchRowState",
     "DeliveryStatus",
     "Engine",
     "JobErrorType",
@@ -51,6 +52,13 @@ class UploadStatus(StrEnum):
 
     PENDING = "pending"  # bytes still missing
     COMPLETE = "complete"  # every byte received; ready for one job
+
+
+class BatchRowState(StrEnum):
+    """A batch row's state before, or instead of, a job (then the job's status shows)."""
+
+    PENDING = "pending"  # not submitted yet
+    REJECTED = "rejected"  # refused by the service: no job at all
 
 
 class Phase(StrEnum):

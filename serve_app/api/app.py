@@ -439,7 +439,7 @@ class Api:
         status = request.query_params.get("status", DeliveryStatus.FAILED)
         if status not in set(DeliveryStatus):
             raise InvalidRequestError(
-                "status must be one of pending, delivered, failed", param="status"
+                f"status must be one of {', '.join(DeliveryStatus)}", param="status"
             )
         cursor = request.query_params.get("starting_after")
         store = await self._store()

@@ -355,7 +355,7 @@ def event_from_record(job: JobRecord, attempts: list[WebhookAttempt]) -> Webhook
         url=job.webhook_url,
         status=status.value,
         next_attempt_at=None
-        if job.webhook_next_at is None or status != "pending"
+        if job.webhook_next_at is None or status != DeliveryStatus.PENDING
         else math.ceil(job.webhook_next_at),
         attempts=[
             DeliveryAttempt(

@@ -20,6 +20,7 @@ from serve_app.dashboard.sessions import SessionSigner, load_admin_token
 from serve_app.dashboard.web import SESSION_COOKIE, Dashboard, SignInRequired
 from serve_app.errors import ApiError, InternalError, NotFoundError, ServiceUnavailableError
 from serve_app.jobs.store import StoreUnavailable
+from vocabulary import ApiErrorType
 
 if TYPE_CHECKING:
     from serve_app.api.app import Api
@@ -48,7 +49,7 @@ def create_dashboard(api: Api) -> Starlette:
             return JSONResponse(
                 {
                     "error": {
-                        "type": "authentication_error",
+                        "type": ApiErrorType.AUTHENTICATION,
                         "message": "not signed in to the dashboard",
                     }
                 },

@@ -21,7 +21,9 @@ from serve_app.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
+from serve_app.jobs.job_spec import UPSCALE_FACTORS
 from serve_app.jobs.records import ApiKeyRecord
+from vocabulary import Engine, PresetName
 
 if TYPE_CHECKING:
     from serve_app.api.app import Api
@@ -91,6 +93,12 @@ class Dashboard:
             autoescape=select_autoescape(default=True),
             trim_blocks=True,
             lstrip_blocks=True,
+        )
+        # The form's choices are the vocabulary's, in the order the API documents them.
+        self.templates.globals.update(
+            presets=[p.value for p in PresetName],
+            engines=[e.value for e in Engine],
+            upscale_factors=[str(f) for f in UPSCALE_FACTORS],
         )
         self.templates.filters["when"] = _when
         self.templates.filters["duration"] = _duration

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -78,20 +81,41 @@ def _is_public(address: Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
+# Lookups run in threads of their own, not the loop's default pool: that pool (a few
+# threads on a small machine) also runs every job-store and storage call, so a burst of
+# slowly resolving names from clients would otherwise stall the store behind them.
+_RESOLVERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="retroiva-dns")
+# A name that gets no answer in this time is refused like one that does not resolve:
+# when every resolver thread is busy, a lookup waits its turn at most this long.
+DNS_TIMEOUT_SECONDS = 10.0
+
+
+async def _getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
+    loop = asyncio.get_running_loop()
+    lookup = loop.run_in_executor(
+        _RESOLVERS, functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    )
+    try:
+        return await asyncio.wait_for(lookup, DNS_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise FetchError(
+            f"cannot resolve host {host!r} (no answer in {DNS_TIMEOUT_SECONDS:g} s)"
+        ) from None
+
+
 async def resolve_checked(url: str, policy: UrlPolicy) -> Address:
     """The address to connect to for ``url``; :class:`FetchError` if it is refused.
 
-    Resolved off the event loop (the loop's resolver runs ``getaddrinfo`` in a thread):
-    one slow DNS answer must not stall every other request of the process.
+    Resolved off the event loop, in the resolver's own threads, with a deadline: one
+    slow DNS answer must not stall the other requests of the process, nor a burst of
+    them the job store's calls.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError(f"only http and https URLs can be fetched, got {url[:100]!r}")
     try:
         port = _port(parts)
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, port, type=socket.SOCK_STREAM
-        )
+        infos = await _getaddrinfo(parts.hostname, port)
     except (socket.gaierror, ValueError) as exc:
         raise FetchError(f"cannot resolve host {parts.hostname!r} ({exc})") from None
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]

@@ -28,7 +28,7 @@ from serve_app.jobs.intake import active_key, submit_job
 from serve_app.jobs.records import ApiKeyRecord, JobRecord
 from serve_app.jobs.store import open_store
 from serve_app.settings import Settings
-from vocabulary import ApiErrorType, JobStatus
+from vocabulary import ApiErrorType, BatchRowState, JobStatus
 
 __all__ = [
     "PENDING",
@@ -46,8 +46,8 @@ __all__ = [
 ]
 
 # A row's states besides its job's: not yet submitted, and refused (so no job at all).
-PENDING = "pending"
-REJECTED = "rejected"
+PENDING = BatchRowState.PENDING
+REJECTED = BatchRowState.REJECTED
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED, REJECTED})
 
 

@@ -43,10 +43,10 @@ MAX_URL_LENGTH = 2048
 MAX_UPLOAD_ID = 64
 UPSCALE_FACTORS = range(1, 5)
 
-# Fields added after the first jobs were stored: they count in the request hash only
-# when given, so a body without them hashes as it always did (idempotent replays of
-# jobs made before them still match).
-_HASHED_WHEN_SET = ("upload_id", "cancel_after")
+# The fields of the first stored jobs: always in the request hash.  Every other field
+# (those added since, and any added later) counts only when given, so a body without it
+# hashes as it always did and idempotent replays of stored jobs still match.
+_ALWAYS_HASHED = ("video_url", "preset", "upscale_factor", "engine", "webhook_url")
 
 
 def check_http_url(value: str, field: str) -> str:
@@ -128,10 +128,11 @@ class JobSpec:
 
     def request_hash(self) -> str:
         """What a repeated idempotency key must match: the same spec, the same hash."""
-        fields = asdict(self)
-        for name in _HASHED_WHEN_SET:
-            if fields[name] is None:
-                del fields[name]
+        fields = {
+            name: value
+            for name, value in asdict(self).items()
+            if name in _ALWAYS_HASHED or value is not None
+        }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def new_job(

@@ -479,7 +479,7 @@ class JobRunner:
 
         def on_progress(progress: Progress) -> None:
             state.phase = progress.phase
-            if progress.phase == "fetching":  # no frame count yet
+            if progress.phase == Phase.FETCHING:  # no frame count yet
                 return
             record_progress(progress.frames_done - state.frames_done, progress.fps)
             state.frames_done = progress.frames_done
