@@ -15,6 +15,8 @@ import contextvars
 import dataclasses
 import inspect
 
+import pytest
+
 from serve_app.api.app import _RequestIdMiddleware, _serve_request_id
 
 FIX = (
@@ -76,3 +78,17 @@ def test_inside_a_request_the_app_reuses_serves_id():
     assert seen["request_id"] == "proxy-chose-this", FIX + f"the app saw {seen}"
     # The proxy adds X-Request-Id itself: a second header would be a duplicate.
     assert b"x-request-id" not in dict(headers), FIX + f"headers {headers}"
+
+
+def test_starlettes_range_parser_has_the_shape_we_call():
+    """serve_app.api.app._check_range calls Starlette's private
+    ``FileResponse._parse_range_header(header, size)`` so a bad Range gets our JSON error
+    body instead of Starlette's plain text; if this fails after a Starlette upgrade, update
+    ``_check_range`` to the new parser (or parse ranges ourselves)."""
+    from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable
+
+    assert FileResponse._parse_range_header("bytes=0-9", 100) == [(0, 10)]
+    with pytest.raises(MalformedRangeHeader):
+        FileResponse._parse_range_header("bites=0-9", 100)
+    with pytest.raises(RangeNotSatisfiable):
+        FileResponse._parse_range_header("bytes=200-300", 100)

@@ -271,10 +271,17 @@ class Api:
             headers={**_rate_headers(request), **(extra or {})},
         )
 
+    def base_url(self, request: Request) -> str:
+        """Where clients reach us: ``public_url``, else the address this request used."""
+        return self.settings.public_url or str(request.base_url)
+
     async def _link(self, request: Request, job: JobRecord) -> DownloadLink | None:
-        base_url = self.settings.public_url or str(request.base_url)
         return await asyncio.to_thread(
-            download_link, job, self.storage, self.settings.retention_seconds, base_url
+            download_link,
+            job,
+            self.storage,
+            self.settings.retention_seconds,
+            self.base_url(request),
         )
 
     async def _job_object(self, request: Request, job: JobRecord) -> Job:

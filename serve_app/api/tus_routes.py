@@ -143,8 +143,7 @@ class UploadRoutes:
         self._locks: dict[str, asyncio.Lock] = {}  # one PATCH per upload per replica
 
     def _url(self, request: Request, upload_id: str) -> str:
-        base = self.api.settings.public_url or str(request.base_url)
-        return f"{base.rstrip('/')}/v2/uploads/{upload_id}"
+        return f"{self.api.base_url(request).rstrip('/')}/v2/uploads/{upload_id}"
 
     @staticmethod
     def _check_version(request: Request) -> None:
