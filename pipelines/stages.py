@@ -145,6 +145,15 @@ def _with(batch: Batch, **columns: Any) -> Batch:
     return out
 
 
+def _here(batch: Batch | None = None) -> str:
+    """The chunk's ``nodes`` column with this stage's node appended: where each stage
+    ran, in stage order, comma-separated (the driver logs and returns the placement)."""
+    node = ray.get_runtime_context().get_node_id()
+    if batch is None or "nodes" not in batch:
+        return node
+    return f"{_one(batch, 'nodes')},{node}"
+
+
 def _own_frames(batch: Batch) -> int:
     """The chunk's input frames (its look-ahead belongs to the next chunk)."""
     return int(_one(batch, "end_frame")) - int(_one(batch, "start_frame"))
@@ -164,7 +173,7 @@ def decode_stage(
     frames, n_lookahead = decode_chunk(path, chunk, rotation, colour, CancelCheck(signal))
     report(_own_frames(batch))
     report.flush()
-    return _with(batch, frames=frames, n_lookahead=n_lookahead)
+    return _with(batch, frames=frames, n_lookahead=n_lookahead, nodes=_here())
 
 
 def _log_models_here() -> None:
@@ -228,8 +237,8 @@ class OperatorStage:
         if narrow:
             out = out.astype(np.uint16) * 257
         if isinstance(operator, FrameInterpolator):
-            return _with(batch, frames=out, n_lookahead=0)
-        return _with(batch, frames=out)
+            return _with(batch, frames=out, n_lookahead=0, nodes=_here(batch))
+        return _with(batch, frames=out, nodes=_here(batch))
 
     def _apply(
         self,
@@ -307,4 +316,5 @@ def encode_stage(
         "input_frames": np.array([_one(batch, "end_frame") - _one(batch, "start_frame")]),
         "output_frames": np.array([n_own]),
         "segment": np.array([segment], dtype=object),
+        "nodes": np.array([_here(batch)], dtype=object),
     }
