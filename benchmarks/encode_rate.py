@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from models.package_files import package_file
-from pipelines.colour import ColourSpec, frame_to_rgb
+from pipelines.colour import ColourSpec, frame_to_rgb, rgb_to_frame
 from pipelines.encode import EncoderSettings, encode_segment
 from pipelines.presets import PRESETS
 
@@ -68,6 +68,12 @@ def _per_core(work: int, run: Callable[[], T]) -> tuple[float, T]:
     cpu = time.process_time()
     result = run()
     return work / max(time.process_time() - cpu, 1e-9), result
+
+
+def _alone(stage: float, convert: float) -> float:
+    """The encoder's own rate, the colour conversion's time taken out of the stage's."""
+    rest = 1 / stage - 1 / convert
+    return 1 / rest if rest > 0 else float("inf")
 
 
 def _decode_rate(frames: np.ndarray) -> float:
@@ -103,12 +109,20 @@ def main() -> None:
 
     decode_1080 = _decode_rate(frames["1080p"])
     print(f"decode 1080p h264 → RGB: {decode_1080:.1f} fps per core ({count} frames)")
+    # The encode stage's RGB → Y'CbCr 4:2:0 (numpy) is part of every cell below; shown
+    # apart so the encoder's own share is visible: x26x alone = 1 / (1/cell − 1/this).
+    convert: dict[str, float] = {}
+    for size, clip in frames.items():
+        convert[size], _ = _per_core(
+            len(clip), lambda c=clip: [rgb_to_frame(np.ascontiguousarray(f), COLOUR) for f in c]
+        )
+        print(f"RGB → yuv420p {size}: {convert[size]:.1f} fps per core")
     print(
         f"\nencode fps per core (frames / process CPU-seconds, encoder's own threads; "
         f"{count} frames of Big Buck Bunny per cell)"
     )
     header = f"{'preset':<10} {'settings':<16} {'codec':<5}" + "".join(
-        f" {name:>8}" for name in sizes
+        f" {name + ' (x26x alone)':>17}" for name in sizes
     )
     print(header)
     print("-" * len(header))
@@ -123,7 +137,9 @@ def main() -> None:
                 row[size], _ = _per_core(
                     len(clip), lambda c=clip, s=settings: encode_segment(c, FPS, s, COLOUR)
                 )
-            cells = "".join(f" {row[size]:>8.2f}" for size in sizes)
+            cells = "".join(
+                f" {row[size]:>8.2f} ({_alone(row[size], convert[size]):.2f})" for size in sizes
+            )
             label = f"crf {settings.crf} {settings.speed}"
             print(f"{name!s:<10} {label:<16} {codec:<5}{cells}")
 
@@ -134,7 +150,12 @@ def main() -> None:
     )
     for (name, codec), row in rates.items():
         cores = args.model_fps / decode_1080 + args.model_fps / row[out]
-        print(f"  {name:<10} {codec:<5} {math.ceil(cores):>5} cores")
+        alone = args.model_fps / _alone(row[out], convert[out])
+        print(
+            f"  {name:<10} {codec:<5} {math.ceil(cores):>5} cores "
+            f"(of which encode {math.ceil(cores - args.model_fps / decode_1080)}; "
+            f"the encoder alone {math.ceil(alone)})"
+        )
 
 
 if __name__ == "__main__":
