@@ -1,7 +1,8 @@
 """One job, one Ray Data streaming pipeline: the front door of :mod:`pipelines`.
 
-    read chunks ─▶ decode (tasks) ─▶ operator stages (actor pools, GPU where present)
-                ─▶ encode segment (tasks) ─▶ driver: segments in order ─▶ assemble
+    read chunks ─▶ decode (tasks, on the input's node) ─▶ operator stages (actor pools,
+                one GPU each where present) ─▶ encode segment (tasks, on encode nodes
+                where the cluster has them) ─▶ driver: segments in order ─▶ assemble
 
 Each row is one chunk, and Ray Data's streaming executor keeps only a bounded number
 of rows in flight, so memory grows with chunk size and concurrency, not video length.
@@ -375,6 +376,14 @@ class Watchdog:
                 )
         return None
 
+    def watching(self, ds: Dataset) -> Dataset:
+        """``ds``, whose execution this watchdog can fail (its own DataContext copy)."""
+        ds.context.custom_execution_callback_classes = [
+            *ds.context.custom_execution_callback_classes,
+            self.callback_class(),
+        ]
+        return ds
+
     def callback_class(self) -> type:
         """An ExecutionCallback class (Ray Data instantiates it with no arguments)
         bound to this watchdog."""
@@ -527,12 +536,16 @@ def enhance_video(
             else []
         )
         if len(saved) < len(plan.chunks):
-            ds = build_dataset(plan, signal, config, frozenset(saved))
-            ds.context.custom_execution_callback_classes = [
-                *ds.context.custom_execution_callback_classes,
-                watchdog.callback_class(),
-            ]
-            segments += _segments(ds, scratch, cancel, config.segments, digest, nodes)
+            # No local name for the dataset: one would keep its executor, and the stage
+            # actors it holds, alive until this function returns (see the end).
+            segments += _segments(
+                watchdog.watching(build_dataset(plan, signal, config, frozenset(saved))),
+                scratch,
+                cancel,
+                config.segments,
+                digest,
+                nodes,
+            )
             where = _log_placement(placement, nodes)
         segments.sort(key=lambda s: s.first_frame)
         processed.set()

@@ -2,8 +2,9 @@
 
 Each batch is exactly one chunk (``batch_size=1``): the columns of
 :meth:`pipelines.chunk_plan.Chunk.as_row` plus ``frames`` (``(n, H, W, 3)`` uint8,
-look-ahead last) and ``n_lookahead``.  Every stage polls the job's
-:class:`CancelSignal` between small groups of frames and raises
+look-ahead last), ``n_lookahead`` and ``nodes`` (the Ray node id of each stage so
+far, comma-separated: where the chunk was decoded, processed and encoded).  Every
+stage polls the job's :class:`CancelSignal` between small groups of frames and raises
 :class:`~pipelines.errors.PipelineCanceled`, which fails the Ray Data execution and
 makes it release its actors.  Stages also report the frames they have handled, and
 the seconds that took, to the same actor (:class:`WorkReport`); the driver turns the
