@@ -203,3 +203,33 @@ def test_killing_the_model_node_mid_job_never_hangs(two_nodes: TwoNodes, tmp_pat
         assert "model_node" in report["error"]["message"], report  # type: ignore[index]
         assert not output.exists()
     assert after_kill < 120
+
+
+def test_the_settings_reach_the_pipeline_config(tmp_path: Path) -> None:
+    from serve_app.jobs.runner import pipeline_config
+    from serve_app.settings import Settings
+
+    default = pipeline_config(Settings(data_dir=tmp_path), tmp_path)
+    assert (default.accelerator_resource, default.encode_resource) == ("GPU", "retroiva_encode")
+    custom = pipeline_config(
+        Settings(data_dir=tmp_path, accelerator_resource="model_node", encode_resource=""),
+        tmp_path,
+    )
+    assert (custom.accelerator_resource, custom.encode_resource) == ("model_node", None)
+
+
+def test_the_watchdog_fails_only_a_stalled_job_missing_a_resource() -> None:
+    from pipelines.enhance import Watchdog
+
+    watchdog = Watchdog((("upscale/neural", "GPU"),), grace=0.2)
+    tally = {0: (4.0, 1.0)}
+    watchdog.check(tally, {"CPU": 2.0, "GPU": 1.0})
+    time.sleep(0.3)
+    watchdog.check(tally, {"CPU": 2.0, "GPU": 1.0})
+    assert watchdog.failure is None  # stalled, but the resource is there
+    watchdog.check({0: (8.0, 2.0)}, {"CPU": 2.0})
+    assert watchdog.failure is None  # the resource is gone, but work still moves
+    time.sleep(0.3)
+    watchdog.check({0: (8.0, 2.0)}, {"CPU": 2.0})
+    assert watchdog.failure is not None
+    assert "'GPU'" in str(watchdog.failure) and "upscale/neural" in str(watchdog.failure)
