@@ -197,8 +197,19 @@ def test_start_commands_put_the_venv_on_path_and_survive_a_low_file_limit(key: s
     assert start.startswith("start ")
     assert f"python={venv_bin / 'python'}" in start
     assert f"nofile={hard}" in start
-    if key.startswith("head"):
-        assert "token=token" in start  # the head reads ~/retroiva.env
+    # The head reads ~/retroiva.env; workers, which don't have the head's secrets, set
+    # token auth themselves, or they could not join a head that uses it.
+    assert "token=token" in start
+
+
+def test_every_node_gets_rays_token():
+    """Token auth is cluster-wide: the token made on the launcher reaches every node."""
+    config = _config()
+    assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert readme.index(".venv/bin/ray get-auth-token --generate") < readme.index(
+        ".venv/bin/ray up cluster.yaml "
+    )  # made before the first `ray up`, which copies it
 
 
 # --- The gpu extra resolves from the package index (metadata only, no big wheels). ---

@@ -24,7 +24,16 @@ from serve_app.jobs.job_spec import (
     input_problem,
 )
 from serve_app.jobs.records import JobRecord, UploadRecord, WebhookAttempt
-from vocabulary import DeliveryStatus, Engine, JobStatus, Phase, PresetName, UploadStatus
+from vocabulary import (
+    ApiErrorType,
+    DeliveryStatus,
+    Engine,
+    JobErrorType,
+    JobStatus,
+    Phase,
+    PresetName,
+    UploadStatus,
+)
 
 __all__ = [
     "MAX_CANCEL_AFTER_SECONDS",
@@ -144,7 +153,9 @@ def job_spec(data: Any) -> JobSpec:
 
 
 class JobError(BaseModel):
-    type: str
+    # A string, so a job stored by an older version with another type still reads; the
+    # document lists the vocabulary's types.
+    type: str = Field(json_schema_extra={"enum": [t.value for t in JobErrorType]})
     message: str
 
 
@@ -290,7 +301,7 @@ class RotatedSecret(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    type: str
+    type: ApiErrorType
     message: str
     param: str | None = None
 

@@ -27,6 +27,7 @@ import httpx
 
 from pipelines.progress import CancelToken
 from serve_app.delivery.fetch_rules import FetchLimits, UrlPolicy
+from vocabulary import JobErrorType
 
 __all__ = [
     "FetchError",
@@ -45,7 +46,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 class FetchError(Exception):
     """The input could not be fetched; the message says why, for the job's error."""
 
-    type = "invalid_input"
+    type = JobErrorType.INVALID_INPUT
 
 
 def _port(parts: SplitResult) -> int:
