@@ -37,8 +37,17 @@ def main() -> None:
     parser.add_argument("--wait-nodes", type=int, default=0, help="until this many are alive")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    ray.init(address=args.address, logging_level=logging.WARNING)
     deadline = time.monotonic() + 180
+    while True:
+        # A loaded machine can keep a just-started head's GCS from answering in time.
+        try:
+            ray.init(address=args.address, logging_level=logging.WARNING)
+            break
+        except (ConnectionError, RuntimeError):
+            if time.monotonic() > deadline:
+                raise
+            ray.shutdown()
+            time.sleep(2)
     while sum(n["Alive"] for n in ray.nodes()) < args.wait_nodes:
         if time.monotonic() > deadline:
             raise SystemExit(f"fewer than {args.wait_nodes} nodes joined in 180 s")
