@@ -1,7 +1,8 @@
 """One job, one Ray Data streaming pipeline: the front door of :mod:`pipelines`.
 
-    read chunks ─▶ decode (tasks) ─▶ operator stages (actor pools, GPU where present)
-                ─▶ encode segment (tasks) ─▶ driver: segments in order ─▶ assemble
+    read chunks ─▶ decode (tasks, on the input's node) ─▶ operator stages (actor pools,
+                one GPU each where present) ─▶ encode segment (tasks, on encode nodes
+                where the cluster has them) ─▶ driver: segments in order ─▶ assemble
 
 Each row is one chunk, and Ray Data's streaming executor keeps only a bounded number
 of rows in flight, so memory grows with chunk size and concurrency, not video length.
@@ -51,10 +52,13 @@ from vocabulary import Backend, Phase
 __all__ = [
     "EnhanceResult",
     "PipelineConfig",
+    "Placement",
+    "Watchdog",
     "build_dataset",
     "decode_placement",
     "enhance_video",
     "ensure_ray",
+    "stage_placement",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +94,21 @@ class PipelineConfig:
     # The Ray Data dataset's name (the service passes the job id): the dashboard lists
     # the pipeline as ``<name>_<uuid>_0`` instead of ``dataset_<uuid>_0``.
     dataset_name: str | None = None
+    # The Ray resource that marks the nodes model stages run on: "GPU" (one per actor
+    # whose operator wants a GPU), or a custom resource the operator gives those nodes
+    # (every actor stage then takes one unit of it; a test stands one in for a GPU).
+    accelerator_resource: str = "GPU"
+    # The custom resource that marks CPU-only encode nodes (``ray start
+    # --resources='{"retroiva_encode": 1000}'``: plenty of units, so the node's CPUs
+    # bound how many encodes run there).  When the cluster has it and model stages run
+    # in actors, every encode task takes one unit, so encoding leaves the model nodes'
+    # CPUs to feed the models.  None, or no such node: encode runs wherever Ray puts it.
+    encode_resource: str | None = "retroiva_encode"
+    # A stage whose required resource has left the cluster (its last node died) would
+    # wait for an actor that can never be placed: after this many seconds with no
+    # progress, the job fails with a ProcessingError naming the resource.  Generous,
+    # so an autoscaler can bring a replacement node up.
+    lost_resource_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         ModelOptions(self.model_runtime, self.model_cache)  # a bad runtime fails here
@@ -109,6 +128,9 @@ class EnhanceResult:
     chunks: int
     seconds: float
     resumed_chunks: int = 0  # chunks taken from config.segments, not processed again
+    # Per stage ("decode", "<kind>/<backend>", …, "encode"): the Ray node ids its
+    # chunks ran on, first seen first (empty when every chunk was resumed).
+    placement: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def ensure_ray() -> None:
@@ -117,17 +139,38 @@ def ensure_ray() -> None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
 
 
-def _holds_gpu(spec: OperatorSpec, use_gpu: bool) -> bool:
-    """Whether the stage of ``spec`` takes a GPU: the cluster has one and the operator
-    says it wants one (its own ``needs_gpu``)."""
-    return use_gpu and needs_gpu(spec.kind, spec.backend)
+def _holds_gpu(spec: OperatorSpec, config: PipelineConfig, use_gpu: bool) -> bool:
+    """Whether the stage of ``spec`` takes a unit of the accelerator resource: the
+    cluster has it, and the operator wants a GPU (its own ``needs_gpu``) or the
+    resource is a custom one, which only marks where model stages belong and costs a
+    CPU operator nothing (a real GPU would sit idle under one)."""
+    if not use_gpu:
+        return False
+    if config.accelerator_resource != "GPU" and config.operator_compute == "actors":
+        return True
+    return needs_gpu(spec.kind, spec.backend)
 
 
 def _in_actors(spec: OperatorSpec, config: PipelineConfig, use_gpu: bool) -> bool:
     # Actors pay off where a stage holds a GPU.  On CPU-only clusters an actor pool
     # cost ~3.5 s of start-up per job on 2 cores and bought nothing: tasks reuse worker
     # processes, which keep the models they loaded (stages._cached_operator).
-    return config.operator_compute == "actors" or _holds_gpu(spec, use_gpu)
+    return config.operator_compute == "actors" or _holds_gpu(spec, config, use_gpu)
+
+
+def _accelerator_args(config: PipelineConfig) -> dict[str, Any]:
+    if config.accelerator_resource == "GPU":
+        return {"num_gpus": 1}
+    return {"resources": {config.accelerator_resource: 1}}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What build_dataset decided: the resource each stage needs beyond CPUs (the
+    watchdog fails a job whose needed resource left the cluster), and stage names."""
+
+    stage_names: tuple[str, ...]
+    needs: tuple[tuple[str, str], ...]  # (stage name, resource)
 
 
 def decode_placement(config: PipelineConfig) -> dict[str, Any]:
@@ -148,6 +191,23 @@ def _one_chunk_at_a_time(ds: Dataset, stage: Any, **options: Any) -> Dataset:
     return ds.map_batches(stage, batch_size=1, batch_format="numpy", **options)
 
 
+def stage_placement(plan: JobPlan, config: PipelineConfig) -> Placement:
+    """Stage names, and the resources beyond CPUs that stages need on this cluster."""
+    resources = ray.cluster_resources()
+    use_gpu = resources.get(config.accelerator_resource, 0) > 0
+    names = ["decode"]
+    needs: list[tuple[str, str]] = []
+    for spec in plan.chain:
+        names.append(f"{spec.kind}/{spec.backend}")
+        if _in_actors(spec, config, use_gpu) and _holds_gpu(spec, config, use_gpu):
+            needs.append((names[-1], config.accelerator_resource))
+    names.append("encode")
+    encode = config.encode_resource
+    if needs and encode is not None and resources.get(encode, 0) > 0:
+        needs.append(("encode", encode))
+    return Placement(tuple(names), tuple(needs))
+
+
 def build_dataset(
     plan: JobPlan,
     signal: ray.actor.ActorHandle | None,
@@ -155,9 +215,16 @@ def build_dataset(
     skip: frozenset[int] = frozenset(),
 ) -> Dataset:
     """The job's Ray Data pipeline; it reads like its stage list.  Chunks whose index
-    is in ``skip`` (already encoded by an earlier run) are left out."""
+    is in ``skip`` (already encoded by an earlier run) are left out.
+
+    Where stages run: decode on the node holding the input (:func:`decode_placement`);
+    model stages in actor pools, each actor taking one unit of the accelerator resource
+    (a GPU) where the cluster has it; encode tasks on nodes with the encode resource
+    when the cluster has both (so a GPU node's CPUs feed its GPU instead of encoding),
+    else anywhere.  Each stage appends its node id to the chunk's ``nodes`` column."""
     resources = ray.cluster_resources()
-    use_gpu = resources.get("GPU", 0) > 0
+    use_gpu = resources.get(config.accelerator_resource, 0) > 0
+    placement = stage_placement(plan, config)
     actor_stages = sum(_in_actors(spec, config, use_gpu) for spec in plan.chain)
     # Actors hold their CPUs for the whole job: size every stage so one decode and one
     # encode task always fit beside all actors, or a small machine deadlocks.  These are
@@ -188,6 +255,7 @@ def build_dataset(
             "models": config.models,
             "stage": stage,
         }
+        holds = _holds_gpu(spec, config, use_gpu)
         if spec.backend != Backend.CLASSICAL:
             # The choice itself is made (and logged, with its reason) where the model
             # loads: only that node knows whether TensorRT imports and CUDA is there.
@@ -196,7 +264,9 @@ def build_dataset(
                 spec.kind,
                 spec.backend,
                 config.model_runtime,
-                "1 GPU per actor" if use_gpu else "no GPU in the cluster",
+                f"1 {config.accelerator_resource} per actor"
+                if holds
+                else f"no {config.accelerator_resource} in the cluster",
             )
         if _in_actors(spec, config, use_gpu):
             ds = _one_chunk_at_a_time(
@@ -205,10 +275,11 @@ def build_dataset(
                 fn_constructor_kwargs=args,
                 compute=ActorPoolStrategy(size=config.stage_concurrency),
                 num_cpus=stage_cpus,
-                num_gpus=1 if _holds_gpu(spec, use_gpu) else 0,
+                **(_accelerator_args(config) if holds else {}),
             )
         else:
             ds = _one_chunk_at_a_time(ds, operator_stage, fn_kwargs=args, num_cpus=stage_cpus)
+    encode_needs = dict(placement.needs).get("encode")
     ds = _one_chunk_at_a_time(
         ds,
         encode_stage,
@@ -220,6 +291,7 @@ def build_dataset(
             "signal": signal,
             "stage": len(plan.chain) + 1,
         },
+        **({"resources": {encode_needs: 1}} if encode_needs else {}),
     )
     ds.set_name(config.dataset_name)
     return ds
@@ -236,10 +308,13 @@ def _segments(
     cancel: CancelToken,
     store: SegmentStore | None = None,
     digest: str = "",
+    nodes: list[list[str]] | None = None,
 ) -> Iterator[Segment]:
     for row in ds.iter_rows():
         cancel.raise_if_canceled()
         index, out_start = int(row["index"]), int(row["out_start"])
+        if nodes is not None:
+            nodes.append(str(row["nodes"]).split(","))
         path = scratch / f"segment_{index:05d}.mp4"
         path.write_bytes(row["segment"])
         if store is not None:
@@ -249,19 +324,118 @@ def _segments(
         yield Segment(path, out_start)
 
 
+class Watchdog:
+    """Fails a job that waits for a resource the cluster no longer has.
+
+    Ray restarts a stage's actor when its node dies, and the restarted actor waits
+    until a node with the resources it needs joins.  When the last node with the
+    accelerator (or encode) resource is gone, that can be forever: Ray Data would only
+    give up after its own no-progress timeout (30 minutes).  The progress watcher
+    calls :meth:`check` with each tally; once a needed resource is absent and nothing
+    has progressed for ``grace`` seconds, :attr:`failure` is set, and the dataset's
+    execution callback (:meth:`callback_class`) raises it inside Ray Data's scheduling
+    loop, which shuts the execution down (releasing its actors) and hands the error to
+    the driver's iterator.
+    """
+
+    def __init__(self, needs: tuple[tuple[str, str], ...], grace: float) -> None:
+        self._needs = needs
+        self._grace = grace
+        self._last_tally: StageTally | None = None
+        self._last_change = time.monotonic()
+        self.failure: ProcessingError | None = None
+
+    def check(self, tally: StageTally, resources: dict[str, float]) -> None:
+        now = time.monotonic()
+        if tally != self._last_tally:
+            self._last_tally, self._last_change = tally, now
+        if self.failure is not None or not self._needs:
+            return
+        gone = [(stage, name) for stage, name in self._needs if resources.get(name, 0) <= 0]
+        if gone and now - self._last_change >= self._grace:
+            stage, name = gone[0]
+            self.failure = ProcessingError(
+                f"stage {stage} needs the Ray resource {name!r}, which no node of the "
+                f"cluster has any more (its node left), and the job made no progress "
+                f"for {now - self._last_change:.0f} s"
+            )
+            log.warning("%s; failing the job", self.failure)
+
+    def lost_resource(self, exc: BaseException) -> ProcessingError | None:
+        """``exc`` explained, when it came while a resource a stage needs is missing
+        from the cluster (a node died and took work with it, e.g. blocks only it held)."""
+        try:
+            resources = ray.cluster_resources()
+        except Exception:
+            return None
+        for stage, name in self._needs:
+            if resources.get(name, 0) <= 0:
+                return ProcessingError(
+                    f"stage {stage} needs the Ray resource {name!r}, which left the "
+                    f"cluster with its node mid-job ({type(exc).__name__})"
+                )
+        return None
+
+    def watching(self, ds: Dataset) -> Dataset:
+        """``ds``, whose execution this watchdog can fail (its own DataContext copy)."""
+        ds.context.custom_execution_callback_classes = [
+            *ds.context.custom_execution_callback_classes,
+            self.callback_class(),
+        ]
+        return ds
+
+    def callback_class(self) -> type:
+        """An ExecutionCallback class (Ray Data instantiates it with no arguments)
+        bound to this watchdog."""
+        # Internal to Ray Data, and the only hook that runs in its scheduling loop.
+        from ray.data._internal.execution.execution_callback import ExecutionCallback
+
+        watchdog = self
+
+        class _Abort(ExecutionCallback):
+            def on_execution_step(self, executor: Any) -> None:
+                if watchdog.failure is not None:
+                    raise watchdog.failure
+
+        return _Abort
+
+
 def _watch_progress(
     signal: ray.actor.ActorHandle,
     meter: ProgressMeter,
     finished: threading.Event,
+    watchdog: Watchdog | None = None,
     interval: float = 0.5,
 ) -> None:
-    """Turns the stages' work reports into progress reports while the pipeline runs."""
+    """Turns the stages' work reports into progress reports while the pipeline runs,
+    and lets ``watchdog`` see them with the cluster's resources."""
     while not finished.wait(interval):
         try:
             tally = cast(StageTally, ray.get(signal.tally.remote(), timeout=10))
             meter.update(tally)
+            if watchdog is not None:
+                watchdog.check(tally, ray.cluster_resources())
         except Exception:  # progress is best effort; the pipeline's own errors matter
             log.debug("progress poll failed", exc_info=True)
+
+
+def _log_placement(
+    placement: Placement, nodes: list[list[str]]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Per stage, the nodes its chunks ran on (first seen first); logged once."""
+    found: list[tuple[str, tuple[str, ...]]] = []
+    for i, name in enumerate(placement.stage_names):
+        seen = dict.fromkeys(chunk[i] for chunk in nodes if i < len(chunk))
+        found.append((name, tuple(seen)))
+    if found:
+        log.info(
+            "placement: %s",
+            ", ".join(
+                f"{name} on node{'s' if len(ids) > 1 else ''} {' '.join(i[:12] for i in ids)}"
+                for name, ids in found
+            ),
+        )
+    return tuple(found)
 
 
 def _as_pipeline_error(exc: BaseException, cancel: CancelToken) -> PipelineError:
@@ -331,6 +505,7 @@ def enhance_video(
     relay = threading.Thread(target=_relay_cancel, args=(cancel, signal, finished), daemon=True)
     relay.start()
     failure: PipelineError | None = None
+    where: tuple[tuple[str, tuple[str, ...]], ...] = ()
     digest = plan_digest(plan)
     saved = saved_segments(config.segments, digest) if config.segments is not None else {}
     resumed_frames = sum(plan.chunks[i].frame_count for i in saved)
@@ -345,7 +520,12 @@ def enhance_video(
         plan.info.frame_count, on_progress, stage_count(plan), resumed=resumed_frames
     )
     processed = threading.Event()
-    watcher = threading.Thread(target=_watch_progress, args=(signal, meter, processed), daemon=True)
+    placement = stage_placement(plan, config)
+    watchdog = Watchdog(placement.needs, config.lost_resource_seconds)
+    watcher = threading.Thread(
+        target=_watch_progress, args=(signal, meter, processed, watchdog), daemon=True
+    )
+    nodes: list[list[str]] = []
     try:
         cancel.raise_if_canceled()
         meter.phase(Phase.PROCESSING)  # the input is here; Ray Data is starting
@@ -356,13 +536,17 @@ def enhance_video(
             else []
         )
         if len(saved) < len(plan.chunks):
+            # No local name for the dataset: one would keep its executor, and the stage
+            # actors it holds, alive until this function returns (see the end).
             segments += _segments(
-                build_dataset(plan, signal, config, frozenset(saved)),
+                watchdog.watching(build_dataset(plan, signal, config, frozenset(saved))),
                 scratch,
                 cancel,
                 config.segments,
                 digest,
+                nodes,
             )
+            where = _log_placement(placement, nodes)
         segments.sort(key=lambda s: s.first_frame)
         processed.set()
         watcher.join()
@@ -371,7 +555,11 @@ def enhance_video(
         assemble(segments, plan.fps, plan.info, partial)
         os.replace(partial, output)
     except Exception as exc:
-        failure = _as_pipeline_error(exc, cancel)
+        failure = (
+            watchdog.failure
+            or (None if cancel.canceled else watchdog.lost_resource(exc))
+            or _as_pipeline_error(exc, cancel)
+        )
         log.debug("job failed: %s", "".join(traceback.format_exception(exc)))
     finally:
         finished.set()
@@ -395,4 +583,5 @@ def enhance_video(
         chunks=len(plan.chunks),
         seconds=time.monotonic() - started,
         resumed_chunks=len(saved),
+        placement=where,
     )

@@ -2,8 +2,9 @@
 
 Each batch is exactly one chunk (``batch_size=1``): the columns of
 :meth:`pipelines.chunk_plan.Chunk.as_row` plus ``frames`` (``(n, H, W, 3)`` uint8,
-look-ahead last) and ``n_lookahead``.  Every stage polls the job's
-:class:`CancelSignal` between small groups of frames and raises
+look-ahead last), ``n_lookahead`` and ``nodes`` (the Ray node id of each stage so
+far, comma-separated: where the chunk was decoded, processed and encoded).  Every
+stage polls the job's :class:`CancelSignal` between small groups of frames and raises
 :class:`~pipelines.errors.PipelineCanceled`, which fails the Ray Data execution and
 makes it release its actors.  Stages also report the frames they have handled, and
 the seconds that took, to the same actor (:class:`WorkReport`); the driver turns the
@@ -145,6 +146,15 @@ def _with(batch: Batch, **columns: Any) -> Batch:
     return out
 
 
+def _here(batch: Batch | None = None) -> str:
+    """The chunk's ``nodes`` column with this stage's node appended: where each stage
+    ran, in stage order, comma-separated (the driver logs and returns the placement)."""
+    node = ray.get_runtime_context().get_node_id()
+    if batch is None or "nodes" not in batch:
+        return node
+    return f"{_one(batch, 'nodes')},{node}"
+
+
 def _own_frames(batch: Batch) -> int:
     """The chunk's input frames (its look-ahead belongs to the next chunk)."""
     return int(_one(batch, "end_frame")) - int(_one(batch, "start_frame"))
@@ -164,7 +174,7 @@ def decode_stage(
     frames, n_lookahead = decode_chunk(path, chunk, rotation, colour, CancelCheck(signal))
     report(_own_frames(batch))
     report.flush()
-    return _with(batch, frames=frames, n_lookahead=n_lookahead)
+    return _with(batch, frames=frames, n_lookahead=n_lookahead, nodes=_here())
 
 
 def _log_models_here() -> None:
@@ -228,8 +238,8 @@ class OperatorStage:
         if narrow:
             out = out.astype(np.uint16) * 257
         if isinstance(operator, FrameInterpolator):
-            return _with(batch, frames=out, n_lookahead=0)
-        return _with(batch, frames=out)
+            return _with(batch, frames=out, n_lookahead=0, nodes=_here(batch))
+        return _with(batch, frames=out, nodes=_here(batch))
 
     def _apply(
         self,
@@ -307,4 +317,5 @@ def encode_stage(
         "input_frames": np.array([_one(batch, "end_frame") - _one(batch, "start_frame")]),
         "output_frames": np.array([n_own]),
         "segment": np.array([segment], dtype=object),
+        "nodes": np.array([_here(batch)], dtype=object),
     }

@@ -185,6 +185,22 @@ class Settings(BaseSettings):
         "without one, ncnn for the upscalers; else torch), "
         "torch, compile, tensorrt or ncnn.",
     )
+    accelerator_resource: str = Field(
+        "GPU",
+        min_length=1,
+        description="The Ray resource model stages "
+        "require, one unit per actor: GPU, or a custom resource "
+        "the operator gives the model nodes.",
+    )
+    encode_resource: str | None = Field(
+        "retroiva_encode",
+        description="The custom Ray resource that "
+        "marks CPU-only encode nodes; when the cluster has it and "
+        "model stages run in actors, each encode task takes one "
+        "unit (start those nodes with plenty of units, e.g. "
+        "1000, so CPUs bound how many run). Empty: encode "
+        "anywhere.",
+    )
     upload_expiry_seconds: int = Field(
         24 * 3600,
         ge=1,

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # can be run is listed; test_every_benchmark_is_listed keeps it that way.
 QUICK = {
     "api_latency": "throughput ratio Serve app / bare uvicorn",
+    "encode_rate": "cores per GPU node",
     "fidelity": "best ours",
     "hostile_media": "peak MiB",
     "interpolation_quality": "RIFE/classical",

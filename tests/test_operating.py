@@ -12,8 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
@@ -32,6 +29,7 @@ from pipelines.sample_video import SampleSpec, write_sample_video
 from serve_app.jobs.sqlite_store import SqliteStore
 from tests.local_http import serve_directory
 from tests.media import decode_frames
+from tests.ray_cluster import free_port, kill_session
 from tests.stored_keys import add_key, bearer
 
 # A cluster, a deploy, a batch run twice and a redeploy on a shared 2-core machine:
@@ -40,12 +38,6 @@ pytestmark = pytest.mark.timeout(900)
 
 REPO = Path(__file__).parents[1]
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -79,26 +71,6 @@ class Cluster:
             text=True,
             timeout=timeout,
         )
-
-
-def _kill_session(sid: int) -> None:
-    """Every process `ray start` spawned, workers included, shares its session."""
-
-    def members() -> list[psutil.Process]:
-        found = []
-        for proc in psutil.process_iter():
-            try:
-                if os.getsid(proc.pid) == sid:
-                    found.append(proc)
-            except (ProcessLookupError, psutil.Error):
-                continue
-        return found
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for proc in members():
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(sig)
-        psutil.wait_procs(members(), timeout=10)
 
 
 def _wait_for(url: str, timeout: float, headers: dict[str, str] | None = None) -> bytes:
@@ -153,7 +125,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     home = tmp_path_factory.mktemp("home")
     (home / "retroiva").symlink_to(REPO)
     data_dir = home / "retroiva-data"
-    gcs, dashboard, agent, serve_port = (_free_port() for _ in range(4))
+    gcs, dashboard, agent, serve_port = (free_port() for _ in range(4))
     model_cache = Path(
         os.environ.get("RETROIVA_MODEL_CACHE") or Path.home() / ".cache" / "retroiva" / "models"
     )
@@ -210,7 +182,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         _wait_for_answer(f"http://127.0.0.1:{dashboard}/api/version", timeout=120)
         yield Cluster(env, f"http://127.0.0.1:{dashboard}", serve_port, data_dir, key, home)
     finally:
-        _kill_session(head.pid)
+        kill_session(head.pid)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

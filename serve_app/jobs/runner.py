@@ -89,6 +89,8 @@ def pipeline_config(settings: Settings, scratch: Path, job_id: str | None = None
         model_runtime=settings.model_runtime,
         model_cache=settings.model_cache,
         dataset_name=job_id,
+        accelerator_resource=settings.accelerator_resource,
+        encode_resource=settings.encode_resource or None,
     )
 
 
