@@ -202,6 +202,24 @@ def test_start_commands_put_the_venv_on_path_and_survive_a_low_file_limit(key: s
     assert "token=token" in start
 
 
+def test_cpu_encode_workers_offer_the_encode_resource_the_pipeline_looks_for():
+    """Issue 19 item 3: encode work has CPU-only nodes of its own on a GPU cluster."""
+    from serve_app.settings import Settings
+
+    config = _config()
+    resource = Settings().encode_resource
+    encoders = [
+        name
+        for name, node in config["available_node_types"].items()
+        if node["resources"].get(resource, 0) > 0
+    ]
+    assert encoders and not set(encoders) & set(_gpu_types(config))
+    for name in encoders:
+        node = config["available_node_types"][name]
+        assert node["resources"][resource] >= 100  # CPUs, not units, bound concurrency
+        assert node["docker"]["worker_image"].endswith("-cpu")
+
+
 def test_every_node_gets_rays_token():
     """Token auth is cluster-wide: the token made on the launcher reaches every node."""
     config = _config()
