@@ -327,21 +327,32 @@ class MongoStore:
         docs = self._jobs.find(query).sort(q.PAGE_SORT).limit(limit)
         return [j for j in [_job(d) async for d in docs] if j is not None]
 
-    @_translated
-    async def list_jobs(
-        self, key_id: str, limit: int, starting_after: str | None
+    async def _jobs_page(
+        self,
+        key_id: str,
+        limit: int,
+        starting_after: str | None,
+        page_filter: Callable[[tuple[int, str] | None], dict[str, Any]],
     ) -> tuple[list[JobRecord], bool]:
+        """One page of this key's jobs that ``page_filter`` selects, after the job
+        ``starting_after`` (an unknown or other key's cursor is an empty page)."""
         cursor = None
         if starting_after is not None:
             anchor = await self._jobs.find_one({"_id": starting_after, "key_id": key_id})
             if anchor is None:
                 return [], False
             cursor = (anchor["created_seq"], anchor["_id"])
-        docs = (
-            self._jobs.find(q.jobs_page_filter(key_id, cursor)).sort(q.PAGE_SORT).limit(limit + 1)
-        )
+        docs = self._jobs.find(page_filter(cursor)).sort(q.PAGE_SORT).limit(limit + 1)
         jobs = [j for j in [_job(d) async for d in docs] if j is not None]
         return jobs[:limit], len(jobs) > limit
+
+    @_translated
+    async def list_jobs(
+        self, key_id: str, limit: int, starting_after: str | None
+    ) -> tuple[list[JobRecord], bool]:
+        return await self._jobs_page(
+            key_id, limit, starting_after, lambda cursor: q.jobs_page_filter(key_id, cursor)
+        )
 
     @_translated
     async def claim_next(
@@ -517,19 +528,12 @@ class MongoStore:
     async def list_webhook_events(
         self, key_id: str, status: str, limit: int, starting_after: str | None
     ) -> tuple[list[JobRecord], bool]:
-        cursor = None
-        if starting_after is not None:
-            anchor = await self._jobs.find_one({"_id": starting_after, "key_id": key_id})
-            if anchor is None:
-                return [], False
-            cursor = (anchor["created_seq"], anchor["_id"])
-        docs = (
-            self._jobs.find(q.events_page_filter(key_id, status, cursor))
-            .sort(q.PAGE_SORT)
-            .limit(limit + 1)
+        return await self._jobs_page(
+            key_id,
+            limit,
+            starting_after,
+            lambda cursor: q.events_page_filter(key_id, status, cursor),
         )
-        jobs = [j for j in [_job(d) async for d in docs] if j is not None]
-        return jobs[:limit], len(jobs) > limit
 
     # Deadlines
     @_translated
