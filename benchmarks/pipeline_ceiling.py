@@ -21,7 +21,6 @@ import argparse
 import io
 import os
 import re
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ import numpy as np
 import ray
 
 import pipelines.enhance as enhance_module
-from benchmarks.measure import MemorySampler, ensure_ffmpeg
+from benchmarks.measure import MemorySampler, ensure_ffmpeg, ffmpeg_x264
 from models.registry import build_operator
 from pipelines.assemble import Segment, assemble
 from pipelines.colour import frame_to_rgb, rgb_to_frame
@@ -175,31 +174,8 @@ def main() -> None:
     ours = frames / seconds
     crf, speed = PRESETS["general"].encoder.crf, PRESETS["general"].encoder.speed
     _, ff_seconds = _timed(
-        lambda: subprocess.run(
-            [
-                ffmpeg,
-                "-v",
-                "error",
-                "-y",
-                "-i",
-                str(source),
-                "-vf",
-                "scale=iw*2:ih*2:flags=lanczos",
-                "-c:v",
-                "libx264",
-                "-preset",
-                speed,
-                "-crf",
-                str(crf),
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "copy",
-                "-movflags",
-                "+faststart",
-                str(work / "ff.mp4"),
-            ],
-            check=True,
+        lambda: ffmpeg_x264(
+            ffmpeg, source, "scale=iw*2:ih*2:flags=lanczos", speed, crf, work / "ff.mp4"
         )
     )
     theirs = frames / ff_seconds

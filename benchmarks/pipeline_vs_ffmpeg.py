@@ -11,13 +11,12 @@ frames per second for each and our ratio to each.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
 
-from benchmarks.measure import ensure_ffmpeg
+from benchmarks.measure import ensure_ffmpeg, ffmpeg_x264
 from pipelines.enhance import PipelineConfig, enhance_video, ensure_ray
 from pipelines.job_plan import EnhanceRequest
 from pipelines.presets import PRESETS
@@ -67,31 +66,13 @@ def main() -> None:
         ("ffmpeg hqdn3d", "hqdn3d"),
     ]:
         started = time.perf_counter()
-        subprocess.run(
-            [
-                ffmpeg,
-                "-v",
-                "error",
-                "-y",
-                "-i",
-                str(source),
-                "-vf",
-                f"{denoise},scale=iw*2:ih*2:flags=lanczos",
-                "-c:v",
-                "libx264",
-                "-preset",
-                speed,
-                "-crf",
-                str(crf),
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "copy",
-                "-movflags",
-                "+faststart",
-                str(work / "ff.mp4"),
-            ],
-            check=True,
+        ffmpeg_x264(
+            ffmpeg,
+            source,
+            f"{denoise},scale=iw*2:ih*2:flags=lanczos",
+            speed,
+            crf,
+            work / "ff.mp4",
         )
         results[name] = frames / (time.perf_counter() - started)
 
