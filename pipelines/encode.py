@@ -24,7 +24,7 @@ from pipelines.av_typed import add_video_stream
 from pipelines.colour import TRC_PQ, ColourSpec, rgb_to_frame
 from pipelines.errors import InvalidOptionsError
 
-__all__ = ["CODECS", "Codec", "EncoderSettings", "encode_segment", "even_size"]
+__all__ = ["CODECS", "Codec", "EncoderSettings", "as_codec", "encode_segment", "even_size"]
 
 Codec = Literal["h264", "hevc"]
 
@@ -35,6 +35,15 @@ CODECS: dict[str, tuple[str, str]] = {
 }
 
 
+def as_codec(name: str) -> Codec:
+    """``name`` as one of our codecs; :class:`InvalidOptionsError` for any other."""
+    if name == "h264":
+        return "h264"
+    if name == "hevc":
+        return "hevc"
+    raise InvalidOptionsError(f"codec must be one of {sorted(CODECS)}, got {name!r}")
+
+
 @dataclass(frozen=True)
 class EncoderSettings:
     codec: Codec = "h264"
@@ -42,8 +51,7 @@ class EncoderSettings:
     speed: str = "veryfast"  # x264/x265 preset
 
     def __post_init__(self) -> None:
-        if self.codec not in CODECS:
-            raise InvalidOptionsError(f"codec must be one of {sorted(CODECS)}, got {self.codec!r}")
+        as_codec(self.codec)
         if not 0 <= self.crf <= 51:
             raise InvalidOptionsError(f"crf must be in 0..51, got {self.crf}")
 

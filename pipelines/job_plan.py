@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from pipelines.chunk_plan import Chunk, chunk_plan, max_chunk_frames
-from pipelines.encode import CODECS, Codec, EncoderSettings, even_size
+from pipelines.encode import Codec, EncoderSettings, as_codec, even_size
 from pipelines.errors import InvalidOptionsError
 from pipelines.noise_probe import NoiseLevel
 from pipelines.presets import PRESETS, OperatorSpec, resolve_chain
@@ -76,12 +76,7 @@ def _output_fps(info: VideoInfo, request: EnhanceRequest, preset_fps: Fraction |
 def _codec(info: VideoInfo, request: EnhanceRequest, preset_codec: Codec) -> Codec:
     """HDR keeps its mastering metadata only through x265 (x264 has no option for it)."""
     if not info.colour.hdr:
-        chosen = request.codec if request.codec is not None else preset_codec
-        if chosen == "h264":
-            return "h264"
-        if chosen == "hevc":
-            return "hevc"
-        raise InvalidOptionsError(f"codec must be one of {sorted(CODECS)}, got {chosen!r}")
+        return as_codec(request.codec if request.codec is not None else preset_codec)
     if request.codec not in (None, "hevc"):
         raise InvalidOptionsError(
             f"HDR input needs codec hevc to keep its HDR metadata, got {request.codec!r}"
