@@ -14,6 +14,13 @@ Frame contract, written once:
 * Inputs deeper than 8 bits travel as RGB ``uint16`` (full 0–65535 scale).  An operator
   that sets ``accepts_uint16 = True`` gets them as they are and returns the same dtype;
   every other operator is handed them rounded to ``uint8`` by the pipeline.
+* Planar frames: a :class:`FrameFilter` that sets ``accepts_yuv420 = True`` also has
+  ``filter_yuv420(frames)``, which takes Y'CbCr 4:2:0 frames as they were decoded,
+  ``(N, H * 3 // 2, W)`` with even ``H`` and ``W``: the Y plane's ``H`` rows, then the Cb
+  and the Cr plane (``H/2 × W/2`` each) packed after it, as FFmpeg lays out ``yuv420p``
+  (``uint8``; ``uint16`` holding 10-bit codes for ``yuv420p10le``), and returns the same
+  layout at ``scale``.  A chain made only of such filters never leaves Y'CbCr, so the
+  pipeline skips both colour conversions (:class:`vocabulary.FrameLayout`).
 * ``needs_gpu`` says whether the operator wants a GPU when one exists; it must still run
   on CPU (the pipeline requests ``num_gpus`` only where CUDA is present).
 
@@ -28,7 +35,14 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["FrameFilter", "FrameInterpolator", "check_frames", "check_pair"]
+__all__ = [
+    "FrameFilter",
+    "FrameInterpolator",
+    "check_frames",
+    "check_pair",
+    "check_yuv420",
+    "yuv420_size",
+]
 
 
 @runtime_checkable
@@ -66,6 +80,24 @@ def check_frames(frames: np.ndarray, *, wide: bool = False) -> None:
         raise ValueError(f"frames must be uint8{' or uint16' if wide else ''}, got {frames.dtype}")
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must have shape (N, H, W, 3), got {frames.shape}")
+
+
+def yuv420_size(frames: np.ndarray) -> tuple[int, int]:
+    """``(width, height)`` of planar 4:2:0 frames ``(N, H * 3 // 2, W)``."""
+    return frames.shape[2], frames.shape[1] * 2 // 3
+
+
+def check_yuv420(frames: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``frames`` are planar 4:2:0 frames as described above."""
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
+    if frames.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"frames must be uint8 or uint16, got {frames.dtype}")
+    if frames.ndim != 3 or frames.shape[1] % 3:
+        raise ValueError(f"planar 4:2:0 frames have shape (N, H * 3 / 2, W), got {frames.shape}")
+    width, height = yuv420_size(frames)
+    if width % 2 or height % 2:
+        raise ValueError(f"planar 4:2:0 frames need an even size, got {width}×{height}")
 
 
 def check_pair(first: np.ndarray, second: np.ndarray, ts: Sequence[float]) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "build_operator",
     "needs_gpu",
     "unavailable_reason",
+    "works_in_yuv420",
 ]
 
 Operator = FrameFilter | FrameInterpolator
@@ -112,6 +113,12 @@ def needs_gpu(kind: str, backend: str) -> bool:
     """The operator's own ``needs_gpu``: whether its stage should hold a GPU where the
     cluster has one.  Loads the class (and torch, for the neural ones)."""
     return _registration(kind, backend).load().needs_gpu
+
+
+def works_in_yuv420(kind: str, backend: str) -> bool:
+    """Whether the operator can filter planar Y'CbCr 4:2:0 frames (``accepts_yuv420``,
+    :mod:`models.operator`).  Loads the class, like :func:`needs_gpu`."""
+    return bool(getattr(_registration(kind, backend).load(), "accepts_yuv420", False))
 
 
 def build_operator(

@@ -68,9 +68,11 @@ def max_chunk_frames(
     *,
     floor: int = 4,
     ceiling: int = 300,
+    pixel_bytes: float = 3,
 ) -> int:
-    """Largest input-frame count whose processed output fits ``budget_bytes``."""
-    per_input_frame = out_width * out_height * 3 * max(Fraction(1), ratio)
+    """Largest input-frame count whose processed output fits ``budget_bytes``, a
+    processed pixel taking ``pixel_bytes`` (3: RGB ``uint8``)."""
+    per_input_frame = out_width * out_height * pixel_bytes * max(Fraction(1), ratio)
     return max(floor, min(ceiling, int(budget_bytes // per_input_frame)))
 
 

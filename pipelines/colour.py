@@ -15,6 +15,10 @@ went through no operator comes back within rounding of its source planes
 
 Pixels in the pipeline are RGB ``uint8`` for 8-bit inputs and RGB ``uint16`` (full
 0–65535 scale) for inputs deeper than 8 bits, whose outputs are 10-bit.
+When every operator of a job can work on Y'CbCr planes (a resize alone, or none), the
+pipeline carries the decoded 4:2:0 planes instead (:func:`frame_to_yuv420`,
+:func:`yuv420_to_frame`) and converts nothing: the output's codes are the input's,
+resampled, as with ffmpeg's own ``scale``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,15 @@ import cv2
 import numpy as np
 from av.sidedata.sidedata import SideDataContainer
 
-__all__ = ["ColourSpec", "colour_spec", "frame_to_rgb", "rgb_to_frame"]
+__all__ = [
+    "YUV420_FORMATS",
+    "ColourSpec",
+    "colour_spec",
+    "frame_to_rgb",
+    "frame_to_yuv420",
+    "rgb_to_frame",
+    "yuv420_to_frame",
+]
 
 # FFmpeg's enum values (libavutil/pixfmt.h), as PyAV reports and accepts them.
 SPC_BT709, SPC_UNSPECIFIED, SPC_BT470BG, SPC_SMPTE170M = 1, 2, 5, 6
@@ -37,6 +49,13 @@ SPC_BT2020_NCL, SPC_BT2020_CL = 9, 10
 RANGE_UNSPECIFIED, RANGE_FULL = 0, 2
 UNSPECIFIED = 2  # primaries and transfer
 TRC_PQ, TRC_HLG = 16, 18
+
+# Decoded formats whose planes are already what a planar 4:2:0 pipeline carries, by
+# the output pixel format (yuvj420p is yuv420p whose full range is told by its name).
+YUV420_FORMATS: dict[str, tuple[str, ...]] = {
+    "yuv420p": ("yuv420p", "yuvj420p"),
+    "yuv420p10le": ("yuv420p10le",),
+}
 
 # Luma coefficients (Kr, Kb) per matrix.
 _MATRICES: dict[str, tuple[float, float]] = {
@@ -261,9 +280,29 @@ def rgb_to_frame(rgb: np.ndarray, spec: ColourSpec) -> av.VideoFrame:
         return values.astype(dtype).ravel()
 
     flat = np.concatenate([code(y), code(_downsample(pb)), code(_downsample(pr))])
-    frame = av.VideoFrame.from_ndarray(
-        flat.reshape(height * 3 // 2, width), format=spec.pixel_format
-    )
+    return yuv420_to_frame(flat.reshape(height * 3 // 2, width), spec)
+
+
+def frame_to_yuv420(frame: av.VideoFrame, spec: ColourSpec, rotation: int = 0) -> np.ndarray:
+    """``frame``'s own Y, Cb and Cr codes, packed ``(H * 3 // 2, W)`` as
+    ``spec.pixel_format`` lays them out (:mod:`models.operator`), rotated clockwise by
+    ``rotation`` degrees.  No conversion: the planner chooses this layout only for inputs
+    decoded in one of :data:`YUV420_FORMATS`; a stray frame in another format is
+    converted to it by swscale (which changes no matrix or range, only the sampling)."""
+    if frame.format.name not in YUV420_FORMATS[spec.pixel_format]:
+        frame = frame.reformat(format=spec.pixel_format)
+    found = _planes(frame)
+    assert found is not None  # every format in YUV420_FORMATS is planar YUV
+    planes = found[0]
+    if rotation:
+        planes = [np.rot90(plane, k=-(rotation // 90)) for plane in planes]
+    height, width = planes[0].shape
+    return np.concatenate([plane.ravel() for plane in planes]).reshape(height * 3 // 2, width)
+
+
+def yuv420_to_frame(planes: np.ndarray, spec: ColourSpec) -> av.VideoFrame:
+    """A ``spec.pixel_format`` frame of packed planes ``(H * 3 // 2, W)``, tagged per ``spec``."""
+    frame = av.VideoFrame.from_ndarray(planes, format=spec.pixel_format)
     frame.colorspace = spec.space_tag
     frame.color_range = spec.range_tag
     frame.color_primaries = spec.primaries

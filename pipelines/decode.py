@@ -1,4 +1,4 @@
-"""Decode one chunk of a video into RGB frames, independently of every other chunk."""
+"""Decode one chunk of a video into frames, independently of every other chunk."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import av
 import numpy as np
 
 from pipelines.chunk_plan import Chunk
-from pipelines.colour import ColourSpec, frame_to_rgb
+from pipelines.colour import ColourSpec, frame_to_rgb, frame_to_yuv420
 from pipelines.errors import InvalidInputError
+from vocabulary import FrameLayout
 
 __all__ = ["DecodedChunk", "decode_chunk", "to_display_rgb"]
 
 DecodedChunk = tuple[np.ndarray, int]
-"""Frames ``(n_own + n_lookahead, H, W, 3)`` and ``n_lookahead`` (0 or 1)."""
+"""Frames (``n_own + n_lookahead`` of them, in the job's layout) and ``n_lookahead`` (0 or 1)."""
 
 
 def to_display_rgb(frame: av.VideoFrame, rotation: int, colour: ColourSpec) -> np.ndarray:
@@ -32,6 +33,7 @@ def decode_chunk(
     rotation: int,
     colour: ColourSpec,
     check_canceled: Callable[[], None] = lambda: None,
+    layout: FrameLayout = FrameLayout.RGB,
 ) -> DecodedChunk:
     """Decode the frames ``chunk`` owns, plus the next chunk's first frame if asked.
 
@@ -40,6 +42,12 @@ def decode_chunk(
     the probe counted, the last frame is repeated so output timing stays exact; a chunk
     in which nothing decodes raises :class:`InvalidInputError`.
     """
+
+    def pixels(frame: av.VideoFrame) -> np.ndarray:
+        if layout == FrameLayout.YUV420:
+            return frame_to_yuv420(frame, colour, rotation)
+        return to_display_rgb(frame, rotation, colour)
+
     own: list[np.ndarray] = []
     extra: list[np.ndarray] = []
     with av.open(path) as container:
@@ -54,9 +62,9 @@ def decode_chunk(
                     continue
                 if chunk.end_pts is not None and frame.pts >= chunk.end_pts:
                     if chunk.lookahead:
-                        extra.append(to_display_rgb(frame, rotation, colour))
+                        extra.append(pixels(frame))
                     break
-                own.append(to_display_rgb(frame, rotation, colour))
+                own.append(pixels(frame))
                 if len(own) == chunk.frame_count and not chunk.lookahead:
                     break
         except av.error.FFmpegError as exc:

@@ -21,8 +21,9 @@ import av
 import numpy as np
 
 from pipelines.av_typed import add_video_stream
-from pipelines.colour import TRC_PQ, ColourSpec, rgb_to_frame
+from pipelines.colour import TRC_PQ, ColourSpec, rgb_to_frame, yuv420_to_frame
 from pipelines.errors import InvalidOptionsError
+from vocabulary import FrameLayout
 
 __all__ = ["CODECS", "Codec", "EncoderSettings", "as_codec", "encode_segment", "even_size"]
 
@@ -78,10 +79,19 @@ def _private_options(settings: EncoderSettings, colour: ColourSpec) -> str | Non
 
 
 def encode_segment(
-    frames: np.ndarray, fps: Fraction, settings: EncoderSettings, colour: ColourSpec
+    frames: np.ndarray,
+    fps: Fraction,
+    settings: EncoderSettings,
+    colour: ColourSpec,
+    layout: FrameLayout = FrameLayout.RGB,
 ) -> bytes:
-    """MP4 bytes of ``frames`` (N, H, W, 3) RGB at ``fps``, cropped to even size."""
-    height, width = frames.shape[1:3]
+    """MP4 bytes of ``frames`` at ``fps``: RGB ``(N, H, W, 3)``, cropped to even size, or
+    planar 4:2:0 ``(N, H * 3 // 2, W)`` (even already), encoded as they are."""
+    planar = layout == FrameLayout.YUV420
+    if planar:
+        height, width = frames.shape[1] * 2 // 3, frames.shape[2]
+    else:
+        height, width = frames.shape[1:3]
     width, height = even_size(width, height)
     encoder, params_key = CODECS[settings.codec]
     buffer = io.BytesIO()
@@ -104,7 +114,11 @@ def encode_segment(
             options[params_key] = private
         stream.options = options
         for i, pixels in enumerate(frames):
-            frame = rgb_to_frame(np.ascontiguousarray(pixels[:height, :width]), colour)
+            frame = (
+                yuv420_to_frame(pixels, colour)
+                if planar
+                else rgb_to_frame(np.ascontiguousarray(pixels[:height, :width]), colour)
+            )
             frame.pts = i
             frame.time_base = 1 / fps
             container.mux(stream.encode(frame))

@@ -244,6 +244,7 @@ def build_dataset(
             "colour": plan.info.colour,
             "signal": signal,
             "stage": 0,
+            "layout": plan.layout,
         },
         **decode_placement(config),
     )
@@ -254,6 +255,7 @@ def build_dataset(
             "signal": signal,
             "models": config.models,
             "stage": stage,
+            "layout": plan.layout,
         }
         holds = _holds_gpu(spec, config, use_gpu)
         if spec.backend != Backend.CLASSICAL:
@@ -290,6 +292,7 @@ def build_dataset(
             "colour": plan.info.colour,
             "signal": signal,
             "stage": len(plan.chain) + 1,
+            "layout": plan.layout,
         },
         **({"resources": {encode_needs: 1}} if encode_needs else {}),
     )

@@ -11,15 +11,17 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from models.registry import works_in_yuv420
 from pipelines.chunk_plan import Chunk, chunk_plan, max_chunk_frames
+from pipelines.colour import YUV420_FORMATS
 from pipelines.encode import Codec, EncoderSettings, as_codec, even_size
 from pipelines.errors import InvalidOptionsError
 from pipelines.noise_probe import NoiseLevel
 from pipelines.presets import PRESETS, OperatorSpec, resolve_chain
 from pipelines.probe import VideoInfo
-from vocabulary import Engine, OperatorKind, PresetName
+from vocabulary import Backend, Engine, FrameLayout, OperatorKind, PresetName
 
-__all__ = ["MAX_OUTPUT_SIDE", "EnhanceRequest", "JobPlan", "plan_job"]
+__all__ = ["MAX_OUTPUT_SIDE", "EnhanceRequest", "JobPlan", "frame_layout", "plan_job"]
 
 # libx264 and most players stop at 8K-ish; anything larger is a mistake, not a request.
 MAX_OUTPUT_SIDE = 8192
@@ -53,6 +55,7 @@ class JobPlan:
     frame_count: int  # output
     encoder: EncoderSettings
     chunks: tuple[Chunk, ...]
+    layout: FrameLayout = FrameLayout.RGB  # how frames travel between stages
 
 
 def _output_fps(info: VideoInfo, request: EnhanceRequest, preset_fps: Fraction | None) -> Fraction:
@@ -82,6 +85,27 @@ def _codec(info: VideoInfo, request: EnhanceRequest, preset_codec: Codec) -> Cod
             f"HDR input needs codec hevc to keep its HDR metadata, got {request.codec!r}"
         )
     return "hevc"
+
+
+def frame_layout(info: VideoInfo, chain: tuple[OperatorSpec, ...]) -> FrameLayout:
+    """Planar 4:2:0 when the input decodes to the planes its output is encoded from (8-bit
+    4:2:0, or 10-bit for a 10-bit output) at an even size and every operator can filter
+    planes (a Lanczos resize, or no operator): then nothing converts colour, as in
+    ``ffmpeg -vf scale``, and half the bytes move.  RGB otherwise.
+
+    Only classical operators are asked: the neural ones work in RGB, and asking them
+    would load torch into whatever process plans the job."""
+    width, height = info.display_size
+    planar = (
+        info.pixel_format in YUV420_FORMATS[info.colour.pixel_format]
+        and width % 2 == 0
+        and height % 2 == 0
+        and all(
+            spec.backend == Backend.CLASSICAL and works_in_yuv420(spec.kind, spec.backend)
+            for spec in chain
+        )
+    )
+    return FrameLayout.YUV420 if planar else FrameLayout.RGB
 
 
 def plan_job(
@@ -124,8 +148,12 @@ def plan_job(
         crf=request.crf if request.crf is not None else preset.encoder.crf,
     )
     chain = tuple(resolve_chain(preset, factor, ratio, request.engine, noise=noise))
+    layout = frame_layout(info, chain)
+    # Bytes a processed pixel takes in flight: RGB or 4:2:0 samples, 8- or 16-bit.
+    samples = 3 if layout == FrameLayout.RGB else 1.5
+    pixel_bytes = samples * (2 if info.colour.bit_depth > 8 else 1)
     limit = max_frames or min(
-        max_chunk_frames(width, height, ratio, chunk_budget_bytes),
+        max_chunk_frames(width, height, ratio, chunk_budget_bytes, pixel_bytes=pixel_bytes),
         max(MIN_PARALLEL_CHUNK_FRAMES, math.ceil(info.frame_count / (2 * parallelism))),
     )
     chunks = chunk_plan(
@@ -145,4 +173,5 @@ def plan_job(
         frame_count=chunks[-1].out_end,
         encoder=encoder,
         chunks=tuple(chunks),
+        layout=layout,
     )

@@ -1,8 +1,9 @@
 """Ray Data stage callables: thin shells around plain functions and operators.
 
 Each batch is exactly one chunk (``batch_size=1``): the columns of
-:meth:`pipelines.chunk_plan.Chunk.as_row` plus ``frames`` (``(n, H, W, 3)`` uint8,
-look-ahead last), ``n_lookahead`` and ``nodes`` (the Ray node id of each stage so
+:meth:`pipelines.chunk_plan.Chunk.as_row` plus ``frames`` (in the job's
+:class:`~vocabulary.FrameLayout`: RGB ``(n, H, W, 3)`` or planar 4:2:0; look-ahead
+last), ``n_lookahead`` and ``nodes`` (the Ray node id of each stage so
 far, comma-separated: where the chunk was decoded, processed and encoded).  Every
 stage polls the job's :class:`CancelSignal` between small groups of frames and raises
 :class:`~pipelines.errors.PipelineCanceled`, which fails the Ray Data execution and
@@ -33,6 +34,7 @@ from pipelines.encode import EncoderSettings, encode_segment
 from pipelines.errors import PipelineCanceled
 from pipelines.presets import OperatorSpec
 from pipelines.retime import retime_chunk
+from vocabulary import FrameLayout
 
 __all__ = [
     "CancelCheck",
@@ -168,10 +170,13 @@ def decode_stage(
     colour: ColourSpec,
     signal: ray.actor.ActorHandle | None,
     stage: int = 0,
+    layout: FrameLayout = FrameLayout.RGB,
 ) -> Batch:
     report = WorkReport(signal, stage)
     chunk = Chunk.from_row({k: _one(batch, k) for k in batch})
-    frames, n_lookahead = decode_chunk(path, chunk, rotation, colour, CancelCheck(signal))
+    frames, n_lookahead = decode_chunk(
+        path, chunk, rotation, colour, CancelCheck(signal), layout=layout
+    )
     report(_own_frames(batch))
     report.flush()
     return _with(batch, frames=frames, n_lookahead=n_lookahead, nodes=_here())
@@ -213,6 +218,7 @@ class OperatorStage:
         *,
         cached: bool = False,
         stage: int = 1,
+        layout: FrameLayout = FrameLayout.RGB,
     ) -> None:
         models = models or ModelOptions()
         _log_models_here()
@@ -225,14 +231,23 @@ class OperatorStage:
         self._check = CancelCheck(signal)
         self._signal = signal
         self._stage = stage
+        self._planar = layout == FrameLayout.YUV420
+        if self._planar and not getattr(self._operator, "accepts_yuv420", False):
+            raise TypeError(f"{self._operator!r} can't filter planar 4:2:0 frames")
 
     def __call__(self, batch: Batch) -> Batch:
         frames = _one(batch, "frames")
         report = WorkReport(self._signal, self._stage)
         operator = self._operator
-        # Deep (10-bit) inputs travel as uint16; operators that work in 8 bits get them
+        # Deep (10-bit) RGB travels as uint16; operators that work in 8 bits get it
         # rounded, and their output is widened back (so the output stays 10-bit).
-        narrow = frames.dtype == np.uint16 and not getattr(operator, "accepts_uint16", False)
+        # (Planar frames hold 10-bit codes, not a full scale: every operator that takes
+        # planes takes them at any depth.)
+        narrow = (
+            frames.dtype == np.uint16
+            and not self._planar
+            and not getattr(operator, "accepts_uint16", False)
+        )
         out = self._apply(operator, _to_uint8(frames) if narrow else frames, batch, report)
         report.flush()
         if narrow:
@@ -271,7 +286,7 @@ class OperatorStage:
         for i in range(0, len(frames), _FRAMES_PER_CHECK):
             self._check()
             group = frames[i : i + _FRAMES_PER_CHECK]
-            parts.append(operator(group))
+            parts.append(operator.filter_yuv420(group) if self._planar else operator(group))  # type: ignore[attr-defined]
             report(len(group) * share)
         return np.concatenate(parts)
 
@@ -288,11 +303,14 @@ def operator_stage(
     signal: ray.actor.ActorHandle | None,
     models: ModelOptions | None = None,
     stage: int = 1,
+    layout: FrameLayout = FrameLayout.RGB,
 ) -> Batch:
     """An operator as a plain task.  Ray reuses worker processes, and each keeps the
     operators it built (weights included), so a model loads once per worker, not per
     chunk."""
-    return OperatorStage(spec, ratio, signal, models, cached=True, stage=stage)(batch)
+    return OperatorStage(spec, ratio, signal, models, cached=True, stage=stage, layout=layout)(
+        batch
+    )
 
 
 def encode_stage(
@@ -303,12 +321,13 @@ def encode_stage(
     colour: ColourSpec,
     signal: ray.actor.ActorHandle | None,
     stage: int = 2,
+    layout: FrameLayout = FrameLayout.RGB,
 ) -> Batch:
     CancelCheck(signal)()
     report = WorkReport(signal, stage)
     frames = _one(batch, "frames")
     n_own = len(frames) - int(_one(batch, "n_lookahead"))
-    segment = encode_segment(frames[:n_own], fps, settings, colour)
+    segment = encode_segment(frames[:n_own], fps, settings, colour, layout)
     report(_own_frames(batch))
     report.flush()
     return {

@@ -17,8 +17,10 @@ import pytest
 from benchmarks.fidelity import clip_path, decode_rgb
 from pipelines.colour import ColourSpec, frame_to_rgb, rgb_to_frame
 from pipelines.enhance import enhance_video
-from pipelines.job_plan import EnhanceRequest
+from pipelines.job_plan import EnhanceRequest, plan_job
+from pipelines.noise_probe import measure_noise
 from pipelines.probe import probe
+from vocabulary import FrameLayout
 
 FFMPEG = shutil.which("ffmpeg")
 pytestmark = pytest.mark.skipif(
@@ -29,6 +31,23 @@ pytestmark = pytest.mark.skipif(
 IDENTITY = EnhanceRequest(
     preset="general", engine="classical", upscale_factor=1, interpolate=1, crf=0
 )
+
+
+@pytest.fixture(params=list(FrameLayout))
+def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> FrameLayout:
+    """Each colour test runs both ways frames can travel: the planner's own choice for
+    these inputs is planar 4:2:0 (no conversion at all), and RGB is what every job with
+    a model or a denoiser takes, so the exact RGB path is held to the same bar."""
+    if request.param == FrameLayout.RGB:
+        monkeypatch.setattr("pipelines.job_plan.frame_layout", lambda *_: FrameLayout.RGB)
+    return FrameLayout(request.param)
+
+
+def _planned(source: Path, request: EnhanceRequest, layout: FrameLayout) -> None:
+    """The layout under test is the one the job runs with (the planner's own, for yuv420)."""
+    info = probe(source)
+    plan = plan_job(info, request, noise=measure_noise(info), chunk_budget_bytes=2**26)
+    assert plan.layout == layout
 
 
 def _ffprobe(path: Path, *args: str) -> dict:
@@ -91,7 +110,9 @@ def _make(tmp_path: Path, name: str, *args: str, matrix: str = "bt601", full: bo
 
 
 @pytest.mark.parametrize("clip", ["carphone_pristine.mp4", "bigbuckbunny.mp4"])
-def test_identity_round_trip_has_no_shift(clip: str, tmp_path: Path, ray_session: None):
+def test_identity_round_trip_has_no_shift(
+    clip: str, layout: FrameLayout, tmp_path: Path, ray_session: None
+):
     source = tmp_path / "in.mp4"
     subprocess.run(
         [
@@ -108,6 +129,7 @@ def test_identity_round_trip_has_no_shift(clip: str, tmp_path: Path, ray_session
         ],
         check=True,
     )
+    _planned(source, IDENTITY, layout)
     output = enhance_video(source, tmp_path / "out.mp4", IDENTITY).output
     original, ours = decode_rgb(source, 10), decode_rgb(output, 10)
     psnr, shift = _compare(ours, original)
@@ -179,7 +201,13 @@ def test_swscale_default_path_would_have_failed(tmp_path: Path):
     ],
 )
 def test_tagged_inputs_keep_tags_and_colours(
-    name: str, args: list[str], matrix: str, tags: tuple, tmp_path: Path, ray_session: None
+    name: str,
+    args: list[str],
+    matrix: str,
+    tags: tuple,
+    layout: FrameLayout,
+    tmp_path: Path,
+    ray_session: None,
 ):
     source = _make(
         tmp_path,
@@ -192,6 +220,7 @@ def test_tagged_inputs_keep_tags_and_colours(
         matrix="bt709" if matrix == "bt709" else "bt601",
         full=tags[1] == "pc",
     )
+    _planned(source, IDENTITY, layout)
     output = enhance_video(source, tmp_path / "out.mp4", IDENTITY).output
     assert _tags(output) == _tags(source) == tags
     psnr, shift = _compare(decode_rgb(output, 12), decode_rgb(source, 12))
@@ -227,7 +256,7 @@ def test_tagged_inputs_keep_tags_and_colours(
     assert np.all(np.abs(_compare(ours, theirs)[1]) < 0.5)
 
 
-def test_ten_bit_hevc_stays_ten_bit(tmp_path: Path, ray_session: None):
+def test_ten_bit_hevc_stays_ten_bit(layout: FrameLayout, tmp_path: Path, ray_session: None):
     source = _make(
         tmp_path,
         "ten.mp4",
@@ -238,6 +267,7 @@ def test_ten_bit_hevc_stays_ten_bit(tmp_path: Path, ray_session: None):
         "-x265-params",
         "log-level=error:lossless=1",
     )
+    _planned(source, IDENTITY, layout)
     output = enhance_video(source, tmp_path / "out.mp4", IDENTITY).output
     assert _stream(output)["pix_fmt"] == "yuv420p10le"
     decode = ["-frames:v", "12", "-f", "rawvideo", "-pix_fmt", "rgb48le", "-"]
@@ -250,15 +280,19 @@ def test_ten_bit_hevc_stays_ten_bit(tmp_path: Path, ray_session: None):
         )
         for p in (source, output)
     )
-    # PSNR at 16-bit scale: 10 bits kept means far better than 8-bit rounding (~59 dB).
+    # PSNR at 16-bit scale: 10 bits kept means far better than 8-bit rounding (~59 dB);
+    # planar frames pass through untouched, so that path is exact.
     mse = np.mean((a.astype(np.float64) - b) ** 2)
-    assert 10 * np.log10(65535.0**2 / mse) > 62
+    if layout == FrameLayout.YUV420:
+        assert mse == 0, mse
+    else:
+        assert 10 * np.log10(65535.0**2 / mse) > 62
 
 
 HDR10 = ("G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)", "1000,400")
 
 
-def test_hdr10_keeps_tags_and_side_data(tmp_path: Path, ray_session: None):
+def test_hdr10_keeps_tags_and_side_data(layout: FrameLayout, tmp_path: Path, ray_session: None):
     source = _make(
         tmp_path,
         "hdr.mp4",
@@ -276,9 +310,9 @@ def test_hdr10_keeps_tags_and_side_data(tmp_path: Path, ray_session: None):
         "bt2020nc",
     )
     assert probe(source).colour.mastering_display == HDR10[0]
-    output = enhance_video(
-        source, tmp_path / "out.mp4", EnhanceRequest(engine="classical", upscale_factor=2)
-    ).output
+    request = EnhanceRequest(engine="classical", upscale_factor=2)
+    _planned(source, request, layout)
+    output = enhance_video(source, tmp_path / "out.mp4", request).output
     assert _tags(output) == ("yuv420p10le", "tv", "bt2020nc", "bt2020", "smpte2084")
     assert _stream(output)["codec_name"] == "hevc"
 

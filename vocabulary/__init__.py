@@ -16,6 +16,7 @@ __all__ = [
     "BatchRowState",
     "DeliveryStatus",
     "Engine",
+    "FrameLayout",
     "JobErrorType",
     "JobStatus",
     "OperatorKind",
@@ -104,6 +105,16 @@ class Backend(StrEnum):
     CLASSICAL = "classical"  # NL-means, DIS flow, Lanczos: CPU
     RIFE = "rife"  # RIFE interpolation in torch
     NCNN = "ncnn"  # a published ncnn model (SPAN, waifu2x, ...) in torch or ncnn
+
+
+class FrameLayout(StrEnum):
+    """How a job's frames travel between pipeline stages (:mod:`models.operator`)."""
+
+    RGB = "rgb"  # (N, H, W, 3): what every operator takes
+    # (N, H * 3 / 2, W): the Y, Cb and Cr planes one after another, as FFmpeg lays out
+    # yuv420p; when every operator can work on planes, the input's own pixels travel
+    # and no colour conversion happens at all.
+    YUV420 = "yuv420"
 
 
 class ApiErrorType(StrEnum):

@@ -1,0 +1,102 @@
+"""Planar 4:2:0 frames: when the planner chooses them, and that a resize on planes is
+what the user's own ``ffmpeg -vf scale=…:flags=lanczos`` gives."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from models.lanczos import LanczosUpscale
+from models.operator import check_yuv420
+from pipelines.colour import frame_to_yuv420, yuv420_to_frame
+from pipelines.job_plan import EnhanceRequest, frame_layout, plan_job
+from pipelines.noise_probe import NoiseLevel
+from pipelines.presets import OperatorSpec
+from pipelines.probe import VideoInfo, probe
+from pipelines.sample_video import SampleSpec, write_sample_video
+from vocabulary import Backend, FrameLayout, OperatorKind
+
+FFMPEG = shutil.which("ffmpeg")
+LANCZOS = OperatorSpec(OperatorKind.UPSCALE, Backend.CLASSICAL, {"factor": 2})
+NLMEANS = OperatorSpec(OperatorKind.DENOISE, Backend.CLASSICAL, {"h": 4.0})
+SPAN = OperatorSpec(OperatorKind.UPSCALE, Backend.NCNN, {"model": "span-x2", "factor": 2})
+CLEAN = NoiseLevel(luma=0.0, chroma=0.0)
+
+
+@pytest.fixture(scope="module")
+def info(tmp_path_factory: pytest.TempPathFactory) -> VideoInfo:
+    path = tmp_path_factory.mktemp("layout") / "in.mp4"
+    return probe(write_sample_video(path, SampleSpec(width=96, height=64, seconds=2, gop=48)))
+
+
+def test_a_resize_alone_on_4_2_0_input_stays_planar(info: VideoInfo):
+    assert info.pixel_format == "yuv420p"
+    assert frame_layout(info, (LANCZOS,)) == FrameLayout.YUV420
+    assert frame_layout(info, ()) == FrameLayout.YUV420  # nothing to do: nothing converted
+    assert frame_layout(dataclasses.replace(info, pixel_format="yuvj420p"), (LANCZOS,)) == (
+        FrameLayout.YUV420
+    )
+
+
+@pytest.mark.parametrize(
+    "change, chain",
+    [
+        ({}, (NLMEANS, LANCZOS)),  # NL-means works on RGB
+        ({}, (SPAN,)),  # neural models work on RGB
+        ({"pixel_format": "yuv444p"}, (LANCZOS,)),  # its planes aren't 4:2:0
+        ({"pixel_format": "yuv420p10le"}, (LANCZOS,)),  # 10-bit codes, 8-bit output
+        ({"width": 95}, (LANCZOS,)),  # 4:2:0 needs an even size
+    ],
+)
+def test_anything_else_travels_as_rgb(info: VideoInfo, change: dict, chain: tuple):
+    assert frame_layout(dataclasses.replace(info, **change), chain) == FrameLayout.RGB
+
+
+def test_the_plan_carries_the_layout_and_budgets_chunks_by_it(info: VideoInfo):
+    request = EnhanceRequest(preset="general", engine="classical", upscale_factor=2)
+    planar = plan_job(info, request, noise=CLEAN, chunk_budget_bytes=192 * 128 * 3 * 8)
+    assert planar.layout == FrameLayout.YUV420
+    # Half the bytes per pixel of RGB: twice the frames in the same budget.
+    assert planar.chunks[0].frame_count == 16
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs Debian's ffmpeg (make test installs it)")
+def test_planar_lanczos_is_what_ffmpegs_scale_gives(tmp_path: Path):
+    source = write_sample_video(
+        tmp_path / "in.mp4", SampleSpec(width=160, height=96, seconds=0.25, fps=Fraction(24))
+    )
+    assert FFMPEG is not None
+    theirs = subprocess.run(
+        [
+            *(FFMPEG, "-v", "error", "-i", str(source), "-frames:v", "1"),
+            *("-vf", "scale=iw*2:ih*2:flags=lanczos", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"),
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    info = probe(source)
+    with av.open(str(source)) as container:
+        planes = frame_to_yuv420(next(container.decode(video=0)), info.colour)
+    ours = LanczosUpscale(2).filter_yuv420(planes[None])
+    check_yuv420(ours)
+    assert ours.shape == (1, 96 * 2 * 3 // 2, 320)
+    assert np.array_equal(ours[0].ravel(), np.frombuffer(theirs, np.uint8))
+
+
+def test_planes_round_trip_exactly_and_rotate(info: VideoInfo):
+    with av.open(info.path) as container:
+        frame = next(container.decode(video=0))
+    planes = frame_to_yuv420(frame, info.colour)
+    assert planes.shape == (64 * 3 // 2, 96)
+    assert np.array_equal(yuv420_to_frame(planes, info.colour).to_ndarray(), frame.to_ndarray())
+    turned = frame_to_yuv420(frame, info.colour, rotation=90)
+    assert turned.shape == (96 * 3 // 2, 64)
+    y = frame.to_ndarray()[:64]
+    assert np.array_equal(turned[:96], np.rot90(y, k=-1))
