@@ -8,9 +8,13 @@ same encoder settings (the preset's CRF and speed), in one run.  Also printed:
 * bytes through Ray's object store per output frame (Ray Data's own per-operator
   output sizes: what leaves a task as a block), and peak PSS of the process tree;
 * where the time goes, measured one step at a time in this process on the clip's
-  frames: decode, colour conversion in (YUV → RGB), the resize, colour conversion out
-  (RGB → YUV 4:2:0), encode, serialisation (``ray.put`` + ``ray.get`` of the frames
-  one stage boundary would move), and assembly (joining the segments, audio copied).
+  frames, for both ways frames travel: planar 4:2:0, which this job takes (decode,
+  planes out of the frame, the resize on planes, encode), and RGB, which every job
+  with a model or denoiser takes (colour conversion in and out around the resize);
+  each with serialisation (``ray.put`` + ``ray.get`` of the frames one stage boundary
+  would move, though a streamed job moves none) and assembly (joining the segments,
+  audio copied);
+* both output sizes: each chunk starts with a keyframe, so shorter chunks cost bytes.
 
     .venv/bin/python -m benchmarks.pipeline_ceiling [--seconds 2] [--quick]
 """
@@ -18,7 +22,6 @@ same encoder settings (the preset's CRF and speed), in one run.  Also printed:
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
 import tempfile
@@ -36,14 +39,15 @@ import pipelines.enhance as enhance_module
 from benchmarks.measure import MemorySampler, ensure_ffmpeg, ffmpeg_x264
 from models.registry import build_operator
 from pipelines.assemble import Segment, assemble
-from pipelines.colour import frame_to_rgb, rgb_to_frame
-from pipelines.encode import encode_segment
+from pipelines.colour import frame_to_rgb, frame_to_yuv420, rgb_to_frame
+from pipelines.encode import SegmentEncoder, encode_segment, frame_size
 from pipelines.enhance import PipelineConfig, enhance_video, ensure_ray
-from pipelines.job_plan import EnhanceRequest, plan_job
+from pipelines.job_plan import EnhanceRequest, JobPlan, plan_job
 from pipelines.noise_probe import measure_noise
 from pipelines.presets import PRESETS
-from pipelines.probe import probe
+from pipelines.probe import VideoInfo, probe
 from pipelines.sample_video import SampleSpec, write_sample_video
+from vocabulary import FrameLayout, PresetName
 
 MIB = 2**20
 RESIZE_ONLY = EnhanceRequest(preset="general", upscale_factor=2, engine="classical")
@@ -63,8 +67,20 @@ def _store_bytes(stats: str) -> int:
     )
 
 
-def _pipeline(source: Path, output: Path) -> tuple[float, int, int, str]:
-    """(seconds, peak PSS, object store bytes, Ray Data's stats) of one job."""
+def _machine_cpu_seconds() -> float:
+    """CPU-seconds this machine has spent, all processes (``/proc/stat``; 0 elsewhere)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except OSError:
+        return 0.0
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _pipeline(source: Path, output: Path) -> tuple[float, float, int, int, float]:
+    """(seconds, machine CPU-seconds, peak PSS, object store bytes, CPU-seconds inside
+    Ray Data's tasks) of one job.  Timed without the memory sampler (reading every
+    process's smaps four times a second costs CPU that ffmpeg's run doesn't pay); the
+    same job runs again for the memory figure."""
     captured: list[ray.data.Dataset] = []
     build = enhance_module.build_dataset
 
@@ -74,76 +90,100 @@ def _pipeline(source: Path, output: Path) -> tuple[float, int, int, str]:
 
     enhance_module.build_dataset = keep  # type: ignore[assignment]
     try:
+        cpu = _machine_cpu_seconds()
+        _, seconds = _timed(lambda: enhance_video(source, output, RESIZE_ONLY, PipelineConfig()))
+        cpu = _machine_cpu_seconds() - cpu
+        stats = captured[-1].stats() if captured else ""
         with MemorySampler() as memory:
-            _, seconds = _timed(
-                lambda: enhance_video(source, output, RESIZE_ONLY, PipelineConfig())
-            )
+            enhance_video(source, output, RESIZE_ONLY, PipelineConfig())
     finally:
         enhance_module.build_dataset = build  # type: ignore[assignment]
-    stats = captured[-1].stats() if captured else ""
-    return seconds, memory.peak_bytes, _store_bytes(stats), stats
+    unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+    in_tasks = sum(
+        float(total) * unit[suffix]
+        for total, suffix in re.findall(r"Remote cpu time: [^\n]*?([\d.]+)(us|ms|s) total", stats)
+    )
+    return seconds, cpu, memory.peak_bytes, _store_bytes(stats), in_tasks
 
 
-def _breakdown(source: Path, frames_wanted: int, work: Path) -> dict[str, float]:
-    """Seconds per frame of each step, one at a time, single process."""
+def _layout_steps(
+    layout: FrameLayout,
+    decoded: list[av.VideoFrame],
+    info: VideoInfo,
+    plan: JobPlan,
+    work: Path,
+) -> dict[str, float]:
+    """Seconds of each step after decode, for ``decoded`` travelling as ``layout``."""
+    colour = info.colour
+    upscale: Any = build_operator("upscale", "classical", {"factor": 2})
+    steps: dict[str, float] = {}
+    if layout == FrameLayout.YUV420:
+        frames, steps["planes out of the frame"] = _timed(
+            lambda: np.stack([frame_to_yuv420(f, colour) for f in decoded])
+        )
+        planes, steps["resize (Lanczos ×2)"] = _timed(lambda: upscale.filter_yuv420(frames))
+    else:
+        frames, steps["colour in (YUV → RGB)"] = _timed(
+            lambda: np.stack([frame_to_rgb(f, colour) for f in decoded])
+        )
+        rgb, steps["resize (Lanczos ×2)"] = _timed(lambda: upscale(frames))
+        planes, steps["colour out (RGB → YUV 4:2:0)"] = _timed(
+            lambda: np.stack(
+                [rgb_to_frame(np.ascontiguousarray(f), colour).to_ndarray() for f in rgb]
+            )
+        )
+    planar = FrameLayout.YUV420
+
+    def encode_only() -> bytes:
+        size = frame_size(planes, planar)
+        with SegmentEncoder(size, plan.fps, plan.encoder, colour, planar) as encoder:
+            encoder.add(planes)
+            return encoder.finish()
+
+    _, steps["encode (libx264)"] = _timed(encode_only)
+
+    def round_trip() -> None:
+        for array in (frames, planes if layout == planar else rgb):  # both stage hops
+            ray.get(ray.put(array))
+
+    _, steps["serialisation (one store hop each side)"] = _timed(round_trip)
+    half = max(1, len(planes) // 2)
+    segments = []
+    for i, part in enumerate((planes[:half], planes[half:])):
+        if len(part):
+            path = work / f"part{i}.mp4"
+            path.write_bytes(encode_segment(part, plan.fps, plan.encoder, colour, planar))
+            segments.append(Segment(path, 0 if i == 0 else half))
+    _, steps["assembly"] = _timed(
+        lambda: assemble(segments, plan.fps, info, work / "assembled.mp4")
+    )
+    return steps
+
+
+def _breakdown(source: Path, frames_wanted: int, work: Path) -> dict[str, dict[str, float]]:
+    """Milliseconds per frame of each step, one at a time, single process, for both ways
+    frames travel: planar 4:2:0 (what this job runs: a resize alone converts no colour)
+    and RGB (what a job with a model or a denoiser runs)."""
     info = probe(source)
-    plan_chain = build_operator("upscale", "classical", {"factor": 2})
     plan = plan_job(
         info,
         RESIZE_ONLY,
         chunk_budget_bytes=PipelineConfig().chunk_budget_bytes,
         noise=measure_noise(info),
     )
-    colour = info.colour
-    steps: dict[str, float] = {}
     with av.open(str(source)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        decoded, steps["decode"] = _timed(
+        decoded, decode_seconds = _timed(
             lambda: [
                 f for _, f in zip(range(frames_wanted), container.decode(stream), strict=False)
             ]
         )
-    n = len(decoded)
-    rgb, steps["colour in (YUV → RGB)"] = _timed(
-        lambda: np.stack([frame_to_rgb(f, colour) for f in decoded])
-    )
-    big, steps["resize (Lanczos ×2)"] = _timed(lambda: plan_chain(rgb))
-    out_frames, steps["colour out (RGB → YUV 4:2:0)"] = _timed(
-        lambda: [rgb_to_frame(np.ascontiguousarray(f), colour) for f in big]
-    )
-
-    def encode_only() -> bytes:
-        buffer = io.BytesIO()
-        with av.open(buffer, mode="w", format="mp4") as out:
-            s = out.add_stream("libx264", rate=plan.fps)
-            s.width, s.height = big.shape[2], big.shape[1]
-            s.pix_fmt = colour.pixel_format
-            s.options = {"crf": str(plan.encoder.crf), "preset": plan.encoder.speed}
-            for i, frame in enumerate(out_frames):
-                frame.pts = i
-                out.mux(s.encode(frame))
-            out.mux(s.encode(None))
-        return buffer.getvalue()
-
-    _, steps["encode (libx264)"] = _timed(encode_only)
-
-    def round_trip() -> None:
-        for array in (rgb, big):  # decode → operator, operator → encode
-            ray.get(ray.put(array))
-
-    _, steps["serialisation (one store hop each side)"] = _timed(round_trip)
-    half = max(1, n // 2)
-    segments = []
-    for i, part in enumerate((big[:half], big[half:])):
-        if len(part):
-            path = work / f"part{i}.mp4"
-            path.write_bytes(encode_segment(part, plan.fps, plan.encoder, colour))
-            segments.append(Segment(path, 0 if i == 0 else half))
-    _, steps["assembly"] = _timed(
-        lambda: assemble(segments, plan.fps, info, work / "assembled.mp4")
-    )
-    return {name: seconds / n for name, seconds in steps.items()}
+    by_layout = {}
+    for layout in (FrameLayout.YUV420, FrameLayout.RGB):
+        steps = {"decode": decode_seconds, **_layout_steps(layout, decoded, info, plan, work)}
+        by_layout[str(layout)] = {name: s * 1e3 / len(decoded) for name, s in steps.items()}
+    return by_layout
 
 
 def main() -> None:
@@ -167,17 +207,27 @@ def main() -> None:
         SampleSpec(width=width, height=height, seconds=args.seconds, fps=Fraction(24), gop=24),
     )
     frames = probe(source).frame_count
+    # Warm every worker (one chunk per core), as a running service's are: a cold one
+    # spends seconds importing before its first chunk.
     warm = write_sample_video(work / "warm.mp4", SampleSpec(seconds=0.5))
-    enhance_video(warm, work / "warm_out.mp4", RESIZE_ONLY)  # warm workers, as a service
+    cores = int(ray.cluster_resources().get("CPU", 1))
+    enhance_video(
+        warm,
+        work / "warm_out.mp4",
+        RESIZE_ONLY,
+        PipelineConfig(max_chunk_frames=max(1, probe(warm).frame_count // cores)),
+    )
 
-    seconds, peak, store, _ = _pipeline(source, work / "ours.mp4")
+    seconds, cpu, peak, store, in_tasks = _pipeline(source, work / "ours.mp4")
     ours = frames / seconds
-    crf, speed = PRESETS["general"].encoder.crf, PRESETS["general"].encoder.speed
+    crf, speed = PRESETS[PresetName.GENERAL].encoder.crf, PRESETS[PresetName.GENERAL].encoder.speed
+    ff_cpu = _machine_cpu_seconds()
     _, ff_seconds = _timed(
         lambda: ffmpeg_x264(
             ffmpeg, source, "scale=iw*2:ih*2:flags=lanczos", speed, crf, work / "ff.mp4"
         )
     )
+    ff_cpu = _machine_cpu_seconds() - ff_cpu
     theirs = frames / ff_seconds
     print(
         f"\n{frames} frames {width}x{height} → {2 * width}x{2 * height}, resize only, "
@@ -189,14 +239,23 @@ def main() -> None:
     )
     print(f"  ffmpeg               {theirs:7.2f} fps")
     print(f"  ratio retroiva / ffmpeg {ours / theirs:.2f}")
-    steps = _breakdown(source, args.breakdown_frames, work)
-    total = sum(steps.values())
     print(
-        f"\nwhere the time goes, {args.breakdown_frames} frames one step at a time "
-        "(ms per frame, share):"
+        f"  machine CPU-seconds: retroiva {cpu:.1f} ({in_tasks:.1f} inside the pipeline's "
+        f"tasks, the rest Ray and the driver), ffmpeg {ff_cpu:.1f}"
     )
-    for name, per_frame in sorted(steps.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:42s} {per_frame * 1e3:8.1f} ms  {per_frame / total:6.1%}")
+    print(
+        f"  output size: retroiva {(work / 'ours.mp4').stat().st_size / MIB:.2f} MiB, "
+        f"ffmpeg {(work / 'ff.mp4').stat().st_size / MIB:.2f} MiB "
+        "(each chunk starts with a keyframe)"
+    )
+    for layout, steps in _breakdown(source, args.breakdown_frames, work).items():
+        total = sum(steps.values())
+        print(
+            f"\nwhere the time goes with {layout} frames, {args.breakdown_frames} frames one "
+            "step at a time (ms per frame, share):"
+        )
+        for name, per_frame in sorted(steps.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:42s} {per_frame:8.1f} ms  {per_frame / total:6.1%}")
 
 
 if __name__ == "__main__":

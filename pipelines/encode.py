@@ -25,7 +25,16 @@ from pipelines.colour import TRC_PQ, ColourSpec, rgb_to_frame, yuv420_to_frame
 from pipelines.errors import InvalidOptionsError
 from vocabulary import FrameLayout
 
-__all__ = ["CODECS", "Codec", "EncoderSettings", "as_codec", "encode_segment", "even_size"]
+__all__ = [
+    "CODECS",
+    "Codec",
+    "EncoderSettings",
+    "SegmentEncoder",
+    "as_codec",
+    "encode_segment",
+    "even_size",
+    "frame_size",
+]
 
 Codec = Literal["h264", "hevc"]
 
@@ -78,26 +87,36 @@ def _private_options(settings: EncoderSettings, colour: ColourSpec) -> str | Non
     return ":".join(params)
 
 
-def encode_segment(
-    frames: np.ndarray,
-    fps: Fraction,
-    settings: EncoderSettings,
-    colour: ColourSpec,
-    layout: FrameLayout = FrameLayout.RGB,
-) -> bytes:
-    """MP4 bytes of ``frames`` at ``fps``: RGB ``(N, H, W, 3)``, cropped to even size, or
-    planar 4:2:0 ``(N, H * 3 // 2, W)`` (even already), encoded as they are."""
-    planar = layout == FrameLayout.YUV420
-    if planar:
-        height, width = frames.shape[1] * 2 // 3, frames.shape[2]
-    else:
-        height, width = frames.shape[1:3]
-    width, height = even_size(width, height)
-    encoder, params_key = CODECS[settings.codec]
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = add_video_stream(container, encoder, fps)
-        stream.width, stream.height = width, height
+def frame_size(frames: np.ndarray, layout: FrameLayout) -> tuple[int, int]:
+    """``(width, height)`` of frames in ``layout``."""
+    if layout == FrameLayout.YUV420:
+        return frames.shape[2], frames.shape[1] * 2 // 3
+    return frames.shape[2], frames.shape[1]
+
+
+class SegmentEncoder:
+    """Encodes frames as they come, a few at a time, into one segment's MP4 bytes: RGB
+    ``(n, H, W, 3)`` cropped to even size, or planar 4:2:0 ``(n, H * 3 // 2, W)``
+    (even already) encoded as they are.  Use as a context manager; :meth:`finish`
+    flushes the encoder and returns the bytes."""
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        fps: Fraction,
+        settings: EncoderSettings,
+        colour: ColourSpec,
+        layout: FrameLayout = FrameLayout.RGB,
+    ) -> None:
+        self._width, self._height = even_size(*size)
+        self._fps, self._colour = fps, colour
+        self._planar = layout == FrameLayout.YUV420
+        self._count = 0
+        encoder, params_key = CODECS[settings.codec]
+        self._buffer = io.BytesIO()
+        self._container = av.open(self._buffer, mode="w", format="mp4")
+        stream = add_video_stream(self._container, encoder, fps)
+        stream.width, stream.height = self._width, self._height
         stream.pix_fmt = colour.pixel_format
         stream.time_base = 1 / fps
         context = stream.codec_context
@@ -113,14 +132,42 @@ def encode_segment(
         if private:
             options[params_key] = private
         stream.options = options
-        for i, pixels in enumerate(frames):
+        self._stream = stream
+
+    def __enter__(self) -> SegmentEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._container.close()
+
+    def add(self, frames: np.ndarray) -> None:
+        for pixels in frames:
             frame = (
-                yuv420_to_frame(pixels, colour)
-                if planar
-                else rgb_to_frame(np.ascontiguousarray(pixels[:height, :width]), colour)
+                yuv420_to_frame(pixels, self._colour)
+                if self._planar
+                else rgb_to_frame(
+                    np.ascontiguousarray(pixels[: self._height, : self._width]), self._colour
+                )
             )
-            frame.pts = i
-            frame.time_base = 1 / fps
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return buffer.getvalue()
+            frame.pts = self._count
+            frame.time_base = 1 / self._fps
+            self._container.mux(self._stream.encode(frame))
+            self._count += 1
+
+    def finish(self) -> bytes:
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+        return self._buffer.getvalue()
+
+
+def encode_segment(
+    frames: np.ndarray,
+    fps: Fraction,
+    settings: EncoderSettings,
+    colour: ColourSpec,
+    layout: FrameLayout = FrameLayout.RGB,
+) -> bytes:
+    """MP4 bytes of ``frames`` at ``fps`` (layouts as :class:`SegmentEncoder` takes them)."""
+    with SegmentEncoder(frame_size(frames, layout), fps, settings, colour, layout) as encoder:
+        encoder.add(frames)
+        return encoder.finish()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -56,6 +57,10 @@ class JobPlan:
     encoder: EncoderSettings
     chunks: tuple[Chunk, ...]
     layout: FrameLayout = FrameLayout.RGB  # how frames travel between stages
+    # Each chunk is decoded, filtered and encoded in one task that streams its processed
+    # frames into the encoder (stages.chunk_stage), so chunks are budgeted by their
+    # decoded frames rather than their output.
+    streamed: bool = False
 
 
 def _output_fps(info: VideoInfo, request: EnhanceRequest, preset_fps: Fraction | None) -> Fraction:
@@ -116,12 +121,14 @@ def plan_job(
     chunk_budget_bytes: int,
     max_frames: int | None = None,
     parallelism: int = 1,
+    streams: Callable[[tuple[OperatorSpec, ...]], bool] | None = None,
 ) -> JobPlan:
     """Validate ``request`` against ``info`` and fix geometry, timing and chunks.
 
     Chunks are capped by ``chunk_budget_bytes`` of processed pixels and, for short
     inputs, small enough that ``parallelism`` workers each get about two; an explicit
-    ``max_frames`` overrides both.
+    ``max_frames`` overrides both.  ``streams`` says whether the pipeline would run a
+    chain as streamed chunks (:attr:`JobPlan.streamed`).
     """
     if request.preset not in set(PresetName):
         raise InvalidOptionsError(
@@ -152,8 +159,13 @@ def plan_job(
     # Bytes a processed pixel takes in flight: RGB or 4:2:0 samples, 8- or 16-bit.
     samples = 3 if layout == FrameLayout.RGB else 1.5
     pixel_bytes = samples * (2 if info.colour.bit_depth > 8 else 1)
+    streamed = streams is not None and streams(chain)
+    # What a chunk holds at once: its decoded frames when streamed, else its output.
+    held_w, held_h, held_ratio = (
+        (display_w, display_h, Fraction(1)) if streamed else (width, height, ratio)
+    )
     limit = max_frames or min(
-        max_chunk_frames(width, height, ratio, chunk_budget_bytes, pixel_bytes=pixel_bytes),
+        max_chunk_frames(held_w, held_h, held_ratio, chunk_budget_bytes, pixel_bytes=pixel_bytes),
         max(MIN_PARALLEL_CHUNK_FRAMES, math.ceil(info.frame_count / (2 * parallelism))),
     )
     chunks = chunk_plan(
@@ -174,4 +186,5 @@ def plan_job(
         encoder=encoder,
         chunks=tuple(chunks),
         layout=layout,
+        streamed=streamed,
     )

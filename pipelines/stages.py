@@ -18,6 +18,7 @@ import functools
 import logging
 import sys
 import time
+from contextlib import ExitStack
 from fractions import Fraction
 from typing import Any
 
@@ -30,7 +31,7 @@ from models.runtime import ModelOptions
 from pipelines.chunk_plan import Chunk
 from pipelines.colour import ColourSpec
 from pipelines.decode import decode_chunk
-from pipelines.encode import EncoderSettings, encode_segment
+from pipelines.encode import EncoderSettings, SegmentEncoder, encode_segment, frame_size
 from pipelines.errors import PipelineCanceled
 from pipelines.presets import OperatorSpec
 from pipelines.retime import retime_chunk
@@ -41,6 +42,7 @@ __all__ = [
     "CancelSignal",
     "OperatorStage",
     "WorkReport",
+    "chunk_stage",
     "decode_stage",
     "encode_stage",
     "operator_stage",
@@ -235,50 +237,29 @@ class OperatorStage:
         if self._planar and not getattr(self._operator, "accepts_yuv420", False):
             raise TypeError(f"{self._operator!r} can't filter planar 4:2:0 frames")
 
+    def filter(self, frames: np.ndarray) -> np.ndarray:
+        """One group of frames through this stage's filter, in the job's layout."""
+        operator = self._operator
+        if not isinstance(operator, FrameFilter):
+            raise TypeError(f"{operator!r} is not a filter")
+        if self._planar:
+            # Planar frames hold codes (10-bit ones in uint16), not a full scale: every
+            # operator that takes planes takes them at any depth.
+            return operator.filter_yuv420(frames)  # type: ignore[attr-defined]
+        if frames.dtype == np.uint16 and not getattr(operator, "accepts_uint16", False):
+            # Deep (10-bit) RGB travels as uint16; operators that work in 8 bits get it
+            # rounded, and their output is widened back (so the output stays 10-bit).
+            return operator(_to_uint8(frames)).astype(np.uint16) * 257
+        return operator(frames)
+
     def __call__(self, batch: Batch) -> Batch:
         frames = _one(batch, "frames")
         report = WorkReport(self._signal, self._stage)
-        operator = self._operator
-        # Deep (10-bit) RGB travels as uint16; operators that work in 8 bits get it
-        # rounded, and their output is widened back (so the output stays 10-bit).
-        # (Planar frames hold 10-bit codes, not a full scale: every operator that takes
-        # planes takes them at any depth.)
-        narrow = (
-            frames.dtype == np.uint16
-            and not self._planar
-            and not getattr(operator, "accepts_uint16", False)
-        )
-        out = self._apply(operator, _to_uint8(frames) if narrow else frames, batch, report)
-        report.flush()
-        if narrow:
-            out = out.astype(np.uint16) * 257
-        if isinstance(operator, FrameInterpolator):
-            return _with(batch, frames=out, n_lookahead=0, nodes=_here(batch))
-        return _with(batch, frames=out, nodes=_here(batch))
-
-    def _apply(
-        self,
-        operator: FrameFilter | FrameInterpolator,
-        frames: np.ndarray,
-        batch: Batch,
-        report: WorkReport,
-    ) -> np.ndarray:
-        if isinstance(operator, FrameInterpolator):
-            n_own = len(frames) - int(_one(batch, "n_lookahead"))
-            out = retime_chunk(
-                frames,
-                n_own,
-                _one(batch, "start_frame"),
-                _one(batch, "out_start"),
-                _one(batch, "out_end"),
-                self._ratio,
-                operator,
-                self._check,
-            )
+        if isinstance(self._operator, FrameInterpolator):
+            out = self._retime(self._operator, frames, batch)
             report(_own_frames(batch))
-            return out
-        if not isinstance(operator, FrameFilter):
-            raise TypeError(f"{operator!r} is neither a filter nor an interpolator")
+            report.flush()
+            return _with(batch, frames=out, n_lookahead=0, nodes=_here(batch))
         # Look-ahead frames are filtered too; count each group as its share of the
         # chunk's own frames so the stage's total is the video's frame count.
         share = _own_frames(batch) / len(frames) if len(frames) else 0.0
@@ -286,9 +267,25 @@ class OperatorStage:
         for i in range(0, len(frames), _FRAMES_PER_CHECK):
             self._check()
             group = frames[i : i + _FRAMES_PER_CHECK]
-            parts.append(operator.filter_yuv420(group) if self._planar else operator(group))  # type: ignore[attr-defined]
+            parts.append(self.filter(group))
             report(len(group) * share)
-        return np.concatenate(parts)
+        report.flush()
+        return _with(batch, frames=np.concatenate(parts), nodes=_here(batch))
+
+    def _retime(self, operator: FrameInterpolator, frames: np.ndarray, batch: Batch) -> np.ndarray:
+        # Deep RGB is rounded for 8-bit interpolators and widened back, as in filter().
+        narrow = frames.dtype == np.uint16 and not getattr(operator, "accepts_uint16", False)
+        out = retime_chunk(
+            _to_uint8(frames) if narrow else frames,
+            len(frames) - int(_one(batch, "n_lookahead")),
+            _one(batch, "start_frame"),
+            _one(batch, "out_start"),
+            _one(batch, "out_end"),
+            self._ratio,
+            operator,
+            self._check,
+        )
+        return out.astype(np.uint16) * 257 if narrow else out
 
 
 def _to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -313,6 +310,17 @@ def operator_stage(
     )
 
 
+def _segment_row(batch: Batch, segment: bytes, output_frames: int, nodes: str) -> Batch:
+    return {
+        "index": batch["index"],
+        "out_start": batch["out_start"],
+        "input_frames": np.array([_one(batch, "end_frame") - _one(batch, "start_frame")]),
+        "output_frames": np.array([output_frames]),
+        "segment": np.array([segment], dtype=object),
+        "nodes": np.array([nodes], dtype=object),
+    }
+
+
 def encode_stage(
     batch: Batch,
     *,
@@ -330,11 +338,56 @@ def encode_stage(
     segment = encode_segment(frames[:n_own], fps, settings, colour, layout)
     report(_own_frames(batch))
     report.flush()
-    return {
-        "index": batch["index"],
-        "out_start": batch["out_start"],
-        "input_frames": np.array([_one(batch, "end_frame") - _one(batch, "start_frame")]),
-        "output_frames": np.array([n_own]),
-        "segment": np.array([segment], dtype=object),
-        "nodes": np.array([_here(batch)], dtype=object),
-    }
+    return _segment_row(batch, segment, n_own, _here(batch))
+
+
+def chunk_stage(
+    batch: Batch,
+    *,
+    path: str,
+    rotation: int,
+    colour: ColourSpec,
+    chain: tuple[OperatorSpec, ...],
+    models: ModelOptions | None,
+    fps: Fraction,
+    settings: EncoderSettings,
+    layout: FrameLayout,
+    signal: ray.actor.ActorHandle | None,
+) -> Batch:
+    """Decode, every filter and the encode of one chunk in one task, streaming: filtered
+    frames go to the encoder a few at a time, so a chunk's processed frames are never
+    held together and its size is bounded by its decoded frames instead.  For jobs
+    whose stages would all run as tasks on one node anyway (no actor, no interpolator,
+    no placement), where Ray Data would fuse the per-stage callables into one task but
+    keep every stage's whole output.  Reports each stage's work as the stages would."""
+    check = CancelCheck(signal)
+    chunk = Chunk.from_row({k: _one(batch, k) for k in batch})
+    reports = [WorkReport(signal, stage) for stage in range(len(chain) + 2)]
+    frames, n_lookahead = decode_chunk(path, chunk, rotation, colour, check, layout=layout)
+    if n_lookahead:
+        raise ValueError("a streamed chunk has no look-ahead (it has no interpolator)")
+    reports[0](len(frames))
+    filters = [
+        OperatorStage(spec, Fraction(1), signal, models, cached=True, layout=layout)
+        for spec in chain
+    ]
+    with ExitStack() as stack:
+        encoder: SegmentEncoder | None = None
+        for i in range(0, len(frames), _FRAMES_PER_CHECK):
+            check()
+            group = frames[i : i + _FRAMES_PER_CHECK]
+            n = len(group)
+            for stage, report in zip(filters, reports[1:], strict=False):
+                group = stage.filter(group)
+                report(n)
+            if encoder is None:
+                encoder = stack.enter_context(
+                    SegmentEncoder(frame_size(group, layout), fps, settings, colour, layout)
+                )
+            encoder.add(group)
+            reports[-1](n)
+        assert encoder is not None  # a chunk has at least one frame
+        segment = encoder.finish()
+    for report in reports:
+        report.flush()
+    return _segment_row(batch, segment, len(frames), ",".join([_here()] * len(reports)))

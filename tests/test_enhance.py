@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from fractions import Fraction
@@ -59,6 +60,31 @@ def test_odd_output_sizes_are_cropped_to_even(make_video, tmp_path: Path):
     result = enhance_video(source, tmp_path / "out.mp4", EnhanceRequest(upscale_factor=3))
     info = probe(result.output)
     assert (info.width, info.height) == (150, 114) == (result.width, result.height)
+
+
+def test_streamed_chunks_equal_separate_stages(make_video, tmp_path: Path):
+    """A chain of filters on one CPU node runs each chunk as one streaming task; the
+    frames are exactly those of the same chain run stage by stage (in actors)."""
+    source = make_video(seconds=1)
+    request = EnhanceRequest(preset="general", engine="classical", upscale_factor=2, crf=0)
+    streamed = enhance_video(source, tmp_path / "streamed.mp4", request)
+    staged = enhance_video(
+        source, tmp_path / "staged.mp4", request, PipelineConfig(operator_compute="actors")
+    )
+    assert streamed.streamed and not staged.streamed
+    assert [name for name, _ in streamed.placement] == [name for name, _ in staged.placement]
+    a, b = decode_frames(streamed.output), decode_frames(staged.output)
+    assert a.shape == b.shape == (24, 128, 192, 3)
+    assert np.array_equal(a, b)
+
+
+def test_jobs_with_an_interpolator_or_a_pinned_decode_are_not_streamed(make_video, tmp_path: Path):
+    source = make_video(seconds=0.5)
+    request = EnhanceRequest(preset="general", engine="classical", upscale_factor=2)
+    interpolated = dataclasses.replace(request, interpolate=2)
+    assert not enhance_video(source, tmp_path / "a.mp4", interpolated).streamed
+    pinned = PipelineConfig(decode_on_driver_node=True)
+    assert not enhance_video(source, tmp_path / "b.mp4", request, pinned).streamed
 
 
 @pytest.mark.parametrize("interpolate", [2, None])

@@ -100,3 +100,15 @@ def test_planes_round_trip_exactly_and_rotate(info: VideoInfo):
     assert turned.shape == (96 * 3 // 2, 64)
     y = frame.to_ndarray()[:64]
     assert np.array_equal(turned[:96], np.rot90(y, k=-1))
+
+
+def test_a_streamed_plan_budgets_chunks_by_their_decoded_frames(info: VideoInfo):
+    request = EnhanceRequest(preset="general", engine="classical", upscale_factor=2)
+    budget = 96 * 64 * 3 // 2 * 20  # 20 decoded frames, or 5 of the ×2 output
+    staged = plan_job(info, request, noise=CLEAN, chunk_budget_bytes=budget)
+    streamed = plan_job(
+        info, request, noise=CLEAN, chunk_budget_bytes=budget, streams=lambda chain: True
+    )
+    assert not staged.streamed and streamed.streamed
+    assert staged.chunks[0].frame_count == 5
+    assert streamed.chunks[0].frame_count == 20
