@@ -57,6 +57,7 @@ __all__ = [
     "Watchdog",
     "build_dataset",
     "decode_placement",
+    "end_stale_datasets",
     "enhance_video",
     "ensure_ray",
     "stage_placement",
@@ -272,6 +273,7 @@ def build_dataset(
                 "settings": plan.encoder,
                 "layout": plan.layout,
                 "signal": signal,
+                "job": config.dataset_name,
             },
         )
         # One operator, so nothing to reserve resources between: Ray Data's reservation
@@ -291,6 +293,7 @@ def build_dataset(
             "signal": signal,
             "stage": 0,
             "layout": plan.layout,
+            "job": config.dataset_name,
         },
         **decode_placement(config),
     )
@@ -302,6 +305,7 @@ def build_dataset(
             "models": config.models,
             "stage": stage,
             "layout": plan.layout,
+            "job": config.dataset_name,
         }
         holds = _holds_gpu(spec, config, use_gpu)
         if spec.backend != Backend.CLASSICAL:
@@ -339,6 +343,7 @@ def build_dataset(
             "signal": signal,
             "stage": len(plan.chain) + 1,
             "layout": plan.layout,
+            "job": config.dataset_name,
         },
         **({"resources": {encode_needs: 1}} if encode_needs else {}),
     )
@@ -500,6 +505,33 @@ def _as_pipeline_error(exc: BaseException, cancel: CancelToken) -> PipelineError
     return ProcessingError(f"processing failed ({type(exc).__name__})")
 
 
+def end_stale_datasets(name: str) -> list[str]:
+    """Mark this job's datasets that Ray still lists as running (an earlier attempt whose
+    process was killed, so its executor never reported an end) as failed, before a new
+    attempt starts its own; return their tags.  Only one attempt of a job runs at a
+    time (the store's lease), so any such dataset is a dead one.  Uses Ray Data's stats
+    actor, which is what the dashboard's Data view reads (internal API; pinned by
+    ``tests/test_private_apis.py``)."""
+    from ray.data._internal.stats import get_or_create_stats_actor
+
+    actor = get_or_create_stats_actor()
+    ended: list[str] = []
+    # Ray types the actor method's remote result loosely; it is {tag: state}.
+    datasets: dict[str, dict[str, Any]] = ray.get(actor.get_datasets.remote())  # type: ignore[assignment]
+    for tag, state in datasets.items():
+        if not tag.startswith(f"{name}_") or state.get("state") not in ("RUNNING", "PENDING"):
+            continue
+        operators = {
+            op: {**op_state, "state": "FAILED"}
+            for op, op_state in state.get("operators", {}).items()
+        }
+        actor.update_dataset.remote(
+            tag, {"state": "FAILED", "end_time": time.time(), "operators": operators}
+        )
+        ended.append(tag)
+    return ended
+
+
 def _relay_cancel(
     cancel: CancelToken, signal: ray.actor.ActorHandle, finished: threading.Event
 ) -> None:
@@ -585,6 +617,9 @@ def enhance_video(
             if config.segments is not None
             else []
         )
+        if config.dataset_name:
+            for tag in end_stale_datasets(config.dataset_name):
+                log.info("dataset %s of an earlier attempt marked failed", tag)
         if len(saved) < len(plan.chunks):
             # No local name for the dataset: one would keep its executor, and the stage
             # actors it holds, alive until this function returns (see the end).

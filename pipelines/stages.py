@@ -173,7 +173,9 @@ def decode_stage(
     signal: ray.actor.ActorHandle | None,
     stage: int = 0,
     layout: FrameLayout = FrameLayout.RGB,
+    job: str | None = None,
 ) -> Batch:
+    _log_here(job)
     report = WorkReport(signal, stage)
     chunk = Chunk.from_row({k: _one(batch, k) for k in batch})
     frames, n_lookahead = decode_chunk(
@@ -184,16 +186,36 @@ def decode_stage(
     return _with(batch, frames=frames, n_lookahead=n_lookahead, nodes=_here())
 
 
-def _log_models_here() -> None:
-    """Show the ``models`` loggers' INFO lines (which runtime a model got, and why) in
-    this Ray worker's log, which Ray also forwards to the driver's console."""
-    logger = logging.getLogger("models")
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
-    if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
+def _log_here(job: str | None) -> None:
+    """Show our INFO lines (which runtime a model got and why, each chunk's end) in this
+    Ray worker's log, which Ray also forwards to the driver's console, each prefixed
+    with the job it belongs to (the dataset's name: the service's job id), so an
+    operator can go from a job id to its lines in any worker's log.  A worker runs one
+    stage call at a time, so one label per process is exact."""
+    global _job_label
+    _job_label = job
+    for name in ("models", "pipelines"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+        if not logging.getLogger().handlers and not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "labels_jobs", False):
+
+        def labelled(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = factory(*args, **kwargs)
+            if _job_label and record.name.startswith(("models", "pipelines")):
+                record.msg = f"job {_job_label.replace('%', '%%')}: {record.msg}"
+            return record
+
+        labelled.labels_jobs = True  # type: ignore[attr-defined]
+        logging.setLogRecordFactory(labelled)
+
+
+_job_label: str | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -221,9 +243,10 @@ class OperatorStage:
         cached: bool = False,
         stage: int = 1,
         layout: FrameLayout = FrameLayout.RGB,
+        job: str | None = None,
     ) -> None:
         models = models or ModelOptions()
-        _log_models_here()
+        _log_here(job)
         self._operator = (
             _cached_operator(spec.kind, spec.backend, tuple(sorted(spec.params.items())), models)
             if cached
@@ -301,12 +324,24 @@ def operator_stage(
     models: ModelOptions | None = None,
     stage: int = 1,
     layout: FrameLayout = FrameLayout.RGB,
+    job: str | None = None,
 ) -> Batch:
     """An operator as a plain task.  Ray reuses worker processes, and each keeps the
     operators it built (weights included), so a model loads once per worker, not per
     chunk."""
-    return OperatorStage(spec, ratio, signal, models, cached=True, stage=stage, layout=layout)(
-        batch
+    return OperatorStage(
+        spec, ratio, signal, models, cached=True, stage=stage, layout=layout, job=job
+    )(batch)
+
+
+def _log_chunk(batch: Batch, what: str, started: float) -> None:
+    log.info(
+        "chunk %d (frames %d–%d) %s in %.1f s",
+        _one(batch, "index"),
+        _one(batch, "start_frame"),
+        _one(batch, "end_frame") - 1,
+        what,
+        time.monotonic() - started,
     )
 
 
@@ -330,14 +365,18 @@ def encode_stage(
     signal: ray.actor.ActorHandle | None,
     stage: int = 2,
     layout: FrameLayout = FrameLayout.RGB,
+    job: str | None = None,
 ) -> Batch:
+    _log_here(job)
     CancelCheck(signal)()
+    started = time.monotonic()
     report = WorkReport(signal, stage)
     frames = _one(batch, "frames")
     n_own = len(frames) - int(_one(batch, "n_lookahead"))
     segment = encode_segment(frames[:n_own], fps, settings, colour, layout)
     report(_own_frames(batch))
     report.flush()
+    _log_chunk(batch, "encoded", started)
     return _segment_row(batch, segment, n_own, _here(batch))
 
 
@@ -353,6 +392,7 @@ def chunk_stage(
     settings: EncoderSettings,
     layout: FrameLayout,
     signal: ray.actor.ActorHandle | None,
+    job: str | None = None,
 ) -> Batch:
     """Decode, every filter and the encode of one chunk in one task, streaming: filtered
     frames go to the encoder a few at a time, so a chunk's processed frames are never
@@ -360,6 +400,8 @@ def chunk_stage(
     whose stages would all run as tasks on one node anyway (no actor, no interpolator,
     no placement), where Ray Data would fuse the per-stage callables into one task but
     keep every stage's whole output.  Reports each stage's work as the stages would."""
+    _log_here(job)
+    started = time.monotonic()
     check = CancelCheck(signal)
     chunk = Chunk.from_row({k: _one(batch, k) for k in batch})
     reports = [WorkReport(signal, stage) for stage in range(len(chain) + 2)]
@@ -368,7 +410,7 @@ def chunk_stage(
         raise ValueError("a streamed chunk has no look-ahead (it has no interpolator)")
     reports[0](len(frames))
     filters = [
-        OperatorStage(spec, Fraction(1), signal, models, cached=True, layout=layout)
+        OperatorStage(spec, Fraction(1), signal, models, cached=True, layout=layout, job=job)
         for spec in chain
     ]
     with ExitStack() as stack:
@@ -390,4 +432,5 @@ def chunk_stage(
         segment = encoder.finish()
     for report in reports:
         report.flush()
+    _log_chunk(batch, "decoded, filtered and encoded", started)
     return _segment_row(batch, segment, len(frames), ",".join([_here()] * len(reports)))

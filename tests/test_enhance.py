@@ -400,3 +400,25 @@ def test_decode_pinned_to_the_driver_node(make_video, tmp_path: Path):
     assert strategy.soft is False
     result = enhance_video(make_video(seconds=1), tmp_path / "out.mp4", config=pinned)
     assert decode_frames(result.output).shape == (24, 128, 192, 3)
+
+
+def test_stage_log_lines_carry_the_job_id(caplog: pytest.LogCaptureFixture):
+    """Worker log lines from our packages name the job (the dataset's name), so an
+    operator can grep any Ray worker's log for a job id."""
+    import logging
+
+    from pipelines import stages
+
+    stages._log_here("job_abc")
+    try:
+        with caplog.at_level(logging.INFO):
+            logging.getLogger("pipelines.stages").info("chunk %d encoded", 3)
+            logging.getLogger("models.runtime").info("runtime %s", "ncnn")
+            logging.getLogger("elsewhere").info("untouched")
+    finally:
+        stages._log_here(None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "job job_abc: chunk 3 encoded",
+        "job job_abc: runtime ncnn",
+        "untouched",
+    ]

@@ -1,4 +1,4 @@
-"""The one private API the service relies on, pinned by a test that fails loudly.
+"""The private APIs the service relies on, pinned by tests that fail loudly.
 
 Ray Serve's proxy picks each request's id (a client's own ``X-Request-Id``, or a fresh
 one) and adds the response header itself; the app must reuse that id rather than add a
@@ -92,3 +92,20 @@ def test_starlettes_range_parser_has_the_shape_we_call():
         FileResponse._parse_range_header("bites=0-9", 100)
     with pytest.raises(RangeNotSatisfiable):
         FileResponse._parse_range_header("bytes=200-300", 100)
+
+
+def test_ray_datas_stats_actor_has_the_shape_end_stale_datasets_uses():
+    """``pipelines.enhance.end_stale_datasets`` marks a killed attempt's dataset failed
+    through Ray Data's stats actor (what the dashboard's Data view reads)."""
+    from ray.data._internal import stats
+    from ray.data._internal.execution.dataset_state import DatasetState
+
+    fix = (
+        "Ray Data's stats actor changed; update pipelines.enhance.end_stale_datasets "
+        "for this Ray version. Details: "
+    )
+    assert callable(getattr(stats, "get_or_create_stats_actor", None)), fix + "no getter"
+    actor_class = stats._StatsActor.__ray_actor_class__  # type: ignore[attr-defined]
+    for method in ("get_datasets", "update_dataset"):
+        assert callable(getattr(actor_class, method, None)), fix + f"no {method}"
+    assert {"RUNNING", "PENDING", "FAILED", "FINISHED"} <= {s.name for s in DatasetState}, fix

@@ -293,6 +293,12 @@ def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path, mak
     assert not segments.exists()  # zero retention
     outputs = list((data / "outputs").glob("*.mp4"))
     assert len(outputs) == 1 and len(_frames(outputs[0])) == 48
+    # The killed attempt's pipeline no longer shows as running in Ray's Data view.
+    from ray.data._internal.stats import get_or_create_stats_actor
+
+    datasets = ray.get(get_or_create_stats_actor().get_datasets.remote())
+    states = sorted(v["state"] for k, v in datasets.items() if k.startswith(f"{job.id}_"))
+    assert states == ["FAILED", "FINISHED"], states
 
 
 def test_progress_of_a_resumed_job_starts_where_it_was() -> None:
