@@ -560,17 +560,17 @@ def batch(ctx: typer.Context) -> None:
     raise typer.Exit(code=batch_main(ctx.args))
 
 
-def _batch_line(ledger: dict[str, object]) -> str:
-    rows = ledger.get("rows") or []
-    assert isinstance(rows, list)
+def _batch_line(ledger: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    from serve_app.jobs.batch_queue import batch_outcome
+
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    state = "finished" if ledger.get("finished_at") else "running"
+    outcome = batch_outcome(row["status"] for row in rows)
     created = ledger.get("created_at")
     when = _iso(created) if isinstance(created, float | int) else "-"
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    return f"{ledger['id']:<34}  {when:<25}  {state:<8}  {len(rows):>4}  {summary}"
+    return f"{ledger['id']:<34}  {when:<25}  {outcome:<9}  {len(rows):>4}  {summary}"
 
 
 def _ledger(batch_id: str) -> dict[str, object]:
@@ -590,16 +590,21 @@ def _ledger(batch_id: str) -> dict[str, object]:
 
 @batches_app.command("list")
 def batches_list() -> None:
-    """Batches run on this node, newest first, with their rows' last known statuses."""
-    from serve_app.jobs.batch_queue import list_batches
+    """Batches run on this node, newest first: each one's outcome (running, completed,
+    partial, failed, canceled) and its rows' statuses as the store has them now."""
+    from serve_app.jobs.batch_queue import current_rows, list_batches
 
     ledgers = list_batches(Settings())
     if not ledgers:
         typer.echo("no batches")
         return
-    typer.echo(f"{'BATCH':<34}  {'CREATED':<25}  {'STATE':<8}  {'ROWS':>4}  STATUSES")
-    for ledger in ledgers:
-        typer.echo(_batch_line(ledger))
+
+    async def refresh(store: JobStore) -> list[list[dict[str, Any]]]:
+        return [await current_rows(store, ledger) for ledger in ledgers]
+
+    typer.echo(f"{'BATCH':<34}  {'CREATED':<25}  {'OUTCOME':<9}  {'ROWS':>4}  STATUSES")
+    for ledger, rows in zip(ledgers, _store_call(refresh), strict=True):
+        typer.echo(_batch_line(ledger, rows))
 
 
 def _batch_jobs(ledger: dict[str, object]) -> list[str]:

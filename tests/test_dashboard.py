@@ -301,3 +301,85 @@ def test_behind_a_tls_proxy_the_public_origin_is_ours(tmp_path: Path, store: Sql
             "/dashboard/login", data=form, headers={"Origin": "https://retroiva.example"}
         )
         assert signed_in.status_code == 303, signed_in.text
+
+
+def _ledger(settings: Settings, batch: str, rows: list[tuple[str | None, str]]) -> None:
+    import json
+
+    folder = settings.data_dir / "batches"
+    folder.mkdir(exist_ok=True)
+    ledger = {
+        "id": batch,
+        "object": "batch",
+        "manifest": "/data/reels.csv",
+        "key_id": "key_x",
+        "created_at": time.time(),
+        "finished_at": time.time(),
+        "rows": [
+            {"line": i + 2, "video_url": VIDEO, "job_id": job_id, "status": status}
+            for i, (job_id, status) in enumerate(rows)
+        ],
+    }
+    (folder / f"{batch}.json").write_text(json.dumps(ledger))
+
+
+def test_operator_sees_a_partial_batch_apart_from_a_failed_one_and_cancels_one(
+    client: TestClient, store: SqliteStore, settings: Settings
+):
+    from serve_app.jobs.records import JobRecord
+
+    _, key = add_key(store)
+
+    def job(job_id: str, status: JobStatus) -> str:
+        record = JobRecord(
+            id=job_id,
+            key_id=key.id,
+            status=status,
+            input_url=VIDEO,
+            preset="general",
+            upscale_factor=2,
+            created_at=time.time(),
+            created_seq=time.time_ns(),
+        )
+        asyncio.run(store.insert_job(record, time.time()))
+        return job_id
+
+    # The ledger says the jobs were queued; the store has moved on (the dashboard reads it).
+    _ledger(
+        settings,
+        "batch_partial",
+        [
+            (job("job_a", JobStatus.COMPLETED), "queued"),
+            (job("job_b", JobStatus.FAILED), "queued"),
+            (None, "rejected"),
+        ],
+    )
+    _ledger(
+        settings, "batch_failed", [(job("job_c", JobStatus.FAILED), "failed"), (None, "rejected")]
+    )
+    _ledger(settings, "batch_running", [(job("job_d", JobStatus.QUEUED), "queued")])
+
+    assert client.get("/dashboard/api/batches").status_code == 401
+    csrf = _sign_in(client, ADMIN) and _csrf(client.get("/dashboard/operator/batches").text)
+    listed = client.get("/dashboard/api/batches")
+    assert listed.status_code == 200
+    outcomes = {b["id"]: b["outcome"] for b in listed.json()["data"]}
+    assert outcomes == {
+        "batch_partial": "partial",
+        "batch_failed": "failed",
+        "batch_running": "running",
+    }
+    partial = next(b for b in listed.json()["data"] if b["id"] == "batch_partial")
+    assert partial["counts"] == {"completed": 1, "failed": 1, "rejected": 1}
+    page = client.get("/dashboard/operator/batches").text
+    assert re.search(r'data-batch="batch_partial".*?data-field="outcome">partial<', page, re.S)
+
+    shown = client.get("/dashboard/operator/batches/batch_running")
+    assert shown.status_code == 200 and 'id="cancel-batch"' in shown.text
+    assert client.get("/dashboard/operator/batches/nope").status_code == 404
+    # CSRF is checked, then every unfinished job of the batch is canceled.
+    assert client.post("/dashboard/operator/batches/batch_running/cancel").status_code == 403
+    done = client.post("/dashboard/operator/batches/batch_running/cancel", data={"csrf": csrf})
+    assert done.status_code == 200 and "Cancel requested for 1 job" in done.text
+    assert asyncio.run(store.get_job("job_d")).status == JobStatus.CANCELED
+    assert asyncio.run(store.get_job("job_a")).status == JobStatus.COMPLETED

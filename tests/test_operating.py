@@ -311,6 +311,14 @@ def test_readme_batch_command_verbatim(deployed: Cluster, videos: str, tmp_path:
     )
     assert shown.returncode == 0, shown.stderr
     assert rows[0]["id"] in shown.stdout and rows[1]["id"] in shown.stdout
+    # Where Ray's job list says FAILED, ours tells a partial success apart.
+    listed = deployed.shell(
+        "set -a && . ~/retroiva.env && set +a && ~/retroiva/.venv/bin/retroiva batches list",
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(rf"^{batch}\s+\S+\s+partial\s+3\s", listed.stdout, re.MULTILINE), listed.stdout
 
     again = deployed.shell(command, cwd=tmp_path, timeout=300)
     assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]

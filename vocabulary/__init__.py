@@ -13,6 +13,7 @@ from enum import StrEnum
 __all__ = [
     "ApiErrorType",
     "Backend",
+    "BatchOutcome",
     "BatchRowState",
     "DeliveryStatus",
     "Engine",
@@ -60,6 +61,16 @@ class BatchRowState(StrEnum):
 
     PENDING = "pending"  # not submitted yet
     REJECTED = "rejected"  # refused by the service: no job at all
+
+
+class BatchOutcome(StrEnum):
+    """A batch as a whole, from its rows' states (``retroiva batches``, the Dashboard)."""
+
+    RUNNING = "running"  # a row is still pending or its job has not ended
+    COMPLETED = "completed"  # every row's job completed
+    PARTIAL = "partial"  # some completed; other rows rejected, failed or canceled
+    FAILED = "failed"  # none completed
+    CANCELED = "canceled"  # none completed, and every row's job was canceled
 
 
 class Phase(StrEnum):

@@ -126,6 +126,10 @@ def create_dashboard(api: Api) -> Starlette:
                 methods=["POST"],
             ),
             Route("/operator/jobs", operator.jobs, methods=["GET"]),
+            Route("/operator/batches", operator.batches, methods=["GET"]),
+            Route("/operator/batches/{batch_id}", operator.batch, methods=["GET"]),
+            Route("/operator/batches/{batch_id}/cancel", operator.cancel_batch, methods=["POST"]),
+            Route("/api/batches", operator.batches_json, methods=["GET"]),
             Mount(
                 "/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static"
             ),

@@ -1,4 +1,5 @@
-"""Pages of the operator: every key, every job, the queue, and the Ray dashboard link.
+"""Pages of the operator: every key, every job, the queue, archive batches, and the Ray
+dashboard link.
 
 Key changes call what ``retroiva keys`` calls (the store's ``add_key`` on a
 :func:`~serve_app.access.keys.new_api_key`, ``revoke_key``, and
@@ -8,19 +9,30 @@ key made or changed here is the same as one made on the command line.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import Counter
+from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from serve_app.access.keys import new_api_key, rotate_webhook_secret
-from serve_app.dashboard.web import Dashboard, Visitor
-from serve_app.errors import InvalidRequestError, NotFoundError
+from serve_app.dashboard.web import Dashboard, SignInRequired, Visitor
+from serve_app.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from serve_app.jobs.batch_queue import (
+    TERMINAL,
+    batch_ledger,
+    batch_outcome,
+    current_rows,
+    list_batches,
+)
 from vocabulary import JobStatus
 
 __all__ = ["OperatorPages"]
 
 _JOBS_SHOWN = 100
+_BATCHES_SHOWN = 100
 
 
 class OperatorPages:
@@ -119,3 +131,77 @@ class OperatorPages:
         host = request.url.hostname or self.d.settings.host
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.d.settings.dashboard_port}/"
+
+    async def _batch(self, ledger: dict[str, Any]) -> dict[str, Any]:
+        """A ledger as the pages and the JSON show it: rows with their jobs' statuses
+        now, the counts, and the outcome (:func:`batch_outcome`, as ``retroiva
+        batches list`` shows it)."""
+        rows = await current_rows(await self.api._store(), ledger)
+        return {
+            "id": ledger["id"],
+            "object": "batch",
+            "outcome": batch_outcome(row["status"] for row in rows),
+            "counts": dict(Counter(row["status"] for row in rows)),
+            "manifest": ledger.get("manifest"),
+            "key_id": ledger.get("key_id"),
+            "created_at": ledger.get("created_at"),
+            "finished_at": ledger.get("finished_at"),
+            "rows": rows,
+        }
+
+    async def _batches(self) -> list[dict[str, Any]]:
+        ledgers = await asyncio.to_thread(list_batches, self.d.settings)
+        return [await self._batch(ledger) for ledger in ledgers[:_BATCHES_SHOWN]]
+
+    async def _one_batch(self, request: Request) -> dict[str, Any]:
+        batch_id = request.path_params["batch_id"]
+        ledger = await asyncio.to_thread(batch_ledger, self.d.settings, batch_id)
+        if ledger is None:
+            raise NotFoundError(f"no such batch: {batch_id}", param="batch_id")
+        return await self._batch(ledger)
+
+    async def batches(self, request: Request) -> Response:
+        visitor = await self.d.visitor(request, "operator")
+        return self.d.render(
+            request,
+            "operator_batches.html",
+            visitor,
+            batches=await self._batches(),
+            shown=_BATCHES_SHOWN,
+        )
+
+    async def batches_json(self, request: Request) -> Response:
+        try:
+            await self.d.visitor(request, "operator")
+        except SignInRequired:
+            raise AuthenticationError("not signed in to the dashboard as the operator") from None
+        return JSONResponse({"data": await self._batches()}, headers={"Cache-Control": "no-store"})
+
+    async def batch(self, request: Request) -> Response:
+        visitor = await self.d.visitor(request, "operator")
+        return self.d.render(
+            request,
+            "operator_batch.html",
+            visitor,
+            batch=await self._one_batch(request),
+            canceled=None,
+        )
+
+    async def cancel_batch(self, request: Request) -> Response:
+        """Cancel every job of the batch that has not ended (what ``retroiva batches
+        cancel`` does; ``ray job stop`` stops only the batch's driver)."""
+        visitor, _ = await self.d.post(request, "operator")
+        batch = await self._one_batch(request)
+        store = await self.api._store()
+        canceled = 0
+        for row in batch["rows"]:
+            unfinished = row.get("job_id") and row["status"] not in TERMINAL
+            if unfinished and await store.request_cancel(row["job_id"], time.time()):
+                canceled += 1
+        return self.d.render(
+            request,
+            "operator_batch.html",
+            visitor,
+            batch=await self._one_batch(request),
+            canceled=canceled,
+        )

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ from serve_app.errors import ApiError, AuthenticationError
 from serve_app.jobs.batch_manifest import ManifestRow
 from serve_app.jobs.intake import active_key, submit_job
 from serve_app.jobs.records import ApiKeyRecord, JobRecord
-from serve_app.jobs.store import open_store
+from serve_app.jobs.store import JobStore, open_store
 from serve_app.settings import Settings
-from vocabulary import ApiErrorType, BatchRowState, JobStatus
+from vocabulary import ApiErrorType, BatchOutcome, BatchRowState, JobStatus
 
 __all__ = [
     "PENDING",
@@ -40,7 +41,9 @@ __all__ = [
     "RowRejected",
     "StoreJobQueue",
     "batch_ledger",
+    "batch_outcome",
     "batches_dir",
+    "current_rows",
     "list_batches",
     "missing_store",
 ]
@@ -101,6 +104,33 @@ def list_batches(settings: Settings) -> list[dict[str, Any]]:
         else []
     )
     return sorted(ledgers, key=lambda ledger: ledger.get("created_at", 0), reverse=True)
+
+
+def batch_outcome(states: Iterable[str]) -> BatchOutcome:
+    """The batch as a whole from its rows' states (job statuses, pending or rejected):
+    what tells a partial success from a failure, which Ray's own job list can't (any
+    non-zero exit of the driver is FAILED there)."""
+    states = list(states)
+    if any(state not in TERMINAL for state in states):
+        return BatchOutcome.RUNNING
+    completed = sum(state == JobStatus.COMPLETED for state in states)
+    if states and completed == len(states):
+        return BatchOutcome.COMPLETED
+    if completed:
+        return BatchOutcome.PARTIAL
+    if states and all(state == JobStatus.CANCELED for state in states):
+        return BatchOutcome.CANCELED
+    return BatchOutcome.FAILED
+
+
+async def current_rows(store: JobStore, ledger: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ledger's rows with each job's status as the store has it now (the ledger
+    keeps what the batch last saw; its jobs go on after the batch's driver stops)."""
+    rows = []
+    for row in ledger.get("rows") or []:
+        job = await store.get_job(row["job_id"]) if row.get("job_id") else None
+        rows.append({**row, "status": str(job.status) if job is not None else row["status"]})
+    return rows
 
 
 def missing_store(settings: Settings) -> str | None:
