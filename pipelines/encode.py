@@ -112,9 +112,18 @@ class SegmentEncoder:
         self._fps, self._colour = fps, colour
         self._planar = layout == FrameLayout.YUV420
         self._count = 0
-        encoder, params_key = CODECS[settings.codec]
         self._buffer = io.BytesIO()
         self._container = av.open(self._buffer, mode="w", format="mp4")
+        try:
+            self._stream = self._configure(fps, settings, colour)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _configure(
+        self, fps: Fraction, settings: EncoderSettings, colour: ColourSpec
+    ) -> av.video.stream.VideoStream:
+        encoder, params_key = CODECS[settings.codec]
         stream = add_video_stream(self._container, encoder, fps)
         stream.width, stream.height = self._width, self._height
         stream.pix_fmt = colour.pixel_format
@@ -132,13 +141,17 @@ class SegmentEncoder:
         if private:
             options[params_key] = private
         stream.options = options
-        self._stream = stream
+        return stream
 
     def __enter__(self) -> SegmentEncoder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._container.close()
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        try:
+            self._container.close()
+        except av.error.FFmpegError:
+            if exc_type is None:
+                raise  # else the error already on its way is the one to report
 
     def add(self, frames: np.ndarray) -> None:
         for pixels in frames:

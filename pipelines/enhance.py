@@ -517,7 +517,7 @@ def end_stale_datasets(name: str) -> list[str]:
     actor = get_or_create_stats_actor()
     ended: list[str] = []
     # Ray types the actor method's remote result loosely; it is {tag: state}.
-    datasets: dict[str, dict[str, Any]] = ray.get(actor.get_datasets.remote())  # type: ignore[assignment]
+    datasets: dict[str, dict[str, Any]] = ray.get(actor.get_datasets.remote(), timeout=5)  # type: ignore[assignment]
     for tag, state in datasets.items():
         if not tag.startswith(f"{name}_") or state.get("state") not in ("RUNNING", "PENDING"):
             continue
@@ -530,6 +530,16 @@ def end_stale_datasets(name: str) -> list[str]:
         )
         ended.append(tag)
     return ended
+
+
+def _end_stale_datasets_quietly(name: str) -> None:
+    """:func:`end_stale_datasets`, which only tidies what Ray's dashboard shows: a slow
+    or changed stats actor must never hold up or fail the job itself."""
+    try:
+        for tag in end_stale_datasets(name):
+            log.info("dataset %s of an earlier attempt marked failed", tag)
+    except Exception as exc:  # an internal Ray API: whatever it raises, the job goes on
+        log.warning("could not tidy earlier attempts' datasets of %s: %s", name, exc)
 
 
 def _relay_cancel(
@@ -618,8 +628,7 @@ def enhance_video(
             else []
         )
         if config.dataset_name:
-            for tag in end_stale_datasets(config.dataset_name):
-                log.info("dataset %s of an earlier attempt marked failed", tag)
+            _end_stale_datasets_quietly(config.dataset_name)
         if len(saved) < len(plan.chunks):
             # No local name for the dataset: one would keep its executor, and the stage
             # actors it holds, alive until this function returns (see the end).

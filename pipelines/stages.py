@@ -96,6 +96,11 @@ class WorkReport:
         self._last = self._sent = time.monotonic()
         self._frames = self._seconds = 0.0
 
+    def start(self) -> None:
+        """The stage starts working now: the next call counts the seconds from here (when
+        several stages take turns in one task, each counts only its own turns)."""
+        self._last = time.monotonic()
+
     def __call__(self, frames: float) -> None:
         now = time.monotonic()
         self._frames += frames
@@ -405,6 +410,7 @@ def chunk_stage(
     check = CancelCheck(signal)
     chunk = Chunk.from_row({k: _one(batch, k) for k in batch})
     reports = [WorkReport(signal, stage) for stage in range(len(chain) + 2)]
+    reports[0].start()
     frames, n_lookahead = decode_chunk(path, chunk, rotation, colour, check, layout=layout)
     if n_lookahead:
         raise ValueError("a streamed chunk has no look-ahead (it has no interpolator)")
@@ -420,8 +426,10 @@ def chunk_stage(
             group = frames[i : i + _FRAMES_PER_CHECK]
             n = len(group)
             for stage, report in zip(filters, reports[1:], strict=False):
+                report.start()
                 group = stage.filter(group)
                 report(n)
+            reports[-1].start()
             if encoder is None:
                 encoder = stack.enter_context(
                     SegmentEncoder(frame_size(group, layout), fps, settings, colour, layout)

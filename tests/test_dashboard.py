@@ -358,6 +358,7 @@ def test_operator_sees_a_partial_batch_apart_from_a_failed_one_and_cancels_one(
         settings, "batch_failed", [(job("job_c", JobStatus.FAILED), "failed"), (None, "rejected")]
     )
     _ledger(settings, "batch_running", [(job("job_d", JobStatus.QUEUED), "queued")])
+    (settings.data_dir / "batches" / "broken.json").write_text("{not json")  # skipped
 
     assert client.get("/dashboard/api/batches").status_code == 401
     csrf = _sign_in(client, ADMIN) and _csrf(client.get("/dashboard/operator/batches").text)

@@ -409,6 +409,7 @@ def test_stage_log_lines_carry_the_job_id(caplog: pytest.LogCaptureFixture):
 
     from pipelines import stages
 
+    levels = {name: logging.getLogger(name).level for name in ("models", "pipelines")}
     stages._log_here("job_abc")
     try:
         with caplog.at_level(logging.INFO):
@@ -417,6 +418,8 @@ def test_stage_log_lines_carry_the_job_id(caplog: pytest.LogCaptureFixture):
             logging.getLogger("elsewhere").info("untouched")
     finally:
         stages._log_here(None)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
     assert [r.getMessage() for r in caplog.records] == [
         "job job_abc: chunk 3 encoded",
         "job job_abc: runtime ncnn",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -47,6 +48,8 @@ __all__ = [
     "list_batches",
     "missing_store",
 ]
+
+log = logging.getLogger(__name__)
 
 # A row's states besides its job's: not yet submitted, and refused (so no job at all).
 PENDING = BatchRowState.PENDING
@@ -98,11 +101,17 @@ def batch_ledger(settings: Settings, batch: str) -> dict[str, Any] | None:
 def list_batches(settings: Settings) -> list[dict[str, Any]]:
     """Every ledger on this node, newest first."""
     folder = batches_dir(settings)
-    ledgers = (
-        [json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")]
-        if folder.is_dir()
-        else []
-    )
+    ledgers = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            ledger = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("batch ledger %s skipped: %s", path, exc)
+            continue
+        if isinstance(ledger, dict) and "id" in ledger and isinstance(ledger.get("rows"), list):
+            ledgers.append(ledger)
+        else:
+            log.warning("batch ledger %s skipped: not a ledger", path)
     return sorted(ledgers, key=lambda ledger: ledger.get("created_at", 0), reverse=True)
 
 
@@ -128,7 +137,9 @@ async def current_rows(store: JobStore, ledger: dict[str, Any]) -> list[dict[str
     keeps what the batch last saw; its jobs go on after the batch's driver stops)."""
     rows = []
     for row in ledger.get("rows") or []:
-        job = await store.get_job(row["job_id"]) if row.get("job_id") else None
+        # A row the ledger saw end never changes again: only the others are read.
+        unfinished = row.get("job_id") and row.get("status") not in TERMINAL
+        job = await store.get_job(row["job_id"]) if unfinished else None
         rows.append({**row, "status": str(job.status) if job is not None else row["status"]})
     return rows
 
