@@ -258,22 +258,20 @@ def build_dataset(
 
     rows = [chunk.as_row() for chunk in plan.chunks if chunk.index not in skip]
     ds: Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    source = {"path": plan.info.path, "rotation": plan.info.rotation, "colour": plan.info.colour}
+    every_stage = {"signal": signal, "layout": plan.layout, "job": config.dataset_name}
     if plan.streamed:
         ds = _one_chunk_at_a_time(
             ds,
             chunk_stage,
             num_cpus=stage_cpus,
             fn_kwargs={
-                "path": plan.info.path,
-                "rotation": plan.info.rotation,
-                "colour": plan.info.colour,
+                **source,
+                **every_stage,
                 "chain": plan.chain,
                 "models": config.models,
                 "fps": plan.fps,
                 "settings": plan.encoder,
-                "layout": plan.layout,
-                "signal": signal,
-                "job": config.dataset_name,
             },
         )
         # One operator, so nothing to reserve resources between: Ray Data's reservation
@@ -286,26 +284,16 @@ def build_dataset(
         ds,
         decode_stage,
         num_cpus=stage_cpus,
-        fn_kwargs={
-            "path": plan.info.path,
-            "rotation": plan.info.rotation,
-            "colour": plan.info.colour,
-            "signal": signal,
-            "stage": 0,
-            "layout": plan.layout,
-            "job": config.dataset_name,
-        },
+        fn_kwargs={**source, **every_stage, "stage": 0},
         **decode_placement(config),
     )
     for stage, spec in enumerate(plan.chain, start=1):
         args: dict[str, Any] = {
             "spec": spec,
             "ratio": plan.ratio,
-            "signal": signal,
             "models": config.models,
             "stage": stage,
-            "layout": plan.layout,
-            "job": config.dataset_name,
+            **every_stage,
         }
         holds = _holds_gpu(spec, config, use_gpu)
         if spec.backend != Backend.CLASSICAL:
@@ -340,10 +328,8 @@ def build_dataset(
             "fps": plan.fps,
             "settings": plan.encoder,
             "colour": plan.info.colour,
-            "signal": signal,
             "stage": len(plan.chain) + 1,
-            "layout": plan.layout,
-            "job": config.dataset_name,
+            **every_stage,
         },
         **({"resources": {encode_needs: 1}} if encode_needs else {}),
     )
