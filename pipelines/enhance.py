@@ -60,6 +60,8 @@ __all__ = [
     "end_stale_datasets",
     "enhance_video",
     "ensure_ray",
+    "joins_ray_if_running",
+    "running_datasets",
     "stage_placement",
     "streams_on_this_cluster",
 ]
@@ -142,6 +144,15 @@ def ensure_ray() -> None:
     """Start a local Ray instance unless this process is already connected to one."""
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
+
+
+def joins_ray_if_running() -> bool:
+    """Whether this process is connected to Ray, connecting first when ``RAY_ADDRESS``
+    (Ray's own variable) names a cluster; never starts one.  For work that only
+    matters where Ray already runs (tidying its dashboard)."""
+    if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
+        ensure_ray()
+    return ray.is_initialized()
 
 
 def _holds_gpu(spec: OperatorSpec, config: PipelineConfig, use_gpu: bool) -> bool:
@@ -491,21 +502,45 @@ def _as_pipeline_error(exc: BaseException, cancel: CancelToken) -> PipelineError
     return ProcessingError(f"processing failed ({type(exc).__name__})")
 
 
-def end_stale_datasets(name: str) -> list[str]:
-    """Mark this job's datasets that Ray still lists as running (an earlier attempt whose
-    process was killed, so its executor never reported an end) as failed, before a new
-    attempt starts its own; return their tags.  Only one attempt of a job runs at a
-    time (the store's lease), so any such dataset is a dead one.  Uses Ray Data's stats
-    actor, which is what the dashboard's Data view reads (internal API; pinned by
-    ``tests/test_private_apis.py``)."""
+def _stats_actor_datasets() -> tuple[Any, dict[str, dict[str, Any]]]:
     from ray.data._internal.stats import get_or_create_stats_actor
 
     actor = get_or_create_stats_actor()
-    ended: list[str] = []
     # Ray types the actor method's remote result loosely; it is {tag: state}.
     datasets: dict[str, dict[str, Any]] = ray.get(actor.get_datasets.remote(), timeout=5)  # type: ignore[assignment]
+    return actor, datasets
+
+
+def _dataset_name(tag: str) -> str:
+    """The name in a Ray Data dataset tag, ``<name>_<uuid>_<n>`` (a job id may hold
+    underscores itself; Ray's uuid doesn't)."""
+    return tag.rsplit("_", 2)[0]
+
+
+def running_datasets() -> dict[str, str]:
+    """Ray Data datasets that Ray lists as running or pending: ``{tag: name}``, the
+    name being what :attr:`PipelineConfig.dataset_name` gave (a job id), or
+    ``dataset`` for unnamed ones."""
+    _, datasets = _stats_actor_datasets()
+    return {
+        tag: _dataset_name(tag)
+        for tag, state in datasets.items()
+        if state.get("state") in ("RUNNING", "PENDING")
+    }
+
+
+def end_stale_datasets(name: str) -> list[str]:
+    """Mark the datasets named ``name`` that Ray still lists as running as failed, and
+    return their tags: the pipelines of attempts whose process was killed, so their
+    executor never reported an end.  Callers know none of them is live: a new attempt
+    of the job before it starts its own (only one attempt of a job runs at a time: the
+    store's lease), or the runner for a job that is no longer processing.  Uses Ray
+    Data's stats actor, which is what the dashboard's Data view reads (internal API;
+    pinned by ``tests/test_private_apis.py``)."""
+    actor, datasets = _stats_actor_datasets()
+    ended: list[str] = []
     for tag, state in datasets.items():
-        if not tag.startswith(f"{name}_") or state.get("state") not in ("RUNNING", "PENDING"):
+        if _dataset_name(tag) != name or state.get("state") not in ("RUNNING", "PENDING"):
             continue
         operators = {
             op: {**op_state, "state": "FAILED"}

@@ -198,7 +198,7 @@ def test_another_plan_never_reuses_segments(tmp_path: Path, make_video) -> None:
     assert store.names() == [f"{digests[0]}/00001_4.mp4"]  # the other plan's is gone
 
 
-def _runner(data: Path) -> subprocess.Popen[str]:
+def _runner(data: Path, **extra: str) -> subprocess.Popen[str]:
     env = _env(
         RETROIVA_DATA_DIR=str(data),
         RETROIVA_LEASE_SECONDS="3",
@@ -206,6 +206,7 @@ def _runner(data: Path) -> subprocess.Popen[str]:
         RETROIVA_SIGNING_SECRET="resume",
         RETROIVA_CHUNK_FRAMES=str(CHUNK_FRAMES),
         RETROIVA_ALLOW_PRIVATE_URLS="true",
+        **extra,
     )
     code = (
         "import logging, sys, asyncio; "
@@ -299,6 +300,64 @@ def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path, mak
     datasets = ray.get(get_or_create_stats_actor().get_datasets.remote())
     states = sorted(v["state"] for k, v in datasets.items() if k.startswith(f"{job.id}_"))
     assert states == ["FAILED", "FINISHED"], states
+
+
+def test_a_killed_last_attempt_leaves_no_pipeline_running(tmp_path: Path, make_video) -> None:
+    """Out of attempts, nobody resumes the job: the runner's sweep marks the killed
+    attempt's pipeline failed in Ray's Data view (no dataset stays RUNNING forever)."""
+    import asyncio
+
+    from ray.data._internal.stats import get_or_create_stats_actor
+
+    from serve_app.jobs.records import JobRecord
+    from vocabulary import JobErrorType, JobStatus
+
+    source = make_video("runner_resume.mp4", width=192, height=128, seconds=2.0, gop=4, grain=6.0)
+    data = tmp_path / "data"
+    data.mkdir()
+    store = SqliteStore(data / "retroiva.sqlite3")
+    _, key = add_key(store)
+    base, site = serve_directory(source.parent)
+    job = JobRecord(
+        id="job_lastattempt",
+        key_id=key.id,
+        status=JobStatus.QUEUED,
+        input_url=f"{base}/{source.name}",
+        preset="general",
+        upscale_factor=2,
+        engine="classical",
+        created_at=time.time(),
+        created_seq=time.time_ns(),
+    )
+    asyncio.run(store.insert_job(job, time.time()))
+    segments = data / "segments" / job.id
+    once = {"RETROIVA_MAX_ATTEMPTS": "1", "RETROIVA_REAP_INTERVAL_SECONDS": "1"}
+
+    def states() -> list[str]:
+        datasets = ray.get(get_or_create_stats_actor().get_datasets.remote())
+        return [v["state"] for k, v in datasets.items() if k.startswith(f"{job.id}_")]
+
+    first = _runner(data, **once)
+    try:
+        _kill_when(first, lambda: len(list(segments.glob("*/*.mp4"))) >= 2)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert states() == ["RUNNING"]  # what the issue saw: forever, until now
+    second = _runner(data, **once)
+    try:
+        deadline = time.monotonic() + 60
+        while states() != ["FAILED"] and time.monotonic() < deadline:
+            time.sleep(0.3)
+    finally:
+        os.killpg(second.pid, signal.SIGKILL)
+        out = second.communicate()[0]
+        site.shutdown()
+    assert states() == ["FAILED"], out
+    ended = asyncio.run(store.get_job(job.id))
+    assert ended is not None and ended.status == JobStatus.FAILED, out
+    assert ended.error_type == JobErrorType.RUNNER_LOST, out
 
 
 def test_progress_of_a_resumed_job_starts_where_it_was() -> None:

@@ -40,7 +40,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pipelines.enhance import PipelineConfig, enhance_video
+from pipelines.enhance import (
+    PipelineConfig,
+    end_stale_datasets,
+    enhance_video,
+    joins_ray_if_running,
+    running_datasets,
+)
 from pipelines.errors import PipelineCanceled, PipelineError
 from pipelines.job_plan import EnhanceRequest
 from pipelines.progress import CancelToken, Progress
@@ -264,6 +270,7 @@ class JobRunner:
             self._next_reap = time.monotonic() + self.settings.reap_interval_seconds
             await self.reap()
             await self.remove_stale_scratch()
+            await self.end_dead_pipelines()
         if time.monotonic() >= self._next_gauges:
             self._next_gauges = time.monotonic() + GAUGE_SECONDS
             oldest = await self.store.oldest_queued_at()
@@ -336,6 +343,30 @@ class JobRunner:
         if reaped:
             log.info("reaped %d outputs past retention", reaped)
         return reaped
+
+    async def end_dead_pipelines(self) -> list[str]:
+        """Mark failed, in Ray's Data view, the pipelines Ray still lists as running for
+        jobs that are no longer processing: attempts killed with their process, whose
+        job then ran out of attempts or was canceled (a job that is re-claimed has its
+        new attempt do this).  Only tidies the dashboard: errors are logged, not raised."""
+        try:
+            if not await asyncio.to_thread(joins_ray_if_running):
+                return []  # no Ray yet: no pipeline of ours can be listed there
+            names = set((await asyncio.to_thread(running_datasets)).values())
+            ended: list[str] = []
+            for name in sorted(names):
+                if not name.startswith("job_") or name in self._running:
+                    continue
+                job = await self.store.get_job(name)
+                # Not in our store: another service's (or a CLI run's) pipeline.
+                if job is not None and job.status != JobStatus.PROCESSING:
+                    ended += await asyncio.to_thread(end_stale_datasets, name)
+        except Exception as exc:  # Ray's stats actor is internal; the runner goes on
+            log.warning("could not tidy dead pipelines in Ray's Data view: %s", exc)
+            return []
+        for tag in ended:
+            log.info("pipeline %s of a job no longer processing marked failed", tag)
+        return ended
 
     def _clear_segments(self, job_id: str) -> None:
         try:
