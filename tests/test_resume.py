@@ -87,6 +87,35 @@ def _encoded(output: str) -> list[int]:
     return [int(m) for m in re.findall(r"^chunk (\d+) encoded$", output, re.MULTILINE)]
 
 
+def _queued_job(tmp_path: Path, make_video: Callable[..., Path], job_id: str) -> tuple:
+    """A data dir whose store holds one queued job (12 chunks of the runner tests' clip,
+    served from a local HTTP site): ``(data dir, store, job, site)``."""
+    import asyncio
+
+    from serve_app.jobs.records import JobRecord
+    from vocabulary import JobStatus
+
+    source = make_video("runner_resume.mp4", width=192, height=128, seconds=2.0, gop=4, grain=6.0)
+    data = tmp_path / "data"
+    data.mkdir()
+    store = SqliteStore(data / "retroiva.sqlite3")
+    _, key = add_key(store)
+    base, site = serve_directory(source.parent)
+    job = JobRecord(
+        id=job_id,
+        key_id=key.id,
+        status=JobStatus.QUEUED,
+        input_url=f"{base}/{source.name}",
+        preset="general",
+        upscale_factor=2,
+        engine="classical",
+        created_at=time.time(),
+        created_seq=time.time_ns(),
+    )
+    asyncio.run(store.insert_job(job, time.time()))
+    return data, store, job, site
+
+
 # Three runs of one job (whole, killed, resumed): ~1 min on 2 idle cores, several on a
 # loaded machine.
 @pytest.mark.timeout(600)
@@ -228,29 +257,9 @@ def _runner(data: Path, **extra: str) -> subprocess.Popen[str]:
 
 @pytest.mark.timeout(600)
 def test_killed_runner_hands_its_finished_chunks_to_the_next(tmp_path: Path, make_video) -> None:
-    import asyncio
-
-    from serve_app.jobs.records import JobRecord
     from vocabulary import JobStatus
 
-    source = make_video("runner_resume.mp4", width=192, height=128, seconds=2.0, gop=4, grain=6.0)
-    data = tmp_path / "data"
-    data.mkdir()
-    store = SqliteStore(data / "retroiva.sqlite3")
-    _, key = add_key(store)
-    base, site = serve_directory(source.parent)
-    job = JobRecord(
-        id="job_resume",
-        key_id=key.id,
-        status=JobStatus.QUEUED,
-        input_url=f"{base}/{source.name}",
-        preset="general",
-        upscale_factor=2,
-        engine="classical",
-        created_at=time.time(),
-        created_seq=time.time_ns(),
-    )
-    asyncio.run(store.insert_job(job, time.time()))
+    data, _, job, site = _queued_job(tmp_path, make_video, "job_resume")
     segments = data / "segments" / job.id
 
     def saved() -> list[Path]:
@@ -309,27 +318,9 @@ def test_a_killed_last_attempt_leaves_no_pipeline_running(tmp_path: Path, make_v
 
     from ray.data._internal.stats import get_or_create_stats_actor
 
-    from serve_app.jobs.records import JobRecord
     from vocabulary import JobErrorType, JobStatus
 
-    source = make_video("runner_resume.mp4", width=192, height=128, seconds=2.0, gop=4, grain=6.0)
-    data = tmp_path / "data"
-    data.mkdir()
-    store = SqliteStore(data / "retroiva.sqlite3")
-    _, key = add_key(store)
-    base, site = serve_directory(source.parent)
-    job = JobRecord(
-        id="job_lastattempt",
-        key_id=key.id,
-        status=JobStatus.QUEUED,
-        input_url=f"{base}/{source.name}",
-        preset="general",
-        upscale_factor=2,
-        engine="classical",
-        created_at=time.time(),
-        created_seq=time.time_ns(),
-    )
-    asyncio.run(store.insert_job(job, time.time()))
+    data, store, job, site = _queued_job(tmp_path, make_video, "job_lastattempt")
     segments = data / "segments" / job.id
     once = {"RETROIVA_MAX_ATTEMPTS": "1", "RETROIVA_REAP_INTERVAL_SECONDS": "1"}
 
