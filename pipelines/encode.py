@@ -20,6 +20,7 @@ from typing import Literal
 import av
 import numpy as np
 
+from models.operator import yuv420_size
 from pipelines.av_typed import add_video_stream
 from pipelines.colour import TRC_PQ, ColourSpec, rgb_to_frame, yuv420_to_frame
 from pipelines.errors import InvalidOptionsError
@@ -90,7 +91,7 @@ def _private_options(settings: EncoderSettings, colour: ColourSpec) -> str | Non
 def frame_size(frames: np.ndarray, layout: FrameLayout) -> tuple[int, int]:
     """``(width, height)`` of frames in ``layout``."""
     if layout == FrameLayout.YUV420:
-        return frames.shape[2], frames.shape[1] * 2 // 3
+        return yuv420_size(frames)
     return frames.shape[2], frames.shape[1]
 
 
