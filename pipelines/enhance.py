@@ -529,9 +529,10 @@ def running_datasets() -> dict[str, str]:
     }
 
 
-def end_stale_datasets(name: str) -> list[str]:
-    """Mark the datasets named ``name`` that Ray still lists as running as failed, and
-    return their tags: the pipelines of attempts whose process was killed, so their
+def end_stale_datasets(*names: str) -> list[str]:
+    """Mark the datasets named any of ``names`` that Ray still lists as running as
+    failed (one read of Ray's list, however many names), and return their tags: the
+    pipelines of attempts whose process was killed, so their
     executor never reported an end.  Callers know none of them is live: a new attempt
     of the job before it starts its own (only one attempt of a job runs at a time: the
     store's lease), or the runner for a job that is no longer processing.  Uses Ray
@@ -540,7 +541,7 @@ def end_stale_datasets(name: str) -> list[str]:
     actor, datasets = _stats_actor_datasets()
     ended: list[str] = []
     for tag, state in datasets.items():
-        if _dataset_name(tag) != name or state.get("state") not in ("RUNNING", "PENDING"):
+        if _dataset_name(tag) not in names or state.get("state") not in ("RUNNING", "PENDING"):
             continue
         operators = {
             op: {**op_state, "state": "FAILED"}

@@ -353,14 +353,15 @@ class JobRunner:
             if not await asyncio.to_thread(joins_ray_if_running):
                 return []  # no Ray yet: no pipeline of ours can be listed there
             names = set((await asyncio.to_thread(running_datasets)).values())
-            ended: list[str] = []
+            dead: list[str] = []
             for name in sorted(names):
                 if not name.startswith("job_") or name in self._running:
                     continue
                 job = await self.store.get_job(name)
                 # Not in our store: another service's (or a CLI run's) pipeline.
                 if job is not None and job.status != JobStatus.PROCESSING:
-                    ended += await asyncio.to_thread(end_stale_datasets, name)
+                    dead.append(name)
+            ended = await asyncio.to_thread(end_stale_datasets, *dead) if dead else []
         except Exception as exc:  # Ray's stats actor is internal; the runner goes on
             log.warning("could not tidy dead pipelines in Ray's Data view: %s", exc)
             return []
