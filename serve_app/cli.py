@@ -560,17 +560,12 @@ def batch(ctx: typer.Context) -> None:
     raise typer.Exit(code=batch_main(ctx.args))
 
 
-def _batch_line(ledger: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    from serve_app.jobs.batch_queue import batch_outcome
-
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    outcome = batch_outcome(row["status"] for row in rows)
-    created = ledger.get("created_at")
+def _batch_line(batch: dict[str, Any]) -> str:
+    created = batch["created_at"]
     when = _iso(created) if isinstance(created, float | int) else "-"
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    return f"{ledger['id']:<34}  {when:<25}  {outcome:<9}  {len(rows):>4}  {summary}"
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(batch["counts"].items()))
+    outcome = batch["outcome"]
+    return f"{batch['id']:<34}  {when:<25}  {outcome:<9}  {len(batch['rows']):>4}  {summary}"
 
 
 def _ledger(batch_id: str) -> dict[str, object]:
@@ -592,19 +587,19 @@ def _ledger(batch_id: str) -> dict[str, object]:
 def batches_list() -> None:
     """Batches run on this node, newest first: each one's outcome (running, completed,
     partial, failed, canceled) and its rows' statuses as the store has them now."""
-    from serve_app.jobs.batch_queue import current_rows, list_batches
+    from serve_app.jobs.batch_queue import batch_view, list_batches
 
     ledgers = list_batches(Settings())
     if not ledgers:
         typer.echo("no batches")
         return
 
-    async def refresh(store: JobStore) -> list[list[dict[str, Any]]]:
-        return [await current_rows(store, ledger) for ledger in ledgers]
+    async def views(store: JobStore) -> list[dict[str, Any]]:
+        return [await batch_view(store, ledger) for ledger in ledgers]
 
     typer.echo(f"{'BATCH':<34}  {'CREATED':<25}  {'OUTCOME':<9}  {'ROWS':>4}  STATUSES")
-    for ledger, rows in zip(ledgers, _store_call(refresh), strict=True):
-        typer.echo(_batch_line(ledger, rows))
+    for batch in _store_call(views):
+        typer.echo(_batch_line(batch))
 
 
 def _batch_jobs(ledger: dict[str, object]) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from typing import Any
 
 from starlette.requests import Request
@@ -20,13 +19,7 @@ from starlette.responses import JSONResponse, Response
 from serve_app.access.keys import new_api_key, rotate_webhook_secret
 from serve_app.dashboard.web import Dashboard, SignInRequired, Visitor
 from serve_app.errors import AuthenticationError, InvalidRequestError, NotFoundError
-from serve_app.jobs.batch_queue import (
-    TERMINAL,
-    batch_ledger,
-    batch_outcome,
-    current_rows,
-    list_batches,
-)
+from serve_app.jobs.batch_queue import TERMINAL, batch_ledger, batch_view, list_batches
 from vocabulary import JobStatus
 
 __all__ = ["OperatorPages"]
@@ -133,21 +126,7 @@ class OperatorPages:
         return f"http://{host}:{self.d.settings.dashboard_port}/"
 
     async def _batch(self, ledger: dict[str, Any]) -> dict[str, Any]:
-        """A ledger as the pages and the JSON show it: rows with their jobs' statuses
-        now, the counts, and the outcome (:func:`batch_outcome`, as ``retroiva
-        batches list`` shows it)."""
-        rows = await current_rows(await self.api._store(), ledger)
-        return {
-            "id": ledger["id"],
-            "object": "batch",
-            "outcome": batch_outcome(row["status"] for row in rows),
-            "counts": dict(Counter(row["status"] for row in rows)),
-            "manifest": ledger.get("manifest"),
-            "key_id": ledger.get("key_id"),
-            "created_at": ledger.get("created_at"),
-            "finished_at": ledger.get("finished_at"),
-            "rows": rows,
-        }
+        return await batch_view(await self.api._store(), ledger)
 
     async def _batches(self) -> list[dict[str, Any]]:
         ledgers = await asyncio.to_thread(list_batches, self.d.settings)

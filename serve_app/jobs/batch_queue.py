@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = [
     "StoreJobQueue",
     "batch_ledger",
     "batch_outcome",
+    "batch_view",
     "batches_dir",
     "current_rows",
     "list_batches",
@@ -142,6 +144,23 @@ async def current_rows(store: JobStore, ledger: dict[str, Any]) -> list[dict[str
         job = await store.get_job(row["job_id"]) if unfinished else None
         rows.append({**row, "status": str(job.status) if job is not None else row["status"]})
     return rows
+
+
+async def batch_view(store: JobStore, ledger: dict[str, Any]) -> dict[str, Any]:
+    """A batch as ``retroiva batches list`` and the Dashboard (pages and JSON) show it:
+    the ledger's rows with their jobs' statuses now, their counts, and the outcome."""
+    rows = await current_rows(store, ledger)
+    return {
+        "id": ledger["id"],
+        "object": "batch",
+        "outcome": batch_outcome(row["status"] for row in rows),
+        "counts": dict(Counter(row["status"] for row in rows)),
+        "manifest": ledger.get("manifest"),
+        "key_id": ledger.get("key_id"),
+        "created_at": ledger.get("created_at"),
+        "finished_at": ledger.get("finished_at"),
+        "rows": rows,
+    }
 
 
 def missing_store(settings: Settings) -> str | None:
