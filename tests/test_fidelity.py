@@ -42,3 +42,23 @@ def test_noisy_input_beats_the_ffmpeg_recipes(scores):
     # +0.51 dB on 30 frames, +0.30 on these 8.
     assert noisy["general/neural"].psnr > best_ffmpeg + 0.15
     assert noisy["general/classical"].psnr > best_ffmpeg
+
+
+def test_every_output_of_a_case_is_scored_on_the_same_frames():
+    """An output that ends early (minterpolate drops its last frames) is not scored on
+    fewer, easier frames: the others are cut to its length.  Here the last frame is the
+    only bad one, so scoring the full output on it would put it 20+ dB behind."""
+    from benchmarks.fidelity import score_case
+
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 250, (6, 16, 16, 3), dtype=np.uint8)
+    near = np.clip(original.astype(np.int16) + 2, 0, 255).astype(np.uint8)
+    full = near.copy()
+    full[-1] = 255 - original[-1]  # a frame no method could rebuild
+    scores = score_case({"short": near[:5], "full": full}, original, slice(1, None, 2))
+    assert scores["short"].psnr == pytest.approx(scores["full"].psnr)
+    # And the odd frames only: the even ones (kept, not rebuilt) don't count.
+    even_wrong = near.copy()
+    even_wrong[0::2] = 0
+    alone = score_case({"x": even_wrong}, original, slice(1, None, 2))
+    assert alone["x"].psnr == pytest.approx(scores["full"].psnr)
