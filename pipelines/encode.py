@@ -98,8 +98,9 @@ def frame_size(frames: np.ndarray, layout: FrameLayout) -> tuple[int, int]:
 class SegmentEncoder:
     """Encodes frames as they come, a few at a time, into one segment's MP4 bytes: RGB
     ``(n, H, W, 3)`` cropped to even size, or planar 4:2:0 ``(n, H * 3 // 2, W)``
-    (even already) encoded as they are.  Use as a context manager; :meth:`finish`
-    flushes the encoder and returns the bytes."""
+    (even already) encoded as they are.  ``threads``: the encoder's threads (0: its
+    own choice, about 1.5 per core).  Use as a context manager; :meth:`finish` flushes
+    the encoder and returns the bytes."""
 
     def __init__(
         self,
@@ -108,6 +109,7 @@ class SegmentEncoder:
         settings: EncoderSettings,
         colour: ColourSpec,
         layout: FrameLayout = FrameLayout.RGB,
+        threads: int = 0,
     ) -> None:
         self._width, self._height = even_size(*size)
         self._fps, self._colour = fps, colour
@@ -116,13 +118,13 @@ class SegmentEncoder:
         self._buffer = io.BytesIO()
         self._container = av.open(self._buffer, mode="w", format="mp4")
         try:
-            self._stream = self._configure(fps, settings, colour)
+            self._stream = self._configure(fps, settings, colour, threads)
         except BaseException:
             self._container.close()
             raise
 
     def _configure(
-        self, fps: Fraction, settings: EncoderSettings, colour: ColourSpec
+        self, fps: Fraction, settings: EncoderSettings, colour: ColourSpec, threads: int
     ) -> av.video.stream.VideoStream:
         encoder, params_key = CODECS[settings.codec]
         stream = add_video_stream(self._container, encoder, fps)
@@ -135,6 +137,8 @@ class SegmentEncoder:
         context.color_range = colour.range_tag
         context.color_primaries = colour.primaries
         context.color_trc = colour.transfer
+        if threads:
+            context.thread_count = threads
         # CRF 0 is lossless only at 8 bits; QP 0 is lossless at any depth.
         quality = ("qp", "0") if settings.crf == 0 else ("crf", str(settings.crf))
         options: dict[str, object] = {quality[0]: quality[1], "preset": settings.speed}

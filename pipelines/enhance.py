@@ -283,6 +283,7 @@ def build_dataset(
                 "models": config.models,
                 "fps": plan.fps,
                 "settings": plan.encoder,
+                "threads": plan.threads,
             },
         )
         # One operator, so nothing to reserve resources between: Ray Data's reservation

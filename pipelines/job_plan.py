@@ -29,6 +29,8 @@ MAX_OUTPUT_SIDE = 8192
 MAX_FPS = 240
 # Below this, per-chunk overhead (seek, encoder start-up) outweighs parallelism.
 MIN_PARALLEL_CHUNK_FRAMES = 12
+# x264's default keyint: the longest a streamed chunk gets (see plan_job).
+STREAMED_CHUNK_FRAMES = 250
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,15 @@ class JobPlan:
     encoder: EncoderSettings
     chunks: tuple[Chunk, ...]
     layout: FrameLayout = FrameLayout.RGB  # how frames travel between stages
-    # Each chunk is decoded, filtered and encoded in one task that streams its processed
-    # frames into the encoder (stages.chunk_stage), so chunks are budgeted by their
-    # decoded frames rather than their output.
+    # Each chunk is decoded, filtered and encoded in one task that streams its frames
+    # from the decoder into the encoder a few at a time (stages.chunk_stage), so chunks
+    # are not bounded by the memory budget: they are as long as a GOP of x264's.
     streamed: bool = False
+    # Threads a streamed chunk's decoder and encoder each use (0: their own choice, every
+    # core).  One when there are at least as many chunks as cores: chunks then run side
+    # by side, and two x264s that each thread over every core spent 11 % more CPU than
+    # two single-threaded ones (benchmarks.pipeline_ceiling).
+    threads: int = 0
 
 
 def _output_fps(info: VideoInfo, request: EnhanceRequest, preset_fps: Fraction | None) -> Fraction:
@@ -126,8 +133,10 @@ def plan_job(
     """Validate ``request`` against ``info`` and fix geometry, timing and chunks.
 
     Chunks are capped by ``chunk_budget_bytes`` of processed pixels and, for short
-    inputs, small enough that ``parallelism`` workers each get about two; an explicit
-    ``max_frames`` overrides both.  ``streams`` says whether the pipeline would run a
+    inputs, small enough that ``parallelism`` workers each get about two; streamed
+    chunks hold a few frames whatever their length, so they are capped at
+    :data:`STREAMED_CHUNK_FRAMES` and one per worker instead.  An explicit
+    ``max_frames`` overrides these.  ``streams`` says whether the pipeline would run a
     chain as streamed chunks (:attr:`JobPlan.streamed`).
     """
     if request.preset not in set(PresetName):
@@ -156,18 +165,26 @@ def plan_job(
     )
     chain = tuple(resolve_chain(preset, factor, ratio, request.engine, noise=noise))
     layout = frame_layout(info, chain)
-    # Bytes a processed pixel takes in flight: RGB or 4:2:0 samples, 8- or 16-bit.
-    samples = 3 if layout == FrameLayout.RGB else 1.5
-    pixel_bytes = samples * (2 if info.colour.bit_depth > 8 else 1)
     streamed = streams is not None and streams(chain)
-    # What a chunk holds at once: its decoded frames when streamed, else its output.
-    held_w, held_h, held_ratio = (
-        (display_w, display_h, Fraction(1)) if streamed else (width, height, ratio)
-    )
-    limit = max_frames or min(
-        max_chunk_frames(held_w, held_h, held_ratio, chunk_budget_bytes, pixel_bytes=pixel_bytes),
-        max(MIN_PARALLEL_CHUNK_FRAMES, math.ceil(info.frame_count / (2 * parallelism))),
-    )
+    if max_frames:
+        limit = max_frames
+    elif streamed:
+        # A streamed chunk holds a few frames whatever its length, so it is as long as
+        # x264's default GOP (each chunk starts with a keyframe: at that length the
+        # output has about as many as ffmpeg's), or shorter where a worker would
+        # otherwise get no chunk.
+        limit = min(
+            STREAMED_CHUNK_FRAMES,
+            max(MIN_PARALLEL_CHUNK_FRAMES, math.ceil(info.frame_count / parallelism)),
+        )
+    else:
+        # Bytes a processed pixel takes in flight: RGB or 4:2:0 samples, 8- or 16-bit.
+        samples = 3 if layout == FrameLayout.RGB else 1.5
+        pixel_bytes = samples * (2 if info.colour.bit_depth > 8 else 1)
+        limit = min(
+            max_chunk_frames(width, height, ratio, chunk_budget_bytes, pixel_bytes=pixel_bytes),
+            max(MIN_PARALLEL_CHUNK_FRAMES, math.ceil(info.frame_count / (2 * parallelism))),
+        )
     chunks = chunk_plan(
         info,
         max_frames=limit,
@@ -187,4 +204,5 @@ def plan_job(
         chunks=tuple(chunks),
         layout=layout,
         streamed=streamed,
+        threads=max(1, parallelism // len(chunks)) if streamed else 0,
     )

@@ -15,6 +15,7 @@ tally into progress and an ETA (:class:`~pipelines.progress.ProgressMeter`).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import sys
 import time
@@ -30,7 +31,7 @@ from models.registry import build_operator
 from models.runtime import ModelOptions
 from pipelines.chunk_plan import Chunk
 from pipelines.colour import ColourSpec
-from pipelines.decode import decode_chunk
+from pipelines.decode import chunk_frames, decode_chunk
 from pipelines.encode import EncoderSettings, SegmentEncoder, encode_segment, frame_size
 from pipelines.errors import PipelineCanceled
 from pipelines.presets import OperatorSpec
@@ -120,14 +121,18 @@ class WorkReport:
 class CancelCheck:
     """Callable that raises :class:`PipelineCanceled` once the job's signal is set.
 
-    Polls the signal actor at most every ``interval`` seconds, so calling it per frame
-    costs nothing measurable.
+    Asks the signal actor at most every ``interval`` seconds and never waits for the
+    answer: each call reads the previous question's answer if it has come, else goes
+    on.  So calling it per frame costs nothing measurable, and a chunk that starts
+    before the job's signal actor has started (its process takes a second or two to
+    come up) does not wait for it.
     """
 
     def __init__(self, signal: ray.actor.ActorHandle | None, interval: float = 0.25) -> None:
         self._signal = signal
         self._interval = interval
         self._next_poll = 0.0
+        self._asked: ray.ObjectRef | None = None
 
     def __call__(self) -> None:
         if self._signal is None:
@@ -136,8 +141,13 @@ class CancelCheck:
         if now < self._next_poll:
             return
         self._next_poll = now + self._interval
-        if ray.get(self._signal.is_set.remote()):
-            raise PipelineCanceled("job was canceled")
+        if self._asked is not None:
+            ready, _ = ray.wait([self._asked], timeout=0)
+            if not ready:
+                return
+            if ray.get(ready[0]):
+                raise PipelineCanceled("job was canceled")
+        self._asked = self._signal.is_set.remote()
 
 
 def _one(batch: Batch, column: str) -> Any:
@@ -398,41 +408,45 @@ def chunk_stage(
     layout: FrameLayout,
     signal: ray.actor.ActorHandle | None,
     job: str | None = None,
+    threads: int = 0,
 ) -> Batch:
-    """Decode, every filter and the encode of one chunk in one task, streaming: filtered
-    frames go to the encoder a few at a time, so a chunk's processed frames are never
-    held together and its size is bounded by its decoded frames instead.  For jobs
-    whose stages would all run as tasks on one node anyway (no actor, no interpolator,
-    no placement), where Ray Data would fuse the per-stage callables into one task but
-    keep every stage's whole output.  Reports each stage's work as the stages would."""
+    """Decode, every filter and the encode of one chunk in one task, streaming: frames
+    go from the decoder through the filters to the encoder a few at a time, so a chunk
+    holds only those few, whatever its length (chunks can then be long: fewer keyframes
+    and tasks).  For jobs whose stages would all run as tasks on one node anyway (no
+    actor, no interpolator, no placement), where Ray Data would fuse the per-stage
+    callables into one task but keep every stage's whole output.  Reports each stage's
+    work as the stages would.  ``threads``: the decoder's and the encoder's
+    (:attr:`JobPlan.threads`)."""
     _log_here(job)
     started = time.monotonic()
     check = CancelCheck(signal)
     chunk = Chunk.from_row({k: _one(batch, k) for k in batch})
-    reports = [WorkReport(signal, stage) for stage in range(len(chain) + 2)]
-    reports[0].start()
-    frames, n_lookahead = decode_chunk(path, chunk, rotation, colour, check, layout=layout)
-    if n_lookahead:
+    if chunk.lookahead:
         raise ValueError("a streamed chunk has no look-ahead (it has no interpolator)")
-    reports[0](len(frames))
+    reports = [WorkReport(signal, stage) for stage in range(len(chain) + 2)]
+    decoded = chunk_frames(path, chunk, rotation, colour, check, layout, threads)
     filters = [
         OperatorStage(spec, Fraction(1), signal, models, cached=True, layout=layout, job=job)
         for spec in chain
     ]
     with ExitStack() as stack:
         encoder: SegmentEncoder | None = None
-        for i in range(0, len(frames), _FRAMES_PER_CHECK):
+        for _ in range(0, chunk.frame_count, _FRAMES_PER_CHECK):
             check()
-            group = frames[i : i + _FRAMES_PER_CHECK]
+            reports[0].start()
+            group = np.stack(list(itertools.islice(decoded, _FRAMES_PER_CHECK)))
             n = len(group)
+            reports[0](n)
             for stage, report in zip(filters, reports[1:], strict=False):
                 report.start()
                 group = stage.filter(group)
                 report(n)
             reports[-1].start()
             if encoder is None:
+                size = frame_size(group, layout)
                 encoder = stack.enter_context(
-                    SegmentEncoder(frame_size(group, layout), fps, settings, colour, layout)
+                    SegmentEncoder(size, fps, settings, colour, layout, threads)
                 )
             encoder.add(group)
             reports[-1](n)
@@ -441,4 +455,4 @@ def chunk_stage(
     for report in reports:
         report.flush()
     _log_chunk(batch, "decoded, filtered and encoded", started)
-    return _segment_row(batch, segment, len(frames), ",".join([_here()] * len(reports)))
+    return _segment_row(batch, segment, chunk.frame_count, ",".join([_here()] * len(reports)))

@@ -16,7 +16,7 @@ import pytest
 from models.lanczos import LanczosUpscale
 from models.operator import check_yuv420
 from pipelines.colour import frame_to_yuv420, yuv420_to_frame
-from pipelines.job_plan import EnhanceRequest, frame_layout, plan_job
+from pipelines.job_plan import EnhanceRequest, JobPlan, frame_layout, plan_job
 from pipelines.noise_probe import NoiseLevel
 from pipelines.presets import OperatorSpec
 from pipelines.probe import VideoInfo, probe
@@ -102,13 +102,56 @@ def test_planes_round_trip_exactly_and_rotate(info: VideoInfo):
     assert np.array_equal(turned[:96], np.rot90(y, k=-1))
 
 
-def test_a_streamed_plan_budgets_chunks_by_their_decoded_frames(info: VideoInfo):
+def test_a_streamed_plan_is_not_bounded_by_the_memory_budget(info: VideoInfo):
+    """A streamed chunk holds a few frames whatever its length: its chunks run to x264's
+    default GOP (250 frames, on the input's keyframes), or one per worker when shorter;
+    a staged plan's chunks still hold their output, so its budget bounds them."""
     request = EnhanceRequest(preset="general", engine="classical", upscale_factor=2)
     budget = 96 * 64 * 3 // 2 * 20  # 20 decoded frames, or 5 of the ×2 output
-    staged = plan_job(info, request, noise=CLEAN, chunk_budget_bytes=budget)
-    streamed = plan_job(
-        info, request, noise=CLEAN, chunk_budget_bytes=budget, streams=lambda chain: True
+    step = info.frame_pts[1] - info.frame_pts[0]
+    film = dataclasses.replace(
+        info,
+        frame_count=600,
+        frame_pts=tuple(i * step for i in range(600)),
+        keyframe_pts=tuple(i * step for i in range(0, 600, 24)),
     )
-    assert not staged.streamed and streamed.streamed
-    assert staged.chunks[0].frame_count == 5
-    assert streamed.chunks[0].frame_count == 20
+
+    def plan(video: VideoInfo, streamed: bool) -> list[int]:
+        return [
+            chunk.frame_count
+            for chunk in plan_job(
+                video,
+                request,
+                noise=CLEAN,
+                chunk_budget_bytes=budget,
+                parallelism=2,
+                streams=(lambda chain: True) if streamed else None,
+            ).chunks
+        ]
+
+    assert plan(film, streamed=True) == [240, 240, 120]  # the last keyframe ≤ 250
+    assert max(plan(film, streamed=False)) == 5  # the budget: 5 output frames
+    assert plan(info, streamed=True) == [24, 24]  # 48 frames, one per worker
+
+
+def test_streamed_chunks_thread_only_over_the_cores_no_other_chunk_uses(info: VideoInfo):
+    """As many chunks as cores: each chunk's decoder and encoder get one thread (they
+    run side by side); fewer chunks than cores share the cores out; a staged plan
+    leaves its encoders their own choice (0)."""
+    request = EnhanceRequest(preset="general", engine="classical", upscale_factor=2)
+
+    def plan(parallelism: int, streamed: bool) -> JobPlan:
+        return plan_job(
+            info,
+            request,
+            noise=CLEAN,
+            chunk_budget_bytes=2**30,
+            parallelism=parallelism,
+            streams=(lambda chain: True) if streamed else None,
+        )
+
+    assert plan(2, streamed=True).threads == 1
+    many_cores = plan(16, streamed=True)
+    assert len(many_cores.chunks) == 4  # 12 frames each at least, of 48
+    assert many_cores.threads == 4
+    assert plan(16, streamed=False).threads == 0
