@@ -245,7 +245,7 @@ def stage_placement(plan: JobPlan, config: PipelineConfig) -> Placement:
 
 def build_dataset(
     plan: JobPlan,
-    signal: ray.actor.ActorHandle | None,
+    signal: CancelSignal | None,
     config: PipelineConfig,
     skip: frozenset[int] = frozenset(),
 ) -> Dataset:
@@ -453,7 +453,7 @@ class Watchdog:
 
 
 def _watch_progress(
-    signal: ray.actor.ActorHandle,
+    signal: CancelSignal,
     meter: ProgressMeter,
     finished: threading.Event,
     watchdog: Watchdog | None = None,
@@ -463,7 +463,7 @@ def _watch_progress(
     and lets ``watchdog`` see them with the cluster's resources."""
     while not finished.wait(interval):
         try:
-            tally = cast(StageTally, ray.get(signal.tally.remote(), timeout=10))
+            tally = cast(StageTally, ray.get(signal.ask_tally(), timeout=10))
             meter.update(tally)
             if watchdog is not None:
                 watchdog.check(tally, ray.cluster_resources())
@@ -565,12 +565,10 @@ def _end_stale_datasets_quietly(name: str) -> None:
         log.warning("could not tidy earlier attempts' datasets of %s: %s", name, exc)
 
 
-def _relay_cancel(
-    cancel: CancelToken, signal: ray.actor.ActorHandle, finished: threading.Event
-) -> None:
+def _relay_cancel(cancel: CancelToken, signal: CancelSignal, finished: threading.Event) -> None:
     while not finished.is_set():
         if cancel.wait(0.1):
-            signal.set.remote()
+            signal.set()
             return
 
 
@@ -614,8 +612,7 @@ def enhance_video(
 
     scratch = Path(tempfile.mkdtemp(prefix="retroiva-", dir=config.scratch_dir))
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
-    # @ray.remote(...) makes CancelSignal an actor class; Ray's annotations keep the class.
-    signal = CancelSignal.remote()  # type: ignore[attr-defined]
+    signal = CancelSignal.for_new_job()
     finished = threading.Event()
     relay = threading.Thread(target=_relay_cancel, args=(cancel, signal, finished), daemon=True)
     relay.start()
@@ -683,7 +680,7 @@ def enhance_video(
         processed.set()
         partial.unlink(missing_ok=True)
         shutil.rmtree(scratch, ignore_errors=True)
-        ray.kill(signal)
+        signal.forget()
     if failure is not None:
         # Ray Data's failed executor releases its stage actors by dropping their handles,
         # but the handles sit in reference cycles (and in the original traceback), so the

@@ -18,8 +18,11 @@ import functools
 import itertools
 import logging
 import sys
+import threading
 import time
+import uuid
 from contextlib import ExitStack
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -41,6 +44,7 @@ from vocabulary import FrameLayout
 __all__ = [
     "CancelCheck",
     "CancelSignal",
+    "JobSignals",
     "OperatorStage",
     "WorkReport",
     "chunk_stage",
@@ -57,27 +61,91 @@ log = logging.getLogger(__name__)
 _FRAMES_PER_CHECK = 4
 
 
-@ray.remote(num_cpus=0)
-class CancelSignal:
-    """One per job: the driver sets it, every stage polls it and reports its work to it."""
+@ray.remote(num_cpus=0, max_restarts=-1)
+class JobSignals:
+    """One per driver process, shared by its jobs: the driver sets a job's cancel flag,
+    its stages poll the flag and report their work.  Shared because an actor per job
+    cost each job an actor process's start (1.7 CPU-s, and its first chunk waited for
+    it, on 2 cores).  State is per job key, from :meth:`start` until :meth:`forget`."""
 
     def __init__(self) -> None:
-        self._set = False
-        self._work: dict[int, tuple[float, float]] = {}
+        self._canceled: set[str] = set()
+        self._work: dict[str, dict[int, tuple[float, float]]] = {}
+
+    def start(self, job: str) -> None:
+        self._work[job] = {}
+
+    def set(self, job: str) -> None:
+        if job in self._work:
+            self._canceled.add(job)
+
+    def is_set(self, job: str) -> bool:
+        return job in self._canceled
+
+    def report(self, job: str, stage: int, frames: float, seconds: float) -> None:
+        # A straggler task of an ended job finds nothing to add to: nothing is kept.
+        if (work := self._work.get(job)) is not None:
+            done, spent = work.get(stage, (0.0, 0.0))
+            work[stage] = (done + frames, spent + seconds)
+
+    def tally(self, job: str) -> dict[int, tuple[float, float]]:
+        """Per stage: input frames handled and seconds spent, since the job started."""
+        return dict(self._work.get(job, {}))
+
+    def jobs(self) -> int:
+        """Jobs it holds state for: only those not yet ended."""
+        return len(self._work)
+
+    def forget(self, job: str) -> None:
+        self._canceled.discard(job)
+        self._work.pop(job, None)
+
+
+@dataclass(frozen=True)
+class CancelSignal:
+    """One job's part of its process's :class:`JobSignals` actor: what the driver and
+    the stages hold (it pickles into tasks as the actor handle and the job's key)."""
+
+    actor: ray.actor.ActorHandle
+    job: str
+
+    @classmethod
+    def for_new_job(cls) -> CancelSignal:
+        """A new job's signal; :meth:`forget` it when the job ends."""
+        signal = cls(_shared_signals(), uuid.uuid4().hex)
+        signal.actor.start.remote(signal.job)
+        return signal
 
     def set(self) -> None:
-        self._set = True
+        self.actor.set.remote(self.job)
 
-    def is_set(self) -> bool:
-        return self._set
+    def ask_is_set(self) -> ray.ObjectRef:
+        return self.actor.is_set.remote(self.job)
 
     def report(self, stage: int, frames: float, seconds: float) -> None:
-        done, spent = self._work.get(stage, (0.0, 0.0))
-        self._work[stage] = (done + frames, spent + seconds)
+        self.actor.report.remote(self.job, stage, frames, seconds)
 
-    def tally(self) -> dict[int, tuple[float, float]]:
-        """Per stage: input frames handled and seconds spent, since the job started."""
-        return dict(self._work)
+    def ask_tally(self) -> ray.ObjectRef:
+        return self.actor.tally.remote(self.job)
+
+    def forget(self) -> None:
+        self.actor.forget.remote(self.job)
+
+
+_signals: tuple[str, ray.actor.ActorHandle] | None = None
+_signals_lock = threading.Lock()
+
+
+def _shared_signals() -> ray.actor.ActorHandle:
+    """This process's :class:`JobSignals`, started on first use (again after Ray was
+    shut down and started anew: the old handle belongs to the old Ray job)."""
+    global _signals
+    ray_job = ray.get_runtime_context().get_job_id()
+    with _signals_lock:
+        if _signals is None or _signals[0] != ray_job:
+            # @ray.remote makes JobSignals an actor class; Ray's annotations keep the class.
+            _signals = (ray_job, JobSignals.remote())  # type: ignore[attr-defined]
+        return _signals[1]
 
 
 class WorkReport:
@@ -88,9 +156,7 @@ class WorkReport:
     seconds, and whatever is left at :meth:`flush`.
     """
 
-    def __init__(
-        self, signal: ray.actor.ActorHandle | None, stage: int, interval: float = 0.25
-    ) -> None:
+    def __init__(self, signal: CancelSignal | None, stage: int, interval: float = 0.25) -> None:
         self._signal = signal
         self._stage = stage
         self._interval = interval
@@ -113,7 +179,7 @@ class WorkReport:
     def flush(self) -> None:
         if self._signal is not None and self._frames > 0:
             # Fire and forget: progress must never slow the stage down.
-            self._signal.report.remote(self._stage, self._frames, self._seconds)
+            self._signal.report(self._stage, self._frames, self._seconds)
         self._sent = time.monotonic()
         self._frames = self._seconds = 0.0
 
@@ -128,7 +194,7 @@ class CancelCheck:
     come up) does not wait for it.
     """
 
-    def __init__(self, signal: ray.actor.ActorHandle | None, interval: float = 0.25) -> None:
+    def __init__(self, signal: CancelSignal | None, interval: float = 0.25) -> None:
         self._signal = signal
         self._interval = interval
         self._next_poll = 0.0
@@ -147,7 +213,7 @@ class CancelCheck:
                 return
             if ray.get(ready[0]):
                 raise PipelineCanceled("job was canceled")
-        self._asked = self._signal.is_set.remote()
+        self._asked = self._signal.ask_is_set()
 
 
 def _one(batch: Batch, column: str) -> Any:
@@ -185,7 +251,7 @@ def decode_stage(
     path: str,
     rotation: int,
     colour: ColourSpec,
-    signal: ray.actor.ActorHandle | None,
+    signal: CancelSignal | None,
     stage: int = 0,
     layout: FrameLayout = FrameLayout.RGB,
     job: str | None = None,
@@ -252,7 +318,7 @@ class OperatorStage:
         self,
         spec: OperatorSpec,
         ratio: Fraction,
-        signal: ray.actor.ActorHandle | None,
+        signal: CancelSignal | None,
         models: ModelOptions | None = None,
         *,
         cached: bool = False,
@@ -335,7 +401,7 @@ def operator_stage(
     *,
     spec: OperatorSpec,
     ratio: Fraction,
-    signal: ray.actor.ActorHandle | None,
+    signal: CancelSignal | None,
     models: ModelOptions | None = None,
     stage: int = 1,
     layout: FrameLayout = FrameLayout.RGB,
@@ -377,7 +443,7 @@ def encode_stage(
     fps: Fraction,
     settings: EncoderSettings,
     colour: ColourSpec,
-    signal: ray.actor.ActorHandle | None,
+    signal: CancelSignal | None,
     stage: int = 2,
     layout: FrameLayout = FrameLayout.RGB,
     job: str | None = None,
@@ -406,7 +472,7 @@ def chunk_stage(
     fps: Fraction,
     settings: EncoderSettings,
     layout: FrameLayout,
-    signal: ray.actor.ActorHandle | None,
+    signal: CancelSignal | None,
     job: str | None = None,
     threads: int = 0,
 ) -> Batch:

@@ -62,6 +62,41 @@ def test_odd_output_sizes_are_cropped_to_even(make_video, tmp_path: Path):
     assert (info.width, info.height) == (150, 114) == (result.width, result.height)
 
 
+def test_jobs_of_a_process_share_one_signal_actor_and_leave_no_state_in_it(
+    make_video, tmp_path: Path
+):
+    """Cancel flags and work reports go through one JobSignals actor per process, not
+    an actor (and its process start) per job; each ended job, finished or failed,
+    leaves nothing in it."""
+    from pipelines.stages import CancelSignal
+
+    def shared_actor() -> ray.actor.ActorHandle:
+        signal = CancelSignal.for_new_job()
+        signal.forget()
+        return signal.actor
+
+    source = make_video(seconds=0.5, audio=False)
+    request = EnhanceRequest(preset="general", engine="classical", upscale_factor=2)
+    before = shared_actor()
+    seen: list[int] = []  # jobs the shared actor holds, seen while job a runs
+    enhance_video(
+        source,
+        tmp_path / "a.mp4",
+        request,
+        on_progress=lambda _: seen.append(ray.get(before.jobs.remote())),
+    )
+    assert seen and max(seen) == 1  # job a itself
+    with pytest.raises(InvalidOptionsError):
+        enhance_video(source, tmp_path / "b.mp4", dataclasses.replace(request, crf=99))
+    canceled = CancelToken()
+    canceled.cancel()
+    with pytest.raises(PipelineCanceled):
+        enhance_video(source, tmp_path / "c.mp4", request, cancel=canceled)
+    actor = CancelSignal.for_new_job().actor
+    assert actor._actor_id == before._actor_id
+    assert ray.get(actor.jobs.remote()) == 1  # the one just made here, no ended job's
+
+
 def test_streamed_chunks_equal_separate_stages(make_video, tmp_path: Path):
     """A chain of filters on one CPU node runs each chunk as one streaming task; the
     frames are exactly those of the same chain run stage by stage (in actors)."""
