@@ -14,6 +14,7 @@ tally into progress and an ETA (:class:`~pipelines.progress.ProgressMeter`).
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
@@ -66,11 +67,16 @@ class JobSignals:
     """One per driver process, shared by its jobs: the driver sets a job's cancel flag,
     its stages poll the flag and report their work.  Shared because an actor per job
     cost each job an actor process's start (1.7 CPU-s, and its first chunk waited for
-    it, on 2 cores).  State is per job key, from :meth:`start` until :meth:`forget`."""
+    it, on 2 cores).  State is per job key, from :meth:`start` until :meth:`forget`;
+    after that only the key is kept, among the last :attr:`ENDED_KEPT` ended jobs."""
+
+    # Ended jobs remembered so that their straggler tasks read them as canceled.
+    ENDED_KEPT = 4096
 
     def __init__(self) -> None:
         self._canceled: set[str] = set()
         self._work: dict[str, dict[int, tuple[float, float]]] = {}
+        self._ended: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def start(self, job: str) -> None:
         self._work[job] = {}
@@ -80,7 +86,9 @@ class JobSignals:
             self._canceled.add(job)
 
     def is_set(self, job: str) -> bool:
-        return job in self._canceled
+        """Whether the job was canceled, or has ended: a task still running for an ended
+        job (a failed one's other chunks) stops at its next check."""
+        return job in self._canceled or job in self._ended
 
     def report(self, job: str, stage: int, frames: float, seconds: float) -> None:
         # A straggler task of an ended job finds nothing to add to: nothing is kept.
@@ -99,6 +107,9 @@ class JobSignals:
     def forget(self, job: str) -> None:
         self._canceled.discard(job)
         self._work.pop(job, None)
+        self._ended[job] = None
+        if len(self._ended) > self.ENDED_KEPT:
+            self._ended.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -140,7 +151,9 @@ def _shared_signals() -> ray.actor.ActorHandle:
     """This process's :class:`JobSignals`, started on first use (again after Ray was
     shut down and started anew: the old handle belongs to the old Ray job)."""
     global _signals
-    ray_job = ray.get_runtime_context().get_job_id()
+    context = ray.get_runtime_context()
+    # A new local Ray has a new node id (its job ids start again from the first one).
+    ray_job = f"{context.get_node_id()}/{context.get_job_id()}"
     with _signals_lock:
         if _signals is None or _signals[0] != ray_job:
             # @ray.remote makes JobSignals an actor class; Ray's annotations keep the class.

@@ -92,9 +92,14 @@ def test_jobs_of_a_process_share_one_signal_actor_and_leave_no_state_in_it(
     canceled.cancel()
     with pytest.raises(PipelineCanceled):
         enhance_video(source, tmp_path / "c.mp4", request, cancel=canceled)
-    actor = CancelSignal.for_new_job().actor
-    assert actor._actor_id == before._actor_id
-    assert ray.get(actor.jobs.remote()) == 1  # the one just made here, no ended job's
+    signal = CancelSignal.for_new_job()
+    assert signal.actor._actor_id == before._actor_id
+    assert ray.get(before.jobs.remote()) == 1  # the one just made here, no ended job's
+    assert not ray.get(signal.ask_is_set())
+    signal.forget()
+    # An ended job reads as canceled: a straggler task of it stops at its next check.
+    assert ray.get(signal.ask_is_set())
+    assert ray.get(before.jobs.remote()) == 0
 
 
 def test_streamed_chunks_equal_separate_stages(make_video, tmp_path: Path):
