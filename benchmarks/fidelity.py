@@ -187,7 +187,7 @@ def prepare_case(
     )
     # Interpolation: the dropped (odd) frames, up to the last one with a kept frame after
     # it; the frame after the last kept one can only be held or extrapolated.
-    kept = (frames + 1) // 2
+    kept = (len(original) + 1) // 2  # a clip may have fewer frames than asked for
     scored = slice(1, 2 * kept - 2, 2) if case == "interpolation" else slice(None)
     return out, original, scored
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import av
 import numpy as np
@@ -89,7 +89,7 @@ def chunk_frames(
     check_canceled: Callable[[], None] = lambda: None,
     layout: FrameLayout = FrameLayout.RGB,
     threads: int = 0,
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, None]:
     """Exactly the ``chunk.frame_count`` frames ``chunk`` owns, one at a time as they
     decode (no look-ahead frame), so a caller that streams them on holds none together.
     If a damaged stream yields fewer frames than the probe counted, the last frame is

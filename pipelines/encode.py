@@ -137,6 +137,9 @@ class SegmentEncoder:
         context.color_range = colour.range_tag
         context.color_primaries = colour.primaries
         context.color_trc = colour.transfer
+        # Frame threads, as the ffmpeg CLI gives x264: PyAV's default, slice threads,
+        # splits every frame into a slice per thread (more bits, more CPU).
+        context.thread_type = "FRAME"
         if threads:
             context.thread_count = threads
         # CRF 0 is lossless only at 8 bits; QP 0 is lossless at any depth.

@@ -65,8 +65,8 @@ class JobPlan:
     streamed: bool = False
     # Threads a streamed chunk's decoder and encoder each use (0: their own choice, every
     # core).  One when there are at least as many chunks as cores: chunks then run side
-    # by side, and two x264s that each thread over every core spent 11 % more CPU than
-    # two single-threaded ones (benchmarks.pipeline_ceiling).
+    # by side, and two x264s that each threaded over both cores spent 11 % more CPU and
+    # 0.5 GiB more memory than one thread each (benchmarks.pipeline_ceiling, 2 cores).
     threads: int = 0
 
 
@@ -204,5 +204,5 @@ def plan_job(
         chunks=tuple(chunks),
         layout=layout,
         streamed=streamed,
-        threads=max(1, parallelism // len(chunks)) if streamed else 0,
+        threads=max(1, math.ceil(parallelism / len(chunks))) if streamed else 0,
     )

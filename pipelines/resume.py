@@ -104,6 +104,7 @@ def plan_digest(plan: JobPlan) -> str:
             [asdict(chunk) for chunk in plan.chunks],
             plan.chain,
             plan.encoder,
+            plan.threads,  # the encoder's threads change its bytes
             plan.layout,
             plan.upscale_factor,
             plan.width,

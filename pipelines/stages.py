@@ -15,6 +15,7 @@ tally into progress and an ETA (:class:`~pipelines.progress.ProgressMeter`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import logging
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from models.operator import FrameFilter, FrameInterpolator
 from models.registry import build_operator
@@ -62,7 +64,9 @@ log = logging.getLogger(__name__)
 _FRAMES_PER_CHECK = 4
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
+# Restarted if its process dies, calls retried meanwhile: a restart loses the tallies so
+# far (progress then counts from there) but never fails or strands a job.
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class JobSignals:
     """One per driver process, shared by its jobs: the driver sets a job's cancel flag,
     its stages poll the flag and report their work.  Shared because an actor per job
@@ -82,7 +86,7 @@ class JobSignals:
         self._work[job] = {}
 
     def set(self, job: str) -> None:
-        if job in self._work:
+        if job not in self._ended:
             self._canceled.add(job)
 
     def is_set(self, job: str) -> bool:
@@ -91,8 +95,10 @@ class JobSignals:
         return job in self._canceled or job in self._ended
 
     def report(self, job: str, stage: int, frames: float, seconds: float) -> None:
-        # A straggler task of an ended job finds nothing to add to: nothing is kept.
-        if (work := self._work.get(job)) is not None:
+        # A straggler task of an ended job adds nothing; a job unknown here (the actor
+        # restarted) is taken up again from its next report.
+        if job not in self._ended:
+            work = self._work.setdefault(job, {})
             done, spent = work.get(stage, (0.0, 0.0))
             work[stage] = (done + frames, spent + seconds)
 
@@ -156,8 +162,10 @@ def _shared_signals() -> ray.actor.ActorHandle:
     ray_job = f"{context.get_node_id()}/{context.get_job_id()}"
     with _signals_lock:
         if _signals is None or _signals[0] != ray_job:
+            # On the driver's node, whose process owns it and lives and dies with it.
+            here = NodeAffinitySchedulingStrategy(context.get_node_id(), soft=True)
             # @ray.remote makes JobSignals an actor class; Ray's annotations keep the class.
-            _signals = (ray_job, JobSignals.remote())  # type: ignore[attr-defined]
+            _signals = (ray_job, JobSignals.options(scheduling_strategy=here).remote())  # type: ignore[attr-defined]
         return _signals[1]
 
 
@@ -510,6 +518,8 @@ def chunk_stage(
         for spec in chain
     ]
     with ExitStack() as stack:
+        # Closed here, not when collected: it holds the input open while it decodes.
+        stack.enter_context(contextlib.closing(decoded))
         encoder: SegmentEncoder | None = None
         for _ in range(0, chunk.frame_count, _FRAMES_PER_CHECK):
             check()

@@ -352,6 +352,38 @@ def test_cancel_stops_work_releases_actors_and_leaves_nothing(make_video, tmp_pa
     assert _alive_stage_actors() == []
 
 
+def test_cancel_stops_streamed_chunks_midway(make_video, tmp_path: Path):
+    """A streamed chunk (decode, filters and encode in one task) stops at its next check
+    once the job is canceled, instead of running to its end: here one chunk of 384
+    frames, ×4 to 1280×960 (several seconds of encoding), canceled as soon as work is
+    reported; the job ends well before the chunk could have, and leaves nothing."""
+    source = make_video("long.mp4", width=320, height=240, seconds=16, audio=False)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cancel = CancelToken()
+    canceled_at: list[float] = []
+
+    def cancel_once_working(progress: Progress) -> None:
+        if progress.fraction > 0 and not canceled_at:
+            canceled_at.append(time.monotonic())
+            cancel.cancel()
+
+    request = EnhanceRequest(preset="general", engine="classical", upscale_factor=4)
+    with pytest.raises(PipelineCanceled):
+        enhance_video(
+            source,
+            tmp_path / "out.mp4",
+            request,
+            PipelineConfig(scratch_dir=scratch, max_chunk_frames=384),
+            on_progress=cancel_once_working,
+            cancel=cancel,
+        )
+    stopped_after = time.monotonic() - canceled_at[0]
+    # The chunk alone takes ~9 s on 2 cores; checks come every 0.25 s, a few frames apart.
+    assert stopped_after < 4, stopped_after
+    assert list(scratch.iterdir()) == []
+
+
 def test_cancel_before_start(make_video, tmp_path: Path):
     cancel = CancelToken()
     cancel.cancel()
