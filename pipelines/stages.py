@@ -208,16 +208,19 @@ class WorkReport:
 class CancelCheck:
     """Callable that raises :class:`PipelineCanceled` once the job's signal is set.
 
-    Asks the signal actor at most every ``interval`` seconds and never waits for the
-    answer: each call reads the previous question's answer if it has come, else goes
-    on.  So calling it per frame costs nothing measurable, and a chunk that starts
-    before the job's signal actor has started (its process takes a second or two to
-    come up) does not wait for it.
+    Asks the signal actor at most every ``interval`` seconds and waits at most ``wait``
+    seconds for the answer: an answer is always fresh (a stale one, read a group of
+    frames later, let a slow model stage run two or three groups past a cancel), and a
+    chunk that starts before the job's signal actor is up (its process takes a second
+    or two on the first job) goes on and reads the answer at a later call.
     """
 
-    def __init__(self, signal: CancelSignal | None, interval: float = 0.25) -> None:
+    def __init__(
+        self, signal: CancelSignal | None, interval: float = 0.25, wait: float = 0.05
+    ) -> None:
         self._signal = signal
         self._interval = interval
+        self._wait = wait
         self._next_poll = 0.0
         self._asked: ray.ObjectRef | None = None
 
@@ -228,13 +231,14 @@ class CancelCheck:
         if now < self._next_poll:
             return
         self._next_poll = now + self._interval
-        if self._asked is not None:
-            ready, _ = ray.wait([self._asked], timeout=0)
-            if not ready:
-                return
-            if ray.get(ready[0]):
-                raise PipelineCanceled("job was canceled")
-        self._asked = self._signal.ask_is_set()
+        if self._asked is None:
+            self._asked = self._signal.ask_is_set()
+        ready, _ = ray.wait([self._asked], timeout=self._wait)
+        if not ready:
+            return  # the actor is not up yet: this question is read at a later call
+        self._asked = None
+        if ray.get(ready[0]):
+            raise PipelineCanceled("job was canceled")
 
 
 def _one(batch: Batch, column: str) -> Any:
