@@ -808,7 +808,6 @@ def serve() -> None:
         typer.echo(f"Try: curl {base}/v2/jobs -H 'Authorization: Bearer {created[0]}'")
     else:
         typer.echo("Using the existing API keys; `retroiva keys create --name NAME` adds one.")
-    typer.echo("Stop with Ctrl-C (or SIGTERM).")
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise _Stop
@@ -816,8 +815,13 @@ def serve() -> None:
     # Installed after ray.init, whose own handler would print a stack trace instead.
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        # Inside the try, so a signal sent the moment this line is read is handled.
+        typer.echo("Stop with Ctrl-C (or SIGTERM).")
         while True:
-            time.sleep(3600)
+            # Short sleeps: the kernel may deliver the signal to one of Ray's threads,
+            # and then Python runs its handler only when this thread next wakes; a
+            # sleep of an hour left a Ctrl-C unanswered (CI, test_serve_command).
+            time.sleep(0.5)
     except (KeyboardInterrupt, _Stop) as exc:
         how = "SIGTERM" if isinstance(exc, _Stop) else "Ctrl-C"
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
