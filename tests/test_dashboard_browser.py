@@ -43,6 +43,7 @@ webdriver = pytest.importorskip(
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,
     StaleElementReferenceException,
+    WebDriverException,
 )
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
@@ -136,7 +137,20 @@ def _navigate(driver: webdriver.Chrome, action: Callable[[], object]) -> None:
 
 
 def _click(driver: webdriver.Chrome, element_id: str) -> None:
-    _navigate(driver, driver.find_element(By.ID, element_id).click)
+    """Click the element and wait for the next page.  A page that polls reloads itself,
+    and an element found just before a reload is gone when clicked (Chromium: "Node
+    with given id does not belong to the document", once in CI), so then the click is
+    tried again on the new page."""
+    for attempt in range(5):
+        try:
+            _navigate(driver, driver.find_element(By.ID, element_id).click)
+            return
+        except WebDriverException as exc:
+            gone = isinstance(exc, StaleElementReferenceException) or (
+                "does not belong to the document" in str(exc)
+            )
+            if not gone or attempt == 4:
+                raise
 
 
 def _sign_in(driver: webdriver.Chrome, base: str, token: str) -> None:
