@@ -6,10 +6,10 @@ eager and with ``torch.compile`` (upscalers: 1080p → ×2, tiles of 512; RIFE: 
 1 and 4), and a TensorRT attempt that reports its fallback reason when it can't run.
 
 ``e2e``: one whole job through :func:`pipelines.enhance.enhance_video` on a local Ray
-with the GPU (preset ``general`` ×2: NL-means, then SPAN in a ``num_gpus=1`` actor
-pool), once per model runtime (``auto``, ``compile``), with the runtime each model
-stage got, as the stage logged it, and the output checked (size, frame count, PSNR
-against the same job on the classical chain).
+with the GPU (preset ``general`` ×2: the clip is grainy, so the plan picks waifu2x
+noise 3, in a ``num_gpus=1`` actor pool), once per model runtime (``auto``,
+``compile``), with the runtime each model stage got, as the stage logged it, and the
+output checked (size, frame count, PSNR against the same job on the classical chain).
 
 Prints "no CUDA" and exits 0 where there is none, so it can't pretend to have
 measured anything.
