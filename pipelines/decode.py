@@ -12,7 +12,7 @@ from pipelines.colour import ColourSpec, frame_to_rgb, frame_to_yuv420
 from pipelines.errors import InvalidInputError
 from vocabulary import FrameLayout
 
-__all__ = ["DecodedChunk", "chunk_frames", "decode_chunk", "to_display_rgb"]
+__all__ = ["DecodedChunk", "chunk_frames", "decode_chunk", "frames_from", "to_display_rgb"]
 
 DecodedChunk = tuple[np.ndarray, int]
 """Frames (``n_own + n_lookahead`` of them, in the job's layout) and ``n_lookahead`` (0 or 1)."""
@@ -25,6 +25,39 @@ def to_display_rgb(frame: av.VideoFrame, rotation: int, colour: ColourSpec) -> n
     if rotation:
         rgb = np.ascontiguousarray(np.rot90(rgb, k=-(rotation // 90)))
     return rgb
+
+
+def frames_from(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    seek_pts: int,
+    start_pts: int,
+) -> Iterator[av.VideoFrame]:
+    """Decoded frames from a seek to the keyframe at ``seek_pts``, the first of them at
+    or before ``start_pts`` (the caller drops what comes before it).
+
+    MPEG-TS and MPEG-PS have no index: their demuxers find a timestamp by searching the
+    byte stream, and a seek to a keyframe's own pts lands on the *next* keyframe, a GOP
+    late (every chunk of such an input decoded none of its own frames).  So when the
+    first frame is past ``start_pts``, this seeks again further back, a second, then
+    twice as far each time, and at last to the stream's start.
+    """
+    second = max(1, round(1 / stream.time_base)) if stream.time_base else 1
+    step, target = 0, seek_pts
+    while True:
+        container.seek(target, stream=stream, backward=True)
+        frames = container.decode(stream)
+        first = next(frames, None)
+        # Nothing at all: the seek landed past the last keyframe.
+        overshot = first is None or (first.pts is not None and first.pts > start_pts)
+        if not overshot or target < 0:
+            if first is not None:
+                yield first
+                yield from frames
+            return
+        step = 2 * step if step else second
+        # Below zero last: before any frame, which every demuxer takes as "the start".
+        target = seek_pts - step if seek_pts - step > 0 else -1
 
 
 def _decoded(
@@ -45,9 +78,9 @@ def _decoded(
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
-        container.seek(chunk.seek_pts, stream=stream, backward=True)
         try:
-            for i, frame in enumerate(container.decode(stream)):
+            frames = frames_from(container, stream, chunk.seek_pts, chunk.start_pts)
+            for i, frame in enumerate(frames):
                 if i % 8 == 0:
                     check_canceled()
                 if frame.pts is None or frame.pts < chunk.start_pts:

@@ -15,6 +15,7 @@ import numpy as np
 
 from models.noise_estimate import estimate_chroma_noise, estimate_noise
 from pipelines.colour import frame_to_rgb
+from pipelines.decode import frames_from
 from pipelines.probe import VideoInfo
 
 __all__ = ["NoiseLevel", "measure_noise"]
@@ -45,9 +46,8 @@ def measure_noise(info: VideoInfo) -> NoiseLevel:
     with av.open(info.path) as container:
         stream = container.streams.video[0]
         for pts in picks:
-            container.seek(pts, stream=stream, backward=True)
             got = 0
-            for frame in container.decode(stream):
+            for frame in frames_from(container, stream, pts, pts):
                 if frame.pts is not None and frame.pts < pts:
                     continue
                 frames.append(frame_to_rgb(frame, info.colour))
