@@ -8,14 +8,17 @@ are per-request parameters with per-preset defaults; ``resolve_chain`` fills the
 Neural chains (the default, ``engine="neural"``) use pretrained models where they
 earn their cost; why each preset is tuned as it is:
 
-Denoising follows the footage: the job's noise is measured once
-(:mod:`pipelines.noise_probe`), and NL-means runs at ``gain × σ`` or not at all, and the
-upscaler is SPAN or a denoising model (``_for_noise``), so clean in means untouched
-texture out.  Operators used without a plan make the same decisions per batch.
+Denoising follows the footage: the job's noise and its encoder's quantiser are measured
+once (:mod:`pipelines.noise_probe`, :mod:`pipelines.quantiser`); NL-means runs at
+``gain × σ`` or not at all, and the upscaler is SPAN, or the denoising model where the
+input is noisy or compressed (``_for_noise``), so clean in means untouched texture out.
+Compression needs the quantiser: the noise estimate reads heavily compressed footage as
+clean.  Operators used without a plan make the noise decisions per batch (frames carry
+no quantiser).
 
 * ``general`` — RIFE, then SPAN (a compact, fast, PSNR-oriented model; ×2 weights for
-  ×1–2, ×4 weights for ×3–4) on clean input and waifu2x at noise level 3 on noisy input
-  (at ×1 clean input is left alone), fast encode.  No NL-means before it: on real
+  ×1–2, ×4 weights for ×3–4) on clean input and waifu2x at noise level 3 on noisy or
+  compressed input (at ×1 clean input is left alone), fast encode.  No NL-means before it: on real
   noisy clips NL-means + SPAN lost 1.1 dB to NL-means + Lanczos (SPAN sharpens what
   noise NL-means leaves), while waifu2x gained 2.5 dB over ffmpeg's best recipe.
 * ``cinematic`` — light NL-means (gain 0.6) to keep grain, RIFE, SPAN, slower encode at
@@ -26,11 +29,12 @@ texture out.  Operators used without a plan make the same decisions per batch.
   registry.  ``realesrgan-x4plus`` is ~30× slower on CPU; it stays for GPU deployments.
 * ``social`` — as general, with RIFE to 60 fps for phones, fast encode at a higher CRF
   (platforms re-encode anyway).
-* ``archive`` — waifu2x photo, noise level 3 (the strongest), which removes noise and
-  JPEG blocking while doubling the size, then RIFE when a frame rate is asked, low CRF.
-  It is our best on heavily compressed input, which the noise probe reads as clean, so
-  it is not noise-adaptive; on clean bikes footage it scores 0.23 dB under Lanczos at
-  the same encode (README, "Fidelity on real footage").
+* ``archive`` — the upscaler as general's (waifu2x photo at noise level 3, which
+  removes noise and compression blocking while doubling the size, on noisy or
+  compressed input; SPAN on clean), then RIFE's time-symmetric ensemble when a frame
+  rate is asked, low CRF at a slower x264 speed.  It used waifu2x whatever the input,
+  for its lead on compressed footage, and scored 0.23 dB under Lanczos on clean bikes
+  footage; with the quantiser it keeps that lead and loses nothing on clean input.
 
 Classical chains (``engine="classical"``) are NL-means, DIS-flow interpolation and
 Lanczos.  They are also the fallback: when any model of a neural chain can't run here
@@ -54,6 +58,7 @@ from models.sr_models import sr_model
 from pipelines.encode import EncoderSettings
 from pipelines.errors import InvalidOptionsError
 from pipelines.noise_probe import NoiseLevel
+from pipelines.quantiser import COMPRESSED_QP
 from vocabulary import Backend, Engine, OperatorKind, PresetName
 
 __all__ = ["ENGINES", "PRESETS", "OperatorSpec", "Preset", "resolve_chain"]
@@ -92,8 +97,9 @@ _RIFE = _spec(OperatorKind.INTERPOLATE, Backend.RIFE)
 _RIFE_ENSEMBLE = _spec(OperatorKind.INTERPOLATE, Backend.RIFE, ensemble=True)
 _SPAN_MODELS = {1: "span-x2", 2: "span-x2", 3: "span-x4", 4: "span-x4"}
 _SPAN = _spec(OperatorKind.UPSCALE, Backend.NCNN, models=_SPAN_MODELS)
-# SPAN on clean jobs, waifu2x at noise level 3 on noisy ones (thresholds measured in
-# models.neural_upscale); decided once per job by _for_noise.
+# SPAN on clean jobs, waifu2x at noise level 3 on noisy or compressed ones (thresholds
+# measured in models.neural_upscale and pipelines.quantiser); decided once per job by
+# _for_noise.
 _SPAN_OR_DENOISER = _spec(
     OperatorKind.UPSCALE, Backend.NCNN, models=_SPAN_MODELS, noisy_model="waifu2x-photo-noise3-x2"
 )
@@ -134,10 +140,7 @@ PRESETS: Mapping[PresetName, Preset] = MappingProxyType(
         ),
         PresetName.ARCHIVE: Preset(
             PresetName.ARCHIVE,
-            (
-                _spec(OperatorKind.UPSCALE, Backend.NCNN, model="waifu2x-photo-noise3-x2"),
-                _RIFE_ENSEMBLE,
-            ),
+            (_SPAN_OR_DENOISER, _RIFE_ENSEMBLE),
             _classical(1.2),
             2,
             EncoderSettings(crf=16, speed="medium"),
@@ -155,9 +158,9 @@ def _for_noise(spec: OperatorSpec, noise: NoiseLevel) -> OperatorSpec | None:
             return None
         params["strength"] = min(30.0, params.pop("gain") * noise.luma)
     noisy_model = params.pop("noisy_model", None)
-    if noisy_model is not None and (
-        noise.luma >= NOISY_SIGMA or noise.chroma >= NOISY_CHROMA_SIGMA
-    ):
+    noisy = noise.luma >= NOISY_SIGMA or noise.chroma >= NOISY_CHROMA_SIGMA
+    compressed = noise.quantiser is not None and noise.quantiser >= COMPRESSED_QP
+    if noisy_model is not None and (noisy or compressed):
         params.pop("models", None)
         params["model"] = noisy_model
     return OperatorSpec(spec.kind, spec.backend, MappingProxyType(params))

@@ -20,6 +20,8 @@ from vocabulary import Backend, OperatorKind, PresetName
 from media import psnr
 
 CLEAN, NOISY = NoiseLevel(0.5, 0.05), NoiseLevel(3.5, 0.4)
+# What a CRF 36 copy reads: no noise left to measure, a high quantiser.
+COMPRESSED = NoiseLevel(0.04, 0.01, quantiser=37.4)
 
 
 def _steps(
@@ -54,7 +56,22 @@ def test_social_interpolates_with_rife():
 def test_cinematic_and_archive_models():
     # Chosen end to end on real footage (benchmarks/fidelity.py), not on photos.
     assert _steps("cinematic", 2)[-1] == ("upscale", "ncnn", "span-x2")
-    assert _steps("archive", 2) == [("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
+    assert _steps("archive", 2) == [("upscale", "ncnn", "span-x2")]
+    for degraded in (NOISY, COMPRESSED):
+        assert _steps("archive", 2, noise=degraded) == [
+            ("upscale", "ncnn", "waifu2x-photo-noise3-x2")
+        ]
+
+
+@pytest.mark.parametrize("preset", ["general", "social", "archive"])
+def test_a_compressed_job_gets_the_denoising_model_whatever_its_noise_reads(preset: str):
+    waifu2x = ("upscale", "ncnn", "waifu2x-photo-noise3-x2")
+    assert _steps(preset, 2, noise=COMPRESSED)[-1] == waifu2x
+    # Below the threshold, or where the codec exports no quantiser, the noise decides.
+    assert _steps(preset, 2, noise=NoiseLevel(0.04, 0.01, quantiser=24.0))[-1][2] == "span-x2"
+    assert _steps(preset, 2, noise=NoiseLevel(0.04, 0.01, quantiser=None))[-1][2] == "span-x2"
+    # Cinematic keeps SPAN: its chain has no denoising model to switch to.
+    assert _steps("cinematic", 2, noise=COMPRESSED)[-1][2] == "span-x2"
 
 
 def test_factor_one_drops_plain_upscalers_but_keeps_a_denoiser():
@@ -63,8 +80,10 @@ def test_factor_one_drops_plain_upscalers_but_keeps_a_denoiser():
     assert _steps("general", 1, noise=NOISY) == [("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
     assert _steps("general", 1, engine="classical") == []
     assert _steps("general", 1, engine="classical", noise=NOISY) == [("denoise", "classical", None)]
-    assert _steps("archive", 1) == [("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
-    [spec] = resolve_chain(PRESETS["archive"], 1, Fraction(1), noise=CLEAN)
+    assert _steps("archive", 1) == []
+    waifu2x = ("upscale", "ncnn", "waifu2x-photo-noise3-x2")
+    assert _steps("archive", 1, noise=COMPRESSED) == [waifu2x]
+    [spec] = resolve_chain(PRESETS["archive"], 1, Fraction(1), noise=COMPRESSED)
     assert spec.params["factor"] == 1
 
 
