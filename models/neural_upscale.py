@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.host_staging import HostStaging
 from models.ncnn_convert import load_ncnn_module
 from models.ncnn_runtime import NcnnRunner, ncnn_version
 from models.operator import check_frames
@@ -96,6 +97,7 @@ class NeuralUpscale:
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's stubs omit it
         self.net = net.to(self.device, self.dtype)
+        self._staging = HostStaging(self.device)
         self._run, self.runtime_choice = self._runtime(options)
 
     def __repr__(self) -> str:
@@ -157,9 +159,10 @@ class NeuralUpscale:
         check_frames(frames)
         n, h, w, _ = frames.shape
         out = np.empty((n, h * self.scale, w * self.scale, 3), dtype=np.uint8)
-        for start in range(0, n, self.batch):
-            # A copy: frames from Ray's object store are read-only, which torch warns of.
-            part = torch.from_numpy(frames[start : start + self.batch].copy()).to(self.device)
+        # Batch i's result is copied out while batch i+1 computes (models.host_staging).
+        pending: tuple[int, Callable[[], np.ndarray]] | None = None
+        for i, start in enumerate(range(0, n, self.batch)):
+            part = self._staging.upload(frames[start : start + self.batch], slot=i)
             x = part.permute(0, 3, 1, 2).to(self.dtype) / 255.0
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -177,7 +180,16 @@ class NeuralUpscale:
             if self.anchor:
                 y = _anchored(y.float(), x.float())
             pixels = (y.float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
-            out[start : start + len(part)] = pixels.permute(0, 2, 3, 1).cpu().numpy()
+            copied = self._staging.download(pixels.permute(0, 2, 3, 1), slot=i)
+            if pending is not None:
+                done, wait = pending
+                result = wait()
+                out[done : done + len(result)] = result
+            pending = (start, copied)
+        if pending is not None:
+            done, wait = pending
+            result = wait()
+            out[done : done + len(result)] = result
         return out
 
 
