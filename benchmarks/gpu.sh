@@ -10,11 +10,15 @@
 # Parts, one device call each:
 #   rife | span | waifu2x | realesrgan   the models alone (benchmarks/gpu_check.py):
 #       run(command="bash benchmarks/gpu.sh span", carry=[".whl/span"], timeout_s=300)
+#   staging                              the upscalers' pinned copies against
+#       synchronous ones, A/B (about 60 s):
+#       run(command="bash benchmarks/gpu.sh staging", carry=[".whl/span", ".whl/waifu2x"])
 #   stage-ray, then e2e                  one whole job through the pipeline on the GPU.
 #       Ray's wheel (75.6 MiB) is over the 64 MiB a call carries, and Ray plus PyAV
 #       (33.4 MiB) are ~110 MiB: the Ray wheel travels split, its first 59 MiB in the
 #       first call, kept in /tmp/retroiva-stage on the machine, and the rest with PyAV,
-#       jsonschema (Ray needs it; the image lacks it) and the SPAN weights in the second.
+#       jsonschema (Ray needs it; the image lacks it) and the SPAN and waifu2x weights
+#       in the second.
 #       The machine stays warm only 30 s after a call, so make the second call at once:
 #   run(command="bash benchmarks/gpu.sh stage-ray", carry=[".whl/stage-ray"], timeout_s=60)
 #   run(command="bash benchmarks/gpu.sh e2e", carry=[".whl/e2e"], timeout_s=480)
@@ -25,15 +29,16 @@
 #
 # What e2e measures (gpu_check.end_to_end): the runtime report of `retroiva models
 # list`; one classical job and the neural job (preset general ×2: waifu2x noise 3, as
-# the clip is grainy, in a num_gpus=1 actor pool) with model_runtime auto and then compile, each cold and
-# warm: size, frame count, seconds, frames per second, PSNR against the classical
-# output, and each stage's "span-x2: runtime … (why)" line from the Ray workers.
+# the clip is grainy, in a num_gpus=1 actor pool) with model_runtime auto and then
+# compile, each cold and warm: size, frame count, seconds, frames per second, PSNR
+# against the classical output, and each stage's "waifu2x-photo-noise3-x2: runtime …
+# (why)" line from the Ray workers.
 # TensorRT cannot be measured there: tensorrt-cu13's libraries are several GB, far
 # beyond what a call carries, so auto must report "the tensorrt package does not
 # import … torch on NVIDIA H200" — the fallback path, on a real GPU. Engine builds and
 # `ray up cluster.yaml` run only on a real cluster (README: "A Ray cluster").
 set -euo pipefail
-part=${1:?usage: gpu.sh prepare|rife|span|waifu2x|realesrgan|stage-ray|e2e|--quick}
+part=${1:?usage: gpu.sh prepare|rife|span|waifu2x|realesrgan|staging|stage-ray|e2e|--quick}
 
 # CI: no wheels, no GPU, no installs; proves the script and gpu_check still run, and
 # gpu_check says it skipped the GPU parts where there is no CUDA.
@@ -96,6 +101,9 @@ fi
 
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 wheels=(".whl/$part"/*.whl)
+if [[ $part == staging ]]; then  # SPAN and waifu2x: carry=[".whl/span", ".whl/waifu2x"]
+    wheels=(.whl/span/*.whl .whl/waifu2x/*.whl)
+fi
 if [[ $part == e2e ]]; then
     if [[ ! -f $stage/ray.part-aa ]]; then
         echo "no $stage/ray.part-aa: this is a fresh machine; run stage-ray, then e2e at once"

@@ -15,7 +15,11 @@ output checked (size, frame count, PSNR against the same job on the classical ch
 Prints "no CUDA" and exits 0 where there is none, so it can't pretend to have
 measured anything.
 
-    python3 -m benchmarks.gpu_check rife|span|waifu2x|realesrgan|e2e|--quick
+``staging``: the upscalers' pinned, double-buffered copies (:mod:`models.host_staging`)
+against the synchronous copies of before (``pinned=False``), same operator, same
+process, rounds alternated, and their outputs compared byte for byte.
+
+    python3 -m benchmarks.gpu_check rife|span|waifu2x|realesrgan|staging|e2e|--quick
 
 ``--quick`` (CI, no GPU needed): where there is no CUDA, says so and measures nothing;
 with CUDA, the RIFE part.
@@ -95,6 +99,32 @@ def upscalers(names: tuple[str, ...]) -> None:
             op = NeuralUpscale(name, factor=2, tile=512, device="cuda", runtime=runtime)  # type: ignore[arg-type]
             line += f" {runtime} {_upscale_fps(op, full):.1f} fps"
         print(line + " (1080p → ×2)", flush=True)
+
+
+def staged_copies(names: tuple[str, ...] = ("span-x2", "waifu2x-photo-noise3-x2")) -> None:
+    from models.host_staging import HostStaging
+
+    full, _ = _pair((1920, 1080))
+    frames = np.stack([np.roll(full, 9 * k, axis=1) for k in range(CALL_FRAMES)])
+    for name in names:
+        op = NeuralUpscale(name, factor=2, tile=512, device="cuda", runtime="torch")
+        staged = op.staging
+        synchronous = HostStaging(op.device, pinned=False)
+        op.staging = synchronous
+        before = op(frames)
+        op.staging = staged
+        diff = np.abs(before.astype(np.int16) - op(frames)).max()
+        print(f"{name}: staged vs synchronous copies, max |Δ| {diff}", flush=True)
+        for _ in range(3):
+            op.staging = synchronous
+            old = _upscale_fps(op, full, seconds=4.0)
+            op.staging = staged
+            new = _upscale_fps(op, full, seconds=4.0)
+            print(
+                f"  {name} 1080p → ×2, {CALL_FRAMES} frames a call, batch {op.batch}: "
+                f"synchronous {old:.1f} fps, staged {new:.1f} fps ({new / old:.2f}×)",
+                flush=True,
+            )
 
 
 def _decoded(path: Path) -> np.ndarray:
@@ -194,6 +224,9 @@ def main() -> None:
     if part == "e2e":
         with tempfile.TemporaryDirectory() as work:
             end_to_end(Path(work))
+        return
+    if part == "staging":
+        staged_copies()
         return
     if part != "rife":
         upscalers(UPSCALERS[part])

@@ -97,7 +97,7 @@ class NeuralUpscale:
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's stubs omit it
         self.net = net.to(self.device, self.dtype)
-        self._staging = HostStaging(self.device)
+        self.staging = HostStaging(self.device)
         self._run, self.runtime_choice = self._runtime(options)
 
     def __repr__(self) -> str:
@@ -159,10 +159,10 @@ class NeuralUpscale:
         check_frames(frames)
         n, h, w, _ = frames.shape
         out = np.empty((n, h * self.scale, w * self.scale, 3), dtype=np.uint8)
-        # Batch i's result is copied out while batch i+1 computes (models.host_staging).
+        # Batch i's result goes into ``out`` while batch i+1 computes (models.host_staging).
         pending: tuple[int, Callable[[], np.ndarray]] | None = None
         for i, start in enumerate(range(0, n, self.batch)):
-            part = self._staging.upload(frames[start : start + self.batch], slot=i)
+            part = self.staging.upload(frames[start : start + self.batch], slot=i)
             x = part.permute(0, 3, 1, 2).to(self.dtype) / 255.0
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -180,7 +180,7 @@ class NeuralUpscale:
             if self.anchor:
                 y = _anchored(y.float(), x.float())
             pixels = (y.float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
-            copied = self._staging.download(pixels.permute(0, 2, 3, 1), slot=i)
+            copied = self.staging.download(pixels.permute(0, 2, 3, 1), slot=i)
             if pending is not None:
                 done, wait = pending
                 result = wait()

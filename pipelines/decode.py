@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Generator, Iterator
 
 import av
@@ -13,6 +14,10 @@ from pipelines.errors import InvalidInputError
 from vocabulary import FrameLayout
 
 __all__ = ["DecodedChunk", "chunk_frames", "decode_chunk", "frames_from", "to_display_rgb"]
+
+log = logging.getLogger(__name__)
+
+_WARN_AFTER_SECONDS = 64  # a backoff step (1, 2, 4, … s) this long is no GOP's length
 
 DecodedChunk = tuple[np.ndarray, int]
 """Frames (``n_own + n_lookahead`` of them, in the job's layout) and ``n_lookahead`` (0 or 1)."""
@@ -56,7 +61,15 @@ def frames_from(
                 yield from frames
             return
         step = 2 * step if step else second
-        # Below zero last: before any frame, which every demuxer takes as "the start".
+        if step == _WARN_AFTER_SECONDS * second:
+            # Each chunk of such a stream now decodes a minute or more it does not own.
+            log.warning(
+                "seeking to pts %d landed past it again; decoding from %d s before it",
+                seek_pts,
+                _WARN_AFTER_SECONDS,
+            )
+        # Last, a negative target: a backward seek there lands on the first keyframe,
+        # negative timestamps (edit lists) included.
         target = seek_pts - step if seek_pts - step > 0 else -1
 
 

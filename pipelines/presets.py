@@ -34,7 +34,10 @@ no quantiser).
   compressed input; SPAN on clean), then RIFE's time-symmetric ensemble when a frame
   rate is asked, low CRF at a slower x264 speed.  It used waifu2x whatever the input,
   for its lead on compressed footage, and scored 0.23 dB under Lanczos on clean bikes
-  footage; with the quantiser it keeps that lead and loses nothing on clean input.
+  footage; with the quantiser it keeps that lead and loses nothing on clean input,
+  where the codec exports one (H.264, MPEG-2/4; HEVC, AV1 and VP9 do not, and there
+  compression that does not read as noise gets SPAN).  It upscales before RIFE, so
+  RIFE sees the denoised frames.
 
 Classical chains (``engine="classical"``) are NL-means, DIS-flow interpolation and
 Lanczos.  They are also the fallback: when any model of a neural chain can't run here

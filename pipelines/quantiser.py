@@ -14,8 +14,8 @@ Scales differ by codec, so each is converted to H.264's QP (0–51, +6 doubles t
 * H.264: the per-macroblock QP as it is.
 * MPEG-2 and MPEG-4 part 2 (DVD, DV-era archives): FFmpeg exports twice the quantiser
   scale ``q``; H.264's equivalent is libavcodec's own ``12 + 6·log2(q / 0.85)``.
-* Other codecs (HEVC, AV1, VP9's frame-level index) export nothing comparable here:
-  ``None``, and planning falls back on the noise measure alone.
+* Other codecs export nothing comparable (HEVC and AV1 nothing; VP9 a frame-level
+  index on its own scale): ``None``, and planning falls back on the noise measure alone.
 """
 
 from __future__ import annotations
@@ -52,13 +52,27 @@ def frame_quantiser(frame: av.VideoFrame) -> float | None:
     for data in cast("Iterable[object]", frame.side_data):
         if not isinstance(data, VideoEncParams):
             continue
-        qp_map = np.asarray(data.qp_map(), dtype=np.float64)
-        if qp_map.size == 0:
+        kind = data.codec_type
+        # VP9 exports a frame-level index on its own scale and no blocks unless it
+        # segments: nothing to convert.
+        if kind not in (VideoEncParamsType.H264, VideoEncParamsType.MPEG2) or not data.nb_blocks:
             return None
-        if data.codec_type == VideoEncParamsType.H264:
-            return float(qp_map.mean())
-        if data.codec_type == VideoEncParamsType.MPEG2:  # MPEG-4 part 2 reports this too
-            scale = np.maximum(qp_map / 2.0, 1.0)
-            return float(np.mean(12.0 + 6.0 * np.log2(scale / 0.85)))
-        return None
+        qps = _block_qps(data)
+        if kind == VideoEncParamsType.H264:
+            return float(qps.mean())
+        # MPEG-2 (and MPEG-4 part 2, which reports the same type): twice the scale.
+        scale = np.maximum(qps / 2.0, 1.0)
+        return float(np.mean(12.0 + 6.0 * np.log2(scale / 0.85)))
     return None
+
+
+def _block_qps(data: VideoEncParams) -> np.ndarray:
+    try:
+        return np.asarray(data.qp_map(), dtype=np.float64)
+    except (RuntimeError, ValueError):
+        # PyAV's map needs one block per 16×16 of the *cropped* frame; a stream that
+        # crops 16 px or more (H.264's frame cropping) has more blocks than that.
+        return np.array(
+            [data.qp + data.block_params(i).delta_qp for i in range(data.nb_blocks)],
+            dtype=np.float64,
+        )

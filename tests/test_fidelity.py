@@ -22,9 +22,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def scores(ray_session: None):
-    return run(
-        ["carphone_pristine.mp4"], ["clean", "noisy", "compressed"], 8, presets=["general"]
-    )
+    return run(["carphone_pristine.mp4"], ["clean", "noisy", "compressed"], 8, presets=["general"])
 
 
 def test_clean_input_is_not_made_worse(scores):

@@ -41,8 +41,8 @@ def _ffmpeg_rgb(path: Path, width: int, height: int) -> np.ndarray:
 @pytest.mark.parametrize(
     ("name", "codec"),
     [
-        ("dvd.mpg", ["-c:v", "mpeg2video", "-q:v", "4", "-f", "mpeg"]),
-        ("broadcast.ts", ["-c:v", "mpeg2video", "-q:v", "4", "-f", "mpegts"]),
+        ("dvd.mpg", ["-c:v", "mpeg2video", "-q:v", "4", "-bf", "2", "-f", "mpeg"]),
+        ("broadcast.ts", ["-c:v", "mpeg2video", "-q:v", "4", "-bf", "2", "-f", "mpegts"]),
         ("camera.ts", ["-c:v", "libx264", "-crf", "20", "-bf", "2", "-f", "mpegts"]),
     ],
 )

@@ -60,10 +60,29 @@ def test_mpeg2_quantiser_is_put_on_h264_s_scale(tmp_path: Path):
     assert coarse.quantiser == pytest.approx(37.4, abs=1.0)
 
 
-def test_a_codec_without_exported_quantisers_reads_none(tmp_path: Path):
-    x265 = ["-c:v", "libx265", "-crf", "36", "-x265-params", "log-level=error"]
-    hevc = _copy(tmp_path, "hevc.mp4", x265)
-    assert measure_noise(probe(hevc)).quantiser is None
+@pytest.mark.parametrize(
+    ("name", "codec"),
+    [
+        ("hevc.mp4", ["-c:v", "libx265", "-crf", "36", "-x265-params", "log-level=error"]),
+        # VP9 exports its own frame-level index and no blocks: it used to raise.
+        ("vp9.webm", ["-c:v", "libvpx-vp9", "-crf", "40", "-b:v", "0"]),
+    ],
+)
+def test_a_codec_without_comparable_quantisers_reads_none(
+    tmp_path: Path, name: str, codec: list[str]
+):
+    noise = measure_noise(probe(_copy(tmp_path, name, codec)))
+    assert noise.quantiser is None and noise.luma > 0
+
+
+def test_h264_frame_cropping_still_reads_its_quantiser(tmp_path: Path):
+    # Cropping 16 px or more leaves more blocks than the cropped frame's 16×16 grid,
+    # which PyAV's qp_map refuses; the blocks are read one by one instead.
+    cropped = _copy(tmp_path, "cropped.mp4", [*_x264(36), "-bsf:v", "h264_metadata=crop_bottom=32"])
+    info = probe(cropped)
+    assert info.height == 48  # coded 80 rows (5 macroblocks), 32 cropped off
+    quantiser = measure_noise(info).quantiser
+    assert quantiser is not None and quantiser >= COMPRESSED_QP
 
 
 @pytest.mark.parametrize(("crf", "model"), [(18, "span-x2"), (36, "waifu2x-photo-noise3-x2")])
