@@ -106,6 +106,28 @@ def _interlaced(d: Path) -> Path:
     return _encode(d / "interlaced.mp4", frames, "interlaced=1:tff=1")
 
 
+def _other_codec(name: str, codec: str, options: dict[str, str]) -> Callable[[Path], Path]:
+    """30 frames of a moving gradient in ``codec``, keyframes every 6 frames, so a job
+    has several chunks and each seeks."""
+
+    def make(d: Path) -> Path:
+        ramp = np.tile(np.linspace(0, 255, 96, dtype=np.uint8)[None, :, None], (64, 1, 3))
+        path = d / name
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream(codec, rate=25)
+            stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+            stream.gop_size = 6
+            stream.options = options
+            for i in range(30):
+                frame = av.VideoFrame.from_ndarray(np.roll(ramp, 3 * i, axis=1), format="rgb24")
+                frame.pts = i
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        return path
+
+    return make
+
+
 def _huge_audio_only(d: Path) -> Path:
     return write_audio_only(d / "ten-minutes.m4a", SampleSpec(seconds=600, audio_rate=8000))
 
@@ -156,6 +178,18 @@ CORPUS: tuple[HostileInput, ...] = (
         _sample("ten.mkv", pixel_format="yuv420p10le", seconds=0.5),
         "completed",
         "yuv420p10le",
+    ),
+    HostileInput(
+        "mpeg2-ts",
+        _other_codec("broadcast.ts", "mpeg2video", {"bf": "2", "qscale": "4"}),
+        "completed",
+        "MPEG-2 in MPEG-TS, B-frames: no index, seeks land a GOP late",
+    ),
+    HostileInput(
+        "vp9-webm",
+        _other_codec("clip.webm", "libvpx-vp9", {"crf": "40", "b": "0", "deadline": "realtime"}),
+        "completed",
+        "VP9 exports a quantiser index but no blocks",
     ),
 )
 
