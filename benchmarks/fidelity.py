@@ -51,8 +51,12 @@ from models.package_files import package_file
 
 __all__ = [
     "CASES",
+    "X264_SPEEDS",
     "Score",
+    "best_encodes",
+    "clip_path",
     "decode_output",
+    "decode_rgb",
     "ffmpeg_recipes",
     "prepare_case",
     "recipe_speeds",
