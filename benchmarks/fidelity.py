@@ -361,6 +361,7 @@ def run(
     from pipelines.presets import ENGINES, PRESETS
 
     ensure_ray()
+    speeds = recipe_speeds()
     results: dict[tuple[str, str], dict[str, Score]] = {}
     with tempfile.TemporaryDirectory(prefix="retroiva-fidelity-") as tmp:
         workdir = Path(tmp)
@@ -371,7 +372,7 @@ def run(
                 outputs: dict[str, np.ndarray] = {}
                 recipes = ffmpeg_recipes(case, clip_fps(clip))
                 for name, vf in recipes.items():
-                    for speed in recipe_speeds():
+                    for speed in speeds:
                         out = run_ffmpeg(source, vf, workdir / f"ff_{case}.mp4", speed)
                         outputs[f"{name} @{speed}"] = decode_output(out, original)
                 for preset in presets or PRESETS:

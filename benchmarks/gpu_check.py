@@ -72,10 +72,14 @@ def _fps(
     return count / (time.perf_counter() - started)
 
 
+def _call_frames(frame: np.ndarray) -> np.ndarray:
+    """Several frames a call, as a chunk brings them: the operator copies one batch out
+    while the next computes, which one frame a call would not show."""
+    return np.stack([np.roll(frame, 9 * k, axis=1) for k in range(CALL_FRAMES)])
+
+
 def _upscale_fps(op: NeuralUpscale, frame: np.ndarray, seconds: float = 5.0) -> float:
-    # Several frames a call, as a chunk brings them: the operator copies one batch out
-    # while the next computes, which one frame a call would not show.
-    frames = np.stack([np.roll(frame, 9 * k, axis=1) for k in range(CALL_FRAMES)])
+    frames = _call_frames(frame)
     for _ in range(2):
         op(frames)
     torch.cuda.synchronize()
@@ -105,7 +109,7 @@ def staged_copies(names: tuple[str, ...] = ("span-x2", "waifu2x-photo-noise3-x2"
     from models.host_staging import HostStaging
 
     full, _ = _pair((1920, 1080))
-    frames = np.stack([np.roll(full, 9 * k, axis=1) for k in range(CALL_FRAMES)])
+    frames = _call_frames(full)
     for name in names:
         op = NeuralUpscale(name, factor=2, tile=512, device="cuda", runtime="torch")
         staged = op.staging

@@ -159,6 +159,11 @@ class NeuralUpscale:
         check_frames(frames)
         n, h, w, _ = frames.shape
         out = np.empty((n, h * self.scale, w * self.scale, 3), dtype=np.uint8)
+
+        def place(start: int, copied: Callable[[], np.ndarray]) -> None:
+            result = copied()
+            out[start : start + len(result)] = result
+
         # Batch i's result goes into ``out`` while batch i+1 computes (models.host_staging).
         pending: tuple[int, Callable[[], np.ndarray]] | None = None
         for i, start in enumerate(range(0, n, self.batch)):
@@ -182,14 +187,10 @@ class NeuralUpscale:
             pixels = (y.float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
             copied = self.staging.download(pixels.permute(0, 2, 3, 1), slot=i)
             if pending is not None:
-                done, wait = pending
-                result = wait()
-                out[done : done + len(result)] = result
+                place(*pending)
             pending = (start, copied)
         if pending is not None:
-            done, wait = pending
-            result = wait()
-            out[done : done + len(result)] = result
+            place(*pending)
         return out
 
 

@@ -67,16 +67,30 @@ def _absurd_header(d: Path) -> Path:
 
 
 def _encode(
-    path: Path, frames: list[np.ndarray], x264_params: str = "", pts_ms: list[int] | None = None
+    path: Path,
+    frames: list[np.ndarray],
+    x264_params: str = "",
+    pts_ms: list[int] | None = None,
+    *,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
+    gop_size: int | None = None,
 ) -> Path:
-    """x264 in ``path``'s container; 25 fps unless ``pts_ms`` times each frame (VFR)."""
+    """x264 (or ``codec`` with its ``options``) in ``path``'s container; 25 fps unless
+    ``pts_ms`` times each frame (VFR)."""
     h, w = frames[0].shape[:2]
     time_base = Fraction(1, 1000) if pts_ms else Fraction(1, 25)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
+        stream = container.add_stream(codec, rate=25)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.time_base = time_base
-        stream.options = {"preset": "ultrafast", "crf": "30", "x264-params": x264_params}
+        if gop_size:
+            stream.gop_size = gop_size
+        stream.options = (
+            options
+            if options is not None
+            else {"preset": "ultrafast", "crf": "30", "x264-params": x264_params}
+        )
         for i, pixels in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             frame.pts, frame.time_base = (pts_ms[i] if pts_ms else i), time_base
@@ -112,18 +126,8 @@ def _other_codec(name: str, codec: str, options: dict[str, str]) -> Callable[[Pa
 
     def make(d: Path) -> Path:
         ramp = np.tile(np.linspace(0, 255, 96, dtype=np.uint8)[None, :, None], (64, 1, 3))
-        path = d / name
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream(codec, rate=25)
-            stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-            stream.gop_size = 6
-            stream.options = options
-            for i in range(30):
-                frame = av.VideoFrame.from_ndarray(np.roll(ramp, 3 * i, axis=1), format="rgb24")
-                frame.pts = i
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode(None))
-        return path
+        frames = [np.roll(ramp, 3 * i, axis=1) for i in range(30)]
+        return _encode(d / name, frames, codec=codec, options=options, gop_size=6)
 
     return make
 
