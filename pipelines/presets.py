@@ -61,10 +61,18 @@ from models.sr_models import sr_model
 from pipelines.encode import EncoderSettings
 from pipelines.errors import InvalidOptionsError
 from pipelines.noise_probe import NoiseLevel
-from pipelines.quantiser import COMPRESSED_QP
+from pipelines.quantiser import COMPRESSED_QP, quantiser_step
 from vocabulary import Backend, Engine, OperatorKind, PresetName
 
-__all__ = ["ENGINES", "PRESETS", "OperatorSpec", "Preset", "resolve_chain"]
+__all__ = [
+    "ENGINES",
+    "NOISY_MAP_SIGMA",
+    "PRESETS",
+    "OperatorSpec",
+    "Preset",
+    "noise_map_sigma",
+    "resolve_chain",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +112,22 @@ _SPAN = _spec(OperatorKind.UPSCALE, Backend.NCNN, models=_SPAN_MODELS)
 # measured in models.neural_upscale and pipelines.quantiser); decided once per job by
 # _for_noise.
 _SPAN_OR_DENOISER = _spec(
-    OperatorKind.UPSCALE, Backend.NCNN, models=_SPAN_MODELS, noisy_model="waifu2x-photo-noise3-x2"
+    OperatorKind.UPSCALE, Backend.NCNN, models=_SPAN_MODELS, noisy_model="srmd-x2"
 )
+# SRMD's noise level (σ, 8-bit levels) for a job.  Compression: the quantiser's step
+# over 3, capped at 30.  On half-size copies of carphone and bikes at x264 CRF 24–40
+# (mean QP 29–46, 12 frames, ×2, against the originals), that σ scored within 0.02 dB
+# of the best of σ 5, 10, … 30 at every QP.  Noise: on the noisy copies
+# (``noise=alls=14`` at CRF 26) the best σ was 15–20 whatever the noise estimate read
+# (3.8 and 2.4), and their quantiser's σ (8–10) lost 0.2–1.8 dB, hence at least 15.
+NOISY_MAP_SIGMA = 15.0
+MAX_MAP_SIGMA = 30.0
+
+
+def noise_map_sigma(noise: NoiseLevel, *, noisy: bool) -> float:
+    """The noise σ a noise-map model (SRMD) is told to remove from this job."""
+    sigma = 0.0 if noise.quantiser is None else quantiser_step(noise.quantiser) / 3
+    return round(max(min(sigma, MAX_MAP_SIGMA), NOISY_MAP_SIGMA if noisy else 0.0), 1)
 
 
 def _denoise(gain: float) -> OperatorSpec:
@@ -166,6 +188,8 @@ def _for_noise(spec: OperatorSpec, noise: NoiseLevel) -> OperatorSpec | None:
     if noisy_model is not None and (noisy or compressed):
         params.pop("models", None)
         params["model"] = noisy_model
+        if sr_model(noisy_model).noise_map:
+            params["noise_sigma"] = noise_map_sigma(noise, noisy=noisy)
     return OperatorSpec(spec.kind, spec.backend, MappingProxyType(params))
 
 
@@ -184,7 +208,7 @@ def _concrete(
         if models is not None:
             params["model"] = models[upscale_factor]
         # A model that denoises is worth running even at ×1 (it is scaled back down).
-        denoises = "model" in params and sr_model(params["model"]).noise is not None
+        denoises = "model" in params and sr_model(params["model"]).denoises
         if upscale_factor == 1 and not denoises:
             return None
         params["factor"] = upscale_factor

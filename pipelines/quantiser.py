@@ -27,7 +27,7 @@ import av
 import numpy as np
 from av.sidedata.encparams import VideoEncParams, VideoEncParamsType
 
-__all__ = ["COMPRESSED_QP", "enable_quantiser_export", "frame_quantiser"]
+__all__ = ["COMPRESSED_QP", "enable_quantiser_export", "frame_quantiser", "quantiser_step"]
 
 # From this mean QP on, planning treats the input as compressed and upscales with the
 # denoising model.  Measured with the operators alone (30 frames, half-size copies at
@@ -36,6 +36,12 @@ __all__ = ["COMPRESSED_QP", "enable_quantiser_export", "frame_quantiser"]
 # +0.26), while below it the lead changed sides (Big Buck Bunny at 27.2: SPAN +0.10;
 # bikes at 25.2: waifu2x +0.30) and the CRF 18 copies (QP 18.7–24.8) are SPAN's.
 COMPRESSED_QP = 28.0
+
+
+def quantiser_step(qp: float) -> float:
+    """H.264's quantiser step size at ``qp`` (0.625 at QP 0, doubling every 6): the
+    spacing of the levels the encoder rounded its coefficients to."""
+    return 0.625 * 2.0 ** (qp / 6.0)
 
 
 def enable_quantiser_export(stream: av.video.stream.VideoStream) -> None:

@@ -156,10 +156,10 @@ def test_pipeline_passes_runtime_and_cache_to_the_ray_workers(
     assert (result.width, result.height) == (64, 48)
     # SPAN ran in a Ray worker and converted its weights into the cache it was given
     # (TensorRT could not run here: it fell back to torch rather than failing).
-    # general's upscaler for this input (SPAN, or waifu2x when the tiny grainy sample
+    # general's upscaler for this input (SPAN, or SRMD when the tiny grainy sample
     # measures as noisy): exactly one model converted, into the cache it was given.
     converted = [p.name.split("-")[0] for p in cache.glob("*.safetensors")]
-    assert len(converted) == 1 and converted[0] in ("spanx2_ch48", "noise3_scale2.0x_model")
+    assert len(converted) == 1 and converted[0] in ("spanx2_ch48", "srmd_x2")
 
 
 def test_models_list_says_which_runtime_models_get_here(tmp_path: Path):

@@ -41,9 +41,7 @@ def _steps(
 def test_general_uses_span_weights_for_the_factor(factor: int, model: str):
     # No NL-means in front: a noisy job goes to a denoising model instead.
     assert _steps("general", factor) == [("upscale", "ncnn", model)]
-    assert _steps("general", factor, noise=NOISY) == [
-        ("upscale", "ncnn", "waifu2x-photo-noise3-x2")
-    ]
+    assert _steps("general", factor, noise=NOISY) == [("upscale", "ncnn", "srmd-x2")]
 
 
 def test_social_interpolates_with_rife():
@@ -58,15 +56,13 @@ def test_cinematic_and_archive_models():
     assert _steps("cinematic", 2)[-1] == ("upscale", "ncnn", "span-x2")
     assert _steps("archive", 2) == [("upscale", "ncnn", "span-x2")]
     for degraded in (NOISY, COMPRESSED):
-        assert _steps("archive", 2, noise=degraded) == [
-            ("upscale", "ncnn", "waifu2x-photo-noise3-x2")
-        ]
+        assert _steps("archive", 2, noise=degraded) == [("upscale", "ncnn", "srmd-x2")]
 
 
 @pytest.mark.parametrize("preset", ["general", "social", "archive"])
 def test_a_compressed_job_gets_the_denoising_model_whatever_its_noise_reads(preset: str):
-    waifu2x = ("upscale", "ncnn", "waifu2x-photo-noise3-x2")
-    assert _steps(preset, 2, noise=COMPRESSED)[-1] == waifu2x
+    denoiser = ("upscale", "ncnn", "srmd-x2")
+    assert _steps(preset, 2, noise=COMPRESSED)[-1] == denoiser
     # Below the threshold, or where the codec exports no quantiser, the noise decides.
     assert _steps(preset, 2, noise=NoiseLevel(0.04, 0.01, quantiser=24.0))[-1][2] == "span-x2"
     assert _steps(preset, 2, noise=NoiseLevel(0.04, 0.01, quantiser=None))[-1][2] == "span-x2"
@@ -77,12 +73,12 @@ def test_a_compressed_job_gets_the_denoising_model_whatever_its_noise_reads(pres
 def test_factor_one_drops_plain_upscalers_but_keeps_a_denoiser():
     # At ×1 a clean job has nothing to do; a noisy one is denoised, scaled back down.
     assert _steps("general", 1) == []
-    assert _steps("general", 1, noise=NOISY) == [("upscale", "ncnn", "waifu2x-photo-noise3-x2")]
+    assert _steps("general", 1, noise=NOISY) == [("upscale", "ncnn", "srmd-x2")]
     assert _steps("general", 1, engine="classical") == []
     assert _steps("general", 1, engine="classical", noise=NOISY) == [("denoise", "classical", None)]
     assert _steps("archive", 1) == []
-    waifu2x = ("upscale", "ncnn", "waifu2x-photo-noise3-x2")
-    assert _steps("archive", 1, noise=COMPRESSED) == [waifu2x]
+    denoiser = ("upscale", "ncnn", "srmd-x2")
+    assert _steps("archive", 1, noise=COMPRESSED) == [denoiser]
     [spec] = resolve_chain(PRESETS["archive"], 1, Fraction(1), noise=COMPRESSED)
     assert spec.params["factor"] == 1
 
@@ -122,14 +118,14 @@ def test_measured_noise_decides_the_chain_once_for_the_job():
     clean, noisy = CLEAN, NOISY
     general = PRESETS["general"]
     [span] = resolve_chain(general, 2, Fraction(1), noise=clean)
-    [waifu] = resolve_chain(general, 2, Fraction(1), noise=noisy)
-    assert (span.params["model"], waifu.params["model"]) == ("span-x2", "waifu2x-photo-noise3-x2")
-    assert "noisy_model" not in span.params and "noisy_model" not in waifu.params
+    [denoiser] = resolve_chain(general, 2, Fraction(1), noise=noisy)
+    assert (span.params["model"], denoiser.params["model"]) == ("span-x2", "srmd-x2")
+    assert "noisy_model" not in span.params and "noisy_model" not in denoiser.params
     assert resolve_chain(general, 1, Fraction(1), noise=clean) == []  # nothing to do
     assert resolve_chain(general, 1, Fraction(1), noise=noisy)[0].params["factor"] == 1
     # Chroma noise alone is enough.
     [chroma] = resolve_chain(general, 2, Fraction(1), noise=NoiseLevel(1.0, 0.3))
-    assert chroma.params["model"] == "waifu2x-photo-noise3-x2"
+    assert chroma.params["model"] == "srmd-x2"
     classical = resolve_chain(general, 2, Fraction(1), "classical", noise=clean)
     assert [s.kind for s in classical] == ["upscale"]  # clean: no NL-means at all
     denoise = resolve_chain(general, 2, Fraction(1), "classical", noise=noisy)[0]
@@ -172,12 +168,12 @@ def test_planned_denoising_model_beats_span_on_noisy_footage():
     clean, noisy = _carphone_and_noisy(2)
     general = PRESETS["general"]
     [span] = resolve_chain(general, 2, Fraction(1), noise=_measured(clean))
-    [waifu] = resolve_chain(general, 2, Fraction(1), noise=_measured(noisy))
-    assert (span.params["model"], waifu.params["model"]) == ("span-x2", "waifu2x-photo-noise3-x2")
+    [denoiser] = resolve_chain(general, 2, Fraction(1), noise=_measured(noisy))
+    assert (span.params["model"], denoiser.params["model"]) == ("span-x2", "srmd-x2")
     big = np.stack([cv2.resize(f, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC) for f in clean])
     by_span = build_operator(span.kind, span.backend, span.params)(noisy)
-    by_waifu = build_operator(waifu.kind, waifu.backend, waifu.params)(noisy)
-    assert psnr(by_waifu, big) > psnr(by_span, big) + 1
+    by_denoiser = build_operator(denoiser.kind, denoiser.backend, denoiser.params)(noisy)
+    assert psnr(by_denoiser, big) > psnr(by_span, big) + 1
     assert resolve_chain(general, 1, Fraction(1), noise=_measured(clean)) == []
 
 
@@ -196,3 +192,23 @@ def test_gpu_placement_follows_each_operators_own_needs_gpu():
     assert not any(wants[(kind, Backend.CLASSICAL)] for kind in OperatorKind)
     assert wants[(OperatorKind.INTERPOLATE, Backend.RIFE)]
     assert wants[(OperatorKind.UPSCALE, Backend.NCNN)]
+
+
+def test_the_noise_map_sigma_follows_the_quantiser_and_the_noise():
+    """SRMD is told σ = the quantiser step / 3 (capped at 30), at least 15 on noisy input;
+    SPAN, which takes no noise level, is told nothing."""
+    from pipelines.presets import NOISY_MAP_SIGMA, noise_map_sigma
+
+    def planned(noise: NoiseLevel) -> object:
+        return resolve_chain(PRESETS["general"], 2, Fraction(1), noise=noise)[-1].params.get(
+            "noise_sigma"
+        )
+
+    assert planned(CLEAN) is None
+    # QP 37.4: step 0.625 · 2^(37.4/6) = 47.0, a third of it 15.7.
+    assert planned(COMPRESSED) == pytest.approx(15.7)
+    assert planned(NoiseLevel(0.04, 0.01, quantiser=30.0)) == pytest.approx(6.7)
+    assert planned(NoiseLevel(0.04, 0.01, quantiser=51.0)) == 30.0
+    assert planned(NOISY) == NOISY_MAP_SIGMA  # no quantiser (HEVC, say): the noise alone
+    assert planned(dataclasses.replace(NOISY, quantiser=42.0)) == pytest.approx(26.7)
+    assert noise_map_sigma(NoiseLevel(0.04, 0.01, quantiser=20.0), noisy=False) == 2.1

@@ -14,6 +14,7 @@ import torch
 from skimage import data
 from typer.testing import CliRunner
 
+from models.degradation_map import DegradationMapped, degradation_channels
 from models.ncnn_convert import load_ncnn_module, source_digest
 from models.ncnn_graph import NcnnGraph, UnsupportedModelError, parse_param, read_ncnn
 from models.ncnn_runtime import NcnnRunner
@@ -25,6 +26,7 @@ from models.tensorrt_runtime import (
     _build,
     _Engine,
     _fp16_copy,
+    baked_digest,
     engine_key,
     export_model_onnx,
     tensorrt_or_torch,
@@ -63,13 +65,18 @@ def test_matches_the_ncnn_runtime(name: str, runtime: str):
     model = sr_model(name)
     param, weights = model.files()
     graph = read_ncnn(param, weights)
-    module = NcnnModule(graph).eval() if runtime == "torch" else NcnnRunner(model, threads=1)
+    runner = NcnnModule(graph).eval() if runtime == "torch" else NcnnRunner(model, threads=1)
+    # SRMD: the maps as srmd-ncnn-vulkan's shader builds them, beside the RGB planes.
+    maps = degradation_channels(12.0) if model.noise_map else ()
+    module = DegradationMapped(runner, maps) if maps else runner
     worst = 0.0
     for image in (_NATURAL.astype(np.float32) / 255, _SMOOTH):
         x = image.transpose(2, 0, 1)
         with torch.inference_mode():
             ours = module(torch.from_numpy(x.copy())[None])[0].numpy()
-        theirs = _ncnn_output(param, weights, x, graph.input_blob, graph.output_blob)
+        planes = np.broadcast_to(np.float32(maps).reshape(-1, 1, 1), (len(maps), *x.shape[1:]))
+        full = np.concatenate([x, planes]) if maps else x
+        theirs = _ncnn_output(param, weights, full, graph.input_blob, graph.output_blob)
         assert ours.shape == theirs.shape
         worst = max(worst, float(np.abs(ours - theirs).max()))
     assert worst <= TOLERANCE, f"{name}: max abs error {worst:.2e}"
@@ -139,7 +146,8 @@ def test_each_frame_comes_back_in_its_place_across_batches():
 
 
 @pytest.mark.parametrize(
-    ("name", "factor"), [("span-x4", 3), ("span-x2", 4), ("waifu2x-photo-noise3-x2", 1)]
+    ("name", "factor"),
+    [("span-x4", 3), ("span-x2", 4), ("waifu2x-photo-noise3-x2", 1), ("srmd-x2", 1)],
 )
 def test_any_factor_from_any_model(name: str, factor: int):
     frames = np.stack([_NATURAL, _NATURAL[::-1]])
@@ -369,3 +377,32 @@ def test_ncnn_and_torch_operators_agree(name: str):
     assert on_torch.runtime_choice.runtime == "torch"
     diff = np.abs(on_ncnn(frame).astype(int) - on_torch(frame).astype(int))
     assert diff.max() <= 1, diff.max()
+
+
+def test_srmd_removes_as_much_noise_as_it_is_told():
+    """One SRMD network, its noise level an input: told the noise's σ it restores a
+    noisy frame; told none it keeps the noise; only SRMD takes a noise level."""
+    rng = np.random.default_rng(3)
+    small = cv2.resize(data.astronaut(), (96, 96), interpolation=cv2.INTER_AREA)
+    clean = cv2.resize(small, (48, 48), interpolation=cv2.INTER_CUBIC)
+    noisy = np.clip(clean + rng.normal(0, 15, clean.shape), 0, 255).astype(np.uint8)
+    score = {
+        sigma: psnr(NeuralUpscale("srmd-x2", noise_sigma=sigma)(noisy[None])[0], small)
+        for sigma in (0, 15)
+    }
+    assert score[15] > score[0] + 2, score
+    with pytest.raises(ValueError, match="span-x2 takes no noise_sigma"):
+        NeuralUpscale("span-x2", noise_sigma=5)
+    with pytest.raises(ValueError, match="noise_sigma must be 0–75, got 80"):
+        NeuralUpscale("srmd-x2", noise_sigma=80)
+
+
+def test_an_engine_bakes_in_its_noise_level():
+    """TensorRT engines and their ONNX files hold SRMD's maps as constants: each σ names
+    a different file, never one served for another σ."""
+    model = sr_model("srmd-x2")
+    digests = [baked_digest(model, degradation_channels(s)) for s in (5.0, 20.0, 5.0)]
+    assert digests[0] != digests[1] and digests[0] == digests[2]
+    assert baked_digest(model) == source_digest(*model.files()) not in digests
+    keys = {engine_key(model, d, 288, 4, "NVIDIA H200", "11.0") for d in digests}
+    assert len(keys) == 2
