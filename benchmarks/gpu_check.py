@@ -7,8 +7,8 @@ call as a chunk brings them; RIFE: batch 1 and 4), and a TensorRT attempt that
 reports its fallback reason when it can't run.
 
 ``e2e``: one whole job through :func:`pipelines.enhance.enhance_video` on a local Ray
-with the GPU (preset ``general`` ×2: the clip is grainy, so the plan picks waifu2x
-noise 3, in a ``num_gpus=1`` actor pool), once per model runtime (``auto``,
+with the GPU (preset ``general`` ×2: the clip is grainy, so the plan picks SRMD, in a
+``num_gpus=1`` actor pool), once per model runtime (``auto``,
 ``compile``), with the runtime each model stage got, as the stage logged it, and the
 output checked (size, frame count, PSNR against the same job on the classical chain).
 
@@ -19,7 +19,7 @@ measured anything.
 against the synchronous copies of before (``pinned=False``), same operator, same
 process, rounds alternated, and their outputs compared byte for byte.
 
-    python3 -m benchmarks.gpu_check rife|span|waifu2x|realesrgan|staging|e2e|--quick
+    python3 -m benchmarks.gpu_check rife|span|waifu2x|srmd|realesrgan|staging|e2e|--quick
 
 ``--quick`` (CI, no GPU needed): where there is no CUDA, says so and measures nothing;
 with CUDA, the RIFE part.
@@ -44,6 +44,7 @@ from models.rife import RifeInterpolator
 UPSCALERS = {
     "span": ("span-x2", "clearreality-x4"),
     "waifu2x": ("waifu2x-photo-noise3-x2",),
+    "srmd": ("srmd-x2",),
     "realesrgan": ("realesr-animevideov3-x2", "realesrgan-x4plus"),
 }
 

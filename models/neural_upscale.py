@@ -1,9 +1,12 @@
 """Pretrained upscaling/denoising models as :class:`~models.operator.FrameFilter` operators.
 
 A model of scale *s* serves any factor *f*: its output is resized by *f/s* (bicubic,
-antialiased when shrinking), so ``span-x4`` gives ×3 and a ×2 waifu2x denoiser gives
-a clean ×1.  CPU: fp32, torch's threads (Ray sets them to the actor's CPUs).  CUDA:
-fp16, channels_last, frames in batches, and the runtime :mod:`models.runtime` chooses:
+antialiased when shrinking), so ``span-x4`` gives ×3 and a ×2 denoiser (waifu2x,
+SRMD) gives a clean ×1.  SRMD is told the noise σ to remove (``noise_sigma``,
+:mod:`models.degradation_map`); the other models' strength is in their weights.
+
+CPU: fp32, torch's threads (Ray sets them to the actor's CPUs).  CUDA: fp16,
+channels_last, frames in batches, and the runtime :mod:`models.runtime` chooses:
 eager torch, ``torch.compile`` or a TensorRT engine (:mod:`models.tensorrt_runtime`);
 on CPU, the ncnn runtime on the model's own files (:mod:`models.ncnn_runtime`).
 Which one each instance got, and why, is logged and kept in ``runtime_choice``.

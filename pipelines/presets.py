@@ -17,10 +17,14 @@ clean.  Operators used without a plan make the noise decisions per batch (frames
 no quantiser).
 
 * ``general`` — RIFE, then SPAN (a compact, fast, PSNR-oriented model; ×2 weights for
-  ×1–2, ×4 weights for ×3–4) on clean input and waifu2x at noise level 3 on noisy or
-  compressed input (at ×1 clean input is left alone), fast encode.  No NL-means before it: on real
-  noisy clips NL-means + SPAN lost 1.1 dB to NL-means + Lanczos (SPAN sharpens what
-  noise NL-means leaves), while waifu2x gained 2.5 dB over ffmpeg's best recipe.
+  ×1–2, ×4 weights for ×3–4) on clean input and SRMD on noisy or compressed input,
+  told the noise σ to remove (``noise_map_sigma``: from the quantiser's step, at least
+  15 on noisy input); at ×1 clean input is left alone; fast encode.  No NL-means before
+  it: on real noisy clips NL-means + SPAN lost 1.1 dB to NL-means + Lanczos (SPAN
+  sharpens what noise NL-means leaves).  SRMD replaced waifu2x at noise level 3, one
+  fixed strength: on the fidelity clips' half-size copies at CRF 24–40 it led waifu2x
+  by 0.03–0.35 dB at every QP from 29 on, and on the noisy copies by 0.6 (carphone) and 3.0 dB
+  (bikes).
 * ``cinematic`` — light NL-means (gain 0.6) to keep grain, RIFE, SPAN, slower encode at
   a low CRF.  It used ClearReality (SPAN trained on real-world footage, for texture),
   but end to end on real clips (``benchmarks/fidelity.py``) ClearReality lost 1.8 dB to
@@ -29,12 +33,12 @@ no quantiser).
   registry.  ``realesrgan-x4plus`` is ~30× slower on CPU; it stays for GPU deployments.
 * ``social`` — as general, with RIFE to 60 fps for phones, fast encode at a higher CRF
   (platforms re-encode anyway).
-* ``archive`` — the upscaler as general's (waifu2x photo at noise level 3, which
-  removes noise and compression blocking while doubling the size, on noisy or
-  compressed input; SPAN on clean), then RIFE's time-symmetric ensemble when a frame
-  rate is asked, low CRF at a slower x264 speed.  It used waifu2x whatever the input,
-  for its lead on compressed footage, and scored 0.23 dB under Lanczos on clean bikes
-  footage; with the quantiser it keeps that lead and loses nothing on clean input,
+* ``archive`` — the upscaler as general's (SRMD, which removes noise and compression
+  blocking while doubling the size, on noisy or compressed input; SPAN on clean), then
+  RIFE's time-symmetric ensemble when a frame rate is asked, low CRF at a slower x264
+  speed.  It used a denoising model (then waifu2x) whatever the input, for its lead on
+  compressed footage, and scored 0.23 dB under Lanczos on clean bikes footage; with the
+  quantiser it keeps that lead and loses nothing on clean input,
   where the codec exports one (H.264, MPEG-2/4; HEVC, AV1 and VP9 do not, and there
   compression that does not read as noise gets SPAN).  It upscales before RIFE, so
   RIFE sees the denoised frames.
@@ -108,9 +112,9 @@ _RIFE = _spec(OperatorKind.INTERPOLATE, Backend.RIFE)
 _RIFE_ENSEMBLE = _spec(OperatorKind.INTERPOLATE, Backend.RIFE, ensemble=True)
 _SPAN_MODELS = {1: "span-x2", 2: "span-x2", 3: "span-x4", 4: "span-x4"}
 _SPAN = _spec(OperatorKind.UPSCALE, Backend.NCNN, models=_SPAN_MODELS)
-# SPAN on clean jobs, waifu2x at noise level 3 on noisy or compressed ones (thresholds
-# measured in models.neural_upscale and pipelines.quantiser); decided once per job by
-# _for_noise.
+# SPAN on clean jobs, SRMD on noisy or compressed ones (thresholds measured in
+# models.neural_upscale and pipelines.quantiser, with waifu2x noise 3, the denoiser
+# then); decided once per job by _for_noise.
 _SPAN_OR_DENOISER = _spec(
     OperatorKind.UPSCALE, Backend.NCNN, models=_SPAN_MODELS, noisy_model="srmd-x2"
 )

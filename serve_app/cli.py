@@ -669,7 +669,7 @@ def models_list() -> None:
     for m in SR_MODELS.values():
         typer.echo(
             f"{m.name:26s} {m.family:32s} x{m.scale:<4d} "
-            f"{'-' if m.noise is None else m.noise:<5} {m.use:11s} "
+            f"{'σ' if m.noise_map else '-' if m.noise is None else m.noise:<5} {m.use:11s} "
             f"{installed(OperatorKind.UPSCALE, Backend.NCNN, model=m.name):9s} "
             f"{presets(m.name):26s} "
             f"{m.package} {m.version}: {m.param} / {m.license}"
@@ -682,7 +682,9 @@ def models_list() -> None:
     )
     typer.echo(
         "presets: the neural chains that use the model (for an upscale factor, or "
-        "when interpolating); --engine classical uses none."
+        "when interpolating); --engine classical uses none.\n"
+        "noise: the level a model's weights remove; σ: told per job (SRMD, from the "
+        "input's quantiser and noise)."
     )
     from models.runtime import ModelOptions, runtime_report
 

@@ -40,17 +40,19 @@ def test_clean_input_is_not_made_worse(scores):
 def test_noisy_input_beats_the_ffmpeg_recipes(scores):
     noisy = scores[("carphone_pristine", "noisy")]
     best_ffmpeg = max(s.psnr for name, s in noisy.items() if name.startswith("ffmpeg"))
-    # +0.51 dB on 30 frames, +0.30 on these 8.
-    assert noisy["general/neural"].psnr > best_ffmpeg + 0.15
+    # SRMD at σ 15: +1.35 dB on 30 frames, +1.60 on these 8 (waifu2x noise 3, the
+    # denoiser before it: +1.18 on 30).
+    assert noisy["general/neural"].psnr > best_ffmpeg + 1.0
     assert noisy["general/classical"].psnr > best_ffmpeg
 
 
 def test_compressed_input_is_upscaled_by_the_denoising_model(scores):
     compressed = scores[("carphone_pristine", "compressed")]
     best_ffmpeg = max(s.psnr for name, s in compressed.items() if name.startswith("ffmpeg"))
-    # The quantiser (QP ~41) sends it to waifu2x noise 3: +0.18 dB on these 8 frames
-    # (+0.21 on 30). SPAN, which the noise measure alone chose, scored below ffmpeg.
-    assert compressed["general/neural"].psnr > best_ffmpeg + 0.1
+    # The quantiser (QP ~41) sends it to SRMD, told σ 25 (a third of the step): +0.33 dB
+    # on these 8 frames, +0.40 on 30. waifu2x noise 3, the denoiser before SRMD, made
+    # +0.18 and +0.21; SPAN, which the noise measure alone chose, scored below ffmpeg.
+    assert compressed["general/neural"].psnr > best_ffmpeg + 0.25
 
 
 def test_every_output_of_a_case_is_scored_on_the_same_frames():

