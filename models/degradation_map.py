@@ -64,4 +64,8 @@ class DegradationMapped(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         maps = self.channels.to(x.device, x.dtype).expand(n, -1, h, w)
-        return self.net(torch.cat([x, maps], dim=1))
+        full = torch.cat([x, maps], dim=1)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # cat returns the default layout; the net's weights are channels_last on CUDA.
+            full = full.contiguous(memory_format=torch.channels_last)
+        return self.net(full)

@@ -96,7 +96,8 @@ class NeuralUpscale:
         if noise_sigma is not None and not self.model.noise_map:
             raise ValueError(f"{model} takes no noise_sigma: its noise level is in its weights")
         # A noise-map model told nothing is told "no noise": it then only upscales.
-        self.maps = degradation_channels(noise_sigma or 0.0) if self.model.noise_map else None
+        self.noise_sigma = noise_sigma or 0.0
+        self.maps = degradation_channels(self.noise_sigma) if self.model.noise_map else None
         self.scale = factor
         self.anchor = anchor
         self.tile, self.overlap, self.batch = tile, overlap, max(1, batch)
@@ -113,7 +114,9 @@ class NeuralUpscale:
 
     def __repr__(self) -> str:
         return (
-            f"NeuralUpscale({self.model.name!r}, factor={self.scale}, device={self.device}, "
+            f"NeuralUpscale({self.model.name!r}, factor={self.scale}, "
+            + (f"noise_sigma={self.noise_sigma:g}, " if self.maps is not None else "")
+            + f"device={self.device}, "
             f"runtime={self.runtime_choice.runtime})"
         )
 
@@ -158,10 +161,11 @@ class NeuralUpscale:
                 )
         log.log(
             logging.WARNING if choice.fallback else logging.INFO,
-            "%s: runtime %s (%s)",
+            "%s: runtime %s (%s)%s",
             self.model.name,
             choice.runtime,
             choice.reason,
+            "" if self.maps is None else f", noise σ {self.noise_sigma:g}",
         )
         return run, choice
 

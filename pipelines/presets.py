@@ -120,18 +120,24 @@ _SPAN_OR_DENOISER = _spec(
 )
 # SRMD's noise level (σ, 8-bit levels) for a job.  Compression: the quantiser's step
 # over 3, capped at 30.  On half-size copies of carphone and bikes at x264 CRF 24–40
-# (mean QP 29–46, 12 frames, ×2, against the originals), that σ scored within 0.02 dB
-# of the best of σ 5, 10, … 30 at every QP.  Noise: on the noisy copies
-# (``noise=alls=14`` at CRF 26) the best σ was 15–20 whatever the noise estimate read
-# (3.8 and 2.4), and their quantiser's σ (8–10) lost 0.2–1.8 dB, hence at least 15.
+# (mean QP 25–46, 12 frames, ×2, against the originals), that σ scored within 0.02 dB
+# of the best of σ 5, 10, … 30 at every QP from 29 on (below 28 the plan runs SPAN).
+# Noise: on the noisy copies (``noise=alls=14`` at CRF 26) the best σ was 15–20
+# whatever the noise estimate read (3.8 and 2.4), and their quantiser's σ (8–10) lost
+# 0.2–1.8 dB, hence at least 15.
+# σ is snapped to steps of 2.5, at most 1.25 away (near the best, σ 5 apart differed
+# by 0.01–0.2 dB): on CUDA each σ is its own TensorRT engine and compiled graph, so a
+# deployment builds at most 13 of them, not one per job.
 NOISY_MAP_SIGMA = 15.0
 MAX_MAP_SIGMA = 30.0
+MAP_SIGMA_STEP = 2.5
 
 
 def noise_map_sigma(noise: NoiseLevel, *, noisy: bool) -> float:
     """The noise σ a noise-map model (SRMD) is told to remove from this job."""
     sigma = 0.0 if noise.quantiser is None else quantiser_step(noise.quantiser) / 3
-    return round(max(min(sigma, MAX_MAP_SIGMA), NOISY_MAP_SIGMA if noisy else 0.0), 1)
+    sigma = max(min(sigma, MAX_MAP_SIGMA), NOISY_MAP_SIGMA if noisy else 0.0)
+    return round(sigma / MAP_SIGMA_STEP) * MAP_SIGMA_STEP
 
 
 def _denoise(gain: float) -> OperatorSpec:

@@ -11,7 +11,8 @@ needs few bits), and on our clips it did not separate the classes (bikes' origin
 
 Scales differ by codec, so each is converted to H.264's QP (0–51, +6 doubles the step):
 
-* H.264: the per-macroblock QP as it is.
+* H.264: the per-macroblock QP as it is, less 6 per bit above 8: FFmpeg exports the
+  high-bit-depth QP′ (a 10-bit stream's QP 42 is the step of an 8-bit stream's 30).
 * MPEG-2 and MPEG-4 part 2 (DVD, DV-era archives): FFmpeg exports twice the quantiser
   scale ``q``; H.264's equivalent is libavcodec's own ``12 + 6·log2(q / 0.85)``.
 * Other codecs export nothing comparable (HEVC and AV1 nothing; VP9 a frame-level
@@ -65,7 +66,8 @@ def frame_quantiser(frame: av.VideoFrame) -> float | None:
             return None
         qps = _block_qps(data)
         if kind == VideoEncParamsType.H264:
-            return float(qps.mean())
+            bits = frame.format.components[0].bits
+            return float(qps.mean()) - 6.0 * max(0, bits - 8)
         # MPEG-2 (and MPEG-4 part 2, which reports the same type): twice the scale.
         scale = np.maximum(qps / 2.0, 1.0)
         return float(np.mean(12.0 + 6.0 * np.log2(scale / 0.85)))

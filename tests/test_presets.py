@@ -195,8 +195,8 @@ def test_gpu_placement_follows_each_operators_own_needs_gpu():
 
 
 def test_the_noise_map_sigma_follows_the_quantiser_and_the_noise():
-    """SRMD is told σ = the quantiser step / 3 (capped at 30), at least 15 on noisy input;
-    SPAN, which takes no noise level, is told nothing."""
+    """SRMD is told σ = the quantiser step / 3 (capped at 30), at least 15 on noisy input,
+    in steps of 2.5; SPAN, which takes no noise level, is told nothing."""
     from pipelines.presets import NOISY_MAP_SIGMA, noise_map_sigma
 
     def planned(noise: NoiseLevel) -> object:
@@ -205,10 +205,13 @@ def test_the_noise_map_sigma_follows_the_quantiser_and_the_noise():
         )
 
     assert planned(CLEAN) is None
-    # QP 37.4: step 0.625 · 2^(37.4/6) = 47.0, a third of it 15.7.
-    assert planned(COMPRESSED) == pytest.approx(15.7)
-    assert planned(NoiseLevel(0.04, 0.01, quantiser=30.0)) == pytest.approx(6.7)
+    # QP 37.4: step 0.625 · 2^(37.4/6) = 47.0, a third of it 15.7, snapped to 15.
+    assert planned(COMPRESSED) == 15.0
+    assert planned(NoiseLevel(0.04, 0.01, quantiser=30.0)) == 7.5  # 6.7
     assert planned(NoiseLevel(0.04, 0.01, quantiser=51.0)) == 30.0
     assert planned(NOISY) == NOISY_MAP_SIGMA  # no quantiser (HEVC, say): the noise alone
-    assert planned(dataclasses.replace(NOISY, quantiser=42.0)) == pytest.approx(26.7)
-    assert noise_map_sigma(NoiseLevel(0.04, 0.01, quantiser=20.0), noisy=False) == 2.1
+    assert planned(dataclasses.replace(NOISY, quantiser=42.0)) == 27.5  # 26.7
+    assert noise_map_sigma(NoiseLevel(0.04, 0.01, quantiser=20.0), noisy=False) == 2.5
+    # Every QP gives one of 13 levels (one engine or compiled graph each on CUDA).
+    levels = {noise_map_sigma(NoiseLevel(0, 0, quantiser=q / 10), noisy=False) for q in range(520)}
+    assert levels == {2.5 * k for k in range(13)}

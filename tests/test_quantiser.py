@@ -133,3 +133,13 @@ def test_the_planned_noise_level_undoes_more_compression_than_fixed_ones(tmp_pat
     waifu2x = psnr(NeuralUpscale("waifu2x-photo-noise3-x2")(small), original)
     assert planned > told_clean + 0.3, (planned, told_clean)
     assert planned > waifu2x + 0.1, (planned, waifu2x)
+
+
+def test_a_10_bit_h264_quantiser_is_put_on_the_8_bit_scale(tmp_path: Path):
+    """FFmpeg exports 10-bit H.264's QP′ (QP + 12); the same CRF must read alike, or a
+    10-bit copy would be planned as heavily compressed, and SRMD told 4× the σ."""
+    eight = measure_noise(probe(_copy(tmp_path, "8.mp4", _x264(30)))).quantiser
+    ten_bit = [*_x264(30)[:-1], "yuv420p10le"]
+    ten = measure_noise(probe(_copy(tmp_path, "10.mp4", ten_bit))).quantiser
+    assert eight is not None and ten is not None
+    assert abs(ten - eight) < 2.5, (eight, ten)

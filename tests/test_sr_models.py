@@ -170,10 +170,12 @@ def test_bad_operator_options_are_refused():
         NeuralUpscale("span-x2", tile=16, overlap=16)
 
 
-@pytest.mark.parametrize("name", ["span-x2", "waifu2x-photo-noise1-x2"])
+@pytest.mark.parametrize("name", ["span-x2", "waifu2x-photo-noise1-x2", "srmd-x2"])
 def test_onnx_export_matches_torch(name: str, tmp_path: Path):
     model = sr_model(name)
-    module = load_ncnn_module(*model.files())
+    module: torch.nn.Module = load_ncnn_module(*model.files())
+    if model.noise_map:  # exported as TensorRT gets it: RGB in, the maps as constants
+        module = DegradationMapped(module, degradation_channels(15.0))
     path = export_model_onnx(module, tmp_path / f"{name}.onnx")
     for h, w in ((40, 48), (64, 96)):  # one file, dynamic sizes
         x = cv2.resize(_NATURAL, (w, h)).astype(np.float32).transpose(2, 0, 1)[None] / 255
@@ -369,12 +371,15 @@ def test_engine_hands_tiles_outside_its_shape_range_to_torch():
     assert seen == [(3, 3, 16, 16), (1, 3, 65, 16), (1, 3, 4, 16)]
 
 
-@pytest.mark.parametrize("name", ["span-x2", "waifu2x-photo-noise3-x2"])
+@pytest.mark.parametrize("name", ["span-x2", "waifu2x-photo-noise3-x2", "srmd-x2"])
 def test_ncnn_and_torch_operators_agree(name: str):
-    """The whole operator (padding, tiles, anchoring) on either runtime: the same frame."""
+    """The whole operator (padding, tiles, anchoring, SRMD's maps) on either runtime:
+    the same frame."""
     frame = cv2.resize(data.astronaut(), (96, 64), interpolation=cv2.INTER_AREA)[None]
-    on_ncnn = NeuralUpscale(name, factor=2, tile=48, overlap=8, device="cpu", runtime="ncnn")
-    on_torch = NeuralUpscale(name, factor=2, tile=48, overlap=8, device="cpu", runtime="torch")
+    sigma = {"noise_sigma": 15.0} if sr_model(name).noise_map else {}
+    options = dict(factor=2, tile=48, overlap=8, device="cpu", **sigma)
+    on_ncnn = NeuralUpscale(name, runtime="ncnn", **options)  # type: ignore[arg-type]
+    on_torch = NeuralUpscale(name, runtime="torch", **options)  # type: ignore[arg-type]
     assert on_ncnn.runtime_choice.runtime == "ncnn"
     assert on_torch.runtime_choice.runtime == "torch"
     diff = np.abs(on_ncnn(frame).astype(int) - on_torch(frame).astype(int))
