@@ -36,16 +36,20 @@ QUICK = {
     "gpu_check": "",  # on CPU: the "no CUDA" line; with CUDA: RIFE figures
 }
 NEEDS_FFMPEG = {"fidelity", "interpolation_quality", "pipeline_vs_ffmpeg", "pipeline_ceiling"}
-# These run jobs on Ray without Serve: they join this session's Ray as drivers (a
-# runner does the same) instead of paying for, and on a loaded machine timing out in,
-# a Ray start-up each.  The Serve ones start their own, so their Serve instance can't
-# meet another test's.
+# These join this session's Ray as drivers (a runner does the same) instead of paying
+# for, and on a loaded machine timing out in, a Ray start-up each.  The Serve ones
+# (api_latency, load, upload_resume) deploy into it and shut Serve down when they end,
+# as the module-scoped ``service`` fixture does; no other module's Serve is running
+# while this module runs, since module fixtures end with their module.
 SESSION_RAY = {
+    "api_latency",
     "fidelity",
     "hostile_media",
+    "load",
     "memory_bounded",
     "pipeline_ceiling",
     "pipeline_vs_ffmpeg",
+    "upload_resume",
 }
 
 

@@ -192,8 +192,10 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A tiny clip served on 127.0.0.1, as a client's public URL would be."""
     root = tmp_path_factory.mktemp("served")
     write_sample_video(root / "clip.mp4", SampleSpec(width=96, height=64, seconds=1.0))
-    # Long enough to still be processing when Serve is redeployed.
-    write_sample_video(root / "long.mp4", SampleSpec(width=96, height=64, seconds=30.0))
+    # Long enough to still be processing when Serve is redeployed: on 2 cores the
+    # redeploy reaches the job ~17 s into it, and its one 240-frame chunk takes ~40 s
+    # (30 s of video took 130 s more after the redeploy, for nothing this test checks).
+    write_sample_video(root / "long.mp4", SampleSpec(width=96, height=64, seconds=10.0))
     base, server = serve_directory(root)
     yield base
     server.shutdown()
