@@ -60,12 +60,8 @@ Batch = dict[str, Any]
 
 log = logging.getLogger(__name__)
 
-# Frames an operator processes between two cancellation checks: 4 where a stage may
-# batch them on a GPU (actor stages), 1 in a streamed chunk, which runs on CPUs only,
-# frame by frame anyway, and where a group of 4 frames through a ×4 model on two
-# shared cores took 15 s: a cancel waited that long.
+# Frames an operator processes between two cancellation checks.
 _FRAMES_PER_CHECK = 4
-_STREAMED_FRAMES_PER_CHECK = 1
 
 
 # Restarted if its process dies, calls retried meanwhile: a restart loses the tallies so
@@ -529,10 +525,10 @@ def chunk_stage(
         # Closed here, not when collected: it holds the input open while it decodes.
         stack.enter_context(contextlib.closing(decoded))
         encoder: SegmentEncoder | None = None
-        for _ in range(0, chunk.frame_count, _STREAMED_FRAMES_PER_CHECK):
+        for _ in range(0, chunk.frame_count, _FRAMES_PER_CHECK):
             check()
             reports[0].start()
-            group = np.stack(list(itertools.islice(decoded, _STREAMED_FRAMES_PER_CHECK)))
+            group = np.stack(list(itertools.islice(decoded, _FRAMES_PER_CHECK)))
             n = len(group)
             reports[0](n)
             for stage, report in zip(filters, reports[1:], strict=False):
